@@ -1,0 +1,237 @@
+// Package api is the HTTP side of nasreach: the REST device API, the dyndns2
+// update protocol that DDNS clients speak, and the caller's-address endpoint.
+// Writes go through the store, which commits them before a handler replies.
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nasreach/nasreach/anonymize"
+	"github.com/nasreach/nasreach/store"
+	"github.com/rs/zerolog"
+)
+
+// Limits on what a client may send.
+const (
+	maxBodyBytes   = 4 << 10
+	maxHeaderBytes = 8 << 10
+)
+
+// Config configures New.
+type Config struct {
+	// Store is the device table. Required.
+	Store *store.Store
+	// Zone is the DNS zone devices live in, e.g. "myqnapcloud.com". Required.
+	Zone string
+	// AdminToken authorizes admin calls. Required.
+	AdminToken string
+	// OpenRegistration lets anyone create a device with POST /v1/devices,
+	// throttled per source address.
+	OpenRegistration bool
+	// TrustedProxies are the networks whose X-Forwarded-For is believed; the
+	// default trusts nobody and uses the connection's address.
+	TrustedProxies []netip.Prefix
+	// Throttle bounds failed logins and open registrations; zero fields take
+	// the defaults in DefaultThrottle.
+	Throttle Throttle
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Logger receives request outcomes; addresses in it are masked.
+	Logger zerolog.Logger
+}
+
+// API serves the HTTP endpoints. Create it with New, serve it with Serve, stop
+// it with Shutdown.
+type API struct {
+	st       *store.Store
+	zone     string // lower case, no trailing dot
+	admin    []byte
+	open     bool
+	proxies  []netip.Prefix
+	now      func() time.Time
+	log      zerolog.Logger
+	fails    *limiter
+	regs     *limiter
+	mux      *http.ServeMux
+	srv      *http.Server
+	stop     chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup
+}
+
+// New validates cfg and builds the API.
+func New(cfg Config) (*API, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("api: Config.Store is required")
+	}
+	zone := strings.TrimSuffix(strings.ToLower(cfg.Zone), ".")
+	if zone == "" {
+		return nil, errors.New("api: Config.Zone is required")
+	}
+	if len(cfg.AdminToken) < 16 {
+		return nil, errors.New("api: Config.AdminToken must be at least 16 characters")
+	}
+	a := &API{
+		st: cfg.Store, zone: zone, admin: []byte(cfg.AdminToken), open: cfg.OpenRegistration,
+		proxies: cfg.TrustedProxies, now: cfg.Now, log: cfg.Logger, stop: make(chan struct{}),
+	}
+	if a.now == nil {
+		a.now = time.Now
+	}
+	t := cfg.Throttle.withDefaults()
+	a.fails = newLimiter(t.FailedLogins, t.FailedLoginsWindow, t.Block, a.now)
+	a.regs = newLimiter(t.Registrations, t.RegistrationsWindow, t.RegistrationsWindow, a.now)
+	a.mux = http.NewServeMux()
+	a.routes()
+	a.wg.Add(1)
+	go a.sweep()
+	return a, nil
+}
+
+func (a *API) routes() {
+	a.mux.HandleFunc("GET /v1/ip", a.handleIP)
+	a.mux.HandleFunc("POST /v1/devices", a.handleCreate)
+	a.mux.HandleFunc("GET /v1/devices", a.handleList)
+	a.mux.HandleFunc("GET /v1/devices/{name}", a.handleGet)
+	a.mux.HandleFunc("PATCH /v1/devices/{name}", a.handlePatch)
+	a.mux.HandleFunc("DELETE /v1/devices/{name}", a.handleDelete)
+	a.mux.HandleFunc("PUT /v1/devices/{name}/address", a.handleAddress)
+	a.mux.HandleFunc("/nic/update", a.handleDyndns2)
+	a.mux.HandleFunc("/update", a.handleDyndns2)
+	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		a.fail(w, http.StatusNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
+	})
+}
+
+// ServeHTTP serves one request; the API is an http.Handler.
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, maxBodyBytes)
+	w.Header().Set("Cache-Control", "no-store")
+	a.mux.ServeHTTP(w, r)
+}
+
+// Serve serves HTTP on ln until Shutdown. It returns http.ErrServerClosed after
+// a clean shutdown.
+func (a *API) Serve(ln net.Listener) error {
+	a.srv = &http.Server{
+		Handler:           a,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          nil,
+	}
+	a.log.Info().Str("addr", ln.Addr().String()).Msg("http api listening")
+	return a.srv.Serve(ln)
+}
+
+// Shutdown stops accepting requests, lets in-flight ones finish until ctx
+// ends, and stops the background sweeper.
+func (a *API) Shutdown(ctx context.Context) error {
+	var err error
+	if a.srv != nil {
+		err = a.srv.Shutdown(ctx)
+	}
+	a.stopOnce.Do(func() { close(a.stop) })
+	a.wg.Wait()
+	if err != nil {
+		return fmt.Errorf("http api shutdown: %w", err)
+	}
+	return nil
+}
+
+func (a *API) sweep() {
+	defer a.wg.Done()
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.stop:
+			return
+		case <-t.C:
+			a.fails.sweep()
+			a.regs.sweep()
+		}
+	}
+}
+
+// clientAddr is the caller's address: the connection's, or the last
+// untrusted hop of X-Forwarded-For when the connection comes from a trusted proxy.
+func (a *API) clientAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	addr := ap.Addr().Unmap()
+	if !a.trusted(addr) {
+		return addr
+	}
+	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+	for i := len(hops) - 1; i >= 0; i-- {
+		h, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+		if err != nil {
+			return addr
+		}
+		addr = h.Unmap()
+		if !a.trusted(addr) {
+			break
+		}
+	}
+	return addr
+}
+
+func (a *API) trusted(addr netip.Addr) bool {
+	for _, p := range a.proxies {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// isAdmin reports whether the request carries the admin token as a bearer token.
+func (a *API) isAdmin(r *http.Request) bool {
+	tok, ok := bearer(r)
+	return ok && subtle.ConstantTimeCompare([]byte(tok), a.admin) == 1
+}
+
+func bearer(r *http.Request) (string, bool) {
+	h := r.Header.Get("Authorization")
+	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		return strings.TrimSpace(h[7:]), true
+	}
+	return "", false
+}
+
+// writeJSON writes v with status code.
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// fail answers with an error status and a one-line reason.
+func (a *API) fail(w http.ResponseWriter, code int, format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	msg = strings.ReplaceAll(msg, "\n", " ")
+	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+// masked returns the masked form of a client address for logs.
+func masked(a netip.Addr) string {
+	if !a.IsValid() {
+		return "unknown"
+	}
+	return anonymize.Addr(a).String()
+}

@@ -1,0 +1,312 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"strings"
+
+	"github.com/nasreach/nasreach/store"
+)
+
+// deviceJSON is a device as the API shows it: everything stored, plus its FQDN.
+type deviceJSON struct {
+	store.Device
+	FQDN string `json:"fqdn"`
+}
+
+func (a *API) deviceJSON(d store.Device) deviceJSON {
+	return deviceJSON{Device: d, FQDN: d.Name + "." + a.zone}
+}
+
+// decode reads a JSON body strictly; an empty body leaves v as it is and
+// returns false.
+func decode(r *http.Request, v any) (present bool, err error) {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return false, nil
+		}
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return true, fmt.Errorf("request body is larger than %d bytes", mbe.Limit)
+		}
+		return true, fmt.Errorf("request body is not valid JSON for this call: %v", err)
+	}
+	if dec.More() {
+		return true, errors.New("request body has data after the JSON object")
+	}
+	return true, nil
+}
+
+// storeError answers a store error with the matching status.
+func (a *API) storeError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		a.fail(w, http.StatusNotFound, "no such device")
+	case errors.Is(err, store.ErrExists):
+		a.fail(w, http.StatusConflict, "%v", err)
+	case errors.Is(err, store.ErrInvalidName), errors.Is(err, store.ErrReserved), errors.Is(err, store.ErrInvalid):
+		a.fail(w, http.StatusBadRequest, "%v", err)
+	default:
+		a.log.Error().Err(err).Msg("store error")
+		a.fail(w, http.StatusInternalServerError, "the server could not save the change; try again")
+	}
+}
+
+// authorizeDevice lets the request through if it carries the admin token or
+// the token of device name (as a bearer token or Basic password). On failure
+// it has answered already. Unknown devices and wrong tokens look the same.
+func (a *API) authorizeDevice(w http.ResponseWriter, r *http.Request, name string) (admin, ok bool) {
+	src := a.clientAddr(r)
+	if a.fails.blocked(src) {
+		w.Header().Set("Retry-After", fmt.Sprint(int(DefaultThrottle.Block.Seconds())))
+		a.fail(w, http.StatusTooManyRequests, "too many failed logins from your address; try again later")
+		return false, false
+	}
+	if a.isAdmin(r) {
+		return true, true
+	}
+	token, hasBearer := bearer(r)
+	if !hasBearer {
+		if _, pw, basic := r.BasicAuth(); basic {
+			token = pw
+		}
+	}
+	if token == "" {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="nasreach"`)
+		a.fail(w, http.StatusUnauthorized, "this call needs the device token or the admin token")
+		return false, false
+	}
+	if _, err := a.st.Authenticate(name, token); err != nil {
+		a.fails.add(src)
+		a.log.Info().Str("client", masked(src)).Msg("device authentication failed")
+		w.Header().Set("WWW-Authenticate", `Bearer realm="nasreach"`)
+		a.fail(w, http.StatusUnauthorized, "wrong device name or token")
+		return false, false
+	}
+	return false, true
+}
+
+// requireAdmin lets the request through only with the admin token.
+func (a *API) requireAdmin(w http.ResponseWriter, r *http.Request) bool {
+	src := a.clientAddr(r)
+	if a.fails.blocked(src) {
+		a.fail(w, http.StatusTooManyRequests, "too many failed logins from your address; try again later")
+		return false
+	}
+	if a.isAdmin(r) {
+		return true
+	}
+	if _, ok := bearer(r); ok {
+		a.fails.add(src)
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer realm="nasreach"`)
+	a.fail(w, http.StatusUnauthorized, "this call needs the admin token")
+	return false
+}
+
+type createRequest struct {
+	Name  string      `json:"name"`
+	State store.State `json:"state,omitempty"`
+}
+
+type createResponse struct {
+	Name  string `json:"name"`
+	FQDN  string `json:"fqdn"`
+	Token string `json:"token"`
+}
+
+func (a *API) handleCreate(w http.ResponseWriter, r *http.Request) {
+	if !a.isAdmin(r) {
+		if !a.open {
+			if !a.requireAdmin(w, r) {
+				return
+			}
+		} else if src := a.clientAddr(r); !a.regs.allow(src) {
+			w.Header().Set("Retry-After", "3600")
+			a.fail(w, http.StatusTooManyRequests, "too many registrations from your address; try again later")
+			return
+		}
+	}
+	var req createRequest
+	if present, err := decode(r, &req); err != nil || !present {
+		a.fail(w, http.StatusBadRequest, "%s", cmpErr(err, "request body must be a JSON object with a name"))
+		return
+	}
+	if req.Name == "" {
+		a.fail(w, http.StatusBadRequest, "name is required")
+		return
+	}
+	d, token, err := a.st.Create(r.Context(), req.Name, store.CreateOptions{State: req.State})
+	if err != nil {
+		a.storeError(w, err)
+		return
+	}
+	a.log.Info().Str("device", d.Name).Str("client", masked(a.clientAddr(r))).Msg("device registered")
+	w.Header().Set("Location", "/v1/devices/"+d.Name)
+	writeJSON(w, http.StatusCreated, createResponse{Name: d.Name, FQDN: d.Name + "." + a.zone, Token: token})
+}
+
+func cmpErr(err error, fallback string) string {
+	if err != nil {
+		return err.Error()
+	}
+	return fallback
+}
+
+func (a *API) handleList(w http.ResponseWriter, r *http.Request) {
+	if !a.requireAdmin(w, r) {
+		return
+	}
+	ds, err := a.st.List()
+	if err != nil {
+		a.storeError(w, err)
+		return
+	}
+	out := make([]deviceJSON, 0, len(ds))
+	for _, d := range ds {
+		out = append(out, a.deviceJSON(d))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"devices": out})
+}
+
+func (a *API) handleGet(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, ok := a.authorizeDevice(w, r, name); !ok {
+		return
+	}
+	d, err := a.st.Get(name)
+	if err != nil {
+		a.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.deviceJSON(d))
+}
+
+type patchRequest struct {
+	DDNS   *bool         `json:"ddns"`
+	Link   *bool         `json:"link"`
+	Access *store.Access `json:"access"`
+	State  *store.State  `json:"state"`
+}
+
+func (a *API) handlePatch(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, ok := a.authorizeDevice(w, r, name); !ok {
+		return
+	}
+	var req patchRequest
+	if present, err := decode(r, &req); err != nil || !present {
+		a.fail(w, http.StatusBadRequest, "%s", cmpErr(err, `request body must be a JSON object such as {"ddns":false}`))
+		return
+	}
+	d, err := a.st.Update(r.Context(), name, store.Patch{DDNS: req.DDNS, Link: req.Link, Access: req.Access, State: req.State})
+	if err != nil {
+		a.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.deviceJSON(d))
+}
+
+func (a *API) handleDelete(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, ok := a.authorizeDevice(w, r, name); !ok {
+		return
+	}
+	if err := a.st.Delete(r.Context(), name); err != nil {
+		a.storeError(w, err)
+		return
+	}
+	a.log.Info().Str("device", store.NormalizeName(name)).Msg("device deleted")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+type addressRequest struct {
+	IPv4 *string `json:"ipv4"`
+	IPv6 *string `json:"ipv6"`
+}
+
+// handleAddress sets a device's addresses. A field left out keeps its value,
+// an empty string clears it, and no body at all uses the caller's address.
+func (a *API) handleAddress(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, ok := a.authorizeDevice(w, r, name); !ok {
+		return
+	}
+	var req addressRequest
+	present, err := decode(r, &req)
+	if err != nil {
+		a.fail(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	var u store.AddressUpdate
+	if !present {
+		src := a.clientAddr(r)
+		if src.Is4() {
+			u.IPv4 = src
+		} else {
+			u.IPv6 = src
+		}
+	}
+	for _, f := range []struct {
+		field string
+		in    *string
+		out   *netip.Addr
+		clear *bool
+	}{{"ipv4", req.IPv4, &u.IPv4, &u.ClearIPv4}, {"ipv6", req.IPv6, &u.IPv6, &u.ClearIPv6}} {
+		switch {
+		case f.in == nil:
+		case *f.in == "":
+			*f.clear = true
+		default:
+			ip, err := netip.ParseAddr(*f.in)
+			if err != nil {
+				a.fail(w, http.StatusBadRequest, "%s %q is not an address", f.field, *f.in)
+				return
+			}
+			*f.out = ip
+		}
+	}
+	d, changed, err := a.st.SetAddress(r.Context(), name, u)
+	if err != nil {
+		a.storeError(w, err)
+		return
+	}
+	if changed {
+		a.log.Info().Str("device", d.Name).Str("client", masked(a.clientAddr(r))).Msg("address updated")
+	}
+	writeJSON(w, http.StatusOK, a.deviceJSON(d))
+}
+
+func (a *API) handleIP(w http.ResponseWriter, r *http.Request) {
+	ip := a.clientAddr(r)
+	if !ip.IsValid() {
+		a.fail(w, http.StatusInternalServerError, "cannot tell your address")
+		return
+	}
+	if accept := r.Header.Get("Accept"); accept != "" && acceptsPlain(accept) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, ip.String())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"ip": ip.String()})
+}
+
+// acceptsPlain reports whether an Accept header prefers text/plain to JSON.
+func acceptsPlain(accept string) bool {
+	for part := range strings.SplitSeq(accept, ",") {
+		mt, _, _ := strings.Cut(part, ";")
+		switch strings.TrimSpace(mt) {
+		case "text/plain", "text/*":
+			return true
+		case "application/json":
+			return false
+		}
+	}
+	return false
+}

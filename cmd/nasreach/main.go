@@ -1,0 +1,70 @@
+// Command nasreach is the nasreach daemon and its command-line tools: serve
+// runs the DDNS nameserver and API, device manages devices through a running
+// daemon.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
+	"github.com/urfave/cli/v3"
+)
+
+// version is set by the linker (make build) from git describe.
+var version = "dev"
+
+func main() {
+	if err := newApp(os.Stdout, os.Stderr).Run(context.Background(), os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "nasreach:", err)
+		os.Exit(1)
+	}
+}
+
+// newApp builds the command tree; tests run it with their own writers.
+func newApp(stdout, stderr io.Writer) *cli.Command {
+	return &cli.Command{
+		Name:            "nasreach",
+		Usage:           "self-hostable remote access for NAS devices: DDNS nameserver, relay, privacy by design",
+		Version:         version,
+		Writer:          stdout,
+		ErrWriter:       stderr,
+		HideHelpCommand: true,
+		Commands: []*cli.Command{
+			serveCommand(),
+			deviceCommand(),
+		},
+	}
+}
+
+// logFlags are the logging flags every long-running subcommand takes.
+func logFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", Sources: cli.EnvVars("NASREACH_LOG_LEVEL")},
+		&cli.StringFlag{Name: "log-format", Value: "auto", Usage: "json, console, or auto (console on a terminal, JSON otherwise)", Sources: cli.EnvVars("NASREACH_LOG_FORMAT")},
+	}
+}
+
+// newLogger builds the process logger from the log flags.
+func newLogger(cmd *cli.Command, w io.Writer) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(strings.ToLower(cmd.String("log-level")))
+	if err != nil || lvl == zerolog.NoLevel {
+		return zerolog.Logger{}, fmt.Errorf("--log-level %q: want debug, info, warn or error", cmd.String("log-level"))
+	}
+	switch f := cmd.String("log-format"); f {
+	case "json":
+	case "console":
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05"}
+	case "auto":
+		if fd, ok := w.(interface{ Fd() uintptr }); ok && isatty.IsTerminal(fd.Fd()) {
+			w = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05"}
+		}
+	default:
+		return zerolog.Logger{}, fmt.Errorf("--log-format %q: want json, console or auto", f)
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}

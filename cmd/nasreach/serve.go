@@ -1,0 +1,264 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nasreach/nasreach/api"
+	"github.com/nasreach/nasreach/dnsserver"
+	"github.com/nasreach/nasreach/store"
+	"github.com/rs/zerolog"
+	"github.com/urfave/cli/v3"
+)
+
+// Development defaults: everything on loopback, unprivileged ports.
+const (
+	defaultDNSAddr  = "127.0.0.1:10053"
+	defaultHTTPAddr = "127.0.0.1:10080"
+	defaultDataDir  = "./data"
+	adminTokenFile  = "admin.token"
+	shutdownTimeout = 10 * time.Second
+)
+
+func serveCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "run the daemon (DNS, HTTP API)",
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "data", Value: defaultDataDir, Usage: "data directory (default $STATE_DIRECTORY under systemd)", Sources: cli.EnvVars("NASREACH_DATA", "STATE_DIRECTORY")},
+			&cli.StringFlag{Name: "zone", Value: dnsserver.DefaultZone, Usage: "DNS zone the devices live in", Sources: cli.EnvVars("NASREACH_ZONE")},
+			&cli.StringFlag{Name: "dns", Value: defaultDNSAddr, Usage: "DNS listen address (UDP and TCP)", Sources: cli.EnvVars("NASREACH_DNS")},
+			&cli.StringFlag{Name: "http", Value: defaultHTTPAddr, Usage: "HTTP API listen address", Sources: cli.EnvVars("NASREACH_HTTP")},
+			&cli.StringFlag{Name: "admin-token", Usage: "admin token (default: generated once into <data>/admin.token)", Sources: cli.EnvVars("NASREACH_ADMIN_TOKEN")},
+			&cli.StringSliceFlag{Name: "ns", Usage: "nameserver NAME=IP[,IP] for the zone's NS records and glue (repeatable; default ns1=127.0.0.1)", Sources: cli.EnvVars("NASREACH_NS")},
+			&cli.DurationFlag{Name: "ttl", Value: dnsserver.DefaultTTL * time.Second, Usage: "TTL of device answers", Sources: cli.EnvVars("NASREACH_TTL")},
+			&cli.BoolFlag{Name: "open-registration", Usage: "let anyone register a free name (throttled per address)", Sources: cli.EnvVars("NASREACH_OPEN_REGISTRATION")},
+			&cli.StringSliceFlag{Name: "reserved", Usage: "extra labels no device may register (repeatable)", Sources: cli.EnvVars("NASREACH_RESERVED")},
+			&cli.StringSliceFlag{Name: "trusted-proxy", Usage: "CIDR of a reverse proxy whose X-Forwarded-For is believed (repeatable)", Sources: cli.EnvVars("NASREACH_TRUSTED_PROXY")},
+			&cli.BoolFlag{Name: "exact-names", Usage: "answer NXDOMAIN for names below a device instead of the device's address", Sources: cli.EnvVars("NASREACH_EXACT_NAMES")},
+		}, logFlags()...),
+		Action: runServe,
+	}
+}
+
+// daemonConfig is everything serve needs, parsed from flags.
+type daemonConfig struct {
+	DataDir          string
+	Zone             string
+	DNSAddr          string
+	HTTPAddr         string
+	AdminToken       string
+	NameServers      []dnsserver.NameServer
+	TTL              time.Duration
+	OpenRegistration bool
+	Reserved         []string
+	TrustedProxies   []netip.Prefix
+	ExactNames       bool
+	Now              func() time.Time
+	Logger           zerolog.Logger
+}
+
+func daemonConfigFromFlags(cmd *cli.Command, log zerolog.Logger) (daemonConfig, error) {
+	cfg := daemonConfig{
+		DataDir: cmd.String("data"), Zone: cmd.String("zone"),
+		DNSAddr: cmd.String("dns"), HTTPAddr: cmd.String("http"),
+		AdminToken: cmd.String("admin-token"), TTL: cmd.Duration("ttl"),
+		OpenRegistration: cmd.Bool("open-registration"), Reserved: cmd.StringSlice("reserved"),
+		ExactNames: cmd.Bool("exact-names"), Logger: log,
+	}
+	for _, v := range cmd.StringSlice("ns") {
+		ns, err := parseNS(v)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.NameServers = append(cfg.NameServers, ns)
+	}
+	for _, v := range cmd.StringSlice("trusted-proxy") {
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			return cfg, fmt.Errorf("--trusted-proxy %q: want a CIDR such as 10.0.0.0/8: %w", v, err)
+		}
+		cfg.TrustedProxies = append(cfg.TrustedProxies, p)
+	}
+	return cfg, nil
+}
+
+// parseNS reads NAME=IP[,IP] (or NAME alone for an out-of-zone nameserver).
+func parseNS(v string) (dnsserver.NameServer, error) {
+	name, ips, _ := strings.Cut(v, "=")
+	ns := dnsserver.NameServer{Name: strings.TrimSpace(name)}
+	if ns.Name == "" {
+		return ns, fmt.Errorf("--ns %q: want NAME=IP, e.g. ns1=203.0.113.53", v)
+	}
+	for s := range strings.SplitSeq(ips, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return ns, fmt.Errorf("--ns %q: %q is not an IP address", v, s)
+		}
+		ns.Addrs = append(ns.Addrs, ip)
+	}
+	return ns, nil
+}
+
+// daemon is a running nasreach: store, DNS server and HTTP API.
+type daemon struct {
+	log       zerolog.Logger
+	store     *store.Store
+	dns       *dnsserver.Server
+	api       *api.API
+	httpLn    net.Listener
+	httpDone  chan error
+	token     string
+	tokenFile string // empty when the token came from the command line
+}
+
+// startDaemon opens the store and binds every listener; when it returns
+// without error the daemon is serving.
+func startDaemon(cfg daemonConfig) (d *daemon, err error) {
+	d = &daemon{log: cfg.Logger}
+	defer func() {
+		if err != nil {
+			d.shutdown(context.Background())
+		}
+	}()
+	d.token, d.tokenFile, err = ensureAdminToken(cfg.DataDir, cfg.AdminToken)
+	if err != nil {
+		return nil, err
+	}
+	nsLabels := []string{}
+	for _, ns := range cfg.NameServers {
+		if !strings.Contains(strings.TrimSuffix(ns.Name, "."), ".") {
+			nsLabels = append(nsLabels, strings.ToLower(ns.Name))
+		}
+	}
+	d.store, err = store.Open(store.Config{
+		Dir: cfg.DataDir, Reserved: append(cfg.Reserved, nsLabels...), Now: cfg.Now,
+		Logger: cfg.Logger.With().Str("component", "store").Logger(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.dns, err = dnsserver.New(dnsserver.Config{
+		Addr: cfg.DNSAddr, Zone: cfg.Zone, NameServers: cfg.NameServers, TTL: cfg.TTL,
+		ExactNamesOnly: cfg.ExactNames, Source: d.store,
+		Logger: cfg.Logger.With().Str("component", "dns").Logger(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err = d.dns.Start(); err != nil {
+		return nil, err
+	}
+	d.api, err = api.New(api.Config{
+		Store: d.store, Zone: cfg.Zone, AdminToken: d.token, OpenRegistration: cfg.OpenRegistration,
+		TrustedProxies: cfg.TrustedProxies, Now: cfg.Now,
+		Logger: cfg.Logger.With().Str("component", "api").Logger(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if d.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("http listen %s: %w", cfg.HTTPAddr, err)
+	}
+	d.httpDone = make(chan error, 1)
+	go func() { d.httpDone <- d.api.Serve(d.httpLn) }()
+	return d, nil
+}
+
+// shutdown stops the daemon in reverse order of start: the API (in-flight
+// requests finish), then DNS, then the store.
+func (d *daemon) shutdown(ctx context.Context) error {
+	var errs []error
+	if d.api != nil {
+		errs = append(errs, d.api.Shutdown(ctx))
+		if d.httpDone != nil {
+			if err := <-d.httpDone; !errors.Is(err, http.ErrServerClosed) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if d.dns != nil {
+		errs = append(errs, d.dns.Shutdown(ctx))
+	}
+	if d.store != nil {
+		errs = append(errs, d.store.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// ensureAdminToken returns the admin token: the given one, or the one in
+// <data>/admin.token, created (mode 0600) on first start.
+func ensureAdminToken(dataDir, given string) (token, file string, err error) {
+	if given != "" {
+		return given, "", nil
+	}
+	file = filepath.Join(dataDir, adminTokenFile)
+	if b, err := os.ReadFile(file); err == nil {
+		if t := strings.TrimSpace(string(b)); t != "" {
+			return t, file, nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", "", fmt.Errorf("read admin token %s: %w", file, err)
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return "", "", fmt.Errorf("create data directory %s: %w", dataDir, err)
+	}
+	t, err := store.NewToken()
+	if err != nil {
+		return "", "", err
+	}
+	if err := os.WriteFile(file, []byte(t+"\n"), 0o600); err != nil {
+		return "", "", fmt.Errorf("write admin token %s: %w", file, err)
+	}
+	return t, file, nil
+}
+
+func runServe(ctx context.Context, cmd *cli.Command) error {
+	log, err := newLogger(cmd, os.Stderr)
+	if err != nil {
+		return err
+	}
+	cfg, err := daemonConfigFromFlags(cmd, log)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	d, err := startDaemon(cfg)
+	if err != nil {
+		return err
+	}
+	ev := log.Info().Str("zone", strings.TrimSuffix(cfg.Zone, ".")).Str("dns", d.dns.Addr().String()).
+		Str("http", d.httpLn.Addr().String()).Str("data", cfg.DataDir).Int("devices", d.store.Len())
+	if d.tokenFile != "" {
+		ev = ev.Str("admin_token_file", d.tokenFile)
+	}
+	ev.Msg("nasreach ready")
+	select {
+	case <-ctx.Done():
+	case err := <-d.httpDone:
+		d.httpDone <- err // let shutdown see it
+		log.Error().Err(err).Msg("http api stopped")
+	}
+	log.Info().Msg("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := d.shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	log.Info().Msg("stopped")
+	return nil
+}

@@ -1,0 +1,314 @@
+// Package dnsserver is the authoritative DNS server for the device zone: it
+// answers SOA and NS at the apex and A/AAAA for devices straight from a
+// read-only view of the store, over UDP and TCP.
+package dnsserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/store"
+	"github.com/rs/zerolog"
+)
+
+// Source is the read side of the store that the server answers from.
+type Source interface {
+	// Lookup returns the addresses of a resolvable device (lower-case label).
+	Lookup(name string) (store.Record, bool)
+	// Serial returns the zone's SOA serial.
+	Serial() uint32
+}
+
+// NameServer is one NS record of the zone. Addrs are served as glue when the
+// name is inside the zone.
+type NameServer struct {
+	Name  string
+	Addrs []netip.Addr
+}
+
+// Defaults used when the Config leaves a field zero.
+const (
+	DefaultZone     = "myqnapcloud.com"
+	DefaultTTL      = 60
+	DefaultSOATTL   = 3600
+	DefaultUDPSize  = 1232 // the DNS flag day 2020 size: no IP fragmentation
+	DefaultRcvBuf   = 4 << 20
+	tcpIdleTimeout  = 10 * time.Second
+	maxQuerySize    = 4096
+	defaultNSSuffix = "ns1"
+)
+
+// Config configures New.
+type Config struct {
+	// Addr is the UDP and TCP listen address, e.g. "127.0.0.1:10053". Port 0
+	// picks a free port, the same for both transports.
+	Addr string
+	// Zone is the zone served; default DefaultZone.
+	Zone string
+	// NameServers are the zone's NS records. A name without a dot is taken as a
+	// label inside the zone. Default: ns1.<zone> with glue 127.0.0.1.
+	NameServers []NameServer
+	// Hostmaster is the SOA RNAME; default hostmaster.<zone>.
+	Hostmaster string
+	// TTL is the TTL of device answers (and the negative-caching TTL); default 60s.
+	TTL time.Duration
+	// UDPSize caps the UDP response size whatever the client advertises; default 1232.
+	UDPSize uint16
+	// ExactNamesOnly makes names below a device (www.nas1.<zone>) NXDOMAIN
+	// instead of answering with the device's addresses.
+	ExactNamesOnly bool
+	// ReceiveBuffer is the UDP socket receive buffer in bytes; default 4 MiB.
+	ReceiveBuffer int
+	// Source is the device table. Required.
+	Source Source
+	// Logger receives server events (never per-query lines).
+	Logger zerolog.Logger
+}
+
+// Server is a running authoritative DNS server.
+type Server struct {
+	zone       string
+	ns         []NameServer
+	glue       map[string]store.Record
+	hostmaster string
+	ttl        uint32
+	negTTL     uint32
+	soaTTL     uint32
+	udpSize    uint16
+	subdomains bool
+	rcvBuf     int
+	src        Source
+	log        zerolog.Logger
+	addr       string
+
+	mu       sync.Mutex
+	udp, tcp *dns.Server
+	done     chan error
+	bound    net.Addr
+}
+
+// New validates cfg and returns a server that is not yet listening.
+func New(cfg Config) (*Server, error) {
+	if cfg.Source == nil {
+		return nil, errors.New("dnsserver: Config.Source is required")
+	}
+	if cfg.Addr == "" {
+		return nil, errors.New("dnsserver: Config.Addr is required")
+	}
+	zone := dns.Fqdn(strings.ToLower(cmpOr(cfg.Zone, DefaultZone)))
+	if _, ok := dns.IsDomainName(zone); !ok || zone == "." {
+		return nil, fmt.Errorf("dnsserver: Config.Zone %q is not a domain name", cfg.Zone)
+	}
+	s := &Server{
+		zone:       zone,
+		hostmaster: dns.Fqdn(strings.ToLower(cmpOr(cfg.Hostmaster, "hostmaster."+zone))),
+		ttl:        DefaultTTL,
+		soaTTL:     DefaultSOATTL,
+		udpSize:    cfg.UDPSize,
+		subdomains: !cfg.ExactNamesOnly,
+		rcvBuf:     cfg.ReceiveBuffer,
+		src:        cfg.Source,
+		log:        cfg.Logger,
+		addr:       cfg.Addr,
+		glue:       map[string]store.Record{},
+	}
+	if cfg.TTL < 0 || cfg.TTL > 7*24*time.Hour {
+		return nil, fmt.Errorf("dnsserver: Config.TTL %s out of range (0 to 7 days)", cfg.TTL)
+	}
+	if cfg.TTL > 0 {
+		s.ttl = uint32(cfg.TTL / time.Second)
+	}
+	s.negTTL = s.ttl
+	if s.udpSize == 0 {
+		s.udpSize = DefaultUDPSize
+	}
+	if s.udpSize < dns.MinMsgSize {
+		return nil, fmt.Errorf("dnsserver: Config.UDPSize %d is below %d", s.udpSize, dns.MinMsgSize)
+	}
+	if s.rcvBuf == 0 {
+		s.rcvBuf = DefaultRcvBuf
+	}
+	nss := cfg.NameServers
+	if len(nss) == 0 {
+		nss = []NameServer{{Name: defaultNSSuffix, Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}}
+	}
+	for _, ns := range nss {
+		name := strings.ToLower(ns.Name)
+		if !strings.Contains(strings.TrimSuffix(name, "."), ".") {
+			name += "." + zone
+		}
+		name = dns.Fqdn(name)
+		if _, ok := dns.IsDomainName(name); !ok {
+			return nil, fmt.Errorf("dnsserver: nameserver %q is not a domain name", ns.Name)
+		}
+		var rec store.Record
+		for _, a := range ns.Addrs {
+			a = a.Unmap()
+			if a.Is4() {
+				rec.IPv4 = a
+			} else {
+				rec.IPv6 = a
+			}
+		}
+		if dns.IsSubDomain(zone, name) && name != zone {
+			if len(ns.Addrs) == 0 {
+				return nil, fmt.Errorf("dnsserver: nameserver %s is inside the zone and needs an address for glue", name)
+			}
+			s.glue[name[:len(name)-len(zone)-1]] = rec
+			s.ns = append(s.ns, NameServer{Name: name, Addrs: ns.Addrs})
+		} else {
+			s.ns = append(s.ns, NameServer{Name: name}) // out-of-zone: no glue
+		}
+	}
+	return s, nil
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// Zone returns the served zone as a lower-case FQDN.
+func (s *Server) Zone() string { return s.zone }
+
+// Start binds UDP and TCP on Config.Addr and serves in the background until
+// Shutdown. It returns once both sockets are bound.
+func (s *Server) Start() error {
+	pc, ln, err := listen(s.addr, s.rcvBuf, s.log)
+	if err != nil {
+		return err
+	}
+	return s.Serve(pc, ln)
+}
+
+// Serve serves on sockets the caller opened (tests, socket activation). The
+// server owns them afterwards and closes them at Shutdown.
+func (s *Server) Serve(pc net.PacketConn, ln net.Listener) error {
+	h := dns.HandlerFunc(s.ServeDNS)
+	accept := func(dh dns.Header) dns.MsgAcceptAction {
+		if dh.Bits&(1<<15) != 0 { // a response: never answer it
+			return dns.MsgIgnore
+		}
+		if opcode := int(dh.Bits>>11) & 0xF; opcode != dns.OpcodeQuery {
+			return dns.MsgRejectNotImplemented
+		}
+		if dh.Qdcount != 1 {
+			return dns.MsgReject
+		}
+		return dns.MsgAccept
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done != nil {
+		return errors.New("dnsserver: already started")
+	}
+	s.udp = &dns.Server{PacketConn: pc, Handler: h, MsgAcceptFunc: accept, UDPSize: maxQuerySize}
+	s.tcp = &dns.Server{Listener: ln, Handler: h, MsgAcceptFunc: accept, IdleTimeout: func() time.Duration { return tcpIdleTimeout }}
+	s.bound = pc.LocalAddr()
+	s.done = make(chan error, 2)
+	started := make(chan struct{}, 2)
+	for _, srv := range []*dns.Server{s.udp, s.tcp} {
+		srv.NotifyStartedFunc = func() { started <- struct{}{} }
+		go func() { s.done <- srv.ActivateAndServe() }()
+	}
+	for range 2 {
+		select {
+		case <-started:
+		case err := <-s.done:
+			return fmt.Errorf("dns server on %s: %w", s.bound, err)
+		}
+	}
+	s.log.Info().Str("addr", s.bound.String()).Str("zone", s.zone).Msg("dns listening (udp, tcp)")
+	return nil
+}
+
+// Addr returns the bound address (UDP and TCP share the port).
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.bound
+}
+
+// Shutdown stops both transports, waiting for in-flight queries up to ctx's
+// deadline, and closes the sockets.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	udp, tcp, done := s.udp, s.tcp, s.done
+	s.mu.Unlock()
+	if done == nil {
+		return nil
+	}
+	err := errors.Join(udp.ShutdownContext(ctx), tcp.ShutdownContext(ctx))
+	for range 2 {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return errors.Join(err, ctx.Err())
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("dns shutdown: %w", err)
+	}
+	return nil
+}
+
+// ServeDNS answers one query; it is the dns.Handler of both transports.
+func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
+	m, size := s.answer(r)
+	if _, tcp := w.LocalAddr().(*net.TCPAddr); tcp {
+		size = dns.MaxMsgSize
+	}
+	m.Truncate(size)
+	if err := w.WriteMsg(m); err != nil {
+		s.log.Debug().Err(err).Msg("dns write failed")
+	}
+}
+
+// listen binds UDP and TCP on the same address. For port 0 it retries until
+// the port the kernel picked for UDP is also free for TCP.
+func listen(addr string, rcvBuf int, log zerolog.Logger) (net.PacketConn, net.Listener, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			// SO_RCVBUFFORCE passes net.core.rmem_max when we have CAP_NET_ADMIN;
+			// otherwise fall back to what the sysctl allows.
+			if serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, rcvBuf); serr != nil {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvBuf)
+			}
+		})
+		if err != nil {
+			return err
+		}
+		if serr != nil {
+			log.Warn().Err(serr).Int("bytes", rcvBuf).Msg("cannot enlarge dns udp receive buffer; bursts may drop queries")
+		}
+		return nil
+	}}
+	var lastErr error
+	for range 20 {
+		pc, err := lc.ListenPacket(context.Background(), "udp", addr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("dns listen udp %s: %w", addr, err)
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		lastErr = err
+		if _, port, _ := net.SplitHostPort(addr); port != "0" {
+			break
+		}
+	}
+	return nil, nil, fmt.Errorf("dns listen tcp %s: %w", addr, lastErr)
+}

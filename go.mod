@@ -1,0 +1,17 @@
+module github.com/nasreach/nasreach
+
+go 1.26.8
+
+require (
+	github.com/mattn/go-isatty v0.0.20
+	github.com/miekg/dns v1.1.73
+	github.com/rs/zerolog v1.35.1
+	github.com/urfave/cli/v3 v3.14.0
+	go.etcd.io/bbolt v1.5.0
+)
+
+require (
+	github.com/mattn/go-colorable v0.1.14 // indirect
+	golang.org/x/net v0.57.0 // indirect
+	golang.org/x/sys v0.47.0 // indirect
+)

@@ -1,0 +1,128 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Access says who may open a Link session to a device.
+type Access string
+
+// The access modes a device can choose.
+const (
+	// AccessPublic lets anyone who knows the device name connect through Link
+	// (the end-to-end TLS between client and NAS still applies).
+	AccessPublic Access = "public"
+	// AccessToken additionally requires a valid access code issued by the device.
+	AccessToken Access = "token"
+)
+
+// State is the lifecycle state of a device record.
+type State string
+
+// The states a device record can be in.
+const (
+	// StateActive is a device that has been set up by its owner.
+	StateActive State = "active"
+	// StateUninitialized is a device created by a "cloud install" before it has
+	// an owner; such a record expires unless it is activated.
+	StateUninitialized State = "uninitialized"
+)
+
+// Device is everything the service stores about one device. Nothing else about
+// a device is kept anywhere; the JSON form is both the on-disk encoding and the
+// export the owner gets from the API.
+type Device struct {
+	// Name is the DNS label, lower case.
+	Name string `json:"name"`
+	// TokenSHA256 is the hex SHA-256 of the device token. The token itself is
+	// shown once at creation and never stored.
+	TokenSHA256 string `json:"token_sha256"`
+	// IPv4 and IPv6 are the current WAN addresses; the zero value means none.
+	IPv4 netip.Addr `json:"ipv4,omitzero"`
+	IPv6 netip.Addr `json:"ipv6,omitzero"`
+	// DDNS says whether the name resolves; Link whether relay sessions are allowed.
+	DDNS bool `json:"ddns"`
+	Link bool `json:"link"`
+	// Access says who may connect through Link.
+	Access Access `json:"access"`
+	// State is the record's lifecycle state.
+	State State `json:"state"`
+	// Created and Updated are UTC times of creation and of the last change.
+	Created time.Time `json:"created"`
+	Updated time.Time `json:"updated"`
+}
+
+// Errors callers branch on. Each is wrapped with context when returned.
+var (
+	// ErrNotFound means no device has that name.
+	ErrNotFound = errors.New("no such device")
+	// ErrExists means the name is already registered.
+	ErrExists = errors.New("name is already taken")
+	// ErrInvalidName means the name is not a valid DNS label.
+	ErrInvalidName = errors.New("invalid device name")
+	// ErrReserved means the name is valid but kept back by the service.
+	ErrReserved = errors.New("name is reserved")
+	// ErrBadCredentials means the device/token pair did not match. It is also
+	// returned for unknown devices so that callers cannot tell the two apart.
+	ErrBadCredentials = errors.New("bad credentials")
+	// ErrInvalid means a field value was refused; the wrapping error names it.
+	ErrInvalid = errors.New("invalid value")
+)
+
+// DefaultReserved are the labels no device may take whatever the configuration
+// says: the nameserver and web names and the ACME challenge label.
+var DefaultReserved = []string{"ns1", "ns2", "www", "_acme-challenge"}
+
+// ValidateName returns nil if name (already lower-cased) is a DNS label a device
+// may register: 1–63 of a–z, 0–9 and '-', not starting or ending with '-', not
+// starting with '_' and not in reserved.
+func ValidateName(name string, reserved []string) error {
+	if strings.HasPrefix(name, "_") || slices.Contains(DefaultReserved, name) || slices.Contains(reserved, name) {
+		return fmt.Errorf("%q: %w for the service", name, ErrReserved)
+	}
+	if len(name) == 0 || len(name) > 63 {
+		return fmt.Errorf("%q: %w: must be 1 to 63 characters", name, ErrInvalidName)
+	}
+	if name[0] == '-' || name[len(name)-1] == '-' {
+		return fmt.Errorf("%q: %w: must not start or end with '-'", name, ErrInvalidName)
+	}
+	for _, c := range []byte(name) {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
+			return fmt.Errorf("%q: %w: only letters a-z, digits and '-' are allowed", name, ErrInvalidName)
+		}
+	}
+	return nil
+}
+
+// NormalizeName lower-cases a name for lookup; names compare case-insensitively.
+func NormalizeName(name string) string { return strings.ToLower(name) }
+
+// AddressUpdate sets the WAN addresses of a device. A zero address leaves that
+// family as it is unless the matching Clear flag is set.
+type AddressUpdate struct {
+	IPv4, IPv6           netip.Addr
+	ClearIPv4, ClearIPv6 bool
+}
+
+// Patch changes a device's switches; nil fields are left as they are.
+type Patch struct {
+	DDNS   *bool
+	Link   *bool
+	Access *Access
+	State  *State
+}
+
+func (p Patch) validate() error {
+	if p.Access != nil && *p.Access != AccessPublic && *p.Access != AccessToken {
+		return fmt.Errorf("access %q: %w: want %q or %q", *p.Access, ErrInvalid, AccessPublic, AccessToken)
+	}
+	if p.State != nil && *p.State != StateActive && *p.State != StateUninitialized {
+		return fmt.Errorf("state %q: %w: want %q or %q", *p.State, ErrInvalid, StateActive, StateUninitialized)
+	}
+	return nil
+}
