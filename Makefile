@@ -44,3 +44,7 @@ fuzz:
 
 clean:
 	rm -rf bin
+
+# Feature fragments (benchmarks, extra test dependencies) live in mk/*.mk so
+# that each concern keeps its own targets; a fragment may add to TEST_DEBS.
+include $(wildcard mk/*.mk)
