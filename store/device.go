@@ -70,6 +70,8 @@ var (
 	// ErrBadCredentials means the device/token pair did not match. It is also
 	// returned for unknown devices so that callers cannot tell the two apart.
 	ErrBadCredentials = errors.New("bad credentials")
+	// ErrQuarantined means the name was deleted recently and is not free yet.
+	ErrQuarantined = errors.New("name was deleted recently and is quarantined")
 	// ErrInvalid means a field value was refused; the wrapping error names it.
 	ErrInvalid = errors.New("invalid value")
 )

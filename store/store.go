@@ -9,6 +9,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -19,6 +20,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -37,8 +39,9 @@ const SchemaVersion = 1
 const FileName = "nasreach.db"
 
 var (
-	bucketMeta    = []byte("meta")
-	bucketDevices = []byte("devices")
+	bucketMeta       = []byte("meta")
+	bucketDevices    = []byte("devices")
+	bucketQuarantine = []byte("quarantine")
 
 	keySchema = []byte("schema")
 	keySerial = []byte("serial")
@@ -62,7 +65,24 @@ type Config struct {
 	// MaxBatchDelay bounds how long a write waits to share a commit with other
 	// writes; zero means 2ms.
 	MaxBatchDelay time.Duration
+	// Quarantine is how long a deleted device's name stays unavailable, so that
+	// nobody takes over a name clients still resolve. Zero means
+	// DefaultQuarantine; negative disables it.
+	Quarantine time.Duration
+	// UninitializedTTL is how long an uninitialized device lives unless it is
+	// activated. Zero means DefaultUninitializedTTL.
+	UninitializedTTL time.Duration
+	// SweepEvery is how often expired records are removed in the background;
+	// zero means one minute, negative disables the background sweeper (call
+	// Sweep yourself).
+	SweepEvery time.Duration
 }
+
+// Lifecycle defaults.
+const (
+	DefaultQuarantine       = 24 * time.Hour
+	DefaultUninitializedTTL = 24 * time.Hour
+)
 
 // Store is the device table. It is safe for concurrent use.
 type Store struct {
@@ -70,6 +90,11 @@ type Store struct {
 	reserved []string
 	now      func() time.Time
 	log      zerolog.Logger
+
+	quarantine time.Duration
+	uninitTTL  time.Duration
+	stop       chan struct{}
+	done       chan struct{}
 
 	mu        sync.RWMutex
 	index     map[string]entry
@@ -97,13 +122,14 @@ type ChangeKind int
 const (
 	Created ChangeKind = iota + 1
 	Updated
-	Deleted
+	Deleted // unregistered by the owner or the operator
+	Expired // an uninitialized device that was never activated
 )
 
 // Change describes one committed change, passed to observers after commit.
 type Change struct {
 	Kind   ChangeKind
-	Device Device // the device after the change (before it, for Deleted)
+	Device Device // the device after the change (before it, for Deleted and Expired)
 }
 
 // Open opens (creating if needed) the database in cfg.Dir, migrates it to
@@ -128,9 +154,18 @@ func Open(cfg Config) (*Store, error) {
 	if db.MaxBatchDelay == 0 {
 		db.MaxBatchDelay = 2 * time.Millisecond
 	}
-	s := &Store{db: db, reserved: cfg.Reserved, now: cfg.Now, log: cfg.Logger, index: map[string]entry{}}
+	s := &Store{
+		db: db, reserved: cfg.Reserved, now: cfg.Now, log: cfg.Logger, index: map[string]entry{},
+		quarantine: cfg.Quarantine, uninitTTL: cfg.UninitializedTTL,
+	}
 	if s.now == nil {
 		s.now = time.Now
+	}
+	if s.quarantine == 0 {
+		s.quarantine = DefaultQuarantine
+	}
+	if s.uninitTTL <= 0 {
+		s.uninitTTL = DefaultUninitializedTTL
 	}
 	if err := db.Update(s.migrate); err != nil {
 		db.Close()
@@ -140,6 +175,11 @@ func Open(cfg Config) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("load store %s: %w", path, err)
 	}
+	if cfg.SweepEvery >= 0 {
+		every := cmp.Or(cfg.SweepEvery, time.Minute)
+		s.stop, s.done = make(chan struct{}), make(chan struct{})
+		go s.sweeper(every)
+	}
 	return s, nil
 }
 
@@ -148,8 +188,10 @@ func (s *Store) migrate(tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
-	if _, err := tx.CreateBucketIfNotExists(bucketDevices); err != nil {
-		return err
+	for _, b := range [][]byte{bucketDevices, bucketQuarantine} {
+		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+			return err
+		}
 	}
 	v := getUint(meta, keySchema)
 	if v == 0 { // new file
@@ -184,8 +226,14 @@ func (s *Store) load() error {
 	})
 }
 
-// Close closes the database file. Pending writes have already been committed.
+// Close stops the sweeper and closes the database file. Every acknowledged
+// write has already been committed.
 func (s *Store) Close() error {
+	if s.stop != nil {
+		close(s.stop)
+		<-s.done
+		s.stop = nil
+	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close store: %w", err)
 	}
@@ -246,7 +294,8 @@ type CreateOptions struct {
 }
 
 // Create registers a new device and returns it with its token, which is not
-// stored and cannot be shown again.
+// stored and cannot be shown again. A name deleted less than the quarantine
+// ago is refused with ErrQuarantined.
 func (s *Store) Create(ctx context.Context, name string, opts CreateOptions) (Device, string, error) {
 	name = NormalizeName(name)
 	if err := ValidateName(name, s.reserved); err != nil {
@@ -268,11 +317,11 @@ func (s *Store) Create(ctx context.Context, name string, opts CreateOptions) (De
 		DDNS: true, Link: true, Access: AccessPublic, State: opts.State,
 		Created: now, Updated: now,
 	}
-	err = s.write(ctx, name, Created, func(cur *Device) (*Device, bool, error) {
+	err = s.write(ctx, name, Created, func(cur *Device) (outcome, error) {
 		if cur != nil {
-			return nil, false, fmt.Errorf("%q: %w", name, ErrExists)
+			return outcome{}, fmt.Errorf("%q: %w", name, ErrExists)
 		}
-		return &d, true, nil
+		return outcome{put: &d, dns: true}, nil
 	})
 	if err != nil {
 		return Device{}, "", err
@@ -285,11 +334,14 @@ func (s *Store) Get(name string) (Device, error) {
 	name = NormalizeName(name)
 	var d Device
 	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketDevices).Get([]byte(name))
-		if v == nil {
-			return fmt.Errorf("%q: %w", name, ErrNotFound)
+		cur, err := readDevice(tx.Bucket(bucketDevices), name)
+		if err == nil && cur == nil {
+			err = fmt.Errorf("%q: %w", name, ErrNotFound)
 		}
-		return json.Unmarshal(v, &d)
+		if err == nil {
+			d = *cur
+		}
+		return err
 	})
 	return d, err
 }
@@ -340,9 +392,9 @@ func (s *Store) SetAddress(ctx context.Context, name string, u AddressUpdate) (d
 		return Device{}, false, fmt.Errorf("ipv6 %s: %w: not an IPv6 address", u.IPv6, ErrInvalid)
 	}
 	u.IPv4, u.IPv6 = u.IPv4.Unmap(), u.IPv6.WithZone("")
-	err = s.write(ctx, NormalizeName(name), Updated, func(cur *Device) (*Device, bool, error) {
+	err = s.write(ctx, NormalizeName(name), Updated, func(cur *Device) (outcome, error) {
 		if cur == nil {
-			return nil, false, fmt.Errorf("%q: %w", name, ErrNotFound)
+			return outcome{}, fmt.Errorf("%q: %w", name, ErrNotFound)
 		}
 		nd := *cur
 		switch {
@@ -360,11 +412,11 @@ func (s *Store) SetAddress(ctx context.Context, name string, u AddressUpdate) (d
 		changed = nd.IPv4 != cur.IPv4 || nd.IPv6 != cur.IPv6
 		d = nd
 		if !changed {
-			return nil, false, nil
+			return outcome{}, nil
 		}
 		nd.Updated = s.now().UTC()
 		d = nd
-		return &nd, true, nil
+		return outcome{put: &nd, dns: true}, nil
 	})
 	return d, changed, err
 }
@@ -375,9 +427,9 @@ func (s *Store) Update(ctx context.Context, name string, p Patch) (Device, error
 		return Device{}, err
 	}
 	var d Device
-	err := s.write(ctx, NormalizeName(name), Updated, func(cur *Device) (*Device, bool, error) {
+	err := s.write(ctx, NormalizeName(name), Updated, func(cur *Device) (outcome, error) {
 		if cur == nil {
-			return nil, false, fmt.Errorf("%q: %w", name, ErrNotFound)
+			return outcome{}, fmt.Errorf("%q: %w", name, ErrNotFound)
 		}
 		nd := *cur
 		if p.DDNS != nil {
@@ -394,33 +446,142 @@ func (s *Store) Update(ctx context.Context, name string, p Patch) (Device, error
 		}
 		d = nd
 		if nd == *cur {
-			return nil, false, nil
+			return outcome{}, nil
 		}
 		nd.Updated = s.now().UTC()
 		d = nd
-		return &nd, nd.DDNS != cur.DDNS, nil
+		return outcome{put: &nd, dns: nd.DDNS != cur.DDNS}, nil
 	})
 	return d, err
 }
 
-// Delete removes a device and everything stored about it in one transaction.
-// The name stops resolving before Delete returns.
+// Delete removes a device and everything stored about it in one transaction,
+// and quarantines its name (only the name and the time are kept, until the
+// quarantine ends). The name stops resolving before Delete returns.
 func (s *Store) Delete(ctx context.Context, name string) error {
 	name = NormalizeName(name)
-	return s.write(ctx, name, Deleted, func(cur *Device) (*Device, bool, error) {
+	return s.write(ctx, name, Deleted, func(cur *Device) (outcome, error) {
 		if cur == nil {
-			return nil, false, fmt.Errorf("%q: %w", name, ErrNotFound)
+			return outcome{}, fmt.Errorf("%q: %w", name, ErrNotFound)
 		}
-		return nil, true, nil
+		return outcome{del: true, dns: true}, nil
 	})
 }
 
-// mutation decides the new state of one device. It gets the current record
-// (nil if none) and returns the record to store (nil to store nothing; a
-// Deleted write deletes the record whatever it returns), and whether DNS data
-// changed. It may run several times (a read-only check first, then bbolt may
+// Sweep removes uninitialized devices older than the uninitialized TTL (with
+// all their data, and without quarantine: they never had an owner) and
+// quarantine entries that have ended. The background sweeper calls it; tests
+// call it with a fake clock.
+func (s *Store) Sweep(ctx context.Context) (expired int, err error) {
+	now := s.now()
+	var names []string
+	err = s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+			var d Device
+			if err := json.Unmarshal(v, &d); err != nil {
+				return fmt.Errorf("device %q is unreadable: %w", k, err)
+			}
+			if s.expired(d, now) {
+				names = append(names, d.Name)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return 0, fmt.Errorf("sweep: %w", err)
+	}
+	for _, name := range names {
+		err := s.write(ctx, name, Expired, func(cur *Device) (outcome, error) {
+			if cur == nil || !s.expired(*cur, s.now()) {
+				return outcome{}, nil // activated or deleted meanwhile
+			}
+			return outcome{del: true, dns: true}, nil
+		})
+		if err != nil {
+			return expired, fmt.Errorf("sweep: expire %q: %w", name, err)
+		}
+		expired++
+		s.log.Info().Str("device", name).Msg("uninitialized device expired; its data is deleted")
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketQuarantine)
+		var done [][]byte
+		_ = b.ForEach(func(k, v []byte) error {
+			if !s.quarantined(v, now) {
+				done = append(done, k)
+			}
+			return nil
+		})
+		for _, k := range done {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return expired, fmt.Errorf("sweep quarantine: %w", err)
+	}
+	return expired, nil
+}
+
+func (s *Store) expired(d Device, now time.Time) bool {
+	return d.State == StateUninitialized && !now.Before(d.Created.Add(s.uninitTTL))
+}
+
+// quarantined reports whether a quarantine entry (the deletion time) is
+// still in force at now.
+func (s *Store) quarantined(v []byte, now time.Time) bool {
+	if len(v) != 8 || s.quarantine < 0 {
+		return false
+	}
+	deleted := time.Unix(0, int64(binary.BigEndian.Uint64(v)))
+	return now.Before(deleted.Add(s.quarantine))
+}
+
+func (s *Store) sweeper(every time.Duration) {
+	defer close(s.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			if _, err := s.Sweep(context.Background()); err != nil {
+				s.log.Error().Err(err).Msg("store sweep failed")
+			}
+		}
+	}
+}
+
+// Backup writes a consistent snapshot of the whole database to w while writes
+// go on, and returns its size. The snapshot is a bbolt file that Open accepts.
+func (s *Store) Backup(w io.Writer) (int64, error) {
+	var n int64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		n, err = tx.WriteTo(w)
+		return err
+	})
+	if err != nil {
+		return n, fmt.Errorf("backup: %w", err)
+	}
+	return n, nil
+}
+
+// outcome is what a mutation decided: store put, delete the record, or (the
+// zero value) change nothing. dns says whether DNS data changes.
+type outcome struct {
+	put *Device
+	del bool
+	dns bool
+}
+
+// mutation decides the new state of one device from the current record (nil
+// if none). It may run several times (a read-only check first, then bbolt may
 // retry a batch) and must have no effect other than what it returns.
-type mutation func(cur *Device) (next *Device, dnsChanged bool, err error)
+type mutation func(cur *Device) (outcome, error)
 
 // write runs m in a batched, fsynced transaction, then updates the index and
 // notifies observers. A mutation that changes nothing (an unchanged address, an
@@ -431,51 +592,68 @@ func (s *Store) write(ctx context.Context, name string, kind ChangeKind, m mutat
 	}
 	var noop bool
 	err := s.db.View(func(tx *bolt.Tx) error {
+		if kind == Created {
+			if err := s.checkQuarantine(tx, name); err != nil {
+				return err
+			}
+		}
 		cur, err := readDevice(tx.Bucket(bucketDevices), name)
 		if err != nil {
 			return err
 		}
-		next, _, err := m(cur)
-		noop = next == nil && kind != Deleted
+		o, err := m(cur)
+		noop = o.put == nil && !o.del
 		return err
 	})
 	if err != nil || noop {
 		return err
 	}
 	var (
-		rev     uint64
-		serial  uint32
-		wrote   bool
-		stored  Device
-		dnsDiff bool
+		rev    uint64
+		serial uint32
+		wrote  bool
+		stored Device
+		o      outcome
 	)
 	err = s.db.Batch(func(tx *bolt.Tx) error {
-		wrote, dnsDiff = false, false
+		wrote = false
 		b := tx.Bucket(bucketDevices)
+		if kind == Created {
+			if err := s.checkQuarantine(tx, name); err != nil {
+				return err
+			}
+		}
 		cur, err := readDevice(b, name)
 		if err != nil {
 			return err
 		}
-		next, dnsChanged, err := m(cur)
-		if err != nil {
+		if o, err = m(cur); err != nil {
 			return err
 		}
-		if kind == Deleted {
+		switch {
+		case o.del:
 			if err := b.Delete([]byte(name)); err != nil {
 				return err
 			}
 			stored = *cur
-		} else if next == nil {
-			return nil // nothing to change
-		} else {
-			buf, err := json.Marshal(next)
+			if kind == Deleted && s.quarantine > 0 {
+				var ts [8]byte
+				binary.BigEndian.PutUint64(ts[:], uint64(s.now().UnixNano()))
+				if err := tx.Bucket(bucketQuarantine).Put([]byte(name), ts[:]); err != nil {
+					return err
+				}
+			}
+		case o.put != nil:
+			buf, err := json.Marshal(o.put)
 			if err != nil {
 				return err
 			}
 			if err := b.Put([]byte(name), buf); err != nil {
 				return err
 			}
-			stored = *next
+			stored = *o.put
+		default:
+			return nil // nothing to change
 		}
 		meta := tx.Bucket(bucketMeta)
 		rev = getUint(meta, keyRev) + 1
@@ -483,7 +661,7 @@ func (s *Store) write(ctx context.Context, name string, kind ChangeKind, m mutat
 			return err
 		}
 		serial = uint32(getUint(meta, keySerial))
-		if dnsChanged {
+		if o.dns {
 			serial++
 			if serial == 0 {
 				serial = 1
@@ -492,7 +670,7 @@ func (s *Store) write(ctx context.Context, name string, kind ChangeKind, m mutat
 				return err
 			}
 		}
-		wrote, dnsDiff = true, dnsChanged
+		wrote = true
 		return nil
 	})
 	if err != nil {
@@ -503,16 +681,25 @@ func (s *Store) write(ctx context.Context, name string, kind ChangeKind, m mutat
 	}
 	s.mu.Lock()
 	if e, ok := s.index[name]; !ok || e.rev < rev {
-		ne := entry{rev: rev, deleted: kind == Deleted || !stored.resolves(), rec: stored.record()}
-		s.index[name] = ne
+		s.index[name] = entry{rev: rev, deleted: o.del || !stored.resolves(), rec: stored.record()}
 	}
-	if dnsDiff && serialNewer(serial, s.serial) {
+	if o.dns && serialNewer(serial, s.serial) {
 		s.serial = serial
 	}
 	observers := s.observers
 	s.mu.Unlock()
 	for _, f := range observers {
 		f(Change{Kind: kind, Device: stored})
+	}
+	return nil
+}
+
+// checkQuarantine refuses a name whose quarantine is still in force.
+func (s *Store) checkQuarantine(tx *bolt.Tx, name string) error {
+	v := tx.Bucket(bucketQuarantine).Get([]byte(name))
+	if v != nil && s.quarantined(v, s.now()) {
+		free := time.Unix(0, int64(binary.BigEndian.Uint64(v))).Add(s.quarantine).UTC()
+		return fmt.Errorf("%q: %w until %s", name, ErrQuarantined, free.Format(time.RFC3339))
 	}
 	return nil
 }

@@ -1,0 +1,104 @@
+package store_test
+
+import (
+	"encoding/base64"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/nasreach/nasreach/store"
+)
+
+func TestValidateNameFollowsDNSLabelRules(t *testing.T) {
+	cases := []struct {
+		name    string
+		want    error  // nil, ErrInvalidName or ErrReserved
+		because string // a word the operator must see in the message
+	}{
+		{"a", nil, ""},
+		{"0", nil, ""},
+		{"nas1", nil, ""},
+		{"my-nas", nil, ""},
+		{"xn--bcher-kva", nil, ""},
+		{strings.Repeat("a", 63), nil, ""},
+		{"", store.ErrInvalidName, "1 to 63"},
+		{strings.Repeat("a", 64), store.ErrInvalidName, "1 to 63"},
+		{"-nas", store.ErrInvalidName, "start or end"},
+		{"nas-", store.ErrInvalidName, "start or end"},
+		{"-", store.ErrInvalidName, "start or end"},
+		{"nas_1", store.ErrInvalidName, "only letters"},
+		{"nas.box", store.ErrInvalidName, "only letters"},
+		{"nas 1", store.ErrInvalidName, "only letters"},
+		{"nås", store.ErrInvalidName, "only letters"},
+		{"nas\x00", store.ErrInvalidName, "only letters"},
+		{"ns1", store.ErrReserved, "reserved"},
+		{"ns2", store.ErrReserved, "reserved"},
+		{"www", store.ErrReserved, "reserved"},
+		{"_acme-challenge", store.ErrReserved, "reserved"},
+		{"_dmarc", store.ErrReserved, "reserved"},
+		{"_", store.ErrReserved, "reserved"},
+		{"mail", store.ErrReserved, "reserved"}, // from the configured list below
+	}
+	for _, c := range cases {
+		err := store.ValidateName(c.name, []string{"mail", "admin"})
+		if c.want == nil {
+			if err != nil {
+				t.Errorf("ValidateName(%q) = %v, want nil", c.name, err)
+			}
+			continue
+		}
+		if !errors.Is(err, c.want) {
+			t.Errorf("ValidateName(%q) = %v, want %v", c.name, err, c.want)
+			continue
+		}
+		if msg := err.Error(); !strings.Contains(msg, c.because) || !strings.Contains(msg, c.name) {
+			t.Errorf("ValidateName(%q) message %q should name the label and say %q", c.name, msg, c.because)
+		}
+	}
+}
+
+func TestNewTokenIsLongRandomAndURLSafe(t *testing.T) {
+	seen := map[string]bool{}
+	for range 100 {
+		tok, err := store.NewToken()
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := base64.RawURLEncoding.DecodeString(tok)
+		if err != nil {
+			t.Fatalf("token %q is not unpadded URL-safe base64: %v", tok, err)
+		}
+		if len(raw)*8 < 128 {
+			t.Fatalf("token %q carries %d bits, want at least 128", tok, len(raw)*8)
+		}
+		if seen[tok] {
+			t.Fatalf("token %q generated twice", tok)
+		}
+		seen[tok] = true
+	}
+}
+
+func TestHashTokenIsStableHexAndHidesTheToken(t *testing.T) {
+	tok, err := store.NewToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := store.HashToken(tok)
+	if h != store.HashToken(tok) {
+		t.Fatal("HashToken is not deterministic")
+	}
+	if len(h) != 64 || strings.Trim(h, "0123456789abcdef") != "" {
+		t.Fatalf("HashToken = %q, want 64 lower-case hex digits", h)
+	}
+	if strings.Contains(h, tok) || h == store.HashToken(tok+"x") {
+		t.Fatalf("HashToken(%q) = %q does not hide or distinguish the token", tok, h)
+	}
+}
+
+func TestNormalizeNameLowerCases(t *testing.T) {
+	for in, want := range map[string]string{"NAS1": "nas1", "My-Nas": "my-nas", "nas1": "nas1"} {
+		if got := store.NormalizeName(in); got != want {
+			t.Errorf("NormalizeName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
