@@ -3,6 +3,7 @@ module github.com/nasreach/nasreach
 go 1.26.8
 
 require (
+	filippo.io/age v1.3.2
 	github.com/mattn/go-isatty v0.0.20
 	github.com/miekg/dns v1.1.73
 	github.com/rs/zerolog v1.35.1
@@ -11,7 +12,9 @@ require (
 )
 
 require (
+	filippo.io/hpke v0.4.0 // indirect
 	github.com/mattn/go-colorable v0.1.14 // indirect
+	golang.org/x/crypto v0.55.0 // indirect
 	golang.org/x/net v0.57.0 // indirect
 	golang.org/x/sys v0.47.0 // indirect
 )
