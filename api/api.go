@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/nasreach/nasreach/anonymize"
+	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/store"
 	"github.com/rs/zerolog"
 )
@@ -44,10 +45,17 @@ type Config struct {
 	// Throttle bounds failed logins and open registrations; zero fields take
 	// the defaults in DefaultThrottle.
 	Throttle Throttle
+	// Events receives one connection-log event per update attempt; nil logs none.
+	Events EventSink
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Logger receives request outcomes; addresses in it are masked.
 	Logger zerolog.Logger
+}
+
+// EventSink takes connection-log events; *connlog.Log is one.
+type EventSink interface {
+	Log(connlog.Event)
 }
 
 // API serves the HTTP endpoints. Create it with New, serve it with Serve, stop
@@ -62,6 +70,7 @@ type API struct {
 	log      zerolog.Logger
 	fails    *limiter
 	regs     *limiter
+	events   EventSink
 	mux      *http.ServeMux
 	srv      *http.Server
 	stop     chan struct{}
@@ -84,6 +93,7 @@ func New(cfg Config) (*API, error) {
 	a := &API{
 		st: cfg.Store, zone: zone, admin: []byte(cfg.AdminToken), open: cfg.OpenRegistration,
 		proxies: cfg.TrustedProxies, now: cfg.Now, log: cfg.Logger, stop: make(chan struct{}),
+		events: cfg.Events,
 	}
 	if a.now == nil {
 		a.now = time.Now
@@ -106,6 +116,7 @@ func (a *API) routes() {
 	a.mux.HandleFunc("PATCH /v1/devices/{name}", a.handlePatch)
 	a.mux.HandleFunc("DELETE /v1/devices/{name}", a.handleDelete)
 	a.mux.HandleFunc("PUT /v1/devices/{name}/address", a.handleAddress)
+	a.mux.HandleFunc("GET /v1/admin/backup", a.handleBackup)
 	a.mux.HandleFunc("/nic/update", a.handleDyndns2)
 	a.mux.HandleFunc("/update", a.handleDyndns2)
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -226,6 +237,13 @@ func (a *API) fail(w http.ResponseWriter, code int, format string, args ...any) 
 	msg := fmt.Sprintf(format, args...)
 	msg = strings.ReplaceAll(msg, "\n", " ")
 	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+// event passes e to the connection log, if there is one.
+func (a *API) event(e connlog.Event) {
+	if a.events != nil {
+		a.events.Log(e)
+	}
 }
 
 // masked returns the masked form of a client address for logs.

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/store"
 )
 
@@ -48,7 +49,7 @@ func (a *API) storeError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		a.fail(w, http.StatusNotFound, "no such device")
-	case errors.Is(err, store.ErrExists):
+	case errors.Is(err, store.ErrExists), errors.Is(err, store.ErrQuarantined):
 		a.fail(w, http.StatusConflict, "%v", err)
 	case errors.Is(err, store.ErrInvalidName), errors.Is(err, store.ErrReserved), errors.Is(err, store.ErrInvalid):
 		a.fail(w, http.StatusBadRequest, "%v", err)
@@ -84,6 +85,7 @@ func (a *API) authorizeDevice(w http.ResponseWriter, r *http.Request, name strin
 	}
 	if _, err := a.st.Authenticate(name, token); err != nil {
 		a.fails.add(src)
+		a.event(connlog.Event{Service: "api", Kind: "auth", Outcome: "badauth", Client: src})
 		a.log.Info().Str("client", masked(src)).Msg("device authentication failed")
 		w.Header().Set("WWW-Authenticate", `Bearer realm="nasreach"`)
 		a.fail(w, http.StatusUnauthorized, "wrong device name or token")
@@ -273,6 +275,11 @@ func (a *API) handleAddress(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	d, changed, err := a.st.SetAddress(r.Context(), name, u)
+	outcome := map[bool]string{true: "good", false: "nochg"}[changed]
+	if err != nil {
+		outcome = "error"
+	}
+	a.event(connlog.Event{Service: "ddns", Kind: "update", Outcome: outcome, Device: store.NormalizeName(name), Client: a.clientAddr(r)})
 	if err != nil {
 		a.storeError(w, err)
 		return
@@ -309,4 +316,22 @@ func acceptsPlain(accept string) bool {
 		}
 	}
 	return false
+}
+
+// handleBackup streams a consistent snapshot of the store (a bbolt file) to
+// the admin, taken while the daemon keeps serving.
+func (a *API) handleBackup(w http.ResponseWriter, r *http.Request) {
+	if !a.requireAdmin(w, r) {
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Disposition", `attachment; filename="nasreach.db"`)
+	n, err := a.st.Backup(w)
+	if err != nil {
+		a.log.Error().Err(err).Int64("bytes", n).Msg("backup failed")
+		// The status is sent already: abort the stream so that the client sees
+		// an error instead of a short file that looks complete.
+		panic(http.ErrAbortHandler)
+	}
+	a.log.Info().Int64("bytes", n).Msg("backup sent")
 }

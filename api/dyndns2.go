@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/store"
 )
 
@@ -94,7 +95,12 @@ func (a *API) deviceOf(hostname string) string {
 
 func (a *API) handleDyndns2(w http.ResponseWriter, r *http.Request) {
 	src := a.clientAddr(r)
+	var device string // set once authenticated
 	reply := func(code int, lines ...string) {
+		for _, l := range lines {
+			word, _, _ := strings.Cut(l, " ")
+			a.event(connlog.Event{Service: "ddns", Kind: "update", Outcome: word, Device: device, Client: src})
+		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(code)
 		fmt.Fprint(w, strings.Join(lines, "\n")+"\n")
@@ -126,6 +132,7 @@ func (a *API) handleDyndns2(w http.ResponseWriter, r *http.Request) {
 		reply(http.StatusUnauthorized, "badauth")
 		return
 	}
+	device = dev.Name
 	req, code := parseDyndns2(r.URL.Query(), src)
 	if code != "" {
 		reply(http.StatusOK, code)
