@@ -76,20 +76,20 @@ func newAPIClient(cmd *cli.Command) (*apiClient, error) {
 	}, nil
 }
 
-// do sends a request and decodes a JSON answer into out (if not nil). A non-2xx
-// answer becomes an error carrying the server's reason.
-func (c *apiClient) do(ctx context.Context, method, path string, body, out any) error {
+// request sends a request and returns the response of a 2xx answer; any
+// other answer becomes an error carrying the server's reason.
+func (c *apiClient) request(ctx context.Context, method, path string, body any) (*http.Response, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		rd = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
-		return fmt.Errorf("bad --server %q: %w", c.base, err)
+		return nil, fmt.Errorf("bad --server %q: %w", c.base, err)
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	if body != nil {
@@ -97,21 +97,32 @@ func (c *apiClient) do(ctx context.Context, method, path string, body, out any) 
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach the daemon at %s (is nasreach serve running?): %w", c.base, err)
+		return nil, fmt.Errorf("cannot reach the daemon at %s (is nasreach serve running?): %w", c.base, err)
+	}
+	if resp.StatusCode/100 == 2 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var e struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(data, &e) == nil && e.Error != "" {
+		return nil, fmt.Errorf("%s (HTTP %d)", e.Error, resp.StatusCode)
+	}
+	return nil, fmt.Errorf("HTTP %d from %s", resp.StatusCode, c.base)
+}
+
+// do sends a request and decodes the JSON answer into out (if not nil).
+func (c *apiClient) do(ctx context.Context, method, path string, body, out any) error {
+	resp, err := c.request(ctx, method, path, body)
+	if err != nil {
+		return err
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return fmt.Errorf("read answer from %s: %w", c.base, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		var e struct {
-			Error string `json:"error"`
-		}
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return fmt.Errorf("%s (HTTP %d)", e.Error, resp.StatusCode)
-		}
-		return fmt.Errorf("HTTP %d from %s", resp.StatusCode, c.base)
 	}
 	if out != nil && len(data) > 0 {
 		return json.Unmarshal(data, out)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nasreach/nasreach/api"
+	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/dnsserver"
 	"github.com/nasreach/nasreach/store"
 	"github.com/rs/zerolog"
@@ -46,7 +47,7 @@ func serveCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "reserved", Usage: "extra labels no device may register (repeatable)", Sources: cli.EnvVars("NASREACH_RESERVED")},
 			&cli.StringSliceFlag{Name: "trusted-proxy", Usage: "CIDR of a reverse proxy whose X-Forwarded-For is believed (repeatable)", Sources: cli.EnvVars("NASREACH_TRUSTED_PROXY")},
 			&cli.BoolFlag{Name: "exact-names", Usage: "answer NXDOMAIN for names below a device instead of the device's address", Sources: cli.EnvVars("NASREACH_EXACT_NAMES")},
-		}, logFlags()...),
+		}, append(privacyFlags(), logFlags()...)...),
 		Action: runServe,
 	}
 }
@@ -64,6 +65,7 @@ type daemonConfig struct {
 	Reserved         []string
 	TrustedProxies   []netip.Prefix
 	ExactNames       bool
+	Privacy          privacyConfig
 	Now              func() time.Time
 	Logger           zerolog.Logger
 }
@@ -82,6 +84,10 @@ func daemonConfigFromFlags(cmd *cli.Command, log zerolog.Logger) (daemonConfig, 
 			return cfg, err
 		}
 		cfg.NameServers = append(cfg.NameServers, ns)
+	}
+	var err error
+	if cfg.Privacy, err = privacyConfigFromFlags(cmd, cfg.DataDir); err != nil {
+		return cfg, err
 	}
 	for _, v := range cmd.StringSlice("trusted-proxy") {
 		p, err := netip.ParsePrefix(v)
@@ -121,6 +127,7 @@ type daemon struct {
 	api       *api.API
 	httpLn    net.Listener
 	httpDone  chan error
+	connlog   *connlog.Log
 	token     string
 	tokenFile string // empty when the token came from the command line
 }
@@ -146,9 +153,13 @@ func startDaemon(cfg daemonConfig) (d *daemon, err error) {
 	}
 	d.store, err = store.Open(store.Config{
 		Dir: cfg.DataDir, Reserved: append(cfg.Reserved, nsLabels...), Now: cfg.Now,
+		Quarantine: cfg.Privacy.Quarantine, UninitializedTTL: cfg.Privacy.UninitializedTTL,
 		Logger: cfg.Logger.With().Str("component", "store").Logger(),
 	})
 	if err != nil {
+		return nil, err
+	}
+	if d.connlog, err = openConnLog(cfg); err != nil {
 		return nil, err
 	}
 	d.dns, err = dnsserver.New(dnsserver.Config{
@@ -164,7 +175,7 @@ func startDaemon(cfg daemonConfig) (d *daemon, err error) {
 	}
 	d.api, err = api.New(api.Config{
 		Store: d.store, Zone: cfg.Zone, AdminToken: d.token, OpenRegistration: cfg.OpenRegistration,
-		TrustedProxies: cfg.TrustedProxies, Now: cfg.Now,
+		TrustedProxies: cfg.TrustedProxies, Now: cfg.Now, Events: d.connlog,
 		Logger: cfg.Logger.With().Str("component", "api").Logger(),
 	})
 	if err != nil {
@@ -192,6 +203,9 @@ func (d *daemon) shutdown(ctx context.Context) error {
 	}
 	if d.dns != nil {
 		errs = append(errs, d.dns.Shutdown(ctx))
+	}
+	if d.connlog != nil {
+		errs = append(errs, d.connlog.Close())
 	}
 	if d.store != nil {
 		errs = append(errs, d.store.Close())

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"filippo.io/age"
+	"github.com/nasreach/nasreach/connlog"
+	"github.com/urfave/cli/v3"
+)
+
+// logsCommand reads connection logs: aggregate stats, decrypted records, and
+// the key pair for encrypted logs.
+func logsCommand() *cli.Command {
+	dirFlags := []cli.Flag{
+		&cli.StringFlag{Name: "data", Value: defaultDataDir, Usage: "the daemon's data directory", Sources: cli.EnvVars("NASREACH_DATA", "STATE_DIRECTORY")},
+		&cli.StringFlag{Name: "dir", Usage: "connection log directory (default <data>/logs, or $LOGS_DIRECTORY)", Sources: cli.EnvVars("NASREACH_LOG_DIR", "LOGS_DIRECTORY")},
+		&cli.StringFlag{Name: "key", Usage: "age private key file, to read encrypted logs"},
+	}
+	return &cli.Command{
+		Name:  "logs",
+		Usage: "read connection logs (counts, records) and make the key for encrypted logs",
+		Commands: []*cli.Command{
+			{
+				Name:  "stats",
+				Usage: "aggregate counts per day and service; no address or device name unless --by-device",
+				Flags: append([]cli.Flag{
+					&cli.StringFlag{Name: "from", Usage: "first day, YYYY-MM-DD"},
+					&cli.StringFlag{Name: "to", Usage: "last day, YYYY-MM-DD"},
+					&cli.BoolFlag{Name: "by-device", Usage: "add per-device counts (names devices: operator use only)"},
+				}, dirFlags...),
+				Action: logsStats,
+			},
+			{
+				Name: "read", Usage: "print the records of log files as JSON lines, decrypting with --key", ArgsUsage: "FILE...",
+				Flags: dirFlags, Action: logsRead,
+			},
+			{
+				Name:  "keygen",
+				Usage: "create an age key pair for --log-encrypt-to; keep the private key away from the server",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "out", Required: true, Usage: "private key file to create (mode 0600)"},
+					&cli.StringFlag{Name: "pub", Usage: "public key file to create (default <out>.pub)"},
+				},
+				Action: logsKeygen,
+			},
+		},
+	}
+}
+
+func logDir(cmd *cli.Command) string {
+	if d := cmd.String("dir"); d != "" {
+		return d
+	}
+	return filepath.Join(cmd.String("data"), "logs")
+}
+
+func identities(cmd *cli.Command) ([]age.Identity, error) {
+	if k := cmd.String("key"); k != "" {
+		return connlog.LoadIdentities(k)
+	}
+	return nil, nil
+}
+
+func parseDay(flag, v string) (time.Time, error) {
+	if v == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.DateOnly, v)
+	if err != nil {
+		return t, fmt.Errorf("--%s %q: want YYYY-MM-DD", flag, v)
+	}
+	return t, nil
+}
+
+func logsStats(_ context.Context, cmd *cli.Command) error {
+	var o connlog.StatsOptions
+	var err error
+	if o.From, err = parseDay("from", cmd.String("from")); err != nil {
+		return err
+	}
+	if o.To, err = parseDay("to", cmd.String("to")); err != nil {
+		return err
+	}
+	if o.Identities, err = identities(cmd); err != nil {
+		return err
+	}
+	o.ByDevice = cmd.Bool("by-device")
+	st, err := connlog.Summarize(logDir(cmd), o)
+	if err != nil {
+		return err
+	}
+	return st.WriteText(cmd.Root().Writer)
+}
+
+func logsRead(_ context.Context, cmd *cli.Command) error {
+	if cmd.Args().Len() == 0 {
+		return errors.New("read: name at least one log FILE")
+	}
+	ids, err := identities(cmd)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(cmd.Root().Writer)
+	defer w.Flush()
+	enc := json.NewEncoder(w)
+	for _, f := range cmd.Args().Slice() {
+		if err := connlog.ReadFile(f, ids, func(r connlog.Record) error { return enc.Encode(r) }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func logsKeygen(_ context.Context, cmd *cli.Command) error {
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		return fmt.Errorf("generate key: %w", err)
+	}
+	out := cmd.String("out")
+	pub := cmd.String("pub")
+	if pub == "" {
+		pub = out + ".pub"
+	}
+	f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("create private key file (it must not exist yet): %w", err)
+	}
+	_, err = fmt.Fprintf(f, "# nasreach connection log key, created %s\n# public key: %s\n%s\n",
+		time.Now().UTC().Format(time.RFC3339), id.Recipient(), id)
+	if err = errors.Join(err, f.Close()); err != nil {
+		return fmt.Errorf("write %s: %w", out, err)
+	}
+	if err := os.WriteFile(pub, []byte(id.Recipient().String()+"\n"), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", pub, err)
+	}
+	fmt.Fprintf(cmd.Root().Writer, "private key: %s (keep it off the server)\npublic key:  %s\nstart the daemon with --log-encrypt-to %s\n", out, pub, pub)
+	return nil
+}

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"filippo.io/age"
+	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/store"
+	"github.com/urfave/cli/v3"
+)
+
+// privacyConfig is what serve needs to keep its privacy promises: where
+// connection logs go and for how long, and the device lifecycle timers.
+type privacyConfig struct {
+	LogDir           string
+	LogRetention     time.Duration
+	LogMaxBytes      int64
+	LogRecipients    []age.Recipient
+	IPv6Bits         int
+	Quarantine       time.Duration
+	UninitializedTTL time.Duration
+}
+
+func privacyFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "log-dir", Usage: "connection log directory (default <data>/logs, or $LOGS_DIRECTORY under systemd)", Sources: cli.EnvVars("NASREACH_LOG_DIR", "LOGS_DIRECTORY")},
+		&cli.DurationFlag{Name: "log-retention", Value: connlog.DefaultRetention, Usage: "delete connection logs older than this (default six months)", Sources: cli.EnvVars("NASREACH_LOG_RETENTION")},
+		&cli.Int64Flag{Name: "log-max-bytes", Usage: "optional cap on the connection log directory; the oldest days go first", Sources: cli.EnvVars("NASREACH_LOG_MAX_BYTES")},
+		&cli.StringFlag{Name: "log-encrypt-to", Usage: "age public key file: encrypt connection logs so the daemon cannot read them back", Sources: cli.EnvVars("NASREACH_LOG_ENCRYPT_TO")},
+		&cli.IntFlag{Name: "ipv6-mask-bits", Value: 48, Usage: "IPv6 bits kept when masking client addresses (32-64)", Sources: cli.EnvVars("NASREACH_IPV6_MASK_BITS")},
+		&cli.DurationFlag{Name: "quarantine", Value: store.DefaultQuarantine, Usage: "how long a deleted device's name stays unavailable", Sources: cli.EnvVars("NASREACH_QUARANTINE")},
+		&cli.DurationFlag{Name: "uninitialized-ttl", Value: store.DefaultUninitializedTTL, Usage: "how long an uninitialized device lives unless activated", Sources: cli.EnvVars("NASREACH_UNINITIALIZED_TTL")},
+	}
+}
+
+func privacyConfigFromFlags(cmd *cli.Command, dataDir string) (privacyConfig, error) {
+	p := privacyConfig{
+		LogDir: cmd.String("log-dir"), LogRetention: cmd.Duration("log-retention"), LogMaxBytes: cmd.Int64("log-max-bytes"),
+		IPv6Bits: cmd.Int("ipv6-mask-bits"), Quarantine: cmd.Duration("quarantine"), UninitializedTTL: cmd.Duration("uninitialized-ttl"),
+	}
+	if p.LogDir == "" {
+		p.LogDir = filepath.Join(dataDir, "logs")
+	}
+	if p.IPv6Bits < 32 || p.IPv6Bits > 64 {
+		return p, fmt.Errorf("--ipv6-mask-bits %d: want 32 to 64", p.IPv6Bits)
+	}
+	if p.LogRetention <= 0 {
+		return p, fmt.Errorf("--log-retention %s: must be positive", p.LogRetention)
+	}
+	if p.Quarantine < 0 || p.UninitializedTTL <= 0 {
+		return p, fmt.Errorf("--quarantine and --uninitialized-ttl must not be negative")
+	}
+	if p.Quarantine == 0 {
+		p.Quarantine = -1 // store: negative disables, zero means the default
+	}
+	if f := cmd.String("log-encrypt-to"); f != "" {
+		rs, err := connlog.LoadRecipients(f)
+		if err != nil {
+			return p, fmt.Errorf("--log-encrypt-to: %w", err)
+		}
+		p.LogRecipients = rs
+	}
+	return p, nil
+}
+
+// openConnLog starts the connection log for the daemon.
+func openConnLog(cfg daemonConfig) (*connlog.Log, error) {
+	p := cfg.Privacy
+	if p.LogDir == "" {
+		p.LogDir = filepath.Join(cfg.DataDir, "logs")
+	}
+	return connlog.New(connlog.Config{
+		Dir: p.LogDir, Retention: p.LogRetention, MaxBytes: p.LogMaxBytes, Recipients: p.LogRecipients,
+		IPv6Prefix: p.IPv6Bits, Now: cfg.Now,
+		Logger: cfg.Logger.With().Str("component", "connlog").Logger(),
+	})
+}
