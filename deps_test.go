@@ -1,0 +1,76 @@
+package nasreach_test
+
+import (
+	"encoding/json"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/nasreach/nasreach/"
+
+// allowed is ARCHITECTURE.md's import table: for each package, the packages of
+// this module and the outside modules it may import (the standard library is
+// always allowed). A new package or dependency is added here and in
+// ARCHITECTURE.md together.
+var allowed = map[string][]string{
+	"anonymize": {},
+	"store":     {"go.etcd.io/bbolt", "github.com/rs/zerolog"},
+	"connlog":   {"anonymize", "github.com/rs/zerolog", "filippo.io/age"},
+	"api":       {"store", "connlog", "anonymize", "github.com/rs/zerolog"},
+	"dnsserver": {"store", "github.com/miekg/dns", "github.com/rs/zerolog"},
+	"stun":      {"anonymize", "github.com/pion/stun/v3", "github.com/pion/stun/v4", "github.com/rs/zerolog"},
+	"relay": {"store", "connlog", "anonymize", "stun", "link", "github.com/pion/turn/v5", "github.com/pion/stun/v3",
+		"github.com/pion/stun/v4", "github.com/pion/transport/v4", "github.com/pion/transport/v5", "github.com/pion/logging", "github.com/quic-go/quic-go", "github.com/rs/zerolog", "golang.org/x/sys", "golang.org/x/time"},
+	"link":     {"stun", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
+	"sdnotify": {},
+	"cmd/":     {"*"}, // the binary wires everything
+	"bench/":   {"*"},
+}
+
+// TestImportsFollowArchitecture fails when a package imports something the
+// architecture does not allow, e.g. dnsserver reaching into api.
+func TestImportsFollowArchitecture(t *testing.T) {
+	out, err := exec.Command("go", "list", "-json=ImportPath,Imports", "./...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	for dec.More() {
+		var p struct {
+			ImportPath string
+			Imports    []string
+		}
+		if err := dec.Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		pkg := strings.TrimPrefix(p.ImportPath, module)
+		if pkg == "github.com/nasreach/nasreach" {
+			continue // this test
+		}
+		rules, ok := allowed[pkg]
+		for prefix, r := range allowed {
+			if strings.HasSuffix(prefix, "/") && strings.HasPrefix(pkg, prefix) {
+				rules, ok = r, true
+			}
+		}
+		if !ok {
+			t.Errorf("package %s is not in the architecture's import table (ARCHITECTURE.md and deps_test.go)", pkg)
+			continue
+		}
+		if slices.Contains(rules, "*") {
+			continue
+		}
+		for _, imp := range p.Imports {
+			first, _, _ := strings.Cut(imp, "/")
+			if !strings.Contains(first, ".") {
+				continue // standard library
+			}
+			name := strings.TrimPrefix(imp, module)
+			if !slices.ContainsFunc(rules, func(r string) bool { return name == r || strings.HasPrefix(name, r+"/") }) {
+				t.Errorf("%s imports %s, which the architecture does not allow", pkg, imp)
+			}
+		}
+	}
+}
