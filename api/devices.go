@@ -17,6 +17,8 @@ import (
 type deviceJSON struct {
 	store.Device
 	FQDN string `json:"fqdn"`
+	// AccessCodes are listed in the owner's export only (hashes, never codes).
+	AccessCodes []store.AccessCode `json:"access_codes,omitempty"`
 }
 
 func (a *API) deviceJSON(d store.Device) deviceJSON {
@@ -187,7 +189,12 @@ func (a *API) handleGet(w http.ResponseWriter, r *http.Request) {
 		a.storeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, a.deviceJSON(d))
+	out := a.deviceJSON(d)
+	if out.AccessCodes, err = a.st.AccessCodes(name); err != nil {
+		a.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 type patchRequest struct {

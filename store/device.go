@@ -55,7 +55,24 @@ type Device struct {
 	// Created and Updated are UTC times of creation and of the last change.
 	Created time.Time `json:"created"`
 	Updated time.Time `json:"updated"`
+	// PublicKey is the device's public key as the agent published it
+	// (base64 of the DER SubjectPublicKeyInfo); Link clients pin it.
+	PublicKey string `json:"public_key,omitempty"`
 }
+
+// AccessCode is one Link access code a device issued (for Access ==
+// AccessToken); only its hash is stored, the code is shown once.
+type AccessCode struct {
+	ID      string    `json:"id"`
+	SHA256  string    `json:"sha256"`
+	Created time.Time `json:"created"`
+}
+
+// MaxAccessCodes bounds the access codes one device may hold.
+const MaxAccessCodes = 32
+
+// MaxPublicKeyLen bounds a published public key (base64 of a DER key).
+const MaxPublicKeyLen = 2048
 
 // Errors callers branch on. Each is wrapped with context when returned.
 var (

@@ -9,6 +9,7 @@
 package store
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/rand"
@@ -42,6 +43,8 @@ var (
 	bucketMeta       = []byte("meta")
 	bucketDevices    = []byte("devices")
 	bucketQuarantine = []byte("quarantine")
+	// bucketAccessCodes holds "<device>/<id>" -> AccessCode JSON.
+	bucketAccessCodes = []byte("access_codes")
 
 	keySchema = []byte("schema")
 	keySerial = []byte("serial")
@@ -188,7 +191,7 @@ func (s *Store) migrate(tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
-	for _, b := range [][]byte{bucketDevices, bucketQuarantine} {
+	for _, b := range [][]byte{bucketDevices, bucketQuarantine, bucketAccessCodes} {
 		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 			return err
 		}
@@ -455,6 +458,140 @@ func (s *Store) Update(ctx context.Context, name string, p Patch) (Device, error
 	return d, err
 }
 
+// SetPublicKey records the device's public key (base64 DER, as published by
+// the agent). An unchanged key writes nothing.
+func (s *Store) SetPublicKey(ctx context.Context, name, key string) (Device, error) {
+	if key == "" || len(key) > MaxPublicKeyLen {
+		return Device{}, fmt.Errorf("public key: %w: must be 1 to %d characters", ErrInvalid, MaxPublicKeyLen)
+	}
+	var d Device
+	err := s.write(ctx, NormalizeName(name), Updated, func(cur *Device) (outcome, error) {
+		if cur == nil {
+			return outcome{}, fmt.Errorf("%q: %w", name, ErrNotFound)
+		}
+		d = *cur
+		if cur.PublicKey == key {
+			return outcome{}, nil
+		}
+		nd := *cur
+		nd.PublicKey, nd.Updated = key, s.now().UTC()
+		d = nd
+		return outcome{put: &nd}, nil
+	})
+	return d, err
+}
+
+// AddAccessCode issues a new Link access code for a device and returns its
+// id and the code, which is not stored and cannot be shown again.
+func (s *Store) AddAccessCode(ctx context.Context, name string) (id, code string, err error) {
+	if code, err = NewToken(); err != nil {
+		return "", "", err
+	}
+	idTok, err := NewToken()
+	if err != nil {
+		return "", "", err
+	}
+	name = NormalizeName(name)
+	ac := AccessCode{ID: idTok[:8], SHA256: HashToken(code), Created: s.now().UTC()}
+	buf, err := json.Marshal(ac)
+	if err != nil {
+		return "", "", err
+	}
+	err = s.write(ctx, name, Updated, func(cur *Device) (outcome, error) {
+		if cur == nil {
+			return outcome{}, fmt.Errorf("%q: %w", name, ErrNotFound)
+		}
+		return outcome{tx: func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucketAccessCodes)
+			if n := countPrefix(b, name+"/"); n >= MaxAccessCodes {
+				return fmt.Errorf("%q: %w: at most %d access codes; revoke one first", name, ErrInvalid, MaxAccessCodes)
+			}
+			return b.Put([]byte(name+"/"+ac.ID), buf)
+		}}, nil
+	})
+	if err != nil {
+		return "", "", err
+	}
+	return ac.ID, code, nil
+}
+
+// AccessCodes lists a device's access codes (hashes only), oldest first.
+func (s *Store) AccessCodes(name string) ([]AccessCode, error) {
+	name = NormalizeName(name)
+	var out []AccessCode
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketAccessCodes).Cursor()
+		prefix := []byte(name + "/")
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			var ac AccessCode
+			if err := json.Unmarshal(v, &ac); err != nil {
+				return fmt.Errorf("access code %q is unreadable: %w", k, err)
+			}
+			out = append(out, ac)
+		}
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
+	return out, err
+}
+
+// RevokeAccessCode deletes one access code; it stops working at once.
+func (s *Store) RevokeAccessCode(ctx context.Context, name, id string) error {
+	name = NormalizeName(name)
+	key := []byte(name + "/" + id)
+	return s.write(ctx, name, Updated, func(cur *Device) (outcome, error) {
+		if cur == nil {
+			return outcome{}, fmt.Errorf("%q: %w", name, ErrNotFound)
+		}
+		return outcome{tx: func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucketAccessCodes)
+			if b.Get(key) == nil {
+				return fmt.Errorf("access code %q of %q: %w", id, name, ErrNotFound)
+			}
+			return b.Delete(key)
+		}}, nil
+	})
+}
+
+// CheckAccessCode reports whether code is one of the device's access codes,
+// comparing in constant time against each.
+func (s *Store) CheckAccessCode(name, code string) bool {
+	codes, err := s.AccessCodes(name)
+	if err != nil {
+		return false
+	}
+	h := []byte(HashToken(code))
+	ok := 0
+	for _, a := range codes {
+		ok |= subtle.ConstantTimeCompare(h, []byte(a.SHA256))
+	}
+	return ok == 1
+}
+
+func countPrefix(b *bolt.Bucket, prefix string) int {
+	n := 0
+	c := b.Cursor()
+	for k, _ := c.Seek([]byte(prefix)); k != nil && bytes.HasPrefix(k, []byte(prefix)); k, _ = c.Next() {
+		n++
+	}
+	return n
+}
+
+// deletePrefix deletes every key of b that starts with prefix.
+func deletePrefix(b *bolt.Bucket, prefix string) error {
+	var keys [][]byte
+	c := b.Cursor()
+	for k, _ := c.Seek([]byte(prefix)); k != nil && bytes.HasPrefix(k, []byte(prefix)); k, _ = c.Next() {
+		keys = append(keys, bytes.Clone(k))
+	}
+	for _, k := range keys {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Delete removes a device and everything stored about it in one transaction,
 // and quarantines its name (only the name and the time are kept, until the
 // quarantine ends). The name stops resolving before Delete returns.
@@ -576,6 +713,7 @@ type outcome struct {
 	put *Device
 	del bool
 	dns bool
+	tx  func(*bolt.Tx) error // more changes in the same transaction (other buckets)
 }
 
 // mutation decides the new state of one device from the current record (nil
@@ -602,7 +740,7 @@ func (s *Store) write(ctx context.Context, name string, kind ChangeKind, m mutat
 			return err
 		}
 		o, err := m(cur)
-		noop = o.put == nil && !o.del
+		noop = o.put == nil && !o.del && o.tx == nil
 		return err
 	})
 	if err != nil || noop {
@@ -636,6 +774,9 @@ func (s *Store) write(ctx context.Context, name string, kind ChangeKind, m mutat
 				return err
 			}
 			stored = *cur
+			if err := deletePrefix(tx.Bucket(bucketAccessCodes), name+"/"); err != nil {
+				return err
+			}
 			if kind == Deleted && s.quarantine > 0 {
 				var ts [8]byte
 				binary.BigEndian.PutUint64(ts[:], uint64(s.now().UnixNano()))
@@ -652,8 +793,15 @@ func (s *Store) write(ctx context.Context, name string, kind ChangeKind, m mutat
 				return err
 			}
 			stored = *o.put
+		case o.tx != nil:
+			stored = *cur
 		default:
 			return nil // nothing to change
+		}
+		if o.tx != nil {
+			if err := o.tx(tx); err != nil {
+				return err
+			}
 		}
 		meta := tx.Bucket(bucketMeta)
 		rev = getUint(meta, keyRev) + 1

@@ -89,6 +89,13 @@ func TestUnregisterDeletesEverythingAtOnce(t *testing.T) {
 	if code, body := td.do(http.MethodPut, "/v1/devices/gone/address", token, map[string]string{"ipv4": "198.51.100.23", "ipv6": "2001:db8:77::23"}); code != http.StatusOK {
 		t.Fatalf("address: %d %s", code, body)
 	}
+	if _, err := td.d.store.SetPublicKey(context.Background(), "gone", "MCowBQYDK2VwAyEAgonekey"); err != nil {
+		t.Fatal(err)
+	}
+	_, code, err := td.d.store.AddAccessCode(context.Background(), "gone")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if code, _ := td.do(http.MethodDelete, "/v1/devices/gone", token, nil); code != http.StatusNoContent {
 		t.Fatalf("delete: HTTP %d", code)
 	}
@@ -103,7 +110,7 @@ func TestUnregisterDeletesEverythingAtOnce(t *testing.T) {
 		t.Errorf("deleted device's token still works: HTTP %d", code)
 	}
 	dump := dumpStore(t, td)
-	for _, needle := range []string{"198.51.100.23", "2001:db8:77::23", store.HashToken(token)} {
+	for _, needle := range []string{"198.51.100.23", "2001:db8:77::23", store.HashToken(token), "gonekey", store.HashToken(code)} {
 		if w := mentions(dump, needle); len(w) > 0 {
 			t.Errorf("%q still stored at %v", needle, w)
 		}
@@ -191,20 +198,37 @@ func TestExportHoldsEverythingStored(t *testing.T) {
 	token := td.addDevice("nas1")
 	td.do(http.MethodPut, "/v1/devices/nas1/address", token, map[string]string{"ipv4": "198.51.100.5", "ipv6": "2001:db8::5"})
 	td.do(http.MethodPatch, "/v1/devices/nas1", token, map[string]any{"link": false, "access": "token"})
+	if _, _, err := td.d.store.AddAccessCode(context.Background(), "nas1"); err != nil {
+		t.Fatal(err)
+	}
 	code, body := td.do(http.MethodGet, "/v1/devices/nas1", token, nil)
 	if code != http.StatusOK {
 		t.Fatalf("export: HTTP %d", code)
 	}
 	var export map[string]any
 	json.Unmarshal(body, &export)
+	dump := dumpStore(t, td)
 	var raw map[string]any
-	if err := json.Unmarshal(dumpStore(t, td)["devices"]["nas1"], &raw); err != nil {
+	if err := json.Unmarshal(dump["devices"]["nas1"], &raw); err != nil {
 		t.Fatal(err)
 	}
 	for k, v := range raw {
 		if got, ok := export[k]; !ok || !jsonEqual(got, v) {
 			t.Errorf("stored field %q = %v is missing from the owner's export (got %v)", k, v, got)
 		}
+	}
+	// Every other bucket's entries about the device are in the export too.
+	codes, _ := export["access_codes"].([]any)
+	var stored []any
+	for k, v := range dump["access_codes"] {
+		if strings.HasPrefix(k, "nas1/") {
+			var c any
+			json.Unmarshal(v, &c)
+			stored = append(stored, c)
+		}
+	}
+	if len(stored) != 1 || !jsonEqual(codes, stored) {
+		t.Errorf("stored access codes %v, exported %v", stored, codes)
 	}
 }
 
@@ -260,6 +284,12 @@ func TestStoreHoldsOnlyDocumentedFields(t *testing.T) {
 	}
 	resp.Body.Close()
 	td.do(http.MethodPatch, "/v1/devices/nas1", token, map[string]any{"ddns": false, "access": "token"})
+	if _, err := td.d.store.SetPublicKey(context.Background(), "nas1", "MCowBQYDK2VwAyEAexample"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := td.d.store.AddAccessCode(context.Background(), "nas1"); err != nil {
+		t.Fatal(err)
+	}
 	td.do(http.MethodPut, "/v1/devices/nas2/address", other, nil)
 	td.do(http.MethodDelete, "/v1/devices/nas2", other, nil)
 
@@ -268,13 +298,16 @@ func TestStoreHoldsOnlyDocumentedFields(t *testing.T) {
 		if !documented[bucket] {
 			t.Errorf("bucket %q is not in the README's What we store table", bucket)
 		}
-		if bucket != "devices" {
+		switch bucket {
+		case "meta":
 			for k := range kv {
-				if bucket == "meta" && !documented["meta."+k] {
+				if !documented["meta."+k] {
 					t.Errorf("meta key %q is not documented", k)
 				}
 			}
 			continue
+		case "quarantine":
+			continue // name -> time, documented as a whole
 		}
 		for name, v := range kv {
 			var rec map[string]json.RawMessage
@@ -282,8 +315,8 @@ func TestStoreHoldsOnlyDocumentedFields(t *testing.T) {
 				t.Fatalf("device %s: %v", name, err)
 			}
 			for field := range rec {
-				if !documented["devices."+field] {
-					t.Errorf("device field %q is stored but not documented in the README", field)
+				if !documented[bucket+"."+field] {
+					t.Errorf("field %q of bucket %s is stored but not documented in the README", field, bucket)
 				}
 			}
 		}
