@@ -1,10 +1,10 @@
 package dnsserver
 
 import (
+	"net/netip"
 	"strings"
 
 	"github.com/miekg/dns"
-	"github.com/nasreach/nasreach/store"
 )
 
 // answer builds the response to r. maxSize is the largest response the
@@ -14,6 +14,11 @@ func (s *Server) answer(r *dns.Msg) (m *dns.Msg, maxSize int) {
 	m.SetReply(r)
 	m.RecursionAvailable = false
 	maxSize = dns.MinMsgSize
+	// The header's QDCOUNT is checked before unpacking, but a packet can end
+	// right after the header (miekg/dns then unpacks no question at all).
+	if len(r.Question) != 1 {
+		return s.formErr(r), maxSize
+	}
 
 	// EDNS (RFC 6891): at most one OPT, in the additional section.
 	var opt *dns.OPT
@@ -73,8 +78,9 @@ func (s *Server) answer(r *dns.Msg) (m *dns.Msg, maxSize int) {
 		return m, maxSize
 	}
 	label := name[:len(name)-len(s.zone)-1]
-	if ns, ok := s.glue[label]; ok {
-		s.answerAddrs(m, q, ns)
+	if addrs, ok := s.glue[label]; ok {
+		// The same records and TTL as the glue in the NS answer: one RRset.
+		s.answerAddrs(m, q, s.soaTTL, addrs...)
 		return m, maxSize
 	}
 	device := label
@@ -90,20 +96,23 @@ func (s *Server) answer(r *dns.Msg) (m *dns.Msg, maxSize int) {
 		s.nxdomain(m)
 		return m, maxSize
 	}
-	s.answerAddrs(m, q, rec)
+	s.answerAddrs(m, q, s.ttl, rec.IPv4, rec.IPv6)
 	return m, maxSize
 }
 
-// answerAddrs answers q with the addresses of rec, or NODATA.
-func (s *Server) answerAddrs(m *dns.Msg, q dns.Question, rec store.Record) {
-	hdr := func(t uint16) dns.RR_Header {
-		return dns.RR_Header{Name: q.Name, Rrtype: t, Class: dns.ClassINET, Ttl: s.ttl}
-	}
-	if rec.IPv4.IsValid() && (q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY) {
-		m.Answer = append(m.Answer, &dns.A{Hdr: hdr(dns.TypeA), A: rec.IPv4.AsSlice()})
-	}
-	if rec.IPv6.IsValid() && (q.Qtype == dns.TypeAAAA || q.Qtype == dns.TypeANY) {
-		m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr(dns.TypeAAAA), AAAA: rec.IPv6.AsSlice()})
+// answerAddrs answers q with those of addrs (unmapped; invalid ones are
+// skipped) that match its type, or NODATA.
+func (s *Server) answerAddrs(m *dns.Msg, q dns.Question, ttl uint32, addrs ...netip.Addr) {
+	for _, a := range addrs {
+		h := dns.RR_Header{Name: q.Name, Class: dns.ClassINET, Ttl: ttl}
+		switch {
+		case a.Is4() && (q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY):
+			h.Rrtype = dns.TypeA
+			m.Answer = append(m.Answer, &dns.A{Hdr: h, A: a.AsSlice()})
+		case a.Is6() && (q.Qtype == dns.TypeAAAA || q.Qtype == dns.TypeANY):
+			h.Rrtype = dns.TypeAAAA
+			m.Answer = append(m.Answer, &dns.AAAA{Hdr: h, AAAA: a.AsSlice()})
+		}
 	}
 	if len(m.Answer) == 0 {
 		m.Ns = append(m.Ns, s.negativeSOA())
@@ -176,6 +185,7 @@ func (s *Server) glueRecords() []dns.RR {
 func (s *Server) formErr(r *dns.Msg) *dns.Msg {
 	m := new(dns.Msg)
 	m.SetRcodeFormatError(r)
+	m.RecursionDesired = r.RecursionDesired // RFC 1035 4.1.1: RD is copied into the response
 	m.RecursionAvailable = false
 	return m
 }

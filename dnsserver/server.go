@@ -77,7 +77,7 @@ type Config struct {
 type Server struct {
 	zone       string
 	ns         []NameServer
-	glue       map[string]store.Record
+	glue       map[string][]netip.Addr // in-zone nameserver label → its addresses
 	hostmaster string
 	ttl        uint32
 	negTTL     uint32
@@ -91,7 +91,8 @@ type Server struct {
 
 	mu       sync.Mutex
 	udp, tcp *dns.Server
-	done     chan error
+	stopping bool          // Shutdown has been called after Serve
+	stopped  chan struct{} // nil until Serve succeeds; closed when both transports have returned
 	bound    net.Addr
 }
 
@@ -118,7 +119,7 @@ func New(cfg Config) (*Server, error) {
 		src:        cfg.Source,
 		log:        cfg.Logger,
 		addr:       cfg.Addr,
-		glue:       map[string]store.Record{},
+		glue:       map[string][]netip.Addr{},
 	}
 	if cfg.TTL < 0 || cfg.TTL > 7*24*time.Hour {
 		return nil, fmt.Errorf("dnsserver: Config.TTL %s out of range (0 to 7 days)", cfg.TTL)
@@ -149,21 +150,19 @@ func New(cfg Config) (*Server, error) {
 		if _, ok := dns.IsDomainName(name); !ok {
 			return nil, fmt.Errorf("dnsserver: nameserver %q is not a domain name", ns.Name)
 		}
-		var rec store.Record
+		var addrs []netip.Addr
 		for _, a := range ns.Addrs {
-			a = a.Unmap()
-			if a.Is4() {
-				rec.IPv4 = a
-			} else {
-				rec.IPv6 = a
+			if !a.IsValid() {
+				return nil, fmt.Errorf("dnsserver: nameserver %s has an empty address", name)
 			}
+			addrs = append(addrs, a.Unmap()) // ::ffff:192.0.2.1 is glue A 192.0.2.1
 		}
 		if dns.IsSubDomain(zone, name) && name != zone {
 			if len(ns.Addrs) == 0 {
 				return nil, fmt.Errorf("dnsserver: nameserver %s is inside the zone and needs an address for glue", name)
 			}
-			s.glue[name[:len(name)-len(zone)-1]] = rec
-			s.ns = append(s.ns, NameServer{Name: name, Addrs: ns.Addrs})
+			s.glue[name[:len(name)-len(zone)-1]] = addrs
+			s.ns = append(s.ns, NameServer{Name: name, Addrs: addrs})
 		} else {
 			s.ns = append(s.ns, NameServer{Name: name}) // out-of-zone: no glue
 		}
@@ -192,44 +191,75 @@ func (s *Server) Start() error {
 }
 
 // Serve serves on sockets the caller opened (tests, socket activation). The
-// server owns them afterwards and closes them at Shutdown.
+// server owns them afterwards and closes them at Shutdown, or before Serve
+// returns an error.
 func (s *Server) Serve(pc net.PacketConn, ln net.Listener) error {
-	h := dns.HandlerFunc(s.ServeDNS)
-	accept := func(dh dns.Header) dns.MsgAcceptAction {
-		if dh.Bits&(1<<15) != 0 { // a response: never answer it
-			return dns.MsgIgnore
+	if pc == nil || ln == nil {
+		if pc != nil {
+			pc.Close()
 		}
-		if opcode := int(dh.Bits>>11) & 0xF; opcode != dns.OpcodeQuery {
-			return dns.MsgRejectNotImplemented
+		if ln != nil {
+			ln.Close()
 		}
-		if dh.Qdcount != 1 {
-			return dns.MsgReject
-		}
-		return dns.MsgAccept
+		return errors.New("dnsserver: Serve needs both a packet conn and a listener")
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.done != nil {
+	if s.stopped != nil {
 		return errors.New("dnsserver: already started")
 	}
-	s.udp = &dns.Server{PacketConn: pc, Handler: h, MsgAcceptFunc: accept, UDPSize: maxQuerySize}
-	s.tcp = &dns.Server{Listener: ln, Handler: h, MsgAcceptFunc: accept, IdleTimeout: func() time.Duration { return tcpIdleTimeout }}
-	s.bound = pc.LocalAddr()
-	s.done = make(chan error, 2)
-	started := make(chan struct{}, 2)
-	for _, srv := range []*dns.Server{s.udp, s.tcp} {
-		srv.NotifyStartedFunc = func() { started <- struct{}{} }
-		go func() { s.done <- srv.ActivateAndServe() }()
-	}
-	for range 2 {
+	h := dns.HandlerFunc(s.ServeDNS)
+	udp := &dns.Server{PacketConn: pc, Handler: h, MsgAcceptFunc: acceptQuery, UDPSize: maxQuerySize}
+	tcp := &dns.Server{Listener: ln, Handler: h, MsgAcceptFunc: acceptQuery, IdleTimeout: func() time.Duration { return tcpIdleTimeout }}
+	var running sync.WaitGroup
+	// One transport after the other, so that a failure leaves nothing running.
+	for _, srv := range []*dns.Server{udp, tcp} {
+		started, exited := make(chan struct{}), make(chan error, 1)
+		srv.NotifyStartedFunc = func() { close(started) }
+		running.Add(1)
+		go func() {
+			defer running.Done()
+			err := srv.ActivateAndServe()
+			if err != nil {
+				s.log.Error().Err(err).Msg("dns transport stopped")
+			}
+			exited <- err
+		}()
 		select {
 		case <-started:
-		case err := <-s.done:
-			return fmt.Errorf("dns server on %s: %w", s.bound, err)
+		case err := <-exited:
+			_ = udp.Shutdown() // "not started" when UDP is the one that failed
+			pc.Close()
+			ln.Close()
+			running.Wait()
+			return fmt.Errorf("dns server on %s: %w", pc.LocalAddr(), err)
 		}
 	}
+	s.udp, s.tcp, s.bound = udp, tcp, pc.LocalAddr()
+	stopped := make(chan struct{})
+	s.stopped = stopped
+	go func() {
+		running.Wait()
+		close(stopped)
+	}()
 	s.log.Info().Str("addr", s.bound.String()).Str("zone", s.zone).Msg("dns listening (udp, tcp)")
 	return nil
+}
+
+// acceptQuery is the first check of every packet, on its header alone:
+// responses get no reply (answering them invites reflection loops), opcodes
+// other than QUERY get NOTIMP and anything but exactly one question FORMERR.
+func acceptQuery(dh dns.Header) dns.MsgAcceptAction {
+	if dh.Bits&(1<<15) != 0 {
+		return dns.MsgIgnore
+	}
+	if opcode := int(dh.Bits>>11) & 0xF; opcode != dns.OpcodeQuery {
+		return dns.MsgRejectNotImplemented
+	}
+	if dh.Qdcount != 1 {
+		return dns.MsgReject
+	}
+	return dns.MsgAccept
 }
 
 // Addr returns the bound address (UDP and TCP share the port).
@@ -240,21 +270,24 @@ func (s *Server) Addr() net.Addr {
 }
 
 // Shutdown stops both transports, waiting for in-flight queries up to ctx's
-// deadline, and closes the sockets.
+// deadline, and closes the sockets. Calling it again waits for the same stop.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	udp, tcp, done := s.udp, s.tcp, s.done
-	s.mu.Unlock()
-	if done == nil {
+	udp, tcp, stopped, first := s.udp, s.tcp, s.stopped, !s.stopping
+	if stopped == nil { // never started
+		s.mu.Unlock()
 		return nil
 	}
-	err := errors.Join(udp.ShutdownContext(ctx), tcp.ShutdownContext(ctx))
-	for range 2 {
-		select {
-		case <-done:
-		case <-ctx.Done():
-			return errors.Join(err, ctx.Err())
-		}
+	s.stopping = true
+	s.mu.Unlock()
+	var err error
+	if first {
+		err = errors.Join(udp.ShutdownContext(ctx), tcp.ShutdownContext(ctx))
+	}
+	select {
+	case <-stopped:
+	case <-ctx.Done():
+		err = errors.Join(err, ctx.Err())
 	}
 	if err != nil {
 		return fmt.Errorf("dns shutdown: %w", err)
@@ -284,6 +317,11 @@ func listen(addr string, rcvBuf int, log zerolog.Logger) (net.PacketConn, net.Li
 			// otherwise fall back to what the sysctl allows.
 			if serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, rcvBuf); serr != nil {
 				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvBuf)
+			}
+			// SO_RCVBUF is capped at rmem_max without an error; the kernel
+			// reports twice the size it granted.
+			if got, err := syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF); serr == nil && err == nil && got/2 < rcvBuf {
+				serr = fmt.Errorf("the kernel granted %d bytes (raise net.core.rmem_max)", got/2)
 			}
 		})
 		if err != nil {
