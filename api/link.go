@@ -1,0 +1,78 @@
+package api
+
+import (
+	"crypto/x509"
+	"encoding/base64"
+	"net/http"
+
+)
+
+// The device-side calls Link needs: publishing the agent's public key and
+// issuing access codes for devices with access "token".
+
+type keyRequest struct {
+	// PublicKey is base64 (standard, padded) of a DER SubjectPublicKeyInfo.
+	PublicKey string `json:"public_key"`
+}
+
+// handleKey records the public key the device's agent generated; Link
+// clients pin it.
+func (a *API) handleKey(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, ok := a.authorizeDevice(w, r, name); !ok {
+		return
+	}
+	var req keyRequest
+	if present, err := decode(r, &req); err != nil || !present || req.PublicKey == "" {
+		a.fail(w, http.StatusBadRequest, "%s", cmpErr(err, `request body must be {"public_key":"<base64 DER SubjectPublicKeyInfo>"}`))
+		return
+	}
+	der, err := base64.StdEncoding.DecodeString(req.PublicKey)
+	if err != nil {
+		a.fail(w, http.StatusBadRequest, "public_key is not base64: %v", err)
+		return
+	}
+	if _, err := x509.ParsePKIXPublicKey(der); err != nil {
+		a.fail(w, http.StatusBadRequest, "public_key is not a DER SubjectPublicKeyInfo: %v", err)
+		return
+	}
+	d, err := a.st.SetPublicKey(r.Context(), name, req.PublicKey)
+	if err != nil {
+		a.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.deviceJSON(d))
+}
+
+type accessCodeResponse struct {
+	ID   string `json:"id"`
+	Code string `json:"code"`
+}
+
+// handleAddAccessCode issues an access code; the code is in this answer only.
+func (a *API) handleAddAccessCode(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, ok := a.authorizeDevice(w, r, name); !ok {
+		return
+	}
+	id, code, err := a.st.AddAccessCode(r.Context(), name)
+	if err != nil {
+		a.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, accessCodeResponse{ID: id, Code: code})
+}
+
+// handleRevokeAccessCode deletes an access code; it stops working at once.
+func (a *API) handleRevokeAccessCode(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, ok := a.authorizeDevice(w, r, name); !ok {
+		return
+	}
+	if err := a.st.RevokeAccessCode(r.Context(), name, r.PathValue("id")); err != nil {
+		a.storeError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
