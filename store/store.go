@@ -223,7 +223,7 @@ func (s *Store) load() error {
 			if err := json.Unmarshal(v, &d); err != nil {
 				return fmt.Errorf("device %q: %w", k, err)
 			}
-			s.index[d.Name] = entry{rev: rev, rec: d.record()}
+			s.index[d.Name] = entry{rev: rev, deleted: !d.resolves(), rec: d.record()}
 			return nil
 		})
 	})

@@ -79,3 +79,25 @@ func TestPublicKeyIsRecordedAndBounded(t *testing.T) {
 		t.Fatalf("unknown device: %v", err)
 	}
 }
+
+func TestDDNSOffSurvivesReopen(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := Open(Config{Dir: dir, SweepEvery: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Create(ctx, "nas1", CreateOptions{})
+	off := false
+	if _, err := s.Update(ctx, "nas1", Patch{DDNS: &off}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err = Open(Config{Dir: dir, SweepEvery: -1}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, ok := s.Lookup("nas1"); ok {
+		t.Fatal("a device with DDNS off resolves again after the store is reopened")
+	}
+}
