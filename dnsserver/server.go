@@ -71,6 +71,19 @@ type Config struct {
 	Source Source
 	// Logger receives server events (never per-query lines).
 	Logger zerolog.Logger
+	// OnQuery, if set, is told about every answered query (query logging,
+	// off unless the operator asks for it). It runs on the hot path and
+	// must not block.
+	OnQuery func(Query)
+}
+
+// Query describes one answered query for OnQuery.
+type Query struct {
+	Client netip.Addr
+	Name   string
+	Type   uint16
+	Rcode  int
+	TCP    bool
 }
 
 // Server is a running authoritative DNS server.
@@ -87,6 +100,7 @@ type Server struct {
 	rcvBuf     int
 	src        Source
 	log        zerolog.Logger
+	onQuery    func(Query)
 	addr       string
 
 	mu       sync.Mutex
@@ -117,6 +131,7 @@ func New(cfg Config) (*Server, error) {
 		subdomains: !cfg.ExactNamesOnly,
 		rcvBuf:     cfg.ReceiveBuffer,
 		src:        cfg.Source,
+		onQuery:    cfg.OnQuery,
 		log:        cfg.Logger,
 		addr:       cfg.Addr,
 		glue:       map[string][]netip.Addr{},
@@ -304,6 +319,13 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	m.Truncate(size)
 	if err := w.WriteMsg(m); err != nil {
 		s.log.Debug().Err(err).Msg("dns write failed")
+	}
+	if s.onQuery != nil && len(r.Question) == 1 {
+		q := Query{Name: r.Question[0].Name, Type: r.Question[0].Qtype, Rcode: m.Rcode, TCP: size == dns.MaxMsgSize}
+		if ap, err := netip.ParseAddrPort(w.RemoteAddr().String()); err == nil {
+			q.Client = ap.Addr().Unmap()
+		}
+		s.onQuery(q)
 	}
 }
 

@@ -5,8 +5,12 @@ import (
 	"path/filepath"
 	"time"
 
+	"strings"
+
 	"filippo.io/age"
+	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/dnsserver"
 	"github.com/nasreach/nasreach/store"
 	"github.com/urfave/cli/v3"
 )
@@ -21,6 +25,7 @@ type privacyConfig struct {
 	IPv6Bits         int
 	Quarantine       time.Duration
 	UninitializedTTL time.Duration
+	LogQueries       bool
 }
 
 func privacyFlags() []cli.Flag {
@@ -29,6 +34,7 @@ func privacyFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "log-retention", Value: connlog.DefaultRetention, Usage: "delete connection logs older than this (default six months)", Sources: cli.EnvVars("NASREACH_LOG_RETENTION")},
 		&cli.Int64Flag{Name: "log-max-bytes", Usage: "optional cap on the connection log directory; the oldest days go first", Sources: cli.EnvVars("NASREACH_LOG_MAX_BYTES")},
 		&cli.StringFlag{Name: "log-encrypt-to", Usage: "age public key file: encrypt connection logs so the daemon cannot read them back", Sources: cli.EnvVars("NASREACH_LOG_ENCRYPT_TO")},
+		&cli.BoolFlag{Name: "log-queries", Usage: "log every DNS query (masked) to the connection log; off by default", Sources: cli.EnvVars("NASREACH_LOG_QUERIES")},
 		&cli.IntFlag{Name: "ipv6-mask-bits", Value: 48, Usage: "IPv6 bits kept when masking client addresses (32-64)", Sources: cli.EnvVars("NASREACH_IPV6_MASK_BITS")},
 		&cli.DurationFlag{Name: "quarantine", Value: store.DefaultQuarantine, Usage: "how long a deleted device's name stays unavailable", Sources: cli.EnvVars("NASREACH_QUARANTINE")},
 		&cli.DurationFlag{Name: "uninitialized-ttl", Value: store.DefaultUninitializedTTL, Usage: "how long an uninitialized device lives unless activated", Sources: cli.EnvVars("NASREACH_UNINITIALIZED_TTL")},
@@ -38,7 +44,7 @@ func privacyFlags() []cli.Flag {
 func privacyConfigFromFlags(cmd *cli.Command, dataDir string) (privacyConfig, error) {
 	p := privacyConfig{
 		LogDir: cmd.String("log-dir"), LogRetention: cmd.Duration("log-retention"), LogMaxBytes: cmd.Int64("log-max-bytes"),
-		IPv6Bits: cmd.Int("ipv6-mask-bits"), Quarantine: cmd.Duration("quarantine"), UninitializedTTL: cmd.Duration("uninitialized-ttl"),
+		LogQueries: cmd.Bool("log-queries"), IPv6Bits: cmd.Int("ipv6-mask-bits"), Quarantine: cmd.Duration("quarantine"), UninitializedTTL: cmd.Duration("uninitialized-ttl"),
 	}
 	if p.LogDir == "" {
 		p.LogDir = filepath.Join(dataDir, "logs")
@@ -76,4 +82,18 @@ func openConnLog(cfg daemonConfig) (*connlog.Log, error) {
 		IPv6Prefix: p.IPv6Bits, Now: cfg.Now,
 		Logger: cfg.Logger.With().Str("component", "connlog").Logger(),
 	})
+}
+
+// queryLogger returns the DNS server's query hook: nil (no cost on the hot
+// path) unless --log-queries is on, then one masked event per query.
+func queryLogger(p privacyConfig, l *connlog.Log) func(dnsserver.Query) {
+	if !p.LogQueries || l == nil {
+		return nil
+	}
+	return func(q dnsserver.Query) {
+		l.Log(connlog.Event{
+			Service: "dns", Kind: "query", Outcome: dns.RcodeToString[q.Rcode], Client: q.Client,
+			Detail: strings.TrimSuffix(strings.ToLower(q.Name), ".") + " " + dns.TypeToString[q.Type],
+		})
+	}
 }

@@ -401,3 +401,26 @@ func TestBackupSnapshotRestoresAndOldSnapshotsExpire(t *testing.T) {
 		t.Fatalf("device token after restore: HTTP %d", code)
 	}
 }
+
+func TestQueryLoggingIsOffByDefaultAndMaskedWhenOn(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		td := startTestDaemon(t, func(c *daemonConfig) { c.Privacy.LogQueries = on })
+		td.addDevice("nas1")
+		td.query("udp", "nas1.myqnapcloud.com", dns.TypeA)
+		td.query("tcp", "unknown.myqnapcloud.com", dns.TypeAAAA)
+		td.stop()
+		files, _ := filepath.Glob(filepath.Join(td.Dir, "logs", "conn-*.jsonl"))
+		var all string
+		for _, f := range files {
+			b, _ := os.ReadFile(f)
+			all += string(b)
+		}
+		n := strings.Count(all, `"service":"dns"`)
+		switch {
+		case !on && n != 0:
+			t.Errorf("query logging is off by default, yet %d queries were logged", n)
+		case on && (n != 2 || !strings.Contains(all, `"detail":"unknown.myqnapcloud.com AAAA"`) || !strings.Contains(all, `"outcome":"NXDOMAIN"`) || !strings.Contains(all, `"client":"127.0.0.0"`) || strings.Contains(all, "127.0.0.1")):
+			t.Errorf("with --log-queries want two masked query events, got:\n%s", all)
+		}
+	}
+}

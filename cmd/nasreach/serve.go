@@ -164,7 +164,7 @@ func startDaemon(cfg daemonConfig) (d *daemon, err error) {
 	}
 	d.dns, err = dnsserver.New(dnsserver.Config{
 		Addr: cfg.DNSAddr, Zone: cfg.Zone, NameServers: cfg.NameServers, TTL: cfg.TTL,
-		ExactNamesOnly: cfg.ExactNames, Source: d.store,
+		ExactNamesOnly: cfg.ExactNames, Source: d.store, OnQuery: queryLogger(cfg.Privacy, d.connlog),
 		Logger: cfg.Logger.With().Str("component", "dns").Logger(),
 	})
 	if err != nil {
