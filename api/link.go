@@ -4,7 +4,6 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"net/http"
-
 )
 
 // The device-side calls Link needs: publishing the agent's public key and
@@ -75,4 +74,3 @@ func (a *API) handleRevokeAccessCode(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
-
