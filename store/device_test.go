@@ -3,6 +3,7 @@ package store_test
 import (
 	"encoding/base64"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -51,7 +52,7 @@ func TestValidateNameFollowsDNSLabelRules(t *testing.T) {
 			t.Errorf("ValidateName(%q) = %v, want %v", c.name, err, c.want)
 			continue
 		}
-		if msg := err.Error(); !strings.Contains(msg, c.because) || !strings.Contains(msg, c.name) {
+		if msg := err.Error(); !strings.Contains(msg, c.because) || !strings.Contains(msg, strconv.Quote(c.name)) {
 			t.Errorf("ValidateName(%q) message %q should name the label and say %q", c.name, msg, c.because)
 		}
 	}
