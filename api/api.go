@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -22,10 +23,13 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// Limits on what a client may send.
+// Limits on what a client may send. maxHeaderBytes is enforced by the
+// handler (so the refusal is JSON like every other 4xx); net/http's own,
+// plain-text limit sits far above it as a backstop.
 const (
-	maxBodyBytes   = 4 << 10
-	maxHeaderBytes = 8 << 10
+	maxBodyBytes       = 4 << 10
+	maxHeaderBytes     = 8 << 10
+	backstopHeaderSize = 64 << 10
 )
 
 // Config configures New.
@@ -68,6 +72,7 @@ type API struct {
 	proxies  []netip.Prefix
 	now      func() time.Time
 	log      zerolog.Logger
+	throttle Throttle
 	fails    *limiter
 	regs     *limiter
 	events   EventSink
@@ -99,6 +104,7 @@ func New(cfg Config) (*API, error) {
 		a.now = time.Now
 	}
 	t := cfg.Throttle.withDefaults()
+	a.throttle = t
 	a.fails = newLimiter(t.FailedLogins, t.FailedLoginsWindow, t.Block, a.now)
 	a.regs = newLimiter(t.Registrations, t.RegistrationsWindow, t.RegistrationsWindow, a.now)
 	a.mux = http.NewServeMux()
@@ -131,7 +137,31 @@ func (a *API) routes() {
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, maxBodyBytes)
 	w.Header().Set("Cache-Control", "no-store")
+	if !strings.HasPrefix(r.URL.Path, "/") {
+		a.fail(w, http.StatusBadRequest, "request target %q is not a path", r.RequestURI)
+		return
+	}
+	if n := headerSize(r); n > maxHeaderBytes {
+		a.fail(w, http.StatusRequestHeaderFieldsTooLarge, "request headers are %d bytes; at most %d are accepted", n, maxHeaderBytes)
+		return
+	}
 	a.mux.ServeHTTP(w, r)
+}
+
+// headerSize is the size of the request line and headers as sent, near enough.
+func headerSize(r *http.Request) int {
+	n := len(r.Method) + len(r.RequestURI) + len(r.Proto) + 4
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
+}
+
+// retryAfter sets Retry-After to d in whole seconds.
+func retryAfter(w http.ResponseWriter, d time.Duration) {
+	w.Header().Set("Retry-After", strconv.Itoa(int((d+time.Second-1)/time.Second)))
 }
 
 // Serve serves HTTP on ln until Shutdown. It returns http.ErrServerClosed after
@@ -143,7 +173,7 @@ func (a *API) Serve(ln net.Listener) error {
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       60 * time.Second,
-		MaxHeaderBytes:    maxHeaderBytes,
+		MaxHeaderBytes:    backstopHeaderSize,
 		ErrorLog:          nil,
 	}
 	a.log.Info().Str("addr", ln.Addr().String()).Msg("http api listening")

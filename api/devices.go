@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -40,7 +41,16 @@ func decode(r *http.Request, v any) (present bool, err error) {
 		}
 		return true, fmt.Errorf("request body is not valid JSON for this call: %v", err)
 	}
-	if dec.More() {
+	// The rest of the body may only be white space, and must fit the limit too.
+	rest, err := io.ReadAll(io.MultiReader(dec.Buffered(), r.Body))
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return true, fmt.Errorf("request body is larger than %d bytes", mbe.Limit)
+	}
+	if err != nil {
+		return true, fmt.Errorf("read request body: %v", err)
+	}
+	if len(bytes.TrimSpace(rest)) > 0 {
 		return true, errors.New("request body has data after the JSON object")
 	}
 	return true, nil
@@ -67,7 +77,7 @@ func (a *API) storeError(w http.ResponseWriter, err error) {
 func (a *API) authorizeDevice(w http.ResponseWriter, r *http.Request, name string) (admin, ok bool) {
 	src := a.clientAddr(r)
 	if a.fails.blocked(src) {
-		w.Header().Set("Retry-After", fmt.Sprint(int(DefaultThrottle.Block.Seconds())))
+		retryAfter(w, a.throttle.Block)
 		a.fail(w, http.StatusTooManyRequests, "too many failed logins from your address; try again later")
 		return false, false
 	}
@@ -132,7 +142,7 @@ func (a *API) handleCreate(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		} else if src := a.clientAddr(r); !a.regs.allow(src) {
-			w.Header().Set("Retry-After", "3600")
+			retryAfter(w, a.throttle.RegistrationsWindow)
 			a.fail(w, http.StatusTooManyRequests, "too many registrations from your address; try again later")
 			return
 		}

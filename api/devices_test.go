@@ -644,7 +644,7 @@ func TestServerLevelRefusalsAreJSON(t *testing.T) {
 		}
 	}
 	if notJSON != nil {
-		t.Skipf("BUG: refusals made by net/http itself (http.Server's 431, http.ServeMux's 400 for a \"*\" target) are not the one-line JSON every 4xx promises: %v", notJSON)
+		t.Errorf("refusals made by net/http itself (http.Server's 431, http.ServeMux's 400 for a \"*\" target) are not the one-line JSON every 4xx promises: %v", notJSON)
 	}
 }
 
@@ -665,7 +665,7 @@ func TestBodyOverTheLimitIsRefusedEvenAfterAValidObject(t *testing.T) {
 	body := `{"ipv4":"203.0.113.7"}` + strings.Repeat(" ", 8<<10) + `{"ipv6":"2001:db8::1"}`
 	r := s.do(req{method: "PUT", path: "/v1/devices/nas1/address", bearer: tok, body: body})
 	if r.code == http.StatusOK {
-		t.Skipf("BUG: api.decode accepts a body over maxBodyBytes when the first JSON object fits: dec.More() hides the MaxBytesError, so %d bytes were applied with 200", len(body))
+		t.Errorf("api.decode accepts a body over maxBodyBytes when the first JSON object fits: dec.More() hides the MaxBytesError, so %d bytes were applied with 200", len(body))
 	}
 	wantError(t, "8 KiB address body", r, http.StatusBadRequest)
 	if rec, _ := s.st.Lookup("nas1"); rec.IPv4.IsValid() {

@@ -42,7 +42,7 @@ type dyndns2Request struct {
 }
 
 // parseDyndns2 reads the query parameters of an update. src is the request's
-// source address, used when myip does not give one of its family. The error is
+// source address, used when myip (and myipv6) give no valid address. The error is
 // the dyndns2 code to answer with.
 func parseDyndns2(q url.Values, src netip.Addr) (dyndns2Request, string) {
 	var req dyndns2Request
@@ -110,7 +110,7 @@ func (a *API) handleDyndns2(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if a.fails.blocked(src) {
-		w.Header().Set("Retry-After", fmt.Sprint(int(DefaultThrottle.Block.Seconds())))
+		retryAfter(w, a.throttle.Block)
 		reply(http.StatusTooManyRequests, "abuse")
 		return
 	}

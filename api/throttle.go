@@ -2,6 +2,7 @@ package api
 
 import (
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 )
@@ -43,8 +44,9 @@ func (t Throttle) withDefaults() Throttle {
 	return d
 }
 
-// maxTracked bounds the limiter's memory; past it the oldest windows are
-// forgotten first by the sweep, and new sources are tracked regardless.
+// maxTracked bounds the limiter's memory: past it the sweep forgets the
+// windows that do not block, then the newest blocks, so a spray from many
+// sources cannot push an earlier, blocked source out.
 const maxTracked = 100_000
 
 // limiter counts events per source network (an IPv4 address, an IPv6 /64) in
@@ -128,7 +130,23 @@ func (l *limiter) sweep() {
 			delete(l.seen, k)
 		}
 	}
-	if len(l.seen) > maxTracked { // under attack from many sources: start over
-		clear(l.seen)
+	if len(l.seen) <= maxTracked {
+		return
+	}
+	// Many sources at once: forget windows that do not block, then the
+	// newest blocks, so that a spray cannot push out an earlier offender.
+	var blocks []netip.Prefix
+	for k, w := range l.seen {
+		if now.Before(w.blocked) {
+			blocks = append(blocks, k)
+		} else {
+			delete(l.seen, k)
+		}
+	}
+	if excess := len(blocks) - maxTracked; excess > 0 {
+		slices.SortFunc(blocks, func(a, b netip.Prefix) int { return l.seen[b].start.Compare(l.seen[a].start) })
+		for _, k := range blocks[:excess] {
+			delete(l.seen, k)
+		}
 	}
 }

@@ -101,7 +101,8 @@ var DefaultReserved = []string{"ns1", "ns2", "www", "_acme-challenge"}
 // may register: 1–63 of a–z, 0–9 and '-', not starting or ending with '-', not
 // starting with '_' and not in reserved.
 func ValidateName(name string, reserved []string) error {
-	if strings.HasPrefix(name, "_") || slices.Contains(DefaultReserved, name) || slices.Contains(reserved, name) {
+	isName := func(r string) bool { return strings.EqualFold(r, name) }
+	if strings.HasPrefix(name, "_") || slices.Contains(DefaultReserved, name) || slices.ContainsFunc(reserved, isName) {
 		return fmt.Errorf("%q: %w for the service", name, ErrReserved)
 	}
 	if len(name) == 0 || len(name) > 63 {

@@ -628,14 +628,19 @@ func (s *Store) Sweep(ctx context.Context) (expired int, err error) {
 		return 0, fmt.Errorf("sweep: %w", err)
 	}
 	for _, name := range names {
+		var gone bool // decided by the mutation's last run, the committed one
 		err := s.write(ctx, name, Expired, func(cur *Device) (outcome, error) {
-			if cur == nil || !s.expired(*cur, s.now()) {
+			gone = cur != nil && s.expired(*cur, s.now())
+			if !gone {
 				return outcome{}, nil // activated or deleted meanwhile
 			}
 			return outcome{del: true, dns: true}, nil
 		})
 		if err != nil {
 			return expired, fmt.Errorf("sweep: expire %q: %w", name, err)
+		}
+		if !gone {
+			continue
 		}
 		expired++
 		s.log.Info().Str("device", name).Msg("uninitialized device expired; its data is deleted")
