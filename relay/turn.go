@@ -1,0 +1,479 @@
+// Package relay is the server side of nasreach's relays: the TURN relay
+// (RFC 8656) that WebRTC-style clients use when no direct path exists, and the
+// Link rendezvous. Both authenticate against the device table and never store
+// or log payload.
+//
+// # TURN
+//
+// The TURN relay is pion/turn behind a thin filter (turn_filter.go) and a relay
+// address allocator (turn_alloc.go). It listens on the STUN port (3478) over
+// UDP and TCP, and on 5349 over TLS when a certificate is given, and answers
+// STUN Binding there too. Clients authenticate with long-term credentials
+// (RFC 8489 §9.2), which come from three places:
+//
+//   - static users, TURNConfig.Users ("name:password");
+//   - TURN REST API ephemeral credentials (TURNConfig.Secret): username
+//     "expiry-unix-time:name", password base64(HMAC-SHA1(secret, username)),
+//     refused with 401 once expired (RESTUsername, RESTPassword);
+//   - registered devices with their link switch on: username the device name,
+//     password the hex SHA-256 of its token (DevicePassword). A device that is
+//     deleted, switched off or given a new token loses its allocations at once.
+//
+// Peers are restricted by PeerPolicy (peers.go): private, loopback, link-local
+// and other special ranges, their IPv4-mapped, NAT64, 6to4 and Teredo forms,
+// and the server's own addresses are refused (403) unless allow-listed.
+//
+// Quotas: allocations per user and in total (486 when reached), a cap on an
+// allocation's total lifetime, and an optional bandwidth cap per allocation.
+// One AllocationEvent is emitted per allocation when it ends.
+package relay
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nasreach/nasreach/store"
+	"github.com/pion/turn/v5"
+	"github.com/rs/zerolog"
+)
+
+// Defaults for TURNConfig.
+const (
+	// DefaultRealm is the realm when TURNConfig.Realm is empty.
+	DefaultRealm = "nasreach"
+	// DefaultMaxAllocations bounds allocations in total.
+	DefaultMaxAllocations = 10000
+	// DefaultMaxAllocationsPerUser bounds allocations per user.
+	DefaultMaxAllocationsPerUser = 10
+	// DefaultMaxLifetime ends an allocation this long after it was created,
+	// however often it is refreshed.
+	DefaultMaxLifetime = 24 * time.Hour
+	// DefaultMaxTCPConns bounds concurrent TCP and TLS connections.
+	DefaultMaxTCPConns = 10000
+	// DefaultTCPIdleTimeout closes a TCP or TLS connection silent for this
+	// long; longer than the longest allocation lifetime (1 h) a client can
+	// request, so that a refreshing client is never cut off.
+	DefaultTCPIdleTimeout = 61 * time.Minute
+	// closeTimeout bounds how long Close waits for pion's goroutines.
+	closeTimeout = 5 * time.Second
+)
+
+// TURNConfig configures NewTURN. Zero values take the documented defaults.
+type TURNConfig struct {
+	// Addr is the UDP and TCP address for STUN and TURN, such as
+	// "127.0.0.1:13478" (development) or "0.0.0.0:3478". Port 0 picks a
+	// free port shared by both transports. Required.
+	Addr string
+	// TLSAddr is the TURN-over-TLS address (5349 in production); used only
+	// when TLS is set.
+	TLSAddr string
+	// TLS is the server's TLS configuration (certificate); nil disables TLS.
+	TLS *tls.Config
+	// RelayIP is the address clients are told to send peer traffic to
+	// (XOR-RELAYED-ADDRESS). It defaults to the IP of Addr and is required
+	// when Addr is a wildcard address such as 0.0.0.0. Relay sockets bind
+	// the IP of Addr.
+	RelayIP netip.Addr
+	// Realm is the long-term credential realm; empty means DefaultRealm.
+	Realm string
+	// Users are static credentials, "name:password" each.
+	Users []string
+	// Secret enables TURN REST API ephemeral credentials.
+	Secret string
+	// Devices enables credentials for registered devices; nil disables them.
+	// The relay watches it with OnChange and ends a device's allocations
+	// when it is deleted, switched off or given a new token.
+	Devices Devices
+	// AllowPeers are ranges allowed as peers even though PeerPolicy would
+	// refuse them (a lab network; 127.0.0.1/32 in tests).
+	AllowPeers []netip.Prefix
+	// OwnAddrs are addresses of this server refused as peers, in addition
+	// to its interface addresses (InterfaceAddrs) and Addr's IP; add a
+	// public address that a 1:1 NAT maps to this host.
+	OwnAddrs []netip.Addr
+	// MaxAllocations bounds allocations in total; zero means
+	// DefaultMaxAllocations.
+	MaxAllocations int
+	// MaxAllocationsPerUser bounds allocations per user; zero means
+	// DefaultMaxAllocationsPerUser.
+	MaxAllocationsPerUser int
+	// MaxLifetime caps an allocation's total lifetime; zero means
+	// DefaultMaxLifetime, negative means no cap.
+	MaxLifetime time.Duration
+	// BandwidthPerAllocation, when positive, caps each direction of an
+	// allocation at this many bytes per second; excess datagrams are
+	// dropped.
+	BandwidthPerAllocation int64
+	// Sockets is the number of SO_REUSEPORT sockets per UDP port and of TCP
+	// listeners; zero means one per CPU.
+	Sockets int
+	// MaxTCPConns bounds concurrent TCP and TLS connections; zero means
+	// DefaultMaxTCPConns.
+	MaxTCPConns int
+	// TCPIdleTimeout closes silent TCP and TLS connections; zero means
+	// DefaultTCPIdleTimeout.
+	TCPIdleTimeout time.Duration
+	// Binding answers STUN Binding requests on the TURN port (wire it to
+	// stun.Responder.Answer). It returns nil to drop. Nil lets pion answer.
+	Binding func(req []byte, from netip.AddrPort) []byte
+	// Events receives one record per allocation when it ends. It must not
+	// block. Nil logs the record at info level to Logger.
+	Events func(AllocationEvent)
+	// Logger receives lifecycle records and pion's warnings (addresses
+	// masked). The zero value logs nothing.
+	Logger zerolog.Logger
+	// Now is the clock for credential expiry and events; nil means time.Now.
+	Now func() time.Time
+}
+
+// TURN is a running TURN relay.
+type TURN struct {
+	cfg     TURNConfig
+	log     zerolog.Logger
+	now     func() time.Time
+	creds   *credentials
+	policy  *PeerPolicy
+	alloc   *allocator
+	srv     *turn.Server
+	addr    netip.AddrPort
+	tlsAddr netip.AddrPort
+	stats   turnCounters
+
+	// readers counts the socket readers pion runs: listening sockets,
+	// listeners, client connections and relay sockets. Close waits for it.
+	readers sync.WaitGroup
+
+	mu     sync.Mutex
+	conns  map[*streamFilter]struct{}
+	closed bool
+}
+
+type turnCounters struct {
+	malformed, peerRefused, bandwidthDropped atomic.Uint64
+	quotaUser, quotaTotal, authFailed        atomic.Uint64
+}
+
+// TURNStats are counters of a running relay.
+type TURNStats struct {
+	// Allocations is the number of live allocations.
+	Allocations int
+	// Malformed counts messages dropped as neither STUN nor ChannelData.
+	Malformed uint64
+	// PeerRefused counts requests and datagrams refused by the peer policy.
+	PeerRefused uint64
+	// BandwidthDropped counts datagrams dropped by the bandwidth cap.
+	BandwidthDropped uint64
+	// QuotaRefused counts allocations refused by a quota.
+	QuotaRefused uint64
+	// AuthFailed counts requests with bad or expired credentials.
+	AuthFailed uint64
+}
+
+// NewTURN validates cfg, binds every socket and starts relaying.
+func NewTURN(cfg TURNConfig) (*TURN, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	host, _, _ := net.SplitHostPort(cfg.Addr)
+	bindIP, _ := netip.ParseAddr(host)
+	if host == "" {
+		bindIP = netip.IPv4Unspecified()
+	}
+	relayIP := cfg.RelayIP.Unmap()
+	if !relayIP.IsValid() {
+		if !bindIP.IsValid() || bindIP.IsUnspecified() {
+			return nil, fmt.Errorf("turn: listen address %q is not one IP address: set the relay address (RelayIP, --turn-relay-ip) clients should use", cfg.Addr)
+		}
+		relayIP = bindIP
+	}
+	static, err := parseStaticUsers(cfg.Users, cfg.Realm)
+	if err != nil {
+		return nil, fmt.Errorf("turn: %w", err)
+	}
+	t := &TURN{
+		cfg: cfg, log: cfg.Logger, now: cfg.Now, conns: map[*streamFilter]struct{}{},
+		creds: &credentials{realm: cfg.Realm, static: static, secret: []byte(cfg.Secret), devices: cfg.Devices, now: cfg.Now},
+	}
+	t.alloc = &allocator{t: t, live: map[netip.AddrPort]*relayConn{}, perUser: map[string]int{}, revoked: map[string]bool{}}
+	if relayIP.Is4() {
+		t.alloc.relayIPv4, t.alloc.bindIPv4 = relayIP, bindIP
+		if !bindIP.Is4() {
+			t.alloc.bindIPv4 = netip.IPv4Unspecified()
+		}
+	} else {
+		t.alloc.relayIPv6, t.alloc.bindIPv6 = relayIP, bindIP
+		if !bindIP.Is6() {
+			t.alloc.bindIPv6 = netip.IPv6Unspecified()
+		}
+	}
+	own := append(InterfaceAddrs(), cfg.OwnAddrs...)
+	if bindIP.IsValid() {
+		own = append(own, bindIP)
+	}
+	t.policy = NewPeerPolicy(cfg.AllowPeers, []netip.Addr{relayIP}, own, t.alloc.isRelay)
+
+	udps, tcps, err := listenShared(cfg.Addr, cfg.Sockets, false)
+	if err != nil {
+		return nil, fmt.Errorf("turn: %w", err)
+	}
+	var tlss []net.Listener
+	closeSockets := func() {
+		for _, c := range udps {
+			c.Close()
+		}
+		for _, l := range append(tcps, tlss...) {
+			l.Close()
+		}
+	}
+	if cfg.TLS != nil {
+		if _, tlss, err = listenShared(cfg.TLSAddr, cfg.Sockets, true); err != nil {
+			closeSockets()
+			return nil, fmt.Errorf("turn: tls: %w", err)
+		}
+		t.tlsAddr = addrPortOf(tlss[0].Addr())
+	}
+	t.addr = addrPortOf(udps[0].LocalAddr())
+	sc := turn.ServerConfig{
+		Realm:        cfg.Realm,
+		AuthHandler:  t.authenticate,
+		QuotaHandler: func(userID, _ string, _ net.Addr) bool { return t.alloc.quotaOK(userID) },
+		EventHandler: turn.EventHandler{
+			OnAllocationCreated: t.onAllocationCreated,
+			OnPermissionCreated: func(_, _ net.Addr, _, _, _ string, relayAddr net.Addr, peer net.IP) {
+				if rc := t.alloc.byRelay(relayAddr); rc != nil {
+					rc.addPeer(peer)
+				}
+			},
+		},
+		LoggerFactory: pionLoggerFactory{log: cfg.Logger.With().Str("from", "pion").Logger()},
+	}
+	// Every listener config gets the permission handler: pion admits every
+	// peer on a listener without one.
+	for _, c := range udps {
+		sc.PacketConnConfigs = append(sc.PacketConnConfigs, turn.PacketConnConfig{
+			PacketConn: &udpFilter{PacketConn: c, t: t}, RelayAddressGenerator: t.alloc, PermissionHandler: t.permit,
+		})
+	}
+	for _, l := range tcps {
+		sc.ListenerConfigs = append(sc.ListenerConfigs, turn.ListenerConfig{
+			Listener: &streamListener{Listener: l, t: t, transport: "tcp"}, RelayAddressGenerator: t.alloc, PermissionHandler: t.permit,
+		})
+	}
+	for _, l := range tlss {
+		sc.ListenerConfigs = append(sc.ListenerConfigs, turn.ListenerConfig{
+			Listener: &streamListener{Listener: l, t: t, transport: "tls", tls: cfg.TLS}, RelayAddressGenerator: t.alloc, PermissionHandler: t.permit,
+		})
+	}
+	// Each socket's reader reports its end to t.readers, which Close waits
+	// for; none can end before Close closes it.
+	t.readers.Add(len(udps) + len(tcps) + len(tlss))
+	if t.srv, err = turn.NewServer(sc); err != nil {
+		closeSockets()
+		return nil, fmt.Errorf("turn: start pion server: %w", err)
+	}
+	if cfg.Devices != nil {
+		cfg.Devices.OnChange(t.deviceChanged)
+	}
+	ev := t.log.Info().Str("addr", t.addr.String()).Str("relay_ip", relayIP.String()).Int("sockets", cfg.Sockets)
+	if t.tlsAddr.IsValid() {
+		ev = ev.Str("tls_addr", t.tlsAddr.String())
+	}
+	ev.Msg("turn listening on udp and tcp")
+	return t, nil
+}
+
+func (cfg *TURNConfig) setDefaults() error {
+	if cfg.Addr == "" {
+		return errors.New("turn: TURNConfig.Addr is required")
+	}
+	if _, _, err := net.SplitHostPort(cfg.Addr); err != nil {
+		return fmt.Errorf("turn: Addr %q: %w", cfg.Addr, err)
+	}
+	if cfg.TLS != nil {
+		if _, _, err := net.SplitHostPort(cfg.TLSAddr); err != nil {
+			return fmt.Errorf("turn: TLSAddr %q (needed with TLS): %w", cfg.TLSAddr, err)
+		}
+	}
+	if cfg.Realm == "" {
+		cfg.Realm = DefaultRealm
+	}
+	if cfg.MaxAllocations == 0 {
+		cfg.MaxAllocations = DefaultMaxAllocations
+	}
+	if cfg.MaxAllocationsPerUser == 0 {
+		cfg.MaxAllocationsPerUser = DefaultMaxAllocationsPerUser
+	}
+	if cfg.MaxAllocations < 0 || cfg.MaxAllocationsPerUser < 0 || cfg.BandwidthPerAllocation < 0 {
+		return errors.New("turn: quotas must not be negative")
+	}
+	if cfg.MaxLifetime == 0 {
+		cfg.MaxLifetime = DefaultMaxLifetime
+	}
+	if cfg.Sockets <= 0 {
+		cfg.Sockets = runtime.NumCPU()
+	}
+	if !reusePortSupported {
+		cfg.Sockets = 1
+	}
+	if cfg.MaxTCPConns <= 0 {
+		cfg.MaxTCPConns = DefaultMaxTCPConns
+	}
+	if cfg.TCPIdleTimeout <= 0 {
+		cfg.TCPIdleTimeout = DefaultTCPIdleTimeout
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if len(cfg.Users) == 0 && cfg.Secret == "" && cfg.Devices == nil {
+		return errors.New("turn: no credentials: set Users, Secret or Devices")
+	}
+	return nil
+}
+
+// Addr returns the UDP and TCP address of the relay.
+func (t *TURN) Addr() netip.AddrPort { return t.addr }
+
+// TLSAddr returns the TLS address, or the zero value without TLS.
+func (t *TURN) TLSAddr() netip.AddrPort { return t.tlsAddr }
+
+// Stats returns the relay's counters.
+func (t *TURN) Stats() TURNStats {
+	return TURNStats{
+		Allocations: t.alloc.count(), Malformed: t.stats.malformed.Load(),
+		PeerRefused: t.stats.peerRefused.Load(), BandwidthDropped: t.stats.bandwidthDropped.Load(),
+		QuotaRefused: t.stats.quotaUser.Load() + t.stats.quotaTotal.Load(), AuthFailed: t.stats.authFailed.Load(),
+	}
+}
+
+// Close stops the listeners, closes every client connection and allocation
+// (each emits its event with reason EndShutdown) and waits for every
+// goroutine reading a socket, pion's included, to return.
+func (t *TURN) Close() error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.closed = true
+	conns := make([]*streamFilter, 0, len(t.conns))
+	for c := range t.conns {
+		conns = append(conns, c)
+	}
+	t.mu.Unlock()
+	var errs []error
+	if t.srv != nil {
+		if err := t.srv.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	t.alloc.closeAll()
+	done := make(chan struct{})
+	go func() { t.readers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(closeTimeout):
+		errs = append(errs, fmt.Errorf("some relay goroutines still running after %v", closeTimeout))
+	}
+	st := t.Stats()
+	t.log.Info().Uint64("malformed", st.Malformed).Uint64("peer_refused", st.PeerRefused).
+		Uint64("quota_refused", st.QuotaRefused).Uint64("auth_failed", st.AuthFailed).Msg("turn stopped")
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("turn: close: %w", err)
+	}
+	return nil
+}
+
+func (t *TURN) isClosed() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.closed
+}
+
+// trackConn registers a client connection; false when closed or full.
+func (t *TURN) trackConn(s *streamFilter) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed || len(t.conns) >= t.cfg.MaxTCPConns {
+		return false
+	}
+	t.conns[s] = struct{}{}
+	t.readers.Add(1)
+	return true
+}
+
+func (t *TURN) untrackConn(s *streamFilter) {
+	t.mu.Lock()
+	delete(t.conns, s)
+	t.mu.Unlock()
+}
+
+// permit is pion's PermissionHandler (CreatePermission, ChannelBind, Connect).
+func (t *TURN) permit(_ net.Addr, peer net.IP) bool {
+	a, ok := netip.AddrFromSlice(peer)
+	if ok && t.policy.CheckIP(a).OK() {
+		return true
+	}
+	t.stats.peerRefused.Add(1)
+	return false
+}
+
+// authenticate is pion's AuthHandler.
+func (t *TURN) authenticate(ra *turn.RequestAttributes) (string, []byte, bool) {
+	userID, key, err := t.creds.lookup(ra.Username, ra.Realm)
+	if err != nil {
+		t.stats.authFailed.Add(1)
+		return "", nil, false
+	}
+	return userID, key, true
+}
+
+func (t *TURN) onAllocationCreated(src, dst net.Addr, _, _, _ string, relayAddr net.Addr, _ int) {
+	rc := t.alloc.byRelay(relayAddr)
+	if rc == nil {
+		return
+	}
+	transport := "udp"
+	if _, ok := dst.(*net.TCPAddr); ok {
+		transport = "tcp"
+		if t.tlsAddr.IsValid() && addrPortOf(dst).Port() == t.tlsAddr.Port() {
+			transport = "tls"
+		}
+	}
+	rc.created(addrPortOf(src), transport)
+}
+
+// deviceChanged is the store observer: a device that is deleted or switched
+// off loses its allocations, as do allocations made with an old token.
+func (t *TURN) deviceChanged(c store.Change) {
+	if t.isClosed() {
+		return
+	}
+	d := c.Device
+	switch {
+	case c.Kind == store.Deleted || !d.Link:
+		t.alloc.revokeDevice(d.Name, "", true)
+	default:
+		t.alloc.revokeDevice(d.Name, deviceUserID(d), false)
+	}
+}
+
+func (t *TURN) emit(ev AllocationEvent) {
+	if t.cfg.Events != nil {
+		t.cfg.Events(ev)
+		return
+	}
+	t.log.Info().Time("start", ev.Start).Time("end", ev.End).Str("user", ev.User).Str("credential", ev.Credential).
+		Str("client", ev.Client.String()).Str("transport", ev.Transport).Int("peers", ev.Peers).
+		Uint64("bytes_from_client", ev.BytesFromClient).Uint64("bytes_to_client", ev.BytesToClient).
+		Str("reason", ev.Reason).Msg("turn allocation")
+}

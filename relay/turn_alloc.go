@@ -1,0 +1,373 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nasreach/nasreach/anonymize"
+	"github.com/pion/turn/v5"
+	"golang.org/x/time/rate"
+)
+
+// Reasons an allocation ended, as reported in AllocationEvent.Reason.
+const (
+	EndReleased = "released"     // the client let it expire, refreshed it to 0 or closed its TCP connection
+	EndRevoked  = "revoked"      // the device was deleted, lost its link switch or got a new token
+	EndCapped   = "lifetime cap" // it reached TURNConfig.MaxLifetime
+	EndShutdown = "shutdown"     // the relay was closed
+)
+
+// AllocationEvent is the one record the relay keeps about an allocation,
+// passed to TURNConfig.Events when it ends. It holds no payload and no peer
+// address; the client address is masked.
+type AllocationEvent struct {
+	// Start and End are when the allocation was created and removed.
+	Start, End time.Time
+	// User is the device name, static user name or REST API name.
+	User string
+	// Credential is CredentialDevice, CredentialStatic or CredentialREST.
+	Credential string
+	// Client is the client's address masked by anonymize.AddrPort.
+	Client netip.Addr
+	// Transport is how the client reached the relay: "udp", "tcp" or "tls".
+	Transport string
+	// Peers is the number of distinct peer addresses the client was given a
+	// permission for; the addresses themselves are not kept.
+	Peers int
+	// BytesFromClient is payload relayed from the client to peers;
+	// BytesToClient is payload received from peers at the relay address.
+	BytesFromClient, BytesToClient uint64
+	// Reason is why it ended: EndReleased, EndRevoked, EndCapped or EndShutdown.
+	Reason string
+}
+
+// errQuota makes pion answer 508 when two Allocate requests race past the
+// quota check that answers 486; see allocator.reserve.
+var errQuota = errors.New("allocation quota reached")
+
+// maxPeersTracked bounds the per-allocation set used to count distinct peers.
+const maxPeersTracked = 4096
+
+// allocator is pion's RelayAddressGenerator: it opens the relay socket of
+// each UDP allocation, enforces the allocation quotas, and wraps the socket so
+// that bytes are counted, the bandwidth cap applied, the peer policy checked
+// on every datagram sent, and the allocation event emitted when it closes.
+// TCP allocations (RFC 6062) are refused: a relay that opens TCP connections
+// on a client's behalf is the riskiest SSRF surface and WebRTC does not use it.
+type allocator struct {
+	t         *TURN
+	relayIPv4 netip.Addr
+	relayIPv6 netip.Addr
+	bindIPv4  netip.Addr
+	bindIPv6  netip.Addr
+
+	mu      sync.Mutex
+	live    map[netip.AddrPort]*relayConn
+	perUser map[string]int
+	revoked map[string]bool // device names whose allocations are refused
+	closed  bool
+}
+
+var _ turn.RelayAddressGenerator = (*allocator)(nil)
+
+// Validate implements turn.RelayAddressGenerator.
+func (a *allocator) Validate() error {
+	if !a.relayIPv4.IsValid() && !a.relayIPv6.IsValid() {
+		return errors.New("no relay address")
+	}
+	return nil
+}
+
+// quotaOK is pion's QuotaHandler: false makes it answer 486.
+func (a *allocator) quotaOK(userID string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.quotaLocked(userID) == nil
+}
+
+func (a *allocator) quotaLocked(userID string) error {
+	cfg := &a.t.cfg
+	if len(a.live) >= cfg.MaxAllocations {
+		a.t.stats.quotaTotal.Add(1)
+		return fmt.Errorf("%w: %d allocations in total", errQuota, cfg.MaxAllocations)
+	}
+	if a.perUser[userID] >= cfg.MaxAllocationsPerUser {
+		a.t.stats.quotaUser.Add(1)
+		return fmt.Errorf("%w: %d allocations for one user", errQuota, cfg.MaxAllocationsPerUser)
+	}
+	return nil
+}
+
+// AllocatePacketConn implements turn.RelayAddressGenerator.
+func (a *allocator) AllocatePacketConn(c turn.AllocateListenerConfig) (net.PacketConn, net.Addr, error) {
+	relayIP, bindIP := a.relayIPv4, a.bindIPv4
+	if c.Network == "udp6" {
+		relayIP, bindIP = a.relayIPv6, a.bindIPv6
+	}
+	if !relayIP.IsValid() {
+		return nil, nil, fmt.Errorf("no relay address for %s", c.Network)
+	}
+	if c.UserID == "" {
+		// pion probing for a free even port (EVEN-PORT): a bare socket
+		// it closes at once.
+		return listenRelay(c.Network, bindIP, relayIP, c.RequestedPort)
+	}
+	kind, name := splitUserID(c.UserID)
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return nil, nil, net.ErrClosed
+	}
+	if kind == CredentialDevice && a.revoked[name] {
+		a.mu.Unlock()
+		return nil, nil, errBadCredentials
+	}
+	if err := a.quotaLocked(c.UserID); err != nil {
+		a.mu.Unlock()
+		return nil, nil, err
+	}
+	a.perUser[c.UserID]++ // reserved under the lock; released on failure below
+	a.mu.Unlock()
+
+	conn, addr, err := listenRelay(c.Network, bindIP, relayIP, c.RequestedPort)
+	if err != nil {
+		a.release(c.UserID)
+		return nil, nil, err
+	}
+	ap := addr.(*net.UDPAddr).AddrPort()
+	rc := &relayConn{
+		PacketConn: conn, a: a, userID: c.UserID, kind: kind, name: name,
+		relay: ap, start: a.t.now(), peers: map[netip.Addr]struct{}{},
+	}
+	if bw := a.t.cfg.BandwidthPerAllocation; bw > 0 {
+		burst := max(int(bw), 2*inboundMTU) // at least one datagram of each size
+		rc.toPeer = rate.NewLimiter(rate.Limit(bw), burst)
+		rc.fromPeer = rate.NewLimiter(rate.Limit(bw), burst)
+	}
+	a.mu.Lock()
+	a.live[ap] = rc
+	a.mu.Unlock()
+	a.t.readers.Add(1) // pion's relay loop reads until the socket closes
+	if capd := a.t.cfg.MaxLifetime; capd > 0 {
+		rc.capTimer = time.AfterFunc(capd, func() { rc.end(EndCapped) })
+	}
+	return rc, addr, nil
+}
+
+func listenRelay(network string, bindIP, relayIP netip.Addr, port int) (net.PacketConn, net.Addr, error) {
+	conn, err := (&net.ListenConfig{}).ListenPacket(context.Background(), network, net.JoinHostPort(bindIP.String(), strconv.Itoa(port)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("open relay socket: %w", err)
+	}
+	local := conn.LocalAddr().(*net.UDPAddr)
+	return conn, &net.UDPAddr{IP: relayIP.AsSlice(), Port: local.Port}, nil
+}
+
+func (a *allocator) release(userID string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.perUser[userID]--; a.perUser[userID] <= 0 {
+		delete(a.perUser, userID)
+	}
+}
+
+// AllocateListener implements turn.RelayAddressGenerator: TCP allocations are
+// refused before they get here (442); this is the backstop.
+func (a *allocator) AllocateListener(turn.AllocateListenerConfig) (net.Listener, net.Addr, error) {
+	return nil, nil, errors.New("tcp allocations are not supported")
+}
+
+// AllocateConn implements turn.RelayAddressGenerator: no outgoing TCP
+// connections (RFC 6062 Connect is answered 447).
+func (a *allocator) AllocateConn(turn.AllocateConnConfig) (net.Conn, error) {
+	return nil, errors.New("tcp connections to peers are not supported")
+}
+
+// isRelay reports whether ap is the relay address of a live allocation.
+func (a *allocator) isRelay(ap netip.AddrPort) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, ok := a.live[ap]
+	return ok
+}
+
+func (a *allocator) byRelay(addr net.Addr) *relayConn {
+	ua, ok := addr.(*net.UDPAddr)
+	if !ok {
+		return nil
+	}
+	ap := netip.AddrPortFrom(ua.AddrPort().Addr().Unmap(), ua.AddrPort().Port())
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.live[ap]
+}
+
+func (a *allocator) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.live)
+}
+
+// revokeDevice refuses new allocations for a device and ends its live ones
+// (all of them, or those made with another token hash when keepUserID is set).
+func (a *allocator) revokeDevice(name, keepUserID string, refuse bool) {
+	a.mu.Lock()
+	if refuse {
+		a.revoked[name] = true
+	} else {
+		delete(a.revoked, name)
+	}
+	var victims []*relayConn
+	for _, rc := range a.live {
+		if rc.kind == CredentialDevice && rc.name == name && rc.userID != keepUserID {
+			victims = append(victims, rc)
+		}
+	}
+	a.mu.Unlock()
+	for _, rc := range victims {
+		rc.end(EndRevoked)
+	}
+}
+
+// closeAll ends every allocation; used by TURN.Close.
+func (a *allocator) closeAll() {
+	a.mu.Lock()
+	a.closed = true
+	victims := make([]*relayConn, 0, len(a.live))
+	for _, rc := range a.live {
+		victims = append(victims, rc)
+	}
+	a.mu.Unlock()
+	for _, rc := range victims {
+		rc.end(EndShutdown)
+	}
+}
+
+// relayConn is the relay socket of one allocation as pion sees it.
+type relayConn struct {
+	net.PacketConn
+	a                *allocator
+	userID           string
+	kind, name       string
+	relay            netip.AddrPort
+	start            time.Time
+	toPeer, fromPeer *rate.Limiter
+	capTimer         *time.Timer
+
+	fromClient, toClient atomic.Uint64
+
+	mu        sync.Mutex
+	client    netip.AddrPort
+	transport string
+	peers     map[netip.Addr]struct{}
+	reason    string
+
+	closeOnce, readOnce sync.Once
+}
+
+// created records what pion knows once the allocation exists.
+func (rc *relayConn) created(client netip.AddrPort, transport string) {
+	rc.mu.Lock()
+	rc.client, rc.transport = client, transport
+	rc.mu.Unlock()
+}
+
+func (rc *relayConn) addPeer(ip net.IP) {
+	a, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return
+	}
+	rc.mu.Lock()
+	if len(rc.peers) < maxPeersTracked {
+		rc.peers[a.Unmap()] = struct{}{}
+	}
+	rc.mu.Unlock()
+}
+
+// WriteTo sends client payload to a peer: the last check before a datagram
+// leaves, so that no path through pion (Send indication, ChannelData) can
+// reach a refused peer, or a non-relay port on the server's own address.
+func (rc *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
+	ua, ok := addr.(*net.UDPAddr)
+	if !ok || !rc.a.t.policy.Check(ua.AddrPort()).OK() {
+		rc.a.t.stats.peerRefused.Add(1)
+		return len(p), nil // dropped, as UDP may
+	}
+	if rc.toPeer != nil && !rc.toPeer.AllowN(time.Now(), len(p)) {
+		rc.a.t.stats.bandwidthDropped.Add(1)
+		return len(p), nil
+	}
+	n, err := rc.PacketConn.WriteTo(p, addr)
+	rc.fromClient.Add(uint64(max(n, 0)))
+	return n, err
+}
+
+// ReadFrom receives a peer datagram for pion to forward to the client.
+func (rc *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
+	for {
+		n, addr, err := rc.PacketConn.ReadFrom(p)
+		if err != nil {
+			rc.readOnce.Do(rc.a.t.readers.Done)
+			return n, addr, err
+		}
+		if rc.fromPeer != nil && !rc.fromPeer.AllowN(time.Now(), n) {
+			rc.a.t.stats.bandwidthDropped.Add(1)
+			continue
+		}
+		rc.toClient.Add(uint64(n))
+		return n, addr, nil
+	}
+}
+
+// end closes the allocation for reason; pion's relay loop then sees the
+// socket closed and deletes the allocation.
+func (rc *relayConn) end(reason string) {
+	rc.mu.Lock()
+	if rc.reason == "" {
+		rc.reason = reason
+	}
+	rc.mu.Unlock()
+	rc.Close()
+}
+
+// Close implements net.PacketConn; pion calls it when the allocation is
+// deleted, and it emits the allocation event exactly once.
+func (rc *relayConn) Close() error {
+	var err error
+	rc.closeOnce.Do(func() {
+		err = rc.PacketConn.Close()
+		if rc.capTimer != nil {
+			rc.capTimer.Stop()
+		}
+		a := rc.a
+		a.mu.Lock()
+		delete(a.live, rc.relay)
+		if a.perUser[rc.userID]--; a.perUser[rc.userID] <= 0 {
+			delete(a.perUser, rc.userID)
+		}
+		a.mu.Unlock()
+		rc.mu.Lock()
+		ev := AllocationEvent{
+			Start: rc.start, End: a.t.now(), User: rc.name, Credential: rc.kind,
+			Client: anonymize.AddrPort(rc.client), Transport: rc.transport, Peers: len(rc.peers),
+			BytesFromClient: rc.fromClient.Load(), BytesToClient: rc.toClient.Load(),
+			Reason: rc.reason,
+		}
+		rc.mu.Unlock()
+		if ev.Reason == "" {
+			ev.Reason = EndReleased
+			if a.t.isClosed() {
+				ev.Reason = EndShutdown
+			}
+		}
+		a.t.emit(ev)
+	})
+	return err
+}

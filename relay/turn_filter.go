@@ -1,0 +1,398 @@
+package relay
+
+import (
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	pion "github.com/pion/stun/v4"
+)
+
+// The filter sits between the sockets and pion's TURN server, at the one
+// place that sees every client message first. It exists because pion cannot be
+// configured to answer some requests correctly:
+//
+//   - Binding requests are answered by TURNConfig.Binding (the stun package:
+//     MAPPED-ADDRESS for RFC 3489 clients, SOFTWARE only if configured), not
+//     by pion, which does neither.
+//   - A ChannelBind toward a refused peer must be answered 403 Forbidden;
+//     pion answers 401, which tells the client to retry with other
+//     credentials. The filter checks the peer (address and port: only live
+//     relay addresses on the server's own IP), and if refused and the request
+//     carries valid MESSAGE-INTEGRITY, answers 403 itself, signed with the
+//     same key pion would use. Unauthenticated requests go on to pion, which
+//     challenges them (401 with NONCE and REALM).
+//   - A CreatePermission naming a refused peer is answered 403 the same way.
+//     pion v5 would answer 403 too, but only after its address family check,
+//     so an IPv6 peer on an IPv4 allocation got 443 whether or not it was a
+//     refused address; the policy goes first here. pion's permission
+//     handler stays set on every listener as the backstop.
+//   - An Allocate for a TCP relay (RFC 6062) is answered 442 Unsupported
+//     Transport Protocol, authenticated the same way.
+//
+// Send indications and ChannelData are checked where they
+// leave, in relayConn.WriteTo. Bad credentials are answered 401 by pion v5 and
+// quota refusals 486 by pion's QuotaHandler.
+//
+// Anything that is neither STUN nor ChannelData is dropped without a reply;
+// over TCP it ends the connection, as the stream cannot be resynchronised.
+
+// STUN message types and attributes the filter reads (RFC 8489, RFC 8656).
+const (
+	magicCookie          = 0x2112A442
+	typeAllocateRequest  = 0x0003
+	typeChannelBindReq   = 0x0009
+	typeCreatePermReq    = 0x0008
+	methodBinding        = 0x0001
+	attrRequestedTransp  = 0x0019
+	protoTCP             = 6
+	codeForbidden        = 403
+	codeUnsupportedTrans = 442
+)
+
+// inboundMTU is pion's read buffer: a frame this large or larger is dropped.
+const inboundMTU = 1600
+
+// stunMethodClass splits a message type into method and class (RFC 8489 §5).
+func stunMethodClass(typ uint16) (method uint16, class uint16) {
+	method = typ&0x000F | (typ&0x00E0)>>1 | (typ&0x3E00)>>2
+	class = (typ&0x0010)>>4 | (typ&0x0100)>>7
+	return method, class
+}
+
+// inspect decides the fate of one message from a client before pion sees it:
+// true passes it to pion; false means the filter answered it (through reply)
+// or dropped it.
+func (t *TURN) inspect(b []byte, from netip.AddrPort, reply func([]byte)) bool {
+	if len(b) >= 4 && b[0]&0xC0 == 0x40 {
+		if 4+int(binary.BigEndian.Uint16(b[2:4])) > len(b) {
+			t.stats.malformed.Add(1)
+			return false
+		}
+		return true // ChannelData: the channel's peer was checked at ChannelBind
+	}
+	if len(b) < 20 || b[0]&0xC0 != 0 {
+		t.stats.malformed.Add(1)
+		return false
+	}
+	typ := binary.BigEndian.Uint16(b[0:2])
+	if method, class := stunMethodClass(typ); method == methodBinding {
+		if class != 0 { // indications (keepalives) and stray responses
+			return false
+		}
+		if t.cfg.Binding == nil {
+			return true // pion answers with XOR-MAPPED-ADDRESS
+		}
+		if r := t.cfg.Binding(b, from); r != nil {
+			reply(r)
+		}
+		return false
+	}
+	if binary.BigEndian.Uint32(b[4:8]) != magicCookie {
+		t.stats.malformed.Add(1)
+		return false
+	}
+	switch typ {
+	case typeChannelBindReq:
+		return t.filterChannelBind(b, reply)
+	case typeCreatePermReq:
+		return t.filterCreatePermission(b, reply)
+	case typeAllocateRequest:
+		return t.filterAllocate(b, reply)
+	}
+	return true
+}
+
+func (t *TURN) filterChannelBind(b []byte, reply func([]byte)) bool {
+	m := &pion.Message{Raw: append([]byte(nil), b...)}
+	if m.Decode() != nil {
+		return true // pion drops it
+	}
+	var peer pion.XORMappedAddress
+	if peer.GetFromAs(m, pion.AttrXORPeerAddress) != nil {
+		return true // pion answers 400
+	}
+	ip, ok := netip.AddrFromSlice(peer.IP)
+	if !ok || peer.Port < 0 || peer.Port > 0xffff {
+		return true
+	}
+	if t.policy.Check(netip.AddrPortFrom(ip, uint16(peer.Port))).OK() {
+		return true
+	}
+	key, ok := t.authenticated(m)
+	if !ok {
+		return true // pion challenges; its permission handler refuses later
+	}
+	t.stats.peerRefused.Add(1)
+	t.answerError(m, key, codeForbidden, "Forbidden", reply)
+	return false
+}
+
+func (t *TURN) filterCreatePermission(b []byte, reply func([]byte)) bool {
+	m := &pion.Message{Raw: append([]byte(nil), b...)}
+	if m.Decode() != nil {
+		return true
+	}
+	refused := false
+	m.ForEach(pion.AttrXORPeerAddress, func(m *pion.Message) error { //nolint:errcheck // the callback never fails
+		var peer pion.XORMappedAddress
+		if peer.GetFromAs(m, pion.AttrXORPeerAddress) != nil {
+			return nil // pion answers 400
+		}
+		if ip, ok := netip.AddrFromSlice(peer.IP); ok && !t.policy.CheckIP(ip).OK() {
+			refused = true
+		}
+		return nil
+	})
+	if !refused {
+		return true
+	}
+	key, ok := t.authenticated(m)
+	if !ok {
+		return true
+	}
+	t.stats.peerRefused.Add(1)
+	t.answerError(m, key, codeForbidden, "Forbidden", reply)
+	return false
+}
+
+func (t *TURN) filterAllocate(b []byte, reply func([]byte)) bool {
+	m := &pion.Message{Raw: append([]byte(nil), b...)}
+	if m.Decode() != nil {
+		return true
+	}
+	v, err := m.Get(attrRequestedTransp)
+	if err != nil || len(v) < 1 || v[0] != protoTCP {
+		return true
+	}
+	key, ok := t.authenticated(m)
+	if !ok {
+		return true
+	}
+	t.answerError(m, key, codeUnsupportedTrans, "Unsupported Transport Protocol", reply)
+	return false
+}
+
+// authenticated checks MESSAGE-INTEGRITY against the credentials pion uses
+// and returns the key. The nonce is not checked: the filter only ever refuses.
+func (t *TURN) authenticated(m *pion.Message) ([]byte, bool) {
+	if !m.Contains(pion.AttrMessageIntegrity) {
+		return nil, false
+	}
+	var user pion.Username
+	var realm pion.Realm
+	if user.GetFrom(m) != nil || realm.GetFrom(m) != nil {
+		return nil, false
+	}
+	_, key, err := t.creds.lookup(user.String(), realm.String())
+	if err != nil || pion.MessageIntegrity(key).Check(m) != nil {
+		return nil, false
+	}
+	return key, true
+}
+
+func (t *TURN) answerError(req *pion.Message, key []byte, code pion.ErrorCode, reason string, reply func([]byte)) {
+	resp, err := pion.Build(
+		&pion.Message{TransactionID: req.TransactionID},
+		pion.NewType(req.Type.Method, pion.ClassErrorResponse),
+		&pion.ErrorCodeAttribute{Code: code, Reason: []byte(reason)},
+		pion.MessageIntegrity(key),
+	)
+	if err == nil {
+		reply(resp.Raw)
+	}
+}
+
+// udpFilter is a listening UDP socket as pion sees it.
+type udpFilter struct {
+	net.PacketConn
+	t    *TURN
+	once sync.Once
+}
+
+// ReadFrom returns the next message pion should handle. Only a closed socket
+// is reported as an error: pion stops serving a socket on any read error.
+func (f *udpFilter) ReadFrom(p []byte) (int, net.Addr, error) {
+	for {
+		n, addr, err := f.PacketConn.ReadFrom(p)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				f.once.Do(f.t.readers.Done)
+				return n, addr, err
+			}
+			continue
+		}
+		ua, ok := addr.(*net.UDPAddr)
+		if !ok {
+			continue
+		}
+		from := ua.AddrPort()
+		if f.t.inspect(p[:n], netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), func(b []byte) {
+			f.PacketConn.WriteTo(b, addr) //nolint:errcheck // UDP: best effort
+		}) {
+			return n, addr, nil
+		}
+	}
+}
+
+// streamListener hands pion filtered TCP (or TLS) connections.
+type streamListener struct {
+	net.Listener
+	t         *TURN
+	transport string      // "tcp" or "tls"
+	tls       *tls.Config // nil for plain TCP
+	once      sync.Once
+}
+
+// Accept returns the next connection. Only a closed listener is reported as
+// an error: pion stops accepting for good on any Accept error.
+func (l *streamListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				l.once.Do(l.t.readers.Done)
+				return nil, err
+			}
+			time.Sleep(20 * time.Millisecond) // out of file descriptors and the like
+			continue
+		}
+		if l.tls != nil {
+			c = tls.Server(c, l.tls)
+		}
+		sf := &streamFilter{Conn: c, t: l.t, from: addrPortOf(c.RemoteAddr()), transport: l.transport}
+		if !l.t.trackConn(sf) {
+			c.Close()
+			continue
+		}
+		return sf, nil
+	}
+}
+
+// Stream timeouts.
+const (
+	// firstFrameTimeout bounds the TLS handshake and the first message.
+	firstFrameTimeout = 10 * time.Second
+	// streamWriteTimeout bounds one write to a client that does not read.
+	streamWriteTimeout = 10 * time.Second
+	// maxStreamFrame bounds one frame: a STUN header and a 16-bit length.
+	maxStreamFrame = 20 + 0xFFFF
+)
+
+// streamFilter frames a TCP or TLS byte stream into STUN messages and
+// ChannelData (padded to 4 bytes over streams, RFC 8656 §12.5), passes the
+// frames the filter allows to pion unchanged, and serialises writes so that
+// the filter's own answers never interleave with pion's.
+type streamFilter struct {
+	net.Conn
+	t         *TURN
+	from      netip.AddrPort
+	transport string
+
+	in, out []byte
+	rbuf    []byte
+	started bool
+
+	wmu                 sync.Mutex
+	readOnce, closeOnce sync.Once
+}
+
+// frameSize returns the size of the frame at the start of b: 0 when more bytes
+// are needed, -1 when b does not start with a frame. Over a stream every STUN
+// message has the magic cookie (RFC 3489 was UDP only), and the first frame
+// is STUN: ChannelData needs a ChannelBind first. Checking this early closes
+// a connection that speaks another protocol (HTTP, a TLS hello on the plain
+// port) at once instead of waiting for a length that means nothing.
+func frameSize(b []byte, first bool) int {
+	if len(b) < 4 {
+		return 0
+	}
+	var size int
+	switch b[0] & 0xC0 {
+	case 0x00:
+		if len(b) >= 8 && binary.BigEndian.Uint32(b[4:8]) != magicCookie {
+			return -1
+		}
+		size = 20 + int(binary.BigEndian.Uint16(b[2:4]))
+	case 0x40:
+		if first {
+			return -1
+		}
+		size = 4 + (int(binary.BigEndian.Uint16(b[2:4]))+3)&^3
+	default:
+		return -1
+	}
+	if len(b) < size {
+		return 0
+	}
+	return size
+}
+
+// Read returns frames for pion's stream reader.
+func (s *streamFilter) Read(p []byte) (int, error) {
+	for {
+		if len(s.out) > 0 {
+			n := copy(p, s.out)
+			s.out = s.out[n:]
+			return n, nil
+		}
+		switch size := frameSize(s.in, !s.started); {
+		case size < 0:
+			s.t.stats.malformed.Add(1)
+			return 0, s.fail(errors.New("not a STUN or ChannelData frame"))
+		case size > 0:
+			frame := s.in[:size]
+			if size < inboundMTU && s.t.inspect(frame, s.from, s.reply) {
+				s.out = append(s.out[:0], frame...)
+			}
+			s.in = s.in[:copy(s.in, s.in[size:])]
+			s.started = true
+			continue
+		}
+		if s.rbuf == nil {
+			s.rbuf = make([]byte, 4096)
+		}
+		idle := s.t.cfg.TCPIdleTimeout
+		if !s.started {
+			idle = firstFrameTimeout
+		}
+		s.Conn.SetReadDeadline(time.Now().Add(idle)) //nolint:errcheck // a failed deadline shows as a read error
+		n, err := s.Conn.Read(s.rbuf)
+		if err != nil {
+			return 0, s.fail(err)
+		}
+		if len(s.in)+n > maxStreamFrame+len(s.rbuf) {
+			return 0, s.fail(errors.New("frame too large"))
+		}
+		s.in = append(s.in, s.rbuf[:n]...)
+	}
+}
+
+// fail reports a read error once to the shutdown accounting.
+func (s *streamFilter) fail(err error) error {
+	s.readOnce.Do(s.t.readers.Done)
+	return err
+}
+
+func (s *streamFilter) reply(b []byte) {
+	s.Write(b) //nolint:errcheck // a failed write ends the connection at the next read
+}
+
+// Write sends one whole message; concurrent writers are serialised.
+func (s *streamFilter) Write(b []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.Conn.SetWriteDeadline(time.Now().Add(streamWriteTimeout)) //nolint:errcheck // shows as a write error
+	return s.Conn.Write(b)
+}
+
+// Close closes the connection and forgets it.
+func (s *streamFilter) Close() error {
+	err := s.Conn.Close()
+	s.closeOnce.Do(func() { s.t.untrackConn(s) })
+	return err
+}

@@ -1,0 +1,36 @@
+package relay
+
+import (
+	"fmt"
+
+	"github.com/nasreach/nasreach/anonymize"
+	"github.com/pion/logging"
+	"github.com/rs/zerolog"
+)
+
+// pionLoggerFactory routes pion's logs to zerolog: warnings and errors only
+// (pion's debug and info lines print every client and peer address), and with
+// every address in the text masked.
+type pionLoggerFactory struct{ log zerolog.Logger }
+
+// NewLogger implements logging.LoggerFactory.
+func (f pionLoggerFactory) NewLogger(scope string) logging.LeveledLogger {
+	return pionLogger{log: f.log.With().Str("scope", scope).Logger()}
+}
+
+type pionLogger struct{ log zerolog.Logger }
+
+func (pionLogger) Trace(string)          {}
+func (pionLogger) Tracef(string, ...any) {}
+func (pionLogger) Debug(string)          {}
+func (pionLogger) Debugf(string, ...any) {}
+func (pionLogger) Info(string)           {}
+func (pionLogger) Infof(string, ...any)  {}
+func (l pionLogger) Warn(msg string)     { l.log.Warn().Msg(anonymize.Text(msg)) }
+func (l pionLogger) Warnf(format string, args ...any) {
+	l.log.Warn().Msg(anonymize.Text(fmt.Sprintf(format, args...)))
+}
+func (l pionLogger) Error(msg string) { l.log.Error().Msg(anonymize.Text(msg)) }
+func (l pionLogger) Errorf(format string, args ...any) {
+	l.log.Error().Msg(anonymize.Text(fmt.Sprintf(format, args...)))
+}

@@ -1,0 +1,274 @@
+package stun
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/rs/zerolog"
+)
+
+// Defaults for Config.
+const (
+	// DefaultMaxTCPConns bounds concurrent STUN-over-TCP connections.
+	DefaultMaxTCPConns = 1024
+	// DefaultTCPIdleTimeout closes a TCP connection that sends no request
+	// for this long.
+	DefaultTCPIdleTimeout = 30 * time.Second
+)
+
+// ResponderConfig configures NewResponder.
+type ResponderConfig struct {
+	// Software, when not empty, is sent as the SOFTWARE attribute of every
+	// RFC 8489 answer; at most MaxSoftwareLen bytes of UTF-8. Empty (the
+	// default) sends none, so that the server does not advertise a version.
+	Software string
+}
+
+// Responder turns Binding requests into answers. It keeps no state but two
+// counters and is safe for concurrent use; the TURN relay embeds one to
+// answer Binding on its port.
+type Responder struct {
+	software string
+	answered atomic.Uint64
+	dropped  atomic.Uint64
+}
+
+// Stats are the counters of a Responder: the only thing the STUN service
+// records.
+type Stats struct {
+	// Answered counts Binding requests answered (including 420 answers).
+	Answered uint64
+	// Dropped counts packets dropped without an answer as malformed or not
+	// a Binding request.
+	Dropped uint64
+}
+
+// NewResponder validates cfg and returns a Responder.
+func NewResponder(cfg ResponderConfig) (*Responder, error) {
+	if len(cfg.Software) > MaxSoftwareLen || !utf8.ValidString(cfg.Software) {
+		return nil, fmt.Errorf("stun: Software must be valid UTF-8 of at most %d bytes", MaxSoftwareLen)
+	}
+	return &Responder{software: cfg.Software}, nil
+}
+
+// Answer returns the answer to pkt, a whole message received from the client
+// at from, or nil when pkt must be dropped without a reply.
+func (r *Responder) Answer(pkt []byte, from netip.AddrPort) []byte {
+	req, ok := parseRequest(pkt)
+	if !ok || !from.IsValid() {
+		r.dropped.Add(1)
+		return nil
+	}
+	r.answered.Add(1)
+	return appendResponse(make([]byte, 0, 64+len(r.software)), req, from, r.software)
+}
+
+// Stats returns the counters so far.
+func (r *Responder) Stats() Stats {
+	return Stats{Answered: r.answered.Load(), Dropped: r.dropped.Load()}
+}
+
+// Config configures New.
+type Config struct {
+	// Addr is the UDP and TCP address to listen on, such as
+	// "127.0.0.1:13478" (development) or "0.0.0.0:3478". Port 0 picks a free
+	// port, the same for both transports. Required.
+	Addr string
+	// Software is passed to the Responder; see ResponderConfig.
+	Software string
+	// MaxTCPConns bounds concurrent TCP connections; zero means
+	// DefaultMaxTCPConns. Connections beyond it are closed at once.
+	MaxTCPConns int
+	// TCPIdleTimeout closes idle TCP connections; zero means
+	// DefaultTCPIdleTimeout.
+	TCPIdleTimeout time.Duration
+	// Logger receives start and stop records with the counters, never
+	// anything about a client. The zero value logs nothing.
+	Logger zerolog.Logger
+}
+
+// Server is a standalone STUN Binding server on UDP and TCP. When the TURN
+// relay runs it answers Binding on its own sockets instead (it embeds a
+// Responder), and no Server is started.
+type Server struct {
+	*Responder
+	cfg  Config
+	log  zerolog.Logger
+	udp  net.PacketConn
+	tcp  net.Listener
+	addr netip.AddrPort
+
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+}
+
+// New binds the UDP and TCP sockets and starts answering.
+func New(cfg Config) (*Server, error) {
+	if cfg.Addr == "" {
+		return nil, errors.New("stun: Config.Addr is required")
+	}
+	if cfg.MaxTCPConns <= 0 {
+		cfg.MaxTCPConns = DefaultMaxTCPConns
+	}
+	if cfg.TCPIdleTimeout <= 0 {
+		cfg.TCPIdleTimeout = DefaultTCPIdleTimeout
+	}
+	r, err := NewResponder(ResponderConfig{Software: cfg.Software})
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{Responder: r, cfg: cfg, log: cfg.Logger, conns: map[net.Conn]struct{}{}}
+	if err := s.listen(); err != nil {
+		return nil, err
+	}
+	s.wg.Add(2)
+	go s.serveUDP()
+	go s.serveTCP()
+	s.log.Info().Str("addr", s.addr.String()).Msg("stun listening on udp and tcp")
+	return s, nil
+}
+
+// listen binds UDP, then TCP on the same port; with port 0 it retries when
+// the kernel's UDP pick is taken on TCP.
+func (s *Server) listen() error {
+	var lastErr error
+	for range 8 {
+		udp, err := net.ListenPacket("udp", s.cfg.Addr)
+		if err != nil {
+			return fmt.Errorf("stun: listen udp %s: %w", s.cfg.Addr, err)
+		}
+		ap := udp.LocalAddr().(*net.UDPAddr).AddrPort()
+		tcpAddr := net.JoinHostPort(ap.Addr().String(), fmt.Sprint(ap.Port()))
+		if host, _, err := net.SplitHostPort(s.cfg.Addr); err == nil && host == "" {
+			tcpAddr = fmt.Sprintf(":%d", ap.Port())
+		}
+		tcp, err := net.Listen("tcp", tcpAddr)
+		if err == nil {
+			s.udp, s.tcp, s.addr = udp, tcp, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+			return nil
+		}
+		udp.Close()
+		lastErr = err
+		if _, port, _ := net.SplitHostPort(s.cfg.Addr); port != "0" {
+			break
+		}
+	}
+	return fmt.Errorf("stun: listen tcp on the udp port of %s: %w", s.cfg.Addr, lastErr)
+}
+
+// Addr returns the address both transports listen on.
+func (s *Server) Addr() netip.AddrPort { return s.addr }
+
+// Close stops both listeners, closes open TCP connections and waits for every
+// goroutine of the server to return.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	err := errors.Join(s.udp.Close(), s.tcp.Close())
+	s.wg.Wait()
+	st := s.Stats()
+	s.log.Info().Uint64("answered", st.Answered).Uint64("dropped", st.Dropped).Msg("stun stopped")
+	if err != nil {
+		return fmt.Errorf("stun: close: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) serveUDP() {
+	defer s.wg.Done()
+	buf := make([]byte, MaxRequestSize+1)
+	for {
+		n, from, err := s.udp.ReadFrom(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue // e.g. ICMP-induced errors on some systems
+		}
+		ua, ok := from.(*net.UDPAddr)
+		if !ok {
+			continue
+		}
+		if resp := s.Answer(buf[:n], ua.AddrPort()); resp != nil {
+			s.udp.WriteTo(resp, from) //nolint:errcheck // best effort, like UDP itself
+		}
+	}
+}
+
+func (s *Server) serveTCP() {
+	defer s.wg.Done()
+	for {
+		c, err := s.tcp.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			time.Sleep(10 * time.Millisecond) // EMFILE and friends
+			continue
+		}
+		s.mu.Lock()
+		if s.closed || len(s.conns) >= s.cfg.MaxTCPConns {
+			s.mu.Unlock()
+			c.Close()
+			continue
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.serveConn(c)
+	}
+}
+
+// serveConn answers requests framed back to back on a TCP connection. A
+// malformed frame ends the connection: a stream cannot be resynchronised.
+func (s *Server) serveConn(c net.Conn) {
+	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		c.Close()
+	}()
+	from := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	buf := make([]byte, MaxRequestSize)
+	for {
+		c.SetReadDeadline(time.Now().Add(s.cfg.TCPIdleTimeout)) //nolint:errcheck // a failed deadline shows up as a read error
+		if _, err := io.ReadFull(c, buf[:HeaderSize]); err != nil {
+			return
+		}
+		n := HeaderSize + int(binary.BigEndian.Uint16(buf[2:4]))
+		if buf[0]&0xC0 != 0 || n > len(buf) {
+			s.dropped.Add(1)
+			return
+		}
+		if _, err := io.ReadFull(c, buf[HeaderSize:n]); err != nil {
+			return
+		}
+		resp := s.Answer(buf[:n], from)
+		if resp == nil {
+			return
+		}
+		c.SetWriteDeadline(time.Now().Add(s.cfg.TCPIdleTimeout)) //nolint:errcheck // see above
+		if _, err := c.Write(resp); err != nil {
+			return
+		}
+	}
+}
