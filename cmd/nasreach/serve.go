@@ -14,9 +14,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/api"
 	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/dnsserver"
+	"github.com/nasreach/nasreach/sdnotify"
 	"github.com/nasreach/nasreach/store"
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v3"
@@ -40,7 +42,7 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "zone", Value: dnsserver.DefaultZone, Usage: "DNS zone the devices live in", Sources: cli.EnvVars("NASREACH_ZONE")},
 			&cli.StringFlag{Name: "dns", Value: defaultDNSAddr, Usage: "DNS listen address (UDP and TCP)", Sources: cli.EnvVars("NASREACH_DNS")},
 			&cli.StringFlag{Name: "http", Value: defaultHTTPAddr, Usage: "HTTP API listen address", Sources: cli.EnvVars("NASREACH_HTTP")},
-			&cli.StringFlag{Name: "admin-token", Usage: "admin token (default: generated once into <data>/admin.token)", Sources: cli.EnvVars("NASREACH_ADMIN_TOKEN")},
+			&cli.StringFlag{Name: "admin-token", Usage: "admin token (default: the systemd credential admin-token, else generated once into <data>/admin.token)", Sources: cli.EnvVars("NASREACH_ADMIN_TOKEN")},
 			&cli.StringSliceFlag{Name: "ns", Usage: "nameserver NAME=IP[,IP] for the zone's NS records and glue (repeatable; default ns1=127.0.0.1)", Sources: cli.EnvVars("NASREACH_NS")},
 			&cli.DurationFlag{Name: "ttl", Value: dnsserver.DefaultTTL * time.Second, Usage: "TTL of device answers", Sources: cli.EnvVars("NASREACH_TTL")},
 			&cli.BoolFlag{Name: "open-registration", Usage: "let anyone register a free name (throttled per address)", Sources: cli.EnvVars("NASREACH_OPEN_REGISTRATION")},
@@ -213,11 +215,15 @@ func (d *daemon) shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// ensureAdminToken returns the admin token: the given one, or the one in
-// <data>/admin.token, created (mode 0600) on first start.
+// ensureAdminToken returns the admin token: the given one, the systemd
+// credential admin-token, or the one in <data>/admin.token, created (mode
+// 0600) on first start.
 func ensureAdminToken(dataDir, given string) (token, file string, err error) {
 	if given != "" {
 		return given, "", nil
+	}
+	if t, cred, err := readCredential(adminTokenCredential); err != nil || t != "" {
+		return t, cred, err
 	}
 	file = filepath.Join(dataDir, adminTokenFile)
 	if b, err := os.ReadFile(file); err == nil {
@@ -251,6 +257,10 @@ func runServe(ctx context.Context, cmd *cli.Command) error {
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	sd, err := sdnotify.FromEnv() // systemd's notify socket and watchdog; zero outside systemd
+	if err != nil {
+		return err
+	}
 	d, err := startDaemon(cfg)
 	if err != nil {
 		return err
@@ -261,6 +271,37 @@ func runServe(ctx context.Context, cmd *cli.Command) error {
 		ev = ev.Str("admin_token_file", d.tokenFile)
 	}
 	ev.Msg("nasreach ready")
+	// --- systemd: READY=1 now that every listener is bound; the watchdog is
+	// fed while the DNS port answers for the zone. ---
+	status := fmt.Sprintf("serving %s: dns %s, http %s", strings.TrimSuffix(cfg.Zone, "."), d.dns.Addr(), d.httpLn.Addr())
+	if err := sd.Notify(ctx, sdnotify.Ready, sdnotify.Status(status)); err != nil {
+		log.Warn().Err(err).Msg("cannot tell systemd the daemon is ready")
+	}
+	dnsAnswers := func(ctx context.Context) error {
+		ap, err := netip.ParseAddrPort(d.dns.Addr().String())
+		if err != nil {
+			return err
+		}
+		if ap.Addr().IsUnspecified() { // bound to every address: ask over loopback
+			ap = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), ap.Port())
+		}
+		q := new(dns.Msg).SetQuestion(dns.Fqdn(cfg.Zone), dns.TypeSOA)
+		r, _, err := (&dns.Client{Net: "udp"}).ExchangeContext(ctx, q, ap.String())
+		if err != nil {
+			return fmt.Errorf("own dns port %s does not answer: %w", ap, err)
+		}
+		if r.Rcode != dns.RcodeSuccess {
+			return fmt.Errorf("own dns port %s answers %s for the zone's SOA", ap, dns.RcodeToString[r.Rcode])
+		}
+		return nil
+	}
+	watchdogCtx, stopWatchdog := context.WithCancel(ctx)
+	watchdogDone := make(chan struct{})
+	go func() {
+		defer close(watchdogDone)
+		sd.Watchdog(watchdogCtx, dnsAnswers, func(err error) { log.Warn().Err(err).Msg("systemd watchdog") })
+	}()
+	// --- end systemd ---
 	select {
 	case <-ctx.Done():
 	case err := <-d.httpDone:
@@ -268,6 +309,11 @@ func runServe(ctx context.Context, cmd *cli.Command) error {
 		log.Error().Err(err).Msg("http api stopped")
 	}
 	log.Info().Msg("shutting down")
+	stopWatchdog() // systemd: no more pings, and STOPPING=1 while we drain
+	<-watchdogDone
+	if err := sd.Notify(context.Background(), sdnotify.Stopping, sdnotify.Status("shutting down")); err != nil {
+		log.Warn().Err(err).Msg("cannot tell systemd the daemon is stopping")
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	if err := d.shutdown(sctx); err != nil {
