@@ -109,6 +109,14 @@ func New(cfg Config) (*API, error) {
 	a.regs = newLimiter(t.Registrations, t.RegistrationsWindow, t.RegistrationsWindow, a.now)
 	a.mux = http.NewServeMux()
 	a.routes()
+	a.srv = &http.Server{
+		Handler:           a,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    backstopHeaderSize,
+	}
 	a.wg.Add(1)
 	go a.sweep()
 	return a, nil
@@ -167,15 +175,6 @@ func retryAfter(w http.ResponseWriter, d time.Duration) {
 // Serve serves HTTP on ln until Shutdown. It returns http.ErrServerClosed after
 // a clean shutdown.
 func (a *API) Serve(ln net.Listener) error {
-	a.srv = &http.Server{
-		Handler:           a,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       60 * time.Second,
-		MaxHeaderBytes:    backstopHeaderSize,
-		ErrorLog:          nil,
-	}
 	a.log.Info().Str("addr", ln.Addr().String()).Msg("http api listening")
 	return a.srv.Serve(ln)
 }
@@ -183,10 +182,7 @@ func (a *API) Serve(ln net.Listener) error {
 // Shutdown stops accepting requests, lets in-flight ones finish until ctx
 // ends, and stops the background sweeper.
 func (a *API) Shutdown(ctx context.Context) error {
-	var err error
-	if a.srv != nil {
-		err = a.srv.Shutdown(ctx)
-	}
+	err := a.srv.Shutdown(ctx)
 	a.stopOnce.Do(func() { close(a.stop) })
 	a.wg.Wait()
 	if err != nil {

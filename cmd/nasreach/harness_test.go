@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -140,5 +141,14 @@ func TestHarnessServesAndRestarts(t *testing.T) {
 	td.restart()
 	if r := td.query("tcp", "nas1.myqnapcloud.com", dns.TypeA); r.Rcode != dns.RcodeSuccess {
 		t.Fatalf("nas1 after restart: %s", dns.RcodeToString[r.Rcode])
+	}
+}
+
+func TestStartFailureIsAnErrorNotACrash(t *testing.T) {
+	td := startTestDaemon(t)
+	// The second daemon's DNS port is taken by the first.
+	_, err := startDaemon(daemonConfig{DataDir: t.TempDir(), Zone: "myqnapcloud.com", DNSAddr: td.DNS, HTTPAddr: "127.0.0.1:0"})
+	if err == nil || !strings.Contains(err.Error(), td.DNS) {
+		t.Fatalf("starting on a taken port: %v, want an error naming %s", err, td.DNS)
 	}
 }

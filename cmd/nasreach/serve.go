@@ -136,10 +136,10 @@ type daemon struct {
 
 // startDaemon opens the store and binds every listener; when it returns
 // without error the daemon is serving.
-func startDaemon(cfg daemonConfig) (d *daemon, err error) {
-	d = &daemon{log: cfg.Logger}
+func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
+	d := &daemon{log: cfg.Logger}
 	defer func() {
-		if err != nil {
+		if err != nil { // undo whatever had started
 			d.shutdown(context.Background())
 		}
 	}()
