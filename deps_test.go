@@ -25,6 +25,7 @@ var allowed = map[string][]string{
 		"github.com/pion/stun/v4", "github.com/pion/transport/v4", "github.com/pion/transport/v5", "github.com/pion/logging", "github.com/quic-go/quic-go", "github.com/rs/zerolog", "golang.org/x/sys", "golang.org/x/time"},
 	"link":     {"stun", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
 	"sdnotify": {},
+	"metrics":  {"connlog", "github.com/miekg/dns", "github.com/prometheus/client_golang", "github.com/rs/zerolog"},
 	"cmd/":     {"*"}, // the binary wires everything
 	"bench/":   {"*"},
 }

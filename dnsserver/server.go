@@ -79,11 +79,23 @@ type Config struct {
 
 // Query describes one answered query for OnQuery.
 type Query struct {
-	Client netip.Addr
+	Remote net.Addr // the client's address and port, as the socket gave it
 	Name   string
 	Type   uint16
 	Rcode  int
 	TCP    bool
+}
+
+// Client returns the client's address; it is parsed only when asked for, off
+// the path of consumers (metrics) that do not need it.
+func (q Query) Client() netip.Addr {
+	switch a := q.Remote.(type) {
+	case *net.UDPAddr:
+		return a.AddrPort().Addr().Unmap()
+	case *net.TCPAddr:
+		return a.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
 }
 
 // Server is a running authoritative DNS server.
@@ -321,11 +333,7 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 		s.log.Debug().Err(err).Msg("dns write failed")
 	}
 	if s.onQuery != nil && len(r.Question) == 1 {
-		q := Query{Name: r.Question[0].Name, Type: r.Question[0].Qtype, Rcode: m.Rcode, TCP: size == dns.MaxMsgSize}
-		if ap, err := netip.ParseAddrPort(w.RemoteAddr().String()); err == nil {
-			q.Client = ap.Addr().Unmap()
-		}
-		s.onQuery(q)
+		s.onQuery(Query{Remote: w.RemoteAddr(), Name: r.Question[0].Name, Type: r.Question[0].Qtype, Rcode: m.Rcode, TCP: size == dns.MaxMsgSize})
 	}
 }
 

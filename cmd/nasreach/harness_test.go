@@ -17,13 +17,14 @@ import (
 // testDaemon is a whole nasreach daemon started in-process on 127.0.0.1 with
 // port 0 everywhere and its data in a temporary directory.
 type testDaemon struct {
-	t     *testing.T
-	cfg   daemonConfig
-	d     *daemon
-	DNS   string // host:port for UDP and TCP
-	HTTP  string // base URL, e.g. http://127.0.0.1:41234
-	Admin string // admin token
-	Dir   string // data directory
+	t       *testing.T
+	cfg     daemonConfig
+	d       *daemon
+	DNS     string // host:port for UDP and TCP
+	HTTP    string // base URL, e.g. http://127.0.0.1:41234
+	Metrics string // base URL of /metrics, /healthz, /readyz
+	Admin   string // admin token
+	Dir     string // data directory
 }
 
 // startTestDaemon starts a daemon; mods adjust the config first. It is stopped
@@ -53,8 +54,9 @@ func (td *testDaemon) start() {
 	td.d, td.Admin = d, d.token
 	td.DNS = d.dns.Addr().String()
 	td.HTTP = "http://" + d.httpLn.Addr().String()
+	td.Metrics = "http://" + d.metrics.Addr().String()
 	// Keep the ports on restart so clients configured once keep working.
-	td.cfg.DNSAddr, td.cfg.HTTPAddr = td.DNS, d.httpLn.Addr().String()
+	td.cfg.DNSAddr, td.cfg.HTTPAddr, td.cfg.MetricsAddr = td.DNS, d.httpLn.Addr().String(), d.metrics.Addr().String()
 }
 
 // stop shuts the daemon down cleanly; calling it twice is harmless.

@@ -11,6 +11,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/dnsserver"
+	"github.com/nasreach/nasreach/metrics"
 	"github.com/nasreach/nasreach/store"
 	"github.com/urfave/cli/v3"
 )
@@ -84,16 +85,29 @@ func openConnLog(cfg daemonConfig) (*connlog.Log, error) {
 	})
 }
 
-// queryLogger returns the DNS server's query hook: nil (no cost on the hot
-// path) unless --log-queries is on, then one masked event per query.
-func queryLogger(p privacyConfig, l *connlog.Log) func(dnsserver.Query) {
+// queryHook returns the DNS server's query hook: metrics always, and with
+// --log-queries one masked connection-log event per query.
+func queryHook(p privacyConfig, l *connlog.Log, m *metrics.Metrics) func(dnsserver.Query) {
 	if !p.LogQueries || l == nil {
-		return nil
+		return func(q dnsserver.Query) { m.ObserveQuery(q.Type, q.Rcode) }
 	}
 	return func(q dnsserver.Query) {
+		m.ObserveQuery(q.Type, q.Rcode)
 		l.Log(connlog.Event{
-			Service: "dns", Kind: "query", Outcome: dns.RcodeToString[q.Rcode], Client: q.Client,
+			Service: "dns", Kind: "query", Outcome: dns.RcodeToString[q.Rcode], Client: q.Client(),
 			Detail: strings.TrimSuffix(strings.ToLower(q.Name), ".") + " " + dns.TypeToString[q.Type],
 		})
 	}
+}
+
+// eventTee passes connection events to the log and to the metrics.
+type eventTee struct {
+	log *connlog.Log
+	m   *metrics.Metrics
+}
+
+// Log implements api.EventSink.
+func (t eventTee) Log(e connlog.Event) {
+	t.m.ObserveEvent(e)
+	t.log.Log(e)
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -18,6 +20,7 @@ import (
 	"github.com/nasreach/nasreach/api"
 	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/dnsserver"
+	"github.com/nasreach/nasreach/metrics"
 	"github.com/nasreach/nasreach/sdnotify"
 	"github.com/nasreach/nasreach/store"
 	"github.com/rs/zerolog"
@@ -28,6 +31,7 @@ import (
 const (
 	defaultDNSAddr  = "127.0.0.1:10053"
 	defaultHTTPAddr = "127.0.0.1:10080"
+	defaultMetrics  = "127.0.0.1:10090"
 	defaultDataDir  = "./data"
 	adminTokenFile  = "admin.token"
 	shutdownTimeout = 10 * time.Second
@@ -42,6 +46,7 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "zone", Value: dnsserver.DefaultZone, Usage: "DNS zone the devices live in", Sources: cli.EnvVars("NASREACH_ZONE")},
 			&cli.StringFlag{Name: "dns", Value: defaultDNSAddr, Usage: "DNS listen address (UDP and TCP)", Sources: cli.EnvVars("NASREACH_DNS")},
 			&cli.StringFlag{Name: "http", Value: defaultHTTPAddr, Usage: "HTTP API listen address", Sources: cli.EnvVars("NASREACH_HTTP")},
+			&cli.StringFlag{Name: "metrics", Value: defaultMetrics, Usage: "listen address of /metrics, /healthz and /readyz (keep it private)", Sources: cli.EnvVars("NASREACH_METRICS")},
 			&cli.StringFlag{Name: "admin-token", Usage: "admin token (default: the systemd credential admin-token, else generated once into <data>/admin.token)", Sources: cli.EnvVars("NASREACH_ADMIN_TOKEN")},
 			&cli.StringSliceFlag{Name: "ns", Usage: "nameserver NAME=IP[,IP] for the zone's NS records and glue (repeatable; default ns1=127.0.0.1)", Sources: cli.EnvVars("NASREACH_NS")},
 			&cli.DurationFlag{Name: "ttl", Value: dnsserver.DefaultTTL * time.Second, Usage: "TTL of device answers", Sources: cli.EnvVars("NASREACH_TTL")},
@@ -60,6 +65,7 @@ type daemonConfig struct {
 	Zone             string
 	DNSAddr          string
 	HTTPAddr         string
+	MetricsAddr      string
 	AdminToken       string
 	NameServers      []dnsserver.NameServer
 	TTL              time.Duration
@@ -75,7 +81,7 @@ type daemonConfig struct {
 func daemonConfigFromFlags(cmd *cli.Command, log zerolog.Logger) (daemonConfig, error) {
 	cfg := daemonConfig{
 		DataDir: cmd.String("data"), Zone: cmd.String("zone"),
-		DNSAddr: cmd.String("dns"), HTTPAddr: cmd.String("http"),
+		DNSAddr: cmd.String("dns"), HTTPAddr: cmd.String("http"), MetricsAddr: cmd.String("metrics"),
 		AdminToken: cmd.String("admin-token"), TTL: cmd.Duration("ttl"),
 		OpenRegistration: cmd.Bool("open-registration"), Reserved: cmd.StringSlice("reserved"),
 		ExactNames: cmd.Bool("exact-names"), Logger: log,
@@ -130,6 +136,8 @@ type daemon struct {
 	httpLn    net.Listener
 	httpDone  chan error
 	connlog   *connlog.Log
+	metrics   *metrics.Metrics
+	ready     atomic.Bool
 	token     string
 	tokenFile string // empty when the token came from the command line
 }
@@ -164,9 +172,22 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 	if d.connlog, err = openConnLog(cfg); err != nil {
 		return nil, err
 	}
+	d.metrics, err = metrics.New(metrics.Config{
+		Addr: cmp.Or(cfg.MetricsAddr, "127.0.0.1:0"), Version: version,
+		Devices: d.store.Len, StoreBytes: d.store.Size,
+		LogWritten: d.connlog.Written, LogDropped: d.connlog.Dropped,
+		Ready:  d.readiness,
+		Logger: cfg.Logger.With().Str("component", "metrics").Logger(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err = d.metrics.Start(); err != nil {
+		return nil, err
+	}
 	d.dns, err = dnsserver.New(dnsserver.Config{
 		Addr: cfg.DNSAddr, Zone: cfg.Zone, NameServers: cfg.NameServers, TTL: cfg.TTL,
-		ExactNamesOnly: cfg.ExactNames, Source: d.store, OnQuery: queryLogger(cfg.Privacy, d.connlog),
+		ExactNamesOnly: cfg.ExactNames, Source: d.store, OnQuery: queryHook(cfg.Privacy, d.connlog, d.metrics),
 		Logger: cfg.Logger.With().Str("component", "dns").Logger(),
 	})
 	if err != nil {
@@ -177,7 +198,7 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 	}
 	d.api, err = api.New(api.Config{
 		Store: d.store, Zone: cfg.Zone, AdminToken: d.token, OpenRegistration: cfg.OpenRegistration,
-		TrustedProxies: cfg.TrustedProxies, Now: cfg.Now, Events: d.connlog,
+		TrustedProxies: cfg.TrustedProxies, Now: cfg.Now, Events: eventTee{d.connlog, d.metrics},
 		Logger: cfg.Logger.With().Str("component", "api").Logger(),
 	})
 	if err != nil {
@@ -188,12 +209,22 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 	}
 	d.httpDone = make(chan error, 1)
 	go func() { d.httpDone <- d.api.Serve(d.httpLn) }()
+	d.ready.Store(true)
 	return d, nil
+}
+
+// readiness is /readyz: every listener bound and the store readable.
+func (d *daemon) readiness() error {
+	if !d.ready.Load() {
+		return errors.New("starting or stopping")
+	}
+	return d.store.Ping()
 }
 
 // shutdown stops the daemon in reverse order of start: the API (in-flight
 // requests finish), then DNS, then the store.
 func (d *daemon) shutdown(ctx context.Context) error {
+	d.ready.Store(false)
 	var errs []error
 	if d.api != nil {
 		errs = append(errs, d.api.Shutdown(ctx))
@@ -205,6 +236,9 @@ func (d *daemon) shutdown(ctx context.Context) error {
 	}
 	if d.dns != nil {
 		errs = append(errs, d.dns.Shutdown(ctx))
+	}
+	if d.metrics != nil {
+		errs = append(errs, d.metrics.Shutdown(ctx))
 	}
 	if d.connlog != nil {
 		errs = append(errs, d.connlog.Close())
@@ -266,7 +300,7 @@ func runServe(ctx context.Context, cmd *cli.Command) error {
 		return err
 	}
 	ev := log.Info().Str("zone", strings.TrimSuffix(cfg.Zone, ".")).Str("dns", d.dns.Addr().String()).
-		Str("http", d.httpLn.Addr().String()).Str("data", cfg.DataDir).Int("devices", d.store.Len())
+		Str("http", d.httpLn.Addr().String()).Str("metrics", d.metrics.Addr().String()).Str("data", cfg.DataDir).Int("devices", d.store.Len())
 	if d.tokenFile != "" {
 		ev = ev.Str("admin_token_file", d.tokenFile)
 	}

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// scrape fetches and parses /metrics in the Prometheus text format.
+func scrape(t *testing.T, td *testDaemon) (map[string][]labelled, string) {
+	t.Helper()
+	resp, err := http.Get(td.Metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(string(raw)))
+	if err != nil {
+		t.Fatalf("scrape does not parse as Prometheus text: %v", err)
+	}
+	out := map[string][]labelled{}
+	for name, f := range families {
+		for _, m := range f.GetMetric() {
+			l := labelled{labels: map[string]string{}}
+			for _, p := range m.GetLabel() {
+				l.labels[p.GetName()] = p.GetValue()
+			}
+			switch {
+			case m.Counter != nil:
+				l.value = m.Counter.GetValue()
+			case m.Gauge != nil:
+				l.value = m.Gauge.GetValue()
+			}
+			out[name] = append(out[name], l)
+		}
+	}
+	return out, string(raw)
+}
+
+type labelled struct {
+	labels map[string]string
+	value  float64
+}
+
+func value(t *testing.T, fams map[string][]labelled, name string, labels map[string]string) float64 {
+	t.Helper()
+	for _, l := range fams[name] {
+		match := true
+		for k, v := range labels {
+			if l.labels[k] != v {
+				match = false
+			}
+		}
+		if match {
+			return l.value
+		}
+	}
+	t.Errorf("%s%v not in the scrape", name, labels)
+	return 0
+}
+
+func TestMetricsCountTrafficWithoutNamesOrAddresses(t *testing.T) {
+	td := startTestDaemon(t)
+	token := td.addDevice("secretnas")
+	req, _ := http.NewRequest(http.MethodGet, td.HTTP+"/nic/update?hostname=secretnas.myqnapcloud.com&myip=198.51.100.44", nil)
+	req.SetBasicAuth("secretnas", token)
+	for range 2 { // good, then nochg
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	for range 5 {
+		td.query("udp", "secretnas.myqnapcloud.com", dns.TypeA)
+	}
+	td.query("tcp", "nobody.myqnapcloud.com", dns.TypeAAAA)
+
+	fams, raw := scrape(t, td)
+	if got := value(t, fams, "nasreach_dns_queries_total", map[string]string{"type": "A", "rcode": "NOERROR"}); got != 5 {
+		t.Errorf("A/NOERROR queries = %v, want 5", got)
+	}
+	if got := value(t, fams, "nasreach_dns_queries_total", map[string]string{"type": "AAAA", "rcode": "NXDOMAIN"}); got != 1 {
+		t.Errorf("AAAA/NXDOMAIN queries = %v, want 1", got)
+	}
+	for outcome, want := range map[string]float64{"good": 1, "nochg": 1} {
+		if got := value(t, fams, "nasreach_updates_total", map[string]string{"outcome": outcome}); got != want {
+			t.Errorf("updates %s = %v, want %v", outcome, got, want)
+		}
+	}
+	if got := value(t, fams, "nasreach_devices", nil); got != 1 {
+		t.Errorf("devices = %v, want 1", got)
+	}
+	if value(t, fams, "nasreach_store_bytes", nil) <= 0 || len(fams["nasreach_build_info"]) != 1 {
+		t.Error("store size or build info missing")
+	}
+	if value(t, fams, "nasreach_connlog_written_total", nil)+value(t, fams, "nasreach_connlog_dropped_total", nil) < 0 {
+		t.Error("connection log counters missing")
+	}
+	for _, leak := range []string{"secretnas", "198.51.100", "127.0.0.1"} {
+		if strings.Contains(raw, leak) {
+			t.Errorf("the scrape contains %q", leak)
+		}
+	}
+}
+
+func TestHealthAndReadiness(t *testing.T) {
+	td := startTestDaemon(t)
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200} {
+		resp, err := http.Get(td.Metrics + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("%s = %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+	td.d.store.Close() // the store going away must show
+	resp, err := http.Get(td.Metrics + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "store") {
+		t.Errorf("/readyz with the store closed = %d %q, want 503 naming the store", resp.StatusCode, body)
+	}
+}

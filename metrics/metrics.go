@@ -1,0 +1,237 @@
+// Package metrics serves the daemon's Prometheus metrics, /healthz and /readyz
+// on their own listener (loopback by default). Labels never carry a device
+// name or an address: only query types, rcodes, services and outcomes.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/connlog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+)
+
+// Config configures New. The funcs are read at scrape time; nil ones are left out.
+type Config struct {
+	// Addr is the listen address of /metrics, /healthz and /readyz. Required.
+	Addr string
+	// Version is reported in nasreach_build_info.
+	Version string
+	// Devices returns the number of registered devices.
+	Devices func() int
+	// Online returns the number of devices whose agent is connected.
+	Online func() int
+	// StoreBytes returns the size of the store file.
+	StoreBytes func() int64
+	// LogWritten and LogDropped return the connection log's counters.
+	LogWritten, LogDropped func() uint64
+	// Ready returns nil when the daemon is ready to serve, else the reason.
+	Ready func() error
+	// Logger receives the server's own problems.
+	Logger zerolog.Logger
+}
+
+// Metrics holds the collectors and the HTTP server for them.
+type Metrics struct {
+	reg     *prometheus.Registry
+	queries *prometheus.CounterVec
+	events  *prometheus.CounterVec
+	updates *prometheus.CounterVec
+	bytes   *prometheus.CounterVec
+	active  *prometheus.GaugeVec
+	// hot caches the query counter of common (type, rcode) pairs so the DNS
+	// path does no label hashing.
+	hot  [len(hotTypes)][24]atomic.Pointer[prometheus.Counter]
+	cfg  Config
+	srv  *http.Server
+	ln   net.Listener
+	done chan error
+	once sync.Once
+}
+
+var hotTypes = [...]uint16{dns.TypeA, dns.TypeAAAA, dns.TypeSOA, dns.TypeNS, dns.TypeANY, dns.TypeTXT, dns.TypeMX, dns.TypeCAA}
+
+// New builds the registry; Start serves it.
+func New(cfg Config) (*Metrics, error) {
+	if cfg.Addr == "" {
+		return nil, errors.New("metrics: Config.Addr is required")
+	}
+	m := &Metrics{cfg: cfg, reg: prometheus.NewRegistry()}
+	m.queries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nasreach_dns_queries_total", Help: "DNS queries answered, by query type and response code.",
+	}, []string{"type", "rcode"})
+	m.updates = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nasreach_updates_total", Help: "Address update attempts (dyndns2 and REST), by outcome.",
+	}, []string{"outcome"})
+	m.events = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nasreach_connection_events_total", Help: "Connection events (relay sessions, TURN allocations, updates, refusals), by service, kind and outcome.",
+	}, []string{"service", "kind", "outcome"})
+	m.bytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nasreach_relayed_bytes_total", Help: "Bytes relayed, by service and direction (in = from the client).",
+	}, []string{"service", "direction"})
+	m.active = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "nasreach_sessions_active", Help: "Relay sessions and TURN allocations in progress, by service.",
+	}, []string{"service"})
+	m.reg.MustRegister(m.queries, m.updates, m.events, m.bytes, m.active,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "nasreach_build_info", Help: "Always 1; the version label says which build runs.",
+		ConstLabels: prometheus.Labels{"version": cmpOr(cfg.Version, "dev")},
+	}, func() float64 { return 1 }))
+	gauge := func(name, help string, f func() float64) {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
+	}
+	counter := func(name, help string, f func() float64) {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
+	}
+	if f := cfg.Devices; f != nil {
+		gauge("nasreach_devices", "Registered devices.", func() float64 { return float64(f()) })
+	}
+	if f := cfg.Online; f != nil {
+		gauge("nasreach_devices_online", "Devices whose Link agent is connected.", func() float64 { return float64(f()) })
+	}
+	if f := cfg.StoreBytes; f != nil {
+		gauge("nasreach_store_bytes", "Size of the store file.", func() float64 { return float64(f()) })
+	}
+	if f := cfg.LogWritten; f != nil {
+		counter("nasreach_connlog_written_total", "Connection log events written.", func() float64 { return float64(f()) })
+	}
+	if f := cfg.LogDropped; f != nil {
+		counter("nasreach_connlog_dropped_total", "Connection log events dropped because the queue was full.", func() float64 { return float64(f()) })
+	}
+	return m, nil
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// ObserveQuery counts one answered DNS query. It is cheap enough for the DNS
+// hot path: common pairs are cached counters.
+func (m *Metrics) ObserveQuery(qtype uint16, rcode int) {
+	for i, t := range hotTypes {
+		if t == qtype && rcode >= 0 && rcode < 24 {
+			p := &m.hot[i][rcode]
+			if c := p.Load(); c != nil {
+				(*c).Inc()
+				return
+			}
+			c := m.queries.WithLabelValues(typeName(qtype), dns.RcodeToString[rcode])
+			p.Store(&c)
+			c.Inc()
+			return
+		}
+	}
+	m.queries.WithLabelValues(typeName(qtype), rcodeName(rcode)).Inc()
+}
+
+// typeName bounds the label's values: unknown types share one label.
+func typeName(t uint16) string {
+	if s, ok := dns.TypeToString[t]; ok {
+		return s
+	}
+	return "other"
+}
+
+func rcodeName(r int) string {
+	if s, ok := dns.RcodeToString[r]; ok {
+		return s
+	}
+	return "other"
+}
+
+// ObserveEvent counts a connection event (the same events the connection log
+// gets); it reads only its service, kind, outcome and byte counts.
+func (m *Metrics) ObserveEvent(e connlog.Event) {
+	if e.Service == "ddns" && e.Kind == "update" {
+		m.updates.WithLabelValues(cmpOr(e.Outcome, "unknown")).Inc()
+	}
+	if e.Service == "dns" && e.Kind == "query" {
+		return // counted by ObserveQuery
+	}
+	m.events.WithLabelValues(e.Service, e.Kind, cmpOr(e.Outcome, "unknown")).Inc()
+	if e.BytesIn > 0 {
+		m.bytes.WithLabelValues(e.Service, "in").Add(float64(e.BytesIn))
+	}
+	if e.BytesOut > 0 {
+		m.bytes.WithLabelValues(e.Service, "out").Add(float64(e.BytesOut))
+	}
+}
+
+// SessionStarted and SessionEnded track sessions in progress for a service.
+func (m *Metrics) SessionStarted(service string) { m.active.WithLabelValues(service).Inc() }
+
+// SessionEnded is the counterpart of SessionStarted.
+func (m *Metrics) SessionEnded(service string) { m.active.WithLabelValues(service).Dec() }
+
+// Handler serves /metrics, /healthz and /readyz.
+func (m *Metrics) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorLog: nil}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if m.cfg.Ready != nil {
+			if err := m.cfg.Ready(); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	return mux
+}
+
+// Start binds Config.Addr and serves in the background.
+func (m *Metrics) Start() error {
+	ln, err := net.Listen("tcp", m.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("metrics listen %s: %w", m.cfg.Addr, err)
+	}
+	m.ln = ln
+	m.srv = &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second}
+	m.done = make(chan error, 1)
+	go func() { m.done <- m.srv.Serve(ln) }()
+	m.cfg.Logger.Info().Str("addr", ln.Addr().String()).Msg("metrics listening")
+	return nil
+}
+
+// Addr returns the bound address, once started.
+func (m *Metrics) Addr() net.Addr {
+	if m.ln == nil {
+		return nil
+	}
+	return m.ln.Addr()
+}
+
+// Shutdown stops the server, letting scrapes in progress finish until ctx ends.
+func (m *Metrics) Shutdown(ctx context.Context) error {
+	if m.srv == nil {
+		return nil
+	}
+	var err error
+	m.once.Do(func() {
+		err = m.srv.Shutdown(ctx)
+		if serr := <-m.done; !errors.Is(serr, http.ErrServerClosed) {
+			err = errors.Join(err, serr)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("metrics shutdown: %w", err)
+	}
+	return nil
+}
