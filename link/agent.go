@@ -1,0 +1,338 @@
+package link
+
+import (
+	"cmp"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/rs/zerolog"
+)
+
+// Agent defaults.
+const (
+	DefaultMinBackoff   = 250 * time.Millisecond
+	DefaultMaxBackoff   = 30 * time.Second
+	DefaultLocalDial    = 5 * time.Second
+	DefaultAddressEvery = 5 * time.Minute
+	// MaxAgentStreams bounds the sessions the relay may have open on one agent.
+	MaxAgentStreams = 1024
+)
+
+// AgentConfig configures NewAgent.
+type AgentConfig struct {
+	// Server is the relay's UDP address, HOST:PORT. Required.
+	Server string
+	// RelayFingerprint pins the relay's key; empty means the system roots.
+	RelayFingerprint string
+	// Device and Token authenticate the agent. Required.
+	Device, Token string
+	// Expose maps each device port clients may reach to the local HOST:PORT
+	// that serves it. A session for any other port is refused: the relay never
+	// becomes a door into the NAS's network. At least one is required.
+	Expose map[uint16]string
+	// StateDir holds the device key (KeyFileName, mode 0600), generated on
+	// first start. Required.
+	StateDir string
+	// API is the daemon's base URL (e.g. https://ddns.example.net); when set
+	// the agent publishes its public key there and keeps the device's address
+	// current, learning its WAN address from /v1/ip.
+	API string
+	// HTTPClient makes the API calls; nil means a client with a 10 s timeout.
+	HTTPClient *http.Client
+	// KeepAlive is the QUIC keep-alive period; zero means DefaultKeepAlive.
+	KeepAlive time.Duration
+	// MinBackoff and MaxBackoff bound the reconnect delay, which doubles after
+	// each failure (with jitter); zero means the defaults.
+	MinBackoff, MaxBackoff time.Duration
+	// HandshakeTimeout bounds connecting and logging in; zero means
+	// DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+	// LocalDialTimeout bounds dialing an exposed service; zero means DefaultLocalDial.
+	LocalDialTimeout time.Duration
+	// AddressEvery is how often the WAN address is checked; zero means
+	// DefaultAddressEvery.
+	AddressEvery time.Duration
+	// Logger receives the agent's events.
+	Logger zerolog.Logger
+}
+
+// Agent is the NAS side of Link: it holds one QUIC connection to the relay,
+// reconnecting after any failure, and serves the exposed ports over
+// end-to-end TLS with the device key.
+type Agent struct {
+	cfg         AgentConfig
+	relay       *tls.Config
+	e2e         *tls.Config
+	fingerprint string
+	spki        []byte
+	log         zerolog.Logger
+	http        *http.Client
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     waitGroup
+
+	mu       sync.Mutex
+	online   bool
+	onlineCh chan struct{} // closed when online becomes true
+	conn     *quic.Conn
+	kick     chan struct{} // nudges the API loop after each login
+}
+
+// NewAgent loads or creates the device key and starts connecting.
+func NewAgent(cfg AgentConfig) (*Agent, error) {
+	switch {
+	case cfg.Server == "":
+		return nil, errors.New("link: AgentConfig.Server is required")
+	case cfg.Device == "" || cfg.Token == "":
+		return nil, errors.New("link: AgentConfig.Device and Token are required")
+	case len(cfg.Expose) == 0:
+		return nil, errors.New("link: AgentConfig.Expose must name at least one port")
+	case cfg.StateDir == "":
+		return nil, errors.New("link: AgentConfig.StateDir is required")
+	}
+	for p, target := range cfg.Expose {
+		if _, _, err := net.SplitHostPort(target); err != nil || p == 0 {
+			return nil, fmt.Errorf("expose %d=%s: want PORT=HOST:PORT: %v", p, target, err)
+		}
+	}
+	rt, err := relayTLS(cfg.Server, cfg.RelayFingerprint)
+	if err != nil {
+		return nil, err
+	}
+	key, created, err := LoadOrCreateKey(filepath.Join(cfg.StateDir, KeyFileName))
+	if err != nil {
+		return nil, err
+	}
+	cert, err := SelfSignedCert(key, cfg.Device)
+	if err != nil {
+		return nil, err
+	}
+	cfg.KeepAlive = cmp.Or(cfg.KeepAlive, DefaultKeepAlive)
+	cfg.MinBackoff = cmp.Or(cfg.MinBackoff, DefaultMinBackoff)
+	cfg.MaxBackoff = cmp.Or(cfg.MaxBackoff, DefaultMaxBackoff)
+	cfg.HandshakeTimeout = cmp.Or(cfg.HandshakeTimeout, DefaultHandshakeTimeout)
+	cfg.LocalDialTimeout = cmp.Or(cfg.LocalDialTimeout, DefaultLocalDial)
+	cfg.AddressEvery = cmp.Or(cfg.AddressEvery, DefaultAddressEvery)
+	a := &Agent{
+		cfg: cfg, relay: rt, e2e: serverE2E(cert), spki: cert.Leaf.RawSubjectPublicKeyInfo,
+		fingerprint: Fingerprint(cert.Leaf.RawSubjectPublicKeyInfo),
+		log:         cfg.Logger.With().Str("device", cfg.Device).Logger(),
+		http:        cmp.Or(cfg.HTTPClient, &http.Client{Timeout: 10 * time.Second}),
+		onlineCh:    make(chan struct{}), kick: make(chan struct{}, 1),
+	}
+	if created {
+		a.log.Info().Str("fingerprint", a.fingerprint).Msg("generated a new device key")
+	}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	a.wg.Go(a.run)
+	if cfg.API != "" {
+		a.wg.Go(a.apiLoop)
+	}
+	return a, nil
+}
+
+// Fingerprint returns the device key's fingerprint, which clients pin.
+func (a *Agent) Fingerprint() string { return a.fingerprint }
+
+// WaitOnline blocks until the agent is logged in at the relay or ctx ends.
+func (a *Agent) WaitOnline(ctx context.Context) error {
+	a.mu.Lock()
+	ch := a.onlineCh
+	a.mu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("agent %s not connected to relay %s: %w", a.cfg.Device, a.cfg.Server, ctx.Err())
+	}
+}
+
+func (a *Agent) setOnline(c *quic.Conn) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.conn = c
+	if c != nil && !a.online {
+		close(a.onlineCh)
+	}
+	if c == nil && a.online {
+		a.onlineCh = make(chan struct{})
+	}
+	a.online = c != nil
+}
+
+// Close disconnects from the relay and stops every goroutine; sessions end.
+func (a *Agent) Close() error {
+	a.cancel()
+	a.mu.Lock()
+	c := a.conn
+	a.mu.Unlock()
+	if c != nil {
+		c.CloseWithError(CloseNormal, "agent stopped")
+	}
+	a.wg.CloseAndWait()
+	return nil
+}
+
+// run connects, serves, and reconnects with capped exponential backoff.
+func (a *Agent) run() {
+	failures := 0
+	for a.ctx.Err() == nil {
+		served, err := a.session()
+		if a.ctx.Err() != nil {
+			return
+		}
+		if served {
+			failures = 0
+		} else {
+			failures++
+		}
+		var re *RefusedError
+		if errors.As(err, &re) && failures < 4 {
+			failures = 4 // a refusal will not go away in a second
+		}
+		d := backoff(a.cfg.MinBackoff, a.cfg.MaxBackoff, failures)
+		a.log.Warn().Err(err).Dur("retry_in", d).Msg("link relay connection ended")
+		t := time.NewTimer(d)
+		select {
+		case <-a.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// backoff is min·2^failures capped at max, with jitter of up to a half.
+func backoff(min, max time.Duration, failures int) time.Duration {
+	d := min
+	for i := 0; i < failures && d < max; i++ {
+		d *= 2
+	}
+	d = min2(d, max)
+	return d/2 + rand.N(d/2+1)
+}
+
+func min2(a, b time.Duration) time.Duration {
+	if a < b {
+		return a
+	}
+	return b
+}
+
+// session runs one connection to the relay until it ends; served reports
+// whether the login succeeded.
+func (a *Agent) session() (served bool, err error) {
+	hctx, cancel := context.WithTimeout(a.ctx, a.cfg.HandshakeTimeout)
+	defer cancel()
+	c, err := quic.DialAddr(hctx, a.cfg.Server, a.relay, quicConfig(a.cfg.HandshakeTimeout, a.cfg.KeepAlive, MaxAgentStreams))
+	if err != nil {
+		return false, fmt.Errorf("connect to relay %s: %w", a.cfg.Server, err)
+	}
+	defer c.CloseWithError(CloseNormal, "agent reconnecting")
+	ctrl, err := c.OpenStreamSync(hctx)
+	if err != nil {
+		return false, fmt.Errorf("open control stream: %w", err)
+	}
+	cs := newStreamConn(ctrl, c)
+	res, err := request(hctx, cs, Hello{Device: a.cfg.Device, Token: a.cfg.Token}, a.cfg.HandshakeTimeout)
+	if err != nil {
+		return false, fmt.Errorf("log in to relay %s: %w", a.cfg.Server, err)
+	}
+	if res.Status != StatusOK {
+		return false, fmt.Errorf("log in to relay %s as %s: %w", a.cfg.Server, a.cfg.Device, &RefusedError{Status: res.Status, Message: res.Message})
+	}
+	a.setOnline(c)
+	defer a.setOnline(nil)
+	a.log.Info().Str("relay", a.cfg.Server).Msg("connected to link relay")
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+	// The control stream carries nothing more; its end ends the agent.
+	a.wg.Go(func() {
+		var b [1]byte
+		_, _ = ctrl.Read(b[:])
+		c.CloseWithError(CloseProtocol, "control stream ended")
+	})
+	for {
+		s, err := c.AcceptStream(a.ctx)
+		if err != nil {
+			return true, describeClose(err)
+		}
+		if !a.wg.Go(func() { a.serveStream(c, s) }) {
+			s.CancelRead(StreamShutdown)
+			s.CancelWrite(StreamShutdown)
+			return true, nil
+		}
+	}
+}
+
+// describeClose turns the relay's close code into words.
+func describeClose(err error) error {
+	var ae *quic.ApplicationError
+	if errors.As(err, &ae) && ae.Remote {
+		switch ae.ErrorCode {
+		case CloseReplaced:
+			return fmt.Errorf("another agent for this device connected to the relay: %w", err)
+		case CloseLinkDisabled:
+			return fmt.Errorf("link was switched off for this device: %w", err)
+		case CloseDeviceGone:
+			return fmt.Errorf("the device was deleted: %w", err)
+		case CloseShutdown:
+			return fmt.Errorf("the relay is shutting down: %w", err)
+		}
+	}
+	return err
+}
+
+// serveStream answers one Open from the relay and serves the session.
+func (a *Agent) serveStream(c *quic.Conn, s *quic.Stream) {
+	sc := newStreamConn(s, c)
+	defer sc.Close()
+	sc.SetDeadline(time.Now().Add(a.cfg.HandshakeTimeout))
+	fr, err := ReadFrame(sc, 0)
+	if err != nil {
+		sc.CancelWrite(StreamAborted)
+		return
+	}
+	op, ok := fr.(Open)
+	if !ok {
+		WriteFrame(sc, Result{Status: StatusBadRequest, Message: "expected an open frame"})
+		return
+	}
+	target, ok := a.cfg.Expose[op.Port]
+	if !ok {
+		a.log.Info().Uint16("port", op.Port).Msg("refused a session for a port that is not exposed")
+		WriteFrame(sc, Result{Status: StatusPortNotExposed, Message: fmt.Sprintf("device %s does not expose port %d", a.cfg.Device, op.Port)})
+		return
+	}
+	dctx, cancel := context.WithTimeout(a.ctx, a.cfg.LocalDialTimeout)
+	local, err := (&net.Dialer{}).DialContext(dctx, "tcp", target)
+	cancel()
+	if err != nil {
+		a.log.Warn().Err(err).Uint16("port", op.Port).Msg("exposed service does not answer")
+		WriteFrame(sc, Result{Status: StatusDialFailed, Message: fmt.Sprintf("device %s cannot reach the service behind port %d", a.cfg.Device, op.Port)})
+		return
+	}
+	defer local.Close()
+	if err := WriteFrame(sc, Result{Status: StatusOK}); err != nil {
+		return
+	}
+	tc := tls.Server(sc, a.e2e)
+	if err := tc.HandshakeContext(a.ctx); err != nil {
+		a.log.Debug().Err(err).Uint16("port", op.Port).Msg("end-to-end handshake failed")
+		return
+	}
+	sc.SetDeadline(time.Time{})
+	splice(local, &e2eConn{Conn: tc, sc: sc})
+}

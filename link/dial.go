@@ -1,0 +1,271 @@
+package link
+
+import (
+	"cmp"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/rs/zerolog"
+)
+
+// Dialer defaults.
+const (
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultKeepAlive        = 10 * time.Second // well under the 30 s many NATs keep a UDP mapping
+	DefaultIdleTimeout      = 30 * time.Second
+)
+
+// DialerConfig configures NewDialer.
+type DialerConfig struct {
+	// Server is the relay's UDP address, HOST:PORT. Required.
+	Server string
+	// RelayFingerprint pins the relay's key (as the relay printed it); empty
+	// means the relay's certificate must verify against the system roots.
+	RelayFingerprint string
+	// AccessCode is sent with every session, for devices with access "token".
+	AccessCode string
+	// Fingerprints pins device keys by device name; a device not in it is
+	// checked against KnownDevices.
+	Fingerprints map[string]string
+	// KnownDevices is the trust-on-first-use file; empty means
+	// KnownDevicesFile(). "-" disables it (only Fingerprints are checked, and
+	// unpinned devices are accepted unverified).
+	KnownDevices string
+	// HandshakeTimeout bounds the QUIC handshake, the relay's answer and the
+	// end-to-end TLS handshake; zero means DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+	// KeepAlive is the QUIC keep-alive period; zero means DefaultKeepAlive.
+	KeepAlive time.Duration
+	// Logger receives the dialer's events.
+	Logger zerolog.Logger
+}
+
+// Dialer opens end-to-end encrypted connections to devices' ports through a
+// relay. It keeps one QUIC connection to the relay and opens one stream per
+// connection. It is safe for concurrent use.
+type Dialer struct {
+	cfg    DialerConfig
+	relay  *tls.Config
+	pins   map[string]string
+	known  *knownDevices
+	log    zerolog.Logger
+	dialMu sync.Mutex // one QUIC handshake at a time
+
+	mu     sync.Mutex
+	conn   *quic.Conn
+	closed bool
+}
+
+// NewDialer checks cfg; it connects on the first Dial.
+func NewDialer(cfg DialerConfig) (*Dialer, error) {
+	if cfg.Server == "" {
+		return nil, errors.New("link: DialerConfig.Server is required")
+	}
+	rt, err := relayTLS(cfg.Server, cfg.RelayFingerprint)
+	if err != nil {
+		return nil, err
+	}
+	d := &Dialer{cfg: cfg, relay: rt, pins: map[string]string{}, log: cfg.Logger}
+	d.cfg.HandshakeTimeout = cmp.Or(cfg.HandshakeTimeout, DefaultHandshakeTimeout)
+	d.cfg.KeepAlive = cmp.Or(cfg.KeepAlive, DefaultKeepAlive)
+	for dev, fp := range cfg.Fingerprints {
+		if d.pins[dev], err = ParseFingerprint(fp); err != nil {
+			return nil, fmt.Errorf("device %s: %w", dev, err)
+		}
+	}
+	switch cfg.KnownDevices {
+	case "-":
+	case "":
+		p, err := KnownDevicesFile()
+		if err != nil {
+			return nil, err
+		}
+		d.known = &knownDevices{path: p}
+	default:
+		d.known = &knownDevices{path: cfg.KnownDevices}
+	}
+	return d, nil
+}
+
+// quicConfig is the QUIC configuration of agents and clients.
+func quicConfig(handshake, keepAlive time.Duration, incoming int64) *quic.Config {
+	return &quic.Config{
+		HandshakeIdleTimeout: handshake, MaxIdleTimeout: DefaultIdleTimeout, KeepAlivePeriod: keepAlive,
+		MaxIncomingStreams: incoming, MaxIncomingUniStreams: -1,
+	}
+}
+
+// connection returns the live QUIC connection to the relay, dialing if needed.
+func (d *Dialer) connection(ctx context.Context, fresh bool) (*quic.Conn, error) {
+	d.dialMu.Lock()
+	defer d.dialMu.Unlock()
+	d.mu.Lock()
+	c, closed := d.conn, d.closed
+	d.mu.Unlock()
+	if closed {
+		return nil, net.ErrClosed
+	}
+	if c != nil && c.Context().Err() == nil && !fresh {
+		return c, nil
+	}
+	if c != nil {
+		c.CloseWithError(CloseNormal, "reconnecting")
+	}
+	hctx, cancel := context.WithTimeout(ctx, d.cfg.HandshakeTimeout)
+	defer cancel()
+	c, err := quic.DialAddr(hctx, d.cfg.Server, d.relay, quicConfig(d.cfg.HandshakeTimeout, d.cfg.KeepAlive, -1))
+	if err != nil {
+		return nil, fmt.Errorf("connect to relay %s: %w", d.cfg.Server, err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		c.CloseWithError(CloseNormal, "dialer closed")
+		return nil, net.ErrClosed
+	}
+	d.conn = c
+	return c, nil
+}
+
+// Dial opens a connection to port on device through the relay and runs the
+// end-to-end TLS handshake, checking the device's key. Refusals are
+// *RefusedError values that match ErrOffline, ErrAccessDenied and the other
+// sentinels with errors.Is; a changed key matches ErrKeyChanged.
+func (d *Dialer) Dial(ctx context.Context, device string, port uint16) (net.Conn, error) {
+	sc, err := d.open(ctx, device, port)
+	if err != nil {
+		return nil, err
+	}
+	tc := tls.Client(sc, clientE2E(d.cfg.Server, device, d.pins[device], d.known))
+	hctx, cancel := context.WithTimeout(ctx, d.cfg.HandshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		sc.CancelWrite(StreamAborted)
+		sc.Close()
+		return nil, fmt.Errorf("%s:%d: end-to-end TLS: %w", device, port, err)
+	}
+	return &e2eConn{Conn: tc, sc: sc}, nil
+}
+
+// DialCarrier opens the relayed stream to device:port without the end-to-end
+// TLS: the raw carrier, for measurements and for protocols that bring their own.
+func (d *Dialer) DialCarrier(ctx context.Context, device string, port uint16) (net.Conn, error) {
+	return d.open(ctx, device, port)
+}
+
+// open sends Connect on a new stream and waits for the Result.
+func (d *Dialer) open(ctx context.Context, device string, port uint16) (*streamConn, error) {
+	var lastErr error
+	for attempt := 0; attempt < 2; attempt++ { // a dead cached connection gets one fresh try
+		c, err := d.connection(ctx, attempt > 0)
+		if err != nil {
+			return nil, err
+		}
+		sctx, cancel := context.WithTimeout(ctx, d.cfg.HandshakeTimeout)
+		s, err := c.OpenStreamSync(sctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			lastErr = fmt.Errorf("open stream to relay %s: %w", d.cfg.Server, err)
+			continue
+		}
+		sc := newStreamConn(s, c)
+		res, err := request(ctx, sc, Connect{Device: device, Port: port, AccessCode: d.cfg.AccessCode}, d.cfg.HandshakeTimeout)
+		if err != nil {
+			sc.CancelWrite(StreamAborted)
+			sc.Close()
+			var ae *quic.ApplicationError
+			var ie *quic.IdleTimeoutError
+			if ctx.Err() == nil && (errors.As(err, &ae) || errors.As(err, &ie)) {
+				lastErr = fmt.Errorf("relay %s: %w", d.cfg.Server, err)
+				continue
+			}
+			return nil, fmt.Errorf("%s:%d via relay %s: %w", device, port, d.cfg.Server, err)
+		}
+		if res.Status != StatusOK {
+			sc.Close()
+			return nil, fmt.Errorf("%s:%d: %w", device, port, &RefusedError{Status: res.Status, Message: res.Message})
+		}
+		return sc, nil
+	}
+	return nil, lastErr
+}
+
+// request writes f on s and reads the Result, within timeout.
+func request(ctx context.Context, s *streamConn, f Frame, timeout time.Duration) (Result, error) {
+	deadline := time.Now().Add(timeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	s.SetDeadline(deadline)
+	defer s.SetDeadline(time.Time{})
+	stop := context.AfterFunc(ctx, func() { s.SetDeadline(time.Now()) })
+	defer stop()
+	if err := WriteFrame(s, f); err != nil {
+		return Result{}, err
+	}
+	fr, err := ReadFrame(s, 0)
+	if err != nil {
+		return Result{}, err
+	}
+	res, ok := fr.(Result)
+	if !ok {
+		return Result{}, fmt.Errorf("%w: expected a result, got frame type %#x", ErrFrame, fr.frameType())
+	}
+	return res, nil
+}
+
+// Serve accepts TCP connections on ln and forwards each to device:port until
+// ctx ends or ln fails; it closes ln and waits for the forwarded connections
+// to end before it returns.
+func (d *Dialer) Serve(ctx context.Context, ln net.Listener, device string, port uint16) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	defer ln.Close()
+	var active sync.Map // open local connections, closed when Serve ends
+	defer active.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+		}
+		active.Store(c, nil)
+		wg.Go(func() {
+			defer active.Delete(c)
+			defer c.Close()
+			rc, err := d.Dial(ctx, device, port)
+			if err != nil {
+				d.log.Warn().Err(err).Str("device", device).Uint16("port", port).Msg("cannot open link session")
+				return
+			}
+			up, down := splice(c, rc)
+			d.log.Debug().Str("device", device).Uint16("port", port).Int64("bytes_up", up).Int64("bytes_down", down).Msg("link session ended")
+		})
+	}
+}
+
+// Close closes the connection to the relay; open sessions end.
+func (d *Dialer) Close() error {
+	d.mu.Lock()
+	d.closed = true
+	c := d.conn
+	d.conn = nil
+	d.mu.Unlock()
+	if c != nil {
+		c.CloseWithError(CloseNormal, "client closed")
+	}
+	return nil
+}

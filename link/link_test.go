@@ -1,0 +1,662 @@
+package link_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/link"
+	"github.com/nasreach/nasreach/relay"
+	"github.com/nasreach/nasreach/store"
+	"github.com/quic-go/quic-go"
+	"github.com/rs/zerolog"
+)
+
+// env is a relay on 127.0.0.1 with a real store, plus helpers for agents and
+// clients.
+type env struct {
+	t      *testing.T
+	st     *store.Store
+	relay  *relay.Link
+	cfg    relay.LinkConfig
+	fp     string
+	server string
+	events *eventLog
+}
+
+type eventLog struct {
+	mu sync.Mutex
+	ev []connlog.Event
+}
+
+func (l *eventLog) Log(e connlog.Event) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ev = append(l.ev, e)
+}
+
+func (l *eventLog) sessions() []connlog.Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []connlog.Event
+	for _, e := range l.ev {
+		if e.Kind == "session" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func testLogger(t *testing.T) zerolog.Logger {
+	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+}
+
+func newEnv(t *testing.T, mods ...func(*relay.LinkConfig)) *env {
+	t.Helper()
+	st, err := store.Open(store.Config{Dir: t.TempDir(), SweepEvery: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	cert, fp, err := relay.LoadLinkCert(t.TempDir(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, st: st, fp: fp, events: &eventLog{}}
+	e.cfg = relay.LinkConfig{Addr: "127.0.0.1:0", Certificate: cert, Store: st, Events: e.events, Logger: testLogger(t)}
+	for _, m := range mods {
+		m(&e.cfg)
+	}
+	e.start()
+	t.Cleanup(func() { e.relay.Close() })
+	return e
+}
+
+func (e *env) start() {
+	e.t.Helper()
+	r, err := relay.NewLink(e.cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.relay, e.server = r, r.Addr().String()
+	e.cfg.Addr = e.server // a restart keeps the port
+}
+
+func (e *env) addDevice(name string) string {
+	e.t.Helper()
+	_, tok, err := e.st.Create(context.Background(), name, store.CreateOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return tok
+}
+
+func (e *env) agentConfig(device, token, stateDir string, expose map[uint16]string) link.AgentConfig {
+	return link.AgentConfig{
+		Server: e.server, RelayFingerprint: e.fp, Device: device, Token: token, Expose: expose,
+		StateDir: stateDir, MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second, Logger: testLogger(e.t),
+	}
+}
+
+// agent starts an agent and waits until the relay has it.
+func (e *env) agent(device, token string, expose map[uint16]string) *link.Agent {
+	e.t.Helper()
+	return e.startAgent(e.agentConfig(device, token, e.t.TempDir(), expose))
+}
+
+func (e *env) startAgent(cfg link.AgentConfig) *link.Agent {
+	e.t.Helper()
+	a, err := link.NewAgent(cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { a.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.WaitOnline(ctx); err != nil {
+		e.t.Fatal(err)
+	}
+	return a
+}
+
+func (e *env) dialer(mods ...func(*link.DialerConfig)) *link.Dialer {
+	e.t.Helper()
+	cfg := link.DialerConfig{
+		Server: e.server, RelayFingerprint: e.fp, KnownDevices: filepath.Join(e.t.TempDir(), "known_devices"),
+		Logger: testLogger(e.t),
+	}
+	for _, m := range mods {
+		m(&cfg)
+	}
+	d, err := link.NewDialer(cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// forward runs d.Serve on a loopback listener and returns its address.
+func forward(t *testing.T, d *link.Dialer, device string, port uint16) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Serve(ctx, ln, device, port) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return ln.Addr().String()
+}
+
+const secretBody = "the-response-body-nobody-else-may-read"
+
+func httpBackend(t *testing.T) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s for %s", secretBody, r.URL.Path)
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func ctx10(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestHTTPGetThroughTunnelIsEncryptedEndToEnd(t *testing.T) {
+	var mu sync.Mutex
+	var seen bytes.Buffer
+	e := newEnv(t, func(c *relay.LinkConfig) {
+		c.Tap = func(_ string, _ bool, p []byte) {
+			mu.Lock()
+			seen.Write(p)
+			mu.Unlock()
+		}
+	})
+	tok := e.addDevice("nas1")
+	e.agent("nas1", tok, map[uint16]string{443: httpBackend(t)})
+	addr := forward(t, e.dialer(), "nas1", 443)
+
+	const path = "/secret-request-path-zz9"
+	if got := get(t, "http://"+addr+path); got != secretBody+" for "+path {
+		t.Fatalf("body = %q", got)
+	}
+	mu.Lock()
+	forwarded := bytes.Clone(seen.Bytes())
+	mu.Unlock()
+	if len(forwarded) < 100 {
+		t.Fatalf("tap saw only %d bytes; is it wired?", len(forwarded))
+	}
+	for _, plain := range []string{path, secretBody, "HTTP/1.1", "Host:"} {
+		if bytes.Contains(forwarded, []byte(plain)) {
+			t.Errorf("the relay forwarded %q in plaintext", plain)
+		}
+	}
+	var evs []connlog.Event
+	for deadline := time.Now().Add(5 * time.Second); len(evs) == 0 && time.Now().Before(deadline); evs = e.events.sessions() {
+		time.Sleep(10 * time.Millisecond) // the record is written when the relay sees both ends close
+	}
+	if len(evs) != 1 || evs[0].Outcome != "ok" || evs[0].Device != "nas1" || evs[0].Port != 443 ||
+		evs[0].BytesIn == 0 || evs[0].BytesOut == 0 || !evs[0].Client.IsLoopback() || evs[0].Start.IsZero() {
+		t.Errorf("session records = %+v", evs)
+	}
+}
+
+func TestHundredConcurrentStreams(t *testing.T) {
+	e := newEnv(t)
+	tok := e.addDevice("nas1")
+	e.agent("nas1", tok, map[uint16]string{443: echoServer(t)})
+	d := e.dialer()
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for i := range 100 {
+		wg.Go(func() {
+			c, err := d.Dial(ctx10(t), "nas1", 443)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			msg := bytes.Repeat([]byte{byte(i)}, 1000+i)
+			if _, err := c.Write(msg); err != nil {
+				errs <- err
+				return
+			}
+			c.(interface{ CloseWrite() error }).CloseWrite()
+			got, err := io.ReadAll(c)
+			if err != nil || !bytes.Equal(got, msg) {
+				errs <- fmt.Errorf("stream %d: echo of %d bytes came back as %d: %v", i, len(msg), len(got), err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// echoServer echoes each connection and half-closes after the client does.
+func echoServer(t *testing.T) string {
+	t.Helper()
+	return tcpServer(t, func(c net.Conn) {
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+	})
+}
+
+// hashServer reads everything and answers the hex SHA-256 of it.
+func hashServer(t *testing.T) string {
+	return tcpServer(t, func(c net.Conn) {
+		h := sha256.New()
+		io.Copy(h, c)
+		io.WriteString(c, hex.EncodeToString(h.Sum(nil)))
+	})
+}
+
+func tcpServer(t *testing.T, serve func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				serve(c)
+			})
+		}
+	})
+	return ln.Addr().String()
+}
+
+// transfer sends n pseudo-random bytes through the tunnel and checks the
+// SHA-256 the far end computed.
+func transfer(t *testing.T, n int64) {
+	e := newEnv(t)
+	tok := e.addDevice("nas1")
+	e.agent("nas1", tok, map[uint16]string{9: hashServer(t)})
+	d := e.dialer()
+	c, err := d.Dial(ctx10(t), "nas1", 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	h := sha256.New()
+	src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{1}), n), h)
+	start := time.Now()
+	if _, err := io.Copy(c, src); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	c.(interface{ CloseWrite() error }).CloseWrite()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read hash: %v", err)
+	}
+	if want := hex.EncodeToString(h.Sum(nil)); string(got) != want {
+		t.Fatalf("far end got SHA-256 %s, sent %s", got, want)
+	}
+	el := time.Since(start)
+	t.Logf("%d MiB in %v (%.0f MiB/s)", n>>20, el.Round(time.Millisecond), float64(n>>20)/el.Seconds())
+}
+
+func TestTransfer64MiBArrivesIntact(t *testing.T) { transfer(t, 64<<20) }
+
+func TestAgentRestartServesAgainWithinSeconds(t *testing.T) {
+	e := newEnv(t)
+	tok := e.addDevice("nas1")
+	state := t.TempDir()
+	backend := echoServer(t)
+	cfg := e.agentConfig("nas1", tok, state, map[uint16]string{22: backend})
+	a := e.startAgent(cfg)
+	d := e.dialer()
+	echo(t, d, "nas1", 22)
+
+	a.Close()
+	if _, err := d.Dial(ctx10(t), "nas1", 22); !errors.Is(err, link.ErrOffline) {
+		t.Fatalf("with the agent stopped: %v, want ErrOffline", err)
+	}
+	start := time.Now()
+	e.startAgent(cfg) // same state dir: same key, the client's pin holds
+	echo(t, d, "nas1", 22)
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("back after %v", el)
+	}
+
+	// And a relay restart: the agent reconnects by itself.
+	e.relay.Close()
+	e.start()
+	deadline := time.Now().Add(10 * time.Second)
+	start = time.Now()
+	for e.relay.Agents() == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if e.relay.Agents() == 0 {
+		t.Fatal("the agent did not come back within 10s of a relay restart")
+	}
+	t.Logf("agent back %v after the relay restart", time.Since(start).Round(time.Millisecond))
+	echo(t, d, "nas1", 22)
+}
+
+// echo checks one round trip through the tunnel.
+func echo(t *testing.T, d *link.Dialer, device string, port uint16) {
+	t.Helper()
+	c, err := d.Dial(ctx10(t), device, port)
+	if err != nil {
+		t.Fatalf("dial %s:%d: %v", device, port, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo: %q %v", buf, err)
+	}
+}
+
+func TestLinkSwitchedOffClosesSessionAndRefusesNew(t *testing.T) {
+	e := newEnv(t)
+	tok := e.addDevice("nas1")
+	e.agent("nas1", tok, map[uint16]string{22: echoServer(t)})
+	d := e.dialer()
+	c, err := d.Dial(ctx10(t), "nas1", 22)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	off := false
+	if _, err := e.st.Update(context.Background(), "nas1", store.Patch{Link: &off}); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = c.Read(make([]byte, 1))
+	var se *quic.StreamError
+	if !errors.As(err, &se) || se.ErrorCode != link.StreamLinkDisabled {
+		t.Errorf("open session after link off: read error %v, want a stream reset with code %d", err, link.StreamLinkDisabled)
+	}
+	if _, err := d.Dial(ctx10(t), "nas1", 22); !errors.Is(err, link.ErrLinkDisabled) {
+		t.Errorf("new session after link off: %v, want ErrLinkDisabled", err)
+	}
+}
+
+func TestRefusalsAreDistinct(t *testing.T) {
+	e := newEnv(t)
+	tok := e.addDevice("nas1")
+	e.agent("nas1", tok, map[uint16]string{22: echoServer(t)})
+	e.addDevice("sleepy") // no agent
+	ptok := e.addDevice("private")
+	e.agent("private", ptok, map[uint16]string{22: echoServer(t)})
+	tokenAccess := store.AccessToken
+	if _, err := e.st.Update(context.Background(), "private", store.Patch{Access: &tokenAccess}); err != nil {
+		t.Fatal(err)
+	}
+	_, code, err := e.st.AddAccessCode(context.Background(), "private")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.addDevice("dark")
+	off := false
+	e.st.Update(context.Background(), "dark", store.Patch{Link: &off})
+
+	plain := e.dialer()
+	wrong := e.dialer(func(c *link.DialerConfig) { c.AccessCode = "not-the-code" })
+	right := e.dialer(func(c *link.DialerConfig) { c.AccessCode = code })
+	for _, tc := range []struct {
+		name   string
+		d      *link.Dialer
+		device string
+		port   uint16
+		want   error
+	}{
+		{"unknown device", plain, "nobody", 22, link.ErrUnknownDevice},
+		{"offline device", plain, "sleepy", 22, link.ErrOffline},
+		{"link off", plain, "dark", 22, link.ErrLinkDisabled},
+		{"no access code", plain, "private", 22, link.ErrAccessDenied},
+		{"wrong access code", wrong, "private", 22, link.ErrAccessDenied},
+		{"unexposed port", plain, "nas1", 8080, link.ErrPortNotExposed},
+		{"right access code", right, "private", 22, nil},
+		{"public device", plain, "nas1", 22, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := tc.d.Dial(ctx10(t), tc.device, tc.port)
+			if c != nil {
+				c.Close()
+			}
+			if !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
+				t.Fatalf("Dial(%s:%d) = %v, want %v", tc.device, tc.port, err, tc.want)
+			}
+			if err != nil && !strings.Contains(err.Error(), tc.device) {
+				t.Errorf("error %q does not name the device", err)
+			}
+		})
+	}
+
+	// A wrong token never gets the agent online.
+	a, err := link.NewAgent(e.agentConfig("nas1", "wrong-token", t.TempDir(), map[uint16]string{22: "127.0.0.1:1"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if err := a.WaitOnline(ctx); err == nil {
+		t.Error("an agent with a wrong token came online")
+	}
+	echo(t, plain, "nas1", 22) // and did not displace the real agent
+}
+
+func TestChangedDeviceKeyIsRefused(t *testing.T) {
+	e := newEnv(t)
+	tok := e.addDevice("nas1")
+	backend := echoServer(t)
+	a := e.agent("nas1", tok, map[uint16]string{22: backend})
+	known := filepath.Join(t.TempDir(), "known_devices")
+	d := e.dialer(func(c *link.DialerConfig) { c.KnownDevices = known })
+	echo(t, d, "nas1", 22) // first contact records the key
+	b, _ := os.ReadFile(known)
+	if !strings.Contains(string(b), a.Fingerprint()) {
+		t.Fatalf("known_devices = %q, want the agent's %s", b, a.Fingerprint())
+	}
+	a.Close()
+	e.agent("nas1", tok, map[uint16]string{22: backend}) // a new state dir: a new key
+	_, err := d.Dial(ctx10(t), "nas1", 22)
+	if !errors.Is(err, link.ErrKeyChanged) {
+		t.Fatalf("dial after key change: %v, want ErrKeyChanged", err)
+	}
+	if !strings.Contains(err.Error(), known) {
+		t.Errorf("error %q does not say which file pins the key", err)
+	}
+	// A pin given explicitly wins over the file and is checked too.
+	pinned := e.dialer(func(c *link.DialerConfig) { c.Fingerprints = map[string]string{"nas1": a.Fingerprint()} })
+	if _, err := pinned.Dial(ctx10(t), "nas1", 22); !errors.Is(err, link.ErrKeyChanged) {
+		t.Fatalf("dial with the old --fingerprint: %v, want ErrKeyChanged", err)
+	}
+}
+
+func TestNewestAgentWins(t *testing.T) {
+	e := newEnv(t)
+	tok := e.addDevice("nas1")
+	state := t.TempDir()
+	first := e.startAgent(e.agentConfig("nas1", tok, state, map[uint16]string{22: tcpServer(t, func(c net.Conn) { io.WriteString(c, "first") })}))
+	_ = first
+	e.startAgent(e.agentConfig("nas1", tok, state, map[uint16]string{22: tcpServer(t, func(c net.Conn) { io.WriteString(c, "second") })}))
+	first.Close() // or it would take its place back on reconnect
+	d := e.dialer()
+	c, err := d.Dial(ctx10(t), "nas1", 22)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	got, _ := io.ReadAll(c)
+	if string(got) != "second" {
+		t.Fatalf("served by %q, want the newest agent", got)
+	}
+	if n := e.relay.Agents(); n != 1 {
+		t.Errorf("relay holds %d agents for one device", n)
+	}
+}
+
+func TestLimitsCloseOnlyTheOffendingStream(t *testing.T) {
+	e := newEnv(t, func(c *relay.LinkConfig) { c.MaxStreamsPerDevice = 2; c.StreamBurst = 5; c.StreamRate = 0.001 })
+	tok := e.addDevice("nas1")
+	e.agent("nas1", tok, map[uint16]string{22: echoServer(t)})
+	d := e.dialer()
+	var open []net.Conn
+	for range 2 {
+		c, err := d.Dial(ctx10(t), "nas1", 22)
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, c)
+	}
+	if _, err := d.Dial(ctx10(t), "nas1", 22); !errors.Is(err, link.ErrTooManyStreams) {
+		t.Errorf("third concurrent stream: %v, want ErrTooManyStreams", err)
+	}
+	for _, c := range open { // the first two still work
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+			t.Fatalf("an admitted stream broke: %v", err)
+		}
+		c.Close()
+	}
+	var err error
+	for range 5 {
+		var c net.Conn
+		if c, err = d.Dial(ctx10(t), "nas1", 22); err != nil {
+			break
+		}
+		c.Close()
+	}
+	if !errors.Is(err, link.ErrRateLimited) {
+		t.Errorf("after the burst: %v, want ErrRateLimited", err)
+	}
+}
+
+func TestCloseStopsEveryGoroutine(t *testing.T) {
+	before := runtime.NumGoroutine()
+	func() {
+		st, err := store.Open(store.Config{Dir: t.TempDir(), SweepEvery: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		cert, fp, _ := relay.LoadLinkCert(t.TempDir(), "", "")
+		r, err := relay.NewLink(relay.LinkConfig{Addr: "127.0.0.1:0", Certificate: cert, Store: st, Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		_, tok, _ := st.Create(context.Background(), "nas1", store.CreateOptions{})
+		backend, stopBackend := loopbackEcho(t)
+		defer stopBackend()
+		a, err := link.NewAgent(link.AgentConfig{Server: r.Addr().String(), RelayFingerprint: fp, Device: "nas1", Token: tok,
+			Expose: map[uint16]string{22: backend}, StateDir: t.TempDir(), Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		if err := a.WaitOnline(ctx10(t)); err != nil {
+			t.Fatal(err)
+		}
+		d, _ := link.NewDialer(link.DialerConfig{Server: r.Addr().String(), RelayFingerprint: fp, KnownDevices: "-"})
+		defer d.Close()
+		c, err := d.Dial(ctx10(t), "nas1", 22)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("hi"))
+		io.ReadFull(c, make([]byte, 2))
+		// Leave the session open: Close must end it.
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%d goroutines before, %d after Close:\n%s", before, n, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// loopbackEcho is echoServer with an explicit stop, for goroutine counting.
+func loopbackEcho(t *testing.T) (string, func()) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() { io.Copy(c, c); c.Close() })
+		}
+	})
+	return ln.Addr().String(), func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	}
+}

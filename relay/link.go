@@ -1,0 +1,421 @@
+package relay
+
+// The server side of Link: NAS agents hold one QUIC connection each; clients
+// open one stream per TCP connection naming a device and port; the relay
+// checks the device, opens a stream on its agent's connection and splices the
+// two. The wire format and its limits are in link/wire.go.
+
+import (
+	"cmp"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nasreach/nasreach/anonymize"
+	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/link"
+	"github.com/nasreach/nasreach/store"
+	"github.com/quic-go/quic-go"
+	"github.com/rs/zerolog"
+)
+
+// Link relay defaults, sized for a small operator.
+const (
+	DefaultLinkMaxAgents           = 1000
+	DefaultLinkMaxStreamsPerDevice = 128
+	DefaultLinkStreamRate          = 20 // new streams per second per client address
+	DefaultLinkStreamBurst         = 100
+	DefaultLinkHandshakeTimeout    = 10 * time.Second
+	DefaultLinkIdleTimeout         = 30 * time.Second
+	DefaultLinkMaxHeader           = 512
+	// linkMaxClientStreams is how many streams one client connection may have
+	// open at once (QUIC flow control of stream count).
+	linkMaxClientStreams = 256
+	// linkCopyBuffer is the splice buffer per direction: the only payload the
+	// relay holds outside QUIC's flow-control windows, and only in passing.
+	linkCopyBuffer = 32 << 10
+)
+
+// LinkStore is what the Link relay needs from the device table; *store.Store
+// implements it.
+type LinkStore interface {
+	Get(name string) (store.Device, error)
+	Authenticate(name, token string) (store.Device, error)
+	CheckAccessCode(name, code string) bool
+	OnChange(func(store.Change))
+}
+
+// LinkEvents receives one connection-log record per relayed session;
+// *connlog.Log implements it.
+type LinkEvents interface{ Log(connlog.Event) }
+
+// LinkConfig configures NewLink. Zero limits mean the defaults.
+type LinkConfig struct {
+	// Addr is the UDP address to listen on, e.g. "0.0.0.0:7443". Required
+	// unless PacketConn is set.
+	Addr string
+	// PacketConn, when set, is used instead of listening on Addr; the relay
+	// closes it.
+	PacketConn net.PacketConn
+	// Certificate is the relay's TLS certificate. Required.
+	Certificate tls.Certificate
+	// Store authenticates agents and authorizes sessions. Required.
+	Store LinkStore
+	// Events receives session records; nil means none.
+	Events LinkEvents
+	// Logger receives the relay's events; it never sees payload or an
+	// unmasked client address.
+	Logger zerolog.Logger
+	// MaxAgents bounds the agents connected at once.
+	MaxAgents int
+	// MaxStreamsPerDevice bounds the sessions open to one device at once.
+	MaxStreamsPerDevice int
+	// StreamRate and StreamBurst bound new streams per client address (IPv6
+	// by /64): a token bucket refilled at StreamRate per second.
+	StreamRate  float64
+	StreamBurst int
+	// HandshakeTimeout bounds the QUIC handshake plus the first frame, and
+	// each stream's header.
+	HandshakeTimeout time.Duration
+	// IdleTimeout closes a connection with no traffic at all (agents and
+	// clients send keep-alives well within it).
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds a frame body the relay reads (at most
+	// link.MaxFrameBody).
+	MaxHeaderBytes int
+	// Tap, for tests only, sees every chunk of payload the relay forwards.
+	Tap func(device string, fromClient bool, p []byte)
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Link is a running Link relay.
+type Link struct {
+	cfg     LinkConfig
+	log     zerolog.Logger
+	tr      *quic.Transport
+	ln      *quic.Listener
+	addr    netip.AddrPort
+	limiter *linkLimiter
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	closed bool
+	agents map[string]*linkAgent
+	conns  map[*quic.Conn]struct{}
+}
+
+// linkAgent is one connected agent.
+type linkAgent struct {
+	device  string
+	conn    *quic.Conn
+	streams atomic.Int64
+	reason  atomic.Uint64 // the stream error code for sessions when the agent is closed
+}
+
+func (a *linkAgent) close(code quic.ApplicationErrorCode, stream quic.StreamErrorCode, msg string) {
+	a.reason.CompareAndSwap(0, uint64(stream))
+	a.conn.CloseWithError(code, msg)
+}
+
+// NewLink starts listening; Close stops it.
+func NewLink(cfg LinkConfig) (*Link, error) {
+	switch {
+	case cfg.Addr == "" && cfg.PacketConn == nil:
+		return nil, errors.New("relay: LinkConfig.Addr is required")
+	case len(cfg.Certificate.Certificate) == 0:
+		return nil, errors.New("relay: LinkConfig.Certificate is required")
+	case cfg.Store == nil:
+		return nil, errors.New("relay: LinkConfig.Store is required")
+	case cfg.MaxHeaderBytes > link.MaxFrameBody:
+		return nil, fmt.Errorf("relay: LinkConfig.MaxHeaderBytes %d exceeds the wire format's %d", cfg.MaxHeaderBytes, link.MaxFrameBody)
+	}
+	cfg.MaxAgents = cmp.Or(cfg.MaxAgents, DefaultLinkMaxAgents)
+	cfg.MaxStreamsPerDevice = cmp.Or(cfg.MaxStreamsPerDevice, DefaultLinkMaxStreamsPerDevice)
+	cfg.StreamRate = cmp.Or(cfg.StreamRate, DefaultLinkStreamRate)
+	cfg.StreamBurst = cmp.Or(cfg.StreamBurst, DefaultLinkStreamBurst)
+	cfg.HandshakeTimeout = cmp.Or(cfg.HandshakeTimeout, DefaultLinkHandshakeTimeout)
+	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, DefaultLinkIdleTimeout)
+	cfg.MaxHeaderBytes = cmp.Or(cfg.MaxHeaderBytes, DefaultLinkMaxHeader)
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	pc := cfg.PacketConn
+	if pc == nil {
+		var err error
+		if pc, err = net.ListenPacket("udp", cfg.Addr); err != nil {
+			return nil, fmt.Errorf("link listen %s: %w", cfg.Addr, err)
+		}
+	}
+	addr, err := netip.ParseAddrPort(pc.LocalAddr().String())
+	if err != nil {
+		pc.Close()
+		return nil, fmt.Errorf("link listen %s: %w", cfg.Addr, err)
+	}
+	tr := &quic.Transport{Conn: pc}
+	tlsConf := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{link.ALPN}, Certificates: []tls.Certificate{cfg.Certificate}}
+	ln, err := tr.Listen(tlsConf, &quic.Config{
+		HandshakeIdleTimeout: cfg.HandshakeTimeout, MaxIdleTimeout: cfg.IdleTimeout,
+		MaxIncomingStreams: linkMaxClientStreams, MaxIncomingUniStreams: -1,
+	})
+	if err != nil {
+		tr.Close()
+		pc.Close()
+		return nil, fmt.Errorf("link listen %s: %w", addr, err)
+	}
+	l := &Link{
+		cfg: cfg, log: cfg.Logger, tr: tr, ln: ln, addr: addr,
+		limiter: newLinkLimiter(cfg.StreamRate, cfg.StreamBurst),
+		agents:  map[string]*linkAgent{}, conns: map[*quic.Conn]struct{}{},
+	}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
+	cfg.Store.OnChange(l.onChange)
+	l.wg.Go(l.accept)
+	return l, nil
+}
+
+// Addr returns the UDP address the relay listens on.
+func (l *Link) Addr() netip.AddrPort { return l.addr }
+
+// Agents returns how many agents are connected.
+func (l *Link) Agents() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.agents)
+}
+
+// Close tells every agent and client that the relay is shutting down, closes
+// the socket and waits for every goroutine to end.
+func (l *Link) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	conns := make([]*quic.Conn, 0, len(l.conns))
+	for c := range l.conns {
+		conns = append(conns, c)
+	}
+	for _, a := range l.agents {
+		a.reason.CompareAndSwap(0, link.StreamShutdown)
+	}
+	l.mu.Unlock()
+	l.cancel()
+	for _, c := range conns {
+		c.CloseWithError(link.CloseShutdown, "relay shutting down")
+	}
+	l.ln.Close()
+	err := l.tr.Close()
+	l.wg.Wait()
+	if cerr := l.tr.Conn.Close(); err == nil && cerr != nil && !errors.Is(cerr, net.ErrClosed) {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("close link relay: %w", err)
+	}
+	return nil
+}
+
+// goTracked runs f in a goroutine Close waits for, unless Close has begun.
+func (l *Link) goTracked(f func()) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	l.wg.Go(f)
+	return true
+}
+
+// onChange closes an agent at once when its device loses Link or is deleted.
+func (l *Link) onChange(ch store.Change) {
+	var code quic.ApplicationErrorCode
+	var stream quic.StreamErrorCode
+	var msg string
+	switch {
+	case ch.Kind == store.Deleted || ch.Kind == store.Expired:
+		code, stream, msg = link.CloseDeviceGone, link.StreamDeviceGone, "device deleted"
+	case ch.Kind == store.Updated && !ch.Device.Link:
+		code, stream, msg = link.CloseLinkDisabled, link.StreamLinkDisabled, "link switched off for this device"
+	default:
+		return
+	}
+	l.mu.Lock()
+	a := l.agents[ch.Device.Name]
+	if a != nil {
+		delete(l.agents, ch.Device.Name)
+	}
+	l.mu.Unlock()
+	if a != nil {
+		l.log.Info().Str("device", a.device).Str("reason", msg).Msg("closing link agent")
+		a.reason.CompareAndSwap(0, uint64(stream))
+		l.goTracked(func() { a.close(code, stream, msg) }) // CloseWithError waits; the store's writer must not
+	}
+}
+
+func (l *Link) accept() {
+	for {
+		c, err := l.ln.Accept(l.ctx)
+		if err != nil {
+			return
+		}
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			c.CloseWithError(link.CloseShutdown, "relay shutting down")
+			return
+		}
+		l.conns[c] = struct{}{}
+		l.wg.Go(func() {
+			defer func() {
+				l.mu.Lock()
+				delete(l.conns, c)
+				l.mu.Unlock()
+			}()
+			l.serveConn(c)
+		})
+		l.mu.Unlock()
+	}
+}
+
+// serveConn reads the first frame of a new connection, which says whether it
+// is an agent (Hello) or a client (Connect).
+func (l *Link) serveConn(c *quic.Conn) {
+	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.HandshakeTimeout)
+	s, err := c.AcceptStream(ctx)
+	cancel()
+	if err != nil {
+		c.CloseWithError(link.CloseIdle, "no request within the handshake timeout")
+		return
+	}
+	src := remoteAddr(c)
+	s.SetReadDeadline(l.cfg.Now().Add(l.cfg.HandshakeTimeout))
+	fr, err := link.ReadFrame(s, l.cfg.MaxHeaderBytes)
+	if err != nil {
+		link.WriteFrame(s, link.Result{Status: link.StatusBadRequest, Message: "malformed request: " + err.Error()})
+		c.CloseWithError(link.CloseProtocol, "malformed first frame")
+		return
+	}
+	s.SetReadDeadline(time.Time{})
+	switch f := fr.(type) {
+	case link.Hello:
+		l.serveAgent(c, s, f, src)
+	case link.Connect:
+		l.serveClient(c, s, f, src)
+	default:
+		link.WriteFrame(s, link.Result{Status: link.StatusBadRequest, Message: "expected hello or connect"})
+		c.CloseWithError(link.CloseProtocol, "unexpected first frame")
+	}
+}
+
+func remoteAddr(c *quic.Conn) netip.AddrPort {
+	if ua, ok := c.RemoteAddr().(*net.UDPAddr); ok {
+		ap := ua.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+	return ap
+}
+
+// serveAgent logs an agent in and holds its connection until it ends.
+func (l *Link) serveAgent(c *quic.Conn, ctrl *quic.Stream, h link.Hello, src netip.AddrPort) {
+	refuse := func(st link.Status, msg string) {
+		l.log.Info().Str("device", h.Device).Str("client", anonymize.Addr(src.Addr()).String()).Str("reason", st.String()).Msg("link agent refused")
+		l.event(connlog.Event{Kind: "agent", Outcome: "refused", Device: h.Device, Client: src.Addr(), Detail: st.String()})
+		link.WriteFrame(ctrl, link.Result{Status: st, Message: msg})
+		c.CloseWithError(link.CloseRefused, msg)
+	}
+	d, err := l.cfg.Store.Authenticate(h.Device, h.Token)
+	if err != nil {
+		refuse(link.StatusBadCredentials, "unknown device or wrong token")
+		return
+	}
+	if !d.Link {
+		refuse(link.StatusLinkDisabled, "link is switched off for device "+d.Name)
+		return
+	}
+	a := &linkAgent{device: d.Name, conn: c}
+	l.mu.Lock()
+	old := l.agents[d.Name]
+	if old == nil && len(l.agents) >= l.cfg.MaxAgents {
+		l.mu.Unlock()
+		refuse(link.StatusTooManyAgents, fmt.Sprintf("the relay holds its maximum of %d agents", l.cfg.MaxAgents))
+		return
+	}
+	l.agents[d.Name] = a
+	l.mu.Unlock()
+	if old != nil {
+		l.log.Info().Str("device", d.Name).Msg("a new agent replaces the connected one")
+		old.close(link.CloseReplaced, link.StreamDeviceGone, "replaced by a newer agent for this device")
+	}
+	// A change committed between Authenticate and registration was not seen
+	// by onChange: look again now that the agent is visible to it.
+	if d2, err := l.cfg.Store.Get(d.Name); err != nil || !d2.Link {
+		l.drop(a)
+		refuse(link.StatusLinkDisabled, "link is switched off for device "+d.Name)
+		return
+	}
+	if err := link.WriteFrame(ctrl, link.Result{Status: link.StatusOK}); err != nil {
+		l.drop(a)
+		return
+	}
+	l.log.Info().Str("device", d.Name).Msg("link agent connected")
+	l.event(connlog.Event{Kind: "agent", Outcome: "ok", Device: d.Name, Client: src.Addr(), Detail: "connected"})
+	start := l.cfg.Now()
+	// The control stream carries nothing after the login; its end (or any
+	// byte on it) ends the agent.
+	l.goTracked(func() {
+		var b [1]byte
+		ctrl.Read(b[:])
+		c.CloseWithError(link.CloseProtocol, "control stream ended")
+	})
+	// Agents do not open streams; refuse any.
+	for {
+		s, err := c.AcceptStream(l.ctx)
+		if err != nil {
+			break
+		}
+		s.CancelRead(link.StreamRefused)
+		s.CancelWrite(link.StreamRefused)
+	}
+	l.drop(a)
+	c.CloseWithError(link.CloseNormal, "")
+	l.log.Info().Str("device", d.Name).Msg("link agent disconnected")
+	l.event(connlog.Event{Kind: "agent", Outcome: "ok", Device: d.Name, Client: src.Addr(), Start: start, Detail: "disconnected"})
+}
+
+// drop removes a from the agent table if it is still the registered one.
+func (l *Link) drop(a *linkAgent) {
+	l.mu.Lock()
+	if l.agents[a.device] == a {
+		delete(l.agents, a.device)
+	}
+	l.mu.Unlock()
+}
+
+func (l *Link) agent(device string) *linkAgent {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.agents[device]
+}
+
+func (l *Link) event(e connlog.Event) {
+	if l.cfg.Events == nil {
+		return
+	}
+	e.Service = "link"
+	if e.Time.IsZero() {
+		e.Time = l.cfg.Now()
+	}
+	l.cfg.Events.Log(e)
+}

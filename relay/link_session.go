@@ -1,0 +1,294 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nasreach/nasreach/anonymize"
+	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/link"
+	"github.com/nasreach/nasreach/store"
+	"github.com/quic-go/quic-go"
+)
+
+// serveClient serves a client connection: the first stream's Connect, then
+// every further stream, each a session of its own.
+func (l *Link) serveClient(c *quic.Conn, first *quic.Stream, req link.Connect, src netip.AddrPort) {
+	l.goTracked(func() { l.session(c, first, req, src) })
+	for {
+		s, err := c.AcceptStream(l.ctx)
+		if err != nil {
+			return
+		}
+		if !l.goTracked(func() { l.readAndServe(c, s, src) }) {
+			s.CancelRead(link.StreamShutdown)
+			s.CancelWrite(link.StreamShutdown)
+			return
+		}
+	}
+}
+
+// readAndServe reads a stream's Connect within the handshake timeout.
+func (l *Link) readAndServe(c *quic.Conn, s *quic.Stream, src netip.AddrPort) {
+	s.SetReadDeadline(l.cfg.Now().Add(l.cfg.HandshakeTimeout))
+	fr, err := link.ReadFrame(s, l.cfg.MaxHeaderBytes)
+	s.SetReadDeadline(time.Time{})
+	req, ok := fr.(link.Connect)
+	if err != nil || !ok {
+		msg := "expected a connect frame"
+		if err != nil {
+			msg = "malformed request: " + err.Error()
+		}
+		link.WriteFrame(s, link.Result{Status: link.StatusBadRequest, Message: msg})
+		s.Close()
+		s.CancelRead(link.StreamRefused)
+		return
+	}
+	l.session(c, s, req, src)
+}
+
+// session authorizes one Connect, asks the agent for the port and splices.
+// It logs one connection-log record however it ends.
+func (l *Link) session(c *quic.Conn, cs *quic.Stream, req link.Connect, src netip.AddrPort) {
+	start := l.cfg.Now()
+	device := strings.ToLower(req.Device)
+	ev := connlog.Event{Kind: "session", Device: device, Client: src.Addr(), Port: req.Port, Start: start}
+	refuse := func(st link.Status, msg string) {
+		link.WriteFrame(cs, link.Result{Status: st, Message: msg})
+		cs.Close()
+		cs.CancelRead(link.StreamRefused)
+		ev.Outcome, ev.Detail = "refused", st.String()
+		l.event(ev)
+		l.log.Debug().Str("device", device).Uint16("port", req.Port).Str("client", anonymize.Addr(src.Addr()).String()).
+			Str("reason", st.String()).Msg("link session refused")
+	}
+	if !l.limiter.allow(src.Addr(), start) {
+		refuse(link.StatusRateLimited, "too many new connections from your address; slow down")
+		return
+	}
+	d, err := l.cfg.Store.Get(device)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		refuse(link.StatusUnknownDevice, fmt.Sprintf("no device %q on this relay", device))
+		return
+	case err != nil:
+		l.log.Error().Err(err).Msg("link: cannot read the device table")
+		refuse(link.StatusUnavailable, "the relay cannot check the device right now; try again")
+		return
+	case !d.Link:
+		refuse(link.StatusLinkDisabled, fmt.Sprintf("device %s has Link switched off", device))
+		return
+	case d.Access == store.AccessToken && req.AccessCode == "":
+		refuse(link.StatusAccessDenied, fmt.Sprintf("device %s requires an access code", device))
+		return
+	case d.Access == store.AccessToken && !l.cfg.Store.CheckAccessCode(device, req.AccessCode):
+		refuse(link.StatusAccessDenied, fmt.Sprintf("the access code is not valid for device %s", device))
+		return
+	}
+	a := l.agent(device)
+	if a == nil {
+		refuse(link.StatusOffline, fmt.Sprintf("device %s is not connected to the relay", device))
+		return
+	}
+	if n := a.streams.Add(1); n > int64(l.cfg.MaxStreamsPerDevice) {
+		a.streams.Add(-1)
+		refuse(link.StatusTooManyStreams, fmt.Sprintf("device %s has its maximum of %d sessions open", device, l.cfg.MaxStreamsPerDevice))
+		return
+	}
+	defer a.streams.Add(-1)
+
+	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.HandshakeTimeout)
+	as, err := a.conn.OpenStreamSync(ctx)
+	cancel()
+	if err != nil {
+		refuse(link.StatusOffline, fmt.Sprintf("device %s is not reachable: its agent connection ended", device))
+		return
+	}
+	as.SetDeadline(l.cfg.Now().Add(l.cfg.HandshakeTimeout))
+	var res link.Result
+	err = link.WriteFrame(as, link.Open{Port: req.Port})
+	if err == nil {
+		var fr link.Frame
+		if fr, err = link.ReadFrame(as, l.cfg.MaxHeaderBytes); err == nil {
+			var ok bool
+			if res, ok = fr.(link.Result); !ok {
+				err = errors.New("agent answered open with another frame")
+			}
+		}
+	}
+	as.SetDeadline(time.Time{})
+	if err != nil {
+		as.CancelRead(link.StreamAborted)
+		as.CancelWrite(link.StreamAborted)
+		l.log.Debug().Err(err).Str("device", device).Msg("link agent did not answer open")
+		refuse(link.StatusOffline, fmt.Sprintf("device %s did not answer", device))
+		return
+	}
+	if res.Status != link.StatusOK {
+		as.Close()
+		as.CancelRead(link.StreamRefused)
+		refuse(res.Status, res.Message)
+		return
+	}
+	if err := link.WriteFrame(cs, link.Result{Status: link.StatusOK}); err != nil {
+		as.CancelRead(link.StreamAborted)
+		as.CancelWrite(link.StreamAborted)
+		ev.Outcome, ev.Detail, ev.Time = "error", "client went away", l.cfg.Now()
+		l.event(ev)
+		return
+	}
+	in, out, err := l.splice(cs, as, a, device)
+	ev.BytesIn, ev.BytesOut, ev.Time, ev.Outcome = in, out, l.cfg.Now(), "ok"
+	if err != nil {
+		ev.Outcome, ev.Detail = "aborted", abortReason(err, a)
+	}
+	l.event(ev)
+	l.log.Debug().Str("device", device).Uint16("port", req.Port).Str("client", anonymize.Addr(src.Addr()).String()).
+		Int64("bytes_in", in).Int64("bytes_out", out).Str("outcome", ev.Outcome).Msg("link session ended")
+}
+
+func abortReason(err error, a *linkAgent) string {
+	switch a.reason.Load() {
+	case link.StreamLinkDisabled:
+		return "link switched off"
+	case link.StreamDeviceGone:
+		return "agent gone"
+	case link.StreamShutdown:
+		return "relay shutting down"
+	}
+	var se *quic.StreamError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("stream reset (code %d)", se.ErrorCode)
+	}
+	var ie *quic.IdleTimeoutError
+	if errors.As(err, &ie) {
+		return "idle timeout"
+	}
+	return "connection lost"
+}
+
+var linkBuffers = sync.Pool{New: func() any { b := make([]byte, linkCopyBuffer); return &b }}
+
+// splice copies client→agent and agent→client until both directions end.
+// A FIN is passed on as a FIN; a reset or error on either side resets all
+// four halves, with the agent's close reason when it has one. Flow control
+// gives backpressure: the relay reads only as fast as the other side takes.
+func (l *Link) splice(cs, as *quic.Stream, a *linkAgent, device string) (in, out int64, err error) {
+	var once sync.Once
+	abort := func() {
+		once.Do(func() {
+			code := quic.StreamErrorCode(a.reason.Load())
+			if code == 0 {
+				code = link.StreamAborted
+			}
+			cs.CancelRead(code)
+			cs.CancelWrite(code)
+			as.CancelRead(code)
+			as.CancelWrite(code)
+		})
+	}
+	half := func(dst, src *quic.Stream, fromClient bool, n *int64) error {
+		bp := linkBuffers.Get().(*[]byte)
+		defer linkBuffers.Put(bp)
+		buf := *bp
+		for {
+			k, rerr := src.Read(buf)
+			if k > 0 {
+				if l.cfg.Tap != nil {
+					l.cfg.Tap(device, fromClient, buf[:k])
+				}
+				if _, werr := dst.Write(buf[:k]); werr != nil {
+					abort()
+					return werr
+				}
+				*n += int64(k)
+			}
+			if errors.Is(rerr, io.EOF) {
+				dst.Close()
+				return nil
+			}
+			if rerr != nil {
+				abort()
+				return rerr
+			}
+		}
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- half(as, cs, true, &in) }()
+	err2 := half(cs, as, false, &out)
+	err1 := <-errc
+	return in, out, errors.Join(err1, err2)
+}
+
+// linkLimiter is a token bucket per client address (IPv6 per /64), bounded in
+// size: idle buckets are dropped, and when the table is full of busy ones the
+// oldest half goes.
+type linkLimiter struct {
+	rate  float64
+	burst float64
+	mu    sync.Mutex
+	b     map[netip.Prefix]*bucket
+}
+
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+// linkLimiterMax bounds the limiter's table.
+const linkLimiterMax = 65536
+
+func newLinkLimiter(rate float64, burst int) *linkLimiter {
+	return &linkLimiter{rate: rate, burst: float64(burst), b: map[netip.Prefix]*bucket{}}
+}
+
+func (l *linkLimiter) allow(a netip.Addr, now time.Time) bool {
+	bits := 32
+	if !a.Is4() {
+		bits = 64
+	}
+	k, _ := a.Prefix(bits)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.b[k]
+	if b == nil {
+		if len(l.b) >= linkLimiterMax {
+			l.prune(now)
+		}
+		b = &bucket{tokens: l.burst, last: now}
+		l.b[k] = b
+	}
+	b.tokens = min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+func (l *linkLimiter) prune(now time.Time) {
+	full := time.Duration(l.burst / l.rate * float64(time.Second))
+	for k, b := range l.b {
+		if now.Sub(b.last) >= full {
+			delete(l.b, k)
+		}
+	}
+	if len(l.b) < linkLimiterMax {
+		return
+	}
+	n := 0
+	for k := range l.b { // still full of busy buckets: forget half (random order)
+		if n >= linkLimiterMax/2 {
+			break
+		}
+		delete(l.b, k)
+		n++
+	}
+}
