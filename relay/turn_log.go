@@ -9,8 +9,9 @@ import (
 )
 
 // pionLoggerFactory routes pion's logs to zerolog: warnings and errors only
-// (pion's debug and info lines print every client and peer address), and with
-// every address in the text masked.
+// (pion's debug and info lines print every client and peer address), both at
+// warn level (pion's errors are mostly a client gone away), and with every
+// address in the text masked.
 type pionLoggerFactory struct{ log zerolog.Logger }
 
 // NewLogger implements logging.LoggerFactory.
@@ -30,7 +31,7 @@ func (l pionLogger) Warn(msg string)     { l.log.Warn().Msg(anonymize.Text(msg))
 func (l pionLogger) Warnf(format string, args ...any) {
 	l.log.Warn().Msg(anonymize.Text(fmt.Sprintf(format, args...)))
 }
-func (l pionLogger) Error(msg string) { l.log.Error().Msg(anonymize.Text(msg)) }
+func (l pionLogger) Error(msg string) { l.log.Warn().Msg(anonymize.Text(msg)) }
 func (l pionLogger) Errorf(format string, args ...any) {
-	l.log.Error().Msg(anonymize.Text(fmt.Sprintf(format, args...)))
+	l.log.Warn().Msg(anonymize.Text(fmt.Sprintf(format, args...)))
 }
