@@ -12,9 +12,11 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nasreach/nasreach/anonymize"
@@ -68,8 +70,8 @@ type API struct {
 	st       *store.Store
 	zone     string // lower case, no trailing dot
 	admin    []byte
-	open     bool
-	proxies  []netip.Prefix
+	open     atomic.Bool                    // SetOpenRegistration changes it live
+	proxies  atomic.Pointer[[]netip.Prefix] // SetTrustedProxies changes it live
 	now      func() time.Time
 	log      zerolog.Logger
 	throttle Throttle
@@ -96,13 +98,15 @@ func New(cfg Config) (*API, error) {
 		return nil, errors.New("api: Config.AdminToken must be at least 16 characters")
 	}
 	a := &API{
-		st: cfg.Store, zone: zone, admin: []byte(cfg.AdminToken), open: cfg.OpenRegistration,
-		proxies: cfg.TrustedProxies, now: cfg.Now, log: cfg.Logger, stop: make(chan struct{}),
+		st: cfg.Store, zone: zone, admin: []byte(cfg.AdminToken),
+		now: cfg.Now, log: cfg.Logger, stop: make(chan struct{}),
 		events: cfg.Events,
 	}
 	if a.now == nil {
 		a.now = time.Now
 	}
+	a.SetOpenRegistration(cfg.OpenRegistration)
+	a.SetTrustedProxies(cfg.TrustedProxies)
 	t := cfg.Throttle.withDefaults()
 	a.throttle = t
 	a.fails = newLimiter(t.FailedLogins, t.FailedLoginsWindow, t.Block, a.now)
@@ -139,6 +143,15 @@ func (a *API) routes() {
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, http.StatusNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
 	})
+}
+
+// SetOpenRegistration switches open registration from the next request on.
+func (a *API) SetOpenRegistration(open bool) { a.open.Store(open) }
+
+// SetTrustedProxies replaces the proxies whose X-Forwarded-For is believed.
+func (a *API) SetTrustedProxies(p []netip.Prefix) {
+	p = slices.Clone(p)
+	a.proxies.Store(&p)
 }
 
 // ServeHTTP serves one request; the API is an http.Handler.
@@ -232,7 +245,7 @@ func (a *API) clientAddr(r *http.Request) netip.Addr {
 }
 
 func (a *API) trusted(addr netip.Addr) bool {
-	for _, p := range a.proxies {
+	for _, p := range *a.proxies.Load() {
 		if p.Contains(addr) {
 			return true
 		}

@@ -137,7 +137,7 @@ type createResponse struct {
 
 func (a *API) handleCreate(w http.ResponseWriter, r *http.Request) {
 	if !a.isAdmin(r) {
-		if !a.open {
+		if !a.open.Load() {
 			if !a.requireAdmin(w, r) {
 				return
 			}

@@ -85,7 +85,7 @@ func (s *Server) answer(r *dns.Msg) (m *dns.Msg, maxSize int) {
 	}
 	device := label
 	if i := strings.LastIndexByte(label, '.'); i >= 0 {
-		if !s.subdomains {
+		if s.exact.Load() {
 			s.nxdomain(m)
 			return m, maxSize
 		}
@@ -96,7 +96,7 @@ func (s *Server) answer(r *dns.Msg) (m *dns.Msg, maxSize int) {
 		s.nxdomain(m)
 		return m, maxSize
 	}
-	s.answerAddrs(m, q, s.ttl, rec.IPv4, rec.IPv6)
+	s.answerAddrs(m, q, s.ttl.Load(), rec.IPv4, rec.IPv6)
 	return m, maxSize
 }
 
@@ -142,7 +142,7 @@ func (s *Server) nxdomain(m *dns.Msg) {
 // negativeSOA is the SOA for the authority section of negative answers; its TTL
 // is min(SOA TTL, SOA MINIMUM) as RFC 2308 section 3 says.
 func (s *Server) negativeSOA() dns.RR {
-	return s.soa(s.zone, min(s.soaTTL, s.negTTL))
+	return s.soa(s.zone, min(s.soaTTL, s.ttl.Load()))
 }
 
 func (s *Server) soa(owner string, ttl uint32) dns.RR {
@@ -152,7 +152,7 @@ func (s *Server) soa(owner string, ttl uint32) dns.RR {
 		Mbox:    s.hostmaster,
 		Serial:  s.src.Serial(),
 		Refresh: 1800, Retry: 300, Expire: 1209600,
-		Minttl: s.negTTL,
+		Minttl: s.ttl.Load(),
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -104,11 +105,10 @@ type Server struct {
 	ns         []NameServer
 	glue       map[string][]netip.Addr // in-zone nameserver label → its addresses
 	hostmaster string
-	ttl        uint32
-	negTTL     uint32
+	ttl        atomic.Uint32 // device TTL and negative-caching TTL; SetTTL changes it live
 	soaTTL     uint32
 	udpSize    uint16
-	subdomains bool
+	exact      atomic.Bool // names below a device are NXDOMAIN; SetExactNamesOnly changes it live
 	rcvBuf     int
 	src        Source
 	log        zerolog.Logger
@@ -137,10 +137,8 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		zone:       zone,
 		hostmaster: dns.Fqdn(strings.ToLower(cmpOr(cfg.Hostmaster, "hostmaster."+zone))),
-		ttl:        DefaultTTL,
 		soaTTL:     DefaultSOATTL,
 		udpSize:    cfg.UDPSize,
-		subdomains: !cfg.ExactNamesOnly,
 		rcvBuf:     cfg.ReceiveBuffer,
 		src:        cfg.Source,
 		onQuery:    cfg.OnQuery,
@@ -148,13 +146,10 @@ func New(cfg Config) (*Server, error) {
 		addr:       cfg.Addr,
 		glue:       map[string][]netip.Addr{},
 	}
-	if cfg.TTL < 0 || cfg.TTL > 7*24*time.Hour {
-		return nil, fmt.Errorf("dnsserver: Config.TTL %s out of range (0 to 7 days)", cfg.TTL)
+	if err := s.SetTTL(cfg.TTL); err != nil {
+		return nil, fmt.Errorf("dnsserver: Config.TTL: %w", err)
 	}
-	if cfg.TTL > 0 {
-		s.ttl = uint32(cfg.TTL / time.Second)
-	}
-	s.negTTL = s.ttl
+	s.exact.Store(cfg.ExactNamesOnly)
 	if s.udpSize == 0 {
 		s.udpSize = DefaultUDPSize
 	}
@@ -203,6 +198,23 @@ func cmpOr(a, b string) string {
 	}
 	return b
 }
+
+// SetTTL sets the TTL of device answers and of negative answers; the next
+// answer uses it. Zero means DefaultTTL.
+func (s *Server) SetTTL(ttl time.Duration) error {
+	if ttl < 0 || ttl > 7*24*time.Hour {
+		return fmt.Errorf("TTL %s out of range (0 to 7 days)", ttl)
+	}
+	if ttl == 0 {
+		ttl = DefaultTTL * time.Second
+	}
+	s.ttl.Store(uint32(ttl / time.Second))
+	return nil
+}
+
+// SetExactNamesOnly switches whether names below a device answer as the
+// device (false) or NXDOMAIN (true), from the next answer on.
+func (s *Server) SetExactNamesOnly(exact bool) { s.exact.Store(exact) }
 
 // Zone returns the served zone as a lower-case FQDN.
 func (s *Server) Zone() string { return s.zone }

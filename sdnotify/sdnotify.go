@@ -37,6 +37,9 @@ const (
 	// Stopping says the service is shutting down, so systemd reports
 	// "deactivating" instead of waiting for the process to exit to notice.
 	Stopping = "STOPPING=1"
+	// Reloading says the service is re-reading its configuration; Ready
+	// follows when it is done.
+	Reloading = "RELOADING=1"
 	// WatchdogPing resets the watchdog timer of WatchdogSec=.
 	WatchdogPing = "WATCHDOG=1"
 )

@@ -38,6 +38,7 @@ func newApp(stdout, stderr io.Writer) *cli.Command {
 			serveCommand(),
 			deviceCommand(),
 			logsCommand(),
+			configCommand(),
 			backupCommand(),
 		},
 	}
@@ -68,5 +69,7 @@ func newLogger(cmd *cli.Command, w io.Writer) (zerolog.Logger, error) {
 	default:
 		return zerolog.Logger{}, fmt.Errorf("--log-format %q: want json, console or auto", f)
 	}
-	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+	// The level is zerolog's global one so that a reload can change it live.
+	zerolog.SetGlobalLevel(lvl)
+	return zerolog.New(w).With().Timestamp().Logger(), nil
 }

@@ -85,19 +85,17 @@ func openConnLog(cfg daemonConfig) (*connlog.Log, error) {
 	})
 }
 
-// queryHook returns the DNS server's query hook: metrics always, and with
+// observeQuery is the DNS server's query hook: metrics always, and with
 // --log-queries one masked connection-log event per query.
-func queryHook(p privacyConfig, l *connlog.Log, m *metrics.Metrics) func(dnsserver.Query) {
-	if !p.LogQueries || l == nil {
-		return func(q dnsserver.Query) { m.ObserveQuery(q.Type, q.Rcode) }
+func (d *daemon) observeQuery(q dnsserver.Query) {
+	d.metrics.ObserveQuery(q.Type, q.Rcode)
+	if !d.logQuery.Load() {
+		return
 	}
-	return func(q dnsserver.Query) {
-		m.ObserveQuery(q.Type, q.Rcode)
-		l.Log(connlog.Event{
-			Service: "dns", Kind: "query", Outcome: dns.RcodeToString[q.Rcode], Client: q.Client(),
-			Detail: strings.TrimSuffix(strings.ToLower(q.Name), ".") + " " + dns.TypeToString[q.Type],
-		})
-	}
+	d.connlog.Log(connlog.Event{
+		Service: "dns", Kind: "query", Outcome: dns.RcodeToString[q.Rcode], Client: q.Client(),
+		Detail: strings.TrimSuffix(strings.ToLower(q.Name), ".") + " " + dns.TypeToString[q.Type],
+	})
 }
 
 // eventTee passes connection events to the log and to the metrics.

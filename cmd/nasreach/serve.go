@@ -42,6 +42,7 @@ func serveCommand() *cli.Command {
 		Name:  "serve",
 		Usage: "run the daemon (DNS, HTTP API)",
 		Flags: append([]cli.Flag{
+			configFlag(),
 			&cli.StringFlag{Name: "data", Value: defaultDataDir, Usage: "data directory (default $STATE_DIRECTORY under systemd)", Sources: cli.EnvVars("NASREACH_DATA", "STATE_DIRECTORY")},
 			&cli.StringFlag{Name: "zone", Value: dnsserver.DefaultZone, Usage: "DNS zone the devices live in", Sources: cli.EnvVars("NASREACH_ZONE")},
 			&cli.StringFlag{Name: "dns", Value: defaultDNSAddr, Usage: "DNS listen address (UDP and TCP)", Sources: cli.EnvVars("NASREACH_DNS")},
@@ -55,6 +56,7 @@ func serveCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "trusted-proxy", Usage: "CIDR of a reverse proxy whose X-Forwarded-For is believed (repeatable)", Sources: cli.EnvVars("NASREACH_TRUSTED_PROXY")},
 			&cli.BoolFlag{Name: "exact-names", Usage: "answer NXDOMAIN for names below a device instead of the device's address", Sources: cli.EnvVars("NASREACH_EXACT_NAMES")},
 		}, append(privacyFlags(), logFlags()...)...),
+		Before: applyConfigFile,
 		Action: runServe,
 	}
 }
@@ -74,6 +76,7 @@ type daemonConfig struct {
 	TrustedProxies   []netip.Prefix
 	ExactNames       bool
 	Privacy          privacyConfig
+	LogLevel         zerolog.Level
 	Now              func() time.Time
 	Logger           zerolog.Logger
 }
@@ -94,6 +97,9 @@ func daemonConfigFromFlags(cmd *cli.Command, log zerolog.Logger) (daemonConfig, 
 		cfg.NameServers = append(cfg.NameServers, ns)
 	}
 	var err error
+	if cfg.LogLevel, err = zerolog.ParseLevel(strings.ToLower(cmd.String("log-level"))); err != nil || cfg.LogLevel == zerolog.NoLevel {
+		return cfg, fmt.Errorf("--log-level %q: want debug, info, warn or error", cmd.String("log-level"))
+	}
 	if cfg.Privacy, err = privacyConfigFromFlags(cmd, cfg.DataDir); err != nil {
 		return cfg, err
 	}
@@ -135,6 +141,8 @@ type daemon struct {
 	api       *api.API
 	httpLn    net.Listener
 	httpDone  chan error
+	cfg       daemonConfig
+	logQuery  atomic.Bool // --log-queries, changed live by reload
 	connlog   *connlog.Log
 	metrics   *metrics.Metrics
 	ready     atomic.Bool
@@ -145,7 +153,8 @@ type daemon struct {
 // startDaemon opens the store and binds every listener; when it returns
 // without error the daemon is serving.
 func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
-	d := &daemon{log: cfg.Logger}
+	d := &daemon{log: cfg.Logger, cfg: cfg}
+	d.logQuery.Store(cfg.Privacy.LogQueries)
 	defer func() {
 		if err != nil { // undo whatever had started
 			d.shutdown(context.Background())
@@ -187,7 +196,7 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 	}
 	d.dns, err = dnsserver.New(dnsserver.Config{
 		Addr: cfg.DNSAddr, Zone: cfg.Zone, NameServers: cfg.NameServers, TTL: cfg.TTL,
-		ExactNamesOnly: cfg.ExactNames, Source: d.store, OnQuery: queryHook(cfg.Privacy, d.connlog, d.metrics),
+		ExactNamesOnly: cfg.ExactNames, Source: d.store, OnQuery: d.observeQuery,
 		Logger: cfg.Logger.With().Str("component", "dns").Logger(),
 	})
 	if err != nil {
@@ -336,11 +345,23 @@ func runServe(ctx context.Context, cmd *cli.Command) error {
 		sd.Watchdog(watchdogCtx, dnsAnswers, func(err error) { log.Warn().Err(err).Msg("systemd watchdog") })
 	}()
 	// --- end systemd ---
-	select {
-	case <-ctx.Done():
-	case err := <-d.httpDone:
-		d.httpDone <- err // let shutdown see it
-		log.Error().Err(err).Msg("http api stopped")
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+serving:
+	for {
+		select {
+		case <-ctx.Done():
+			break serving
+		case err := <-d.httpDone:
+			d.httpDone <- err // let shutdown see it
+			log.Error().Err(err).Msg("http api stopped")
+			break serving
+		case <-hup:
+			_ = sd.Notify(ctx, sdnotify.Reloading)
+			d.reloadFrom(ctx, os.Args)
+			_ = sd.Notify(ctx, sdnotify.Ready, sdnotify.Status(status))
+		}
 	}
 	log.Info().Msg("shutting down")
 	stopWatchdog() // systemd: no more pings, and STOPPING=1 while we drain

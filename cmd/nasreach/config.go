@@ -1,0 +1,246 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+	"github.com/rs/zerolog"
+	"github.com/urfave/cli/v3"
+)
+
+// The config file is TOML with one top-level key per serve flag, named like
+// the flag without its dashes prefix (dns = "0.0.0.0:53", ns = ["ns1=…"]).
+// Precedence: command-line flag > NASREACH_* environment > file > default.
+// Unknown keys and invalid values stop start-up with the file and line.
+
+// configFileName is looked for in $CONFIGURATION_DIRECTORY when --config is
+// not given.
+const configFileName = "nasreach.toml"
+
+func configFlag() cli.Flag {
+	return &cli.StringFlag{Name: "config", Usage: "TOML config file (default $CONFIGURATION_DIRECTORY/" + configFileName + " when it exists)", Sources: cli.EnvVars("NASREACH_CONFIG")}
+}
+
+// configPath returns the config file to read, or "" for none.
+func configPath(cmd *cli.Command) string {
+	if p := cmd.String("config"); p != "" {
+		return p
+	}
+	if dir := os.Getenv("CONFIGURATION_DIRECTORY"); dir != "" {
+		// systemd may pass several directories separated by ':'.
+		first, _, _ := strings.Cut(dir, ":")
+		p := filepath.Join(first, configFileName)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return ""
+}
+
+// applyConfigFile is serve's Before hook: it sets every flag the file names
+// that neither the command line nor the environment set.
+func applyConfigFile(ctx context.Context, cmd *cli.Command) (context.Context, error) {
+	path := configPath(cmd)
+	if path == "" {
+		return ctx, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ctx, fmt.Errorf("config: %w", err)
+	}
+	var doc map[string]any
+	if err := toml.Unmarshal(data, &doc); err != nil {
+		var de *toml.DecodeError
+		if errors.As(err, &de) {
+			row, col := de.Position()
+			return ctx, fmt.Errorf("config %s line %d column %d: %s", path, row, col, de.Error())
+		}
+		return ctx, fmt.Errorf("config %s: %w", path, err)
+	}
+	known := map[string]cli.Flag{}
+	for _, f := range cmd.Flags {
+		known[f.Names()[0]] = f
+	}
+	for _, key := range sortedKeys(doc) {
+		at := fmt.Sprintf("config %s line %d", path, keyLine(data, key))
+		f, ok := known[key]
+		if !ok || key == "config" {
+			return ctx, fmt.Errorf("%s: unknown key %q (see 'nasreach config default' for every key)", at, key)
+		}
+		if cmd.IsSet(key) {
+			continue // the command line or the environment wins
+		}
+		values, err := configValues(doc[key])
+		if err != nil {
+			return ctx, fmt.Errorf("%s: key %q: %w", at, key, err)
+		}
+		if _, slice := f.(*cli.StringSliceFlag); !slice && len(values) != 1 {
+			return ctx, fmt.Errorf("%s: key %q takes one value, not a list", at, key)
+		}
+		for _, v := range values {
+			if err := cmd.Set(key, v); err != nil {
+				return ctx, fmt.Errorf("%s: key %q: invalid value %q: %v", at, key, v, err)
+			}
+		}
+	}
+	return ctx, nil
+}
+
+func sortedKeys(m map[string]any) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// configValues turns a TOML value into the strings a flag parses.
+func configValues(v any) ([]string, error) {
+	switch x := v.(type) {
+	case string:
+		return []string{x}, nil
+	case bool:
+		return []string{strconv.FormatBool(x)}, nil
+	case int64:
+		return []string{strconv.FormatInt(x, 10)}, nil
+	case float64:
+		return []string{strconv.FormatFloat(x, 'f', -1, 64)}, nil
+	case []any:
+		var out []string
+		for _, e := range x {
+			s, err := configValues(e)
+			if err != nil || len(s) != 1 {
+				return nil, errors.New("a list may hold only strings, numbers and booleans")
+			}
+			out = append(out, s[0])
+		}
+		return out, nil
+	case map[string]any:
+		return nil, errors.New("tables are not used: every setting is a top-level key")
+	}
+	return nil, fmt.Errorf("unsupported value of type %T", v)
+}
+
+// keyLine finds the line where key is set, for error messages.
+func keyLine(data []byte, key string) int {
+	k := regexp.QuoteMeta(key)
+	re := regexp.MustCompile(`^\s*(?:(?:"` + k + `"|'` + k + `'|` + k + `)\s*=|\[\s*` + k + `\s*\])`)
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		if re.MatchString(sc.Text()) {
+			return n
+		}
+	}
+	return 0
+}
+
+// configCommand checks a config file and prints the default one.
+func configCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "config",
+		Usage: "check a config file, or print the default one",
+		Commands: []*cli.Command{
+			{
+				Name:  "check",
+				Usage: "validate the configuration serve would run with (file, environment and flags), without starting",
+				Flags: []cli.Flag{configFlag()},
+				Action: func(ctx context.Context, cmd *cli.Command) error {
+					args := []string{"nasreach", "serve"}
+					if p := cmd.String("config"); p != "" {
+						args = append(args, "--config", p)
+					}
+					if _, err := parseServeConfig(ctx, args); err != nil {
+						return err
+					}
+					fmt.Fprintln(cmd.Root().Writer, "configuration ok")
+					return nil
+				},
+			},
+			{
+				Name:  "default",
+				Usage: "print a fully commented default config file",
+				Action: func(_ context.Context, cmd *cli.Command) error {
+					return writeDefaultConfig(cmd.Root().Writer)
+				},
+			},
+		},
+	}
+}
+
+// parseServeConfig runs serve's flag, environment and config-file parsing on
+// args (as os.Args) and returns the daemon configuration without starting.
+func parseServeConfig(ctx context.Context, args []string) (daemonConfig, error) {
+	var cfg daemonConfig
+	sc := serveCommand()
+	sc.Action = func(_ context.Context, cmd *cli.Command) error {
+		var err error
+		cfg, err = daemonConfigFromFlags(cmd, zerolog.Nop())
+		return err
+	}
+	root := &cli.Command{Name: "nasreach", Commands: []*cli.Command{sc}, Writer: io.Discard, ErrWriter: io.Discard, HideHelpCommand: true}
+	if err := root.Run(ctx, args); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// writeDefaultConfig prints every serve setting with its help and default,
+// commented out.
+func writeDefaultConfig(w io.Writer) error {
+	var b strings.Builder
+	b.WriteString("# nasreach configuration (TOML). Every setting is a top-level key named\n")
+	b.WriteString("# like the serve flag; uncomment what you change. Precedence: command-line\n")
+	b.WriteString("# flag > NASREACH_* environment variable > this file > built-in default.\n")
+	b.WriteString("# Check a file with: nasreach config check --config FILE\n")
+	for _, f := range serveCommand().Flags {
+		name := f.Names()[0]
+		if name == "config" {
+			continue
+		}
+		usage, value := "", ""
+		switch x := f.(type) {
+		case *cli.StringFlag:
+			usage, value = x.Usage, strconv.Quote(x.Value)
+		case *cli.BoolFlag:
+			usage, value = x.Usage, strconv.FormatBool(x.Value)
+		case *cli.DurationFlag:
+			usage, value = x.Usage, strconv.Quote(formatDuration(x.Value))
+		case *cli.IntFlag:
+			usage, value = x.Usage, strconv.FormatInt(int64(x.Value), 10)
+		case *cli.Int64Flag:
+			usage, value = x.Usage, strconv.FormatInt(x.Value, 10)
+		case *cli.StringSliceFlag:
+			usage, value = x.Usage, "[]"
+		default:
+			return fmt.Errorf("config default: flag %s has a type the generator does not know (%T)", name, f)
+		}
+		fmt.Fprintf(&b, "\n# %s\n#%s = %s\n", usage, name, value)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// formatDuration writes whole hours and minutes without the trailing zero units.
+func formatDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
+}

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "nasreach.toml")
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestConfigPrecedenceFlagThenEnvThenFileThenDefault(t *testing.T) {
+	file := writeConfig(t, "ttl = \"120s\"\nzone = \"example.net\"\nns = [\"ns1=192.0.2.53\", \"ns2=192.0.2.54\"]\nopen-registration = true\n")
+	ctx := context.Background()
+	parse := func(args ...string) daemonConfig {
+		t.Helper()
+		cfg, err := parseServeConfig(ctx, append([]string{"nasreach", "serve", "--config", file}, args...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	cfg := parse()
+	if cfg.TTL != 120*time.Second || cfg.Zone != "example.net" || len(cfg.NameServers) != 2 || !cfg.OpenRegistration {
+		t.Fatalf("file values not applied: %+v", cfg)
+	}
+	if cfg.DNSAddr != defaultDNSAddr {
+		t.Errorf("a key the file leaves out keeps its default: dns = %q", cfg.DNSAddr)
+	}
+	t.Setenv("NASREACH_TTL", "90s")
+	if cfg := parse(); cfg.TTL != 90*time.Second || cfg.Zone != "example.net" {
+		t.Errorf("environment must beat the file: ttl %s", cfg.TTL)
+	}
+	if cfg := parse("--ttl", "30s"); cfg.TTL != 30*time.Second {
+		t.Errorf("a flag must beat environment and file: ttl %s", cfg.TTL)
+	}
+	if cfg := parse("--ns", "ns9=192.0.2.99"); len(cfg.NameServers) != 1 || cfg.NameServers[0].Name != "ns9" {
+		t.Errorf("a list flag replaces the file's list: %+v", cfg.NameServers)
+	}
+}
+
+func TestConfigErrorsNameTheKeyAndLine(t *testing.T) {
+	for _, c := range []struct{ name, text, want string }{
+		{"unknown key", "ttl = \"60s\"\n\nzoen = \"x\"\n", `line 3: unknown key "zoen"`},
+		{"invalid duration", "zone = \"example.net\"\nttl = \"soon\"\n", `line 2: key "ttl": invalid value "soon"`},
+		{"invalid boolean", "open-registration = \"perhaps\"\n", `line 1: key "open-registration"`},
+		{"list for a single value", "zone = [\"a\", \"b\"]\n", `line 1: key "zone" takes one value`},
+		{"table", "[dns]\naddr = \"x\"\n", `line 1: key "dns": tables are not used`},
+		{"syntax", "zone = \"unterminated\n", "line 1"},
+		{"invalid setting caught by validation", "ns = [\"ns1=not-an-ip\"]\n", `"not-an-ip" is not an IP address`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			file := writeConfig(t, c.text)
+			var out bytes.Buffer
+			err := newApp(&out, &out).Run(context.Background(), []string{"nasreach", "config", "check", "--config", file})
+			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), file) && !strings.Contains(c.name, "validation") {
+				t.Fatalf("config check: %v; want an error containing %q and the file name", err, c.want)
+			}
+		})
+	}
+}
+
+func TestDefaultConfigIsCommittedAndEveryKeyParses(t *testing.T) {
+	var out bytes.Buffer
+	if err := newApp(&out, &out).Run(context.Background(), []string{"nasreach", "config", "default"}); err != nil {
+		t.Fatal(err)
+	}
+	committed, err := os.ReadFile("../../dist/nasreach.toml")
+	if err != nil || !bytes.Equal(committed, out.Bytes()) {
+		t.Fatalf("dist/nasreach.toml differs from 'nasreach config default' (regenerate it with: go run ./cmd/nasreach config default > dist/nasreach.toml): %v", err)
+	}
+	// Uncommenting every setting gives a valid file equal to the defaults.
+	uncommented := regexp.MustCompile(`(?m)^#([a-z0-9-]+ = )`).ReplaceAll(committed, []byte("$1"))
+	file := writeConfig(t, string(uncommented))
+	got, err := parseServeConfig(context.Background(), []string{"nasreach", "serve", "--config", file})
+	if err != nil {
+		t.Fatalf("the uncommented default config does not parse: %v", err)
+	}
+	want, _ := parseServeConfig(context.Background(), []string{"nasreach", "serve"})
+	if got.TTL != want.TTL || got.DNSAddr != want.DNSAddr || got.Privacy.LogRetention != want.Privacy.LogRetention || got.Zone != want.Zone {
+		t.Errorf("uncommented defaults differ from built-in ones: %+v vs %+v", got, want)
+	}
+}
+
+// readyAddr waits for the daemon's "nasreach ready" log line and returns a field.
+func readyField(t *testing.T, p *nasreachProcess, field string) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, line := range strings.Split(p.stderr.String(), "\n") {
+			var rec map[string]any
+			if json.Unmarshal([]byte(line), &rec) == nil && rec["message"] == "nasreach ready" {
+				s, _ := rec[field].(string)
+				return s
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("daemon never logged ready:\n%s", p.stderr)
+	return ""
+}
+
+func TestReloadChangesTTLWithoutLosingAQuery(t *testing.T) {
+	bin := buildNasreach(t)
+	file := writeConfig(t, "ttl = \"60s\"\n")
+	p := startNasreach(t, bin, "NASREACH_CONFIG="+file)
+	addr := readyField(t, p, "dns")
+	ttlNow := func(c *dns.Client) (uint32, error) {
+		m := new(dns.Msg).SetQuestion("nobody.myqnapcloud.com.", dns.TypeA)
+		r, _, err := c.Exchange(m, addr)
+		if err != nil {
+			return 0, err
+		}
+		if len(r.Ns) != 1 {
+			return 0, os.ErrInvalid
+		}
+		return r.Ns[0].Header().Ttl, nil // the negative TTL follows --ttl
+	}
+	c := &dns.Client{Net: "udp", Timeout: time.Second}
+	if ttl, err := ttlNow(c); err != nil || ttl != 60 {
+		t.Fatalf("before reload: ttl %d, %v", ttl, err)
+	}
+	// A bounded query loop runs across the reload; every query must be answered.
+	var sent, failed atomic.Int64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		lc := &dns.Client{Net: "udp", Timeout: time.Second}
+		for i := 0; i < 20000; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			sent.Add(1)
+			if _, err := ttlNow(lc); err != nil {
+				failed.Add(1)
+			}
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	if err := os.WriteFile(file, []byte("ttl = \"300s\"\nzone = \"example.net\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ttl, err := ttlNow(c)
+		if err == nil && ttl == 300 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after SIGHUP the TTL is still %d (%v)", ttl, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	<-done
+	if failed.Load() != 0 || sent.Load() < 10 {
+		t.Fatalf("%d of %d queries failed across the reload", failed.Load(), sent.Load())
+	}
+	if log := p.stderr.String(); !strings.Contains(log, `"needs_restart":["zone"]`) || !strings.Contains(log, `"applied":["ttl"]`) {
+		t.Errorf("the reload must report ttl applied and zone needing a restart:\n%s", log)
+	}
+	// A broken file is refused whole; the daemon keeps serving what it had.
+	os.WriteFile(file, []byte("ttl = \"5s\"\nbogus = 1\n"), 0o600)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	deadline = time.Now().Add(10 * time.Second)
+	for !strings.Contains(p.stderr.String(), "reload refused") {
+		if time.Now().After(deadline) {
+			t.Fatalf("a broken config was not refused:\n%s", p.stderr)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if ttl, err := ttlNow(c); err != nil || ttl != 300 {
+		t.Fatalf("after a refused reload: ttl %d, %v; want 300 still", ttl, err)
+	}
+	t.Logf("%d queries answered across the reload, none lost", sent.Load())
+}
