@@ -1,0 +1,85 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/nasreach/nasreach/link"
+	"github.com/urfave/cli/v3"
+)
+
+// connectCommand forwards local TCP connections to a device's port through Link.
+func connectCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "connect",
+		Usage:     "forward each TCP connection on --listen to a device's port through a Link relay, end-to-end encrypted",
+		ArgsUsage: "DEVICE:PORT",
+		Flags: append(append(linkClientFlags(),
+			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8443", Usage: "local TCP address to accept connections on"},
+			&cli.StringFlag{Name: "access-code", Usage: "access code, for devices with access \"token\"", Sources: cli.EnvVars("NASREACH_ACCESS_CODE")},
+			&cli.StringFlag{Name: "fingerprint", Usage: "pin the device's key (sha256:..., printed by its agent) instead of trusting it on first use"},
+			&cli.StringFlag{Name: "known-devices", Usage: "trust-on-first-use file (default: <user config dir>/nasreach/known_devices)", Sources: cli.EnvVars("NASREACH_KNOWN_DEVICES")},
+		), logFlags()...),
+		Action: runConnect,
+	}
+}
+
+// parseTarget reads DEVICE:PORT.
+func parseTarget(s string) (string, uint16, error) {
+	dev, p, ok := strings.Cut(s, ":")
+	port, err := strconv.ParseUint(p, 10, 16)
+	if !ok || dev == "" || err != nil || port == 0 {
+		return "", 0, fmt.Errorf("target %q: want DEVICE:PORT, e.g. nas1:443", s)
+	}
+	return strings.ToLower(dev), uint16(port), nil
+}
+
+func dialerConfigFromFlags(cmd *cli.Command, device string) (link.DialerConfig, error) {
+	cfg := link.DialerConfig{
+		Server: cmd.String("server"), RelayFingerprint: cmd.String("relay-fingerprint"),
+		AccessCode: cmd.String("access-code"), KnownDevices: cmd.String("known-devices"),
+	}
+	if fp := cmd.String("fingerprint"); fp != "" {
+		cfg.Fingerprints = map[string]string{device: fp}
+	}
+	return cfg, nil
+}
+
+func runConnect(ctx context.Context, cmd *cli.Command) error {
+	log, err := newLogger(cmd, os.Stderr)
+	if err != nil {
+		return err
+	}
+	if cmd.Args().Len() != 1 {
+		return fmt.Errorf("want exactly one DEVICE:PORT argument, e.g. nasreach connect --server relay.example.net:7443 nas1:443")
+	}
+	device, port, err := parseTarget(cmd.Args().First())
+	if err != nil {
+		return err
+	}
+	cfg, err := dialerConfigFromFlags(cmd, device)
+	if err != nil {
+		return err
+	}
+	cfg.Logger = log.With().Str("component", "connect").Logger()
+	d, err := link.NewDialer(cfg)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	ln, err := net.Listen("tcp", cmd.String("listen"))
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cmd.String("listen"), err)
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	log.Info().Str("listen", ln.Addr().String()).Str("device", device).Uint16("port", port).Str("relay", cfg.Server).
+		Msg("forwarding connections")
+	return d.Serve(ctx, ln, device, port)
+}
