@@ -85,6 +85,7 @@ type Agent struct {
 	online   bool
 	onlineCh chan struct{} // closed when online becomes true
 	conn     *quic.Conn
+	lastErr  error
 	kick     chan struct{} // nudges the API loop after each login
 }
 
@@ -170,6 +171,15 @@ func (a *Agent) setOnline(c *quic.Conn) {
 	a.online = c != nil
 }
 
+// LastError returns why the last connection to the relay ended or failed
+// (nil before the first failure). A refusal matches ErrBadCredentials,
+// ErrLinkDisabled or ErrTooManyAgents with errors.Is.
+func (a *Agent) LastError() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.lastErr
+}
+
 // Close disconnects from the relay and stops every goroutine; sessions end.
 func (a *Agent) Close() error {
 	a.cancel()
@@ -196,6 +206,9 @@ func (a *Agent) run() {
 		} else {
 			failures++
 		}
+		a.mu.Lock()
+		a.lastErr = err
+		a.mu.Unlock()
 		var re *RefusedError
 		if errors.As(err, &re) && failures < 4 {
 			failures = 4 // a refusal will not go away in a second

@@ -489,6 +489,9 @@ func TestRefusalsAreDistinct(t *testing.T) {
 	if err := a.WaitOnline(ctx); err == nil {
 		t.Error("an agent with a wrong token came online")
 	}
+	if err := a.LastError(); !errors.Is(err, link.ErrBadCredentials) {
+		t.Errorf("agent with a wrong token: %v, want ErrBadCredentials", err)
+	}
 	echo(t, plain, "nas1", 22) // and did not displace the real agent
 }
 

@@ -40,6 +40,8 @@ const (
 	// linkCopyBuffer is the splice buffer per direction: the only payload the
 	// relay holds outside QUIC's flow-control windows, and only in passing.
 	linkCopyBuffer = 32 << 10
+	// linkRefusalGrace is how long a refused peer may take to read the reason.
+	linkRefusalGrace = time.Second
 )
 
 // LinkStore is what the Link relay needs from the device table; *store.Store
@@ -303,7 +305,7 @@ func (l *Link) serveConn(c *quic.Conn) {
 	fr, err := link.ReadFrame(s, l.cfg.MaxHeaderBytes)
 	if err != nil {
 		link.WriteFrame(s, link.Result{Status: link.StatusBadRequest, Message: "malformed request: " + err.Error()})
-		c.CloseWithError(link.CloseProtocol, "malformed first frame")
+		l.closeAfterAnswer(c, s, link.CloseProtocol, "malformed first frame")
 		return
 	}
 	s.SetReadDeadline(time.Time{})
@@ -314,8 +316,23 @@ func (l *Link) serveConn(c *quic.Conn) {
 		l.serveClient(c, s, f, src)
 	default:
 		link.WriteFrame(s, link.Result{Status: link.StatusBadRequest, Message: "expected hello or connect"})
-		c.CloseWithError(link.CloseProtocol, "unexpected first frame")
+		l.closeAfterAnswer(c, s, link.CloseProtocol, "unexpected first frame")
 	}
+}
+
+// closeAfterAnswer ends s after a refusal and gives the peer a moment to read
+// the Result and close the connection itself, so that it learns the precise
+// reason; then it closes the connection with code.
+func (l *Link) closeAfterAnswer(c *quic.Conn, s *quic.Stream, code quic.ApplicationErrorCode, msg string) {
+	s.Close()
+	t := time.NewTimer(linkRefusalGrace)
+	defer t.Stop()
+	select {
+	case <-c.Context().Done():
+	case <-l.ctx.Done():
+	case <-t.C:
+	}
+	c.CloseWithError(code, msg)
 }
 
 func remoteAddr(c *quic.Conn) netip.AddrPort {
@@ -333,7 +350,7 @@ func (l *Link) serveAgent(c *quic.Conn, ctrl *quic.Stream, h link.Hello, src net
 		l.log.Info().Str("device", h.Device).Str("client", anonymize.Addr(src.Addr()).String()).Str("reason", st.String()).Msg("link agent refused")
 		l.event(connlog.Event{Kind: "agent", Outcome: "refused", Device: h.Device, Client: src.Addr(), Detail: st.String()})
 		link.WriteFrame(ctrl, link.Result{Status: st, Message: msg})
-		c.CloseWithError(link.CloseRefused, msg)
+		l.closeAfterAnswer(c, ctrl, link.CloseRefused, msg)
 	}
 	d, err := l.cfg.Store.Authenticate(h.Device, h.Token)
 	if err != nil {
