@@ -3,17 +3,20 @@ GO       ?= go
 BIN      := bin/nasreach
 VERSION  := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X main.version=$(VERSION)
+# -trimpath makes release builds reproducible; tests set BUILDFLAGS= to reuse
+# the build cache instead of recompiling every dependency.
+BUILDFLAGS ?= -trimpath
 # Third-party programs the test suite drives (interop tests).
 TEST_DEBS  := ddclient inadyn dnsutils
 # Peers and load generators for the benchmarks.
 BENCH_DEBS := dnsperf knot nsd util-linux
 
-.PHONY: all build run test test-deps vet fmt-check fuzz clean bench-dns
+.PHONY: all build run test test-deps vet fmt-check fuzz clean install man
 
 all: build
 
 build:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nasreach
+	$(GO) build $(BUILDFLAGS) -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nasreach
 
 ## run: the daemon on its embedded default (loopback dev ports, data in ./data)
 run: build
@@ -41,6 +44,22 @@ fuzz:
 	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	  done; \
 	done
+
+## install: binary, systemd unit, default config (kept if present), man page.
+## PREFIX and DESTDIR as usual: make install DESTDIR=/tmp/pkg PREFIX=/usr
+PREFIX  ?= /usr/local
+DESTDIR ?=
+SYSCONF ?= /etc
+install: build man
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/nasreach
+	install -d -m 0755 $(DESTDIR)$(SYSCONF)/systemd/system $(DESTDIR)$(SYSCONF)/nasreach
+	sed 's|/usr/local/bin/nasreach|$(PREFIX)/bin/nasreach|' dist/systemd/nasreach.service > $(DESTDIR)$(SYSCONF)/systemd/system/nasreach.service
+	chmod 0644 $(DESTDIR)$(SYSCONF)/systemd/system/nasreach.service
+	[ -e $(DESTDIR)$(SYSCONF)/nasreach/nasreach.toml ] || install -m 0644 dist/nasreach.toml $(DESTDIR)$(SYSCONF)/nasreach/nasreach.toml
+	install -D -m 0644 bin/nasreach.8 $(DESTDIR)$(PREFIX)/share/man/man8/nasreach.8
+
+man: build
+	./$(BIN) man > bin/nasreach.8
 
 clean:
 	rm -rf bin

@@ -39,6 +39,7 @@ func newApp(stdout, stderr io.Writer) *cli.Command {
 			deviceCommand(),
 			logsCommand(),
 			configCommand(),
+			manCommand(),
 			backupCommand(),
 		},
 	}
