@@ -137,12 +137,18 @@ func oneName(cmd *cli.Command) (string, error) {
 	return cmd.Args().First(), nil
 }
 
-func deviceAdd(ctx context.Context, cmd *cli.Command) error {
+// nameAndClient reads the one NAME argument and builds the API client.
+func nameAndClient(cmd *cli.Command) (string, *apiClient, error) {
 	name, err := oneName(cmd)
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	c, err := newAPIClient(cmd)
+	return name, c, err
+}
+
+func deviceAdd(ctx context.Context, cmd *cli.Command) error {
+	name, c, err := nameAndClient(cmd)
 	if err != nil {
 		return err
 	}
@@ -206,11 +212,7 @@ func onOff(b bool) string {
 }
 
 func deviceShow(ctx context.Context, cmd *cli.Command) error {
-	name, err := oneName(cmd)
-	if err != nil {
-		return err
-	}
-	c, err := newAPIClient(cmd)
+	name, c, err := nameAndClient(cmd)
 	if err != nil {
 		return err
 	}
@@ -227,11 +229,7 @@ func deviceShow(ctx context.Context, cmd *cli.Command) error {
 }
 
 func deviceRm(ctx context.Context, cmd *cli.Command) error {
-	name, err := oneName(cmd)
-	if err != nil {
-		return err
-	}
-	c, err := newAPIClient(cmd)
+	name, c, err := nameAndClient(cmd)
 	if err != nil {
 		return err
 	}
