@@ -392,7 +392,7 @@ func BenchmarkLinkReport(b *testing.B) {
 		line(fmt.Sprintf("ratio %d stream(s) relayed/direct", n), r/q, "x")
 	}
 	after := p.stats(b)
-	line("relay CPU per GB relayed", (after.cpu - before.cpu).Seconds()/(float64(relayBytes)/1e9), "s/GB")
+	line("relay CPU per GB relayed", (after.cpu-before.cpu).Seconds()/(float64(relayBytes)/1e9), "s/GB")
 
 	// Time to first byte of a new relayed connection, end-to-end TLS
 	// included, against a real agent serving a local TCP service.

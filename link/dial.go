@@ -153,8 +153,10 @@ func (d *Dialer) Dial(ctx context.Context, device string, port uint16) (net.Conn
 	return &e2eConn{Conn: tc, sc: sc}, nil
 }
 
-// DialCarrier opens the relayed stream to device:port without the end-to-end
-// TLS: the raw carrier, for measurements and for protocols that bring their own.
+// DialCarrier opens the relayed stream to device:port and returns it before
+// the end-to-end TLS handshake: the raw carrier. A real agent expects that
+// handshake next, so the caller must run it; benchmarks use DialCarrier to
+// measure the relay alone against a carrier-level peer.
 func (d *Dialer) DialCarrier(ctx context.Context, device string, port uint16) (net.Conn, error) {
 	return d.open(ctx, device, port)
 }

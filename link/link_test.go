@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -662,4 +663,76 @@ func loopbackEcho(t *testing.T) (string, func()) {
 		mu.Unlock()
 		wg.Wait()
 	}
+}
+
+// rawConn is a bare QUIC connection to the relay, for speaking the wire
+// format directly.
+func (e *env) rawConn(t *testing.T) *quic.Conn {
+	t.Helper()
+	c, err := quic.DialAddr(ctx10(t), e.server, &tls.Config{
+		MinVersion: tls.VersionTLS13, NextProtos: []string{link.ALPN}, InsecureSkipVerify: true,
+	}, &quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.CloseWithError(0, "") })
+	return c
+}
+
+func TestOversizedHeaderIsRefusedWithAReason(t *testing.T) {
+	e := newEnv(t, func(c *relay.LinkConfig) { c.MaxHeaderBytes = 64 })
+	c := e.rawConn(t)
+	s, err := c.OpenStreamSync(ctx10(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A Connect whose access code makes the body 70 bytes.
+	if err := link.WriteFrame(s, link.Connect{Device: "nas1", Port: 22, AccessCode: strings.Repeat("c", 62)}); err != nil {
+		t.Fatal(err)
+	}
+	s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	fr, err := link.ReadFrame(s, 0)
+	if res, ok := fr.(link.Result); err != nil || !ok || res.Status != link.StatusBadRequest || !strings.Contains(res.Message, "limit of 64") {
+		t.Fatalf("answer = %#v, %v; want a bad-request result naming the limit", fr, err)
+	}
+	select {
+	case <-c.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the relay kept the connection after a malformed first frame")
+	}
+}
+
+func TestSilentConnectionIsClosedAfterTheHandshakeTimeout(t *testing.T) {
+	e := newEnv(t, func(c *relay.LinkConfig) { c.HandshakeTimeout = 200 * time.Millisecond })
+	c := e.rawConn(t)
+	select {
+	case <-c.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a connection that never sent a frame is still open")
+	}
+	var ae *quic.ApplicationError
+	if err := context.Cause(c.Context()); !errors.As(err, &ae) || ae.ErrorCode != link.CloseIdle {
+		t.Errorf("closed with %v, want application error %d", err, link.CloseIdle)
+	}
+}
+
+func TestMaxAgentsRefusesTheExtraAgentOnly(t *testing.T) {
+	e := newEnv(t, func(c *relay.LinkConfig) { c.MaxAgents = 1 })
+	tok1, tok2 := e.addDevice("nas1"), e.addDevice("nas2")
+	backend := echoServer(t)
+	e.agent("nas1", tok1, map[uint16]string{22: backend})
+	a2, err := link.NewAgent(e.agentConfig("nas2", tok2, t.TempDir(), map[uint16]string{22: backend}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a2.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if err := a2.WaitOnline(ctx); err == nil {
+		t.Fatal("a second agent came online beyond MaxAgents=1")
+	}
+	if err := a2.LastError(); !errors.Is(err, link.ErrTooManyAgents) {
+		t.Errorf("extra agent: %v, want ErrTooManyAgents", err)
+	}
+	echo(t, e.dialer(), "nas1", 22) // the admitted one still serves
 }
