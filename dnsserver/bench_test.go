@@ -1,0 +1,326 @@
+package dnsserver
+
+// Benchmarks of nasreach's own DNS costs against a real store holding
+// benchDevices devices (make bench-dns compares the whole daemon with Knot and
+// NSD; these say where nasreach's time goes):
+//
+//	go test -run '^$' -bench . -benchmem ./dnsserver
+//
+// BenchmarkServeDNSUDP is the server on a real loopback socket; BenchmarkAnswer
+// is the per-query work without sockets. Both print figures; neither asserts a
+// timing.
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/store"
+	"github.com/rs/zerolog"
+)
+
+const (
+	benchDevices = 100_000
+	benchZone    = "myqnapcloud.com."
+	// benchLoaders concurrent writers let bbolt put many devices in each
+	// fsynced commit, so that building the store takes seconds, not minutes.
+	benchLoaders = 512
+)
+
+// benchKind is one part of the query mix make bench-dns sends.
+type benchKind int
+
+const (
+	benchA benchKind = iota
+	benchAAAA
+	benchNX
+)
+
+func (k benchKind) String() string { return [...]string{"A", "AAAA", "NXDOMAIN"}[k] }
+
+// benchQuery is one query with its wire form and what it must get back.
+type benchQuery struct {
+	kind benchKind
+	msg  *dns.Msg
+	wire []byte
+}
+
+// benchFixture is a store with benchDevices devices, each with an IPv4 and an
+// IPv6 address.
+type benchFixture struct {
+	st    *store.Store
+	names []string
+}
+
+// newBenchFixture builds the store in b's temporary directory through the
+// store's public write path, as the API does. The caller's benchmark must use
+// sub-benchmarks so that this runs once, not once per b.N round.
+func newBenchFixture(b *testing.B) *benchFixture {
+	b.Helper()
+	st, err := store.Open(store.Config{Dir: b.TempDir(), SweepEvery: -1, Logger: zerolog.Nop()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { st.Close() })
+	fx := &benchFixture{st: st, names: make([]string, benchDevices)}
+	r := rand.New(rand.NewPCG(1, 1))
+	for i := range fx.names {
+		// Unique by the index suffix; the random part keeps the map keys from
+		// sharing long prefixes, as real names do not.
+		fx.names[i] = fmt.Sprintf("nas-%x-%d", r.Uint32(), i)
+	}
+	t0 := time.Now()
+	ctx := context.Background()
+	var (
+		next     atomic.Int64
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		firstErr error
+	)
+	for range benchLoaders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= benchDevices {
+					return
+				}
+				_, _, err := st.Create(ctx, fx.names[i], store.CreateOptions{})
+				if err == nil {
+					_, _, err = st.SetAddress(ctx, fx.names[i], store.AddressUpdate{IPv4: benchIPv4(i), IPv6: benchIPv6(i)})
+				}
+				if err != nil {
+					errOnce.Do(func() { firstErr = err })
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		b.Fatalf("build store: %v", firstErr)
+	}
+	b.Logf("store with %d devices built in %s", benchDevices, time.Since(t0).Round(time.Millisecond))
+	runtime.GC() // the building's garbage is not the benchmark's
+	return fx
+}
+
+// benchIPv4 counts up from 100.64.0.1 (shared address space, as a NAS behind
+// CGNAT reports).
+func benchIPv4(i int) netip.Addr {
+	var a [4]byte
+	binary.BigEndian.PutUint32(a[:], binary.BigEndian.Uint32([]byte{100, 64, 0, 0})+uint32(i)+1)
+	return netip.AddrFrom4(a)
+}
+
+func benchIPv6(i int) netip.Addr {
+	a := netip.MustParseAddr("2001:db8::").As16()
+	binary.BigEndian.PutUint64(a[8:], uint64(i)+1)
+	return netip.AddrFrom16(a)
+}
+
+// queries returns n queries of the given kinds in random order, for random
+// devices (the working set is the whole table), each with EDNS0 as resolvers
+// send it. Missing names are directly under the zone so that they are NXDOMAIN.
+func (fx *benchFixture) queries(b *testing.B, n int, kinds ...benchKind) []benchQuery {
+	b.Helper()
+	r := rand.New(rand.NewPCG(2, uint64(len(kinds))))
+	out := make([]benchQuery, n)
+	for i := range out {
+		k := kinds[i%len(kinds)]
+		name, qtype := fx.names[r.IntN(len(fx.names))]+"."+benchZone, dns.TypeA
+		switch k {
+		case benchAAAA:
+			qtype = dns.TypeAAAA
+		case benchNX:
+			name = fmt.Sprintf("nx-%x.%s", r.Uint64(), benchZone)
+		}
+		m := new(dns.Msg)
+		m.SetQuestion(name, qtype)
+		m.RecursionDesired = false
+		m.SetEdns0(1232, false)
+		wire, err := m.Pack()
+		if err != nil {
+			b.Fatal(err)
+		}
+		out[i] = benchQuery{kind: k, msg: m, wire: wire}
+	}
+	r.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	return out
+}
+
+// benchMix is make bench-dns's mix: 80 % A hits, 10 % AAAA hits, 10 % NXDOMAIN.
+var benchMix = []benchKind{benchA, benchA, benchA, benchA, benchA, benchA, benchA, benchA, benchAAAA, benchNX}
+
+func newBenchServer(b *testing.B, fx *benchFixture) *Server {
+	b.Helper()
+	s, err := New(Config{Addr: "127.0.0.1:0", Zone: benchZone, Source: fx.st, Logger: zerolog.Nop()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s
+}
+
+// BenchmarkServeDNSUDP measures the server over real UDP on loopback:
+// RunParallel clients (SetParallelism × GOMAXPROCS), each with its own socket
+// and one query in flight, send the bench-dns mix. allocs/op are the server's:
+// the client allocates nothing per query. Client and server share the CPUs, so
+// queries/s is lower than the server alone reaches; make bench-dns pins them
+// apart.
+func BenchmarkServeDNSUDP(b *testing.B) {
+	fx := newBenchFixture(b)
+	s := newBenchServer(b, fx)
+	if err := s.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil {
+			b.Error(err)
+		}
+	})
+	qs := fx.queries(b, 1<<14, benchMix...)
+	addr := s.Addr().String()
+	b.Run("mix", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetParallelism(8)
+		var lost, worker atomic.Int64
+		b.RunParallel(func(pb *testing.PB) {
+			conn, err := net.Dial("udp", addr)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			defer conn.Close()
+			w := int(worker.Add(1))
+			i := w * 7919 // each client walks the queries from its own place
+			id := uint16(w << 10)
+			req := make([]byte, 512)
+			resp := make([]byte, 1500)
+			for pb.Next() {
+				q := qs[i%len(qs)]
+				i++
+				id++
+				n := copy(req, q.wire)
+				binary.BigEndian.PutUint16(req, id)
+				if _, err := conn.Write(req[:n]); err != nil {
+					b.Error(err)
+					return
+				}
+				ok, err := readReply(conn, resp, id, q.kind)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				if !ok {
+					lost.Add(1)
+				}
+			}
+		})
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "queries/s")
+		b.ReportMetric(float64(lost.Load())/float64(b.N), "lost/op")
+	})
+}
+
+// readReply reads until the reply with id arrives and checks its rcode and
+// answer count against kind; ok is false if it did not come within a second.
+// Replies to earlier, timed-out queries are skipped.
+func readReply(conn net.Conn, buf []byte, id uint16, kind benchKind) (ok bool, err error) {
+	if err := conn.SetReadDeadline(time.Now().Add(time.Second)); err != nil {
+		return false, err
+	}
+	for {
+		n, err := conn.Read(buf)
+		if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		if n < 12 || binary.BigEndian.Uint16(buf) != id {
+			continue
+		}
+		rcode, ancount := int(buf[3]&0xF), binary.BigEndian.Uint16(buf[6:])
+		want, wantAn := dns.RcodeSuccess, uint16(1)
+		if kind == benchNX {
+			want, wantAn = dns.RcodeNameError, 0
+		}
+		if rcode != want || ancount != wantAn {
+			return false, fmt.Errorf("%s query: got %s with %d answers", kind, dns.RcodeToString[rcode], ancount)
+		}
+		return true, nil
+	}
+}
+
+// discardWriter is the ResponseWriter of BenchmarkAnswer: it packs the reply,
+// as miekg/dns's UDP writer does, counts its bytes and drops it.
+type discardWriter struct{ replies, bytes int }
+
+var benchLocal = &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 53}
+
+func (w *discardWriter) LocalAddr() net.Addr  { return benchLocal }
+func (w *discardWriter) RemoteAddr() net.Addr { return benchLocal }
+func (w *discardWriter) WriteMsg(m *dns.Msg) error {
+	data, err := m.Pack()
+	w.replies++
+	w.bytes += len(data)
+	return err
+}
+func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (w *discardWriter) Close() error                { return nil }
+func (w *discardWriter) TsigStatus() error           { return nil }
+func (w *discardWriter) TsigTimersOnly(bool)         {}
+func (w *discardWriter) Hijack()                     {}
+
+// BenchmarkAnswer measures one query's work without sockets: ServeDNS on a
+// parsed query (answer, truncation check, packing the reply) per kind and for
+// the mix, and "mix+unpack" adds parsing the query as the server does first.
+// allocs/op is the garbage each query leaves for the collector.
+func BenchmarkAnswer(b *testing.B) {
+	fx := newBenchFixture(b)
+	s := newBenchServer(b, fx)
+	cases := []struct {
+		name   string
+		kinds  []benchKind
+		unpack bool
+	}{
+		{"A", []benchKind{benchA}, false},
+		{"AAAA", []benchKind{benchAAAA}, false},
+		{"NXDOMAIN", []benchKind{benchNX}, false},
+		{"mix", benchMix, false},
+		{"mix+unpack", benchMix, true},
+	}
+	for _, c := range cases {
+		qs := fx.queries(b, 1<<14, c.kinds...)
+		b.Run(c.name, func(b *testing.B) {
+			w := new(discardWriter)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				q := qs[i%len(qs)]
+				i++
+				m := q.msg
+				if c.unpack {
+					m = new(dns.Msg)
+					if err := m.Unpack(q.wire); err != nil {
+						b.Fatal(err)
+					}
+				}
+				s.ServeDNS(w, m)
+			}
+			b.ReportMetric(float64(w.bytes)/float64(w.replies), "resp_bytes")
+		})
+	}
+}
