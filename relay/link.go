@@ -105,6 +105,8 @@ type Link struct {
 	ln      *quic.Listener
 	addr    netip.AddrPort
 	limiter *linkLimiter
+	// sessions counts sessions admitted and not yet ended, on any agent.
+	sessions atomic.Int64
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -194,6 +196,10 @@ func (l *Link) Agents() int {
 	defer l.mu.Unlock()
 	return len(l.agents)
 }
+
+// Sessions returns how many client sessions are in progress (admitted and
+// not yet ended).
+func (l *Link) Sessions() int { return int(l.sessions.Load()) }
 
 // Close tells every agent and client that the relay is shutting down, closes
 // the socket and waits for every goroutine to end.

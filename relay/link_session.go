@@ -102,6 +102,8 @@ func (l *Link) session(c *quic.Conn, cs *quic.Stream, req link.Connect, src neti
 		return
 	}
 	defer a.streams.Add(-1)
+	l.sessions.Add(1)
+	defer l.sessions.Add(-1)
 
 	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.HandshakeTimeout)
 	as, err := a.conn.OpenStreamSync(ctx)
