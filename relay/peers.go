@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 )
 
 // DeniedPeerPrefixes are the peer ranges a TURN client may not reach through
@@ -75,9 +76,10 @@ func (v PeerVerdict) OK() bool {
 // server can still talk through it); any other address of the server is
 // refused; an address embedding a refused IPv4 address (NAT64, 6to4, Teredo)
 // is refused; DeniedPeerPrefixes are refused; everything else is allowed.
-// It is read-only after NewPeerPolicy and safe for concurrent use.
+// It is safe for concurrent use; only the allow-list changes after
+// NewPeerPolicy (SetAllow).
 type PeerPolicy struct {
-	allow    []netip.Prefix
+	allow    atomic.Pointer[[]netip.Prefix]
 	deny     []netip.Prefix
 	relayIPs []netip.Addr
 	isRelay  func(netip.AddrPort) bool
@@ -90,9 +92,7 @@ type PeerPolicy struct {
 // means none is).
 func NewPeerPolicy(allow []netip.Prefix, relayIPs, own []netip.Addr, isRelay func(netip.AddrPort) bool) *PeerPolicy {
 	p := &PeerPolicy{deny: DeniedPeerPrefixes, isRelay: isRelay, own: map[netip.Addr]bool{}}
-	for _, a := range allow {
-		p.allow = append(p.allow, a.Masked())
-	}
+	p.SetAllow(allow)
 	for _, a := range relayIPs {
 		p.relayIPs = append(p.relayIPs, a.Unmap().WithZone(""))
 	}
@@ -103,6 +103,16 @@ func NewPeerPolicy(allow []netip.Prefix, relayIPs, own []netip.Addr, isRelay fun
 		p.isRelay = func(netip.AddrPort) bool { return false }
 	}
 	return p
+}
+
+// SetAllow replaces the allow-list; checks made after it returns use the new
+// one.
+func (p *PeerPolicy) SetAllow(allow []netip.Prefix) {
+	list := make([]netip.Prefix, 0, len(allow))
+	for _, a := range allow {
+		list = append(list, a.Masked())
+	}
+	p.allow.Store(&list)
 }
 
 // InterfaceAddrs returns the addresses of this host's interfaces, the "own
@@ -162,7 +172,7 @@ func (p *PeerPolicy) Check(ap netip.AddrPort) PeerVerdict {
 }
 
 func (p *PeerPolicy) allowListed(a netip.Addr) bool {
-	for _, pr := range p.allow {
+	for _, pr := range *p.allow.Load() {
 		if pr.Contains(a) {
 			return true
 		}

@@ -199,8 +199,9 @@ func NewTURN(cfg TURNConfig) (*TURN, error) {
 	}
 	t := &TURN{
 		cfg: cfg, log: cfg.Logger, now: cfg.Now, conns: map[*streamFilter]struct{}{},
-		creds: &credentials{realm: cfg.Realm, static: static, secret: []byte(cfg.Secret), devices: cfg.Devices, now: cfg.Now},
+		creds: &credentials{realm: cfg.Realm, secret: []byte(cfg.Secret), devices: cfg.Devices, now: cfg.Now},
 	}
+	t.creds.static.Store(&static)
 	t.alloc = &allocator{t: t, live: map[netip.AddrPort]*relayConn{}, perUser: map[string]int{}, revoked: map[string]bool{}}
 	if relayIP.Is4() {
 		t.alloc.relayIPv4, t.alloc.bindIPv4 = relayIP, bindIP
@@ -351,6 +352,36 @@ func (t *TURN) Stats() TURNStats {
 		QuotaRefused: t.stats.quotaUser.Load() + t.stats.quotaTotal.Load(), AuthFailed: t.stats.authFailed.Load(),
 	}
 }
+
+// SetUsers replaces the static credentials (TURNConfig.Users) of the running
+// relay, as a configuration reload does: a user no longer listed loses its
+// allocations at once, a changed password applies from the next request.
+// Invalid pairs leave the running credentials as they are.
+func (t *TURN) SetUsers(users []string) error {
+	static, err := parseStaticUsers(users, t.cfg.Realm)
+	if err != nil {
+		return fmt.Errorf("turn: %w", err)
+	}
+	t.creds.static.Store(&static)
+	t.alloc.mu.Lock()
+	var victims []*relayConn
+	for _, rc := range t.alloc.live {
+		if _, ok := static[rc.name]; rc.kind == CredentialStatic && !ok {
+			victims = append(victims, rc)
+		}
+	}
+	t.alloc.mu.Unlock()
+	for _, rc := range victims {
+		rc.end(EndRevoked)
+	}
+	return nil
+}
+
+// SetAllowPeers replaces TURNConfig.AllowPeers of the running relay: new
+// permissions follow the new list at once, and so does every datagram, so a
+// peer taken off the list receives nothing more through existing
+// permissions either.
+func (t *TURN) SetAllowPeers(allow []netip.Prefix) { t.policy.SetAllow(allow) }
 
 // Close stops the listeners, closes every client connection and allocation
 // (each emits its event with reason EndShutdown) and waits for every

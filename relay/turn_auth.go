@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nasreach/nasreach/store"
@@ -38,7 +39,7 @@ type Devices interface {
 // made with the old one.
 type credentials struct {
 	realm   string
-	static  map[string][]byte // username -> key
+	static  atomic.Pointer[map[string][]byte] // username -> key; replaced by TURN.SetUsers
 	secret  []byte
 	devices Devices
 	now     func() time.Time
@@ -106,7 +107,7 @@ func (c *credentials) lookup(username, realm string) (userID string, key []byte,
 	if realm != c.realm || username == "" || len(username) > maxUsernameLen {
 		return "", nil, errBadCredentials
 	}
-	if k, ok := c.static[username]; ok {
+	if k, ok := (*c.static.Load())[username]; ok {
 		return CredentialStatic + ":" + username, k, nil
 	}
 	if len(c.secret) > 0 {
