@@ -31,6 +31,12 @@ type Config struct {
 	Devices func() int
 	// Online returns the number of devices whose agent is connected.
 	Online func() int
+	// Sessions return, per service ("link", "turn"), the relay sessions or
+	// allocations in progress.
+	Sessions map[string]func() int
+	// TURNRefused returns what the TURN relay refused or dropped so far, by
+	// reason (auth, quota, peer, bandwidth, malformed).
+	TURNRefused func() map[string]uint64
 	// StoreBytes returns the size of the store file.
 	StoreBytes func() int64
 	// LogWritten and LogDropped return the connection log's counters.
@@ -48,7 +54,6 @@ type Metrics struct {
 	events  *prometheus.CounterVec
 	updates *prometheus.CounterVec
 	bytes   *prometheus.CounterVec
-	active  *prometheus.GaugeVec
 	// hot caches the query counter of common (type, rcode) pairs so the DNS
 	// path does no label hashing.
 	hot  [len(hotTypes)][24]atomic.Pointer[prometheus.Counter]
@@ -79,10 +84,7 @@ func New(cfg Config) (*Metrics, error) {
 	m.bytes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nasreach_relayed_bytes_total", Help: "Bytes relayed, by service and direction (in = from the client).",
 	}, []string{"service", "direction"})
-	m.active = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "nasreach_sessions_active", Help: "Relay sessions and TURN allocations in progress, by service.",
-	}, []string{"service"})
-	m.reg.MustRegister(m.queries, m.updates, m.events, m.bytes, m.active,
+	m.reg.MustRegister(m.queries, m.updates, m.events, m.bytes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "nasreach_build_info", Help: "Always 1; the version label says which build runs.",
@@ -99,6 +101,19 @@ func New(cfg Config) (*Metrics, error) {
 	}
 	if f := cfg.Online; f != nil {
 		gauge("nasreach_devices_online", "Devices whose Link agent is connected.", func() float64 { return float64(f()) })
+	}
+	for service, f := range cfg.Sessions {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "nasreach_sessions_active", Help: "Relay sessions and TURN allocations in progress, by service.",
+			ConstLabels: prometheus.Labels{"service": service},
+		}, func() float64 { return float64(f()) }))
+	}
+	if f := cfg.TURNRefused; f != nil {
+		m.reg.MustRegister(labelledCounters{
+			desc: prometheus.NewDesc("nasreach_turn_refused_total",
+				"TURN requests and datagrams refused, by reason (auth, quota, peer, bandwidth, malformed).", []string{"reason"}, nil),
+			values: f,
+		})
 	}
 	if f := cfg.StoreBytes; f != nil {
 		gauge("nasreach_store_bytes", "Size of the store file.", func() float64 { return float64(f()) })
@@ -171,11 +186,22 @@ func (m *Metrics) ObserveEvent(e connlog.Event) {
 	}
 }
 
-// SessionStarted and SessionEnded track sessions in progress for a service.
-func (m *Metrics) SessionStarted(service string) { m.active.WithLabelValues(service).Inc() }
+// labelledCounters is a counter family read from a func at scrape time, one
+// series per key of the map it returns.
+type labelledCounters struct {
+	desc   *prometheus.Desc
+	values func() map[string]uint64
+}
 
-// SessionEnded is the counterpart of SessionStarted.
-func (m *Metrics) SessionEnded(service string) { m.active.WithLabelValues(service).Dec() }
+// Describe implements prometheus.Collector.
+func (c labelledCounters) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect implements prometheus.Collector.
+func (c labelledCounters) Collect(ch chan<- prometheus.Metric) {
+	for label, v := range c.values() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), label)
+	}
+}
 
 // Handler serves /metrics, /healthz and /readyz.
 func (m *Metrics) Handler() http.Handler {

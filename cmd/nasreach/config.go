@@ -222,6 +222,8 @@ func writeDefaultConfig(w io.Writer) error {
 			usage, value = x.Usage, strconv.FormatInt(int64(x.Value), 10)
 		case *cli.Int64Flag:
 			usage, value = x.Usage, strconv.FormatInt(x.Value, 10)
+		case *cli.FloatFlag:
+			usage, value = x.Usage, strconv.FormatFloat(x.Value, 'f', -1, 64)
 		case *cli.StringSliceFlag:
 			usage, value = x.Usage, "[]"
 		default:

@@ -15,6 +15,8 @@ import (
 // `systemctl show`, can read.
 const (
 	adminTokenCredential = "admin-token"
+	turnSecretCredential = "turn-secret" // --turn-secret
+	tlsKeyCredential     = "tls-key"     // --tls-key: the credential's file is the key
 )
 
 // maxCredentialSize bounds what is read from a credential file: the secrets

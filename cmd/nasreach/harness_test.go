@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/relay"
 	"github.com/rs/zerolog"
 )
 
@@ -23,6 +25,8 @@ type testDaemon struct {
 	DNS     string // host:port for UDP and TCP
 	HTTP    string // base URL, e.g. http://127.0.0.1:41234
 	Metrics string // base URL of /metrics, /healthz, /readyz
+	STUN    string // STUN/TURN host:port (UDP and TCP) with withTURN
+	Link    string // Link relay host:port (UDP) with withLink
 	Admin   string // admin token
 	Dir     string // data directory
 }
@@ -57,7 +61,26 @@ func (td *testDaemon) start() {
 	td.Metrics = "http://" + d.metrics.Addr().String()
 	// Keep the ports on restart so clients configured once keep working.
 	td.cfg.DNSAddr, td.cfg.HTTPAddr, td.cfg.MetricsAddr = td.DNS, d.httpLn.Addr().String(), d.metrics.Addr().String()
+	if d.turn != nil {
+		td.STUN = d.turn.Addr.String()
+		td.cfg.TURN.Relay.Addr = td.STUN
+	}
+	if d.link != nil {
+		td.Link = d.link.Addr().String()
+		td.cfg.Link.Addr = td.Link
+	}
 }
+
+// withTURN runs STUN and TURN on a free loopback port, with peers on
+// 127.0.0.1 allowed (the tests' echo peers live there).
+func withTURN(c *daemonConfig) {
+	c.TURN = turnSettings{Enabled: true, Relay: relay.TURNConfig{
+		Addr: "127.0.0.1:0", Sockets: 1, AllowPeers: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
+	}}
+}
+
+// withLink runs the Link relay on a free loopback port with its defaults.
+func withLink(c *daemonConfig) { c.Link = linkRelayConfig{Addr: "127.0.0.1:0"} }
 
 // stop shuts the daemon down cleanly; calling it twice is harmless.
 func (td *testDaemon) stop() {

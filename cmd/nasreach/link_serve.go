@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/relay"
 	"github.com/nasreach/nasreach/store"
 	"github.com/rs/zerolog"
@@ -42,8 +41,12 @@ type linkRelayConfig struct {
 
 // linkRelayConfigFromFlags reads linkFlags and the shared --tls-cert/--tls-key.
 func linkRelayConfigFromFlags(cmd *cli.Command) (linkRelayConfig, error) {
+	certFile, keyFile, err := tlsFilesFromFlags(cmd)
+	if err != nil {
+		return linkRelayConfig{}, err
+	}
 	c := linkRelayConfig{
-		Addr: cmd.String("link"), CertFile: cmd.String("tls-cert"), KeyFile: cmd.String("tls-key"),
+		Addr: cmd.String("link"), CertFile: certFile, KeyFile: keyFile,
 		MaxAgents: cmd.Int("link-max-agents"), MaxStreams: cmd.Int("link-max-streams"),
 		StreamRate: cmd.Float("link-stream-rate"), StreamBurst: cmd.Int("link-stream-burst"),
 		IdleTimeout: cmd.Duration("link-idle-timeout"),
@@ -60,7 +63,7 @@ func linkRelayConfigFromFlags(cmd *cli.Command) (linkRelayConfig, error) {
 // startLinkRelay starts the Link relay on st, logging one record per session
 // to events (nil: none), and prints the fingerprint agents and clients pin.
 // It returns nil and a no-op stop when cfg.Addr is empty.
-func startLinkRelay(cfg linkRelayConfig, dataDir string, st *store.Store, events *connlog.Log, log zerolog.Logger) (*relay.Link, func() error, error) {
+func startLinkRelay(cfg linkRelayConfig, dataDir string, st *store.Store, events relay.LinkEvents, log zerolog.Logger) (*relay.Link, func() error, error) {
 	if cfg.Addr == "" {
 		return nil, func() error { return nil }, nil
 	}
@@ -72,10 +75,7 @@ func startLinkRelay(cfg linkRelayConfig, dataDir string, st *store.Store, events
 		Addr: cfg.Addr, Certificate: cert, Store: st,
 		MaxAgents: cfg.MaxAgents, MaxStreamsPerDevice: cfg.MaxStreams,
 		StreamRate: cfg.StreamRate, StreamBurst: cfg.StreamBurst, IdleTimeout: cfg.IdleTimeout,
-		Logger: log.With().Str("component", "link").Logger(),
-	}
-	if events != nil { // a nil *connlog.Log must not become a non-nil interface
-		lc.Events = events
+		Events: events, Logger: log.With().Str("component", "link").Logger(),
 	}
 	l, err := relay.NewLink(lc)
 	if err != nil {

@@ -37,6 +37,8 @@ func newApp(stdout, stderr io.Writer) *cli.Command {
 		Commands: []*cli.Command{
 			serveCommand(),
 			deviceCommand(),
+			agentCommand(),
+			connectCommand(),
 			logsCommand(),
 			configCommand(),
 			manCommand(),

@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"reflect"
+	"slices"
 	"strings"
 
+	"github.com/nasreach/nasreach/relay"
 	"github.com/rs/zerolog"
 )
 
@@ -40,11 +42,29 @@ func (d *daemon) reload(next daemonConfig) (applied, restart []string) {
 		{"trusted-proxy", reflect.DeepEqual(cur.TrustedProxies, next.TrustedProxies), func() { d.api.SetTrustedProxies(next.TrustedProxies) }},
 		{"log-queries", cur.Privacy.LogQueries == next.Privacy.LogQueries, func() { d.logQuery.Store(next.Privacy.LogQueries) }},
 		{"log-level", cur.LogLevel == next.LogLevel, func() { zerolog.SetGlobalLevel(next.LogLevel) }},
+		{"turn-allow-peer", reflect.DeepEqual(cur.TURN.Relay.AllowPeers, next.TURN.Relay.AllowPeers), func() {
+			if t := d.runningTURN(); t != nil {
+				t.SetAllowPeers(next.TURN.Relay.AllowPeers)
+			}
+		}},
 	}
 	for _, s := range live {
 		if !s.same {
 			s.apply()
 			applied = append(applied, s.name)
+		}
+	}
+	// TURN users may be refused (a malformed pair): then they stay as they
+	// are, and the next reload tries again.
+	if !slices.Equal(cur.TURN.Relay.Users, next.TURN.Relay.Users) {
+		if t := d.runningTURN(); t == nil {
+			d.cfg.TURN.Relay.Users = next.TURN.Relay.Users
+			applied = append(applied, "turn-user")
+		} else if err := t.SetUsers(next.TURN.Relay.Users); err != nil {
+			d.log.Error().Err(err).Msg("reload: turn-user refused; the running TURN users stay")
+		} else {
+			d.cfg.TURN.Relay.Users = next.TURN.Relay.Users
+			applied = append(applied, "turn-user")
 		}
 	}
 	fixed := []struct {
@@ -58,6 +78,18 @@ func (d *daemon) reload(next daemonConfig) (applied, restart []string) {
 		{"log-max-bytes", cur.Privacy.LogMaxBytes, next.Privacy.LogMaxBytes}, {"log-encrypt-to", cur.Privacy.LogRecipients, next.Privacy.LogRecipients},
 		{"ipv6-mask-bits", cur.Privacy.IPv6Bits, next.Privacy.IPv6Bits}, {"quarantine", cur.Privacy.Quarantine, next.Privacy.Quarantine},
 		{"uninitialized-ttl", cur.Privacy.UninitializedTTL, next.Privacy.UninitializedTTL},
+		{"stun", cur.TURN.Relay.Addr, next.TURN.Relay.Addr}, {"turn", cur.TURN.Enabled, next.TURN.Enabled},
+		{"stun-software", cur.TURN.Software, next.TURN.Software}, {"turn-realm", cur.TURN.Relay.Realm, next.TURN.Relay.Realm},
+		{"turn-secret", cur.TURN.Relay.Secret, next.TURN.Relay.Secret}, {"turn-relay-ip", cur.TURN.Relay.RelayIP, next.TURN.Relay.RelayIP},
+		{"turns", cur.TURN.Relay.TLSAddr, next.TURN.Relay.TLSAddr},
+		{"turn-max-allocations", cur.TURN.Relay.MaxAllocations, next.TURN.Relay.MaxAllocations},
+		{"turn-user-quota", cur.TURN.Relay.MaxAllocationsPerUser, next.TURN.Relay.MaxAllocationsPerUser},
+		{"turn-max-lifetime", cur.TURN.Relay.MaxLifetime, next.TURN.Relay.MaxLifetime},
+		{"turn-bandwidth", cur.TURN.Relay.BandwidthPerAllocation, next.TURN.Relay.BandwidthPerAllocation},
+		{"tls-cert", cur.Link.CertFile, next.Link.CertFile}, {"tls-key", cur.Link.KeyFile, next.Link.KeyFile},
+		{"link", cur.Link.Addr, next.Link.Addr}, {"link-max-agents", cur.Link.MaxAgents, next.Link.MaxAgents},
+		{"link-max-streams", cur.Link.MaxStreams, next.Link.MaxStreams}, {"link-stream-rate", cur.Link.StreamRate, next.Link.StreamRate},
+		{"link-stream-burst", cur.Link.StreamBurst, next.Link.StreamBurst}, {"link-idle-timeout", cur.Link.IdleTimeout, next.Link.IdleTimeout},
 	}
 	for _, f := range fixed {
 		if !reflect.DeepEqual(f.a, f.b) {
@@ -68,5 +100,14 @@ func (d *daemon) reload(next daemonConfig) (applied, restart []string) {
 	// restart is not, so the next reload reports it again.
 	d.cfg.TTL, d.cfg.ExactNames, d.cfg.OpenRegistration = next.TTL, next.ExactNames, next.OpenRegistration
 	d.cfg.TrustedProxies, d.cfg.Privacy.LogQueries, d.cfg.LogLevel = next.TrustedProxies, next.Privacy.LogQueries, next.LogLevel
+	d.cfg.TURN.Relay.AllowPeers = next.TURN.Relay.AllowPeers
 	return applied, restart
+}
+
+// runningTURN is the TURN relay, or nil when the daemon runs none.
+func (d *daemon) runningTURN() *relay.TURN {
+	if d.turn == nil {
+		return nil
+	}
+	return d.turn.turn
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -21,6 +22,7 @@ import (
 	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/dnsserver"
 	"github.com/nasreach/nasreach/metrics"
+	"github.com/nasreach/nasreach/relay"
 	"github.com/nasreach/nasreach/sdnotify"
 	"github.com/nasreach/nasreach/store"
 	"github.com/rs/zerolog"
@@ -40,7 +42,7 @@ const (
 func serveCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "serve",
-		Usage: "run the daemon (DNS, HTTP API)",
+		Usage: "run the daemon (DNS, HTTP API, STUN/TURN, Link relay)",
 		Flags: append([]cli.Flag{
 			configFlag(),
 			&cli.StringFlag{Name: "data", Value: defaultDataDir, Usage: "data directory (default $STATE_DIRECTORY under systemd)", Sources: cli.EnvVars("NASREACH_DATA", "STATE_DIRECTORY")},
@@ -55,7 +57,7 @@ func serveCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "reserved", Usage: "extra labels no device may register (repeatable)", Sources: cli.EnvVars("NASREACH_RESERVED")},
 			&cli.StringSliceFlag{Name: "trusted-proxy", Usage: "CIDR of a reverse proxy whose X-Forwarded-For is believed (repeatable)", Sources: cli.EnvVars("NASREACH_TRUSTED_PROXY")},
 			&cli.BoolFlag{Name: "exact-names", Usage: "answer NXDOMAIN for names below a device instead of the device's address", Sources: cli.EnvVars("NASREACH_EXACT_NAMES")},
-		}, append(privacyFlags(), logFlags()...)...),
+		}, slices.Concat(turnFlags(), linkFlags(), privacyFlags(), logFlags())...),
 		Before: applyConfigFile,
 		Action: runServe,
 	}
@@ -75,6 +77,8 @@ type daemonConfig struct {
 	Reserved         []string
 	TrustedProxies   []netip.Prefix
 	ExactNames       bool
+	TURN             turnSettings    // Relay.Addr "" runs neither STUN nor TURN
+	Link             linkRelayConfig // Addr "" runs no Link relay
 	Privacy          privacyConfig
 	LogLevel         zerolog.Level
 	Now              func() time.Time
@@ -101,6 +105,12 @@ func daemonConfigFromFlags(cmd *cli.Command, log zerolog.Logger) (daemonConfig, 
 		return cfg, fmt.Errorf("--log-level %q: want debug, info, warn or error", cmd.String("log-level"))
 	}
 	if cfg.Privacy, err = privacyConfigFromFlags(cmd, cfg.DataDir); err != nil {
+		return cfg, err
+	}
+	if cfg.TURN, err = turnSettingsFromFlags(cmd); err != nil {
+		return cfg, err
+	}
+	if cfg.Link, err = linkRelayConfigFromFlags(cmd); err != nil {
 		return cfg, err
 	}
 	for _, v := range cmd.StringSlice("trusted-proxy") {
@@ -133,12 +143,16 @@ func parseNS(v string) (dnsserver.NameServer, error) {
 	return ns, nil
 }
 
-// daemon is a running nasreach: store, DNS server and HTTP API.
+// daemon is a running nasreach: store, DNS server, HTTP API, STUN/TURN and
+// the Link relay.
 type daemon struct {
 	log       zerolog.Logger
 	store     *store.Store
 	dns       *dnsserver.Server
 	api       *api.API
+	turn      *turnService // nil without --stun
+	link      *relay.Link  // nil without --link
+	stopLink  func() error
 	httpLn    net.Listener
 	httpDone  chan error
 	cfg       daemonConfig
@@ -181,17 +195,18 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 	if d.connlog, err = openConnLog(cfg); err != nil {
 		return nil, err
 	}
+	// The metrics' gauges read the relays at scrape time; /metrics is served
+	// from the end of start-up, once d.turn and d.link are set.
 	d.metrics, err = metrics.New(metrics.Config{
 		Addr: cmp.Or(cfg.MetricsAddr, "127.0.0.1:0"), Version: version,
-		Devices: d.store.Len, StoreBytes: d.store.Size,
-		LogWritten: d.connlog.Written, LogDropped: d.connlog.Dropped,
+		Devices: d.store.Len, StoreBytes: d.store.Size, Online: d.linkAgents,
+		Sessions:    map[string]func() int{"link": d.linkSessions, "turn": d.turnAllocations},
+		TURNRefused: d.turnRefused,
+		LogWritten:  d.connlog.Written, LogDropped: d.connlog.Dropped,
 		Ready:  d.readiness,
 		Logger: cfg.Logger.With().Str("component", "metrics").Logger(),
 	})
 	if err != nil {
-		return nil, err
-	}
-	if err = d.metrics.Start(); err != nil {
 		return nil, err
 	}
 	d.dns, err = dnsserver.New(dnsserver.Config{
@@ -218,8 +233,56 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 	}
 	d.httpDone = make(chan error, 1)
 	go func() { d.httpDone <- d.api.Serve(d.httpLn) }()
+	events := eventTee{d.connlog, d.metrics}
+	d.turn, err = startTURN(cfg.TURN, d.store, cfg.Logger, func(ev relay.AllocationEvent) { events.Log(turnConnlogEvent(ev)) })
+	if err != nil {
+		return nil, err
+	}
+	if d.link, d.stopLink, err = startLinkRelay(cfg.Link, cfg.DataDir, d.store, events, cfg.Logger); err != nil {
+		return nil, err
+	}
+	if err = d.metrics.Start(); err != nil {
+		return nil, err
+	}
 	d.ready.Store(true)
 	return d, nil
+}
+
+// linkAgents is the devices_online gauge: agents connected to the relay.
+func (d *daemon) linkAgents() int {
+	if d.link == nil {
+		return 0
+	}
+	return d.link.Agents()
+}
+
+// linkSessions is the sessions_active gauge of the Link relay.
+func (d *daemon) linkSessions() int {
+	if d.link == nil {
+		return 0
+	}
+	return d.link.Sessions()
+}
+
+// turnAllocations is the sessions_active gauge of TURN.
+func (d *daemon) turnAllocations() int {
+	if t := d.runningTURN(); t != nil {
+		return t.Stats().Allocations
+	}
+	return 0
+}
+
+// turnRefused counts what TURN refused, by reason.
+func (d *daemon) turnRefused() map[string]uint64 {
+	t := d.runningTURN()
+	if t == nil {
+		return nil
+	}
+	st := t.Stats()
+	return map[string]uint64{
+		"auth": st.AuthFailed, "quota": st.QuotaRefused, "peer": st.PeerRefused,
+		"bandwidth": st.BandwidthDropped, "malformed": st.Malformed,
+	}
 }
 
 // readiness is /readyz: every listener bound and the store readable.
@@ -230,11 +293,16 @@ func (d *daemon) readiness() error {
 	return d.store.Ping()
 }
 
-// shutdown stops the daemon in reverse order of start: the API (in-flight
-// requests finish), then DNS, then the store.
+// shutdown stops the daemon in reverse order of start: the relays (their
+// sessions end and are logged), the API (in-flight requests finish), DNS,
+// metrics, the connection log (flushed) and the store.
 func (d *daemon) shutdown(ctx context.Context) error {
 	d.ready.Store(false)
 	var errs []error
+	if d.stopLink != nil {
+		errs = append(errs, d.stopLink())
+	}
+	errs = append(errs, d.turn.Stop(ctx))
 	if d.api != nil {
 		errs = append(errs, d.api.Shutdown(ctx))
 		if d.httpDone != nil {
@@ -310,6 +378,15 @@ func runServe(ctx context.Context, cmd *cli.Command) error {
 	}
 	ev := log.Info().Str("zone", strings.TrimSuffix(cfg.Zone, ".")).Str("dns", d.dns.Addr().String()).
 		Str("http", d.httpLn.Addr().String()).Str("metrics", d.metrics.Addr().String()).Str("data", cfg.DataDir).Int("devices", d.store.Len())
+	if d.turn != nil {
+		ev = ev.Str("stun", d.turn.Addr.String()).Bool("turn", d.turn.turn != nil)
+		if d.turn.TLSAddr.IsValid() {
+			ev = ev.Str("turns", d.turn.TLSAddr.String())
+		}
+	}
+	if d.link != nil {
+		ev = ev.Str("link", d.link.Addr().String())
+	}
 	if d.tokenFile != "" {
 		ev = ev.Str("admin_token_file", d.tokenFile)
 	}

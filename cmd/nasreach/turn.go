@@ -49,42 +49,66 @@ func turnFlags() []cli.Flag {
 // turnService is the running STUN binding service, with or without the TURN
 // relay on the same port.
 type turnService struct {
-	turn *relay.TURN  // nil with --turn=false
-	stun *stun.Server // the standalone Binding server with --turn=false
+	turn      *relay.TURN     // nil with --turn=false
+	responder *stun.Responder // answers Binding on the TURN port
+	stun      *stun.Server    // the standalone Binding server with --turn=false
+	log       zerolog.Logger
 	// Addr is the STUN/TURN address (UDP and TCP); TLSAddr the TURN-over-TLS
 	// address, or the zero value without TLS.
 	Addr, TLSAddr netip.AddrPort
 }
 
-// startTURN starts STUN and TURN from the serve flags. The relay takes device
-// credentials from st and sends one event per allocation to events (nil logs
-// them to log instead; serve routes them to connlog with turnConnlogEvent).
-func startTURN(cmd *cli.Command, st *store.Store, log zerolog.Logger, events func(relay.AllocationEvent)) (*turnService, error) {
-	addr := cmd.String("stun")
-	if !cmd.Bool("turn") {
-		s, err := stun.New(stun.Config{Addr: addr, Software: cmd.String("stun-software"), Logger: log.With().Str("component", "stun").Logger()})
+// turnSettings is the STUN/TURN part of the daemon's configuration.
+type turnSettings struct {
+	// Enabled runs the TURN relay on the STUN port (--turn); false answers
+	// STUN Binding only.
+	Enabled bool
+	// Software is the SOFTWARE attribute of STUN answers (--stun-software).
+	Software string
+	// Relay is the relay's configuration but for the wiring (store, events,
+	// logger); Relay.Addr is the STUN address, and "" runs neither STUN nor
+	// TURN.
+	Relay relay.TURNConfig
+}
+
+// turnSettingsFromFlags reads turnFlags.
+func turnSettingsFromFlags(cmd *cli.Command) (turnSettings, error) {
+	s := turnSettings{Enabled: cmd.Bool("turn"), Software: cmd.String("stun-software")}
+	var err error
+	s.Relay, err = turnConfigFromFlags(cmd)
+	return s, err
+}
+
+// startTURN starts STUN and TURN. The relay takes device credentials from st
+// and sends one event per allocation to events (nil logs them to log
+// instead; serve routes them to the connection log with turnConnlogEvent).
+// With cfg.Relay.Addr empty it starts nothing and returns nil.
+func startTURN(cfg turnSettings, st *store.Store, log zerolog.Logger, events func(relay.AllocationEvent)) (*turnService, error) {
+	addr := cfg.Relay.Addr
+	if addr == "" {
+		return nil, nil
+	}
+	if !cfg.Enabled {
+		s, err := stun.New(stun.Config{Addr: addr, Software: cfg.Software, Logger: log.With().Str("component", "stun").Logger()})
 		if err != nil {
 			return nil, err
 		}
 		return &turnService{stun: s, Addr: s.Addr()}, nil
 	}
-	cfg, err := turnConfigFromFlags(cmd)
-	if err != nil {
-		return nil, err
-	}
-	responder, err := stun.NewResponder(stun.ResponderConfig{Software: cmd.String("stun-software")})
+	responder, err := stun.NewResponder(stun.ResponderConfig{Software: cfg.Software})
 	if err != nil {
 		return nil, fmt.Errorf("--stun-software: %w", err)
 	}
-	cfg.Binding = responder.Answer
-	cfg.Devices = st
-	cfg.Events = events
-	cfg.Logger = log.With().Str("component", "turn").Logger()
-	t, err := relay.NewTURN(cfg)
+	rc := cfg.Relay
+	rc.Binding = responder.Answer
+	rc.Devices = st
+	rc.Events = events
+	rc.Logger = log.With().Str("component", "turn").Logger()
+	t, err := relay.NewTURN(rc)
 	if err != nil {
 		return nil, err
 	}
-	return &turnService{turn: t, Addr: t.Addr(), TLSAddr: t.TLSAddr()}, nil
+	return &turnService{turn: t, responder: responder, log: rc.Logger, Addr: t.Addr(), TLSAddr: t.TLSAddr()}, nil
 }
 
 // turnConfigFromFlags reads everything but the wiring (store, events, logger).
@@ -118,9 +142,16 @@ func turnConfigFromFlags(cmd *cli.Command) (relay.TURNConfig, error) {
 		}
 		cfg.RelayIP = ip
 	}
-	certFile, keyFile := cmd.String("tls-cert"), cmd.String("tls-key")
-	if (certFile == "") != (keyFile == "") {
-		return cfg, errors.New("--tls-cert and --tls-key go together: give both for TURN over TLS, or neither")
+	if cfg.Secret == "" {
+		secret, _, err := readCredential(turnSecretCredential)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Secret = secret
+	}
+	certFile, keyFile, err := tlsFilesFromFlags(cmd)
+	if err != nil {
+		return cfg, err
 	}
 	if certFile != "" {
 		kp, err := newKeyPairReloader(certFile, keyFile)
@@ -133,6 +164,22 @@ func turnConfigFromFlags(cmd *cli.Command) (relay.TURNConfig, error) {
 	return cfg, nil
 }
 
+// tlsFilesFromFlags returns --tls-cert and --tls-key, which TURN over TLS
+// and the Link relay share; the key may come from the systemd credential
+// tls-key instead. Both or neither.
+func tlsFilesFromFlags(cmd *cli.Command) (certFile, keyFile string, err error) {
+	certFile, keyFile = cmd.String("tls-cert"), cmd.String("tls-key")
+	if keyFile == "" && certFile != "" {
+		if _, keyFile, err = readCredential(tlsKeyCredential); err != nil {
+			return "", "", err
+		}
+	}
+	if (certFile == "") != (keyFile == "") {
+		return "", "", errors.New("--tls-cert and --tls-key go together (the key may be the systemd credential tls-key): give both for TURN over TLS and the Link relay's certificate, or neither")
+	}
+	return certFile, keyFile, nil
+}
+
 // Stop stops the service and waits for its goroutines. There is no graceful
 // drain (a relayed call cannot be finished for its users), so Stop ends every
 // allocation at once; it waits at most five seconds for pion's goroutines
@@ -142,7 +189,10 @@ func (s *turnService) Stop(context.Context) error {
 		return nil
 	}
 	if s.turn != nil {
-		return s.turn.Close()
+		err := s.turn.Close()
+		st := s.responder.Stats()
+		s.log.Info().Uint64("answered", st.Answered).Uint64("dropped", st.Dropped).Msg("stun binding counters")
+		return err
 	}
 	return s.stun.Close()
 }

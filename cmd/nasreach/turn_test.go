@@ -35,7 +35,11 @@ func runTURNFlags(t *testing.T, st *store.Store, args []string, fn func(*turnSer
 		Name:  "serve",
 		Flags: turnFlags(),
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			svc, err := startTURN(cmd, st, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
+			cfg, err := turnSettingsFromFlags(cmd)
+			if err != nil {
+				return err
+			}
+			svc, err := startTURN(cfg, st, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
 				func(ev relay.AllocationEvent) { events <- ev })
 			if err != nil {
 				return err

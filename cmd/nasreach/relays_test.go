@@ -1,0 +1,212 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nasreach/nasreach/link"
+	"github.com/nasreach/nasreach/relay"
+	"github.com/nasreach/nasreach/stun"
+)
+
+// connlogText is everything in the daemon's connection log so far.
+func connlogText(t *testing.T, td *testDaemon) string {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(td.Dir, "logs", "conn-*.jsonl"))
+	var b strings.Builder
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Write(data)
+	}
+	return b.String()
+}
+
+// The daemon serves STUN and TURN on one port: a device allocates with its
+// own credentials, the allocation shows in the metrics while it lasts, ends
+// the moment the owner switches Link off, and leaves one masked record in
+// the connection log and its bytes in the metrics.
+func TestDaemonServesSTUNAndTURNForDevices(t *testing.T) {
+	td := startTestDaemon(t, withTURN)
+	token := td.addDevice("nas1")
+	srv := netip.MustParseAddrPort(td.STUN)
+
+	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sc, err := stun.NewClient(stun.ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if mapped, err := sc.Discover(ctx, conn, srv); err != nil || mapped != conn.LocalAddr().(*net.UDPAddr).AddrPort() {
+		t.Fatalf("STUN Binding on the daemon's port: %v, %v", mapped, err)
+	}
+
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := turnClient(t, c, srv, "nas1", relay.DevicePassword(token), relay.DefaultRealm)
+	relayConn, err := client.Allocate()
+	if err != nil {
+		t.Fatalf("allocate with the device's credentials: %v", err)
+	}
+	echoThrough(t, relayConn, udpEcho(t))
+	fams, _ := scrape(t, td)
+	if got := value(t, fams, "nasreach_sessions_active", map[string]string{"service": "turn"}); got != 1 {
+		t.Errorf("turn sessions active = %v, want 1", got)
+	}
+
+	if code, body := td.do(http.MethodPatch, "/v1/devices/nas1", td.Admin, map[string]bool{"link": false}); code != http.StatusOK {
+		t.Fatalf("PATCH link=false: HTTP %d %s", code, body)
+	}
+	linkWaitFor(t, "the allocation's record in the connection log", func() bool {
+		return strings.Contains(connlogText(t, td), `"service":"turn"`)
+	})
+	logged := connlogText(t, td)
+	if !strings.Contains(logged, `"device":"nas1"`) || !strings.Contains(logged, `"client":"127.0.0.0"`) {
+		t.Errorf("the TURN record lacks the device or the masked client:\n%s", logged)
+	}
+	if strings.Contains(logged, "127.0.0.1") {
+		t.Errorf("the connection log holds an unmasked address:\n%s", logged)
+	}
+	fams, _ = scrape(t, td)
+	if got := value(t, fams, "nasreach_sessions_active", map[string]string{"service": "turn"}); got != 0 {
+		t.Errorf("turn sessions active after revocation = %v, want 0", got)
+	}
+	if got := value(t, fams, "nasreach_relayed_bytes_total", map[string]string{"service": "turn", "direction": "in"}); got < 4 {
+		t.Errorf("turn bytes in = %v, want at least the 4 bytes sent", got)
+	}
+
+	// New allocations are refused, and the refusal is counted.
+	c2, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := turnClient(t, c2, srv, "nas1", relay.DevicePassword(token), relay.DefaultRealm).Allocate(); err == nil {
+		t.Fatal("a device with Link off allocated")
+	}
+	fams, _ = scrape(t, td)
+	if got := value(t, fams, "nasreach_turn_refused_total", map[string]string{"reason": "auth"}); got < 1 {
+		t.Errorf("turn auth refusals = %v, want at least 1", got)
+	}
+}
+
+// The daemon's Link relay reports agents online and sessions in progress, and
+// counts a finished session's bytes.
+func TestDaemonLinkMetrics(t *testing.T) {
+	td := startTestDaemon(t, withLink)
+	tl := startTestLink(t, td)
+	token := td.addDevice("nas1")
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	a, err := link.NewAgent(link.AgentConfig{Server: td.Link, RelayFingerprint: tl.fp, Device: "nas1", Token: token,
+		Expose: map[uint16]string{22: echo.Addr().String()}, StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.WaitOnline(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d, err := link.NewDialer(link.DialerConfig{Server: td.Link, RelayFingerprint: tl.fp, KnownDevices: "-"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	c, err := d.Dial(ctx, "nas1", 22)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := []byte("twelve bytes")
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, len(msg))); err != nil {
+		t.Fatal(err)
+	}
+	fams, _ := scrape(t, td)
+	if got := value(t, fams, "nasreach_devices_online", nil); got != 1 {
+		t.Errorf("devices online = %v, want 1", got)
+	}
+	if got := value(t, fams, "nasreach_sessions_active", map[string]string{"service": "link"}); got != 1 {
+		t.Errorf("link sessions active = %v, want 1", got)
+	}
+	c.Close()
+	linkWaitFor(t, "the session to end", func() bool { return tl.r.Sessions() == 0 })
+	linkWaitFor(t, "the session's bytes in the metrics", func() bool {
+		fams, _ := scrape(t, td)
+		for _, l := range fams["nasreach_relayed_bytes_total"] {
+			if l.labels["service"] == "link" && l.labels["direction"] == "in" && l.value >= float64(len(msg)) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// A reload swaps the TURN users and reports it; what cannot change live is
+// reported as needing a restart.
+func TestReloadChangesTURNUsers(t *testing.T) {
+	td := startTestDaemon(t, withTURN, func(c *daemonConfig) { c.TURN.Relay.Users = []string{"alice:pw"} })
+	srv := netip.MustParseAddrPort(td.STUN)
+	allocateAs := func(user, pass string) (net.PacketConn, error) {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return turnClient(t, c, srv, user, pass, relay.DefaultRealm).Allocate()
+	}
+	alice, err := allocateAs("alice", "pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := udpEcho(t)
+	echoThrough(t, alice, peer)
+
+	next := td.d.cfg
+	next.TURN.Relay.Users = []string{"bob:pw2"}
+	next.TURN.Relay.MaxAllocations = 7
+	applied, restart := td.d.reload(next)
+	if !slices.Contains(applied, "turn-user") || !slices.Equal(restart, []string{"turn-max-allocations"}) {
+		t.Errorf("reload applied %v, needs restart %v; want turn-user applied, turn-max-allocations needing a restart", applied, restart)
+	}
+	linkWaitFor(t, "alice's allocation to end", func() bool { return td.d.turnAllocations() == 0 })
+	if _, err := allocateAs("alice", "pw"); err == nil {
+		t.Error("alice still allocates after she was removed")
+	}
+	bob, err := allocateAs("bob", "pw2")
+	if err != nil {
+		t.Fatalf("bob, added by the reload: %v", err)
+	}
+	echoThrough(t, bob, peer)
+}
