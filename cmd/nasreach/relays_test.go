@@ -16,6 +16,7 @@ import (
 	"github.com/nasreach/nasreach/link"
 	"github.com/nasreach/nasreach/relay"
 	"github.com/nasreach/nasreach/stun"
+	"github.com/rs/zerolog"
 )
 
 // connlogText is everything in the daemon's connection log so far.
@@ -209,4 +210,56 @@ func TestReloadChangesTURNUsers(t *testing.T) {
 		t.Fatalf("bob, added by the reload: %v", err)
 	}
 	echoThrough(t, bob, peer)
+}
+
+// What a TURN client relays (not end-to-end encrypted by us, so the relay
+// could read it) reaches neither the data directory nor the daemon's own log,
+// even at debug level.
+func TestTURNPayloadIsNeverStoredOrLogged(t *testing.T) {
+	var daemonLog lockedBuffer
+	td := startTestDaemon(t, withTURN, func(c *daemonConfig) {
+		c.Logger = zerolog.New(&daemonLog).Level(zerolog.DebugLevel)
+		c.LogLevel = zerolog.DebugLevel
+	})
+	token := td.addDevice("nas1")
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	relayConn, err := turnClient(t, c, netip.MustParseAddrPort(td.STUN), "nas1", relay.DevicePassword(token), relay.DefaultRealm).Allocate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const payload = "payload-7f3a-never-on-disk"
+	peer := udpEcho(t)
+	buf := make([]byte, 100)
+	for got := 0; got < 3; {
+		relayConn.WriteTo([]byte(payload), peer)
+		relayConn.SetReadDeadline(time.Now().Add(time.Second))
+		if n, _, err := relayConn.ReadFrom(buf); err == nil && string(buf[:n]) == payload {
+			got++
+		}
+	}
+	relayConn.Close()
+	linkWaitFor(t, "the allocation's record", func() bool { return strings.Contains(connlogText(t, td), `"service":"turn"`) })
+	td.stop() // flush and close everything that might hold it
+	err = filepath.WalkDir(td.Dir, func(path string, e os.DirEntry, err error) error {
+		if err != nil || e.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		if err == nil && strings.Contains(string(data), payload) {
+			t.Errorf("%s holds relayed payload", path)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(daemonLog.String(), payload) {
+		t.Error("the daemon's log holds relayed payload")
+	}
+	if !strings.Contains(daemonLog.String(), "turn") {
+		t.Error("the daemon's log is empty: is the capture wired?")
+	}
 }
