@@ -41,6 +41,44 @@ func startTestLink(t *testing.T, td *testDaemon) *testLink {
 	return &testLink{r: td.d.link, fp: fp}
 }
 
+// echoDevice runs an agent for device (token tok) exposing a TCP echo
+// service as port 22, waits until it is online and returns a dialer for the
+// relay; all of it stops when the test ends.
+func (tl *testLink) echoDevice(t *testing.T, device, tok string) *link.Dialer {
+	t.Helper()
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { echo.Close() })
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	a, err := link.NewAgent(link.AgentConfig{Server: tl.r.Addr().String(), RelayFingerprint: tl.fp, Device: device, Token: tok,
+		Expose: map[uint16]string{22: echo.Addr().String()}, StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.WaitOnline(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d, err := link.NewDialer(link.DialerConfig{Server: tl.r.Addr().String(), RelayFingerprint: tl.fp, KnownDevices: "-"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
 // runLinkCLI runs the agent or connect subcommand in the background until the
 // test ends.
 func runLinkCLI(t *testing.T, args ...string) {
@@ -153,36 +191,9 @@ func TestLinkSwitchedOffThroughTheAPIEndsTheSession(t *testing.T) {
 	td := startTestDaemon(t, withLink)
 	tl := startTestLink(t, td)
 	tok := td.addDevice("nas1")
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
-	a, err := link.NewAgent(link.AgentConfig{Server: tl.r.Addr().String(), RelayFingerprint: tl.fp, Device: "nas1", Token: tok,
-		Expose: map[uint16]string{22: echo.Addr().String()}, StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	d := tl.echoDevice(t, "nas1", tok)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := a.WaitOnline(ctx); err != nil {
-		t.Fatal(err)
-	}
-	d, err := link.NewDialer(link.DialerConfig{Server: tl.r.Addr().String(), RelayFingerprint: tl.fp, KnownDevices: "-"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
 	c, err := d.Dial(ctx, "nas1", 22)
 	if err != nil {
 		t.Fatal(err)

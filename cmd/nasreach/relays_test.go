@@ -13,9 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nasreach/nasreach/link"
 	"github.com/nasreach/nasreach/relay"
-	"github.com/nasreach/nasreach/stun"
 	"github.com/rs/zerolog"
 )
 
@@ -43,20 +41,7 @@ func TestDaemonServesSTUNAndTURNForDevices(t *testing.T) {
 	token := td.addDevice("nas1")
 	srv := netip.MustParseAddrPort(td.STUN)
 
-	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	sc, err := stun.NewClient(stun.ClientConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if mapped, err := sc.Discover(ctx, conn, srv); err != nil || mapped != conn.LocalAddr().(*net.UDPAddr).AddrPort() {
-		t.Fatalf("STUN Binding on the daemon's port: %v, %v", mapped, err)
-	}
+	checkSTUN(t, srv)
 
 	c, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -114,36 +99,9 @@ func TestDaemonLinkMetrics(t *testing.T) {
 	td := startTestDaemon(t, withLink)
 	tl := startTestLink(t, td)
 	token := td.addDevice("nas1")
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
-	a, err := link.NewAgent(link.AgentConfig{Server: td.Link, RelayFingerprint: tl.fp, Device: "nas1", Token: token,
-		Expose: map[uint16]string{22: echo.Addr().String()}, StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	d := tl.echoDevice(t, "nas1", token)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := a.WaitOnline(ctx); err != nil {
-		t.Fatal(err)
-	}
-	d, err := link.NewDialer(link.DialerConfig{Server: td.Link, RelayFingerprint: tl.fp, KnownDevices: "-"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
 	c, err := d.Dial(ctx, "nas1", 22)
 	if err != nil {
 		t.Fatal(err)
@@ -217,6 +175,11 @@ func TestReloadChangesTURNUsers(t *testing.T) {
 // even at debug level.
 func TestTURNPayloadIsNeverStoredOrLogged(t *testing.T) {
 	var daemonLog lockedBuffer
+	// Commands run in-process by other tests leave zerolog's global level
+	// wherever their --log-level put it.
+	prev := zerolog.GlobalLevel()
+	zerolog.SetGlobalLevel(zerolog.DebugLevel)
+	t.Cleanup(func() { zerolog.SetGlobalLevel(prev) })
 	td := startTestDaemon(t, withTURN, func(c *daemonConfig) {
 		c.Logger = zerolog.New(&daemonLog).Level(zerolog.DebugLevel)
 		c.LogLevel = zerolog.DebugLevel

@@ -117,6 +117,26 @@ func echoThrough(t *testing.T, relayConn net.PacketConn, peer net.Addr) {
 	t.Fatal("no echo through the relay")
 }
 
+// checkSTUN asks srv for this socket's mapped address over UDP and fails
+// unless it is the socket's own (everything is on loopback).
+func checkSTUN(t *testing.T, srv netip.AddrPort) {
+	t.Helper()
+	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sc, err := stun.NewClient(stun.ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if mapped, err := sc.Discover(ctx, conn, srv); err != nil || mapped != conn.LocalAddr().(*net.UDPAddr).AddrPort() {
+		t.Fatalf("STUN Binding on %v: %v, %v", srv, mapped, err)
+	}
+}
+
 func TestServeFlagsStartSTUNAndTURNWithDeviceCredentials(t *testing.T) {
 	st := openStore(t)
 	_, token, err := st.Create(context.Background(), "nas1", store.CreateOptions{})
@@ -126,22 +146,7 @@ func TestServeFlagsStartSTUNAndTURNWithDeviceCredentials(t *testing.T) {
 	peer := udpEcho(t)
 	err = runTURNFlags(t, st, []string{"--stun", "127.0.0.1:0", "--turn-realm", "example.org",
 		"--turn-user", "alice:pw", "--turn-allow-peer", "127.0.0.1/32", "--stun-software", "nasreach-test"}, func(svc *turnService) {
-		// STUN on the shared port.
-		conn, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		sc, err := stun.NewClient(stun.ClientConfig{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		mapped, err := sc.Discover(ctx, conn, svc.Addr)
-		if err != nil || mapped != conn.LocalAddr().(*net.UDPAddr).AddrPort() {
-			t.Fatalf("STUN on %v: %v, %v", svc.Addr, mapped, err)
-		}
+		checkSTUN(t, svc.Addr) // STUN on the shared port
 		// TURN with a device's credentials and with a static user.
 		for _, cred := range [][2]string{{"nas1", relay.DevicePassword(token)}, {"alice", "pw"}} {
 			c, err := net.ListenPacket("udp", "127.0.0.1:0")
