@@ -49,7 +49,8 @@ type AllocationEvent struct {
 }
 
 // errQuota makes pion answer 508 when two Allocate requests race past the
-// quota check that answers 486; see allocator.reserve.
+// quota check that answers 486 (pion's QuotaHandler); AllocatePacketConn
+// enforces the quota again under its lock.
 var errQuota = errors.New("allocation quota reached")
 
 // maxPeersTracked bounds the per-allocation set used to count distinct peers.
@@ -120,25 +121,11 @@ func (a *allocator) AllocatePacketConn(c turn.AllocateListenerConfig) (net.Packe
 		return listenRelay(c.Network, bindIP, relayIP, c.RequestedPort)
 	}
 	kind, name := splitUserID(c.UserID)
-	a.mu.Lock()
-	if a.closed {
-		a.mu.Unlock()
-		return nil, nil, net.ErrClosed
+	if !a.quotaOK(c.UserID) { // the cheap check first; pion's QuotaHandler made it too
+		return nil, nil, errQuota
 	}
-	if kind == CredentialDevice && a.revoked[name] {
-		a.mu.Unlock()
-		return nil, nil, errBadCredentials
-	}
-	if err := a.quotaLocked(c.UserID); err != nil {
-		a.mu.Unlock()
-		return nil, nil, err
-	}
-	a.perUser[c.UserID]++ // reserved under the lock; released on failure below
-	a.mu.Unlock()
-
 	conn, addr, err := listenRelay(c.Network, bindIP, relayIP, c.RequestedPort)
 	if err != nil {
-		a.release(c.UserID)
 		return nil, nil, err
 	}
 	ap := addr.(*net.UDPAddr).AddrPort()
@@ -151,13 +138,29 @@ func (a *allocator) AllocatePacketConn(c turn.AllocateListenerConfig) (net.Packe
 		rc.toPeer = rate.NewLimiter(rate.Limit(bw), burst)
 		rc.fromPeer = rate.NewLimiter(rate.Limit(bw), burst)
 	}
+	// Checked and registered under one lock: revokeDevice and closeAll
+	// either see this allocation or it sees their flags.
 	a.mu.Lock()
+	switch {
+	case a.closed:
+		err = net.ErrClosed
+	case kind == CredentialDevice && a.revoked[name]:
+		err = errBadCredentials
+	default:
+		err = a.quotaLocked(c.UserID)
+	}
+	if err != nil {
+		a.mu.Unlock()
+		conn.Close()
+		return nil, nil, err
+	}
+	a.perUser[c.UserID]++
 	a.live[ap] = rc
-	a.mu.Unlock()
 	a.t.readers.Add(1) // pion's relay loop reads until the socket closes
 	if capd := a.t.cfg.MaxLifetime; capd > 0 {
 		rc.capTimer = time.AfterFunc(capd, func() { rc.end(EndCapped) })
 	}
+	a.mu.Unlock()
 	return rc, addr, nil
 }
 
@@ -168,14 +171,6 @@ func listenRelay(network string, bindIP, relayIP netip.Addr, port int) (net.Pack
 	}
 	local := conn.LocalAddr().(*net.UDPAddr)
 	return conn, &net.UDPAddr{IP: relayIP.AsSlice(), Port: local.Port}, nil
-}
-
-func (a *allocator) release(userID string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.perUser[userID]--; a.perUser[userID] <= 0 {
-		delete(a.perUser, userID)
-	}
 }
 
 // AllocateListener implements turn.RelayAddressGenerator: TCP allocations are
@@ -343,11 +338,11 @@ func (rc *relayConn) Close() error {
 	var err error
 	rc.closeOnce.Do(func() {
 		err = rc.PacketConn.Close()
-		if rc.capTimer != nil {
-			rc.capTimer.Stop()
-		}
 		a := rc.a
 		a.mu.Lock()
+		if rc.capTimer != nil { // set under a.mu, which may be after it fired
+			rc.capTimer.Stop()
+		}
 		delete(a.live, rc.relay)
 		if a.perUser[rc.userID]--; a.perUser[rc.userID] <= 0 {
 			delete(a.perUser, rc.userID)
