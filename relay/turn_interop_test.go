@@ -95,6 +95,7 @@ func TestCoturnUclientThroughTheRelay(t *testing.T) {
 	const secret = "rest-secret"
 	tt := startTURN(t, func(c *TURNConfig) {
 		c.Secret = secret
+		c.MaxAllocationsPerUser = 100 // the subtests run in parallel as one user
 		c.TLS = selfSigned(t)
 		c.TLSAddr = "127.0.0.1:0"
 	})
