@@ -10,6 +10,10 @@ import (
 	"syscall"
 )
 
+// udpSocketBuffer is the receive and send buffer asked for each listening
+// UDP socket.
+const udpSocketBuffer = 4 << 20
+
 // listenShared opens n UDP sockets and n TCP listeners on addr, all sharing
 // one port with SO_REUSEPORT so that the kernel spreads clients over them and
 // the relay uses every core. A client's 5-tuple always hashes to the same
@@ -40,6 +44,12 @@ func listenShared(addr string, n int, noUDP bool) (udps []net.PacketConn, tcps [
 				if err != nil {
 					closeAll()
 					return nil, nil, fmt.Errorf("listen udp %s (socket %d of %d): %w", net.JoinHostPort(host, p), i+1, n, err)
+				}
+				if uc, ok := c.(*net.UDPConn); ok {
+					// Room for bursts from many clients; the kernel caps it
+					// at net.core.rmem_max / wmem_max.
+					uc.SetReadBuffer(udpSocketBuffer)  //nolint:errcheck // best effort
+					uc.SetWriteBuffer(udpSocketBuffer) //nolint:errcheck // best effort
 				}
 				udps = append(udps, c)
 				p = strconv.Itoa(c.LocalAddr().(*net.UDPAddr).Port)
