@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -293,12 +294,34 @@ type streamFilter struct {
 	from      netip.AddrPort
 	transport string
 
-	in, out []byte
-	rbuf    []byte
-	started bool
+	// buf holds bytes read from the connection; buf[start:] are not framed
+	// yet. out[outPos:] is the rest of a frame larger than pion's buffer,
+	// handed out over several reads. Both are only touched by Read.
+	buf           []byte
+	start         int
+	out           []byte
+	outPos        int
+	started       bool
+	readDeadline  time.Time // last set, so that Read does not set it per frame
+	writeDeadline time.Time // likewise for Write, under wmu
 
 	wmu                 sync.Mutex
 	readOnce, closeOnce sync.Once
+}
+
+// streamReadChunk is the least room Read gives one read from the connection.
+const streamReadChunk = 4096
+
+// refreshDeadline reports whether the deadline *d should be moved to
+// now+timeout, and moves it: not when it was set for this timeout a moment
+// ago (less than a tenth of timeout, at most a second), so that a busy
+// connection does not reset its timer for every frame.
+func refreshDeadline(d *time.Time, now time.Time, timeout time.Duration) bool {
+	if left := d.Sub(now); left > timeout-min(timeout/10, time.Second) && left <= timeout {
+		return false
+	}
+	*d = now.Add(timeout)
+	return true
 }
 
 // frameSize returns the size of the frame at the start of b: 0 when more bytes
@@ -332,44 +355,76 @@ func frameSize(b []byte, first bool) int {
 	return size
 }
 
-// Read returns frames for pion's stream reader.
+// Read returns frames for pion's stream reader: as many whole frames as fit
+// in p (pion frames them again), so that a burst costs one call, not one
+// per frame. It blocks on the connection only when it holds no frame.
 func (s *streamFilter) Read(p []byte) (int, error) {
+	n := 0
 	for {
-		if len(s.out) > 0 {
-			n := copy(p, s.out)
-			s.out = s.out[n:]
-			return n, nil
+		if s.outPos < len(s.out) {
+			m := copy(p[n:], s.out[s.outPos:])
+			s.outPos += m
+			return n + m, nil
 		}
-		switch size := frameSize(s.in, !s.started); {
+		switch size := frameSize(s.buf[s.start:], !s.started); {
 		case size < 0:
+			if n > 0 {
+				return n, nil // the next Read fails
+			}
 			s.t.stats.malformed.Add(1)
 			return 0, s.fail(errors.New("not a STUN or ChannelData frame"))
 		case size > 0:
-			frame := s.in[:size]
-			if size < inboundMTU && s.t.inspect(frame, s.from, s.reply) {
-				s.out = append(s.out[:0], frame...)
+			if n > 0 && n+size > len(p) {
+				return n, nil // the next Read returns it
 			}
-			s.in = s.in[:copy(s.in, s.in[size:])]
+			frame := s.buf[s.start : s.start+size]
+			s.start += size
 			s.started = true
+			if size < inboundMTU && s.t.inspect(frame, s.from, s.reply) {
+				if size > len(p) {
+					s.out, s.outPos = frame, 0 // valid until buf is refilled, after it is out
+					continue
+				}
+				n += copy(p[n:], frame)
+			}
 			continue
 		}
-		if s.rbuf == nil {
-			s.rbuf = make([]byte, 4096)
+		if n > 0 {
+			return n, nil
 		}
-		idle := s.t.cfg.TCPIdleTimeout
-		if !s.started {
-			idle = firstFrameTimeout
-		}
-		s.Conn.SetReadDeadline(time.Now().Add(idle)) //nolint:errcheck // a failed deadline shows as a read error
-		n, err := s.Conn.Read(s.rbuf)
-		if err != nil {
+		if err := s.fill(); err != nil {
 			return 0, s.fail(err)
 		}
-		if len(s.in)+n > maxStreamFrame+len(s.rbuf) {
-			return 0, s.fail(errors.New("frame too large"))
-		}
-		s.in = append(s.in, s.rbuf[:n]...)
 	}
+}
+
+// fill reads more bytes from the connection into buf, keeping the bytes not
+// framed yet, with the idle (or first-frame) timeout as read deadline.
+func (s *streamFilter) fill() error {
+	pending := len(s.buf) - s.start
+	if cap(s.buf)-len(s.buf) < streamReadChunk && s.start > 0 {
+		s.buf = s.buf[:copy(s.buf, s.buf[s.start:])]
+		s.start = 0
+	}
+	if cap(s.buf)-len(s.buf) < streamReadChunk {
+		s.buf = slices.Grow(s.buf, streamReadChunk)
+	}
+	idle := s.t.cfg.TCPIdleTimeout
+	if !s.started {
+		idle = firstFrameTimeout
+	}
+	if refreshDeadline(&s.readDeadline, time.Now(), idle) {
+		s.Conn.SetReadDeadline(s.readDeadline) //nolint:errcheck // a failed deadline shows as a read error
+	}
+	n, err := s.Conn.Read(s.buf[len(s.buf):cap(s.buf)])
+	if err != nil {
+		return err
+	}
+	if pending+n > maxStreamFrame+streamReadChunk { // frameSize bounds a frame; a backstop
+		return errors.New("frame too large")
+	}
+	s.buf = s.buf[:len(s.buf)+n]
+	return nil
 }
 
 // fail reports a read error once to the shutdown accounting.
@@ -386,7 +441,9 @@ func (s *streamFilter) reply(b []byte) {
 func (s *streamFilter) Write(b []byte) (int, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	s.Conn.SetWriteDeadline(time.Now().Add(streamWriteTimeout)) //nolint:errcheck // shows as a write error
+	if refreshDeadline(&s.writeDeadline, time.Now(), streamWriteTimeout) {
+		s.Conn.SetWriteDeadline(s.writeDeadline) //nolint:errcheck // shows as a write error
+	}
 	return s.Conn.Write(b)
 }
 

@@ -1,8 +1,11 @@
 package relay
 
 import (
+	"bufio"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"runtime"
@@ -592,4 +595,53 @@ func TestCloseStopsEveryGoroutine(t *testing.T) {
 	}
 	idle.Close()
 	waitGoroutines(t, before)
+}
+
+func TestTCPFramesCoalescedAndSplitAreAllAnswered(t *testing.T) {
+	tt := startTURN(t)
+	c, err := net.Dial("tcp", tt.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// 60 requests in one write (more than pion's read buffer holds), then
+	// one request in three writes.
+	want := map[[pion.TransactionIDSize]byte]bool{}
+	var burst []byte
+	for range 60 {
+		m := must2(pion.Build(pion.TransactionID, pion.BindingRequest))
+		want[m.TransactionID] = true
+		burst = append(burst, m.Raw...)
+	}
+	if _, err := c.Write(burst); err != nil {
+		t.Fatal(err)
+	}
+	split := must2(pion.Build(pion.TransactionID, pion.BindingRequest))
+	want[split.TransactionID] = true
+	for _, part := range [][]byte{split.Raw[:3], split.Raw[3:17], split.Raw[17:]} {
+		if _, err := c.Write(part); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(c)
+	for len(want) > 0 {
+		hdr, err := r.Peek(20)
+		if err != nil {
+			t.Fatalf("%d answers missing: %v", len(want), err)
+		}
+		raw := make([]byte, 20+int(binary.BigEndian.Uint16(hdr[2:4])))
+		if _, err := io.ReadFull(r, raw); err != nil {
+			t.Fatal(err)
+		}
+		m := &pion.Message{Raw: raw}
+		if err := m.Decode(); err != nil {
+			t.Fatal(err)
+		}
+		if !want[m.TransactionID] {
+			t.Fatalf("answer to an unknown or repeated transaction %x", m.TransactionID)
+		}
+		delete(want, m.TransactionID)
+	}
 }
