@@ -341,6 +341,10 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 		size = dns.MaxMsgSize
 	}
 	m.Truncate(size)
+	// Truncate turns name compression off when the answer fits; compress
+	// anyway, as Knot and NSD do: answers a third smaller (less
+	// amplification, more room under the 1232-byte cap).
+	m.Compress = true
 	if err := w.WriteMsg(m); err != nil {
 		s.log.Debug().Err(err).Msg("dns write failed")
 	}
