@@ -48,7 +48,8 @@ fuzz:
 	  done; \
 	done
 
-## install: binary, systemd unit, default config (kept if present), man page.
+## install: binary, systemd unit, default config (kept if present), man page,
+## UDP buffer limits (sysctl.d).
 ## PREFIX and DESTDIR as usual: make install DESTDIR=/tmp/pkg PREFIX=/usr
 PREFIX  ?= /usr/local
 DESTDIR ?=
@@ -60,6 +61,7 @@ install: build man
 	chmod 0644 $(DESTDIR)$(SYSCONF)/systemd/system/nasreach.service
 	[ -e $(DESTDIR)$(SYSCONF)/nasreach/nasreach.toml ] || install -m 0644 dist/nasreach.toml $(DESTDIR)$(SYSCONF)/nasreach/nasreach.toml
 	install -D -m 0644 bin/nasreach.8 $(DESTDIR)$(PREFIX)/share/man/man8/nasreach.8
+	install -D -m 0644 dist/sysctl.d/60-nasreach.conf $(DESTDIR)$(PREFIX)/lib/sysctl.d/60-nasreach.conf
 
 man: build
 	./$(BIN) man > bin/nasreach.8

@@ -25,6 +25,7 @@ func TestMakeInstallHonoursDestdirAndPrefix(t *testing.T) {
 		"usr/bin/nasreach":                    0o755,
 		"etc/systemd/system/nasreach.service": 0o644,
 		"usr/share/man/man8/nasreach.8":       0o644,
+		"usr/lib/sysctl.d/60-nasreach.conf":   0o644,
 	} {
 		info, err := os.Stat(filepath.Join(dest, path))
 		if err != nil || info.Mode().Perm() != mode {
