@@ -107,6 +107,8 @@ type Link struct {
 	limiter *linkLimiter
 	// sessions counts sessions admitted and not yet ended, on any agent.
 	sessions atomic.Int64
+	// maxAgents and maxStreams are cfg's limits, changed live by SetLimits.
+	maxAgents, maxStreams atomic.Int64
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -181,6 +183,8 @@ func NewLink(cfg LinkConfig) (*Link, error) {
 		limiter: newLinkLimiter(cfg.StreamRate, cfg.StreamBurst),
 		agents:  map[string]*linkAgent{}, conns: map[*quic.Conn]struct{}{},
 	}
+	l.maxAgents.Store(int64(cfg.MaxAgents))
+	l.maxStreams.Store(int64(cfg.MaxStreamsPerDevice))
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	cfg.Store.OnChange(l.onChange)
 	l.wg.Go(l.accept)
@@ -195,6 +199,24 @@ func (l *Link) Agents() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.agents)
+}
+
+// LinkLimits are the limits of a running relay that SetLimits changes; zero
+// values mean the defaults, as in LinkConfig.
+type LinkLimits struct {
+	MaxAgents           int
+	MaxStreamsPerDevice int
+	StreamRate          float64
+	StreamBurst         int
+}
+
+// SetLimits changes the relay's limits while it runs, as a configuration
+// reload does. Nothing already admitted is closed: an agent or session over a
+// lowered limit stays, and the limit applies to the next ones.
+func (l *Link) SetLimits(lim LinkLimits) {
+	l.maxAgents.Store(int64(cmp.Or(lim.MaxAgents, DefaultLinkMaxAgents)))
+	l.maxStreams.Store(int64(cmp.Or(lim.MaxStreamsPerDevice, DefaultLinkMaxStreamsPerDevice)))
+	l.limiter.set(cmp.Or(lim.StreamRate, DefaultLinkStreamRate), cmp.Or(lim.StreamBurst, DefaultLinkStreamBurst))
 }
 
 // Sessions returns how many client sessions are in progress (admitted and
@@ -370,9 +392,9 @@ func (l *Link) serveAgent(c *quic.Conn, ctrl *quic.Stream, h link.Hello, src net
 	a := &linkAgent{device: d.Name, conn: c}
 	l.mu.Lock()
 	old := l.agents[d.Name]
-	if old == nil && len(l.agents) >= l.cfg.MaxAgents {
+	if limit := l.maxAgents.Load(); old == nil && int64(len(l.agents)) >= limit {
 		l.mu.Unlock()
-		refuse(link.StatusTooManyAgents, fmt.Sprintf("the relay holds its maximum of %d agents", l.cfg.MaxAgents))
+		refuse(link.StatusTooManyAgents, fmt.Sprintf("the relay holds its maximum of %d agents", limit))
 		return
 	}
 	l.agents[d.Name] = a

@@ -96,9 +96,9 @@ func (l *Link) session(c *quic.Conn, cs *quic.Stream, req link.Connect, src neti
 		refuse(link.StatusOffline, fmt.Sprintf("device %s is not connected to the relay", device))
 		return
 	}
-	if n := a.streams.Add(1); n > int64(l.cfg.MaxStreamsPerDevice) {
+	if n, limit := a.streams.Add(1), l.maxStreams.Load(); n > limit {
 		a.streams.Add(-1)
-		refuse(link.StatusTooManyStreams, fmt.Sprintf("device %s has its maximum of %d sessions open", device, l.cfg.MaxStreamsPerDevice))
+		refuse(link.StatusTooManyStreams, fmt.Sprintf("device %s has its maximum of %d sessions open", device, limit))
 		return
 	}
 	defer a.streams.Add(-1)
@@ -248,6 +248,14 @@ const linkLimiterMax = 65536
 
 func newLinkLimiter(rate float64, burst int) *linkLimiter {
 	return &linkLimiter{rate: rate, burst: float64(burst), b: map[netip.Prefix]*bucket{}}
+}
+
+// set changes the rate and burst; buckets keep their tokens, capped at the
+// new burst on their next use.
+func (l *linkLimiter) set(rate float64, burst int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.rate, l.burst = rate, float64(burst)
 }
 
 func (l *linkLimiter) allow(a netip.Addr, now time.Time) bool {

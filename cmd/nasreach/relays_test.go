@@ -133,7 +133,7 @@ func TestDaemonLinkMetrics(t *testing.T) {
 	})
 }
 
-// A reload swaps the TURN users and reports it; what cannot change live is
+// A reload swaps the TURN users and the Link limits and reports it; what cannot change live is
 // reported as needing a restart.
 func TestReloadChangesTURNUsers(t *testing.T) {
 	td := startTestDaemon(t, withTURN, func(c *daemonConfig) { c.TURN.Relay.Users = []string{"alice:pw"} })
@@ -155,9 +155,10 @@ func TestReloadChangesTURNUsers(t *testing.T) {
 	next := td.d.cfg
 	next.TURN.Relay.Users = []string{"bob:pw2"}
 	next.TURN.Relay.MaxAllocations = 7
+	next.Link.MaxStreams = 3
 	applied, restart := td.d.reload(next)
-	if !slices.Contains(applied, "turn-user") || !slices.Equal(restart, []string{"turn-max-allocations"}) {
-		t.Errorf("reload applied %v, needs restart %v; want turn-user applied, turn-max-allocations needing a restart", applied, restart)
+	if !slices.Equal(applied, []string{"link-max-streams", "turn-user"}) || !slices.Equal(restart, []string{"turn-max-allocations"}) {
+		t.Errorf("reload applied %v, needs restart %v; want link-max-streams and turn-user applied, turn-max-allocations needing a restart", applied, restart)
 	}
 	linkWaitFor(t, "alice's allocation to end", func() bool { return td.d.turnAllocations() == 0 })
 	if _, err := allocateAs("alice", "pw"); err == nil {

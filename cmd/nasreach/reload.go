@@ -48,6 +48,28 @@ func (d *daemon) reload(next daemonConfig) (applied, restart []string) {
 			}
 		}},
 	}
+	// The Link relay's limits change together, for the next agents and
+	// sessions; nothing admitted is closed.
+	cl, nl := cur.Link, next.Link
+	linkLimits := []struct {
+		name string
+		same bool
+	}{
+		{"link-max-agents", cl.MaxAgents == nl.MaxAgents}, {"link-max-streams", cl.MaxStreams == nl.MaxStreams},
+		{"link-stream-rate", cl.StreamRate == nl.StreamRate}, {"link-stream-burst", cl.StreamBurst == nl.StreamBurst},
+	}
+	linkChanged := false
+	for _, l := range linkLimits {
+		if !l.same {
+			applied, linkChanged = append(applied, l.name), true
+		}
+	}
+	if linkChanged && d.link != nil {
+		d.link.SetLimits(relay.LinkLimits{MaxAgents: nl.MaxAgents, MaxStreamsPerDevice: nl.MaxStreams,
+			StreamRate: nl.StreamRate, StreamBurst: nl.StreamBurst})
+	}
+	d.cfg.Link.MaxAgents, d.cfg.Link.MaxStreams = nl.MaxAgents, nl.MaxStreams
+	d.cfg.Link.StreamRate, d.cfg.Link.StreamBurst = nl.StreamRate, nl.StreamBurst
 	for _, s := range live {
 		if !s.same {
 			s.apply()
@@ -87,9 +109,7 @@ func (d *daemon) reload(next daemonConfig) (applied, restart []string) {
 		{"turn-max-lifetime", cur.TURN.Relay.MaxLifetime, next.TURN.Relay.MaxLifetime},
 		{"turn-bandwidth", cur.TURN.Relay.BandwidthPerAllocation, next.TURN.Relay.BandwidthPerAllocation},
 		{"tls-cert", cur.Link.CertFile, next.Link.CertFile}, {"tls-key", cur.Link.KeyFile, next.Link.KeyFile},
-		{"link", cur.Link.Addr, next.Link.Addr}, {"link-max-agents", cur.Link.MaxAgents, next.Link.MaxAgents},
-		{"link-max-streams", cur.Link.MaxStreams, next.Link.MaxStreams}, {"link-stream-rate", cur.Link.StreamRate, next.Link.StreamRate},
-		{"link-stream-burst", cur.Link.StreamBurst, next.Link.StreamBurst}, {"link-idle-timeout", cur.Link.IdleTimeout, next.Link.IdleTimeout},
+		{"link", cur.Link.Addr, next.Link.Addr}, {"link-idle-timeout", cur.Link.IdleTimeout, next.Link.IdleTimeout},
 	}
 	for _, f := range fixed {
 		if !reflect.DeepEqual(f.a, f.b) {
