@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"sync"
 	"time"
@@ -302,6 +303,7 @@ type streamFilter struct {
 	out           []byte
 	outPos        int
 	started       bool
+	busy          bool      // the last read filled buf: more is waiting
 	readDeadline  time.Time // last set, so that Read does not set it per frame
 	writeDeadline time.Time // likewise for Write, under wmu
 
@@ -416,10 +418,22 @@ func (s *streamFilter) fill() error {
 	if refreshDeadline(&s.readDeadline, time.Now(), idle) {
 		s.Conn.SetReadDeadline(s.readDeadline) //nolint:errcheck // a failed deadline shows as a read error
 	}
+	if s.busy {
+		// The last read filled all the room it had, so the client is
+		// sending faster than this goroutine forwards and this read will
+		// not block either. Without a yield the goroutine keeps the CPU
+		// for a whole time slice (10 ms), while the relay sockets, whose
+		// readers wait for the scheduler to poll the network, overflow
+		// and drop the peers' answers: the relay then spends its CPU
+		// sending datagrams whose replies it never delivers.
+		runtime.Gosched()
+	}
+	room := cap(s.buf) - len(s.buf)
 	n, err := s.Conn.Read(s.buf[len(s.buf):cap(s.buf)])
 	if err != nil {
 		return err
 	}
+	s.busy = n == room
 	if pending+n > maxStreamFrame+streamReadChunk { // frameSize bounds a frame; a backstop
 		return errors.New("frame too large")
 	}

@@ -21,17 +21,21 @@ func (f pionLoggerFactory) NewLogger(scope string) logging.LeveledLogger {
 
 type pionLogger struct{ log zerolog.Logger }
 
-func (pionLogger) Trace(string)          {}
-func (pionLogger) Tracef(string, ...any) {}
-func (pionLogger) Debug(string)          {}
-func (pionLogger) Debugf(string, ...any) {}
-func (pionLogger) Info(string)           {}
-func (pionLogger) Infof(string, ...any)  {}
-func (l pionLogger) Warn(msg string)     { l.log.Warn().Msg(anonymize.Text(msg)) }
-func (l pionLogger) Warnf(format string, args ...any) {
-	l.log.Warn().Msg(anonymize.Text(fmt.Sprintf(format, args...)))
-}
-func (l pionLogger) Error(msg string) { l.log.Warn().Msg(anonymize.Text(msg)) }
-func (l pionLogger) Errorf(format string, args ...any) {
-	l.log.Warn().Msg(anonymize.Text(fmt.Sprintf(format, args...)))
+func (pionLogger) Trace(string)                        {}
+func (pionLogger) Tracef(string, ...any)               {}
+func (pionLogger) Debug(string)                        {}
+func (pionLogger) Debugf(string, ...any)               {}
+func (pionLogger) Info(string)                         {}
+func (pionLogger) Infof(string, ...any)                {}
+func (l pionLogger) Warn(msg string)                   { l.warn("%s", msg) }
+func (l pionLogger) Warnf(format string, args ...any)  { l.warn(format, args...) }
+func (l pionLogger) Error(msg string)                  { l.warn("%s", msg) }
+func (l pionLogger) Errorf(format string, args ...any) { l.warn(format, args...) }
+
+// warn formats and masks the message only when warn level is on: pion logs
+// on hot paths (every failed send to a client gone away).
+func (l pionLogger) warn(format string, args ...any) {
+	if e := l.log.Warn(); e.Enabled() {
+		e.Msg(anonymize.Text(fmt.Sprintf(format, args...)))
+	}
 }
