@@ -212,13 +212,25 @@ func (t *TURN) answerError(req *pion.Message, key []byte, code pion.ErrorCode, r
 // udpFilter is a listening UDP socket as pion sees it.
 type udpFilter struct {
 	net.PacketConn
-	t    *TURN
-	once sync.Once
+	t     *TURN
+	once  sync.Once
+	reads int // datagrams read since the last yield; only pion's one reader touches it
 }
+
+// udpYieldEvery is how many datagrams the listening socket's reader handles
+// before it lets other goroutines run. Under a flood that reader never blocks
+// and would keep the CPU for whole time slices (10 ms) while the relay
+// sockets' readers wait and their buffers overflow: the relay would forward
+// datagrams whose answers it then drops. 32 datagrams are some 150 us of work.
+const udpYieldEvery = 32
 
 // ReadFrom returns the next message pion should handle. Only a closed socket
 // is reported as an error: pion stops serving a socket on any read error.
 func (f *udpFilter) ReadFrom(p []byte) (int, net.Addr, error) {
+	if f.reads++; f.reads >= udpYieldEvery {
+		f.reads = 0
+		runtime.Gosched()
+	}
 	for {
 		n, addr, err := f.PacketConn.ReadFrom(p)
 		if err != nil {
