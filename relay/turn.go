@@ -404,9 +404,11 @@ func (t *TURN) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	var closing sync.WaitGroup // each waits up to a second for its queued frames
 	for _, c := range conns {
-		c.Close()
+		closing.Go(func() { c.Close() })
 	}
+	closing.Wait()
 	t.alloc.closeAll()
 	done := make(chan struct{})
 	go func() { t.readers.Wait(); close(done) }()

@@ -278,7 +278,7 @@ func (l *streamListener) Accept() (net.Conn, error) {
 		if l.tls != nil {
 			c = tls.Server(c, l.tls)
 		}
-		sf := &streamFilter{Conn: c, t: l.t, from: addrPortOf(c.RemoteAddr()), transport: l.transport}
+		sf := &streamFilter{Conn: c, t: l.t, from: addrPortOf(c.RemoteAddr()), transport: l.transport, w: newFrameWriter(c)}
 		if !l.t.trackConn(sf) {
 			c.Close()
 			continue
@@ -299,8 +299,9 @@ const (
 
 // streamFilter frames a TCP or TLS byte stream into STUN messages and
 // ChannelData (padded to 4 bytes over streams, RFC 8656 §12.5), passes the
-// frames the filter allows to pion unchanged, and serialises writes so that
-// the filter's own answers never interleave with pion's.
+// frames the filter allows to pion unchanged, and writes whole frames through
+// a frameWriter, so that the filter's own answers never interleave with
+// pion's and frames queued together leave in one write.
 type streamFilter struct {
 	net.Conn
 	t         *TURN
@@ -310,16 +311,15 @@ type streamFilter struct {
 	// buf holds bytes read from the connection; buf[start:] are not framed
 	// yet. out[outPos:] is the rest of a frame larger than pion's buffer,
 	// handed out over several reads. Both are only touched by Read.
-	buf           []byte
-	start         int
-	out           []byte
-	outPos        int
-	started       bool
-	busy          bool      // the last read filled buf: more is waiting
-	readDeadline  time.Time // last set, so that Read does not set it per frame
-	writeDeadline time.Time // likewise for Write, under wmu
+	buf          []byte
+	start        int
+	out          []byte
+	outPos       int
+	started      bool
+	busy         bool      // the last read filled buf: more is waiting
+	readDeadline time.Time // last set, so that Read does not set it per frame
 
-	wmu                 sync.Mutex
+	w                   *frameWriter
 	readOnce, closeOnce sync.Once
 }
 
@@ -463,18 +463,16 @@ func (s *streamFilter) reply(b []byte) {
 	s.Write(b) //nolint:errcheck // a failed write ends the connection at the next read
 }
 
-// Write sends one whole message; concurrent writers are serialised.
+// Write queues one whole message for the connection; concurrent writers'
+// messages never interleave.
 func (s *streamFilter) Write(b []byte) (int, error) {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if refreshDeadline(&s.writeDeadline, time.Now(), streamWriteTimeout) {
-		s.Conn.SetWriteDeadline(s.writeDeadline) //nolint:errcheck // shows as a write error
-	}
-	return s.Conn.Write(b)
+	return s.w.write(b)
 }
 
-// Close closes the connection and forgets it.
+// Close lets queued messages go out (for up to a second), then closes the
+// connection and forgets it.
 func (s *streamFilter) Close() error {
+	s.w.close()
 	err := s.Conn.Close()
 	s.closeOnce.Do(func() { s.t.untrackConn(s) })
 	return err
