@@ -2,10 +2,7 @@ package link_test
 
 import (
 	"errors"
-	"io"
-	"net"
 	"testing"
-	"time"
 
 	"github.com/nasreach/nasreach/link"
 	"github.com/nasreach/nasreach/relay"
@@ -19,25 +16,13 @@ func TestSetLimitsAppliesToTheNextStreams(t *testing.T) {
 	tok := e.addDevice("nas1")
 	e.agent("nas1", tok, map[uint16]string{22: echoServer(t)})
 	d := e.dialer()
-	var open []net.Conn
-	for range 2 {
-		c, err := d.Dial(ctx10(t), "nas1", 22)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		open = append(open, c)
-	}
+	open := openStreams(t, d, "nas1", 22, 2)
 	e.relay.SetLimits(relay.LinkLimits{MaxStreamsPerDevice: 1})
 	if _, err := d.Dial(ctx10(t), "nas1", 22); !errors.Is(err, link.ErrTooManyStreams) {
 		t.Errorf("a stream over the lowered limit: %v, want ErrTooManyStreams", err)
 	}
 	for _, c := range open {
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write([]byte("x")); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		if err := echoByte(c); err != nil {
 			t.Fatalf("a session admitted before the change broke: %v", err)
 		}
 	}

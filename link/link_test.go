@@ -195,6 +195,31 @@ func get(t *testing.T, url string) string {
 	return string(b)
 }
 
+// openStreams dials n streams to device's port; they close when the test ends.
+func openStreams(t *testing.T, d *link.Dialer, device string, port uint16, n int) []net.Conn {
+	t.Helper()
+	var open []net.Conn
+	for range n {
+		c, err := d.Dial(ctx10(t), device, port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		open = append(open, c)
+	}
+	return open
+}
+
+// echoByte sends one byte over c to an echo service and reads it back.
+func echoByte(c net.Conn) error {
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("x")); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(c, make([]byte, 1))
+	return err
+}
+
 func ctx10(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	t.Cleanup(cancel)
@@ -553,23 +578,12 @@ func TestLimitsCloseOnlyTheOffendingStream(t *testing.T) {
 	tok := e.addDevice("nas1")
 	e.agent("nas1", tok, map[uint16]string{22: echoServer(t)})
 	d := e.dialer()
-	var open []net.Conn
-	for range 2 {
-		c, err := d.Dial(ctx10(t), "nas1", 22)
-		if err != nil {
-			t.Fatal(err)
-		}
-		open = append(open, c)
-	}
+	open := openStreams(t, d, "nas1", 22, 2)
 	if _, err := d.Dial(ctx10(t), "nas1", 22); !errors.Is(err, link.ErrTooManyStreams) {
 		t.Errorf("third concurrent stream: %v, want ErrTooManyStreams", err)
 	}
 	for _, c := range open { // the first two still work
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write([]byte("x")); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		if err := echoByte(c); err != nil {
 			t.Fatalf("an admitted stream broke: %v", err)
 		}
 		c.Close()
