@@ -21,13 +21,14 @@ var allowed = map[string][]string{
 	"api":       {"store", "connlog", "anonymize", "github.com/rs/zerolog"},
 	"dnsserver": {"store", "github.com/miekg/dns", "github.com/rs/zerolog"},
 	"stun":      {"anonymize", "github.com/pion/stun/v3", "github.com/pion/stun/v4", "github.com/rs/zerolog"},
-	"relay": {"store", "connlog", "anonymize", "stun", "link", "github.com/pion/turn/v5", "github.com/pion/stun/v3",
-		"github.com/pion/stun/v4", "github.com/pion/transport/v4", "github.com/pion/transport/v5", "github.com/pion/logging", "github.com/quic-go/quic-go", "github.com/rs/zerolog", "golang.org/x/sys", "golang.org/x/time"},
-	"link":     {"stun", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
-	"sdnotify": {},
-	"metrics":  {"connlog", "github.com/miekg/dns", "github.com/prometheus/client_golang", "github.com/rs/zerolog"},
-	"cmd/":     {"*"}, // the binary wires everything
-	"bench/":   {"*"},
+	"turnserver": {"store", "connlog", "anonymize", "github.com/pion/turn/v5", "github.com/pion/stun/v4",
+		"github.com/pion/logging", "github.com/rs/zerolog", "golang.org/x/sys", "golang.org/x/time"},
+	"linkserver": {"store", "connlog", "anonymize", "link", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
+	"link":       {"stun", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
+	"sdnotify":   {},
+	"metrics":    {"connlog", "github.com/miekg/dns", "github.com/prometheus/client_golang", "github.com/rs/zerolog"},
+	"cmd/":       {"*"}, // the binary wires everything
+	"bench/":     {"*"},
 }
 
 // TestImportsFollowArchitecture fails when a package imports something the

@@ -35,7 +35,7 @@ import (
 	"time"
 
 	"github.com/nasreach/nasreach/link"
-	"github.com/nasreach/nasreach/relay"
+	"github.com/nasreach/nasreach/linkserver"
 	"github.com/nasreach/nasreach/store"
 	"github.com/quic-go/quic-go"
 	"github.com/rs/zerolog"
@@ -86,7 +86,7 @@ func relayChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	cert, fp, err := relay.LoadLinkCert(dir, "", "")
+	cert, fp, err := linkserver.LoadCert(dir, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func relayChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := relay.NewLink(relay.LinkConfig{
+	r, err := linkserver.New(linkserver.Config{
 		PacketConn: pc, Certificate: cert, Store: st, Logger: zerolog.Nop(),
 		MaxAgents: 20000, MaxStreamsPerDevice: 1000, StreamRate: 1e6, StreamBurst: 1e6,
 	})

@@ -23,7 +23,7 @@ import (
 
 	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/link"
-	"github.com/nasreach/nasreach/relay"
+	"github.com/nasreach/nasreach/linkserver"
 	"github.com/nasreach/nasreach/store"
 	"github.com/quic-go/quic-go"
 	"github.com/rs/zerolog"
@@ -34,8 +34,8 @@ import (
 type env struct {
 	t      *testing.T
 	st     *store.Store
-	relay  *relay.Link
-	cfg    relay.LinkConfig
+	relay  *linkserver.Server
+	cfg    linkserver.Config
 	fp     string
 	server string
 	events *eventLog
@@ -68,19 +68,19 @@ func testLogger(t *testing.T) zerolog.Logger {
 	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 }
 
-func newEnv(t *testing.T, mods ...func(*relay.LinkConfig)) *env {
+func newEnv(t *testing.T, mods ...func(*linkserver.Config)) *env {
 	t.Helper()
 	st, err := store.Open(store.Config{Dir: t.TempDir(), SweepEvery: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	cert, fp, err := relay.LoadLinkCert(t.TempDir(), "", "")
+	cert, fp, err := linkserver.LoadCert(t.TempDir(), "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := &env{t: t, st: st, fp: fp, events: &eventLog{}}
-	e.cfg = relay.LinkConfig{Addr: "127.0.0.1:0", Certificate: cert, Store: st, Events: e.events, Logger: testLogger(t)}
+	e.cfg = linkserver.Config{Addr: "127.0.0.1:0", Certificate: cert, Store: st, Events: e.events.Log, Logger: testLogger(t)}
 	for _, m := range mods {
 		m(&e.cfg)
 	}
@@ -91,7 +91,7 @@ func newEnv(t *testing.T, mods ...func(*relay.LinkConfig)) *env {
 
 func (e *env) start() {
 	e.t.Helper()
-	r, err := relay.NewLink(e.cfg)
+	r, err := linkserver.New(e.cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -229,7 +229,7 @@ func ctx10(t *testing.T) context.Context {
 func TestHTTPGetThroughTunnelIsEncryptedEndToEnd(t *testing.T) {
 	var mu sync.Mutex
 	var seen bytes.Buffer
-	e := newEnv(t, func(c *relay.LinkConfig) {
+	e := newEnv(t, func(c *linkserver.Config) {
 		c.Tap = func(_ string, _ bool, p []byte) {
 			mu.Lock()
 			seen.Write(p)
@@ -574,7 +574,7 @@ func TestNewestAgentWins(t *testing.T) {
 }
 
 func TestLimitsCloseOnlyTheOffendingStream(t *testing.T) {
-	e := newEnv(t, func(c *relay.LinkConfig) { c.MaxStreamsPerDevice = 2; c.StreamBurst = 5; c.StreamRate = 0.001 })
+	e := newEnv(t, func(c *linkserver.Config) { c.MaxStreamsPerDevice = 2; c.StreamBurst = 5; c.StreamRate = 0.001 })
 	tok := e.addDevice("nas1")
 	e.agent("nas1", tok, map[uint16]string{22: echoServer(t)})
 	d := e.dialer()
@@ -618,8 +618,8 @@ func TestCloseStopsEveryGoroutine(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer st.Close()
-		cert, fp, _ := relay.LoadLinkCert(t.TempDir(), "", "")
-		r, err := relay.NewLink(relay.LinkConfig{Addr: "127.0.0.1:0", Certificate: cert, Store: st, Logger: testLogger(t)})
+		cert, fp, _ := linkserver.LoadCert(t.TempDir(), "", "")
+		r, err := linkserver.New(linkserver.Config{Addr: "127.0.0.1:0", Certificate: cert, Store: st, Logger: testLogger(t)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -703,7 +703,7 @@ func (e *env) rawConn(t *testing.T) *quic.Conn {
 }
 
 func TestOversizedHeaderIsRefusedWithAReason(t *testing.T) {
-	e := newEnv(t, func(c *relay.LinkConfig) { c.MaxHeaderBytes = 64 })
+	e := newEnv(t, func(c *linkserver.Config) { c.MaxHeaderBytes = 64 })
 	c := e.rawConn(t)
 	s, err := c.OpenStreamSync(ctx10(t))
 	if err != nil {
@@ -726,7 +726,7 @@ func TestOversizedHeaderIsRefusedWithAReason(t *testing.T) {
 }
 
 func TestSilentConnectionIsClosedAfterTheHandshakeTimeout(t *testing.T) {
-	e := newEnv(t, func(c *relay.LinkConfig) { c.HandshakeTimeout = 200 * time.Millisecond })
+	e := newEnv(t, func(c *linkserver.Config) { c.HandshakeTimeout = 200 * time.Millisecond })
 	c := e.rawConn(t)
 	select {
 	case <-c.Context().Done():
@@ -740,7 +740,7 @@ func TestSilentConnectionIsClosedAfterTheHandshakeTimeout(t *testing.T) {
 }
 
 func TestMaxAgentsRefusesTheExtraAgentOnly(t *testing.T) {
-	e := newEnv(t, func(c *relay.LinkConfig) { c.MaxAgents = 1 })
+	e := newEnv(t, func(c *linkserver.Config) { c.MaxAgents = 1 })
 	tok1, tok2 := e.addDevice("nas1"), e.addDevice("nas2")
 	backend := echoServer(t)
 	e.agent("nas1", tok1, map[uint16]string{22: backend})

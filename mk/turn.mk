@@ -28,7 +28,7 @@ BENCH_TURN_PPROF         ?=
 .PHONY: bench-turn
 bench-turn:
 	@./scripts/need-debs.sh coturn util-linux
-	$(GO) test -c -o bin/turnbench.test ./relay
+	$(GO) test -c -o bin/turnbench.test ./turnserver
 	@if [ -n "$(BENCH_TURN_PPROF)" ]; then mkdir -p "$(BENCH_TURN_PPROF)"; fi
 	BENCH_TURN_SERVER_CPU=$(BENCH_TURN_SERVER_CPU) BENCH_TURN_CLIENTS=$(BENCH_TURN_CLIENTS) \
 	BENCH_TURN_SECONDS=$(BENCH_TURN_SECONDS) BENCH_TURN_ROUNDS=$(BENCH_TURN_ROUNDS) \

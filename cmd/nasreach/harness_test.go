@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"github.com/nasreach/nasreach/relay"
+	"github.com/nasreach/nasreach/turnserver"
 	"github.com/rs/zerolog"
 )
 
@@ -74,7 +74,7 @@ func (td *testDaemon) start() {
 // withTURN runs STUN and TURN on a free loopback port, with peers on
 // 127.0.0.1 allowed (the tests' echo peers live there).
 func withTURN(c *daemonConfig) {
-	c.TURN = turnSettings{Enabled: true, Relay: relay.TURNConfig{
+	c.TURN = turnSettings{Enabled: true, Relay: turnserver.Config{
 		Addr: "127.0.0.1:0", Sockets: 1, AllowPeers: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
 	}}
 }

@@ -4,7 +4,8 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nasreach/nasreach/relay"
+	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/linkserver"
 	"github.com/nasreach/nasreach/store"
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v3"
@@ -20,11 +21,11 @@ const defaultLinkAddr = "127.0.0.1:17443"
 func linkFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "link", Value: defaultLinkAddr, Usage: `Link relay UDP listen address for QUIC ("" disables it; production: 0.0.0.0:7443)`, Sources: cli.EnvVars("NASREACH_LINK")},
-		&cli.IntFlag{Name: "link-max-agents", Value: relay.DefaultLinkMaxAgents, Usage: "NAS agents connected at once", Sources: cli.EnvVars("NASREACH_LINK_MAX_AGENTS")},
-		&cli.IntFlag{Name: "link-max-streams", Value: relay.DefaultLinkMaxStreamsPerDevice, Usage: "Link sessions open to one device at once", Sources: cli.EnvVars("NASREACH_LINK_MAX_STREAMS")},
-		&cli.FloatFlag{Name: "link-stream-rate", Value: relay.DefaultLinkStreamRate, Usage: "new Link sessions per second per client address (burst: --link-stream-burst)", Sources: cli.EnvVars("NASREACH_LINK_STREAM_RATE")},
-		&cli.IntFlag{Name: "link-stream-burst", Value: relay.DefaultLinkStreamBurst, Usage: "new Link sessions a client address may open at once", Sources: cli.EnvVars("NASREACH_LINK_STREAM_BURST")},
-		&cli.DurationFlag{Name: "link-idle-timeout", Value: relay.DefaultLinkIdleTimeout, Usage: "close a Link connection silent this long (agents and clients send keep-alives well within it)", Sources: cli.EnvVars("NASREACH_LINK_IDLE_TIMEOUT")},
+		&cli.IntFlag{Name: "link-max-agents", Value: linkserver.DefaultMaxAgents, Usage: "NAS agents connected at once", Sources: cli.EnvVars("NASREACH_LINK_MAX_AGENTS")},
+		&cli.IntFlag{Name: "link-max-streams", Value: linkserver.DefaultMaxStreamsPerDevice, Usage: "Link sessions open to one device at once", Sources: cli.EnvVars("NASREACH_LINK_MAX_STREAMS")},
+		&cli.FloatFlag{Name: "link-stream-rate", Value: linkserver.DefaultStreamRate, Usage: "new Link sessions per second per client address (burst: --link-stream-burst)", Sources: cli.EnvVars("NASREACH_LINK_STREAM_RATE")},
+		&cli.IntFlag{Name: "link-stream-burst", Value: linkserver.DefaultStreamBurst, Usage: "new Link sessions a client address may open at once", Sources: cli.EnvVars("NASREACH_LINK_STREAM_BURST")},
+		&cli.DurationFlag{Name: "link-idle-timeout", Value: linkserver.DefaultIdleTimeout, Usage: "close a Link connection silent this long (agents and clients send keep-alives well within it)", Sources: cli.EnvVars("NASREACH_LINK_IDLE_TIMEOUT")},
 	}
 }
 
@@ -63,21 +64,21 @@ func linkRelayConfigFromFlags(cmd *cli.Command) (linkRelayConfig, error) {
 // startLinkRelay starts the Link relay on st, logging one record per session
 // to events (nil: none), and prints the fingerprint agents and clients pin.
 // It returns nil and a no-op stop when cfg.Addr is empty.
-func startLinkRelay(cfg linkRelayConfig, dataDir string, st *store.Store, events relay.LinkEvents, log zerolog.Logger) (*relay.Link, func() error, error) {
+func startLinkRelay(cfg linkRelayConfig, dataDir string, st *store.Store, events func(connlog.Event), log zerolog.Logger) (*linkserver.Server, func() error, error) {
 	if cfg.Addr == "" {
 		return nil, func() error { return nil }, nil
 	}
-	cert, fp, err := relay.LoadLinkCert(dataDir, cfg.CertFile, cfg.KeyFile)
+	cert, fp, err := linkserver.LoadCert(dataDir, cfg.CertFile, cfg.KeyFile)
 	if err != nil {
 		return nil, nil, err
 	}
-	lc := relay.LinkConfig{
+	lc := linkserver.Config{
 		Addr: cfg.Addr, Certificate: cert, Store: st,
 		MaxAgents: cfg.MaxAgents, MaxStreamsPerDevice: cfg.MaxStreams,
 		StreamRate: cfg.StreamRate, StreamBurst: cfg.StreamBurst, IdleTimeout: cfg.IdleTimeout,
 		Events: events, Logger: log.With().Str("component", "link").Logger(),
 	}
-	l, err := relay.NewLink(lc)
+	l, err := linkserver.New(lc)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nasreach/nasreach/relay"
+	"github.com/nasreach/nasreach/turnserver"
 	"github.com/rs/zerolog"
 )
 
@@ -47,7 +47,7 @@ func TestDaemonServesSTUNAndTURNForDevices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	client := turnClient(t, c, srv, "nas1", relay.DevicePassword(token), relay.DefaultRealm)
+	client := turnClient(t, c, srv, "nas1", turnserver.DevicePassword(token), turnserver.DefaultRealm)
 	relayConn, err := client.Allocate()
 	if err != nil {
 		t.Fatalf("allocate with the device's credentials: %v", err)
@@ -84,7 +84,7 @@ func TestDaemonServesSTUNAndTURNForDevices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := turnClient(t, c2, srv, "nas1", relay.DevicePassword(token), relay.DefaultRealm).Allocate(); err == nil {
+	if _, err := turnClient(t, c2, srv, "nas1", turnserver.DevicePassword(token), turnserver.DefaultRealm).Allocate(); err == nil {
 		t.Fatal("a device with Link off allocated")
 	}
 	fams, _ = scrape(t, td)
@@ -143,7 +143,7 @@ func TestReloadChangesTURNUsers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return turnClient(t, c, srv, user, pass, relay.DefaultRealm).Allocate()
+		return turnClient(t, c, srv, user, pass, turnserver.DefaultRealm).Allocate()
 	}
 	alice, err := allocateAs("alice", "pw")
 	if err != nil {
@@ -190,7 +190,7 @@ func TestTURNPayloadIsNeverStoredOrLogged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	relayConn, err := turnClient(t, c, netip.MustParseAddrPort(td.STUN), "nas1", relay.DevicePassword(token), relay.DefaultRealm).Allocate()
+	relayConn, err := turnClient(t, c, netip.MustParseAddrPort(td.STUN), "nas1", turnserver.DevicePassword(token), turnserver.DefaultRealm).Allocate()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,8 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/nasreach/nasreach/relay"
+	"github.com/nasreach/nasreach/linkserver"
+	"github.com/nasreach/nasreach/turnserver"
 	"github.com/rs/zerolog"
 )
 
@@ -65,7 +66,7 @@ func (d *daemon) reload(next daemonConfig) (applied, restart []string) {
 		}
 	}
 	if linkChanged && d.link != nil {
-		d.link.SetLimits(relay.LinkLimits{MaxAgents: nl.MaxAgents, MaxStreamsPerDevice: nl.MaxStreams,
+		d.link.SetLimits(linkserver.Limits{MaxAgents: nl.MaxAgents, MaxStreamsPerDevice: nl.MaxStreams,
 			StreamRate: nl.StreamRate, StreamBurst: nl.StreamBurst})
 	}
 	d.cfg.Link.MaxAgents, d.cfg.Link.MaxStreams = nl.MaxAgents, nl.MaxStreams
@@ -125,7 +126,7 @@ func (d *daemon) reload(next daemonConfig) (applied, restart []string) {
 }
 
 // runningTURN is the TURN relay, or nil when the daemon runs none.
-func (d *daemon) runningTURN() *relay.TURN {
+func (d *daemon) runningTURN() *turnserver.Server {
 	if d.turn == nil {
 		return nil
 	}

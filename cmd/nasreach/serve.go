@@ -21,8 +21,8 @@ import (
 	"github.com/nasreach/nasreach/api"
 	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/dnsserver"
+	"github.com/nasreach/nasreach/linkserver"
 	"github.com/nasreach/nasreach/metrics"
-	"github.com/nasreach/nasreach/relay"
 	"github.com/nasreach/nasreach/sdnotify"
 	"github.com/nasreach/nasreach/store"
 	"github.com/rs/zerolog"
@@ -150,8 +150,8 @@ type daemon struct {
 	store     *store.Store
 	dns       *dnsserver.Server
 	api       *api.API
-	turn      *turnService // nil without --stun
-	link      *relay.Link  // nil without --link
+	turn      *turnService       // nil without --stun
+	link      *linkserver.Server // nil without --link
 	stopLink  func() error
 	httpLn    net.Listener
 	httpDone  chan error
@@ -234,11 +234,11 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 	d.httpDone = make(chan error, 1)
 	go func() { d.httpDone <- d.api.Serve(d.httpLn) }()
 	events := eventTee{d.connlog, d.metrics}
-	d.turn, err = startTURN(cfg.TURN, d.store, cfg.Logger, func(ev relay.AllocationEvent) { events.Log(turnConnlogEvent(ev)) })
+	d.turn, err = startTURN(cfg.TURN, d.store, cfg.Logger, events.Log)
 	if err != nil {
 		return nil, err
 	}
-	if d.link, d.stopLink, err = startLinkRelay(cfg.Link, cfg.DataDir, d.store, events, cfg.Logger); err != nil {
+	if d.link, d.stopLink, err = startLinkRelay(cfg.Link, cfg.DataDir, d.store, events.Log, cfg.Logger); err != nil {
 		return nil, err
 	}
 	if err = d.metrics.Start(); err != nil {

@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/nasreach/nasreach/connlog"
-	"github.com/nasreach/nasreach/relay"
 	"github.com/nasreach/nasreach/store"
 	"github.com/nasreach/nasreach/stun"
+	"github.com/nasreach/nasreach/turnserver"
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v3"
 )
@@ -31,7 +31,7 @@ func turnFlags() []cli.Flag {
 		&cli.StringFlag{Name: "stun", Value: defaultSTUNAddr, Usage: "STUN and TURN listen address, UDP and TCP (production: 0.0.0.0:3478)", Sources: cli.EnvVars("NASREACH_STUN")},
 		&cli.BoolFlag{Name: "turn", Value: true, Usage: "run the TURN relay on the STUN port; --turn=false answers STUN Binding only", Sources: cli.EnvVars("NASREACH_TURN")},
 		&cli.StringFlag{Name: "stun-software", Usage: "SOFTWARE attribute of STUN answers (default: none, the version is not advertised)", Sources: cli.EnvVars("NASREACH_STUN_SOFTWARE")},
-		&cli.StringFlag{Name: "turn-realm", Value: relay.DefaultRealm, Usage: "TURN realm of the long-term credentials", Sources: cli.EnvVars("NASREACH_TURN_REALM")},
+		&cli.StringFlag{Name: "turn-realm", Value: turnserver.DefaultRealm, Usage: "TURN realm of the long-term credentials", Sources: cli.EnvVars("NASREACH_TURN_REALM")},
 		&cli.StringSliceFlag{Name: "turn-user", Usage: "static TURN credentials name:password (repeatable; no commas in the password)", Sources: cli.EnvVars("NASREACH_TURN_USER")},
 		&cli.StringFlag{Name: "turn-secret", Usage: "shared secret of TURN REST API credentials (username expiry:name, password base64 HMAC-SHA1), as coturn's static-auth-secret", Sources: cli.EnvVars("NASREACH_TURN_SECRET")},
 		&cli.StringSliceFlag{Name: "turn-allow-peer", Usage: "CIDR the relay may forward to although refused by default, e.g. a lab network (repeatable)", Sources: cli.EnvVars("NASREACH_TURN_ALLOW_PEER")},
@@ -39,9 +39,9 @@ func turnFlags() []cli.Flag {
 		&cli.StringFlag{Name: "turns", Value: defaultTURNSAddr, Usage: "TURN over TLS listen address, with --tls-cert and --tls-key (production: 0.0.0.0:5349)", Sources: cli.EnvVars("NASREACH_TURNS")},
 		&cli.StringFlag{Name: "tls-cert", Usage: "PEM certificate chain for TURN over TLS (re-read when the file changes)", Sources: cli.EnvVars("NASREACH_TLS_CERT")},
 		&cli.StringFlag{Name: "tls-key", Usage: "PEM private key for TURN over TLS", Sources: cli.EnvVars("NASREACH_TLS_KEY")},
-		&cli.IntFlag{Name: "turn-max-allocations", Value: relay.DefaultMaxAllocations, Usage: "TURN allocations in total", Sources: cli.EnvVars("NASREACH_TURN_MAX_ALLOCATIONS")},
-		&cli.IntFlag{Name: "turn-user-quota", Value: relay.DefaultMaxAllocationsPerUser, Usage: "TURN allocations per user or device", Sources: cli.EnvVars("NASREACH_TURN_USER_QUOTA")},
-		&cli.DurationFlag{Name: "turn-max-lifetime", Value: relay.DefaultMaxLifetime, Usage: "end an allocation this long after it started, however often refreshed (0: no cap)", Sources: cli.EnvVars("NASREACH_TURN_MAX_LIFETIME")},
+		&cli.IntFlag{Name: "turn-max-allocations", Value: turnserver.DefaultMaxAllocations, Usage: "TURN allocations in total", Sources: cli.EnvVars("NASREACH_TURN_MAX_ALLOCATIONS")},
+		&cli.IntFlag{Name: "turn-user-quota", Value: turnserver.DefaultMaxAllocationsPerUser, Usage: "TURN allocations per user or device", Sources: cli.EnvVars("NASREACH_TURN_USER_QUOTA")},
+		&cli.DurationFlag{Name: "turn-max-lifetime", Value: turnserver.DefaultMaxLifetime, Usage: "end an allocation this long after it started, however often refreshed (0: no cap)", Sources: cli.EnvVars("NASREACH_TURN_MAX_LIFETIME")},
 		&cli.Int64Flag{Name: "turn-bandwidth", Usage: "cap each direction of an allocation at this many bytes per second (0: no cap)", Sources: cli.EnvVars("NASREACH_TURN_BANDWIDTH")},
 	}
 }
@@ -49,9 +49,9 @@ func turnFlags() []cli.Flag {
 // turnService is the running STUN binding service, with or without the TURN
 // relay on the same port.
 type turnService struct {
-	turn      *relay.TURN     // nil with --turn=false
-	responder *stun.Responder // answers Binding on the TURN port
-	stun      *stun.Server    // the standalone Binding server with --turn=false
+	turn      *turnserver.Server // nil with --turn=false
+	responder *stun.Responder    // answers Binding on the TURN port
+	stun      *stun.Server       // the standalone Binding server with --turn=false
 	log       zerolog.Logger
 	// Addr is the STUN/TURN address (UDP and TCP); TLSAddr the TURN-over-TLS
 	// address, or the zero value without TLS.
@@ -68,7 +68,7 @@ type turnSettings struct {
 	// Relay is the relay's configuration but for the wiring (store, events,
 	// logger); Relay.Addr is the STUN address, and "" runs neither STUN nor
 	// TURN.
-	Relay relay.TURNConfig
+	Relay turnserver.Config
 }
 
 // turnSettingsFromFlags reads turnFlags.
@@ -81,9 +81,9 @@ func turnSettingsFromFlags(cmd *cli.Command) (turnSettings, error) {
 
 // startTURN starts STUN and TURN. The relay takes device credentials from st
 // and sends one event per allocation to events (nil logs them to log
-// instead; serve routes them to the connection log with turnConnlogEvent).
+// instead).
 // With cfg.Relay.Addr empty it starts nothing and returns nil.
-func startTURN(cfg turnSettings, st *store.Store, log zerolog.Logger, events func(relay.AllocationEvent)) (*turnService, error) {
+func startTURN(cfg turnSettings, st *store.Store, log zerolog.Logger, events func(connlog.Event)) (*turnService, error) {
 	addr := cfg.Relay.Addr
 	if addr == "" {
 		return nil, nil
@@ -104,7 +104,7 @@ func startTURN(cfg turnSettings, st *store.Store, log zerolog.Logger, events fun
 	rc.Devices = st
 	rc.Events = events
 	rc.Logger = log.With().Str("component", "turn").Logger()
-	t, err := relay.NewTURN(rc)
+	t, err := turnserver.New(rc)
 	if err != nil {
 		return nil, err
 	}
@@ -112,8 +112,8 @@ func startTURN(cfg turnSettings, st *store.Store, log zerolog.Logger, events fun
 }
 
 // turnConfigFromFlags reads everything but the wiring (store, events, logger).
-func turnConfigFromFlags(cmd *cli.Command) (relay.TURNConfig, error) {
-	cfg := relay.TURNConfig{
+func turnConfigFromFlags(cmd *cli.Command) (turnserver.Config, error) {
+	cfg := turnserver.Config{
 		Addr: cmd.String("stun"), Realm: cmd.String("turn-realm"),
 		Users: cmd.StringSlice("turn-user"), Secret: cmd.String("turn-secret"),
 		MaxAllocations: cmd.Int("turn-max-allocations"), MaxAllocationsPerUser: cmd.Int("turn-user-quota"),
@@ -195,20 +195,6 @@ func (s *turnService) Stop(context.Context) error {
 		return err
 	}
 	return s.stun.Close()
-}
-
-// turnConnlogEvent is the connection log record of a TURN allocation.
-func turnConnlogEvent(ev relay.AllocationEvent) connlog.Event {
-	e := connlog.Event{
-		Time: ev.End, Start: ev.Start, Service: "turn", Kind: "allocation", Outcome: "ok",
-		Client: ev.Client, Peers: ev.Peers,
-		BytesIn: int64(min(ev.BytesFromClient, 1<<62)), BytesOut: int64(min(ev.BytesToClient, 1<<62)),
-		Detail: fmt.Sprintf("%s over %s, %s", ev.Credential, ev.Transport, ev.Reason),
-	}
-	if ev.Credential == relay.CredentialDevice {
-		e.Device = ev.User
-	}
-	return e
 }
 
 // keyPairReloader serves a certificate from files and re-reads them when

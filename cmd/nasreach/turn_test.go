@@ -18,9 +18,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nasreach/nasreach/relay"
+	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/store"
 	"github.com/nasreach/nasreach/stun"
+	"github.com/nasreach/nasreach/turnserver"
 	"github.com/pion/turn/v5"
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v3"
@@ -30,7 +31,7 @@ import (
 // service with a real store and runs fn against it before stopping it.
 func runTURNFlags(t *testing.T, st *store.Store, args []string, fn func(*turnService)) error {
 	t.Helper()
-	events := make(chan relay.AllocationEvent, 16)
+	events := make(chan connlog.Event, 16)
 	cmd := &cli.Command{
 		Name:  "serve",
 		Flags: turnFlags(),
@@ -40,7 +41,7 @@ func runTURNFlags(t *testing.T, st *store.Store, args []string, fn func(*turnSer
 				return err
 			}
 			svc, err := startTURN(cfg, st, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
-				func(ev relay.AllocationEvent) { events <- ev })
+				func(ev connlog.Event) { events <- ev })
 			if err != nil {
 				return err
 			}
@@ -148,7 +149,7 @@ func TestServeFlagsStartSTUNAndTURNWithDeviceCredentials(t *testing.T) {
 		"--turn-user", "alice:pw", "--turn-allow-peer", "127.0.0.1/32", "--stun-software", "nasreach-test"}, func(svc *turnService) {
 		checkSTUN(t, svc.Addr) // STUN on the shared port
 		// TURN with a device's credentials and with a static user.
-		for _, cred := range [][2]string{{"nas1", relay.DevicePassword(token)}, {"alice", "pw"}} {
+		for _, cred := range [][2]string{{"nas1", turnserver.DevicePassword(token)}, {"alice", "pw"}} {
 			c, err := net.ListenPacket("udp", "127.0.0.1:0")
 			if err != nil {
 				t.Fatal(err)
@@ -184,7 +185,7 @@ func TestServeFlagsTURNOverTLS(t *testing.T) {
 		if cn := tc.ConnectionState().PeerCertificates[0].Subject.CommonName; cn != "first" {
 			t.Errorf("certificate %q, want first", cn)
 		}
-		client := turnClient(t, turn.NewSTUNConn(tc), svc.TLSAddr, "alice", "pw", relay.DefaultRealm)
+		client := turnClient(t, turn.NewSTUNConn(tc), svc.TLSAddr, "alice", "pw", turnserver.DefaultRealm)
 		relayConn, err := client.Allocate()
 		if err != nil {
 			t.Fatalf("allocate over TLS: %v", err)
@@ -271,24 +272,6 @@ func TestServeFlagsRefuseBadValues(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: error %v, want one naming %s", tc.args, err, tc.want)
 		}
-	}
-}
-
-func TestTURNConnlogEvent(t *testing.T) {
-	ev := relay.AllocationEvent{
-		Start: time.Unix(100, 0), End: time.Unix(200, 0), User: "nas1", Credential: relay.CredentialDevice,
-		Client: netip.MustParseAddr("127.0.0.0"), Transport: "udp", Peers: 2,
-		BytesFromClient: 10, BytesToClient: 20, Reason: relay.EndRevoked,
-	}
-	e := turnConnlogEvent(ev)
-	if e.Service != "turn" || e.Kind != "allocation" || e.Device != "nas1" || e.Peers != 2 ||
-		e.BytesIn != 10 || e.BytesOut != 20 || !e.Start.Equal(ev.Start) || !e.Time.Equal(ev.End) ||
-		!strings.Contains(e.Detail, relay.EndRevoked) {
-		t.Errorf("connlog event %+v", e)
-	}
-	ev.Credential, ev.User = relay.CredentialStatic, "alice"
-	if e := turnConnlogEvent(ev); e.Device != "" {
-		t.Errorf("a static user became device %q", e.Device)
 	}
 }
 

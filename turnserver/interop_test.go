@@ -1,4 +1,4 @@
-package relay
+package turnserver
 
 import (
 	"context"
@@ -93,7 +93,7 @@ func uclientCounts(t *testing.T, args ...string) (sent, received, lost int, out 
 func TestCoturnUclientThroughTheRelay(t *testing.T) {
 	needTool(t, "turnutils_uclient")
 	const secret = "rest-secret"
-	tt := startTURN(t, func(c *TURNConfig) {
+	tt := startTURN(t, func(c *Config) {
 		c.Secret = secret
 		c.MaxAllocationsPerUser = 100 // the subtests run in parallel as one user
 		c.TLS = selfSigned(t)
@@ -139,7 +139,7 @@ func TestCoturnUclientThroughTheRelay(t *testing.T) {
 // ChannelBind to the echo peer on 127.0.0.1 gets 403.
 func TestCoturnUclientUnderTheDefaultPolicy(t *testing.T) {
 	needTool(t, "turnutils_uclient")
-	tt := startTURN(t, func(c *TURNConfig) { c.AllowPeers = nil })
+	tt := startTURN(t, func(c *Config) { c.AllowPeers = nil })
 	peer := startCoturnPeer(t)
 	base := []string{"-u", testUser, "-w", testPass, "-L", "127.0.0.1", "-X", "-c", "-n", "10", "-l", "100",
 		"-p", strconv.Itoa(int(tt.Addr().Port())), "-e", "127.0.0.1", "-r", strconv.Itoa(peer)}
@@ -162,7 +162,7 @@ func TestCoturnStunclientOnTheTURNPort(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tt := startTURN(t, func(c *TURNConfig) { c.Binding = r.Answer })
+	tt := startTURN(t, func(c *Config) { c.Binding = r.Answer })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, bin, "-L", "127.0.0.1", "-p", strconv.Itoa(int(tt.Addr().Port())), "127.0.0.1").CombinedOutput()

@@ -1,4 +1,4 @@
-package relay
+package turnserver
 
 import (
 	"net"
@@ -11,7 +11,7 @@ import (
 // refuses new ones; the other users are untouched, and an invalid list keeps
 // the running credentials.
 func TestSetUsersRevokesRemovedUsers(t *testing.T) {
-	tt := startTURN(t, func(c *TURNConfig) { c.Users = append(c.Users, "other:pw2") })
+	tt := startTURN(t, func(c *Config) { c.Users = append(c.Users, "other:pw2") })
 	peer, _ := startEcho(t)
 	gone, err := allocate(t, pionClient(t, "udp", tt.Addr(), testUser, testPass))
 	if err != nil {
@@ -27,7 +27,7 @@ func TestSetUsersRevokesRemovedUsers(t *testing.T) {
 	if err := tt.SetUsers([]string{"other:pw2"}); err != nil {
 		t.Fatal(err)
 	}
-	if ev := tt.nextEvent(t); ev.User != testUser || ev.Reason != EndRevoked {
+	if ev := tt.nextEvent(t); ev.Detail != CredentialStatic+" over udp, "+EndRevoked {
 		t.Errorf("event %+v, want %s revoked", ev, testUser)
 	}
 	if _, err := allocate(t, pionClient(t, "udp", tt.Addr(), testUser, testPass)); turnErrorCode(err) != 401 {
@@ -45,7 +45,7 @@ func TestSetUsersRevokesRemovedUsers(t *testing.T) {
 // relay's own address here, so the permission itself is granted and the
 // policy decides per datagram.)
 func TestSetAllowPeersAppliesToData(t *testing.T) {
-	tt := startTURN(t, func(c *TURNConfig) { c.AllowPeers = nil })
+	tt := startTURN(t, func(c *Config) { c.AllowPeers = nil })
 	peer, echoed := startEcho(t)
 	conn, err := allocate(t, pionClient(t, "udp", tt.Addr(), testUser, testPass))
 	if err != nil {

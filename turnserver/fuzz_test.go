@@ -1,4 +1,4 @@
-package relay
+package turnserver
 
 import (
 	"net/netip"
@@ -40,7 +40,7 @@ func FuzzInspect(f *testing.F) {
 	for _, b := range fuzzSeeds(f) {
 		f.Add(b)
 	}
-	srv, err := NewTURN(TURNConfig{Addr: "127.0.0.1:0", Users: []string{testUser + ":" + testPass}, Sockets: 1})
+	srv, err := New(Config{Addr: "127.0.0.1:0", Users: []string{testUser + ":" + testPass}, Sockets: 1})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package relay
+package linkserver
 
 import (
 	"crypto/tls"
@@ -13,16 +13,16 @@ import (
 
 // Files of the relay's self-signed Link certificate in the data directory.
 const (
-	LinkKeyFile  = "link-relay.key"
-	LinkCertFile = "link-relay.crt"
+	KeyFile  = "link-relay.key"
+	CertFile = "link-relay.crt"
 )
 
-// LoadLinkCert loads the relay's certificate from certFile and keyFile (PEM),
+// LoadCert loads the relay's certificate from certFile and keyFile (PEM),
 // or, when both are empty, the self-signed one in dir, generating it on first
 // use. It returns the fingerprint agents and clients pin
 // (--relay-fingerprint): the SHA-256 of the certificate's public key, which
 // stays the same as long as the key does.
-func LoadLinkCert(dir, certFile, keyFile string) (tls.Certificate, string, error) {
+func LoadCert(dir, certFile, keyFile string) (tls.Certificate, string, error) {
 	if certFile != "" || keyFile != "" {
 		if certFile == "" || keyFile == "" {
 			return tls.Certificate{}, "", errors.New("--tls-cert and --tls-key go together")
@@ -33,7 +33,7 @@ func LoadLinkCert(dir, certFile, keyFile string) (tls.Certificate, string, error
 		}
 		return cert, link.Fingerprint(cert.Leaf.RawSubjectPublicKeyInfo), nil
 	}
-	keyPath, certPath := filepath.Join(dir, LinkKeyFile), filepath.Join(dir, LinkCertFile)
+	keyPath, certPath := filepath.Join(dir, KeyFile), filepath.Join(dir, CertFile)
 	if cert, err := tls.LoadX509KeyPair(certPath, keyPath); err == nil {
 		return cert, link.Fingerprint(cert.Leaf.RawSubjectPublicKeyInfo), nil
 	} else if !errors.Is(err, os.ErrNotExist) {

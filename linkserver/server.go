@@ -1,9 +1,10 @@
-package relay
-
-// The server side of Link: NAS agents hold one QUIC connection each; clients
-// open one stream per TCP connection naming a device and port; the relay
-// checks the device, opens a stream on its agent's connection and splices the
-// two. The wire format and its limits are in link/wire.go.
+// Package linkserver is the Link relay, the server side of Link: NAS agents
+// hold one QUIC connection each; clients open one stream per TCP connection
+// naming a device and port; the relay checks the device, opens a stream on
+// its agent's connection and splices the two. It forwards end-to-end-encrypted
+// bytes and never stores, inspects or logs payload. The wire format and its
+// limits are in link/wire.go; the agent and the dialer are in link.
+package linkserver
 
 import (
 	"cmp"
@@ -27,13 +28,13 @@ import (
 
 // Link relay defaults, sized for a small operator.
 const (
-	DefaultLinkMaxAgents           = 1000
-	DefaultLinkMaxStreamsPerDevice = 128
-	DefaultLinkStreamRate          = 20 // new streams per second per client address
-	DefaultLinkStreamBurst         = 100
-	DefaultLinkHandshakeTimeout    = 10 * time.Second
-	DefaultLinkIdleTimeout         = 30 * time.Second
-	DefaultLinkMaxHeader           = 512
+	DefaultMaxAgents           = 1000
+	DefaultMaxStreamsPerDevice = 128
+	DefaultStreamRate          = 20 // new streams per second per client address
+	DefaultStreamBurst         = 100
+	DefaultHandshakeTimeout    = 10 * time.Second
+	DefaultIdleTimeout         = 30 * time.Second
+	DefaultMaxHeader           = 512
 	// linkMaxClientStreams is how many streams one client connection may have
 	// open at once (QUIC flow control of stream count).
 	linkMaxClientStreams = 256
@@ -44,21 +45,17 @@ const (
 	linkRefusalGrace = time.Second
 )
 
-// LinkStore is what the Link relay needs from the device table; *store.Store
+// Store is what the Link relay needs from the device table; *store.Store
 // implements it.
-type LinkStore interface {
+type Store interface {
 	Get(name string) (store.Device, error)
 	Authenticate(name, token string) (store.Device, error)
 	CheckAccessCode(name, code string) bool
 	OnChange(func(store.Change))
 }
 
-// LinkEvents receives one connection-log record per relayed session;
-// *connlog.Log implements it.
-type LinkEvents interface{ Log(connlog.Event) }
-
-// LinkConfig configures NewLink. Zero limits mean the defaults.
-type LinkConfig struct {
+// Config configures New. Zero limits mean the defaults.
+type Config struct {
 	// Addr is the UDP address to listen on, e.g. "0.0.0.0:7443". Required
 	// unless PacketConn is set.
 	Addr string
@@ -68,9 +65,10 @@ type LinkConfig struct {
 	// Certificate is the relay's TLS certificate. Required.
 	Certificate tls.Certificate
 	// Store authenticates agents and authorizes sessions. Required.
-	Store LinkStore
-	// Events receives session records; nil means none.
-	Events LinkEvents
+	Store Store
+	// Events receives one connection-log record per relayed session (client
+	// address masked, no payload). It must not block. Nil means none.
+	Events func(connlog.Event)
 	// Logger receives the relay's events; it never sees payload or an
 	// unmasked client address.
 	Logger zerolog.Logger
@@ -97,9 +95,9 @@ type LinkConfig struct {
 	Now func() time.Time
 }
 
-// Link is a running Link relay.
-type Link struct {
-	cfg     LinkConfig
+// Server is a running Link relay.
+type Server struct {
+	cfg     Config
 	log     zerolog.Logger
 	tr      *quic.Transport
 	ln      *quic.Listener
@@ -133,25 +131,25 @@ func (a *linkAgent) close(code quic.ApplicationErrorCode, stream quic.StreamErro
 	a.conn.CloseWithError(code, msg)
 }
 
-// NewLink starts listening; Close stops it.
-func NewLink(cfg LinkConfig) (*Link, error) {
+// New starts listening; Close stops it.
+func New(cfg Config) (*Server, error) {
 	switch {
 	case cfg.Addr == "" && cfg.PacketConn == nil:
-		return nil, errors.New("relay: LinkConfig.Addr is required")
+		return nil, errors.New("relay: Config.Addr is required")
 	case len(cfg.Certificate.Certificate) == 0:
-		return nil, errors.New("relay: LinkConfig.Certificate is required")
+		return nil, errors.New("relay: Config.Certificate is required")
 	case cfg.Store == nil:
-		return nil, errors.New("relay: LinkConfig.Store is required")
+		return nil, errors.New("relay: Config.Store is required")
 	case cfg.MaxHeaderBytes > link.MaxFrameBody:
-		return nil, fmt.Errorf("relay: LinkConfig.MaxHeaderBytes %d exceeds the wire format's %d", cfg.MaxHeaderBytes, link.MaxFrameBody)
+		return nil, fmt.Errorf("relay: Config.MaxHeaderBytes %d exceeds the wire format's %d", cfg.MaxHeaderBytes, link.MaxFrameBody)
 	}
-	cfg.MaxAgents = cmp.Or(cfg.MaxAgents, DefaultLinkMaxAgents)
-	cfg.MaxStreamsPerDevice = cmp.Or(cfg.MaxStreamsPerDevice, DefaultLinkMaxStreamsPerDevice)
-	cfg.StreamRate = cmp.Or(cfg.StreamRate, DefaultLinkStreamRate)
-	cfg.StreamBurst = cmp.Or(cfg.StreamBurst, DefaultLinkStreamBurst)
-	cfg.HandshakeTimeout = cmp.Or(cfg.HandshakeTimeout, DefaultLinkHandshakeTimeout)
-	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, DefaultLinkIdleTimeout)
-	cfg.MaxHeaderBytes = cmp.Or(cfg.MaxHeaderBytes, DefaultLinkMaxHeader)
+	cfg.MaxAgents = cmp.Or(cfg.MaxAgents, DefaultMaxAgents)
+	cfg.MaxStreamsPerDevice = cmp.Or(cfg.MaxStreamsPerDevice, DefaultMaxStreamsPerDevice)
+	cfg.StreamRate = cmp.Or(cfg.StreamRate, DefaultStreamRate)
+	cfg.StreamBurst = cmp.Or(cfg.StreamBurst, DefaultStreamBurst)
+	cfg.HandshakeTimeout = cmp.Or(cfg.HandshakeTimeout, DefaultHandshakeTimeout)
+	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout)
+	cfg.MaxHeaderBytes = cmp.Or(cfg.MaxHeaderBytes, DefaultMaxHeader)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -178,7 +176,7 @@ func NewLink(cfg LinkConfig) (*Link, error) {
 		pc.Close()
 		return nil, fmt.Errorf("link listen %s: %w", addr, err)
 	}
-	l := &Link{
+	l := &Server{
 		cfg: cfg, log: cfg.Logger, tr: tr, ln: ln, addr: addr,
 		limiter: newLinkLimiter(cfg.StreamRate, cfg.StreamBurst),
 		agents:  map[string]*linkAgent{}, conns: map[*quic.Conn]struct{}{},
@@ -192,18 +190,18 @@ func NewLink(cfg LinkConfig) (*Link, error) {
 }
 
 // Addr returns the UDP address the relay listens on.
-func (l *Link) Addr() netip.AddrPort { return l.addr }
+func (l *Server) Addr() netip.AddrPort { return l.addr }
 
 // Agents returns how many agents are connected.
-func (l *Link) Agents() int {
+func (l *Server) Agents() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.agents)
 }
 
-// LinkLimits are the limits of a running relay that SetLimits changes; zero
-// values mean the defaults, as in LinkConfig.
-type LinkLimits struct {
+// Limits are the limits of a running relay that SetLimits changes; zero
+// values mean the defaults, as in Config.
+type Limits struct {
 	MaxAgents           int
 	MaxStreamsPerDevice int
 	StreamRate          float64
@@ -213,19 +211,19 @@ type LinkLimits struct {
 // SetLimits changes the relay's limits while it runs, as a configuration
 // reload does. Nothing already admitted is closed: an agent or session over a
 // lowered limit stays, and the limit applies to the next ones.
-func (l *Link) SetLimits(lim LinkLimits) {
-	l.maxAgents.Store(int64(cmp.Or(lim.MaxAgents, DefaultLinkMaxAgents)))
-	l.maxStreams.Store(int64(cmp.Or(lim.MaxStreamsPerDevice, DefaultLinkMaxStreamsPerDevice)))
-	l.limiter.set(cmp.Or(lim.StreamRate, DefaultLinkStreamRate), cmp.Or(lim.StreamBurst, DefaultLinkStreamBurst))
+func (l *Server) SetLimits(lim Limits) {
+	l.maxAgents.Store(int64(cmp.Or(lim.MaxAgents, DefaultMaxAgents)))
+	l.maxStreams.Store(int64(cmp.Or(lim.MaxStreamsPerDevice, DefaultMaxStreamsPerDevice)))
+	l.limiter.set(cmp.Or(lim.StreamRate, DefaultStreamRate), cmp.Or(lim.StreamBurst, DefaultStreamBurst))
 }
 
 // Sessions returns how many client sessions are in progress (admitted and
 // not yet ended).
-func (l *Link) Sessions() int { return int(l.sessions.Load()) }
+func (l *Server) Sessions() int { return int(l.sessions.Load()) }
 
 // Close tells every agent and client that the relay is shutting down, closes
 // the socket and waits for every goroutine to end.
-func (l *Link) Close() error {
+func (l *Server) Close() error {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -257,7 +255,7 @@ func (l *Link) Close() error {
 }
 
 // goTracked runs f in a goroutine Close waits for, unless Close has begun.
-func (l *Link) goTracked(f func()) bool {
+func (l *Server) goTracked(f func()) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -268,7 +266,7 @@ func (l *Link) goTracked(f func()) bool {
 }
 
 // onChange closes an agent at once when its device loses Link or is deleted.
-func (l *Link) onChange(ch store.Change) {
+func (l *Server) onChange(ch store.Change) {
 	var code quic.ApplicationErrorCode
 	var stream quic.StreamErrorCode
 	var msg string
@@ -293,7 +291,7 @@ func (l *Link) onChange(ch store.Change) {
 	}
 }
 
-func (l *Link) accept() {
+func (l *Server) accept() {
 	for {
 		c, err := l.ln.Accept(l.ctx)
 		if err != nil {
@@ -320,7 +318,7 @@ func (l *Link) accept() {
 
 // serveConn reads the first frame of a new connection, which says whether it
 // is an agent (Hello) or a client (Connect).
-func (l *Link) serveConn(c *quic.Conn) {
+func (l *Server) serveConn(c *quic.Conn) {
 	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.HandshakeTimeout)
 	s, err := c.AcceptStream(ctx)
 	cancel()
@@ -351,7 +349,7 @@ func (l *Link) serveConn(c *quic.Conn) {
 // closeAfterAnswer ends s after a refusal and gives the peer a moment to read
 // the Result and close the connection itself, so that it learns the precise
 // reason; then it closes the connection with code.
-func (l *Link) closeAfterAnswer(c *quic.Conn, s *quic.Stream, code quic.ApplicationErrorCode, msg string) {
+func (l *Server) closeAfterAnswer(c *quic.Conn, s *quic.Stream, code quic.ApplicationErrorCode, msg string) {
 	s.Close()
 	t := time.NewTimer(linkRefusalGrace)
 	defer t.Stop()
@@ -373,7 +371,7 @@ func remoteAddr(c *quic.Conn) netip.AddrPort {
 }
 
 // serveAgent logs an agent in and holds its connection until it ends.
-func (l *Link) serveAgent(c *quic.Conn, ctrl *quic.Stream, h link.Hello, src netip.AddrPort) {
+func (l *Server) serveAgent(c *quic.Conn, ctrl *quic.Stream, h link.Hello, src netip.AddrPort) {
 	refuse := func(st link.Status, msg string) {
 		l.log.Info().Str("device", h.Device).Str("client", anonymize.Addr(src.Addr()).String()).Str("reason", st.String()).Msg("link agent refused")
 		l.event(connlog.Event{Kind: "agent", Outcome: "refused", Device: h.Device, Client: src.Addr(), Detail: st.String()})
@@ -440,7 +438,7 @@ func (l *Link) serveAgent(c *quic.Conn, ctrl *quic.Stream, h link.Hello, src net
 }
 
 // drop removes a from the agent table if it is still the registered one.
-func (l *Link) drop(a *linkAgent) {
+func (l *Server) drop(a *linkAgent) {
 	l.mu.Lock()
 	if l.agents[a.device] == a {
 		delete(l.agents, a.device)
@@ -448,13 +446,13 @@ func (l *Link) drop(a *linkAgent) {
 	l.mu.Unlock()
 }
 
-func (l *Link) agent(device string) *linkAgent {
+func (l *Server) agent(device string) *linkAgent {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.agents[device]
 }
 
-func (l *Link) event(e connlog.Event) {
+func (l *Server) event(e connlog.Event) {
 	if l.cfg.Events == nil {
 		return
 	}
@@ -462,5 +460,5 @@ func (l *Link) event(e connlog.Event) {
 	if e.Time.IsZero() {
 		e.Time = l.cfg.Now()
 	}
-	l.cfg.Events.Log(e)
+	l.cfg.Events(e)
 }

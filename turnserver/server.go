@@ -1,18 +1,16 @@
-// Package relay is the server side of nasreach's relays: the TURN relay
-// (RFC 8656) that WebRTC-style clients use when no direct path exists, and the
-// Link rendezvous. Both authenticate against the device table and never store
-// or log payload.
+// Package turnserver is the TURN relay (RFC 8656) that WebRTC-style clients
+// use when no direct path exists, with STUN Binding answered on the same
+// port. It authenticates against the device table and never stores or logs
+// payload. (The Link relay, nasreach's own QUIC rendezvous, is linkserver.)
 //
-// # TURN
-//
-// The TURN relay is pion/turn behind a thin filter (turn_filter.go) and a relay
-// address allocator (turn_alloc.go). It listens on the STUN port (3478) over
+// The relay is pion/turn behind a thin filter (filter.go) and a relay
+// address allocator (alloc.go). It listens on the STUN port (3478) over
 // UDP and TCP, and on 5349 over TLS when a certificate is given, and answers
 // STUN Binding there too. Clients authenticate with long-term credentials
 // (RFC 8489 §9.2), which come from three places:
 //
-//   - static users, TURNConfig.Users ("name:password");
-//   - TURN REST API ephemeral credentials (TURNConfig.Secret): username
+//   - static users, Config.Users ("name:password");
+//   - TURN REST API ephemeral credentials (Config.Secret): username
 //     "expiry-unix-time:name", password base64(HMAC-SHA1(secret, username)),
 //     refused with 401 once expired (RESTUsername, RESTPassword);
 //   - registered devices with their link switch on: username the device name,
@@ -25,8 +23,8 @@
 //
 // Quotas: allocations per user and in total (486 when reached), a cap on an
 // allocation's total lifetime, and an optional bandwidth cap per allocation.
-// One AllocationEvent is emitted per allocation when it ends.
-package relay
+// One connection-log record is emitted per allocation when it ends.
+package turnserver
 
 import (
 	"crypto/tls"
@@ -39,14 +37,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/store"
 	"github.com/pion/turn/v5"
 	"github.com/rs/zerolog"
 )
 
-// Defaults for TURNConfig.
+// Defaults for Config.
 const (
-	// DefaultRealm is the realm when TURNConfig.Realm is empty.
+	// DefaultRealm is the realm when Config.Realm is empty.
 	DefaultRealm = "nasreach"
 	// DefaultMaxAllocations bounds allocations in total.
 	DefaultMaxAllocations = 10000
@@ -65,8 +64,8 @@ const (
 	closeTimeout = 5 * time.Second
 )
 
-// TURNConfig configures NewTURN. Zero values take the documented defaults.
-type TURNConfig struct {
+// Config configures New. Zero values take the documented defaults.
+type Config struct {
 	// Addr is the UDP and TCP address for STUN and TURN, such as
 	// "127.0.0.1:13478" (development) or "0.0.0.0:3478". Port 0 picks a
 	// free port shared by both transports. Required.
@@ -123,9 +122,13 @@ type TURNConfig struct {
 	// Binding answers STUN Binding requests on the TURN port (wire it to
 	// stun.Responder.Answer). It returns nil to drop. Nil lets pion answer.
 	Binding func(req []byte, from netip.AddrPort) []byte
-	// Events receives one record per allocation when it ends. It must not
-	// block. Nil logs the record at info level to Logger.
-	Events func(AllocationEvent)
+	// Events receives one connection-log record per allocation when it
+	// ends (Service "turn", Kind "allocation"; Detail names the credential
+	// kind, the client's transport and why it ended, e.g. "device over udp,
+	// revoked"). It holds no payload and no peer address; the client address
+	// is masked. It must not block. Nil logs the record at info level to
+	// Logger.
+	Events func(connlog.Event)
 	// Logger receives lifecycle records and pion's warnings (addresses
 	// masked). The zero value logs nothing.
 	Logger zerolog.Logger
@@ -133,9 +136,9 @@ type TURNConfig struct {
 	Now func() time.Time
 }
 
-// TURN is a running TURN relay.
-type TURN struct {
-	cfg     TURNConfig
+// Server is a running TURN relay.
+type Server struct {
+	cfg     Config
 	log     zerolog.Logger
 	now     func() time.Time
 	creds   *credentials
@@ -160,8 +163,8 @@ type turnCounters struct {
 	quotaUser, quotaTotal, authFailed        atomic.Uint64
 }
 
-// TURNStats are counters of a running relay.
-type TURNStats struct {
+// Stats are counters of a running relay.
+type Stats struct {
 	// Allocations is the number of live allocations.
 	Allocations int
 	// Malformed counts messages dropped as neither STUN nor ChannelData.
@@ -176,8 +179,8 @@ type TURNStats struct {
 	AuthFailed uint64
 }
 
-// NewTURN validates cfg, binds every socket and starts relaying.
-func NewTURN(cfg TURNConfig) (*TURN, error) {
+// New validates cfg, binds every socket and starts relaying.
+func New(cfg Config) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
@@ -197,7 +200,7 @@ func NewTURN(cfg TURNConfig) (*TURN, error) {
 	if err != nil {
 		return nil, fmt.Errorf("turn: %w", err)
 	}
-	t := &TURN{
+	t := &Server{
 		cfg: cfg, log: cfg.Logger, now: cfg.Now, conns: map[*streamFilter]struct{}{},
 		creds: &credentials{realm: cfg.Realm, secret: []byte(cfg.Secret), devices: cfg.Devices, now: cfg.Now},
 	}
@@ -290,9 +293,9 @@ func NewTURN(cfg TURNConfig) (*TURN, error) {
 	return t, nil
 }
 
-func (cfg *TURNConfig) setDefaults() error {
+func (cfg *Config) setDefaults() error {
 	if cfg.Addr == "" {
-		return errors.New("turn: TURNConfig.Addr is required")
+		return errors.New("turn: Config.Addr is required")
 	}
 	if _, _, err := net.SplitHostPort(cfg.Addr); err != nil {
 		return fmt.Errorf("turn: Addr %q: %w", cfg.Addr, err)
@@ -339,25 +342,25 @@ func (cfg *TURNConfig) setDefaults() error {
 }
 
 // Addr returns the UDP and TCP address of the relay.
-func (t *TURN) Addr() netip.AddrPort { return t.addr }
+func (t *Server) Addr() netip.AddrPort { return t.addr }
 
 // TLSAddr returns the TLS address, or the zero value without TLS.
-func (t *TURN) TLSAddr() netip.AddrPort { return t.tlsAddr }
+func (t *Server) TLSAddr() netip.AddrPort { return t.tlsAddr }
 
 // Stats returns the relay's counters.
-func (t *TURN) Stats() TURNStats {
-	return TURNStats{
+func (t *Server) Stats() Stats {
+	return Stats{
 		Allocations: t.alloc.count(), Malformed: t.stats.malformed.Load(),
 		PeerRefused: t.stats.peerRefused.Load(), BandwidthDropped: t.stats.bandwidthDropped.Load(),
 		QuotaRefused: t.stats.quotaUser.Load() + t.stats.quotaTotal.Load(), AuthFailed: t.stats.authFailed.Load(),
 	}
 }
 
-// SetUsers replaces the static credentials (TURNConfig.Users) of the running
+// SetUsers replaces the static credentials (Config.Users) of the running
 // relay, as a configuration reload does: a user no longer listed loses its
 // allocations at once, a changed password applies from the next request.
 // Invalid pairs leave the running credentials as they are.
-func (t *TURN) SetUsers(users []string) error {
+func (t *Server) SetUsers(users []string) error {
 	static, err := parseStaticUsers(users, t.cfg.Realm)
 	if err != nil {
 		return fmt.Errorf("turn: %w", err)
@@ -377,16 +380,16 @@ func (t *TURN) SetUsers(users []string) error {
 	return nil
 }
 
-// SetAllowPeers replaces TURNConfig.AllowPeers of the running relay: new
+// SetAllowPeers replaces Config.AllowPeers of the running relay: new
 // permissions follow the new list at once, and so does every datagram, so a
 // peer taken off the list receives nothing more through existing
 // permissions either.
-func (t *TURN) SetAllowPeers(allow []netip.Prefix) { t.policy.SetAllow(allow) }
+func (t *Server) SetAllowPeers(allow []netip.Prefix) { t.policy.SetAllow(allow) }
 
 // Close stops the listeners, closes every client connection and allocation
 // (each emits its event with reason EndShutdown) and waits for every
 // goroutine reading a socket, pion's included, to return.
-func (t *TURN) Close() error {
+func (t *Server) Close() error {
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
@@ -426,14 +429,14 @@ func (t *TURN) Close() error {
 	return nil
 }
 
-func (t *TURN) isClosed() bool {
+func (t *Server) isClosed() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.closed
 }
 
 // trackConn registers a client connection; false when closed or full.
-func (t *TURN) trackConn(s *streamFilter) bool {
+func (t *Server) trackConn(s *streamFilter) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed || len(t.conns) >= t.cfg.MaxTCPConns {
@@ -444,14 +447,14 @@ func (t *TURN) trackConn(s *streamFilter) bool {
 	return true
 }
 
-func (t *TURN) untrackConn(s *streamFilter) {
+func (t *Server) untrackConn(s *streamFilter) {
 	t.mu.Lock()
 	delete(t.conns, s)
 	t.mu.Unlock()
 }
 
 // permit is pion's PermissionHandler (CreatePermission, ChannelBind, Connect).
-func (t *TURN) permit(_ net.Addr, peer net.IP) bool {
+func (t *Server) permit(_ net.Addr, peer net.IP) bool {
 	a, ok := netip.AddrFromSlice(peer)
 	if ok && t.policy.CheckIP(a).OK() {
 		return true
@@ -461,7 +464,7 @@ func (t *TURN) permit(_ net.Addr, peer net.IP) bool {
 }
 
 // authenticate is pion's AuthHandler.
-func (t *TURN) authenticate(ra *turn.RequestAttributes) (string, []byte, bool) {
+func (t *Server) authenticate(ra *turn.RequestAttributes) (string, []byte, bool) {
 	userID, key, err := t.creds.lookup(ra.Username, ra.Realm)
 	if err != nil {
 		t.stats.authFailed.Add(1)
@@ -470,7 +473,7 @@ func (t *TURN) authenticate(ra *turn.RequestAttributes) (string, []byte, bool) {
 	return userID, key, true
 }
 
-func (t *TURN) onAllocationCreated(src, dst net.Addr, _, _, _ string, relayAddr net.Addr, _ int) {
+func (t *Server) onAllocationCreated(src, dst net.Addr, _, _, _ string, relayAddr net.Addr, _ int) {
 	rc := t.alloc.byRelay(relayAddr)
 	if rc == nil {
 		return
@@ -487,7 +490,7 @@ func (t *TURN) onAllocationCreated(src, dst net.Addr, _, _, _ string, relayAddr 
 
 // deviceChanged is the store observer: a device that is deleted or switched
 // off loses its allocations, as do allocations made with an old token.
-func (t *TURN) deviceChanged(c store.Change) {
+func (t *Server) deviceChanged(c store.Change) {
 	if t.isClosed() {
 		return
 	}
@@ -500,13 +503,12 @@ func (t *TURN) deviceChanged(c store.Change) {
 	}
 }
 
-func (t *TURN) emit(ev AllocationEvent) {
+func (t *Server) emit(ev connlog.Event) {
 	if t.cfg.Events != nil {
 		t.cfg.Events(ev)
 		return
 	}
-	t.log.Info().Time("start", ev.Start).Time("end", ev.End).Str("user", ev.User).Str("credential", ev.Credential).
-		Str("client", ev.Client.String()).Str("transport", ev.Transport).Int("peers", ev.Peers).
-		Uint64("bytes_from_client", ev.BytesFromClient).Uint64("bytes_to_client", ev.BytesToClient).
-		Str("reason", ev.Reason).Msg("turn allocation")
+	t.log.Info().Time("start", ev.Start).Time("end", ev.Time).Str("device", ev.Device).Str("detail", ev.Detail).
+		Str("client", ev.Client.String()).Int("peers", ev.Peers).
+		Int64("bytes_from_client", ev.BytesIn).Int64("bytes_to_client", ev.BytesOut).Msg("turn allocation")
 }

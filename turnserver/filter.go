@@ -1,4 +1,4 @@
-package relay
+package turnserver
 
 import (
 	"crypto/tls"
@@ -18,7 +18,7 @@ import (
 // place that sees every client message first. It exists because pion cannot be
 // configured to answer some requests correctly:
 //
-//   - Binding requests are answered by TURNConfig.Binding (the stun package:
+//   - Binding requests are answered by Config.Binding (the stun package:
 //     MAPPED-ADDRESS for RFC 3489 clients, SOFTWARE only if configured), not
 //     by pion, which does neither.
 //   - A ChannelBind toward a refused peer must be answered 403 Forbidden;
@@ -69,7 +69,7 @@ func stunMethodClass(typ uint16) (method uint16, class uint16) {
 // inspect decides the fate of one message from a client before pion sees it:
 // true passes it to pion; false means the filter answered it (through reply)
 // or dropped it.
-func (t *TURN) inspect(b []byte, from netip.AddrPort, reply func([]byte)) bool {
+func (t *Server) inspect(b []byte, from netip.AddrPort, reply func([]byte)) bool {
 	if len(b) >= 4 && b[0]&0xC0 == 0x40 {
 		if 4+int(binary.BigEndian.Uint16(b[2:4])) > len(b) {
 			t.stats.malformed.Add(1)
@@ -109,7 +109,7 @@ func (t *TURN) inspect(b []byte, from netip.AddrPort, reply func([]byte)) bool {
 	return true
 }
 
-func (t *TURN) filterChannelBind(b []byte, reply func([]byte)) bool {
+func (t *Server) filterChannelBind(b []byte, reply func([]byte)) bool {
 	m := &pion.Message{Raw: append([]byte(nil), b...)}
 	if m.Decode() != nil {
 		return true // pion drops it
@@ -134,7 +134,7 @@ func (t *TURN) filterChannelBind(b []byte, reply func([]byte)) bool {
 	return false
 }
 
-func (t *TURN) filterCreatePermission(b []byte, reply func([]byte)) bool {
+func (t *Server) filterCreatePermission(b []byte, reply func([]byte)) bool {
 	m := &pion.Message{Raw: append([]byte(nil), b...)}
 	if m.Decode() != nil {
 		return true
@@ -162,7 +162,7 @@ func (t *TURN) filterCreatePermission(b []byte, reply func([]byte)) bool {
 	return false
 }
 
-func (t *TURN) filterAllocate(b []byte, reply func([]byte)) bool {
+func (t *Server) filterAllocate(b []byte, reply func([]byte)) bool {
 	m := &pion.Message{Raw: append([]byte(nil), b...)}
 	if m.Decode() != nil {
 		return true
@@ -181,7 +181,7 @@ func (t *TURN) filterAllocate(b []byte, reply func([]byte)) bool {
 
 // authenticated checks MESSAGE-INTEGRITY against the credentials pion uses
 // and returns the key. The nonce is not checked: the filter only ever refuses.
-func (t *TURN) authenticated(m *pion.Message) ([]byte, bool) {
+func (t *Server) authenticated(m *pion.Message) ([]byte, bool) {
 	if !m.Contains(pion.AttrMessageIntegrity) {
 		return nil, false
 	}
@@ -197,7 +197,7 @@ func (t *TURN) authenticated(m *pion.Message) ([]byte, bool) {
 	return key, true
 }
 
-func (t *TURN) answerError(req *pion.Message, key []byte, code pion.ErrorCode, reason string, reply func([]byte)) {
+func (t *Server) answerError(req *pion.Message, key []byte, code pion.ErrorCode, reason string, reply func([]byte)) {
 	resp, err := pion.Build(
 		&pion.Message{TransactionID: req.TransactionID},
 		pion.NewType(req.Type.Method, pion.ClassErrorResponse),
@@ -212,7 +212,7 @@ func (t *TURN) answerError(req *pion.Message, key []byte, code pion.ErrorCode, r
 // udpFilter is a listening UDP socket as pion sees it.
 type udpFilter struct {
 	net.PacketConn
-	t     *TURN
+	t     *Server
 	once  sync.Once
 	reads int // datagrams read since the last yield; only pion's one reader touches it
 }
@@ -256,7 +256,7 @@ func (f *udpFilter) ReadFrom(p []byte) (int, net.Addr, error) {
 // streamListener hands pion filtered TCP (or TLS) connections.
 type streamListener struct {
 	net.Listener
-	t         *TURN
+	t         *Server
 	transport string      // "tcp" or "tls"
 	tls       *tls.Config // nil for plain TCP
 	once      sync.Once
@@ -304,7 +304,7 @@ const (
 // pion's and frames queued together leave in one write.
 type streamFilter struct {
 	net.Conn
-	t         *TURN
+	t         *Server
 	from      netip.AddrPort
 	transport string
 

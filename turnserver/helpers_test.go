@@ -1,4 +1,4 @@
-package relay
+package turnserver
 
 import (
 	"context"
@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nasreach/nasreach/connlog"
 	pion "github.com/pion/stun/v4"
 	"github.com/pion/turn/v5"
 	"github.com/rs/zerolog"
@@ -34,31 +35,31 @@ var loopbackOnly = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 
 // testTURN is a relay on 127.0.0.1:0 whose allocation events are collected.
 type testTURN struct {
-	*TURN
-	events chan AllocationEvent
+	*Server
+	events chan connlog.Event
 }
 
 // startTURN starts a relay with one static user and loopback allow-listed
 // (tests run their peers on 127.0.0.1); mods adjust the config first.
-func startTURN(t *testing.T, mods ...func(*TURNConfig)) *testTURN {
+func startTURN(t *testing.T, mods ...func(*Config)) *testTURN {
 	t.Helper()
-	tt := &testTURN{events: make(chan AllocationEvent, 64)}
-	cfg := TURNConfig{
+	tt := &testTURN{events: make(chan connlog.Event, 64)}
+	cfg := Config{
 		Addr:       "127.0.0.1:0",
 		Users:      []string{testUser + ":" + testPass},
 		AllowPeers: loopbackOnly,
 		Sockets:    2,
-		Events:     func(ev AllocationEvent) { tt.events <- ev },
+		Events:     func(ev connlog.Event) { tt.events <- ev },
 		Logger:     zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
 	}
 	for _, m := range mods {
 		m(&cfg)
 	}
-	srv, err := NewTURN(cfg)
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tt.TURN = srv
+	tt.Server = srv
 	t.Cleanup(func() {
 		if err := srv.Close(); err != nil {
 			t.Errorf("close: %v", err)
@@ -68,14 +69,14 @@ func startTURN(t *testing.T, mods ...func(*TURNConfig)) *testTURN {
 }
 
 // nextEvent waits for the next allocation event.
-func (tt *testTURN) nextEvent(t *testing.T) AllocationEvent {
+func (tt *testTURN) nextEvent(t *testing.T) connlog.Event {
 	t.Helper()
 	select {
 	case ev := <-tt.events:
 		return ev
 	case <-time.After(5 * time.Second):
 		t.Fatal("no allocation event within 5s")
-		return AllocationEvent{}
+		return connlog.Event{}
 	}
 }
 

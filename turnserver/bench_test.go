@@ -1,6 +1,6 @@
 //go:build linux
 
-package relay
+package turnserver
 
 // The TURN benchmark behind `make bench-turn`: this relay against coturn's
 // turnserver with equivalent settings, each pinned to one core, driven by the
@@ -45,6 +45,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/stun"
 	pion "github.com/pion/stun/v4"
 	"github.com/rs/zerolog"
@@ -90,10 +91,10 @@ func TestBenchTURNServe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := NewTURN(TURNConfig{
+	srv, err := New(Config{
 		Addr: addr, Users: []string{benchUser + ":" + benchPass}, AllowPeers: loopbackOnly,
 		MaxAllocations: 1 << 20, MaxAllocationsPerUser: 1 << 20, Binding: responder.Answer,
-		Events: func(AllocationEvent) {}, Logger: zerolog.Nop(),
+		Events: func(connlog.Event) {}, Logger: zerolog.Nop(),
 	})
 	if err != nil {
 		t.Fatal(err)

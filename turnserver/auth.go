@@ -1,4 +1,4 @@
-package relay
+package turnserver
 
 import (
 	"crypto/hmac"

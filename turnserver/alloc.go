@@ -1,4 +1,4 @@
-package relay
+package turnserver
 
 import (
 	"context"
@@ -12,41 +12,18 @@ import (
 	"time"
 
 	"github.com/nasreach/nasreach/anonymize"
+	"github.com/nasreach/nasreach/connlog"
 	"github.com/pion/turn/v5"
 	"golang.org/x/time/rate"
 )
 
-// Reasons an allocation ended, as reported in AllocationEvent.Reason.
+// Reasons an allocation ended, as the connection-log record's Detail names them.
 const (
 	EndReleased = "released"     // the client let it expire, refreshed it to 0 or closed its TCP connection
 	EndRevoked  = "revoked"      // the device was deleted, lost its link switch or got a new token
-	EndCapped   = "lifetime cap" // it reached TURNConfig.MaxLifetime
+	EndCapped   = "lifetime cap" // it reached Config.MaxLifetime
 	EndShutdown = "shutdown"     // the relay was closed
 )
-
-// AllocationEvent is the one record the relay keeps about an allocation,
-// passed to TURNConfig.Events when it ends. It holds no payload and no peer
-// address; the client address is masked.
-type AllocationEvent struct {
-	// Start and End are when the allocation was created and removed.
-	Start, End time.Time
-	// User is the device name, static user name or REST API name.
-	User string
-	// Credential is CredentialDevice, CredentialStatic or CredentialREST.
-	Credential string
-	// Client is the client's address masked by anonymize.AddrPort.
-	Client netip.Addr
-	// Transport is how the client reached the relay: "udp", "tcp" or "tls".
-	Transport string
-	// Peers is the number of distinct peer addresses the client was given a
-	// permission for; the addresses themselves are not kept.
-	Peers int
-	// BytesFromClient is payload relayed from the client to peers;
-	// BytesToClient is payload received from peers at the relay address.
-	BytesFromClient, BytesToClient uint64
-	// Reason is why it ended: EndReleased, EndRevoked, EndCapped or EndShutdown.
-	Reason string
-}
 
 // errQuota makes pion answer 508 when two Allocate requests race past the
 // quota check that answers 486 (pion's QuotaHandler); AllocatePacketConn
@@ -63,7 +40,7 @@ const maxPeersTracked = 4096
 // TCP allocations (RFC 6062) are refused: a relay that opens TCP connections
 // on a client's behalf is the riskiest SSRF surface and WebRTC does not use it.
 type allocator struct {
-	t         *TURN
+	t         *Server
 	relayIPv4 netip.Addr
 	relayIPv6 netip.Addr
 	bindIPv4  netip.Addr
@@ -348,20 +325,25 @@ func (rc *relayConn) Close() error {
 			delete(a.perUser, rc.userID)
 		}
 		a.mu.Unlock()
+		shutdown := a.t.isClosed()
 		rc.mu.Lock()
-		ev := AllocationEvent{
-			Start: rc.start, End: a.t.now(), User: rc.name, Credential: rc.kind,
-			Client: anonymize.AddrPort(rc.client), Transport: rc.transport, Peers: len(rc.peers),
-			BytesFromClient: rc.fromClient.Load(), BytesToClient: rc.toClient.Load(),
-			Reason: rc.reason,
-		}
-		rc.mu.Unlock()
-		if ev.Reason == "" {
-			ev.Reason = EndReleased
-			if a.t.isClosed() {
-				ev.Reason = EndShutdown
+		reason := rc.reason
+		if reason == "" {
+			reason = EndReleased
+			if shutdown {
+				reason = EndShutdown
 			}
 		}
+		ev := connlog.Event{
+			Time: a.t.now(), Start: rc.start, Service: "turn", Kind: "allocation", Outcome: "ok",
+			Client: anonymize.AddrPort(rc.client), Peers: len(rc.peers),
+			BytesIn: int64(min(rc.fromClient.Load(), 1<<62)), BytesOut: int64(min(rc.toClient.Load(), 1<<62)),
+			Detail: fmt.Sprintf("%s over %s, %s", rc.kind, rc.transport, reason),
+		}
+		if rc.kind == CredentialDevice {
+			ev.Device = rc.name
+		}
+		rc.mu.Unlock()
 		a.t.emit(ev)
 	})
 	return err

@@ -1,4 +1,4 @@
-package relay
+package linkserver
 
 import (
 	"context"
@@ -19,7 +19,7 @@ import (
 
 // serveClient serves a client connection: the first stream's Connect, then
 // every further stream, each a session of its own.
-func (l *Link) serveClient(c *quic.Conn, first *quic.Stream, req link.Connect, src netip.AddrPort) {
+func (l *Server) serveClient(c *quic.Conn, first *quic.Stream, req link.Connect, src netip.AddrPort) {
 	l.goTracked(func() { l.session(c, first, req, src) })
 	for {
 		s, err := c.AcceptStream(l.ctx)
@@ -35,7 +35,7 @@ func (l *Link) serveClient(c *quic.Conn, first *quic.Stream, req link.Connect, s
 }
 
 // readAndServe reads a stream's Connect within the handshake timeout.
-func (l *Link) readAndServe(c *quic.Conn, s *quic.Stream, src netip.AddrPort) {
+func (l *Server) readAndServe(c *quic.Conn, s *quic.Stream, src netip.AddrPort) {
 	s.SetReadDeadline(l.cfg.Now().Add(l.cfg.HandshakeTimeout))
 	fr, err := link.ReadFrame(s, l.cfg.MaxHeaderBytes)
 	s.SetReadDeadline(time.Time{})
@@ -55,7 +55,7 @@ func (l *Link) readAndServe(c *quic.Conn, s *quic.Stream, src netip.AddrPort) {
 
 // session authorizes one Connect, asks the agent for the port and splices.
 // It logs one connection-log record however it ends.
-func (l *Link) session(c *quic.Conn, cs *quic.Stream, req link.Connect, src netip.AddrPort) {
+func (l *Server) session(c *quic.Conn, cs *quic.Stream, req link.Connect, src netip.AddrPort) {
 	start := l.cfg.Now()
 	device := strings.ToLower(req.Device)
 	ev := connlog.Event{Kind: "session", Device: device, Client: src.Addr(), Port: req.Port, Start: start}
@@ -181,7 +181,7 @@ var linkBuffers = sync.Pool{New: func() any { b := make([]byte, linkCopyBuffer);
 // A FIN is passed on as a FIN; a reset or error on either side resets all
 // four halves, with the agent's close reason when it has one. Flow control
 // gives backpressure: the relay reads only as fast as the other side takes.
-func (l *Link) splice(cs, as *quic.Stream, a *linkAgent, device string) (in, out int64, err error) {
+func (l *Server) splice(cs, as *quic.Stream, a *linkAgent, device string) (in, out int64, err error) {
 	var once sync.Once
 	abort := func() {
 		once.Do(func() {

@@ -1,4 +1,4 @@
-package relay
+package turnserver
 
 import (
 	"net"
@@ -8,7 +8,7 @@ import (
 )
 
 // DeniedPeerPrefixes are the peer ranges a TURN client may not reach through
-// the relay unless the operator allow-lists them (TURNConfig.AllowPeers). A
+// the relay unless the operator allow-lists them (Config.AllowPeers). A
 // relay that forwards to these would let anyone on the Internet reach the
 // server's own loopback services, the operator's private network or cloud
 // metadata endpoints (the SSRF class of coturn CVE-2020-26262). The list is
@@ -56,7 +56,7 @@ type PeerVerdict string
 // The verdicts of PeerPolicy.Check.
 const (
 	PeerAllowed     PeerVerdict = ""             // allowed: a public address
-	PeerAllowListed PeerVerdict = "allow-listed" // allowed by TURNConfig.AllowPeers
+	PeerAllowListed PeerVerdict = "allow-listed" // allowed by Config.AllowPeers
 	PeerRelay       PeerVerdict = "relay"        // allowed: a relay address of this server
 	PeerInvalid     PeerVerdict = "invalid address"
 	PeerDenied      PeerVerdict = "denied range"

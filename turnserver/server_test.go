@@ -1,4 +1,4 @@
-package relay
+package turnserver
 
 import (
 	"bufio"
@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/store"
 	pion "github.com/pion/stun/v4"
 	"github.com/rs/zerolog"
@@ -21,7 +22,7 @@ import (
 func TestRelayRoundTripsDataToAPeer(t *testing.T) {
 	for _, transport := range []string{"udp", "tcp", "tls"} {
 		t.Run(transport, func(t *testing.T) {
-			tt := startTURN(t, func(c *TURNConfig) {
+			tt := startTURN(t, func(c *Config) {
 				c.TLS = selfSigned(t)
 				c.TLSAddr = "127.0.0.1:0"
 			})
@@ -42,16 +43,17 @@ func TestRelayRoundTripsDataToAPeer(t *testing.T) {
 			<-got
 			relayConn.Close() // Refresh with lifetime 0
 			ev := tt.nextEvent(t)
-			want := AllocationEvent{User: testUser, Credential: CredentialStatic, Client: netip.MustParseAddr("127.0.0.0"), Transport: transport, Peers: 1, Reason: EndReleased}
-			if ev.User != want.User || ev.Credential != want.Credential || ev.Client != want.Client ||
-				ev.Transport != want.Transport || ev.Peers != want.Peers || ev.Reason != want.Reason {
+			want := connlog.Event{Service: "turn", Kind: "allocation", Outcome: "ok", Client: netip.MustParseAddr("127.0.0.0"), Peers: 1,
+				Detail: CredentialStatic + " over " + transport + ", " + EndReleased}
+			if ev.Service != want.Service || ev.Kind != want.Kind || ev.Outcome != want.Outcome || ev.Device != "" ||
+				ev.Client != want.Client || ev.Peers != want.Peers || ev.Detail != want.Detail {
 				t.Errorf("event %+v, want %+v", ev, want)
 			}
-			if n := uint64(len("hello over " + transport)); ev.BytesFromClient < n || ev.BytesToClient < n {
-				t.Errorf("event bytes %d/%d, want at least %d each way", ev.BytesFromClient, ev.BytesToClient, n)
+			if n := int64(len("hello over " + transport)); ev.BytesIn < n || ev.BytesOut < n {
+				t.Errorf("event bytes %d/%d, want at least %d each way", ev.BytesIn, ev.BytesOut, n)
 			}
-			if ev.End.Before(ev.Start) || ev.Start.IsZero() {
-				t.Errorf("event times %v..%v", ev.Start, ev.End)
+			if ev.Time.Before(ev.Start) || ev.Start.IsZero() {
+				t.Errorf("event times %v..%v", ev.Start, ev.Time)
 			}
 		})
 	}
@@ -75,7 +77,7 @@ func TestChannelDataRoundTrip(t *testing.T) {
 func TestRESTCredentials(t *testing.T) {
 	const secret = "rest-secret"
 	now := time.Now()
-	tt := startTURN(t, func(c *TURNConfig) { c.Secret = secret })
+	tt := startTURN(t, func(c *Config) { c.Secret = secret })
 	tests := []struct {
 		name     string
 		user     string
@@ -98,7 +100,7 @@ func TestRESTCredentials(t *testing.T) {
 					t.Fatalf("allocate: %v", err)
 				}
 				relayConn.Close()
-				if ev := tt.nextEvent(t); ev.Credential != CredentialREST || ev.User == "" {
+				if ev := tt.nextEvent(t); !strings.HasPrefix(ev.Detail, CredentialREST+" over udp") || ev.Device != "" {
 					t.Errorf("event %+v, want a REST allocation", ev)
 				}
 				return
@@ -132,7 +134,7 @@ func TestDeviceCredentialsStopWorkingWhenTheDeviceGoes(t *testing.T) {
 	for _, how := range []string{"deleted", "link off"} {
 		t.Run(how, func(t *testing.T) {
 			st, token := deviceStore(t, "nas1")
-			tt := startTURN(t, func(c *TURNConfig) { c.Devices = st })
+			tt := startTURN(t, func(c *Config) { c.Devices = st })
 			peer, _ := startEcho(t)
 			client := pionClient(t, "udp", tt.Addr(), "nas1", DevicePassword(token))
 			relayConn, err := allocate(t, client)
@@ -156,7 +158,7 @@ func TestDeviceCredentialsStopWorkingWhenTheDeviceGoes(t *testing.T) {
 			}
 			// The live allocation ends at once...
 			ev := tt.nextEvent(t)
-			if ev.Reason != EndRevoked || ev.User != "nas1" || ev.Credential != CredentialDevice {
+			if ev.Detail != CredentialDevice+" over udp, "+EndRevoked || ev.Device != "nas1" {
 				t.Errorf("event %+v, want nas1 revoked", ev)
 			}
 			if tt.Stats().Allocations != 0 {
@@ -173,7 +175,7 @@ func TestDeviceCredentialsStopWorkingWhenTheDeviceGoes(t *testing.T) {
 
 func TestDeviceLinkBackOnRestoresCredentials(t *testing.T) {
 	st, token := deviceStore(t, "nas2")
-	tt := startTURN(t, func(c *TURNConfig) { c.Devices = st })
+	tt := startTURN(t, func(c *Config) { c.Devices = st })
 	ctx := context.Background()
 	off, on := false, true
 	if _, err := st.Update(ctx, "nas2", store.Patch{Link: &off}); err != nil {
@@ -196,7 +198,7 @@ func must[T any](_ T, err error) error { return err }
 
 func TestQuotas(t *testing.T) {
 	t.Run("per user", func(t *testing.T) {
-		tt := startTURN(t, func(c *TURNConfig) {
+		tt := startTURN(t, func(c *Config) {
 			c.MaxAllocationsPerUser = 2
 			c.Users = append(c.Users, "bob:builder")
 		})
@@ -217,7 +219,7 @@ func TestQuotas(t *testing.T) {
 		}
 	})
 	t.Run("in total", func(t *testing.T) {
-		tt := startTURN(t, func(c *TURNConfig) {
+		tt := startTURN(t, func(c *Config) {
 			c.MaxAllocations = 2
 			c.Users = append(c.Users, "bob:builder")
 		})
@@ -233,13 +235,13 @@ func TestQuotas(t *testing.T) {
 		}
 	})
 	t.Run("lifetime cap", func(t *testing.T) {
-		tt := startTURN(t, func(c *TURNConfig) { c.MaxLifetime = 300 * time.Millisecond })
+		tt := startTURN(t, func(c *Config) { c.MaxLifetime = 300 * time.Millisecond })
 		start := time.Now()
 		if _, err := allocate(t, pionClient(t, "udp", tt.Addr(), testUser, testPass)); err != nil {
 			t.Fatal(err)
 		}
 		ev := tt.nextEvent(t)
-		if ev.Reason != EndCapped {
+		if !strings.HasSuffix(ev.Detail, ", "+EndCapped) {
 			t.Errorf("event %+v, want reason %q", ev, EndCapped)
 		}
 		if d := time.Since(start); d < 300*time.Millisecond {
@@ -247,7 +249,7 @@ func TestQuotas(t *testing.T) {
 		}
 	})
 	t.Run("bandwidth", func(t *testing.T) {
-		tt := startTURN(t, func(c *TURNConfig) { c.BandwidthPerAllocation = 4000 })
+		tt := startTURN(t, func(c *Config) { c.BandwidthPerAllocation = 4000 })
 		peer, got := startEcho(t)
 		relayConn, err := allocate(t, pionClient(t, "udp", tt.Addr(), testUser, testPass))
 		if err != nil {
@@ -282,7 +284,7 @@ func TestTCPAllocationIsRefusedWith442(t *testing.T) {
 }
 
 func TestPeersRelayingToEachOtherThroughTheServer(t *testing.T) {
-	tt := startTURN(t, func(c *TURNConfig) { c.AllowPeers = nil }) // default policy
+	tt := startTURN(t, func(c *Config) { c.AllowPeers = nil }) // default policy
 	a := pionClient(t, "udp", tt.Addr(), testUser, testPass)
 	b := pionClient(t, "tcp", tt.Addr(), testUser, testPass)
 	relayA, err := allocate(t, a)
@@ -321,7 +323,7 @@ func TestPeersRelayingToEachOtherThroughTheServer(t *testing.T) {
 // the default policy. The addresses are only data: a refused request never
 // sends anything anywhere.
 func TestDeniedPeers(t *testing.T) {
-	tt := startTURN(t, func(c *TURNConfig) { c.AllowPeers = nil })
+	tt := startTURN(t, func(c *Config) { c.AllowPeers = nil })
 	_, echoPort := func() (netip.Addr, uint16) {
 		p, _ := startEcho(t)
 		return netip.Addr{}, uint16(p.Port)
@@ -401,7 +403,7 @@ func TestDeniedPeers(t *testing.T) {
 // through their relay addresses, but a ChannelBind or Send toward any other
 // port of it (a local service) is refused.
 func TestOwnAddressOnlyReachesRelayAddresses(t *testing.T) {
-	tt := startTURN(t, func(c *TURNConfig) { c.AllowPeers = nil })
+	tt := startTURN(t, func(c *Config) { c.AllowPeers = nil })
 	echo, got := startEcho(t)
 	service := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(echo.Port))
 	r := newRawClient(t, "udp", tt.Addr(), testUser, testPass)
@@ -459,7 +461,7 @@ func TestPolicyTable(t *testing.T) {
 
 func TestBindingOnTheTURNPort(t *testing.T) {
 	asked := make(chan netip.AddrPort, 4)
-	tt := startTURN(t, func(c *TURNConfig) {
+	tt := startTURN(t, func(c *Config) {
 		c.Binding = func(req []byte, from netip.AddrPort) []byte {
 			asked <- from
 			m := &pion.Message{Raw: append([]byte(nil), req...)}
@@ -523,7 +525,7 @@ func TestMalformedInputIsDropped(t *testing.T) {
 }
 
 func TestSilentTCPConnectionIsClosed(t *testing.T) {
-	tt := startTURN(t, func(c *TURNConfig) { c.TCPIdleTimeout = 200 * time.Millisecond })
+	tt := startTURN(t, func(c *Config) { c.TCPIdleTimeout = 200 * time.Millisecond })
 	c, err := net.Dial("tcp", tt.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -542,11 +544,11 @@ func TestSilentTCPConnectionIsClosed(t *testing.T) {
 
 func TestCloseStopsEveryGoroutine(t *testing.T) {
 	before := runtime.NumGoroutine()
-	events := make(chan AllocationEvent, 8)
-	srv, err := NewTURN(TURNConfig{
+	events := make(chan connlog.Event, 8)
+	srv, err := New(Config{
 		Addr: "127.0.0.1:0", Users: []string{"u:p"}, AllowPeers: loopbackOnly, Sockets: 2,
 		TLS: selfSigned(t), TLSAddr: "127.0.0.1:0",
-		Events: func(ev AllocationEvent) { events <- ev },
+		Events: func(ev connlog.Event) { events <- ev },
 		Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
 	})
 	if err != nil {
@@ -579,7 +581,7 @@ func TestCloseStopsEveryGoroutine(t *testing.T) {
 	for range 3 {
 		select {
 		case ev := <-events:
-			if ev.Reason != EndShutdown {
+			if !strings.HasSuffix(ev.Detail, ", "+EndShutdown) {
 				t.Errorf("event %+v, want reason %q", ev, EndShutdown)
 			}
 		case <-time.After(2 * time.Second):
