@@ -23,12 +23,13 @@ var allowed = map[string][]string{
 	"stun":      {"anonymize", "github.com/pion/stun/v3", "github.com/pion/stun/v4", "github.com/rs/zerolog"},
 	"turnserver": {"store", "connlog", "anonymize", "github.com/pion/turn/v5", "github.com/pion/stun/v4",
 		"github.com/pion/logging", "github.com/rs/zerolog", "golang.org/x/sys", "golang.org/x/time"},
-	"linkserver": {"store", "connlog", "anonymize", "link", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
-	"link":       {"stun", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
-	"sdnotify":   {},
-	"metrics":    {"connlog", "github.com/miekg/dns", "github.com/prometheus/client_golang", "github.com/rs/zerolog"},
-	"cmd/":       {"*"}, // the binary wires everything
-	"bench/":     {"*"},
+	"linkserver":       {"store", "connlog", "anonymize", "link", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
+	"link":             {"stun", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
+	"sdnotify":         {},
+	"metrics":          {"connlog", "github.com/miekg/dns", "github.com/prometheus/client_golang", "github.com/rs/zerolog"},
+	"internal/netaddr": {},
+	"cmd/":             {"*"}, // the binary wires everything
+	"bench/":           {"*"},
 }
 
 // TestImportsFollowArchitecture fails when a package imports something the
