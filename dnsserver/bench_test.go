@@ -169,6 +169,13 @@ func newBenchServer(b *testing.B, fx *benchFixture) *Server {
 	if err != nil {
 		b.Fatal(err)
 	}
+	b.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil {
+			b.Error(err)
+		}
+	})
 	return s
 }
 
@@ -181,16 +188,6 @@ func newBenchServer(b *testing.B, fx *benchFixture) *Server {
 func BenchmarkServeDNSUDP(b *testing.B) {
 	fx := newBenchFixture(b)
 	s := newBenchServer(b, fx)
-	if err := s.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := s.Shutdown(ctx); err != nil {
-			b.Error(err)
-		}
-	})
 	qs := fx.queries(b, 1<<14, benchMix...)
 	addr := s.Addr().String()
 	b.Run("mix", func(b *testing.B) {

@@ -1,6 +1,7 @@
 package dnsserver
 
 import (
+	"context"
 	"encoding/binary"
 	"testing"
 
@@ -21,6 +22,7 @@ func FuzzAnswer(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
+	f.Cleanup(func() { s.Shutdown(context.Background()) }) //nolint:errcheck // the test's own sockets
 
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		if len(raw) < 12 {

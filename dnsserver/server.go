@@ -12,10 +12,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/internal/listen"
 	"github.com/nasreach/nasreach/store"
 	"github.com/rs/zerolog"
 )
@@ -50,8 +50,14 @@ const (
 // Config configures New.
 type Config struct {
 	// Addr is the UDP and TCP listen address, e.g. "127.0.0.1:10053". Port 0
-	// picks a free port, the same for both transports.
+	// picks a free port, the same for both transports. Required unless
+	// PacketConn and Listener are set.
 	Addr string
+	// PacketConn and Listener, when both are set, are served instead of
+	// binding Addr (systemd socket activation, tests). The server owns them
+	// from New on and closes them at Shutdown, or when New fails.
+	PacketConn net.PacketConn
+	Listener   net.Listener
 	// Zone is the zone served; default DefaultZone.
 	Zone string
 	// NameServers are the zone's NS records. A name without a dot is taken as a
@@ -117,17 +123,50 @@ type Server struct {
 
 	mu       sync.Mutex
 	udp, tcp *dns.Server
-	stopping bool          // Shutdown has been called after Serve
-	stopped  chan struct{} // nil until Serve succeeds; closed when both transports have returned
+	stopping bool          // Shutdown has been called
+	stopped  chan struct{} // closed when both transports have returned
 	bound    net.Addr
 }
 
-// New validates cfg and returns a server that is not yet listening.
+// New validates cfg, binds UDP and TCP (or takes Config's sockets) and
+// serves in the background until Shutdown.
 func New(cfg Config) (*Server, error) {
+	s, err := newServer(cfg)
+	if err != nil {
+		if cfg.PacketConn != nil {
+			cfg.PacketConn.Close()
+		}
+		if cfg.Listener != nil {
+			cfg.Listener.Close()
+		}
+		return nil, err
+	}
+	pc, ln := cfg.PacketConn, cfg.Listener
+	if pc == nil {
+		socks, err := listen.Bind(listen.Config{Addr: s.addr, UDPBuffer: s.rcvBuf})
+		if err != nil {
+			return nil, fmt.Errorf("dns %w", err)
+		}
+		if socks.BufferShortfall != nil {
+			s.log.Warn().Err(socks.BufferShortfall).Int("bytes", s.rcvBuf).Msg("cannot enlarge dns udp receive buffer; bursts may drop queries")
+		}
+		pc, ln = socks.UDP[0], socks.TCP[0]
+	}
+	if err := s.serve(pc, ln); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// newServer validates cfg.
+func newServer(cfg Config) (*Server, error) {
 	if cfg.Source == nil {
 		return nil, errors.New("dnsserver: Config.Source is required")
 	}
-	if cfg.Addr == "" {
+	if (cfg.PacketConn == nil) != (cfg.Listener == nil) {
+		return nil, errors.New("dnsserver: Config.PacketConn and Config.Listener go together")
+	}
+	if cfg.Addr == "" && cfg.PacketConn == nil {
 		return nil, errors.New("dnsserver: Config.Addr is required")
 	}
 	zone := dns.Fqdn(strings.ToLower(cmpOr(cfg.Zone, DefaultZone)))
@@ -219,34 +258,11 @@ func (s *Server) SetExactNamesOnly(exact bool) { s.exact.Store(exact) }
 // Zone returns the served zone as a lower-case FQDN.
 func (s *Server) Zone() string { return s.zone }
 
-// Start binds UDP and TCP on Config.Addr and serves in the background until
-// Shutdown. It returns once both sockets are bound.
-func (s *Server) Start() error {
-	pc, ln, err := listen(s.addr, s.rcvBuf, s.log)
-	if err != nil {
-		return err
-	}
-	return s.Serve(pc, ln)
-}
-
-// Serve serves on sockets the caller opened (tests, socket activation). The
-// server owns them afterwards and closes them at Shutdown, or before Serve
-// returns an error.
-func (s *Server) Serve(pc net.PacketConn, ln net.Listener) error {
-	if pc == nil || ln == nil {
-		if pc != nil {
-			pc.Close()
-		}
-		if ln != nil {
-			ln.Close()
-		}
-		return errors.New("dnsserver: Serve needs both a packet conn and a listener")
-	}
+// serve serves on pc and ln, which it owns: it closes them at Shutdown, or
+// before it returns an error.
+func (s *Server) serve(pc net.PacketConn, ln net.Listener) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.stopped != nil {
-		return errors.New("dnsserver: already started")
-	}
 	h := dns.HandlerFunc(s.ServeDNS)
 	udp := &dns.Server{PacketConn: pc, Handler: h, MsgAcceptFunc: acceptQuery, UDPSize: maxQuerySize}
 	tcp := &dns.Server{Listener: ln, Handler: h, MsgAcceptFunc: acceptQuery, IdleTimeout: func() time.Duration { return tcpIdleTimeout }}
@@ -313,10 +329,6 @@ func (s *Server) Addr() net.Addr {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	udp, tcp, stopped, first := s.udp, s.tcp, s.stopped, !s.stopping
-	if stopped == nil { // never started
-		s.mu.Unlock()
-		return nil
-	}
 	s.stopping = true
 	s.mu.Unlock()
 	var err error
@@ -351,48 +363,4 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	if s.onQuery != nil && len(r.Question) == 1 {
 		s.onQuery(Query{Remote: w.RemoteAddr(), Name: r.Question[0].Name, Type: r.Question[0].Qtype, Rcode: m.Rcode, TCP: size == dns.MaxMsgSize})
 	}
-}
-
-// listen binds UDP and TCP on the same address. For port 0 it retries until
-// the port the kernel picked for UDP is also free for TCP.
-func listen(addr string, rcvBuf int, log zerolog.Logger) (net.PacketConn, net.Listener, error) {
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) {
-			// SO_RCVBUFFORCE passes net.core.rmem_max when we have CAP_NET_ADMIN;
-			// otherwise fall back to what the sysctl allows.
-			if serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, rcvBuf); serr != nil {
-				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvBuf)
-			}
-			// SO_RCVBUF is capped at rmem_max without an error; the kernel
-			// reports twice the size it granted.
-			if got, err := syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF); serr == nil && err == nil && got/2 < rcvBuf {
-				serr = fmt.Errorf("the kernel granted %d bytes (raise net.core.rmem_max)", got/2)
-			}
-		})
-		if err != nil {
-			return err
-		}
-		if serr != nil {
-			log.Warn().Err(serr).Int("bytes", rcvBuf).Msg("cannot enlarge dns udp receive buffer; bursts may drop queries")
-		}
-		return nil
-	}}
-	var lastErr error
-	for range 20 {
-		pc, err := lc.ListenPacket(context.Background(), "udp", addr)
-		if err != nil {
-			return nil, nil, fmt.Errorf("dns listen udp %s: %w", addr, err)
-		}
-		ln, err := net.Listen("tcp", pc.LocalAddr().String())
-		if err == nil {
-			return pc, ln, nil
-		}
-		pc.Close()
-		lastErr = err
-		if _, port, _ := net.SplitHostPort(addr); port != "0" {
-			break
-		}
-	}
-	return nil, nil, fmt.Errorf("dns listen tcp %s: %w", addr, lastErr)
 }

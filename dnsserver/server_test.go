@@ -55,9 +55,6 @@ func TestShutdownStopsEveryGoroutineAndFreesThePort(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
 	addr := s.Addr().String()
 	// One UDP query, and a TCP connection left open after its query: the
 	// server holds a goroutine for it until the idle timeout (10s).
@@ -111,12 +108,6 @@ func TestShutdownTwiceReturns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Shutdown(context.Background()); err != nil {
-		t.Errorf("shutdown before start: %v", err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatalf("start after an early shutdown: %v", err)
-	}
 	for i := range 2 {
 		done := make(chan error, 1)
 		go func() { done <- s.Shutdown(context.Background()) }()
@@ -143,26 +134,12 @@ func TestServeFailureLeavesNothingRunning(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Addr: "127.0.0.1:0", Source: st})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Serve(pc, ln); err == nil {
-		t.Fatal("Serve on a closed UDP socket succeeded")
+	if _, err := New(Config{PacketConn: pc, Listener: ln, Source: st}); err == nil {
+		t.Fatal("New on a closed UDP socket succeeded")
 	}
 	if c, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second); err == nil {
 		c.Close()
-		t.Error("the TCP listener still accepts after Serve failed")
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Shutdown(context.Background()) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("shutdown after a failed Serve: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("shutdown after a failed Serve hangs")
+		t.Error("the TCP listener still accepts after New failed")
 	}
 	waitGoroutines(t, before)
 }

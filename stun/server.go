@@ -12,6 +12,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/nasreach/nasreach/internal/listen"
+	"github.com/nasreach/nasreach/internal/netaddr"
 	"github.com/rs/zerolog"
 )
 
@@ -80,8 +82,14 @@ func (r *Responder) Stats() Stats {
 type Config struct {
 	// Addr is the UDP and TCP address to listen on, such as
 	// "127.0.0.1:13478" (development) or "0.0.0.0:3478". Port 0 picks a free
-	// port, the same for both transports. Required.
+	// port, the same for both transports. Required unless PacketConn and
+	// Listener are set.
 	Addr string
+	// PacketConn and Listener, when both are set, are served instead of
+	// binding Addr (systemd socket activation, tests); the server closes
+	// them.
+	PacketConn net.PacketConn
+	Listener   net.Listener
 	// Software is passed to the Responder; see ResponderConfig.
 	Software string
 	// MaxTCPConns bounds concurrent TCP connections; zero means
@@ -114,8 +122,8 @@ type Server struct {
 
 // New binds the UDP and TCP sockets and starts answering.
 func New(cfg Config) (*Server, error) {
-	if cfg.Addr == "" {
-		return nil, errors.New("stun: Config.Addr is required")
+	if cfg.Addr == "" && (cfg.PacketConn == nil || cfg.Listener == nil) {
+		return nil, errors.New("stun: Config.Addr (or PacketConn and Listener) is required")
 	}
 	if cfg.MaxTCPConns <= 0 {
 		cfg.MaxTCPConns = DefaultMaxTCPConns
@@ -138,32 +146,18 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// listen binds UDP, then TCP on the same port; with port 0 it retries when
-// the kernel's UDP pick is taken on TCP.
+// listen takes the given sockets or binds UDP and TCP on one port.
 func (s *Server) listen() error {
-	var lastErr error
-	for range 8 {
-		udp, err := net.ListenPacket("udp", s.cfg.Addr)
-		if err != nil {
-			return fmt.Errorf("stun: listen udp %s: %w", s.cfg.Addr, err)
-		}
-		ap := udp.LocalAddr().(*net.UDPAddr).AddrPort()
-		tcpAddr := net.JoinHostPort(ap.Addr().String(), fmt.Sprint(ap.Port()))
-		if host, _, err := net.SplitHostPort(s.cfg.Addr); err == nil && host == "" {
-			tcpAddr = fmt.Sprintf(":%d", ap.Port())
-		}
-		tcp, err := net.Listen("tcp", tcpAddr)
-		if err == nil {
-			s.udp, s.tcp, s.addr = udp, tcp, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-			return nil
-		}
-		udp.Close()
-		lastErr = err
-		if _, port, _ := net.SplitHostPort(s.cfg.Addr); port != "0" {
-			break
-		}
+	if s.cfg.PacketConn != nil && s.cfg.Listener != nil {
+		s.udp, s.tcp, s.addr = s.cfg.PacketConn, s.cfg.Listener, netaddr.AddrPort(s.cfg.PacketConn.LocalAddr())
+		return nil
 	}
-	return fmt.Errorf("stun: listen tcp on the udp port of %s: %w", s.cfg.Addr, lastErr)
+	socks, err := listen.Bind(listen.Config{Addr: s.cfg.Addr})
+	if err != nil {
+		return fmt.Errorf("stun: %w", err)
+	}
+	s.udp, s.tcp, s.addr = socks.UDP[0], socks.TCP[0], socks.Addr
+	return nil
 }
 
 // Addr returns the address both transports listen on.

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nasreach/nasreach/internal/netaddr"
 	pion "github.com/pion/stun/v4"
 )
 
@@ -278,7 +279,7 @@ func (l *streamListener) Accept() (net.Conn, error) {
 		if l.tls != nil {
 			c = tls.Server(c, l.tls)
 		}
-		sf := &streamFilter{Conn: c, t: l.t, from: addrPortOf(c.RemoteAddr()), transport: l.transport, w: newFrameWriter(c)}
+		sf := &streamFilter{Conn: c, t: l.t, from: netaddr.AddrPort(c.RemoteAddr()), transport: l.transport, w: newFrameWriter(c)}
 		if !l.t.trackConn(sf) {
 			c.Close()
 			continue

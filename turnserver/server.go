@@ -38,6 +38,8 @@ import (
 	"time"
 
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/internal/listen"
+	"github.com/nasreach/nasreach/internal/netaddr"
 	"github.com/nasreach/nasreach/store"
 	"github.com/pion/turn/v5"
 	"github.com/rs/zerolog"
@@ -60,6 +62,9 @@ const (
 	// long; longer than the longest allocation lifetime (1 h) a client can
 	// request, so that a refreshing client is never cut off.
 	DefaultTCPIdleTimeout = 61 * time.Minute
+	// udpSocketBuffer is the receive and send buffer asked for each
+	// listening UDP socket: room for bursts from many clients.
+	udpSocketBuffer = 4 << 20
 	// closeTimeout bounds how long Close waits for pion's goroutines.
 	closeTimeout = 5 * time.Second
 )
@@ -113,6 +118,11 @@ type Config struct {
 	// Sockets is the number of SO_REUSEPORT sockets per UDP port and of TCP
 	// listeners; zero means one per CPU.
 	Sockets int
+	// PacketConns and Listeners, when PacketConns is set, are the STUN/TURN
+	// sockets to serve instead of binding Addr (systemd socket activation,
+	// tests); TLSListeners likewise for TLSAddr. The relay closes them.
+	PacketConns             []net.PacketConn
+	Listeners, TLSListeners []net.Listener
 	// MaxTCPConns bounds concurrent TCP and TLS connections; zero means
 	// DefaultMaxTCPConns.
 	MaxTCPConns int
@@ -223,11 +233,14 @@ func New(cfg Config) (*Server, error) {
 	}
 	t.policy = NewPeerPolicy(cfg.AllowPeers, []netip.Addr{relayIP}, own, t.alloc.isRelay)
 
-	udps, tcps, err := listenShared(cfg.Addr, cfg.Sockets, false)
-	if err != nil {
-		return nil, fmt.Errorf("turn: %w", err)
+	udps, tcps, tlss := cfg.PacketConns, cfg.Listeners, cfg.TLSListeners
+	if len(udps) == 0 {
+		socks, err := listen.Bind(listen.Config{Addr: cfg.Addr, Copies: cfg.Sockets, UDPBuffer: udpSocketBuffer})
+		if err != nil {
+			return nil, fmt.Errorf("turn: %w", err)
+		}
+		udps, tcps = socks.UDP, socks.TCP
 	}
-	var tlss []net.Listener
 	closeSockets := func() {
 		for _, c := range udps {
 			c.Close()
@@ -236,14 +249,18 @@ func New(cfg Config) (*Server, error) {
 			l.Close()
 		}
 	}
-	if cfg.TLS != nil {
-		if _, tlss, err = listenShared(cfg.TLSAddr, cfg.Sockets, true); err != nil {
+	if cfg.TLS != nil && len(tlss) == 0 {
+		socks, err := listen.Bind(listen.Config{Addr: cfg.TLSAddr, Copies: cfg.Sockets, TCPOnly: true})
+		if err != nil {
 			closeSockets()
 			return nil, fmt.Errorf("turn: tls: %w", err)
 		}
-		t.tlsAddr = addrPortOf(tlss[0].Addr())
+		tlss = socks.TCP
 	}
-	t.addr = addrPortOf(udps[0].LocalAddr())
+	if len(tlss) > 0 {
+		t.tlsAddr = netaddr.AddrPort(tlss[0].Addr())
+	}
+	t.addr = netaddr.AddrPort(udps[0].LocalAddr())
 	sc := turn.ServerConfig{
 		Realm:        cfg.Realm,
 		AuthHandler:  t.authenticate,
@@ -294,6 +311,12 @@ func New(cfg Config) (*Server, error) {
 }
 
 func (cfg *Config) setDefaults() error {
+	if cfg.Addr == "" && len(cfg.PacketConns) > 0 {
+		cfg.Addr = cfg.PacketConns[0].LocalAddr().String()
+	}
+	if cfg.TLSAddr == "" && len(cfg.TLSListeners) > 0 {
+		cfg.TLSAddr = cfg.TLSListeners[0].Addr().String()
+	}
 	if cfg.Addr == "" {
 		return errors.New("turn: Config.Addr is required")
 	}
@@ -323,7 +346,7 @@ func (cfg *Config) setDefaults() error {
 	if cfg.Sockets <= 0 {
 		cfg.Sockets = runtime.NumCPU()
 	}
-	if !reusePortSupported {
+	if !listen.ReusePortSupported {
 		cfg.Sockets = 1
 	}
 	if cfg.MaxTCPConns <= 0 {
@@ -481,11 +504,11 @@ func (t *Server) onAllocationCreated(src, dst net.Addr, _, _, _ string, relayAdd
 	transport := "udp"
 	if _, ok := dst.(*net.TCPAddr); ok {
 		transport = "tcp"
-		if t.tlsAddr.IsValid() && addrPortOf(dst).Port() == t.tlsAddr.Port() {
+		if t.tlsAddr.IsValid() && netaddr.AddrPort(dst).Port() == t.tlsAddr.Port() {
 			transport = "tls"
 		}
 	}
-	rc.created(addrPortOf(src), transport)
+	rc.created(netaddr.AddrPort(src), transport)
 }
 
 // deviceChanged is the store observer: a device that is deleted or switched

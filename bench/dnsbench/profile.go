@@ -43,9 +43,7 @@ func runProfileServer(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := srv.Start(); err != nil {
-		return err
-	}
+	defer srv.Shutdown(context.Background()) //nolint:errcheck // the profile is written; nothing to report
 	f, err := os.Create(*out)
 	if err != nil {
 		return err

@@ -1,0 +1,125 @@
+// Package listen binds the sockets of a server that answers on UDP and TCP
+// at one port (DNS, STUN, TURN): the same port for both transports, port 0
+// resolved to one port free for both, optionally several SO_REUSEPORT
+// sockets per transport, and large UDP buffers.
+package listen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"syscall"
+
+	"github.com/nasreach/nasreach/internal/netaddr"
+)
+
+// portZeroTries bounds how often Bind picks a new port when the one the
+// kernel gave UDP is taken on TCP (only with port 0).
+const portZeroTries = 20
+
+// Config says what Bind opens.
+type Config struct {
+	// Addr is host:port; port 0 picks one port free on both transports.
+	Addr string
+	// Copies is the number of sockets per transport sharing the port with
+	// SO_REUSEPORT, so that the kernel spreads clients over them (a client's
+	// 5-tuple always hashes to the same socket). Zero or one opens one each;
+	// more than one needs SO_REUSEPORT (ReusePortSupported).
+	Copies int
+	// TCPOnly opens TCP listeners only (a TLS port).
+	TCPOnly bool
+	// UDPBuffer, when positive, is the receive and send buffer asked for
+	// each UDP socket. With CAP_NET_ADMIN it is granted whatever
+	// net.core.rmem_max says; otherwise the kernel caps it there.
+	UDPBuffer int
+}
+
+// Sockets are the bound sockets of one Config, all on one port.
+type Sockets struct {
+	UDP []net.PacketConn
+	TCP []net.Listener
+	// Addr is the address they share, unmapped.
+	Addr netip.AddrPort
+	// BufferShortfall, when not nil, says that the kernel granted less than
+	// Config.UDPBuffer (the sockets work; bursts may drop datagrams). The
+	// caller logs it, naming what it serves.
+	BufferShortfall error
+}
+
+// Close closes every socket.
+func (s *Sockets) Close() error {
+	var errs []error
+	for _, c := range s.UDP {
+		errs = append(errs, c.Close())
+	}
+	for _, l := range s.TCP {
+		errs = append(errs, l.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Bind opens the sockets cfg describes: UDP first, then TCP on the port UDP
+// got. With port 0 the whole set is retried when TCP finds that port taken.
+func Bind(cfg Config) (*Sockets, error) {
+	host, port, err := net.SplitHostPort(cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen address %q: %w", cfg.Addr, err)
+	}
+	n := max(cfg.Copies, 1)
+	if n > 1 && !ReusePortSupported {
+		return nil, fmt.Errorf("listen %s: %d sockets per port need SO_REUSEPORT, which this system lacks", cfg.Addr, n)
+	}
+	for attempt := 1; ; attempt++ {
+		s, err := bindOnce(host, port, n, cfg)
+		if err == nil || port != "0" || attempt == portZeroTries || !errors.Is(err, syscall.EADDRINUSE) {
+			return s, err
+		}
+	}
+}
+
+func bindOnce(host, port string, n int, cfg Config) (*Sockets, error) {
+	s := &Sockets{}
+	var shortfall error
+	lc := net.ListenConfig{Control: func(network, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) {
+			if n > 1 {
+				setReusePort(fd)
+			}
+			if cfg.UDPBuffer > 0 && network[:3] == "udp" {
+				if err := setBuffers(fd, cfg.UDPBuffer); err != nil && shortfall == nil {
+					shortfall = err
+				}
+			}
+		})
+	}}
+	ctx := context.Background()
+	p := port
+	if !cfg.TCPOnly {
+		for i := range n {
+			c, err := lc.ListenPacket(ctx, "udp", net.JoinHostPort(host, p))
+			if err != nil {
+				s.Close()
+				return nil, fmt.Errorf("listen udp %s (socket %d of %d): %w", net.JoinHostPort(host, p), i+1, n, err)
+			}
+			s.UDP = append(s.UDP, c)
+			p = strconv.Itoa(int(netaddr.AddrPort(c.LocalAddr()).Port()))
+		}
+	}
+	for i := range n {
+		l, err := lc.Listen(ctx, "tcp", net.JoinHostPort(host, p))
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("listen tcp %s (socket %d of %d): %w", net.JoinHostPort(host, p), i+1, n, err)
+		}
+		s.TCP = append(s.TCP, l)
+		p = strconv.Itoa(int(netaddr.AddrPort(l.Addr()).Port()))
+	}
+	s.Addr = netaddr.AddrPort(s.TCP[0].Addr())
+	if shortfall != nil {
+		s.BufferShortfall = fmt.Errorf("udp buffers on %s: %w", s.Addr, shortfall)
+	}
+	return s, nil
+}
