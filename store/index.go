@@ -1,0 +1,105 @@
+package store
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// entry is the in-memory view of one device for the DNS hot path. Deleted
+// entries stay as tombstones so that a slower, older write cannot resurrect them.
+type entry struct {
+	rev     uint64
+	deleted bool
+	rec     Record
+}
+
+// Record is what the DNS server needs to answer for a device.
+type Record struct {
+	IPv4, IPv6 netip.Addr
+}
+
+// ChangeKind says what happened to a device.
+type ChangeKind int
+
+// The kinds of Change.
+const (
+	Created ChangeKind = iota + 1
+	Updated
+	Deleted // unregistered by the owner or the operator
+	Expired // an uninitialized device that was never activated
+)
+
+// Change describes one committed change, passed to observers after commit.
+type Change struct {
+	Kind   ChangeKind
+	Device Device // the device after the change (before it, for Deleted and Expired)
+}
+
+func (s *Store) load() error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		s.serial = uint32(getUint(meta, keySerial))
+		rev := getUint(meta, keyRev)
+		return tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+			var d Device
+			if err := json.Unmarshal(v, &d); err != nil {
+				return fmt.Errorf("device %q: %w", k, err)
+			}
+			s.index[d.Name] = entry{rev: rev, deleted: !d.resolves(), rec: d.record()}
+			return nil
+		})
+	})
+}
+
+// OnChange registers f to be called after every committed change, in the
+// writer's goroutine, once the index shows it. f must not block.
+func (s *Store) OnChange(f func(Change)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.observers = append(s.observers, f)
+}
+
+// Lookup returns the DNS record of a device whose DDNS switch is on. name must
+// be lower case. It reads only memory.
+func (s *Store) Lookup(name string) (Record, bool) {
+	s.mu.RLock()
+	e, ok := s.index[name]
+	s.mu.RUnlock()
+	if !ok || e.deleted {
+		return Record{}, false
+	}
+	return e.rec, true
+}
+
+// Serial returns the zone's SOA serial, bumped by every change to DNS data.
+func (s *Store) Serial() uint32 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.serial
+}
+
+// Len returns the number of devices that currently resolve.
+func (s *Store) Len() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n := 0
+	for _, e := range s.index {
+		if !e.deleted {
+			n++
+		}
+	}
+	return n
+}
+
+// record is the DNS view of d: nothing when DDNS is off.
+func (d Device) record() Record {
+	return Record{IPv4: d.IPv4, IPv6: d.IPv6}
+}
+
+func (d Device) resolves() bool { return d.DDNS }
+
+// serialNewer compares SOA serials with RFC 1982 arithmetic.
+func serialNewer(a, b uint32) bool { return a != b && int32(a-b) > 0 }
