@@ -48,7 +48,7 @@ func (s *Store) load() error {
 			if err := json.Unmarshal(v, &d); err != nil {
 				return fmt.Errorf("device %q: %w", k, err)
 			}
-			s.index[d.Name] = entry{rev: rev, deleted: !d.resolves(), rec: d.record()}
+			s.index[d.Name] = entryFor(rev, d, false)
 			return nil
 		})
 	})
@@ -103,3 +103,24 @@ func (d Device) resolves() bool { return d.DDNS }
 
 // serialNewer compares SOA serials with RFC 1982 arithmetic.
 func serialNewer(a, b uint32) bool { return a != b && int32(a-b) > 0 }
+
+// entryFor is the index entry of d as of revision rev; deleted says that its
+// record is gone.
+func entryFor(rev uint64, d Device, deleted bool) entry {
+	return entry{rev: rev, deleted: deleted || !d.resolves(), rec: d.record()}
+}
+
+// updateIndex shows a committed write in the index and returns the observers
+// to notify once the lock is released. Writers sharing a batch get here in any
+// order after their common commit, so an entry only replaces an older one.
+func (s *Store) updateIndex(name string, c committed) []func(Change) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.index[name]; !ok || e.rev < c.rev {
+		s.index[name] = entryFor(c.rev, c.device, c.deleted)
+	}
+	if c.dns && serialNewer(c.serial, s.serial) {
+		s.serial = c.serial
+	}
+	return s.observers
+}

@@ -82,3 +82,12 @@ func putUint(b *bolt.Bucket, k []byte, v uint64) error {
 	binary.BigEndian.PutUint64(buf[:], v)
 	return b.Put(k, buf[:])
 }
+
+// putDevice stores d under name.
+func putDevice(b *bolt.Bucket, name string, d *Device) error {
+	buf, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(name), buf)
+}

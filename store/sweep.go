@@ -49,23 +49,7 @@ func (s *Store) Sweep(ctx context.Context) (expired int, err error) {
 		expired++
 		s.log.Info().Str("device", name).Msg("uninitialized device expired; its data is deleted")
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketQuarantine)
-		var done [][]byte
-		_ = b.ForEach(func(k, v []byte) error {
-			if !s.quarantined(v, now) {
-				done = append(done, k)
-			}
-			return nil
-		})
-		for _, k := range done {
-			if err := b.Delete(k); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := s.endQuarantines(now); err != nil {
 		return expired, fmt.Errorf("sweep quarantine: %w", err)
 	}
 	return expired, nil

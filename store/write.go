@@ -2,8 +2,6 @@ package store
 
 import (
 	"context"
-	"encoding/binary"
-	"encoding/json"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -17,128 +15,153 @@ type outcome struct {
 	tx  func(*bolt.Tx) error // more changes in the same transaction (other buckets)
 }
 
+// changes reports whether o writes anything.
+func (o outcome) changes() bool { return o.put != nil || o.del || o.tx != nil }
+
 // mutation decides the new state of one device from the current record (nil
 // if none). It may run several times (a read-only check first, then bbolt may
 // retry a batch) and must have no effect other than what it returns.
 type mutation func(cur *Device) (outcome, error)
 
-// write runs m in a batched, fsynced transaction, then updates the index and
-// notifies observers. A mutation that changes nothing (an unchanged address, an
-// error) is decided in a read-only transaction and costs no commit.
+// committed is what one committed write changed, for the index and observers.
+type committed struct {
+	rev     uint64 // the write's place in commit order
+	serial  uint32 // the zone serial after the commit
+	dns     bool   // whether DNS data changed, and serial with it
+	deleted bool   // the device record is gone
+	device  Device // the device after the change (before it, when deleted)
+}
+
+// write is the one path every change to a device takes, so the durability
+// contract is kept in one place: it returns nil only after the change is
+// committed and fsynced and the index shows it, and observers have been told.
+// A mutation that changes nothing (an unchanged address, an error) is decided
+// in a read-only transaction and costs no commit.
 func (s *Store) write(ctx context.Context, name string, kind ChangeKind, m mutation) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	var noop bool
-	err := s.db.View(func(tx *bolt.Tx) error {
-		if kind == Created {
-			if err := s.checkQuarantine(tx, name); err != nil {
-				return err
-			}
-		}
-		cur, err := readDevice(tx.Bucket(bucketDevices), name)
-		if err != nil {
-			return err
-		}
-		o, err := m(cur)
-		noop = o.put == nil && !o.del && o.tx == nil
-		return err
-	})
-	if err != nil || noop {
+	if changes, err := s.check(name, kind, m); err != nil || !changes {
 		return err
 	}
-	var (
-		rev    uint64
-		serial uint32
-		wrote  bool
-		stored Device
-		o      outcome
-	)
+	c, wrote, err := s.commit(name, kind, m)
+	if err != nil || !wrote {
+		return err
+	}
+	for _, f := range s.updateIndex(name, c) {
+		f(Change{Kind: kind, Device: c.device})
+	}
+	return nil
+}
+
+// check runs m in a read-only transaction and reports whether it changes
+// anything.
+func (s *Store) check(name string, kind ChangeKind, m mutation) (changes bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		_, o, err := s.decide(tx, name, kind, m)
+		changes = o.changes()
+		return err
+	})
+	return changes, err
+}
+
+// commit runs m again in a batched transaction, the one that counts: the
+// record may have changed since check. wrote is false when m now changes
+// nothing; then nothing is written.
+func (s *Store) commit(name string, kind ChangeKind, m mutation) (c committed, wrote bool, err error) {
 	err = s.db.Batch(func(tx *bolt.Tx) error {
-		wrote = false
-		b := tx.Bucket(bucketDevices)
-		if kind == Created {
-			if err := s.checkQuarantine(tx, name); err != nil {
-				return err
-			}
+		c, wrote = committed{}, false // bbolt may run this more than once
+		cur, o, err := s.decide(tx, name, kind, m)
+		if err != nil || !o.changes() {
+			return err
 		}
-		cur, err := readDevice(b, name)
+		device, err := s.persist(tx, name, kind, cur, o)
 		if err != nil {
 			return err
 		}
-		if o, err = m(cur); err != nil {
+		rev, serial, err := bumpCounters(tx.Bucket(bucketMeta), o.dns)
+		if err != nil {
 			return err
 		}
-		switch {
-		case o.del:
-			if err := b.Delete([]byte(name)); err != nil {
-				return err
-			}
-			stored = *cur
-			if err := deletePrefix(tx.Bucket(bucketAccessCodes), name+"/"); err != nil {
-				return err
-			}
-			if kind == Deleted && s.quarantine > 0 {
-				var ts [8]byte
-				binary.BigEndian.PutUint64(ts[:], uint64(s.now().UnixNano()))
-				if err := tx.Bucket(bucketQuarantine).Put([]byte(name), ts[:]); err != nil {
-					return err
-				}
-			}
-		case o.put != nil:
-			buf, err := json.Marshal(o.put)
-			if err != nil {
-				return err
-			}
-			if err := b.Put([]byte(name), buf); err != nil {
-				return err
-			}
-			stored = *o.put
-		case o.tx != nil:
-			stored = *cur
-		default:
-			return nil // nothing to change
-		}
-		if o.tx != nil {
-			if err := o.tx(tx); err != nil {
-				return err
-			}
-		}
-		meta := tx.Bucket(bucketMeta)
-		rev = getUint(meta, keyRev) + 1
-		if err := putUint(meta, keyRev, rev); err != nil {
-			return err
-		}
-		serial = uint32(getUint(meta, keySerial))
-		if o.dns {
-			serial++
-			if serial == 0 {
-				serial = 1
-			}
-			if err := putUint(meta, keySerial, uint64(serial)); err != nil {
-				return err
-			}
-		}
+		c = committed{rev: rev, serial: serial, dns: o.dns, deleted: o.del, device: device}
 		wrote = true
 		return nil
 	})
+	return c, wrote, err
+}
+
+// decide reads the device's current record in tx and runs m on it. A name is
+// created only when its quarantine has ended.
+func (s *Store) decide(tx *bolt.Tx, name string, kind ChangeKind, m mutation) (*Device, outcome, error) {
+	if kind == Created {
+		if err := s.checkQuarantine(tx, name); err != nil {
+			return nil, outcome{}, err
+		}
+	}
+	cur, err := readDevice(tx.Bucket(bucketDevices), name)
 	if err != nil {
+		return nil, outcome{}, err
+	}
+	o, err := m(cur)
+	return cur, o, err
+}
+
+// persist writes o to tx and returns the device as the change leaves it (as
+// it was, for a deletion).
+func (s *Store) persist(tx *bolt.Tx, name string, kind ChangeKind, cur *Device, o outcome) (Device, error) {
+	var device Device
+	switch {
+	case o.del:
+		if err := s.deleteDevice(tx, name, kind); err != nil {
+			return Device{}, err
+		}
+		device = *cur
+	case o.put != nil:
+		if err := putDevice(tx.Bucket(bucketDevices), name, o.put); err != nil {
+			return Device{}, err
+		}
+		device = *o.put
+	default: // only o.tx: the record itself stays as it is
+		device = *cur
+	}
+	if o.tx != nil {
+		if err := o.tx(tx); err != nil {
+			return Device{}, err
+		}
+	}
+	return device, nil
+}
+
+// deleteDevice removes a device's record and its access codes. A deleted
+// device's name is quarantined; an expired one's is not: it never had an owner
+// whose clients might still resolve it.
+func (s *Store) deleteDevice(tx *bolt.Tx, name string, kind ChangeKind) error {
+	if err := tx.Bucket(bucketDevices).Delete([]byte(name)); err != nil {
 		return err
 	}
-	if !wrote {
-		return nil
+	if err := deletePrefix(tx.Bucket(bucketAccessCodes), name+"/"); err != nil {
+		return err
 	}
-	s.mu.Lock()
-	if e, ok := s.index[name]; !ok || e.rev < rev {
-		s.index[name] = entry{rev: rev, deleted: o.del || !stored.resolves(), rec: stored.record()}
-	}
-	if o.dns && serialNewer(serial, s.serial) {
-		s.serial = serial
-	}
-	observers := s.observers
-	s.mu.Unlock()
-	for _, f := range observers {
-		f(Change{Kind: kind, Device: stored})
+	if kind == Deleted {
+		return s.quarantineName(tx, name)
 	}
 	return nil
+}
+
+// bumpCounters advances the write revision, and the zone serial when DNS data
+// changed, and returns both as they now are.
+func bumpCounters(meta *bolt.Bucket, dns bool) (rev uint64, serial uint32, err error) {
+	rev = getUint(meta, keyRev) + 1
+	if err := putUint(meta, keyRev, rev); err != nil {
+		return 0, 0, err
+	}
+	serial = uint32(getUint(meta, keySerial))
+	if !dns {
+		return rev, serial, nil
+	}
+	serial++
+	if serial == 0 {
+		serial = 1
+	}
+	return rev, serial, putUint(meta, keySerial, uint64(serial))
 }
