@@ -8,12 +8,14 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// entry is the in-memory view of one device for the DNS hot path. Deleted
-// entries stay as tombstones so that a slower, older write cannot resurrect them.
+// entry is the in-memory view of one device for the DNS hot path. A hidden
+// entry is one Lookup does not return and Len does not count: a deleted device
+// (kept as a tombstone so that a slower, older write cannot resurrect it) or a
+// device with DDNS off (see record).
 type entry struct {
-	rev     uint64
-	deleted bool
-	rec     Record
+	rev    uint64
+	hidden bool
+	rec    Record
 }
 
 // Record is what the DNS server needs to answer for a device.
@@ -68,7 +70,7 @@ func (s *Store) Lookup(name string) (Record, bool) {
 	s.mu.RLock()
 	e, ok := s.index[name]
 	s.mu.RUnlock()
-	if !ok || e.deleted {
+	if !ok || e.hidden {
 		return Record{}, false
 	}
 	return e.rec, true
@@ -87,18 +89,26 @@ func (s *Store) Len() int {
 	defer s.mu.RUnlock()
 	n := 0
 	for _, e := range s.index {
-		if !e.deleted {
+		if !e.hidden {
 			n++
 		}
 	}
 	return n
 }
 
-// record is the DNS view of d: nothing when DDNS is off.
+// record is the DNS view of d: its addresses, whether DDNS is on or off. A
+// device with DDNS off keeps an index entry holding them, marked hidden (see
+// resolves): Lookup reports no such name, so the DNS server answers NXDOMAIN,
+// and Len does not count it, while Get still returns the device with its
+// addresses. Address updates still reach the hidden entry, and still bump the
+// zone serial although no answer changes; switching DDNS either way bumps it
+// too. Open builds entries the same way, so DDNS off survives a restart.
 func (d Device) record() Record {
 	return Record{IPv4: d.IPv4, IPv6: d.IPv6}
 }
 
+// resolves reports whether d's name resolves: only while its DDNS switch is
+// on. A device that does not resolve gets a hidden index entry.
 func (d Device) resolves() bool { return d.DDNS }
 
 // serialNewer compares SOA serials with RFC 1982 arithmetic.
@@ -107,12 +117,12 @@ func serialNewer(a, b uint32) bool { return a != b && int32(a-b) > 0 }
 // entryFor is the index entry of d as of revision rev; deleted says that its
 // record is gone.
 func entryFor(rev uint64, d Device, deleted bool) entry {
-	return entry{rev: rev, deleted: deleted || !d.resolves(), rec: d.record()}
+	return entry{rev: rev, hidden: deleted || !d.resolves(), rec: d.record()}
 }
 
 // updateIndex shows a committed write in the index and returns the observers
-// to notify once the lock is released. Writers sharing a batch get here in any
-// order after their common commit, so an entry only replaces an older one.
+// to notify once the lock is released. Writers get here after their commits
+// but not necessarily in commit order, so an entry only replaces an older one.
 func (s *Store) updateIndex(name string, c committed) []func(Change) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
