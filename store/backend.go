@@ -7,7 +7,8 @@ import (
 
 // Backend is the device table as the rest of nasreach uses it. *Store keeps
 // it in a bbolt file; another implementation (an etcd-backed one, say) must
-// keep the same contract and pass the same tests. The methods of *Store
+// keep the same contract and pass the same tests (store_test.go lists the
+// implementations its behaviour tests run against). The methods of *Store
 // document each one in full.
 //
 // Every implementation keeps this contract:
