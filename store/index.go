@@ -40,6 +40,8 @@ type Change struct {
 	Device Device // the device after the change (before it, for Deleted and Expired)
 }
 
+// load fills the index and the serial from the file at Open. Every entry
+// takes the file's current revision, which every later write exceeds.
 func (s *Store) load() error {
 	return s.db.View(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)

@@ -5,7 +5,9 @@
 // Durability contract: every method that changes data returns only after the
 // bbolt transaction holding the change has been committed and fsynced, and after
 // the in-memory index shows it. An acknowledged change therefore survives a crash
-// and is visible to the very next Lookup.
+// and is visible to the very next Lookup. Code outside the package depends on
+// Backend, which states the contract for any implementation; *Store is the
+// bbolt one.
 package store
 
 import (
