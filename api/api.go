@@ -37,7 +37,7 @@ const (
 // Config configures New.
 type Config struct {
 	// Store is the device table. Required.
-	Store *store.Store
+	Store store.Backend
 	// Zone is the DNS zone devices live in, e.g. "myqnapcloud.com". Required.
 	Zone string
 	// AdminToken authorizes admin calls. Required.
@@ -67,7 +67,7 @@ type EventSink interface {
 // API serves the HTTP endpoints. Create it with New, serve it with Serve, stop
 // it with Shutdown.
 type API struct {
-	st       *store.Store
+	st       store.Backend
 	zone     string // lower case, no trailing dot
 	admin    []byte
 	open     atomic.Bool                    // SetOpenRegistration changes it live

@@ -1,0 +1,138 @@
+package store
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// entry is the in-memory view of one device for the DNS hot path. A hidden
+// entry is one Lookup does not return and Len does not count: a deleted device
+// (kept as a tombstone so that a slower, older write cannot resurrect it) or a
+// device with DDNS off (see record).
+type entry struct {
+	rev    uint64
+	hidden bool
+	rec    Record
+}
+
+// Record is what the DNS server needs to answer for a device.
+type Record struct {
+	IPv4, IPv6 netip.Addr
+}
+
+// ChangeKind says what happened to a device.
+type ChangeKind int
+
+// The kinds of Change.
+const (
+	Created ChangeKind = iota + 1
+	Updated
+	Deleted // unregistered by the owner or the operator
+	Expired // an uninitialized device that was never activated
+)
+
+// Change describes one committed change, passed to observers after commit.
+type Change struct {
+	Kind   ChangeKind
+	Device Device // the device after the change (before it, for Deleted and Expired)
+}
+
+// load fills the index and the serial from the file at Open. Every entry
+// takes the file's current revision, which every later write exceeds.
+func (s *Store) load() error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		s.serial = uint32(getUint(meta, keySerial))
+		rev := getUint(meta, keyRev)
+		return tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+			var d Device
+			if err := json.Unmarshal(v, &d); err != nil {
+				return fmt.Errorf("device %q: %w", k, err)
+			}
+			s.index[d.Name] = entryFor(rev, d, false)
+			return nil
+		})
+	})
+}
+
+// OnChange registers f to be called after every committed change, in the
+// writer's goroutine, once the index shows it. f must not block.
+func (s *Store) OnChange(f func(Change)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.observers = append(s.observers, f)
+}
+
+// Lookup returns the DNS record of a device whose DDNS switch is on. name must
+// be lower case. It reads only memory.
+func (s *Store) Lookup(name string) (Record, bool) {
+	s.mu.RLock()
+	e, ok := s.index[name]
+	s.mu.RUnlock()
+	if !ok || e.hidden {
+		return Record{}, false
+	}
+	return e.rec, true
+}
+
+// Serial returns the zone's SOA serial, bumped by every change to DNS data.
+func (s *Store) Serial() uint32 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.serial
+}
+
+// Len returns the number of devices that currently resolve.
+func (s *Store) Len() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n := 0
+	for _, e := range s.index {
+		if !e.hidden {
+			n++
+		}
+	}
+	return n
+}
+
+// record is the DNS view of d: its addresses, whether DDNS is on or off. A
+// device with DDNS off keeps an index entry holding them, marked hidden (see
+// resolves): Lookup reports no such name, so the DNS server answers NXDOMAIN,
+// and Len does not count it, while Get still returns the device with its
+// addresses. Address updates still reach the hidden entry, and still bump the
+// zone serial although no answer changes; switching DDNS either way bumps it
+// too. Open builds entries the same way, so DDNS off survives a restart.
+func (d Device) record() Record {
+	return Record{IPv4: d.IPv4, IPv6: d.IPv6}
+}
+
+// resolves reports whether d's name resolves: only while its DDNS switch is
+// on. A device that does not resolve gets a hidden index entry.
+func (d Device) resolves() bool { return d.DDNS }
+
+// serialNewer compares SOA serials with RFC 1982 arithmetic.
+func serialNewer(a, b uint32) bool { return a != b && int32(a-b) > 0 }
+
+// entryFor is the index entry of d as of revision rev; deleted says that its
+// record is gone.
+func entryFor(rev uint64, d Device, deleted bool) entry {
+	return entry{rev: rev, hidden: deleted || !d.resolves(), rec: d.record()}
+}
+
+// updateIndex shows a committed write in the index and returns the observers
+// to notify once the lock is released. Writers get here after their commits
+// but not necessarily in commit order, so an entry only replaces an older one.
+func (s *Store) updateIndex(name string, c committed) []func(Change) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.index[name]; !ok || e.rev < c.rev {
+		s.index[name] = entryFor(c.rev, c.device, c.deleted)
+	}
+	if c.dns && serialNewer(c.serial, s.serial) {
+		s.serial = c.serial
+	}
+	return s.observers
+}

@@ -1,0 +1,76 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Sweep removes uninitialized devices older than the uninitialized TTL (with
+// all their data, and without quarantine: they never had an owner) and
+// quarantine entries that have ended. The background sweeper calls it; tests
+// call it with a fake clock.
+func (s *Store) Sweep(ctx context.Context) (expired int, err error) {
+	now := s.now()
+	var names []string
+	err = s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+			var d Device
+			if err := json.Unmarshal(v, &d); err != nil {
+				return fmt.Errorf("device %q is unreadable: %w", k, err)
+			}
+			if s.expired(d, now) {
+				names = append(names, d.Name)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return 0, fmt.Errorf("sweep: %w", err)
+	}
+	for _, name := range names {
+		var gone bool // decided by the mutation's last run, the committed one
+		err := s.write(ctx, name, Expired, func(cur *Device) (outcome, error) {
+			gone = cur != nil && s.expired(*cur, s.now())
+			if !gone {
+				return outcome{}, nil // activated or deleted meanwhile
+			}
+			return outcome{del: true, dns: true}, nil
+		})
+		if err != nil {
+			return expired, fmt.Errorf("sweep: expire %q: %w", name, err)
+		}
+		if !gone {
+			continue
+		}
+		expired++
+		s.log.Info().Str("device", name).Msg("uninitialized device expired; its data is deleted")
+	}
+	if err := s.endQuarantines(now); err != nil {
+		return expired, fmt.Errorf("sweep quarantine: %w", err)
+	}
+	return expired, nil
+}
+
+func (s *Store) expired(d Device, now time.Time) bool {
+	return d.State == StateUninitialized && !now.Before(d.Created.Add(s.uninitTTL))
+}
+
+func (s *Store) sweeper(every time.Duration) {
+	defer close(s.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			if _, err := s.Sweep(context.Background()); err != nil {
+				s.log.Error().Err(err).Msg("store sweep failed")
+			}
+		}
+	}
+}
