@@ -2,7 +2,8 @@
 // `nasreach device` and `nasreach backup` commands and the Link agent use, and
 // its types are the JSON the API's server side (package api) encodes and
 // decodes. It needs the standard library only, so that the agent side does
-// not pull in the store.
+// not pull in the store. Its tests are in package api, against the real
+// server.
 package client
 
 import (
@@ -33,7 +34,7 @@ const (
 // Config configures New.
 type Config struct {
 	// Server is the daemon's base URL, e.g. https://ddns.example.net or
-	// http://127.0.0.1:8080; a path in it prefixes every call. Required.
+	// http://127.0.0.1:10080; a path in it prefixes every call. Required.
 	Server string
 	// Token is sent as a bearer token: the admin token, or the token of the
 	// device the calls are about. Empty sends none (enough for CallerAddress).
@@ -164,7 +165,8 @@ func (c *Client) CallerAddress(ctx context.Context) (netip.Addr, error) {
 
 // Backup streams a consistent snapshot of the daemon's store, a bbolt file
 // (GET /v1/admin/backup). It needs the admin token. The caller closes the
-// reader; a read error means the snapshot is incomplete.
+// reader; a read error means the snapshot is incomplete. The HTTP client's
+// timeout covers the whole download.
 func (c *Client) Backup(ctx context.Context) (io.ReadCloser, error) {
 	resp, err := c.send(ctx, http.MethodGet, "/v1/admin/backup", nil)
 	if err != nil {

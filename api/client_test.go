@@ -1,4 +1,8 @@
-package client_test
+package api
+
+// The tests of package api/client: every client call against this package's
+// real server (startServer: a real store, HTTP on 127.0.0.1:0), error paths
+// included. They live here, not in api/client, to share that server.
 
 import (
 	"context"
@@ -17,44 +21,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/nasreach/nasreach/api"
 	"github.com/nasreach/nasreach/api/client"
 	"github.com/nasreach/nasreach/store"
 )
-
-const admin = "admin-token-0123456789abcdef"
-
-// startDaemon serves the real API over a real store on 127.0.0.1:0 and
-// returns its base URL.
-func startDaemon(t *testing.T) string {
-	t.Helper()
-	st, err := store.Open(store.Config{Dir: t.TempDir(), SweepEvery: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	a, err := api.New(api.Config{Store: st, Zone: "example.com", AdminToken: admin})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- a.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := a.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		<-done
-	})
-	return "http://" + ln.Addr().String()
-}
 
 func newClient(t *testing.T, server, token string) *client.Client {
 	t.Helper()
@@ -65,9 +35,9 @@ func newClient(t *testing.T, server, token string) *client.Client {
 	return c
 }
 
-// wantError checks that err is the daemon's refusal with status and a reason
+// wantRefusal checks that err is the daemon's refusal with status and a reason
 // that contains says.
-func wantError(t *testing.T, what string, err error, status int, says string) {
+func wantRefusal(t *testing.T, what string, err error, status int, says string) {
 	t.Helper()
 	var e *client.Error
 	if !errors.As(err, &e) {
@@ -84,8 +54,8 @@ func wantError(t *testing.T, what string, err error, status int, says string) {
 
 func TestClientManagesADeviceThroughItsWholeLife(t *testing.T) {
 	ctx := context.Background()
-	server := startDaemon(t)
-	adm := newClient(t, server+"/", admin) // a trailing slash is fine
+	server := startServer(t, nil).url
+	adm := newClient(t, server+"/", testAdmin) // a trailing slash is fine
 
 	created, err := adm.Create(ctx, client.CreateRequest{Name: "NAS1"})
 	if err != nil {
@@ -163,13 +133,13 @@ func TestClientManagesADeviceThroughItsWholeLife(t *testing.T) {
 	if err := dev.RevokeAccessCode(ctx, "nas1", code.ID); err != nil {
 		t.Fatal(err)
 	}
-	wantError(t, "revoking twice", dev.RevokeAccessCode(ctx, "nas1", code.ID), http.StatusNotFound, "no such")
+	wantRefusal(t, "revoking twice", dev.RevokeAccessCode(ctx, "nas1", code.ID), http.StatusNotFound, "no such")
 
 	if err := adm.Delete(ctx, "nas2"); err != nil {
 		t.Fatal(err)
 	}
 	_, err = adm.Device(ctx, "nas2")
-	wantError(t, "Device after Delete", err, http.StatusNotFound, "no such device")
+	wantRefusal(t, "Device after Delete", err, http.StatusNotFound, "no such device")
 	if err := dev.Delete(ctx, "nas1"); err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +149,7 @@ func TestClientManagesADeviceThroughItsWholeLife(t *testing.T) {
 }
 
 func TestClientCallerAddressNeedsNoToken(t *testing.T) {
-	ip, err := newClient(t, startDaemon(t), "").CallerAddress(context.Background())
+	ip, err := newClient(t, startServer(t, nil).url, "").CallerAddress(context.Background())
 	if err != nil || ip != netip.MustParseAddr("127.0.0.1") {
 		t.Fatalf("CallerAddress = %v, %v; want 127.0.0.1", ip, err)
 	}
@@ -187,8 +157,8 @@ func TestClientCallerAddressNeedsNoToken(t *testing.T) {
 
 func TestClientBackupIsAStoreThatOpens(t *testing.T) {
 	ctx := context.Background()
-	server := startDaemon(t)
-	adm := newClient(t, server, admin)
+	server := startServer(t, nil).url
+	adm := newClient(t, server, testAdmin)
 	if _, err := adm.Create(ctx, client.CreateRequest{Name: "nas1"}); err != nil {
 		t.Fatal(err)
 	}
@@ -219,8 +189,8 @@ func TestClientBackupIsAStoreThatOpens(t *testing.T) {
 // each is a *client.Error with the status and the daemon's reason.
 func TestClientErrorsCarryTheServersWords(t *testing.T) {
 	ctx := context.Background()
-	server := startDaemon(t)
-	adm := newClient(t, server, admin)
+	server := startServer(t, nil).url
+	adm := newClient(t, server, testAdmin)
 	created, err := adm.Create(ctx, client.CreateRequest{Name: "nas1"})
 	if err != nil {
 		t.Fatal(err)
@@ -253,7 +223,7 @@ func TestClientErrorsCarryTheServersWords(t *testing.T) {
 		}, 400, "everyone"},
 	}
 	for _, c := range cases {
-		wantError(t, c.what, c.call(), c.status, c.says)
+		wantRefusal(t, c.what, c.call(), c.status, c.says)
 	}
 }
 
@@ -264,7 +234,7 @@ func TestClientSaysWhichDaemonItCannotReach(t *testing.T) {
 	}
 	server := "http://" + ln.Addr().String()
 	ln.Close() // nothing listens there now
-	_, err = newClient(t, server, admin).Devices(context.Background())
+	_, err = newClient(t, server, testAdmin).Devices(context.Background())
 	var e *client.Error
 	var ue *url.Error
 	if err == nil || errors.As(err, &e) || !errors.As(err, &ue) || !strings.Contains(err.Error(), "cannot reach the daemon at "+server) {
@@ -273,7 +243,7 @@ func TestClientSaysWhichDaemonItCannotReach(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := newClient(t, startDaemon(t), admin).Devices(ctx); !errors.Is(err, context.Canceled) {
+	if _, err := newClient(t, startServer(t, nil).url, testAdmin).Devices(ctx); !errors.Is(err, context.Canceled) {
 		t.Errorf("call with a cancelled context: err %v, want context.Canceled", err)
 	}
 }
@@ -301,14 +271,14 @@ func TestClientReportsAnAnswerThatIsNotTheAPIs(t *testing.T) {
 	t.Cleanup(func() { proxy.Close() })
 	server := "http://" + pln.Addr().String()
 
-	_, err = newClient(t, server, admin).Devices(context.Background())
+	_, err = newClient(t, server, testAdmin).Devices(context.Background())
 	var e *client.Error
 	if !errors.As(err, &e) || e.Status != http.StatusBadGateway || e.Message != "" || err.Error() != "HTTP 502 from "+server {
 		t.Errorf("answer from a proxy: err %v, want HTTP 502 from %s", err, server)
 	}
 }
 
-func TestNewRefusesAServerThatIsNotAURL(t *testing.T) {
+func TestClientNewRefusesAServerThatIsNotAURL(t *testing.T) {
 	for _, s := range []string{"", "127.0.0.1:8080", "localhost:8080/api", "ftp://example.net", "http://", "http://example.net/?x=1"} {
 		if _, err := client.New(client.Config{Server: s}); err == nil || !strings.Contains(err.Error(), "Config.Server") {
 			t.Errorf("New(Server %q): err %v, want one naming Config.Server", s, err)
