@@ -159,8 +159,14 @@ func (c *Client) RevokeAccessCode(ctx context.Context, name, id string) error {
 // /v1/ip): behind NAT, the WAN address. It needs no token.
 func (c *Client) CallerAddress(ctx context.Context) (netip.Addr, error) {
 	var out CallerIP
-	err := c.do(ctx, http.MethodGet, "/v1/ip", nil, &out, maxAnswer)
-	return out.IP, err
+	if err := c.do(ctx, http.MethodGet, "/v1/ip", nil, &out, maxAnswer); err != nil {
+		return netip.Addr{}, err
+	}
+	// "" decodes as the zero Addr without error; a caller must not store it.
+	if !out.IP.IsValid() {
+		return netip.Addr{}, fmt.Errorf("the daemon at %s answered GET /v1/ip without an address", c.base)
+	}
+	return out.IP, nil
 }
 
 // Backup streams a consistent snapshot of the daemon's store, a bbolt file
