@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/nasreach/nasreach/anonymize"
+	"github.com/nasreach/nasreach/api/client"
 	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/store"
 	"github.com/rs/zerolog"
@@ -278,7 +279,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 func (a *API) fail(w http.ResponseWriter, code int, format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	msg = strings.ReplaceAll(msg, "\n", " ")
-	writeJSON(w, code, map[string]string{"error": msg})
+	writeJSON(w, code, client.ErrorBody{Error: msg})
 }
 
 // event passes e to the connection log, if there is one.

@@ -10,20 +10,41 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/nasreach/nasreach/api/client"
 	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/store"
 )
 
-// deviceJSON is a device as the API shows it: everything stored, plus its FQDN.
-type deviceJSON struct {
-	store.Device
-	FQDN string `json:"fqdn"`
-	// AccessCodes are listed in the owner's export only (hashes, never codes).
-	AccessCodes []store.AccessCode `json:"access_codes,omitempty"`
+// deviceJSON is d as the API shows it: everything stored, plus its FQDN.
+// Every field of store.Device must be copied here; a test checks that
+// client.Device has them all.
+func (a *API) deviceJSON(d store.Device) client.Device {
+	return client.Device{
+		Name: d.Name, TokenSHA256: d.TokenSHA256, IPv4: d.IPv4, IPv6: d.IPv6,
+		DDNS: d.DDNS, Link: d.Link, Access: client.Access(d.Access), State: client.State(d.State),
+		Created: d.Created, Updated: d.Updated, PublicKey: d.PublicKey,
+		FQDN: d.Name + "." + a.zone,
+	}
 }
 
-func (a *API) deviceJSON(d store.Device) deviceJSON {
-	return deviceJSON{Device: d, FQDN: d.Name + "." + a.zone}
+// accessCodesJSON lists codes as the owner's export shows them. The
+// conversion compiles only while both types have the same fields.
+func accessCodesJSON(codes []store.AccessCode) []client.AccessCode {
+	var out []client.AccessCode
+	for _, c := range codes {
+		out = append(out, client.AccessCode(c))
+	}
+	return out
+}
+
+// convertPtr converts an optional string-typed value of the wire to the
+// store's type of it.
+func convertPtr[To, From ~string](p *From) *To {
+	if p == nil {
+		return nil
+	}
+	v := To(*p)
+	return &v
 }
 
 // decode reads a JSON body strictly; an empty body leaves v as it is and
@@ -124,17 +145,6 @@ func (a *API) requireAdmin(w http.ResponseWriter, r *http.Request) bool {
 	return false
 }
 
-type createRequest struct {
-	Name  string      `json:"name"`
-	State store.State `json:"state,omitempty"`
-}
-
-type createResponse struct {
-	Name  string `json:"name"`
-	FQDN  string `json:"fqdn"`
-	Token string `json:"token"`
-}
-
 func (a *API) handleCreate(w http.ResponseWriter, r *http.Request) {
 	if !a.isAdmin(r) {
 		if !a.open.Load() {
@@ -147,7 +157,7 @@ func (a *API) handleCreate(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	var req createRequest
+	var req client.CreateRequest
 	if present, err := decode(r, &req); err != nil || !present {
 		a.fail(w, http.StatusBadRequest, "%s", cmpErr(err, "request body must be a JSON object with a name"))
 		return
@@ -156,14 +166,14 @@ func (a *API) handleCreate(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, http.StatusBadRequest, "name is required")
 		return
 	}
-	d, token, err := a.st.Create(r.Context(), req.Name, store.CreateOptions{State: req.State})
+	d, token, err := a.st.Create(r.Context(), req.Name, store.CreateOptions{State: store.State(req.State)})
 	if err != nil {
 		a.storeError(w, err)
 		return
 	}
 	a.log.Info().Str("device", d.Name).Str("client", masked(a.clientAddr(r))).Msg("device registered")
 	w.Header().Set("Location", "/v1/devices/"+d.Name)
-	writeJSON(w, http.StatusCreated, createResponse{Name: d.Name, FQDN: d.Name + "." + a.zone, Token: token})
+	writeJSON(w, http.StatusCreated, client.CreatedDevice{Name: d.Name, FQDN: d.Name + "." + a.zone, Token: token})
 }
 
 func cmpErr(err error, fallback string) string {
@@ -182,11 +192,11 @@ func (a *API) handleList(w http.ResponseWriter, r *http.Request) {
 		a.storeError(w, err)
 		return
 	}
-	out := make([]deviceJSON, 0, len(ds))
+	out := make([]client.Device, 0, len(ds))
 	for _, d := range ds {
 		out = append(out, a.deviceJSON(d))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"devices": out})
+	writeJSON(w, http.StatusOK, client.DeviceList{Devices: out})
 }
 
 func (a *API) handleGet(w http.ResponseWriter, r *http.Request) {
@@ -199,19 +209,14 @@ func (a *API) handleGet(w http.ResponseWriter, r *http.Request) {
 		a.storeError(w, err)
 		return
 	}
-	out := a.deviceJSON(d)
-	if out.AccessCodes, err = a.st.AccessCodes(name); err != nil {
+	codes, err := a.st.AccessCodes(name)
+	if err != nil {
 		a.storeError(w, err)
 		return
 	}
+	out := a.deviceJSON(d)
+	out.AccessCodes = accessCodesJSON(codes)
 	writeJSON(w, http.StatusOK, out)
-}
-
-type patchRequest struct {
-	DDNS   *bool         `json:"ddns"`
-	Link   *bool         `json:"link"`
-	Access *store.Access `json:"access"`
-	State  *store.State  `json:"state"`
 }
 
 func (a *API) handlePatch(w http.ResponseWriter, r *http.Request) {
@@ -219,12 +224,15 @@ func (a *API) handlePatch(w http.ResponseWriter, r *http.Request) {
 	if _, ok := a.authorizeDevice(w, r, name); !ok {
 		return
 	}
-	var req patchRequest
+	var req client.Patch
 	if present, err := decode(r, &req); err != nil || !present {
 		a.fail(w, http.StatusBadRequest, "%s", cmpErr(err, `request body must be a JSON object such as {"ddns":false}`))
 		return
 	}
-	d, err := a.st.Update(r.Context(), name, store.Patch{DDNS: req.DDNS, Link: req.Link, Access: req.Access, State: req.State})
+	d, err := a.st.Update(r.Context(), name, store.Patch{
+		DDNS: req.DDNS, Link: req.Link,
+		Access: convertPtr[store.Access](req.Access), State: convertPtr[store.State](req.State),
+	})
 	if err != nil {
 		a.storeError(w, err)
 		return
@@ -245,11 +253,6 @@ func (a *API) handleDelete(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-type addressRequest struct {
-	IPv4 *string `json:"ipv4"`
-	IPv6 *string `json:"ipv6"`
-}
-
 // handleAddress sets a device's addresses. A field left out keeps its value,
 // an empty string clears it, and no body at all uses the caller's address.
 func (a *API) handleAddress(w http.ResponseWriter, r *http.Request) {
@@ -257,7 +260,7 @@ func (a *API) handleAddress(w http.ResponseWriter, r *http.Request) {
 	if _, ok := a.authorizeDevice(w, r, name); !ok {
 		return
 	}
-	var req addressRequest
+	var req client.AddressUpdate
 	present, err := decode(r, &req)
 	if err != nil {
 		a.fail(w, http.StatusBadRequest, "%v", err)
@@ -318,7 +321,7 @@ func (a *API) handleIP(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, ip.String())
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"ip": ip.String()})
+	writeJSON(w, http.StatusOK, client.CallerIP{IP: ip})
 }
 
 // acceptsPlain reports whether an Accept header prefers text/plain to JSON.

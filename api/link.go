@@ -4,15 +4,12 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"net/http"
+
+	"github.com/nasreach/nasreach/api/client"
 )
 
 // The device-side calls Link needs: publishing the agent's public key and
 // issuing access codes for devices with access "token".
-
-type keyRequest struct {
-	// PublicKey is base64 (standard, padded) of a DER SubjectPublicKeyInfo.
-	PublicKey string `json:"public_key"`
-}
 
 // handleKey records the public key the device's agent generated; Link
 // clients pin it.
@@ -21,7 +18,7 @@ func (a *API) handleKey(w http.ResponseWriter, r *http.Request) {
 	if _, ok := a.authorizeDevice(w, r, name); !ok {
 		return
 	}
-	var req keyRequest
+	var req client.PublicKeyUpdate
 	if present, err := decode(r, &req); err != nil || !present || req.PublicKey == "" {
 		a.fail(w, http.StatusBadRequest, "%s", cmpErr(err, `request body must be {"public_key":"<base64 DER SubjectPublicKeyInfo>"}`))
 		return
@@ -43,11 +40,6 @@ func (a *API) handleKey(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, a.deviceJSON(d))
 }
 
-type accessCodeResponse struct {
-	ID   string `json:"id"`
-	Code string `json:"code"`
-}
-
 // handleAddAccessCode issues an access code; the code is in this answer only.
 func (a *API) handleAddAccessCode(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
@@ -59,7 +51,7 @@ func (a *API) handleAddAccessCode(w http.ResponseWriter, r *http.Request) {
 		a.storeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, accessCodeResponse{ID: id, Code: code})
+	writeJSON(w, http.StatusCreated, client.IssuedAccessCode{ID: id, Code: code})
 }
 
 // handleRevokeAccessCode deletes an access code; it stops working at once.

@@ -1,19 +1,19 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/nasreach/nasreach/api/client"
 	"github.com/urfave/cli/v3"
 )
 
@@ -54,9 +54,7 @@ func deviceCommand() *cli.Command {
 
 // apiClient calls the daemon's API as admin.
 type apiClient struct {
-	base  string
-	token string
-	http  *http.Client
+	*client.Client
 }
 
 func newAPIClient(cmd *cli.Command) (*apiClient, error) {
@@ -69,65 +67,24 @@ func newAPIClient(cmd *cli.Command) (*apiClient, error) {
 		}
 		token = strings.TrimSpace(string(b))
 	}
-	return &apiClient{
-		base:  strings.TrimSuffix(cmd.String("server"), "/"),
-		token: token,
-		http:  &http.Client{Timeout: 30 * time.Second},
-	}, nil
+	c, err := client.New(client.Config{Server: cmd.String("server"), Token: token})
+	if err != nil {
+		return nil, fmt.Errorf("bad --server: %w", err)
+	}
+	return &apiClient{c}, nil
 }
 
-// request sends a request and returns the response of a 2xx answer; any
-// other answer becomes an error carrying the server's reason.
+// request is backup.go's way to the snapshot download, the one call it makes;
+// the other commands call the client's methods.
 func (c *apiClient) request(ctx context.Context, method, path string, body any) (*http.Response, error) {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return nil, err
-		}
-		rd = bytes.NewReader(b)
+	if method != http.MethodGet || path != "/v1/admin/backup" || body != nil {
+		return nil, fmt.Errorf("internal error: no API call for %s %s", method, path)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	rc, err := c.Backup(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("bad --server %q: %w", c.base, err)
+		return nil, err
 	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("cannot reach the daemon at %s (is nasreach serve running?): %w", c.base, err)
-	}
-	if resp.StatusCode/100 == 2 {
-		return resp, nil
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	var e struct {
-		Error string `json:"error"`
-	}
-	if json.Unmarshal(data, &e) == nil && e.Error != "" {
-		return nil, fmt.Errorf("%s (HTTP %d)", e.Error, resp.StatusCode)
-	}
-	return nil, fmt.Errorf("HTTP %d from %s", resp.StatusCode, c.base)
-}
-
-// do sends a request and decodes the JSON answer into out (if not nil).
-func (c *apiClient) do(ctx context.Context, method, path string, body, out any) error {
-	resp, err := c.request(ctx, method, path, body)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("read answer from %s: %w", c.base, err)
-	}
-	if out != nil && len(data) > 0 {
-		return json.Unmarshal(data, out)
-	}
-	return nil
+	return &http.Response{StatusCode: http.StatusOK, Body: rc}, nil
 }
 
 func oneName(cmd *cli.Command) (string, error) {
@@ -152,29 +109,16 @@ func deviceAdd(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
-	body := map[string]string{"name": name}
+	req := client.CreateRequest{Name: name}
 	if cmd.Bool("uninitialized") {
-		body["state"] = "uninitialized"
+		req.State = client.StateUninitialized
 	}
-	var out struct{ Name, FQDN, Token string }
-	if err := c.do(ctx, http.MethodPost, "/v1/devices", body, &out); err != nil {
+	out, err := c.Create(ctx, req)
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(cmd.Root().Writer, "name:  %s\nfqdn:  %s\ntoken: %s\n(the token is shown only now; store it on the device)\n", out.Name, out.FQDN, out.Token)
 	return nil
-}
-
-// deviceView is the subset of the API's device JSON the CLI prints.
-type deviceView struct {
-	Name    string    `json:"name"`
-	FQDN    string    `json:"fqdn"`
-	IPv4    string    `json:"ipv4"`
-	IPv6    string    `json:"ipv6"`
-	DDNS    bool      `json:"ddns"`
-	Link    bool      `json:"link"`
-	Access  string    `json:"access"`
-	State   string    `json:"state"`
-	Updated time.Time `json:"updated"`
 }
 
 func deviceList(ctx context.Context, cmd *cli.Command) error {
@@ -182,26 +126,24 @@ func deviceList(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
-	var out struct {
-		Devices []deviceView `json:"devices"`
-	}
-	if err := c.do(ctx, http.MethodGet, "/v1/devices", nil, &out); err != nil {
+	devices, err := c.Devices(ctx)
+	if err != nil {
 		return err
 	}
 	tw := tabwriter.NewWriter(cmd.Root().Writer, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tIPV4\tIPV6\tDDNS\tLINK\tACCESS\tSTATE\tUPDATED")
-	for _, d := range out.Devices {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Name, cmpOrDash(d.IPv4), cmpOrDash(d.IPv6), onOff(d.DDNS), onOff(d.Link),
+	for _, d := range devices {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Name, addrOrDash(d.IPv4), addrOrDash(d.IPv6), onOff(d.DDNS), onOff(d.Link),
 			d.Access, d.State, d.Updated.UTC().Format(time.RFC3339))
 	}
 	return tw.Flush()
 }
 
-func cmpOrDash(s string) string {
-	if s == "" {
+func addrOrDash(a netip.Addr) string {
+	if !a.IsValid() {
 		return "-"
 	}
-	return s
+	return a.String()
 }
 
 func onOff(b bool) string {
@@ -216,15 +158,15 @@ func deviceShow(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
-	var out json.RawMessage
-	if err := c.do(ctx, http.MethodGet, "/v1/devices/"+name, nil, &out); err != nil {
+	d, err := c.Device(ctx, name)
+	if err != nil {
 		return err
 	}
-	var buf bytes.Buffer
-	if err := json.Indent(&buf, out, "", "  "); err != nil {
+	out, err := json.MarshalIndent(d, "", "  ")
+	if err != nil {
 		return err
 	}
-	fmt.Fprintln(cmd.Root().Writer, buf.String())
+	fmt.Fprintln(cmd.Root().Writer, string(out))
 	return nil
 }
 
@@ -233,7 +175,7 @@ func deviceRm(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
-	if err := c.do(ctx, http.MethodDelete, "/v1/devices/"+name, nil, nil); err != nil {
+	if err := c.Delete(ctx, name); err != nil {
 		return err
 	}
 	fmt.Fprintf(cmd.Root().Writer, "deleted %s\n", name)
@@ -245,26 +187,28 @@ func deviceSet(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
-	patch := map[string]any{}
-	for _, f := range []string{"ddns", "link"} {
-		if cmd.IsSet(f) {
-			patch[f] = cmd.Bool(f)
-		}
+	var patch client.Patch
+	if cmd.IsSet("ddns") {
+		patch.DDNS = new(cmd.Bool("ddns"))
 	}
-	for _, f := range []string{"access", "state"} {
-		if cmd.IsSet(f) {
-			patch[f] = cmd.String(f)
-		}
+	if cmd.IsSet("link") {
+		patch.Link = new(cmd.Bool("link"))
 	}
-	if len(patch) == 0 {
+	if cmd.IsSet("access") {
+		patch.Access = new(client.Access(cmd.String("access")))
+	}
+	if cmd.IsSet("state") {
+		patch.State = new(client.State(cmd.String("state")))
+	}
+	if patch == (client.Patch{}) {
 		return errors.New("set: give at least one of --ddns, --link, --access, --state")
 	}
 	c, err := newAPIClient(cmd)
 	if err != nil {
 		return err
 	}
-	var out deviceView
-	if err := c.do(ctx, http.MethodPatch, "/v1/devices/"+name, patch, &out); err != nil {
+	out, err := c.Update(ctx, name, patch)
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(cmd.Root().Writer, "%s: ddns %s, link %s, access %s, state %s\n", out.Name, onOff(out.DDNS), onOff(out.Link), out.Access, out.State)
