@@ -18,21 +18,29 @@ var allowed = map[string][]string{
 	"anonymize": {},
 	"store":     {"go.etcd.io/bbolt", "github.com/rs/zerolog"},
 	"connlog":   {"anonymize", "github.com/rs/zerolog", "filippo.io/age"},
-	"api":       {"store", "connlog", "anonymize", "api/client", "github.com/rs/zerolog"},
-	"dnsserver": {"store", "github.com/miekg/dns", "github.com/rs/zerolog"},
-	"stun":      {"anonymize", "github.com/pion/stun/v3", "github.com/pion/stun/v4", "github.com/rs/zerolog"},
-	"turnserver": {"store", "connlog", "anonymize", "github.com/pion/turn/v5", "github.com/pion/stun/v4",
-		"github.com/pion/logging", "github.com/rs/zerolog", "golang.org/x/sys", "golang.org/x/time"},
-	"linkserver":       {"store", "connlog", "anonymize", "link", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
-	"link":             {"stun", "api/client", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
-	"sdnotify":         {},
-	"metrics":          {"connlog", "github.com/miekg/dns", "github.com/prometheus/client_golang", "github.com/rs/zerolog"},
-	"internal/netaddr": {},
+	"api":       {"store", "connlog", "anonymize", "api/client", "internal/netaddr", "github.com/rs/zerolog"},
 	// Standard library only: the Link agent's side of the binary must not pull
 	// in the store (bbolt) to call the API.
 	"api/client": {},
-	"cmd/":       {"*"}, // the binary wires everything
-	"bench/":     {"*"},
+	"dnsserver":  {"store", "internal/listen", "github.com/miekg/dns", "github.com/rs/zerolog"},
+	"stun":       {"anonymize", "internal/listen", "internal/netaddr", "github.com/pion/stun/v4", "github.com/rs/zerolog"},
+	"turnserver": {"store", "connlog", "anonymize", "internal/listen", "internal/netaddr", "github.com/pion/turn/v5",
+		"github.com/pion/stun/v4", "github.com/pion/logging", "github.com/rs/zerolog", "golang.org/x/time"},
+	"linkserver": {"store", "connlog", "anonymize", "link", "internal/netaddr", "internal/ratelimit", "internal/workgroup",
+		"github.com/quic-go/quic-go", "github.com/rs/zerolog"},
+	"link":     {"stun", "api/client", "internal/workgroup", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
+	"sdnotify": {},
+	"metrics":  {"connlog", "github.com/miekg/dns", "github.com/prometheus/client_golang", "github.com/rs/zerolog"},
+	// The daemon wires the servers together; nothing imports it but cmd.
+	"daemon": {"store", "connlog", "api", "dnsserver", "metrics", "sdnotify", "stun", "turnserver", "linkserver",
+		"internal/certfile", "filippo.io/age", "github.com/miekg/dns", "github.com/rs/zerolog"},
+	// internal: one helper each, shared by the servers above.
+	"internal/netaddr":  {},
+	"internal/listen":   {"internal/netaddr", "golang.org/x/sys"},
+	"internal/certfile": {},
+	"internal/testutil": {},
+	"cmd/":              {"*"}, // the binary: flags, environment and config file into daemon.Config, signals
+	"bench/":            {"*"},
 }
 
 // TestImportsFollowArchitecture fails when a package imports something the

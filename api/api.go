@@ -22,6 +22,7 @@ import (
 	"github.com/nasreach/nasreach/anonymize"
 	"github.com/nasreach/nasreach/api/client"
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/internal/netaddr"
 	"github.com/nasreach/nasreach/store"
 	"github.com/rs/zerolog"
 )
@@ -37,6 +38,12 @@ const (
 
 // Config configures New.
 type Config struct {
+	// Addr is the HTTP listen address, e.g. "127.0.0.1:10080"; Listener,
+	// when set, is served instead (socket activation, tests) and closed at
+	// Shutdown. With neither, New binds nothing and the API answers only
+	// through ServeHTTP.
+	Addr     string
+	Listener net.Listener
 	// Store is the device table. Required.
 	Store store.Backend
 	// Zone is the DNS zone devices live in, e.g. "myqnapcloud.com". Required.
@@ -65,8 +72,7 @@ type EventSink interface {
 	Log(connlog.Event)
 }
 
-// API serves the HTTP endpoints. Create it with New, serve it with Serve, stop
-// it with Shutdown.
+// API serves the HTTP endpoints. New binds and serves, Shutdown stops.
 type API struct {
 	st       store.Backend
 	zone     string // lower case, no trailing dot
@@ -81,6 +87,8 @@ type API struct {
 	events   EventSink
 	mux      *http.ServeMux
 	srv      *http.Server
+	ln       net.Listener
+	done     chan error // Serve's result, once it returns
 	stop     chan struct{}
 	stopOnce sync.Once
 	wg       sync.WaitGroup
@@ -122,8 +130,20 @@ func New(cfg Config) (*API, error) {
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    backstopHeaderSize,
 	}
+	ln := cfg.Listener
+	if ln == nil && cfg.Addr != "" {
+		var err error
+		if ln, err = net.Listen("tcp", cfg.Addr); err != nil {
+			return nil, fmt.Errorf("http listen %s: %w", cfg.Addr, err)
+		}
+	}
 	a.wg.Add(1)
 	go a.sweep()
+	if ln != nil {
+		a.ln, a.done = ln, make(chan error, 1)
+		a.log.Info().Str("addr", ln.Addr().String()).Msg("http api listening")
+		go func() { a.done <- a.srv.Serve(ln) }()
+	}
 	return a, nil
 }
 
@@ -186,18 +206,30 @@ func retryAfter(w http.ResponseWriter, d time.Duration) {
 	w.Header().Set("Retry-After", strconv.Itoa(int((d+time.Second-1)/time.Second)))
 }
 
-// Serve serves HTTP on ln until Shutdown. It returns http.ErrServerClosed after
-// a clean shutdown.
-func (a *API) Serve(ln net.Listener) error {
-	a.log.Info().Str("addr", ln.Addr().String()).Msg("http api listening")
-	return a.srv.Serve(ln)
+// Addr returns the address the API listens on (zero without a socket).
+func (a *API) Addr() netip.AddrPort {
+	if a.ln == nil {
+		return netip.AddrPort{}
+	}
+	return netaddr.AddrPort(a.ln.Addr())
 }
+
+// Done delivers the error that stopped serving before Shutdown was asked
+// for (the listener failed); it never delivers without a socket.
+func (a *API) Done() <-chan error { return a.done }
 
 // Shutdown stops accepting requests, lets in-flight ones finish until ctx
 // ends, and stops the background sweeper.
 func (a *API) Shutdown(ctx context.Context) error {
 	err := a.srv.Shutdown(ctx)
-	a.stopOnce.Do(func() { close(a.stop) })
+	a.stopOnce.Do(func() {
+		close(a.stop)
+		if a.done != nil {
+			if serr := <-a.done; !errors.Is(serr, http.ErrServerClosed) {
+				err = errors.Join(err, serr)
+			}
+		}
+	})
 	a.wg.Wait()
 	if err != nil {
 		return fmt.Errorf("http api shutdown: %w", err)

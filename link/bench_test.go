@@ -86,7 +86,7 @@ func relayChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	cert, fp, err := linkserver.LoadCert(dir, "", "")
+	cert, fp, err := linkserver.LoadCert(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -75,7 +75,7 @@ func newEnv(t *testing.T, mods ...func(*linkserver.Config)) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	cert, fp, err := linkserver.LoadCert(t.TempDir(), "", "")
+	cert, fp, err := linkserver.LoadCert(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -618,7 +618,7 @@ func TestCloseStopsEveryGoroutine(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer st.Close()
-		cert, fp, _ := linkserver.LoadCert(t.TempDir(), "", "")
+		cert, fp, _ := linkserver.LoadCert(t.TempDir())
 		r, err := linkserver.New(linkserver.Config{Addr: "127.0.0.1:0", Certificate: cert, Store: st, Logger: testLogger(t)})
 		if err != nil {
 			t.Fatal(err)

@@ -2,6 +2,7 @@ package linkserver
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -17,25 +18,14 @@ const (
 	CertFile = "link-relay.crt"
 )
 
-// LoadCert loads the relay's certificate from certFile and keyFile (PEM),
-// or, when both are empty, the self-signed one in dir, generating it on first
-// use. It returns the fingerprint agents and clients pin
-// (--relay-fingerprint): the SHA-256 of the certificate's public key, which
-// stays the same as long as the key does.
-func LoadCert(dir, certFile, keyFile string) (tls.Certificate, string, error) {
-	if certFile != "" || keyFile != "" {
-		if certFile == "" || keyFile == "" {
-			return tls.Certificate{}, "", errors.New("--tls-cert and --tls-key go together")
-		}
-		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			return tls.Certificate{}, "", fmt.Errorf("load link certificate %s: %w", certFile, err)
-		}
-		return cert, link.Fingerprint(cert.Leaf.RawSubjectPublicKeyInfo), nil
-	}
+// LoadCert loads the relay's self-signed certificate in dir, generating it
+// on first use (the operator's own certificate, --tls-cert, is served through
+// certfile.Watcher instead). It returns the fingerprint agents and clients
+// pin (--relay-fingerprint): Fingerprint of the certificate.
+func LoadCert(dir string) (tls.Certificate, string, error) {
 	keyPath, certPath := filepath.Join(dir, KeyFile), filepath.Join(dir, CertFile)
 	if cert, err := tls.LoadX509KeyPair(certPath, keyPath); err == nil {
-		return cert, link.Fingerprint(cert.Leaf.RawSubjectPublicKeyInfo), nil
+		return cert, Fingerprint(cert.Leaf), nil
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return tls.Certificate{}, "", fmt.Errorf("load link certificate %s: %w", certPath, err)
 	}
@@ -51,5 +41,12 @@ func LoadCert(dir, certFile, keyFile string) (tls.Certificate, string, error) {
 	if err := os.WriteFile(certPath, pemCert, 0o644); err != nil {
 		return tls.Certificate{}, "", fmt.Errorf("write link certificate %s: %w", certPath, err)
 	}
-	return cert, link.Fingerprint(cert.Leaf.RawSubjectPublicKeyInfo), nil
+	return cert, Fingerprint(cert.Leaf), nil
+}
+
+// Fingerprint is what agents and clients pin (--relay-fingerprint): the
+// SHA-256 of the certificate's public key, which stays the same across
+// renewals that keep the key.
+func Fingerprint(leaf *x509.Certificate) string {
+	return link.Fingerprint(leaf.RawSubjectPublicKeyInfo)
 }

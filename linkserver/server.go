@@ -62,8 +62,13 @@ type Config struct {
 	// PacketConn, when set, is used instead of listening on Addr; the relay
 	// closes it.
 	PacketConn net.PacketConn
-	// Certificate is the relay's TLS certificate. Required.
+	// Certificate is the relay's TLS certificate. Required unless
+	// GetCertificate is set.
 	Certificate tls.Certificate
+	// GetCertificate, when set, is asked for the certificate at every
+	// handshake instead (certfile.Watcher: the operator's renewed
+	// certificate is served without a restart).
+	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	// Store authenticates agents and authorizes sessions. Required.
 	Store Store
 	// Events receives one connection-log record per relayed session (client
@@ -136,7 +141,7 @@ func New(cfg Config) (*Server, error) {
 	switch {
 	case cfg.Addr == "" && cfg.PacketConn == nil:
 		return nil, errors.New("relay: Config.Addr is required")
-	case len(cfg.Certificate.Certificate) == 0:
+	case len(cfg.Certificate.Certificate) == 0 && cfg.GetCertificate == nil:
 		return nil, errors.New("relay: Config.Certificate is required")
 	case cfg.Store == nil:
 		return nil, errors.New("relay: Config.Store is required")
@@ -166,7 +171,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("link listen %s: %w", cfg.Addr, err)
 	}
 	tr := &quic.Transport{Conn: pc}
-	tlsConf := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{link.ALPN}, Certificates: []tls.Certificate{cfg.Certificate}}
+	tlsConf := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{link.ALPN}, Certificates: []tls.Certificate{cfg.Certificate}, GetCertificate: cfg.GetCertificate}
 	ln, err := tr.Listen(tlsConf, &quic.Config{
 		HandshakeIdleTimeout: cfg.HandshakeTimeout, MaxIdleTimeout: cfg.IdleTimeout,
 		MaxIncomingStreams: linkMaxClientStreams, MaxIncomingUniStreams: -1,

@@ -23,8 +23,12 @@ import (
 
 // Config configures New. The funcs are read at scrape time; nil ones are left out.
 type Config struct {
-	// Addr is the listen address of /metrics, /healthz and /readyz. Required.
+	// Addr is the listen address of /metrics, /healthz and /readyz.
+	// Required unless Listener is set.
 	Addr string
+	// Listener, when set, is served instead of binding Addr; it is closed
+	// at Shutdown.
+	Listener net.Listener
 	// Version is reported in nasreach_build_info.
 	Version string
 	// Devices returns the number of registered devices.
@@ -66,9 +70,9 @@ type Metrics struct {
 
 var hotTypes = [...]uint16{dns.TypeA, dns.TypeAAAA, dns.TypeSOA, dns.TypeNS, dns.TypeANY, dns.TypeTXT, dns.TypeMX, dns.TypeCAA}
 
-// New builds the registry; Start serves it.
+// New builds the registry, binds and serves it until Shutdown.
 func New(cfg Config) (*Metrics, error) {
-	if cfg.Addr == "" {
+	if cfg.Addr == "" && cfg.Listener == nil {
 		return nil, errors.New("metrics: Config.Addr is required")
 	}
 	m := &Metrics{cfg: cfg, reg: prometheus.NewRegistry()}
@@ -123,6 +127,9 @@ func New(cfg Config) (*Metrics, error) {
 	}
 	if f := cfg.LogDropped; f != nil {
 		counter("nasreach_connlog_dropped_total", "Connection log events dropped because the queue was full.", func() float64 { return float64(f()) })
+	}
+	if err := m.serve(); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
@@ -222,11 +229,15 @@ func (m *Metrics) Handler() http.Handler {
 	return mux
 }
 
-// Start binds Config.Addr and serves in the background.
-func (m *Metrics) Start() error {
-	ln, err := net.Listen("tcp", m.cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("metrics listen %s: %w", m.cfg.Addr, err)
+// serve binds Config.Addr (or takes Config.Listener) and serves in the
+// background.
+func (m *Metrics) serve() error {
+	ln := m.cfg.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", m.cfg.Addr); err != nil {
+			return fmt.Errorf("metrics listen %s: %w", m.cfg.Addr, err)
+		}
 	}
 	m.ln = ln
 	m.srv = &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second}
@@ -236,7 +247,7 @@ func (m *Metrics) Start() error {
 	return nil
 }
 
-// Addr returns the bound address, once started.
+// Addr returns the bound address.
 func (m *Metrics) Addr() net.Addr {
 	if m.ln == nil {
 		return nil

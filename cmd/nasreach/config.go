@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nasreach/nasreach/daemon"
 	"github.com/pelletier/go-toml/v2"
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v3"
@@ -182,8 +183,8 @@ func configCommand() *cli.Command {
 
 // parseServeConfig runs serve's flag, environment and config-file parsing on
 // args (as os.Args) and returns the daemon configuration without starting.
-func parseServeConfig(ctx context.Context, args []string) (daemonConfig, error) {
-	var cfg daemonConfig
+func parseServeConfig(ctx context.Context, args []string) (daemon.Config, error) {
+	var cfg daemon.Config
 	sc := serveCommand()
 	sc.Action = func(_ context.Context, cmd *cli.Command) error {
 		var err error

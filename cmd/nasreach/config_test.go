@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/daemon"
 )
 
 func writeConfig(t *testing.T, text string) string {
@@ -28,7 +29,7 @@ func writeConfig(t *testing.T, text string) string {
 func TestConfigPrecedenceFlagThenEnvThenFileThenDefault(t *testing.T) {
 	file := writeConfig(t, "ttl = \"120s\"\nzone = \"example.net\"\nns = [\"ns1=192.0.2.53\", \"ns2=192.0.2.54\"]\nopen-registration = true\n")
 	ctx := context.Background()
-	parse := func(args ...string) daemonConfig {
+	parse := func(args ...string) daemon.Config {
 		t.Helper()
 		cfg, err := parseServeConfig(ctx, append([]string{"nasreach", "serve", "--config", file}, args...))
 		if err != nil {

@@ -52,7 +52,7 @@ func dialerConfigFromFlags(cmd *cli.Command, device string) (link.DialerConfig, 
 }
 
 func runConnect(ctx context.Context, cmd *cli.Command) error {
-	log, err := newLogger(cmd, os.Stderr)
+	log, _, err := newLogger(cmd, os.Stderr)
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nasreach/nasreach/api/client"
+	"github.com/nasreach/nasreach/daemon"
 	"github.com/urfave/cli/v3"
 )
 
@@ -60,7 +61,7 @@ type apiClient struct {
 func newAPIClient(cmd *cli.Command) (*apiClient, error) {
 	token := cmd.String("admin-token")
 	if token == "" {
-		file := filepath.Join(cmd.String("data"), adminTokenFile)
+		file := filepath.Join(cmd.String("data"), daemon.AdminTokenFile)
 		b, err := os.ReadFile(file)
 		if err != nil {
 			return nil, fmt.Errorf("no --admin-token given and cannot read %s (run as the daemon's user or pass --admin-token): %w", file, err)

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/daemon"
 	"github.com/nasreach/nasreach/store"
 	"github.com/rs/zerolog"
 )
@@ -480,8 +481,8 @@ func TestE2EDeviceCLI(t *testing.T) {
 	// No token and no token file: the error names the file it looked for.
 	empty := t.TempDir()
 	_, _, err = runCLI(t, []string{"--server", td.HTTP, "--data", empty}, "list")
-	if err == nil || !strings.Contains(err.Error(), "--admin-token") || !strings.Contains(err.Error(), filepath.Join(empty, adminTokenFile)) {
-		t.Errorf("device list without any token: err %v, want one naming --admin-token and %s", err, filepath.Join(empty, adminTokenFile))
+	if err == nil || !strings.Contains(err.Error(), "--admin-token") || !strings.Contains(err.Error(), filepath.Join(empty, daemon.AdminTokenFile)) {
+		t.Errorf("device list without any token: err %v, want one naming --admin-token and %s", err, filepath.Join(empty, daemon.AdminTokenFile))
 	}
 
 	if out = run(admin, "rm", "nas9"); out != "deleted nas9\n" {
@@ -502,7 +503,7 @@ func TestE2EShutdownLeavesPrivateTokenAndClosesPorts(t *testing.T) {
 	token, dnsAddr, httpAddr := td.Admin, td.DNS, strings.TrimPrefix(td.HTTP, "http://")
 	td.stop()
 
-	file := filepath.Join(td.Dir, adminTokenFile)
+	file := filepath.Join(td.Dir, daemon.AdminTokenFile)
 	fi, err := os.Stat(file)
 	if err != nil {
 		t.Fatalf("admin token file after shutdown: %v", err)
@@ -538,21 +539,21 @@ func TestE2EShutdownLeavesPrivateTokenAndClosesPorts(t *testing.T) {
 // and free the ports and the database.
 func TestE2EShutdownRightAfterStartReturns(t *testing.T) {
 	dir := t.TempDir()
-	cfg := daemonConfig{
+	cfg := daemon.Config{
 		DataDir: dir, Zone: e2eZone, DNSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
 		Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
 	}
 	for i := range 20 {
-		d, err := startDaemon(cfg)
+		d, err := daemon.New(cfg)
 		if err != nil {
 			t.Fatalf("start %d: %v", i, err)
 		}
-		httpAddr := d.httpLn.Addr().String()
+		httpAddr := d.Addrs().HTTP.String()
 		done := make(chan error, 1)
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			done <- d.shutdown(ctx)
+			done <- d.Shutdown(ctx)
 		}()
 		select {
 		case err := <-done:
@@ -571,13 +572,13 @@ func TestE2EShutdownRightAfterStartReturns(t *testing.T) {
 
 func TestE2EAdminTokenFromFlagIsNotWritten(t *testing.T) {
 	const given = "operator-chosen-admin-token-0123"
-	td := startTestDaemon(t, func(c *daemonConfig) { c.AdminToken = given })
+	td := startTestDaemon(t, func(c *daemon.Config) { c.AdminToken = given })
 	if td.Admin != given {
 		t.Fatalf("daemon uses admin token %q, want the given one", td.Admin)
 	}
 	td.addDevice("nas1")
 	td.stop()
-	if _, err := os.Stat(filepath.Join(td.Dir, adminTokenFile)); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("%s exists (%v) although the token came from the command line; it must not be copied to disk", adminTokenFile, err)
+	if _, err := os.Stat(filepath.Join(td.Dir, daemon.AdminTokenFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s exists (%v) although the token came from the command line; it must not be copied to disk", daemon.AdminTokenFile, err)
 	}
 }

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"github.com/nasreach/nasreach/turnserver"
+	"github.com/nasreach/nasreach/daemon"
 	"github.com/rs/zerolog"
 )
 
@@ -20,8 +20,8 @@ import (
 // port 0 everywhere and its data in a temporary directory.
 type testDaemon struct {
 	t       *testing.T
-	cfg     daemonConfig
-	d       *daemon
+	cfg     daemon.Config
+	d       *daemon.Daemon
 	DNS     string // host:port for UDP and TCP
 	HTTP    string // base URL, e.g. http://127.0.0.1:41234
 	Metrics string // base URL of /metrics, /healthz, /readyz
@@ -33,10 +33,10 @@ type testDaemon struct {
 
 // startTestDaemon starts a daemon; mods adjust the config first. It is stopped
 // when the test ends.
-func startTestDaemon(t *testing.T, mods ...func(*daemonConfig)) *testDaemon {
+func startTestDaemon(t *testing.T, mods ...func(*daemon.Config)) *testDaemon {
 	t.Helper()
 	td := &testDaemon{t: t, Dir: t.TempDir()}
-	td.cfg = daemonConfig{
+	td.cfg = daemon.Config{
 		DataDir: td.Dir, Zone: "myqnapcloud.com",
 		DNSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
 		Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
@@ -51,36 +51,37 @@ func startTestDaemon(t *testing.T, mods ...func(*daemonConfig)) *testDaemon {
 
 func (td *testDaemon) start() {
 	td.t.Helper()
-	d, err := startDaemon(td.cfg)
+	d, err := daemon.New(td.cfg)
 	if err != nil {
 		td.t.Fatalf("start daemon: %v", err)
 	}
-	td.d, td.Admin = d, d.token
-	td.DNS = d.dns.Addr().String()
-	td.HTTP = "http://" + d.httpLn.Addr().String()
-	td.Metrics = "http://" + d.metrics.Addr().String()
+	a := d.Addrs()
+	td.d, td.Admin = d, d.AdminTokenValue()
+	td.DNS = a.DNS.String()
+	td.HTTP = "http://" + a.HTTP.String()
+	td.Metrics = "http://" + a.Metrics.String()
 	// Keep the ports on restart so clients configured once keep working.
-	td.cfg.DNSAddr, td.cfg.HTTPAddr, td.cfg.MetricsAddr = td.DNS, d.httpLn.Addr().String(), d.metrics.Addr().String()
-	if d.turn != nil {
-		td.STUN = d.turn.Addr.String()
-		td.cfg.TURN.Relay.Addr = td.STUN
+	td.cfg.DNSAddr, td.cfg.HTTPAddr, td.cfg.MetricsAddr = td.DNS, a.HTTP.String(), a.Metrics.String()
+	if a.STUN.IsValid() {
+		td.STUN = a.STUN.String()
+		td.cfg.TURN.Addr = td.STUN
 	}
-	if d.link != nil {
-		td.Link = d.link.Addr().String()
+	if a.Link.IsValid() {
+		td.Link = a.Link.String()
 		td.cfg.Link.Addr = td.Link
 	}
 }
 
 // withTURN runs STUN and TURN on a free loopback port, with peers on
 // 127.0.0.1 allowed (the tests' echo peers live there).
-func withTURN(c *daemonConfig) {
-	c.TURN = turnSettings{Enabled: true, Relay: turnserver.Config{
-		Addr: "127.0.0.1:0", Sockets: 1, AllowPeers: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
-	}}
+func withTURN(c *daemon.Config) {
+	c.TURN = daemon.TURNConfig{
+		Addr: "127.0.0.1:0", Enabled: true, AllowPeers: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
+	}
 }
 
 // withLink runs the Link relay on a free loopback port with its defaults.
-func withLink(c *daemonConfig) { c.Link = linkRelayConfig{Addr: "127.0.0.1:0"} }
+func withLink(c *daemon.Config) { c.Link = daemon.LinkConfig{Addr: "127.0.0.1:0"} }
 
 // stop shuts the daemon down cleanly; calling it twice is harmless.
 func (td *testDaemon) stop() {
@@ -89,7 +90,7 @@ func (td *testDaemon) stop() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := td.d.shutdown(ctx); err != nil {
+	if err := td.d.Shutdown(ctx); err != nil {
 		td.t.Errorf("shutdown: %v", err)
 	}
 	td.d = nil
@@ -172,7 +173,7 @@ func TestHarnessServesAndRestarts(t *testing.T) {
 func TestStartFailureIsAnErrorNotACrash(t *testing.T) {
 	td := startTestDaemon(t)
 	// The second daemon's DNS port is taken by the first.
-	_, err := startDaemon(daemonConfig{DataDir: t.TempDir(), Zone: "myqnapcloud.com", DNSAddr: td.DNS, HTTPAddr: "127.0.0.1:0"})
+	_, err := daemon.New(daemon.Config{DataDir: t.TempDir(), Zone: "myqnapcloud.com", DNSAddr: td.DNS, HTTPAddr: "127.0.0.1:0"})
 	if err == nil || !strings.Contains(err.Error(), td.DNS) {
 		t.Fatalf("starting on a taken port: %v, want an error naming %s", err, td.DNS)
 	}

@@ -4,10 +4,8 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/daemon"
 	"github.com/nasreach/nasreach/linkserver"
-	"github.com/nasreach/nasreach/store"
-	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v3"
 )
 
@@ -29,25 +27,10 @@ func linkFlags() []cli.Flag {
 	}
 }
 
-// linkRelayConfig is the Link part of the daemon's configuration.
-type linkRelayConfig struct {
-	Addr              string // "" disables the relay
-	CertFile, KeyFile string // empty: self-signed in the data directory
-	MaxAgents         int
-	MaxStreams        int
-	StreamRate        float64
-	StreamBurst       int
-	IdleTimeout       time.Duration
-}
-
-// linkRelayConfigFromFlags reads linkFlags and the shared --tls-cert/--tls-key.
-func linkRelayConfigFromFlags(cmd *cli.Command) (linkRelayConfig, error) {
-	certFile, keyFile, err := tlsFilesFromFlags(cmd)
-	if err != nil {
-		return linkRelayConfig{}, err
-	}
-	c := linkRelayConfig{
-		Addr: cmd.String("link"), CertFile: certFile, KeyFile: keyFile,
+// linkConfigFromFlags reads linkFlags.
+func linkConfigFromFlags(cmd *cli.Command) (daemon.LinkConfig, error) {
+	c := daemon.LinkConfig{
+		Addr:      cmd.String("link"),
 		MaxAgents: cmd.Int("link-max-agents"), MaxStreams: cmd.Int("link-max-streams"),
 		StreamRate: cmd.Float("link-stream-rate"), StreamBurst: cmd.Int("link-stream-burst"),
 		IdleTimeout: cmd.Duration("link-idle-timeout"),
@@ -59,30 +42,4 @@ func linkRelayConfigFromFlags(cmd *cli.Command) (linkRelayConfig, error) {
 		return c, fmt.Errorf("--link-idle-timeout %v: want at least 1s", c.IdleTimeout)
 	}
 	return c, nil
-}
-
-// startLinkRelay starts the Link relay on st, logging one record per session
-// to events (nil: none), and prints the fingerprint agents and clients pin.
-// It returns nil and a no-op stop when cfg.Addr is empty.
-func startLinkRelay(cfg linkRelayConfig, dataDir string, st *store.Store, events func(connlog.Event), log zerolog.Logger) (*linkserver.Server, func() error, error) {
-	if cfg.Addr == "" {
-		return nil, func() error { return nil }, nil
-	}
-	cert, fp, err := linkserver.LoadCert(dataDir, cfg.CertFile, cfg.KeyFile)
-	if err != nil {
-		return nil, nil, err
-	}
-	lc := linkserver.Config{
-		Addr: cfg.Addr, Certificate: cert, Store: st,
-		MaxAgents: cfg.MaxAgents, MaxStreamsPerDevice: cfg.MaxStreams,
-		StreamRate: cfg.StreamRate, StreamBurst: cfg.StreamBurst, IdleTimeout: cfg.IdleTimeout,
-		Events: events, Logger: log.With().Str("component", "link").Logger(),
-	}
-	l, err := linkserver.New(lc)
-	if err != nil {
-		return nil, nil, err
-	}
-	log.Info().Str("link", l.Addr().String()).Str("relay_fingerprint", fp).
-		Msg("link relay ready; agents and clients pin it with --relay-fingerprint")
-	return l, l.Close, nil
 }

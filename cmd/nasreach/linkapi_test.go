@@ -32,7 +32,7 @@ func TestDevicePublishesKeyAndManagesAccessCodes(t *testing.T) {
 	}
 	var ac struct{ ID, Code string }
 	json.Unmarshal(body, &ac)
-	if !td.d.store.CheckAccessCode("nas1", ac.Code) {
+	if !td.d.Store().CheckAccessCode("nas1", ac.Code) {
 		t.Fatal("issued access code does not check")
 	}
 	_, body = td.do(http.MethodGet, "/v1/devices/nas1", token, nil)
@@ -50,7 +50,7 @@ func TestDevicePublishesKeyAndManagesAccessCodes(t *testing.T) {
 	if code, _ := td.do(http.MethodDelete, "/v1/devices/nas1/access-codes/"+ac.ID, token, nil); code != http.StatusNoContent {
 		t.Fatalf("revoke: HTTP %d", code)
 	}
-	if td.d.store.CheckAccessCode("nas1", ac.Code) {
+	if td.d.Store().CheckAccessCode("nas1", ac.Code) {
 		t.Fatal("revoked access code still checks")
 	}
 	if code, _ := td.do(http.MethodDelete, "/v1/devices/nas1/access-codes/"+ac.ID, token, nil); code != http.StatusNotFound {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync/atomic"
 
 	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
@@ -55,11 +56,13 @@ func logFlags() []cli.Flag {
 	}
 }
 
-// newLogger builds the process logger from the log flags.
-func newLogger(cmd *cli.Command, w io.Writer) (zerolog.Logger, error) {
-	lvl, err := zerolog.ParseLevel(strings.ToLower(cmd.String("log-level")))
-	if err != nil || lvl == zerolog.NoLevel {
-		return zerolog.Logger{}, fmt.Errorf("--log-level %q: want debug, info, warn or error", cmd.String("log-level"))
+// newLogger builds the process logger from the log flags. Its level is a
+// logLevel that a reload changes (daemon.Config.SetLogLevel), not zerolog's
+// process-wide one.
+func newLogger(cmd *cli.Command, w io.Writer) (zerolog.Logger, *logLevel, error) {
+	lvl, err := parseLogLevel(cmd.String("log-level"))
+	if err != nil {
+		return zerolog.Logger{}, nil, err
 	}
 	switch f := cmd.String("log-format"); f {
 	case "json":
@@ -70,9 +73,30 @@ func newLogger(cmd *cli.Command, w io.Writer) (zerolog.Logger, error) {
 			w = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05"}
 		}
 	default:
-		return zerolog.Logger{}, fmt.Errorf("--log-format %q: want json, console or auto", f)
+		return zerolog.Logger{}, nil, fmt.Errorf("--log-format %q: want json, console or auto", f)
 	}
-	// The level is zerolog's global one so that a reload can change it live.
-	zerolog.SetGlobalLevel(lvl)
-	return zerolog.New(w).With().Timestamp().Logger(), nil
+	lv := &logLevel{}
+	lv.Set(lvl)
+	return zerolog.New(w).Sample(lv).With().Timestamp().Logger(), lv, nil
 }
+
+// parseLogLevel reads --log-level.
+func parseLogLevel(s string) (zerolog.Level, error) {
+	lvl, err := zerolog.ParseLevel(strings.ToLower(s))
+	if err != nil || lvl == zerolog.NoLevel {
+		return 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", s)
+	}
+	return lvl, nil
+}
+
+// logLevel is the process logger's level, changed live by a reload. It is a
+// zerolog.Sampler, which the logger asks before it builds an event, so a
+// record below the level costs no formatting (a level-filtering writer
+// would format it first).
+type logLevel struct{ v atomic.Int32 }
+
+// Set changes the level from the next record on.
+func (l *logLevel) Set(lvl zerolog.Level) { l.v.Store(int32(lvl)) }
+
+// Sample implements zerolog.Sampler.
+func (l *logLevel) Sample(lvl zerolog.Level) bool { return int32(lvl) >= l.v.Load() }

@@ -123,7 +123,7 @@ func TestHealthAndReadiness(t *testing.T) {
 			t.Errorf("%s = %d, want %d", path, resp.StatusCode, want)
 		}
 	}
-	td.d.store.Close() // the store going away must show
+	td.d.Store().Close() // the store going away must show
 	resp, err := http.Get(td.Metrics + "/readyz")
 	if err != nil {
 		t.Fatal(err)

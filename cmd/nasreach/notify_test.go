@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/daemon"
 )
 
 // These tests run the real binary with a NOTIFY_SOCKET the test binds, the
@@ -266,7 +267,7 @@ func TestStoppingIsSentOnSIGTERM(t *testing.T) {
 		if p.exitErr != nil {
 			t.Fatalf("daemon exited with %v after SIGTERM, want a clean exit (systemd would mark the unit failed)", p.exitErr)
 		}
-	case <-time.After(shutdownTimeout + 5*time.Second):
+	case <-time.After(daemon.ShutdownTimeout + 5*time.Second):
 		t.Fatal("daemon still running after STOPPING=1")
 	}
 }

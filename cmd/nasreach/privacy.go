@@ -3,31 +3,12 @@ package main
 import (
 	"fmt"
 	"path/filepath"
-	"time"
 
-	"strings"
-
-	"filippo.io/age"
-	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/connlog"
-	"github.com/nasreach/nasreach/dnsserver"
-	"github.com/nasreach/nasreach/metrics"
+	"github.com/nasreach/nasreach/daemon"
 	"github.com/nasreach/nasreach/store"
 	"github.com/urfave/cli/v3"
 )
-
-// privacyConfig is what serve needs to keep its privacy promises: where
-// connection logs go and for how long, and the device lifecycle timers.
-type privacyConfig struct {
-	LogDir           string
-	LogRetention     time.Duration
-	LogMaxBytes      int64
-	LogRecipients    []age.Recipient
-	IPv6Bits         int
-	Quarantine       time.Duration
-	UninitializedTTL time.Duration
-	LogQueries       bool
-}
 
 func privacyFlags() []cli.Flag {
 	return []cli.Flag{
@@ -42,8 +23,9 @@ func privacyFlags() []cli.Flag {
 	}
 }
 
-func privacyConfigFromFlags(cmd *cli.Command, dataDir string) (privacyConfig, error) {
-	p := privacyConfig{
+// privacyConfigFromFlags reads privacyFlags.
+func privacyConfigFromFlags(cmd *cli.Command, dataDir string) (daemon.PrivacyConfig, error) {
+	p := daemon.PrivacyConfig{
 		LogDir: cmd.String("log-dir"), LogRetention: cmd.Duration("log-retention"), LogMaxBytes: cmd.Int64("log-max-bytes"),
 		LogQueries: cmd.Bool("log-queries"), IPv6Bits: cmd.Int("ipv6-mask-bits"), Quarantine: cmd.Duration("quarantine"), UninitializedTTL: cmd.Duration("uninitialized-ttl"),
 	}
@@ -70,42 +52,4 @@ func privacyConfigFromFlags(cmd *cli.Command, dataDir string) (privacyConfig, er
 		p.LogRecipients = rs
 	}
 	return p, nil
-}
-
-// openConnLog starts the connection log for the daemon.
-func openConnLog(cfg daemonConfig) (*connlog.Log, error) {
-	p := cfg.Privacy
-	if p.LogDir == "" {
-		p.LogDir = filepath.Join(cfg.DataDir, "logs")
-	}
-	return connlog.New(connlog.Config{
-		Dir: p.LogDir, Retention: p.LogRetention, MaxBytes: p.LogMaxBytes, Recipients: p.LogRecipients,
-		IPv6Prefix: p.IPv6Bits, Now: cfg.Now,
-		Logger: cfg.Logger.With().Str("component", "connlog").Logger(),
-	})
-}
-
-// observeQuery is the DNS server's query hook: metrics always, and with
-// --log-queries one masked connection-log event per query.
-func (d *daemon) observeQuery(q dnsserver.Query) {
-	d.metrics.ObserveQuery(q.Type, q.Rcode)
-	if !d.logQuery.Load() {
-		return
-	}
-	d.connlog.Log(connlog.Event{
-		Service: "dns", Kind: "query", Outcome: dns.RcodeToString[q.Rcode], Client: q.Client(),
-		Detail: strings.TrimSuffix(strings.ToLower(q.Name), ".") + " " + dns.TypeToString[q.Type],
-	})
-}
-
-// eventTee passes connection events to the log and to the metrics.
-type eventTee struct {
-	log *connlog.Log
-	m   *metrics.Metrics
-}
-
-// Log implements api.EventSink.
-func (t eventTee) Log(e connlog.Event) {
-	t.m.ObserveEvent(e)
-	t.log.Log(e)
 }

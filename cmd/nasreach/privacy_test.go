@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/daemon"
 	"github.com/nasreach/nasreach/store"
 	bolt "go.etcd.io/bbolt"
 )
@@ -38,8 +39,8 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func withClock(c *fakeClock) func(*daemonConfig) {
-	return func(cfg *daemonConfig) { cfg.Now = c.Now }
+func withClock(c *fakeClock) func(*daemon.Config) {
+	return func(cfg *daemon.Config) { cfg.Now = c.Now }
 }
 
 // dumpStore stops the daemon and returns every bucket/key/value of its bbolt
@@ -89,10 +90,10 @@ func TestUnregisterDeletesEverythingAtOnce(t *testing.T) {
 	if code, body := td.do(http.MethodPut, "/v1/devices/gone/address", token, map[string]string{"ipv4": "198.51.100.23", "ipv6": "2001:db8:77::23"}); code != http.StatusOK {
 		t.Fatalf("address: %d %s", code, body)
 	}
-	if _, err := td.d.store.SetPublicKey(context.Background(), "gone", "MCowBQYDK2VwAyEAgonekey"); err != nil {
+	if _, err := td.d.Store().SetPublicKey(context.Background(), "gone", "MCowBQYDK2VwAyEAgonekey"); err != nil {
 		t.Fatal(err)
 	}
-	_, code, err := td.d.store.AddAccessCode(context.Background(), "gone")
+	_, code, err := td.d.Store().AddAccessCode(context.Background(), "gone")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +163,7 @@ func TestUninitializedDeviceExpiresWithAllItsData(t *testing.T) {
 		t.Fatalf("activate: HTTP %d", code)
 	}
 	sweep := func() int {
-		n, err := td.d.store.Sweep(context.Background())
+		n, err := td.d.Store().Sweep(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -198,7 +199,7 @@ func TestExportHoldsEverythingStored(t *testing.T) {
 	token := td.addDevice("nas1")
 	td.do(http.MethodPut, "/v1/devices/nas1/address", token, map[string]string{"ipv4": "198.51.100.5", "ipv6": "2001:db8::5"})
 	td.do(http.MethodPatch, "/v1/devices/nas1", token, map[string]any{"link": false, "access": "token"})
-	if _, _, err := td.d.store.AddAccessCode(context.Background(), "nas1"); err != nil {
+	if _, _, err := td.d.Store().AddAccessCode(context.Background(), "nas1"); err != nil {
 		t.Fatal(err)
 	}
 	code, body := td.do(http.MethodGet, "/v1/devices/nas1", token, nil)
@@ -267,7 +268,7 @@ func documentedFields(t *testing.T) map[string]bool {
 
 func TestStoreHoldsOnlyDocumentedFields(t *testing.T) {
 	clk := &fakeClock{t: time.Now().UTC()}
-	td := startTestDaemon(t, withClock(clk), func(c *daemonConfig) {
+	td := startTestDaemon(t, withClock(clk), func(c *daemon.Config) {
 		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 	})
 	// A realistic session: registrations, updates of both families through
@@ -284,10 +285,10 @@ func TestStoreHoldsOnlyDocumentedFields(t *testing.T) {
 	}
 	resp.Body.Close()
 	td.do(http.MethodPatch, "/v1/devices/nas1", token, map[string]any{"ddns": false, "access": "token"})
-	if _, err := td.d.store.SetPublicKey(context.Background(), "nas1", "MCowBQYDK2VwAyEAexample"); err != nil {
+	if _, err := td.d.Store().SetPublicKey(context.Background(), "nas1", "MCowBQYDK2VwAyEAexample"); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := td.d.store.AddAccessCode(context.Background(), "nas1"); err != nil {
+	if _, _, err := td.d.Store().AddAccessCode(context.Background(), "nas1"); err != nil {
 		t.Fatal(err)
 	}
 	td.do(http.MethodPut, "/v1/devices/nas2/address", other, nil)
@@ -324,7 +325,7 @@ func TestStoreHoldsOnlyDocumentedFields(t *testing.T) {
 }
 
 func TestConnectionLogHoldsOnlyMaskedAddresses(t *testing.T) {
-	td := startTestDaemon(t, func(c *daemonConfig) {
+	td := startTestDaemon(t, func(c *daemon.Config) {
 		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 	})
 	token := td.addDevice("nas1")
@@ -392,7 +393,7 @@ func TestBackupSnapshotRestoresAndOldSnapshotsExpire(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(restored, store.FileName), b, 0o600)
-	td2 := startTestDaemon(t, func(c *daemonConfig) { c.DataDir = restored })
+	td2 := startTestDaemon(t, func(c *daemon.Config) { c.DataDir = restored })
 	r := td2.query("udp", "nas1.myqnapcloud.com", dns.TypeA)
 	if len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != "198.51.100.61" {
 		t.Fatalf("restored daemon answers %v", r.Answer)
@@ -404,7 +405,7 @@ func TestBackupSnapshotRestoresAndOldSnapshotsExpire(t *testing.T) {
 
 func TestQueryLoggingIsOffByDefaultAndMaskedWhenOn(t *testing.T) {
 	for _, on := range []bool{false, true} {
-		td := startTestDaemon(t, func(c *daemonConfig) { c.Privacy.LogQueries = on })
+		td := startTestDaemon(t, func(c *daemon.Config) { c.Privacy.LogQueries = on })
 		td.addDevice("nas1")
 		td.query("udp", "nas1.myqnapcloud.com", dns.TypeA)
 		td.query("tcp", "unknown.myqnapcloud.com", dns.TypeAAAA)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nasreach/nasreach/daemon"
 	"github.com/nasreach/nasreach/turnserver"
 	"github.com/rs/zerolog"
 )
@@ -136,7 +137,7 @@ func TestDaemonLinkMetrics(t *testing.T) {
 // A reload swaps the TURN users and the Link limits and reports it; what cannot change live is
 // reported as needing a restart.
 func TestReloadChangesTURNUsers(t *testing.T) {
-	td := startTestDaemon(t, withTURN, func(c *daemonConfig) { c.TURN.Relay.Users = []string{"alice:pw"} })
+	td := startTestDaemon(t, withTURN, func(c *daemon.Config) { c.TURN.Users = []string{"alice:pw"} })
 	srv := netip.MustParseAddrPort(td.STUN)
 	allocateAs := func(user, pass string) (net.PacketConn, error) {
 		c, err := net.ListenPacket("udp", "127.0.0.1:0")
@@ -152,15 +153,15 @@ func TestReloadChangesTURNUsers(t *testing.T) {
 	peer := udpEcho(t)
 	echoThrough(t, alice, peer)
 
-	next := td.d.cfg
-	next.TURN.Relay.Users = []string{"bob:pw2"}
-	next.TURN.Relay.MaxAllocations = 7
+	next := td.d.Config()
+	next.TURN.Users = []string{"bob:pw2"}
+	next.TURN.MaxAllocations = 7
 	next.Link.MaxStreams = 3
-	applied, restart := td.d.reload(next)
+	applied, restart := td.d.Reload(next)
 	if !slices.Equal(applied, []string{"link-max-streams", "turn-user"}) || !slices.Equal(restart, []string{"turn-max-allocations"}) {
 		t.Errorf("reload applied %v, needs restart %v; want link-max-streams and turn-user applied, turn-max-allocations needing a restart", applied, restart)
 	}
-	linkWaitFor(t, "alice's allocation to end", func() bool { return td.d.turnAllocations() == 0 })
+	linkWaitFor(t, "alice's allocation to end", func() bool { return td.d.TURNRelay().Stats().Allocations == 0 })
 	if _, err := allocateAs("alice", "pw"); err == nil {
 		t.Error("alice still allocates after she was removed")
 	}
@@ -181,7 +182,7 @@ func TestTURNPayloadIsNeverStoredOrLogged(t *testing.T) {
 	prev := zerolog.GlobalLevel()
 	zerolog.SetGlobalLevel(zerolog.DebugLevel)
 	t.Cleanup(func() { zerolog.SetGlobalLevel(prev) })
-	td := startTestDaemon(t, withTURN, func(c *daemonConfig) {
+	td := startTestDaemon(t, withTURN, func(c *daemon.Config) {
 		c.Logger = zerolog.New(&daemonLog).Level(zerolog.DebugLevel)
 		c.LogLevel = zerolog.DebugLevel
 	})

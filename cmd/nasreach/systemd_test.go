@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/daemon"
 )
 
 // The shipped unit, dist/systemd/nasreach.service, checked offline with
@@ -275,7 +276,7 @@ func TestUnitSyscallFilterAllowsEveryCallTheDaemonMakes(t *testing.T) {
 	sock.waitFor("STOPPING", "1", 10*time.Second)
 	select {
 	case <-p.exited:
-	case <-time.After(shutdownTimeout + 10*time.Second):
+	case <-time.After(daemon.ShutdownTimeout + 10*time.Second):
 		t.Fatal("traced daemon did not exit after SIGTERM")
 	}
 
@@ -311,12 +312,16 @@ func TestAdminTokenFromSystemdCredential(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(creds, adminTokenCredential), []byte("operator-chosen-token\n"), 0o400); err != nil {
 		t.Fatal(err)
 	}
-	td := startTestDaemon(t)
+	cfg, err := parseServeConfig(context.Background(), []string{"nasreach", "serve"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	td := startTestDaemon(t, func(c *daemon.Config) { c.AdminToken = cfg.AdminToken })
 	if td.Admin != "operator-chosen-token" {
 		t.Fatalf("admin token %q, want the credential's", td.Admin)
 	}
 	td.addDevice("nas1") // the API accepts it
-	if _, err := os.Stat(filepath.Join(td.Dir, adminTokenFile)); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(td.Dir, daemon.AdminTokenFile)); !os.IsNotExist(err) {
 		t.Fatalf("a token was generated into the data directory although the credential is set: %v", err)
 	}
 }
@@ -330,14 +335,14 @@ func TestEmptyAdminTokenCredentialIsRefused(t *testing.T) {
 	}
 	// Not a silent fallback to a generated token the operator does not know.
 	dataDir := t.TempDir()
-	token, _, err := ensureAdminToken(dataDir, "")
+	cfg, err := parseServeConfig(context.Background(), []string{"nasreach", "serve", "--data", dataDir})
 	if err == nil {
-		t.Fatalf("an empty admin-token credential was accepted; token %q", token)
+		t.Fatalf("an empty admin-token credential was accepted; token %q", cfg.AdminToken)
 	}
 	if !strings.Contains(err.Error(), file) {
 		t.Fatalf("error %q does not name the credential file %s", err, file)
 	}
-	if _, err := os.Stat(filepath.Join(dataDir, adminTokenFile)); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(dataDir, daemon.AdminTokenFile)); !os.IsNotExist(err) {
 		t.Fatalf("a token was generated despite the broken credential: %v", err)
 	}
 }

@@ -1,20 +1,12 @@
 package main
 
 import (
-	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-	"sync"
-	"time"
 
-	"github.com/nasreach/nasreach/connlog"
-	"github.com/nasreach/nasreach/store"
-	"github.com/nasreach/nasreach/stun"
+	"github.com/nasreach/nasreach/daemon"
 	"github.com/nasreach/nasreach/turnserver"
-	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v3"
 )
 
@@ -46,83 +38,19 @@ func turnFlags() []cli.Flag {
 	}
 }
 
-// turnService is the running STUN binding service, with or without the TURN
-// relay on the same port.
-type turnService struct {
-	turn      *turnserver.Server // nil with --turn=false
-	responder *stun.Responder    // answers Binding on the TURN port
-	stun      *stun.Server       // the standalone Binding server with --turn=false
-	log       zerolog.Logger
-	// Addr is the STUN/TURN address (UDP and TCP); TLSAddr the TURN-over-TLS
-	// address, or the zero value without TLS.
-	Addr, TLSAddr netip.AddrPort
-}
-
-// turnSettings is the STUN/TURN part of the daemon's configuration.
-type turnSettings struct {
-	// Enabled runs the TURN relay on the STUN port (--turn); false answers
-	// STUN Binding only.
-	Enabled bool
-	// Software is the SOFTWARE attribute of STUN answers (--stun-software).
-	Software string
-	// Relay is the relay's configuration but for the wiring (store, events,
-	// logger); Relay.Addr is the STUN address, and "" runs neither STUN nor
-	// TURN.
-	Relay turnserver.Config
-}
-
-// turnSettingsFromFlags reads turnFlags.
-func turnSettingsFromFlags(cmd *cli.Command) (turnSettings, error) {
-	s := turnSettings{Enabled: cmd.Bool("turn"), Software: cmd.String("stun-software")}
-	var err error
-	s.Relay, err = turnConfigFromFlags(cmd)
-	return s, err
-}
-
-// startTURN starts STUN and TURN. The relay takes device credentials from st
-// and sends one event per allocation to events (nil logs them to log
-// instead).
-// With cfg.Relay.Addr empty it starts nothing and returns nil.
-func startTURN(cfg turnSettings, st *store.Store, log zerolog.Logger, events func(connlog.Event)) (*turnService, error) {
-	addr := cfg.Relay.Addr
-	if addr == "" {
-		return nil, nil
+// turnConfigFromFlags reads turnFlags.
+func turnConfigFromFlags(cmd *cli.Command) (daemon.TURNConfig, error) {
+	cfg := daemon.TURNConfig{
+		Addr: cmd.String("stun"), Enabled: cmd.Bool("turn"), Software: cmd.String("stun-software"),
+		Realm: cmd.String("turn-realm"), Users: cmd.StringSlice("turn-user"), Secret: cmd.String("turn-secret"),
+		TLSAddr:        cmd.String("turns"),
+		MaxAllocations: cmd.Int("turn-max-allocations"), UserQuota: cmd.Int("turn-user-quota"),
+		MaxLifetime: cmd.Duration("turn-max-lifetime"), Bandwidth: cmd.Int64("turn-bandwidth"),
 	}
-	if !cfg.Enabled {
-		s, err := stun.New(stun.Config{Addr: addr, Software: cfg.Software, Logger: log.With().Str("component", "stun").Logger()})
-		if err != nil {
-			return nil, err
-		}
-		return &turnService{stun: s, Addr: s.Addr()}, nil
-	}
-	responder, err := stun.NewResponder(stun.ResponderConfig{Software: cfg.Software})
-	if err != nil {
-		return nil, fmt.Errorf("--stun-software: %w", err)
-	}
-	rc := cfg.Relay
-	rc.Binding = responder.Answer
-	rc.Devices = st
-	rc.Events = events
-	rc.Logger = log.With().Str("component", "turn").Logger()
-	t, err := turnserver.New(rc)
-	if err != nil {
-		return nil, err
-	}
-	return &turnService{turn: t, responder: responder, log: rc.Logger, Addr: t.Addr(), TLSAddr: t.TLSAddr()}, nil
-}
-
-// turnConfigFromFlags reads everything but the wiring (store, events, logger).
-func turnConfigFromFlags(cmd *cli.Command) (turnserver.Config, error) {
-	cfg := turnserver.Config{
-		Addr: cmd.String("stun"), Realm: cmd.String("turn-realm"),
-		Users: cmd.StringSlice("turn-user"), Secret: cmd.String("turn-secret"),
-		MaxAllocations: cmd.Int("turn-max-allocations"), MaxAllocationsPerUser: cmd.Int("turn-user-quota"),
-		MaxLifetime: cmd.Duration("turn-max-lifetime"), BandwidthPerAllocation: cmd.Int64("turn-bandwidth"),
-	}
-	if cfg.MaxAllocations <= 0 || cfg.MaxAllocationsPerUser <= 0 {
+	if cfg.MaxAllocations <= 0 || cfg.UserQuota <= 0 {
 		return cfg, errors.New("--turn-max-allocations and --turn-user-quota must be at least 1")
 	}
-	if cfg.BandwidthPerAllocation < 0 {
+	if cfg.Bandwidth < 0 {
 		return cfg, errors.New("--turn-bandwidth must not be negative")
 	}
 	if cfg.MaxLifetime == 0 {
@@ -149,18 +77,6 @@ func turnConfigFromFlags(cmd *cli.Command) (turnserver.Config, error) {
 		}
 		cfg.Secret = secret
 	}
-	certFile, keyFile, err := tlsFilesFromFlags(cmd)
-	if err != nil {
-		return cfg, err
-	}
-	if certFile != "" {
-		kp, err := newKeyPairReloader(certFile, keyFile)
-		if err != nil {
-			return cfg, err
-		}
-		cfg.TLS = &tls.Config{GetCertificate: kp.get, MinVersion: tls.VersionTLS12}
-		cfg.TLSAddr = cmd.String("turns")
-	}
 	return cfg, nil
 }
 
@@ -178,69 +94,4 @@ func tlsFilesFromFlags(cmd *cli.Command) (certFile, keyFile string, err error) {
 		return "", "", errors.New("--tls-cert and --tls-key go together (the key may be the systemd credential tls-key): give both for TURN over TLS and the Link relay's certificate, or neither")
 	}
 	return certFile, keyFile, nil
-}
-
-// Stop stops the service and waits for its goroutines. There is no graceful
-// drain (a relayed call cannot be finished for its users), so Stop ends every
-// allocation at once; it waits at most five seconds for pion's goroutines
-// whatever ctx says.
-func (s *turnService) Stop(context.Context) error {
-	if s == nil {
-		return nil
-	}
-	if s.turn != nil {
-		err := s.turn.Close()
-		st := s.responder.Stats()
-		s.log.Info().Uint64("answered", st.Answered).Uint64("dropped", st.Dropped).Msg("stun binding counters")
-		return err
-	}
-	return s.stun.Close()
-}
-
-// keyPairReloader serves a certificate from files and re-reads them when
-// they change (a renewal by certbot or acme.sh), checking at most every
-// keyPairCheckEvery. A pair that does not load keeps the old one in service.
-type keyPairReloader struct {
-	certFile, keyFile string
-	every             time.Duration
-
-	mu      sync.Mutex
-	cert    *tls.Certificate
-	mtime   time.Time
-	checked time.Time
-}
-
-const keyPairCheckEvery = 10 * time.Second
-
-func newKeyPairReloader(certFile, keyFile string) (*keyPairReloader, error) {
-	k := &keyPairReloader{certFile: certFile, keyFile: keyFile, every: keyPairCheckEvery}
-	if err := k.load(); err != nil {
-		return nil, err
-	}
-	return k, nil
-}
-
-func (k *keyPairReloader) load() error {
-	fi, err := os.Stat(k.certFile)
-	if err != nil {
-		return fmt.Errorf("--tls-cert: %w", err)
-	}
-	c, err := tls.LoadX509KeyPair(k.certFile, k.keyFile)
-	if err != nil {
-		return fmt.Errorf("load TLS key pair %s, %s: %w", k.certFile, k.keyFile, err)
-	}
-	k.cert, k.mtime = &c, fi.ModTime()
-	return nil
-}
-
-func (k *keyPairReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if now := time.Now(); now.Sub(k.checked) >= k.every {
-		k.checked = now
-		if fi, err := os.Stat(k.certFile); err == nil && !fi.ModTime().Equal(k.mtime) {
-			k.load() //nolint:errcheck // on error the old pair stays; the next check tries again
-		}
-	}
-	return k.cert, nil
 }

@@ -1,0 +1,104 @@
+package daemon
+
+import (
+	"net/netip"
+	"time"
+
+	"filippo.io/age"
+	"github.com/nasreach/nasreach/dnsserver"
+	"github.com/rs/zerolog"
+)
+
+// Config is everything a daemon runs with: plain data that cmd/nasreach
+// builds from flags, the environment and the TOML file. Each field's
+// `setting` tag is the name of the flag (and config key) it comes from;
+// Reload compares every tagged field, so a new setting needs a restart
+// unless Reload is taught to apply it live. Fields tagged "-" are wiring,
+// not settings.
+type Config struct {
+	DataDir     string `setting:"data"`
+	Zone        string `setting:"zone"`
+	DNSAddr     string `setting:"dns"`
+	HTTPAddr    string `setting:"http"`
+	MetricsAddr string `setting:"metrics"` // "" binds 127.0.0.1:0
+	// AdminToken is the admin token; "" reads or creates <DataDir>/admin.token.
+	AdminToken       string                 `setting:"admin-token"`
+	NameServers      []dnsserver.NameServer `setting:"ns"`
+	TTL              time.Duration          `setting:"ttl"`
+	OpenRegistration bool                   `setting:"open-registration"`
+	Reserved         []string               `setting:"reserved"`
+	TrustedProxies   []netip.Prefix         `setting:"trusted-proxy"`
+	ExactNames       bool                   `setting:"exact-names"`
+	// CertFile and KeyFile are the operator's TLS certificate, served by
+	// TURN over TLS and the Link relay and re-read when renewed; empty: no
+	// TURN over TLS, and a self-signed Link certificate in DataDir.
+	CertFile string `setting:"tls-cert"`
+	KeyFile  string `setting:"tls-key"`
+	TURN     TURNConfig
+	Link     LinkConfig
+	Privacy  PrivacyConfig
+	LogLevel zerolog.Level `setting:"log-level"`
+
+	// SetLogLevel changes the level of Logger's output; cmd owns the level
+	// and passes its setter. Nil makes a changed log-level need a restart.
+	SetLogLevel func(zerolog.Level) `setting:"-"`
+	// Version is reported in nasreach_build_info.
+	Version string `setting:"-"`
+	// Now is the clock; nil means time.Now. Tests move it by hand.
+	Now func() time.Time `setting:"-"`
+	// Logger receives every component's records, each with its component
+	// field.
+	Logger zerolog.Logger `setting:"-"`
+}
+
+// TURNConfig is the STUN binding service and the TURN relay on its port.
+type TURNConfig struct {
+	// Addr is the STUN/TURN address, UDP and TCP; "" runs neither.
+	Addr string `setting:"stun"`
+	// Enabled runs the TURN relay on the STUN port; false answers STUN
+	// Binding only.
+	Enabled bool `setting:"turn"`
+	// Software is the SOFTWARE attribute of STUN answers.
+	Software string `setting:"stun-software"`
+	Realm    string `setting:"turn-realm"`
+	// Users are static credentials, "name:password" each.
+	Users []string `setting:"turn-user"`
+	// Secret enables TURN REST API credentials.
+	Secret     string         `setting:"turn-secret"`
+	AllowPeers []netip.Prefix `setting:"turn-allow-peer"`
+	RelayIP    netip.Addr     `setting:"turn-relay-ip"`
+	// TLSAddr is the TURN-over-TLS address, used when CertFile is set.
+	TLSAddr        string        `setting:"turns"`
+	MaxAllocations int           `setting:"turn-max-allocations"`
+	UserQuota      int           `setting:"turn-user-quota"`
+	MaxLifetime    time.Duration `setting:"turn-max-lifetime"` // negative: no cap
+	Bandwidth      int64         `setting:"turn-bandwidth"`
+}
+
+// LinkConfig is the Link relay.
+type LinkConfig struct {
+	// Addr is the relay's UDP address; "" runs no Link relay.
+	Addr        string        `setting:"link"`
+	MaxAgents   int           `setting:"link-max-agents"`
+	MaxStreams  int           `setting:"link-max-streams"`
+	StreamRate  float64       `setting:"link-stream-rate"`
+	StreamBurst int           `setting:"link-stream-burst"`
+	IdleTimeout time.Duration `setting:"link-idle-timeout"`
+}
+
+// PrivacyConfig is what the daemon needs to keep its privacy promises:
+// where connection logs go and for how long, and the device lifecycle
+// timers.
+type PrivacyConfig struct {
+	// LogDir is the connection log directory; "" is <DataDir>/logs.
+	LogDir        string          `setting:"log-dir"`
+	LogRetention  time.Duration   `setting:"log-retention"`
+	LogMaxBytes   int64           `setting:"log-max-bytes"`
+	LogRecipients []age.Recipient `setting:"log-encrypt-to"`
+	IPv6Bits      int             `setting:"ipv6-mask-bits"`
+	// Quarantine and UninitializedTTL as in store.Config (negative
+	// Quarantine disables it).
+	Quarantine       time.Duration `setting:"quarantine"`
+	UninitializedTTL time.Duration `setting:"uninitialized-ttl"`
+	LogQueries       bool          `setting:"log-queries"`
+}

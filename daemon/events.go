@@ -1,0 +1,43 @@
+package daemon
+
+import (
+	"path/filepath"
+	"strings"
+
+	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/dnsserver"
+	"github.com/rs/zerolog"
+)
+
+// openConnLog starts the connection log.
+func openConnLog(cfg Config, log zerolog.Logger) (*connlog.Log, error) {
+	p := cfg.Privacy
+	if p.LogDir == "" {
+		p.LogDir = filepath.Join(cfg.DataDir, "logs")
+	}
+	return connlog.New(connlog.Config{
+		Dir: p.LogDir, Retention: p.LogRetention, MaxBytes: p.LogMaxBytes, Recipients: p.LogRecipients,
+		IPv6Prefix: p.IPv6Bits, Now: cfg.Now, Logger: log,
+	})
+}
+
+// Log takes one connection event from the API or a relay: the metrics count
+// it and the connection log keeps it, masked.
+func (d *Daemon) Log(e connlog.Event) {
+	d.metrics.ObserveEvent(e)
+	d.connlog.Log(e)
+}
+
+// observeQuery is the DNS server's query hook: metrics always, and with
+// log-queries one masked connection-log event per query.
+func (d *Daemon) observeQuery(q dnsserver.Query) {
+	d.metrics.ObserveQuery(q.Type, q.Rcode)
+	if !d.logQuery.Load() {
+		return
+	}
+	d.connlog.Log(connlog.Event{
+		Service: "dns", Kind: "query", Outcome: dns.RcodeToString[q.Rcode], Client: q.Client(),
+		Detail: strings.TrimSuffix(strings.ToLower(q.Name), ".") + " " + dns.TypeToString[q.Type],
+	})
+}
