@@ -18,7 +18,7 @@ var allowed = map[string][]string{
 	"anonymize": {},
 	"store":     {"go.etcd.io/bbolt", "github.com/rs/zerolog"},
 	"connlog":   {"anonymize", "github.com/rs/zerolog", "filippo.io/age"},
-	"api":       {"store", "connlog", "anonymize", "github.com/rs/zerolog"},
+	"api":       {"store", "connlog", "anonymize", "internal/ratelimit", "github.com/rs/zerolog"},
 	"dnsserver": {"store", "github.com/miekg/dns", "github.com/rs/zerolog"},
 	"stun":      {"anonymize", "github.com/pion/stun/v3", "github.com/pion/stun/v4", "github.com/rs/zerolog"},
 	"turnserver": {"store", "connlog", "anonymize", "github.com/pion/turn/v5", "github.com/pion/stun/v4",
