@@ -20,6 +20,7 @@ import (
 
 	"github.com/nasreach/nasreach/anonymize"
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/internal/ratelimit"
 	"github.com/nasreach/nasreach/link"
 	"github.com/nasreach/nasreach/store"
 	"github.com/quic-go/quic-go"
@@ -102,7 +103,7 @@ type Server struct {
 	tr      *quic.Transport
 	ln      *quic.Listener
 	addr    netip.AddrPort
-	limiter *linkLimiter
+	limiter *ratelimit.Limiter
 	// sessions counts sessions admitted and not yet ended, on any agent.
 	sessions atomic.Int64
 	// maxAgents and maxStreams are cfg's limits, changed live by SetLimits.
@@ -178,7 +179,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	l := &Server{
 		cfg: cfg, log: cfg.Logger, tr: tr, ln: ln, addr: addr,
-		limiter: newLinkLimiter(cfg.StreamRate, cfg.StreamBurst),
+		limiter: ratelimit.New(cfg.StreamRate, cfg.StreamBurst, 0),
 		agents:  map[string]*linkAgent{}, conns: map[*quic.Conn]struct{}{},
 	}
 	l.maxAgents.Store(int64(cfg.MaxAgents))
@@ -214,7 +215,7 @@ type Limits struct {
 func (l *Server) SetLimits(lim Limits) {
 	l.maxAgents.Store(int64(cmp.Or(lim.MaxAgents, DefaultMaxAgents)))
 	l.maxStreams.Store(int64(cmp.Or(lim.MaxStreamsPerDevice, DefaultMaxStreamsPerDevice)))
-	l.limiter.set(cmp.Or(lim.StreamRate, DefaultStreamRate), cmp.Or(lim.StreamBurst, DefaultStreamBurst))
+	l.limiter.Set(cmp.Or(lim.StreamRate, DefaultStreamRate), cmp.Or(lim.StreamBurst, DefaultStreamBurst))
 }
 
 // Sessions returns how many client sessions are in progress (admitted and
