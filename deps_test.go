@@ -24,7 +24,7 @@ var allowed = map[string][]string{
 	"turnserver": {"store", "connlog", "anonymize", "github.com/pion/turn/v5", "github.com/pion/stun/v4",
 		"github.com/pion/logging", "github.com/rs/zerolog", "golang.org/x/sys", "golang.org/x/time"},
 	"linkserver":       {"store", "connlog", "anonymize", "link", "internal/ratelimit", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
-	"link":             {"stun", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
+	"link":             {"stun", "internal/workgroup", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
 	"sdnotify":         {},
 	"metrics":          {"connlog", "github.com/miekg/dns", "github.com/prometheus/client_golang", "github.com/rs/zerolog"},
 	"internal/netaddr": {},
@@ -33,6 +33,7 @@ var allowed = map[string][]string{
 
 	// Small building blocks the components share; they import nothing of ours.
 	"internal/ratelimit": {},
+	"internal/workgroup": {},
 }
 
 // TestImportsFollowArchitecture fails when a package imports something the
