@@ -21,6 +21,7 @@ import (
 	"github.com/nasreach/nasreach/anonymize"
 	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/internal/ratelimit"
+	"github.com/nasreach/nasreach/internal/workgroup"
 	"github.com/nasreach/nasreach/link"
 	"github.com/nasreach/nasreach/store"
 	"github.com/quic-go/quic-go"
@@ -111,10 +112,11 @@ type Server struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// wg runs every goroutine Close waits for; closing it is what "Close has
+	// begun" means.
+	wg workgroup.Group
 
 	mu     sync.Mutex
-	closed bool
 	agents map[string]*linkAgent
 	conns  map[*quic.Conn]struct{}
 }
@@ -226,11 +228,10 @@ func (l *Server) Sessions() int { return int(l.sessions.Load()) }
 // the socket and waits for every goroutine to end.
 func (l *Server) Close() error {
 	l.mu.Lock()
-	if l.closed {
+	if !l.wg.Close() {
 		l.mu.Unlock()
 		return nil
 	}
-	l.closed = true
 	conns := make([]*quic.Conn, 0, len(l.conns))
 	for c := range l.conns {
 		conns = append(conns, c)
@@ -255,17 +256,6 @@ func (l *Server) Close() error {
 	return nil
 }
 
-// goTracked runs f in a goroutine Close waits for, unless Close has begun.
-func (l *Server) goTracked(f func()) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed {
-		return false
-	}
-	l.wg.Go(f)
-	return true
-}
-
 // onChange closes an agent at once when its device loses Link or is deleted.
 func (l *Server) onChange(ch store.Change) {
 	var code quic.ApplicationErrorCode
@@ -288,7 +278,7 @@ func (l *Server) onChange(ch store.Change) {
 	if a != nil {
 		l.log.Info().Str("device", a.device).Str("reason", msg).Msg("closing link agent")
 		a.reason.CompareAndSwap(0, uint64(stream))
-		l.goTracked(func() { a.close(code, stream, msg) }) // CloseWithError waits; the store's writer must not
+		l.wg.Go(func() { a.close(code, stream, msg) }) // CloseWithError waits; the store's writer must not
 	}
 }
 
@@ -298,14 +288,11 @@ func (l *Server) accept() {
 		if err != nil {
 			return
 		}
+		// Under l.mu, as Close closes wg and lists conns: either Close
+		// finds c to close or Go refuses it.
 		l.mu.Lock()
-		if l.closed {
-			l.mu.Unlock()
-			c.CloseWithError(link.CloseShutdown, "relay shutting down")
-			return
-		}
 		l.conns[c] = struct{}{}
-		l.wg.Go(func() {
+		ok := l.wg.Go(func() {
 			defer func() {
 				l.mu.Lock()
 				delete(l.conns, c)
@@ -313,7 +300,14 @@ func (l *Server) accept() {
 			}()
 			l.serveConn(c)
 		})
+		if !ok {
+			delete(l.conns, c)
+		}
 		l.mu.Unlock()
+		if !ok {
+			c.CloseWithError(link.CloseShutdown, "relay shutting down")
+			return
+		}
 	}
 }
 
@@ -418,7 +412,7 @@ func (l *Server) serveAgent(c *quic.Conn, ctrl *quic.Stream, h link.Hello, src n
 	start := l.cfg.Now()
 	// The control stream carries nothing after the login; its end (or any
 	// byte on it) ends the agent.
-	l.goTracked(func() {
+	l.wg.Go(func() {
 		var b [1]byte
 		ctrl.Read(b[:])
 		c.CloseWithError(link.CloseProtocol, "control stream ended")

@@ -20,13 +20,13 @@ import (
 // serveClient serves a client connection: the first stream's Connect, then
 // every further stream, each a session of its own.
 func (l *Server) serveClient(c *quic.Conn, first *quic.Stream, req link.Connect, src netip.AddrPort) {
-	l.goTracked(func() { l.session(c, first, req, src) })
+	l.wg.Go(func() { l.session(c, first, req, src) })
 	for {
 		s, err := c.AcceptStream(l.ctx)
 		if err != nil {
 			return
 		}
-		if !l.goTracked(func() { l.readAndServe(c, s, src) }) {
+		if !l.wg.Go(func() { l.readAndServe(c, s, src) }) {
 			s.CancelRead(link.StreamShutdown)
 			s.CancelWrite(link.StreamShutdown)
 			return
