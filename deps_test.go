@@ -23,7 +23,7 @@ var allowed = map[string][]string{
 	"stun":      {"anonymize", "github.com/pion/stun/v3", "github.com/pion/stun/v4", "github.com/rs/zerolog"},
 	"turnserver": {"store", "connlog", "anonymize", "github.com/pion/turn/v5", "github.com/pion/stun/v4",
 		"github.com/pion/logging", "github.com/rs/zerolog", "golang.org/x/sys", "golang.org/x/time"},
-	"linkserver":       {"store", "connlog", "anonymize", "link", "internal/ratelimit", "internal/workgroup", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
+	"linkserver":       {"store", "connlog", "anonymize", "link", "internal/netaddr", "internal/ratelimit", "internal/workgroup", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
 	"link":             {"stun", "internal/workgroup", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
 	"sdnotify":         {},
 	"metrics":          {"connlog", "github.com/miekg/dns", "github.com/prometheus/client_golang", "github.com/rs/zerolog"},

@@ -20,6 +20,7 @@ import (
 
 	"github.com/nasreach/nasreach/anonymize"
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/internal/netaddr"
 	"github.com/nasreach/nasreach/internal/ratelimit"
 	"github.com/nasreach/nasreach/internal/workgroup"
 	"github.com/nasreach/nasreach/link"
@@ -321,7 +322,7 @@ func (l *Server) serveConn(c *quic.Conn) {
 		c.CloseWithError(link.CloseIdle, "no request within the handshake timeout")
 		return
 	}
-	src := remoteAddr(c)
+	src := netaddr.AddrPort(c.RemoteAddr())
 	s.SetReadDeadline(l.cfg.Now().Add(l.cfg.HandshakeTimeout))
 	fr, err := link.ReadFrame(s, l.cfg.MaxHeaderBytes)
 	if err != nil {
@@ -354,15 +355,6 @@ func (l *Server) closeAfterAnswer(c *quic.Conn, s *quic.Stream, code quic.Applic
 	case <-t.C:
 	}
 	c.CloseWithError(code, msg)
-}
-
-func remoteAddr(c *quic.Conn) netip.AddrPort {
-	if ua, ok := c.RemoteAddr().(*net.UDPAddr); ok {
-		ap := ua.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
-	return ap
 }
 
 // serveAgent logs an agent in and holds its connection until it ends.
