@@ -21,7 +21,7 @@ var allowed = map[string][]string{
 	"api":       {"store", "connlog", "anonymize", "internal/ratelimit", "github.com/rs/zerolog"},
 	"dnsserver": {"store", "github.com/miekg/dns", "github.com/rs/zerolog"},
 	"stun":      {"anonymize", "github.com/pion/stun/v3", "github.com/pion/stun/v4", "github.com/rs/zerolog"},
-	"turnserver": {"store", "connlog", "anonymize", "github.com/pion/turn/v5", "github.com/pion/stun/v4",
+	"turnserver": {"store", "connlog", "anonymize", "internal/netaddr", "github.com/pion/turn/v5", "github.com/pion/stun/v4",
 		"github.com/pion/logging", "github.com/rs/zerolog", "golang.org/x/sys", "golang.org/x/time"},
 	"linkserver":       {"store", "connlog", "anonymize", "link", "internal/netaddr", "internal/ratelimit", "internal/workgroup", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
 	"link":             {"stun", "internal/workgroup", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
