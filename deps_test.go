@@ -18,11 +18,11 @@ var allowed = map[string][]string{
 	"anonymize": {},
 	"store":     {"go.etcd.io/bbolt", "github.com/rs/zerolog"},
 	"connlog":   {"anonymize", "github.com/rs/zerolog", "filippo.io/age"},
-	"api":       {"store", "connlog", "anonymize", "api/client", "internal/netaddr", "github.com/rs/zerolog"},
+	"api":       {"store", "connlog", "anonymize", "api/client", "internal/netaddr", "internal/ratelimit", "github.com/rs/zerolog"},
 	// Standard library only: the Link agent's side of the binary must not pull
 	// in the store (bbolt) to call the API.
 	"api/client": {},
-	"dnsserver":  {"store", "internal/listen", "github.com/miekg/dns", "github.com/rs/zerolog"},
+	"dnsserver":  {"store", "internal/listen", "internal/netaddr", "github.com/miekg/dns", "github.com/rs/zerolog"},
 	"stun":       {"anonymize", "internal/listen", "internal/netaddr", "github.com/pion/stun/v4", "github.com/rs/zerolog"},
 	"turnserver": {"store", "connlog", "anonymize", "internal/listen", "internal/netaddr", "github.com/pion/turn/v5",
 		"github.com/pion/stun/v4", "github.com/pion/logging", "github.com/rs/zerolog", "golang.org/x/time"},
@@ -35,12 +35,14 @@ var allowed = map[string][]string{
 	"daemon": {"store", "connlog", "api", "dnsserver", "metrics", "sdnotify", "stun", "turnserver", "linkserver",
 		"internal/certfile", "filippo.io/age", "github.com/miekg/dns", "github.com/rs/zerolog"},
 	// internal: one helper each, shared by the servers above.
-	"internal/netaddr":  {},
-	"internal/listen":   {"internal/netaddr", "golang.org/x/sys"},
-	"internal/certfile": {},
-	"internal/testutil": {},
-	"cmd/":              {"*"}, // the binary: flags, environment and config file into daemon.Config, signals
-	"bench/":            {"*"},
+	"internal/netaddr":   {},
+	"internal/listen":    {"internal/netaddr", "golang.org/x/sys"},
+	"internal/certfile":  {},
+	"internal/ratelimit": {},
+	"internal/workgroup": {},
+	"internal/testutil":  {},
+	"cmd/":               {"*"}, // the binary: flags, environment and config file into daemon.Config, signals
+	"bench/":             {"*"},
 }
 
 // TestImportsFollowArchitecture fails when a package imports something the

@@ -2,18 +2,24 @@ package api
 
 import (
 	"net/netip"
-	"slices"
 	"sync"
 	"time"
+
+	"github.com/nasreach/nasreach/internal/ratelimit"
 )
 
 // Throttle bounds what one source address may do.
 type Throttle struct {
-	// FailedLogins failures within FailedLoginsWindow block the source for Block.
+	// FailedLogins failures within FailedLoginsWindow block the source for
+	// Block. The window slides: a source regains FailedLogins-1 failures
+	// over each FailedLoginsWindow, so a steady trickle below that never
+	// blocks and a burst of FailedLogins always does.
 	FailedLogins       int
 	FailedLoginsWindow time.Duration
 	Block              time.Duration
-	// Registrations open registrations are allowed per source per RegistrationsWindow.
+	// Registrations open registrations are allowed per source per
+	// RegistrationsWindow, counted like FailedLogins; the one that reaches
+	// the limit blocks the source's next ones for RegistrationsWindow.
 	Registrations       int
 	RegistrationsWindow time.Duration
 }
@@ -44,71 +50,61 @@ func (t Throttle) withDefaults() Throttle {
 	return d
 }
 
-// maxTracked bounds the limiter's memory: past it the sweep forgets the
-// windows that do not block, then the newest blocks, so a spray from many
-// sources cannot push an earlier, blocked source out.
+// maxTracked bounds each of the limiter's two tables, the event buckets and
+// the blocks. A full block table keeps the blocks it holds rather than make
+// room, so that a spray from many sources cannot unblock an earlier offender.
 const maxTracked = 100_000
 
-// limiter counts events per source network (an IPv4 address, an IPv6 /64) in
-// a fixed window; a source that reaches the limit is blocked until its block
-// time passes.
+// limiter throttles events per source network (an IPv4 address, an IPv6 /64;
+// see ratelimit.Network). Its token bucket holds limit-1 events and regains
+// them over one window, so the limit-th event in a burst is the one that
+// finds it empty: that event blocks the source until block has passed. The
+// block is what callers see; the bucket only decides when one starts.
 type limiter struct {
-	limit  int
-	window time.Duration
+	events *ratelimit.Limiter
 	block  time.Duration
 	now    func() time.Time
 
-	mu   sync.Mutex
-	seen map[netip.Prefix]*window
-}
-
-type window struct {
-	start   time.Time
-	count   int
-	blocked time.Time // zero unless blocked until then
+	mu     sync.Mutex
+	blocks map[netip.Prefix]time.Time // the source network is blocked until then
 }
 
 func newLimiter(limit int, win, block time.Duration, now func() time.Time) *limiter {
-	return &limiter{limit: limit, window: win, block: block, now: now, seen: map[netip.Prefix]*window{}}
-}
-
-func sourceKey(a netip.Addr) netip.Prefix {
-	bits := 32
-	if a.Is6() {
-		bits = 64
+	n := limit - 1
+	return &limiter{
+		events: ratelimit.New(float64(n)/win.Seconds(), n, maxTracked),
+		block:  block, now: now,
+		blocks: map[netip.Prefix]time.Time{},
 	}
-	p, _ := a.Prefix(bits)
-	return p
 }
 
 // blocked reports whether src is blocked now.
 func (l *limiter) blocked(src netip.Addr) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	w := l.seen[sourceKey(src)]
-	return w != nil && l.now().Before(w.blocked)
-}
-
-// add records one event for src and reports whether src is now over the limit.
-func (l *limiter) add(src netip.Addr) bool {
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	k := sourceKey(src)
-	w := l.seen[k]
-	if w == nil || now.Sub(w.start) >= l.window {
-		if w != nil && now.Before(w.blocked) {
-			return true
-		}
-		w = &window{start: now}
-		l.seen[k] = w
-	}
-	w.count++
-	if w.count >= l.limit {
-		w.blocked = now.Add(l.block)
+	return now.Before(l.blocks[ratelimit.Network(src)])
+}
+
+// add records one event for src and reports whether src is now blocked.
+func (l *limiter) add(src netip.Addr) bool {
+	now := l.now()
+	k := ratelimit.Network(src)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Before(l.blocks[k]) {
 		return true
 	}
-	return false
+	if l.events.Allow(src, now) {
+		return false
+	}
+	if len(l.blocks) >= maxTracked {
+		l.forgetEndedBlocks(now)
+	}
+	if len(l.blocks) < maxTracked {
+		l.blocks[k] = now.Add(l.block)
+	}
+	return true
 }
 
 // allow records an event and reports whether it stays within the limit.
@@ -120,33 +116,19 @@ func (l *limiter) allow(src netip.Addr) bool {
 	return true
 }
 
-// sweep forgets windows that have expired and are not blocking.
+// sweep forgets the blocks that have ended and the buckets that have refilled.
 func (l *limiter) sweep() {
 	now := l.now()
+	l.events.Prune(now)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for k, w := range l.seen {
-		if now.Sub(w.start) >= l.window && !now.Before(w.blocked) {
-			delete(l.seen, k)
-		}
-	}
-	if len(l.seen) <= maxTracked {
-		return
-	}
-	// Many sources at once: forget windows that do not block, then the
-	// newest blocks, so that a spray cannot push out an earlier offender.
-	var blocks []netip.Prefix
-	for k, w := range l.seen {
-		if now.Before(w.blocked) {
-			blocks = append(blocks, k)
-		} else {
-			delete(l.seen, k)
-		}
-	}
-	if excess := len(blocks) - maxTracked; excess > 0 {
-		slices.SortFunc(blocks, func(a, b netip.Prefix) int { return l.seen[b].start.Compare(l.seen[a].start) })
-		for _, k := range blocks[:excess] {
-			delete(l.seen, k)
+	l.forgetEndedBlocks(now)
+}
+
+func (l *limiter) forgetEndedBlocks(now time.Time) {
+	for k, until := range l.blocks {
+		if !now.Before(until) {
+			delete(l.blocks, k)
 		}
 	}
 }

@@ -169,7 +169,7 @@ func TestRetryAfterTellsTheConfiguredWait(t *testing.T) {
 	}
 }
 
-func TestLimiterCountsPerSourceInFixedWindows(t *testing.T) {
+func TestLimiterBlocksASourceThatReachesTheLimit(t *testing.T) {
 	clk := &clock{t: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)}
 	a, b := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
 	l := newLimiter(3, time.Minute, 10*time.Minute, clk.Now)
@@ -204,13 +204,13 @@ func TestLimiterSweepForgetsOnlyWhatNoLongerMatters(t *testing.T) {
 	l.add(blocked)
 	clk.Advance(2 * time.Minute)
 	l.sweep()
-	if len(l.seen) != 1 || !l.blocked(blocked) {
-		t.Fatalf("after the window: %d sources tracked, blocked=%v; want only the blocked one kept", len(l.seen), l.blocked(blocked))
+	if n := tracked(l); n != 1 || !l.blocked(blocked) {
+		t.Fatalf("after the window: %d sources tracked, blocked=%v; want only the blocked one kept", n, l.blocked(blocked))
 	}
 	clk.Advance(time.Hour)
 	l.sweep()
-	if len(l.seen) != 0 {
-		t.Fatalf("after the block: %d sources still tracked", len(l.seen))
+	if n := tracked(l); n != 0 {
+		t.Fatalf("after the block: %d sources still tracked", n)
 	}
 }
 
@@ -223,10 +223,17 @@ func TestLimiterKeepsBlocksWhenManySourcesAreTracked(t *testing.T) {
 		l.add(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, byte(i >> 16), byte(i >> 8), byte(i)}))
 	}
 	l.sweep()
-	if len(l.seen) > maxTracked {
-		t.Fatalf("%d sources tracked after a sweep, want at most %d", len(l.seen), maxTracked)
+	if n, m := len(l.blocks), l.events.Len(); n > maxTracked || m > maxTracked {
+		t.Fatalf("%d blocks and %d buckets tracked after a sweep, want at most %d each", n, m, maxTracked)
 	}
 	if !l.blocked(bad) {
-		t.Error("limiter.sweep clears every window, blocks included, once more than maxTracked sources are tracked (api/throttle.go), although maxTracked's doc says the oldest windows go first; a spray from many IPv6 /64s unblocks a brute-forcing source")
+		t.Error("a spray from many IPv6 /64s pushed a blocked source out of the limiter")
 	}
+}
+
+// tracked is how many source networks l remembers anything about.
+func tracked(l *limiter) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.blocks) + l.events.Len()
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/internal/listen"
+	"github.com/nasreach/nasreach/internal/netaddr"
 	"github.com/nasreach/nasreach/store"
 	"github.com/rs/zerolog"
 )
@@ -95,15 +96,7 @@ type Query struct {
 
 // Client returns the client's address; it is parsed only when asked for, off
 // the path of consumers (metrics) that do not need it.
-func (q Query) Client() netip.Addr {
-	switch a := q.Remote.(type) {
-	case *net.UDPAddr:
-		return a.AddrPort().Addr().Unmap()
-	case *net.TCPAddr:
-		return a.AddrPort().Addr().Unmap()
-	}
-	return netip.Addr{}
-}
+func (q Query) Client() netip.Addr { return netaddr.Addr(q.Remote) }
 
 // Server is a running authoritative DNS server.
 type Server struct {

@@ -23,9 +23,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
+	"github.com/nasreach/nasreach/internal/workgroup"
 	"github.com/quic-go/quic-go"
 )
 
@@ -282,27 +282,6 @@ func splice(a, b net.Conn) (ab, ba int64) {
 	return r1.n, r2.n
 }
 
-// waitGroup is a sync.WaitGroup that refuses new work once closed, so that
-// Close can wait for every goroutine without racing against new ones.
-type waitGroup struct {
-	mu     sync.Mutex
-	wg     sync.WaitGroup
-	closed bool
-}
-
-func (g *waitGroup) Go(f func()) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.closed {
-		return false
-	}
-	g.wg.Go(f)
-	return true
-}
-
-func (g *waitGroup) CloseAndWait() {
-	g.mu.Lock()
-	g.closed = true
-	g.mu.Unlock()
-	g.wg.Wait()
-}
+// waitGroup is workgroup.Group under the name agent.go uses: the agent's
+// goroutines, refused once Close has begun so that it can wait for them all.
+type waitGroup = workgroup.Group

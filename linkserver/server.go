@@ -20,6 +20,9 @@ import (
 
 	"github.com/nasreach/nasreach/anonymize"
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/internal/netaddr"
+	"github.com/nasreach/nasreach/internal/ratelimit"
+	"github.com/nasreach/nasreach/internal/workgroup"
 	"github.com/nasreach/nasreach/link"
 	"github.com/nasreach/nasreach/store"
 	"github.com/quic-go/quic-go"
@@ -107,7 +110,7 @@ type Server struct {
 	tr      *quic.Transport
 	ln      *quic.Listener
 	addr    netip.AddrPort
-	limiter *linkLimiter
+	limiter *ratelimit.Limiter
 	// sessions counts sessions admitted and not yet ended, on any agent.
 	sessions atomic.Int64
 	// maxAgents and maxStreams are cfg's limits, changed live by SetLimits.
@@ -115,10 +118,11 @@ type Server struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// wg runs every goroutine Close waits for; closing it is what "Close has
+	// begun" means.
+	wg workgroup.Group
 
 	mu     sync.Mutex
-	closed bool
 	agents map[string]*linkAgent
 	conns  map[*quic.Conn]struct{}
 }
@@ -183,7 +187,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	l := &Server{
 		cfg: cfg, log: cfg.Logger, tr: tr, ln: ln, addr: addr,
-		limiter: newLinkLimiter(cfg.StreamRate, cfg.StreamBurst),
+		limiter: ratelimit.New(cfg.StreamRate, cfg.StreamBurst, 0),
 		agents:  map[string]*linkAgent{}, conns: map[*quic.Conn]struct{}{},
 	}
 	l.maxAgents.Store(int64(cfg.MaxAgents))
@@ -219,7 +223,7 @@ type Limits struct {
 func (l *Server) SetLimits(lim Limits) {
 	l.maxAgents.Store(int64(cmp.Or(lim.MaxAgents, DefaultMaxAgents)))
 	l.maxStreams.Store(int64(cmp.Or(lim.MaxStreamsPerDevice, DefaultMaxStreamsPerDevice)))
-	l.limiter.set(cmp.Or(lim.StreamRate, DefaultStreamRate), cmp.Or(lim.StreamBurst, DefaultStreamBurst))
+	l.limiter.Set(cmp.Or(lim.StreamRate, DefaultStreamRate), cmp.Or(lim.StreamBurst, DefaultStreamBurst))
 }
 
 // Sessions returns how many client sessions are in progress (admitted and
@@ -230,11 +234,10 @@ func (l *Server) Sessions() int { return int(l.sessions.Load()) }
 // the socket and waits for every goroutine to end.
 func (l *Server) Close() error {
 	l.mu.Lock()
-	if l.closed {
+	if !l.wg.Close() {
 		l.mu.Unlock()
 		return nil
 	}
-	l.closed = true
 	conns := make([]*quic.Conn, 0, len(l.conns))
 	for c := range l.conns {
 		conns = append(conns, c)
@@ -259,17 +262,6 @@ func (l *Server) Close() error {
 	return nil
 }
 
-// goTracked runs f in a goroutine Close waits for, unless Close has begun.
-func (l *Server) goTracked(f func()) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed {
-		return false
-	}
-	l.wg.Go(f)
-	return true
-}
-
 // onChange closes an agent at once when its device loses Link or is deleted.
 func (l *Server) onChange(ch store.Change) {
 	var code quic.ApplicationErrorCode
@@ -292,7 +284,7 @@ func (l *Server) onChange(ch store.Change) {
 	if a != nil {
 		l.log.Info().Str("device", a.device).Str("reason", msg).Msg("closing link agent")
 		a.reason.CompareAndSwap(0, uint64(stream))
-		l.goTracked(func() { a.close(code, stream, msg) }) // CloseWithError waits; the store's writer must not
+		l.wg.Go(func() { a.close(code, stream, msg) }) // CloseWithError waits; the store's writer must not
 	}
 }
 
@@ -302,14 +294,11 @@ func (l *Server) accept() {
 		if err != nil {
 			return
 		}
+		// Under l.mu, as Close closes wg and lists conns: either Close
+		// finds c to close or Go refuses it.
 		l.mu.Lock()
-		if l.closed {
-			l.mu.Unlock()
-			c.CloseWithError(link.CloseShutdown, "relay shutting down")
-			return
-		}
 		l.conns[c] = struct{}{}
-		l.wg.Go(func() {
+		ok := l.wg.Go(func() {
 			defer func() {
 				l.mu.Lock()
 				delete(l.conns, c)
@@ -317,7 +306,14 @@ func (l *Server) accept() {
 			}()
 			l.serveConn(c)
 		})
+		if !ok {
+			delete(l.conns, c)
+		}
 		l.mu.Unlock()
+		if !ok {
+			c.CloseWithError(link.CloseShutdown, "relay shutting down")
+			return
+		}
 	}
 }
 
@@ -331,7 +327,7 @@ func (l *Server) serveConn(c *quic.Conn) {
 		c.CloseWithError(link.CloseIdle, "no request within the handshake timeout")
 		return
 	}
-	src := remoteAddr(c)
+	src := netaddr.AddrPort(c.RemoteAddr())
 	s.SetReadDeadline(l.cfg.Now().Add(l.cfg.HandshakeTimeout))
 	fr, err := link.ReadFrame(s, l.cfg.MaxHeaderBytes)
 	if err != nil {
@@ -364,15 +360,6 @@ func (l *Server) closeAfterAnswer(c *quic.Conn, s *quic.Stream, code quic.Applic
 	case <-t.C:
 	}
 	c.CloseWithError(code, msg)
-}
-
-func remoteAddr(c *quic.Conn) netip.AddrPort {
-	if ua, ok := c.RemoteAddr().(*net.UDPAddr); ok {
-		ap := ua.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
-	return ap
 }
 
 // serveAgent logs an agent in and holds its connection until it ends.
@@ -422,7 +409,7 @@ func (l *Server) serveAgent(c *quic.Conn, ctrl *quic.Stream, h link.Hello, src n
 	start := l.cfg.Now()
 	// The control stream carries nothing after the login; its end (or any
 	// byte on it) ends the agent.
-	l.goTracked(func() {
+	l.wg.Go(func() {
 		var b [1]byte
 		ctrl.Read(b[:])
 		c.CloseWithError(link.CloseProtocol, "control stream ended")

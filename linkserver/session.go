@@ -20,13 +20,13 @@ import (
 // serveClient serves a client connection: the first stream's Connect, then
 // every further stream, each a session of its own.
 func (l *Server) serveClient(c *quic.Conn, first *quic.Stream, req link.Connect, src netip.AddrPort) {
-	l.goTracked(func() { l.session(c, first, req, src) })
+	l.wg.Go(func() { l.session(c, first, req, src) })
 	for {
 		s, err := c.AcceptStream(l.ctx)
 		if err != nil {
 			return
 		}
-		if !l.goTracked(func() { l.readAndServe(c, s, src) }) {
+		if !l.wg.Go(func() { l.readAndServe(c, s, src) }) {
 			s.CancelRead(link.StreamShutdown)
 			s.CancelWrite(link.StreamShutdown)
 			return
@@ -68,7 +68,7 @@ func (l *Server) session(c *quic.Conn, cs *quic.Stream, req link.Connect, src ne
 		l.log.Debug().Str("device", device).Uint16("port", req.Port).Str("client", anonymize.Addr(src.Addr()).String()).
 			Str("reason", st.String()).Msg("link session refused")
 	}
-	if !l.limiter.allow(src.Addr(), start) {
+	if !l.limiter.Allow(src.Addr(), start) {
 		refuse(link.StatusRateLimited, "too many new connections from your address; slow down")
 		return
 	}
@@ -226,79 +226,4 @@ func (l *Server) splice(cs, as *quic.Stream, a *linkAgent, device string) (in, o
 	err2 := half(cs, as, false, &out)
 	err1 := <-errc
 	return in, out, errors.Join(err1, err2)
-}
-
-// linkLimiter is a token bucket per client address (IPv6 per /64), bounded in
-// size: idle buckets are dropped, and when the table is full of busy ones the
-// oldest half goes.
-type linkLimiter struct {
-	rate  float64
-	burst float64
-	mu    sync.Mutex
-	b     map[netip.Prefix]*bucket
-}
-
-type bucket struct {
-	tokens float64
-	last   time.Time
-}
-
-// linkLimiterMax bounds the limiter's table.
-const linkLimiterMax = 65536
-
-func newLinkLimiter(rate float64, burst int) *linkLimiter {
-	return &linkLimiter{rate: rate, burst: float64(burst), b: map[netip.Prefix]*bucket{}}
-}
-
-// set changes the rate and burst; buckets keep their tokens, capped at the
-// new burst on their next use.
-func (l *linkLimiter) set(rate float64, burst int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.rate, l.burst = rate, float64(burst)
-}
-
-func (l *linkLimiter) allow(a netip.Addr, now time.Time) bool {
-	bits := 32
-	if !a.Is4() {
-		bits = 64
-	}
-	k, _ := a.Prefix(bits)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	b := l.b[k]
-	if b == nil {
-		if len(l.b) >= linkLimiterMax {
-			l.prune(now)
-		}
-		b = &bucket{tokens: l.burst, last: now}
-		l.b[k] = b
-	}
-	b.tokens = min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
-	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
-}
-
-func (l *linkLimiter) prune(now time.Time) {
-	full := time.Duration(l.burst / l.rate * float64(time.Second))
-	for k, b := range l.b {
-		if now.Sub(b.last) >= full {
-			delete(l.b, k)
-		}
-	}
-	if len(l.b) < linkLimiterMax {
-		return
-	}
-	n := 0
-	for k := range l.b { // still full of busy buckets: forget half (random order)
-		if n >= linkLimiterMax/2 {
-			break
-		}
-		delete(l.b, k)
-		n++
-	}
 }

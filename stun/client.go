@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/nasreach/nasreach/internal/netaddr"
 	pion "github.com/pion/stun/v4"
 )
 
@@ -120,7 +121,7 @@ func (c *Client) Discover(ctx context.Context, conn net.PacketConn, server netip
 				}
 				return netip.AddrPort{}, fmt.Errorf("stun: read answer from %s: %w", server, err)
 			}
-			if ua, ok := from.(*net.UDPAddr); !ok || ua.AddrPort().Addr().Unmap() != server.Addr().Unmap() || ua.AddrPort().Port() != server.Port() {
+			if netaddr.AddrPort(from) != netaddr.Unmap(server) {
 				continue
 			}
 			mapped, done, err := parseAnswer(buf[:n], req.TransactionID)

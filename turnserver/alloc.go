@@ -13,6 +13,7 @@ import (
 
 	"github.com/nasreach/nasreach/anonymize"
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/internal/netaddr"
 	"github.com/pion/turn/v5"
 	"golang.org/x/time/rate"
 )
@@ -105,7 +106,7 @@ func (a *allocator) AllocatePacketConn(c turn.AllocateListenerConfig) (net.Packe
 	if err != nil {
 		return nil, nil, err
 	}
-	ap := addr.(*net.UDPAddr).AddrPort()
+	ap := netaddr.AddrPort(addr) // as byRelay looks it up
 	rc := &relayConn{
 		PacketConn: conn, a: a, userID: c.UserID, kind: kind, name: name,
 		relay: ap, start: a.t.now(), peers: map[netip.Addr]struct{}{},
@@ -171,11 +172,7 @@ func (a *allocator) isRelay(ap netip.AddrPort) bool {
 }
 
 func (a *allocator) byRelay(addr net.Addr) *relayConn {
-	ua, ok := addr.(*net.UDPAddr)
-	if !ok {
-		return nil
-	}
-	ap := netip.AddrPortFrom(ua.AddrPort().Addr().Unmap(), ua.AddrPort().Port())
+	ap := netaddr.AddrPort(addr)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.live[ap]

@@ -241,12 +241,11 @@ func (f *udpFilter) ReadFrom(p []byte) (int, net.Addr, error) {
 			}
 			continue
 		}
-		ua, ok := addr.(*net.UDPAddr)
-		if !ok {
+		from := netaddr.AddrPort(addr)
+		if !from.IsValid() {
 			continue
 		}
-		from := ua.AddrPort()
-		if f.t.inspect(p[:n], netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), func(b []byte) {
+		if f.t.inspect(p[:n], from, func(b []byte) {
 			f.PacketConn.WriteTo(b, addr) //nolint:errcheck // UDP: best effort
 		}) {
 			return n, addr, nil
