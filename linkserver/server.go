@@ -175,7 +175,10 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("link listen %s: %w", cfg.Addr, err)
 	}
 	tr := &quic.Transport{Conn: pc}
-	tlsConf := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{link.ALPN}, Certificates: []tls.Certificate{cfg.Certificate}, GetCertificate: cfg.GetCertificate}
+	tlsConf := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{link.ALPN}, GetCertificate: cfg.GetCertificate}
+	if cfg.GetCertificate == nil {
+		tlsConf.Certificates = []tls.Certificate{cfg.Certificate}
+	}
 	ln, err := tr.Listen(tlsConf, &quic.Config{
 		HandshakeIdleTimeout: cfg.HandshakeTimeout, MaxIdleTimeout: cfg.IdleTimeout,
 		MaxIncomingStreams: linkMaxClientStreams, MaxIncomingUniStreams: -1,

@@ -7,14 +7,14 @@ import (
 	"sync/atomic"
 )
 
-// DeniedPeerPrefixes are the peer ranges a TURN client may not reach through
+// deniedPeerPrefixes are the peer ranges a TURN client may not reach through
 // the relay unless the operator allow-lists them (Config.AllowPeers). A
 // relay that forwards to these would let anyone on the Internet reach the
 // server's own loopback services, the operator's private network or cloud
 // metadata endpoints (the SSRF class of coturn CVE-2020-26262). The list is
 // explicit because net.IP's IsPrivate and IsLoopback miss shared address
 // space, benchmarking and broadcast.
-var DeniedPeerPrefixes = []netip.Prefix{
+var deniedPeerPrefixes = []netip.Prefix{
 	// IPv4
 	netip.MustParsePrefix("0.0.0.0/8"),          // "this network" (RFC 791)
 	netip.MustParsePrefix("10.0.0.0/8"),         // private (RFC 1918)
@@ -44,6 +44,10 @@ var DeniedPeerPrefixes = []netip.Prefix{
 // Forms of IPv6 address that carry an IPv4 address; the IPv4 address inside is
 // checked like a peer of its own (unmap first: coturn CVE-2026-27624 bypassed
 // its deny list with ::ffff:127.0.0.1).
+// DeniedPeerPrefixes returns a copy of the peer ranges refused by default,
+// for documentation and tests; the policy's own list cannot be changed.
+func DeniedPeerPrefixes() []netip.Prefix { return slices.Clone(deniedPeerPrefixes) }
+
 var (
 	nat64Prefix  = netip.MustParsePrefix("64:ff9b::/96") // well-known NAT64 (RFC 6052): v4 in the last 32 bits
 	sixToFour    = netip.MustParsePrefix("2002::/16")    // 6to4 (RFC 3056): v4 in bits 16–47
@@ -91,7 +95,7 @@ type PeerPolicy struct {
 // asks isRelay whether an address on a relay IP is a live relay address (nil
 // means none is).
 func NewPeerPolicy(allow []netip.Prefix, relayIPs, own []netip.Addr, isRelay func(netip.AddrPort) bool) *PeerPolicy {
-	p := &PeerPolicy{deny: DeniedPeerPrefixes, isRelay: isRelay, own: map[netip.Addr]bool{}}
+	p := &PeerPolicy{deny: deniedPeerPrefixes, isRelay: isRelay, own: map[netip.Addr]bool{}}
 	p.SetAllow(allow)
 	for _, a := range relayIPs {
 		p.relayIPs = append(p.relayIPs, a.Unmap().WithZone(""))

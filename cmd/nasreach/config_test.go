@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/daemon"
+	"github.com/rs/zerolog"
 )
 
 func writeConfig(t *testing.T, text string) string {
@@ -197,4 +199,65 @@ func TestReloadChangesTTLWithoutLosingAQuery(t *testing.T) {
 		t.Fatalf("after a refused reload: ttl %d, %v; want 300 still", ttl, err)
 	}
 	t.Logf("%d queries answered across the reload, none lost", sent.Load())
+}
+
+// TestEveryServeFlagIsADaemonSetting ties the flags to daemon.Config's
+// setting tags: Reload compares every tagged field and reports a change as
+// needing a restart unless it has a live setter, so a flag without a field
+// (or a field named after no flag) would escape that check.
+func TestEveryServeFlagIsADaemonSetting(t *testing.T) {
+	var flags []string
+	for _, f := range serveCommand().Flags {
+		switch name := f.Names()[0]; name {
+		case "config", "log-format": // which file to read; how cmd writes the log
+		default:
+			flags = append(flags, name)
+		}
+	}
+	settings := daemon.SettingNames()
+	slices.Sort(flags)
+	slices.Sort(settings)
+	if !slices.Equal(flags, settings) {
+		t.Errorf("serve flags and daemon settings differ:\nflags    %v\nsettings %v", flags, settings)
+	}
+}
+
+// TestReloadReportsEveryOtherSettingAsNeedingARestart changes every setting
+// at once: those with a live setter are applied, all others are reported.
+func TestReloadReportsEveryOtherSettingAsNeedingARestart(t *testing.T) {
+	var level zerolog.Level = -99
+	td := startTestDaemon(t, func(c *daemon.Config) {
+		c.LogLevel = zerolog.InfoLevel
+		c.SetLogLevel = func(l zerolog.Level) { level = l }
+	})
+	dir := t.TempDir()
+	next, err := parseServeConfig(context.Background(), []string{"nasreach", "serve",
+		"--data", dir, "--zone", "example.net", "--dns", "127.0.0.1:1", "--http", "127.0.0.1:2", "--metrics", "127.0.0.1:3",
+		"--admin-token", "another-admin-token-0123456789", "--ns", "ns9=127.0.0.9", "--ttl", "5m", "--open-registration",
+		"--reserved", "www", "--trusted-proxy", "127.0.0.0/8", "--exact-names",
+		"--log-level", "warn", "--log-queries", "--link-max-agents", "7", "--link-idle-timeout", "1m",
+		"--turn-user", "u:p", "--turn-max-allocations", "3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	applied, restart := td.d.Reload(next)
+	// The test daemon's Link limits are zero (the defaults), so all four
+	// change together.
+	wantApplied := []string{"exact-names", "link-max-agents", "link-max-streams", "link-stream-burst", "link-stream-rate",
+		"log-level", "log-queries", "open-registration", "trusted-proxy", "ttl", "turn-user"}
+	if !slices.Equal(applied, wantApplied) {
+		t.Errorf("applied %v, want %v", applied, wantApplied)
+	}
+	if level != zerolog.WarnLevel {
+		t.Errorf("log level set to %v, want warn", level)
+	}
+	for _, name := range []string{"data", "zone", "dns", "http", "metrics", "admin-token", "ns", "reserved", "link-idle-timeout", "turn-max-allocations"} {
+		if !slices.Contains(restart, name) {
+			t.Errorf("%s changed but is not reported as needing a restart (got %v)", name, restart)
+		}
+	}
+	// What needs a restart was not applied: the next reload reports it again.
+	if _, again := td.d.Reload(next); !slices.Equal(again, restart) {
+		t.Errorf("second reload needs restart %v, want %v again", again, restart)
+	}
 }
