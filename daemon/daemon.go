@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -21,6 +20,7 @@ import (
 	"github.com/nasreach/nasreach/api"
 	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/dnsserver"
+	"github.com/nasreach/nasreach/internal/netaddr"
 	"github.com/nasreach/nasreach/linkserver"
 	"github.com/nasreach/nasreach/metrics"
 	"github.com/nasreach/nasreach/sdnotify"
@@ -98,7 +98,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 		Sessions:    map[string]func() int{"link": d.linkSessions, "turn": d.turnAllocations},
 		TURNRefused: d.turnRefused,
 		LogWritten:  d.connlog.Written, LogDropped: d.connlog.Dropped,
-		Ready: d.readiness, Logger: d.component("metrics"),
+		Ready: d.Ready, Logger: d.component("metrics"),
 	}); err != nil {
 		return nil, err
 	}
@@ -160,7 +160,7 @@ type Addrs struct {
 // Addrs returns where the daemon listens.
 func (d *Daemon) Addrs() Addrs {
 	a := Addrs{
-		DNS: addrPort(d.dns.Addr()), HTTP: d.api.Addr(), Metrics: addrPort(d.metrics.Addr()),
+		DNS: netaddr.AddrPort(d.dns.Addr()), HTTP: d.api.Addr(), Metrics: netaddr.AddrPort(d.metrics.Addr()),
 	}
 	if r := d.relays; r != nil {
 		a.STUN, a.TURNS = r.stunAddr, r.turnsAddr
@@ -209,8 +209,6 @@ func (d *Daemon) Ready() error {
 	}
 	return d.store.Ping()
 }
-
-func (d *Daemon) readiness() error { return d.Ready() }
 
 // Run tells systemd the daemon is ready, feeds its watchdog while the DNS
 // port answers, and returns when ctx ends or the HTTP API stops serving; it
@@ -305,13 +303,4 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 		d.stopErr = errors.Join(errs...)
 	})
 	return d.stopErr
-}
-
-// addrPort converts a bound socket address; nil gives the zero value.
-func addrPort(a net.Addr) netip.AddrPort {
-	if a == nil {
-		return netip.AddrPort{}
-	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }

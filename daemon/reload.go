@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"slices"
 
 	"github.com/nasreach/nasreach/linkserver"
@@ -87,11 +88,7 @@ var live = []liveSetting{
 
 // errNeedsRestart is what a live setter returns when it cannot apply its
 // setting in this daemon after all.
-var errNeedsRestart = reloadError("needs a restart")
-
-type reloadError string
-
-func (e reloadError) Error() string { return string(e) }
+var errNeedsRestart = errors.New("needs a restart")
 
 // Reload applies next to what can change without dropping a query or a
 // session and returns the settings it changed and those that need a
@@ -121,7 +118,7 @@ func (d *Daemon) Reload(next Config) (applied, needRestart []string) {
 		switch err := s.apply(d, &next); {
 		case err == nil:
 			applied = append(applied, names...)
-		case err == errNeedsRestart:
+		case errors.Is(err, errNeedsRestart):
 			needRestart = append(needRestart, names...)
 		default:
 			d.log.Error().Err(err).Strs("settings", names).Msg("reload refused these settings; they stay as they were")
@@ -137,13 +134,4 @@ func (d *Daemon) Reload(next Config) (applied, needRestart []string) {
 	}
 	ev.Strs("applied", applied).Msg("configuration reloaded")
 	return applied, needRestart
-}
-
-// liveNames are the settings Reload applies live.
-func liveNames() []string {
-	var names []string
-	for _, s := range live {
-		names = append(names, s.names...)
-	}
-	return names
 }
