@@ -16,12 +16,14 @@ const module = "github.com/nasreach/nasreach/"
 // ARCHITECTURE.md together.
 var allowed = map[string][]string{
 	"anonymize": {},
-	"store":     {"go.etcd.io/bbolt", "github.com/rs/zerolog"},
-	"connlog":   {"anonymize", "github.com/rs/zerolog", "filippo.io/age"},
-	"api":       {"store", "connlog", "anonymize", "api/client", "internal/netaddr", "internal/ratelimit", "github.com/rs/zerolog"},
+	// The device record, shared by the store and the API client.
+	"record":  {},
+	"store":   {"record", "go.etcd.io/bbolt", "github.com/rs/zerolog"},
+	"connlog": {"anonymize", "github.com/rs/zerolog", "filippo.io/age"},
+	"api":     {"store", "connlog", "anonymize", "api/client", "internal/netaddr", "internal/ratelimit", "github.com/rs/zerolog"},
 	// Standard library only: the Link agent's side of the binary must not pull
 	// in the store (bbolt) to call the API.
-	"api/client": {},
+	"api/client": {"record"},
 	"dnsserver":  {"store", "internal/listen", "internal/netaddr", "github.com/miekg/dns", "github.com/rs/zerolog"},
 	"stun":       {"anonymize", "internal/listen", "internal/netaddr", "github.com/pion/stun/v4", "github.com/rs/zerolog"},
 	"turnserver": {"store", "connlog", "anonymize", "internal/listen", "internal/netaddr", "github.com/pion/turn/v5",

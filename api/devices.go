@@ -16,35 +16,8 @@ import (
 )
 
 // deviceJSON is d as the API shows it: everything stored, plus its FQDN.
-// Every field of store.Device must be copied here; a test checks that
-// client.Device has them all.
 func (a *API) deviceJSON(d store.Device) client.Device {
-	return client.Device{
-		Name: d.Name, TokenSHA256: d.TokenSHA256, IPv4: d.IPv4, IPv6: d.IPv6,
-		DDNS: d.DDNS, Link: d.Link, Access: client.Access(d.Access), State: client.State(d.State),
-		Created: d.Created, Updated: d.Updated, PublicKey: d.PublicKey,
-		FQDN: d.Name + "." + a.zone,
-	}
-}
-
-// accessCodesJSON lists codes as the owner's export shows them. The
-// conversion compiles only while both types have the same fields.
-func accessCodesJSON(codes []store.AccessCode) []client.AccessCode {
-	var out []client.AccessCode
-	for _, c := range codes {
-		out = append(out, client.AccessCode(c))
-	}
-	return out
-}
-
-// convertPtr converts an optional string-typed value of the wire to the
-// store's type of it.
-func convertPtr[To, From ~string](p *From) *To {
-	if p == nil {
-		return nil
-	}
-	v := To(*p)
-	return &v
+	return client.Device{Device: d, FQDN: d.Name + "." + a.zone}
 }
 
 // decode reads a JSON body strictly; an empty body leaves v as it is and
@@ -166,7 +139,7 @@ func (a *API) handleCreate(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, http.StatusBadRequest, "name is required")
 		return
 	}
-	d, token, err := a.st.Create(r.Context(), req.Name, store.CreateOptions{State: store.State(req.State)})
+	d, token, err := a.st.Create(r.Context(), req.Name, store.CreateOptions{State: req.State})
 	if err != nil {
 		a.storeError(w, err)
 		return
@@ -215,7 +188,7 @@ func (a *API) handleGet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := a.deviceJSON(d)
-	out.AccessCodes = accessCodesJSON(codes)
+	out.AccessCodes = codes
 	writeJSON(w, http.StatusOK, out)
 }
 
@@ -231,7 +204,7 @@ func (a *API) handlePatch(w http.ResponseWriter, r *http.Request) {
 	}
 	d, err := a.st.Update(r.Context(), name, store.Patch{
 		DDNS: req.DDNS, Link: req.Link,
-		Access: convertPtr[store.Access](req.Access), State: convertPtr[store.State](req.State),
+		Access: req.Access, State: req.State,
 	})
 	if err != nil {
 		a.storeError(w, err)

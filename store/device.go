@@ -6,67 +6,30 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"time"
+
+	"github.com/nasreach/nasreach/record"
 )
 
-// Access says who may open a Link session to a device.
-type Access string
+// The record types are defined once in package record, shared with the API
+// client; the store uses them under these names.
+type (
+	// Device is everything the service stores about one device.
+	Device = record.Device
+	// Access says who may open a Link session to a device.
+	Access = record.Access
+	// State is the lifecycle state of a device record.
+	State = record.State
+	// AccessCode is one Link access code a device issued; only its hash is kept.
+	AccessCode = record.AccessCode
+)
 
-// The access modes a device can choose.
+// The access modes and states, as in package record.
 const (
-	// AccessPublic lets anyone who knows the device name connect through Link
-	// (the end-to-end TLS between client and NAS still applies).
-	AccessPublic Access = "public"
-	// AccessToken additionally requires a valid access code issued by the device.
-	AccessToken Access = "token"
+	AccessPublic       = record.AccessPublic
+	AccessToken        = record.AccessToken
+	StateActive        = record.StateActive
+	StateUninitialized = record.StateUninitialized
 )
-
-// State is the lifecycle state of a device record.
-type State string
-
-// The states a device record can be in.
-const (
-	// StateActive is a device that has been set up by its owner.
-	StateActive State = "active"
-	// StateUninitialized is a device created by a "cloud install" before it has
-	// an owner; such a record expires unless it is activated.
-	StateUninitialized State = "uninitialized"
-)
-
-// Device is everything the service stores about one device. Nothing else about
-// a device is kept anywhere; the JSON form is both the on-disk encoding and the
-// export the owner gets from the API.
-type Device struct {
-	// Name is the DNS label, lower case.
-	Name string `json:"name"`
-	// TokenSHA256 is the hex SHA-256 of the device token. The token itself is
-	// shown once at creation and never stored.
-	TokenSHA256 string `json:"token_sha256"`
-	// IPv4 and IPv6 are the current WAN addresses; the zero value means none.
-	IPv4 netip.Addr `json:"ipv4,omitzero"`
-	IPv6 netip.Addr `json:"ipv6,omitzero"`
-	// DDNS says whether the name resolves; Link whether relay sessions are allowed.
-	DDNS bool `json:"ddns"`
-	Link bool `json:"link"`
-	// Access says who may connect through Link.
-	Access Access `json:"access"`
-	// State is the record's lifecycle state.
-	State State `json:"state"`
-	// Created and Updated are UTC times of creation and of the last change.
-	Created time.Time `json:"created"`
-	Updated time.Time `json:"updated"`
-	// PublicKey is the device's public key as the agent published it
-	// (base64 of the DER SubjectPublicKeyInfo); Link clients pin it.
-	PublicKey string `json:"public_key,omitempty"`
-}
-
-// AccessCode is one Link access code a device issued (for Access ==
-// AccessToken); only its hash is stored, the code is shown once.
-type AccessCode struct {
-	ID      string    `json:"id"`
-	SHA256  string    `json:"sha256"`
-	Created time.Time `json:"created"`
-}
 
 // MaxAccessCodes bounds the access codes one device may hold.
 const MaxAccessCodes = 32

@@ -98,28 +98,19 @@ func (s *Store) Len() int {
 	return n
 }
 
-// record is the DNS view of d: its addresses, whether DDNS is on or off. A
-// device with DDNS off keeps an index entry holding them, marked hidden (see
-// resolves): Lookup reports no such name, so the DNS server answers NXDOMAIN,
-// and Len does not count it, while Get still returns the device with its
-// addresses. Address updates still reach the hidden entry, and still bump the
-// zone serial although no answer changes; switching DDNS either way bumps it
-// too. Open builds entries the same way, so DDNS off survives a restart.
-func (d Device) record() Record {
-	return Record{IPv4: d.IPv4, IPv6: d.IPv6}
-}
-
-// resolves reports whether d's name resolves: only while its DDNS switch is
-// on. A device that does not resolve gets a hidden index entry.
-func (d Device) resolves() bool { return d.DDNS }
-
 // serialNewer compares SOA serials with RFC 1982 arithmetic.
 func serialNewer(a, b uint32) bool { return a != b && int32(a-b) > 0 }
 
 // entryFor is the index entry of d as of revision rev; deleted says that its
-// record is gone.
+// record is gone. The entry holds d's addresses whether DDNS is on or off. A
+// device with DDNS off gets an entry marked hidden: Lookup reports no such
+// name, so the DNS server answers NXDOMAIN, and Len does not count it, while
+// Get still returns the device with its addresses. Address updates still
+// reach the hidden entry, and still bump the zone serial although no answer
+// changes; switching DDNS either way bumps it too. Open builds entries the
+// same way, so DDNS off survives a restart.
 func entryFor(rev uint64, d Device, deleted bool) entry {
-	return entry{rev: rev, hidden: deleted || !d.resolves(), rec: d.record()}
+	return entry{rev: rev, hidden: deleted || !d.DDNS, rec: Record{IPv4: d.IPv4, IPv6: d.IPv6}}
 }
 
 // updateIndex shows a committed write in the index and returns the observers

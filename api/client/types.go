@@ -2,70 +2,46 @@ package client
 
 import (
 	"net/netip"
-	"time"
+
+	"github.com/nasreach/nasreach/record"
 )
 
 // The JSON the REST API accepts and sends. Package api encodes and decodes
 // these same types, so a field added here is added on both sides of the wire.
 // Field order is the order of the keys on the wire.
 
-// Access says who may open a Link session to a device: AccessPublic or
-// AccessToken.
-type Access string
-
-// The access modes a device can choose; the store defines what each means.
-const (
-	AccessPublic Access = "public"
-	AccessToken  Access = "token"
+// The device record is defined once, in package record, and shared with the
+// store: its JSON is the store's encoding and the API's export alike.
+type (
+	// Access says who may open a Link session to a device: AccessPublic or
+	// AccessToken.
+	Access = record.Access
+	// State is the lifecycle state of a device record: StateActive or
+	// StateUninitialized; an uninitialized record expires unless activated.
+	State = record.State
+	// AccessCode is one Link access code a device issued, as listed in its
+	// export: only the hash is kept, the code was shown once in
+	// IssuedAccessCode.
+	AccessCode = record.AccessCode
 )
 
-// State is the lifecycle state of a device record: StateActive or
-// StateUninitialized.
-type State string
-
-// The states a device record can be in; an uninitialized record expires unless
-// it is activated.
+// The access modes and states, as in package record.
 const (
-	StateActive        State = "active"
-	StateUninitialized State = "uninitialized"
+	AccessPublic       = record.AccessPublic
+	AccessToken        = record.AccessToken
+	StateActive        = record.StateActive
+	StateUninitialized = record.StateUninitialized
 )
 
 // Device is a device as the API shows it: everything the daemon stores about
-// it, plus its FQDN. GET /v1/devices/{name} also lists its access codes.
+// it (the embedded record, whose fields come first on the wire), plus its
+// FQDN. GET /v1/devices/{name} also lists its access codes.
 type Device struct {
-	// Name is the DNS label, lower case.
-	Name string `json:"name"`
-	// TokenSHA256 is the hex SHA-256 of the device token; the token itself is
-	// shown once, in CreatedDevice.
-	TokenSHA256 string `json:"token_sha256"`
-	// IPv4 and IPv6 are the current WAN addresses; the zero value means none.
-	IPv4 netip.Addr `json:"ipv4,omitzero"`
-	IPv6 netip.Addr `json:"ipv6,omitzero"`
-	// DDNS says whether the name resolves; Link whether relay sessions are allowed.
-	DDNS bool `json:"ddns"`
-	Link bool `json:"link"`
-	// Access says who may connect through Link.
-	Access Access `json:"access"`
-	// State is the record's lifecycle state.
-	State State `json:"state"`
-	// Created and Updated are the UTC times of creation and of the last change.
-	Created time.Time `json:"created"`
-	Updated time.Time `json:"updated"`
-	// PublicKey is the key the device's agent published (base64 of the DER
-	// SubjectPublicKeyInfo); Link clients pin it.
-	PublicKey string `json:"public_key,omitempty"`
+	record.Device
 	// FQDN is Name in the daemon's zone.
 	FQDN string `json:"fqdn"`
 	// AccessCodes are listed in the owner's export only (hashes, never codes).
 	AccessCodes []AccessCode `json:"access_codes,omitempty"`
-}
-
-// AccessCode is one Link access code a device issued, as listed in its
-// export: only the hash is kept, the code was shown once in IssuedAccessCode.
-type AccessCode struct {
-	ID      string    `json:"id"`
-	SHA256  string    `json:"sha256"`
-	Created time.Time `json:"created"`
 }
 
 // DeviceList is the answer to GET /v1/devices.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -48,13 +47,13 @@ func runBackup(ctx context.Context, cmd *cli.Command) error {
 		return fmt.Errorf("create snapshot file: %w", err)
 	}
 	defer os.Remove(tmp.Name()) // after the rename this removes nothing
-	resp, err := c.request(ctx, http.MethodGet, "/v1/admin/backup", nil)
+	snapshot, err := c.Backup(ctx)
 	if err != nil {
 		tmp.Close()
 		return err
 	}
-	n, err := io.Copy(tmp, resp.Body)
-	resp.Body.Close()
+	n, err := io.Copy(tmp, snapshot)
+	snapshot.Close()
 	err = errors.Join(err, tmp.Sync(), tmp.Close())
 	if err != nil {
 		return fmt.Errorf("download snapshot: %w", err)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -53,12 +52,9 @@ func deviceCommand() *cli.Command {
 	}
 }
 
-// apiClient calls the daemon's API as admin.
-type apiClient struct {
-	*client.Client
-}
-
-func newAPIClient(cmd *cli.Command) (*apiClient, error) {
+// newAPIClient is the API client the admin commands use: --server, with the
+// admin token from --admin-token or the daemon's data directory.
+func newAPIClient(cmd *cli.Command) (*client.Client, error) {
 	token := cmd.String("admin-token")
 	if token == "" {
 		file := filepath.Join(cmd.String("data"), daemon.AdminTokenFile)
@@ -72,20 +68,7 @@ func newAPIClient(cmd *cli.Command) (*apiClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bad --server: %w", err)
 	}
-	return &apiClient{c}, nil
-}
-
-// request is backup.go's way to the snapshot download, the one call it makes;
-// the other commands call the client's methods.
-func (c *apiClient) request(ctx context.Context, method, path string, body any) (*http.Response, error) {
-	if method != http.MethodGet || path != "/v1/admin/backup" || body != nil {
-		return nil, fmt.Errorf("internal error: no API call for %s %s", method, path)
-	}
-	rc, err := c.Backup(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &http.Response{StatusCode: http.StatusOK, Body: rc}, nil
+	return c, nil
 }
 
 func oneName(cmd *cli.Command) (string, error) {
@@ -96,7 +79,7 @@ func oneName(cmd *cli.Command) (string, error) {
 }
 
 // nameAndClient reads the one NAME argument and builds the API client.
-func nameAndClient(cmd *cli.Command) (string, *apiClient, error) {
+func nameAndClient(cmd *cli.Command) (string, *client.Client, error) {
 	name, err := oneName(cmd)
 	if err != nil {
 		return "", nil, err
