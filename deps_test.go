@@ -35,7 +35,7 @@ var allowed = map[string][]string{
 	"metrics":  {"connlog", "github.com/miekg/dns", "github.com/prometheus/client_golang", "github.com/rs/zerolog"},
 	// The daemon wires the servers together; nothing imports it but cmd.
 	"daemon": {"store", "connlog", "api", "dnsserver", "metrics", "sdnotify", "stun", "turnserver", "linkserver",
-		"internal/certfile", "internal/netaddr", "filippo.io/age", "github.com/miekg/dns", "github.com/rs/zerolog"},
+		"internal/certfile", "internal/listen", "internal/netaddr", "filippo.io/age", "github.com/miekg/dns", "github.com/rs/zerolog"},
 	// internal: one helper each, shared by the servers above.
 	"internal/netaddr":   {},
 	"internal/listen":    {"internal/netaddr", "golang.org/x/sys"},

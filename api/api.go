@@ -36,6 +36,10 @@ const (
 	backstopHeaderSize = 64 << 10
 )
 
+// MinAdminTokenLen is the shortest admin token New accepts: 16 characters
+// are beyond guessing at the throttled rate of failed logins.
+const MinAdminTokenLen = 16
+
 // Config configures New.
 type Config struct {
 	// Addr is the HTTP listen address, e.g. "127.0.0.1:10080"; Listener,
@@ -103,8 +107,8 @@ func New(cfg Config) (*API, error) {
 	if zone == "" {
 		return nil, errors.New("api: Config.Zone is required")
 	}
-	if len(cfg.AdminToken) < 16 {
-		return nil, errors.New("api: Config.AdminToken must be at least 16 characters")
+	if len(cfg.AdminToken) < MinAdminTokenLen {
+		return nil, fmt.Errorf("api: Config.AdminToken must be at least %d characters", MinAdminTokenLen)
 	}
 	a := &API{
 		st: cfg.Store, zone: zone, admin: []byte(cfg.AdminToken),

@@ -64,10 +64,14 @@ type stopper struct {
 	stop func(context.Context) error
 }
 
-// New opens the store and binds every listener; when it returns without
-// error the daemon is serving. On error whatever had started is stopped
-// again.
+// New validates cfg, then opens the store and binds every listener; when it
+// returns without error the daemon is serving. On error whatever had
+// started is stopped again; a configuration Validate refuses touches
+// nothing.
 func New(cfg Config) (_ *Daemon, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	d := &Daemon{log: cfg.Logger, cfg: cfg}
 	d.logQuery.Store(cfg.Privacy.LogQueries)
 	defer func() {

@@ -4,11 +4,13 @@
 package dnsserver
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,11 +40,14 @@ type NameServer struct {
 
 // Defaults used when the Config leaves a field zero.
 const (
-	DefaultZone     = "myqnapcloud.com"
-	DefaultTTL      = 60
-	DefaultSOATTL   = 3600
-	DefaultUDPSize  = 1232 // the DNS flag day 2020 size: no IP fragmentation
-	DefaultRcvBuf   = 4 << 20
+	DefaultZone    = "myqnapcloud.com"
+	DefaultTTL     = 60
+	DefaultSOATTL  = 3600
+	DefaultUDPSize = 1232 // the DNS flag day 2020 size: no IP fragmentation
+	DefaultRcvBuf  = 4 << 20
+	// maxTTL bounds the TTL of device answers: a week, as long as any
+	// resolver keeps a record.
+	maxTTL          = 7 * 24 * time.Hour
 	tcpIdleTimeout  = 10 * time.Second
 	maxQuerySize    = 4096
 	defaultNSSuffix = "ns1"
@@ -151,6 +156,56 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// Validate checks the settings in cfg (zone, nameservers, TTL, UDP size),
+// not its sockets or Source, and returns every problem at once, worded for
+// the operator. New calls it; a daemon calls it before it touches the disk.
+func (cfg Config) Validate() error {
+	var errs []error
+	zone := dns.Fqdn(strings.ToLower(cmpOr(cfg.Zone, DefaultZone)))
+	zoneOK := isDomainName(zone) && zone != "."
+	if !zoneOK {
+		errs = append(errs, fmt.Errorf("zone %q is not a domain name", cfg.Zone))
+	}
+	if cfg.TTL < 0 || cfg.TTL > maxTTL {
+		errs = append(errs, fmt.Errorf("TTL %s out of range (0 to 7 days)", cfg.TTL))
+	}
+	if cfg.UDPSize != 0 && cfg.UDPSize < dns.MinMsgSize {
+		errs = append(errs, fmt.Errorf("UDP payload size %d is below %d", cfg.UDPSize, dns.MinMsgSize))
+	}
+	for _, ns := range cfg.NameServers {
+		name, inZone := nsName(ns.Name, zone)
+		if !isDomainName(name) {
+			errs = append(errs, fmt.Errorf("nameserver %q is not a domain name", ns.Name))
+			continue
+		}
+		if slices.ContainsFunc(ns.Addrs, func(a netip.Addr) bool { return !a.IsValid() }) {
+			errs = append(errs, fmt.Errorf("nameserver %s has an empty address", name))
+		}
+		if zoneOK && inZone && len(ns.Addrs) == 0 {
+			errs = append(errs, fmt.Errorf("nameserver %s is inside the zone and needs its address for glue (%s=IP)", name, ns.Name))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// isDomainName reports whether name is a presentation-format domain name
+// with no empty label ("a..b" is refused, as by every zone file parser).
+func isDomainName(name string) bool {
+	_, ok := dns.IsDomainName(name)
+	return ok && !strings.Contains(name, "..")
+}
+
+// nsName is a nameserver's FQDN: a single label is taken as in the zone.
+// inZone says whether the name is below the zone (and so needs glue).
+func nsName(name, zone string) (fqdn string, inZone bool) {
+	fqdn = strings.ToLower(name)
+	if !strings.Contains(strings.TrimSuffix(fqdn, "."), ".") {
+		fqdn += "." + zone
+	}
+	fqdn = dns.Fqdn(fqdn)
+	return fqdn, dns.IsSubDomain(zone, fqdn) && fqdn != zone
+}
+
 // newServer validates cfg.
 func newServer(cfg Config) (*Server, error) {
 	if cfg.Source == nil {
@@ -162,59 +217,35 @@ func newServer(cfg Config) (*Server, error) {
 	if cfg.Addr == "" && cfg.PacketConn == nil {
 		return nil, errors.New("dnsserver: Config.Addr is required")
 	}
-	zone := dns.Fqdn(strings.ToLower(cmpOr(cfg.Zone, DefaultZone)))
-	if _, ok := dns.IsDomainName(zone); !ok || zone == "." {
-		return nil, fmt.Errorf("dnsserver: Config.Zone %q is not a domain name", cfg.Zone)
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("dnsserver: %w", err)
 	}
+	zone := dns.Fqdn(strings.ToLower(cmpOr(cfg.Zone, DefaultZone)))
 	s := &Server{
 		zone:       zone,
 		hostmaster: dns.Fqdn(strings.ToLower(cmpOr(cfg.Hostmaster, "hostmaster."+zone))),
 		soaTTL:     DefaultSOATTL,
-		udpSize:    cfg.UDPSize,
-		rcvBuf:     cfg.ReceiveBuffer,
+		udpSize:    cmp.Or(cfg.UDPSize, DefaultUDPSize),
+		rcvBuf:     cmp.Or(cfg.ReceiveBuffer, DefaultRcvBuf),
 		src:        cfg.Source,
 		onQuery:    cfg.OnQuery,
 		log:        cfg.Logger,
 		addr:       cfg.Addr,
 		glue:       map[string][]netip.Addr{},
 	}
-	if err := s.SetTTL(cfg.TTL); err != nil {
-		return nil, fmt.Errorf("dnsserver: Config.TTL: %w", err)
-	}
+	s.SetTTL(cfg.TTL) //nolint:errcheck // Validate checked the range
 	s.exact.Store(cfg.ExactNamesOnly)
-	if s.udpSize == 0 {
-		s.udpSize = DefaultUDPSize
-	}
-	if s.udpSize < dns.MinMsgSize {
-		return nil, fmt.Errorf("dnsserver: Config.UDPSize %d is below %d", s.udpSize, dns.MinMsgSize)
-	}
-	if s.rcvBuf == 0 {
-		s.rcvBuf = DefaultRcvBuf
-	}
 	nss := cfg.NameServers
 	if len(nss) == 0 {
 		nss = []NameServer{{Name: defaultNSSuffix, Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}}
 	}
 	for _, ns := range nss {
-		name := strings.ToLower(ns.Name)
-		if !strings.Contains(strings.TrimSuffix(name, "."), ".") {
-			name += "." + zone
-		}
-		name = dns.Fqdn(name)
-		if _, ok := dns.IsDomainName(name); !ok {
-			return nil, fmt.Errorf("dnsserver: nameserver %q is not a domain name", ns.Name)
-		}
+		name, inZone := nsName(ns.Name, zone)
 		var addrs []netip.Addr
 		for _, a := range ns.Addrs {
-			if !a.IsValid() {
-				return nil, fmt.Errorf("dnsserver: nameserver %s has an empty address", name)
-			}
 			addrs = append(addrs, a.Unmap()) // ::ffff:192.0.2.1 is glue A 192.0.2.1
 		}
-		if dns.IsSubDomain(zone, name) && name != zone {
-			if len(ns.Addrs) == 0 {
-				return nil, fmt.Errorf("dnsserver: nameserver %s is inside the zone and needs an address for glue", name)
-			}
+		if inZone {
 			s.glue[name[:len(name)-len(zone)-1]] = addrs
 			s.ns = append(s.ns, NameServer{Name: name, Addrs: addrs})
 		} else {
@@ -234,7 +265,7 @@ func cmpOr(a, b string) string {
 // SetTTL sets the TTL of device answers and of negative answers; the next
 // answer uses it. Zero means DefaultTTL.
 func (s *Server) SetTTL(ttl time.Duration) error {
-	if ttl < 0 || ttl > 7*24*time.Hour {
+	if ttl < 0 || ttl > maxTTL {
 		return fmt.Errorf("TTL %s out of range (0 to 7 days)", ttl)
 	}
 	if ttl == 0 {

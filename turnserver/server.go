@@ -194,17 +194,14 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
+	relayIP, err := RelayAddr(cfg.Addr, cfg.RelayIP)
+	if err != nil {
+		return nil, fmt.Errorf("turn: %w", err)
+	}
 	host, _, _ := net.SplitHostPort(cfg.Addr)
 	bindIP, _ := netip.ParseAddr(host)
 	if host == "" {
 		bindIP = netip.IPv4Unspecified()
-	}
-	relayIP := cfg.RelayIP.Unmap()
-	if !relayIP.IsValid() {
-		if !bindIP.IsValid() || bindIP.IsUnspecified() {
-			return nil, fmt.Errorf("turn: listen address %q is not one IP address: set the relay address (RelayIP, --turn-relay-ip) clients should use", cfg.Addr)
-		}
-		relayIP = bindIP
 	}
 	static, err := parseStaticUsers(cfg.Users, cfg.Realm)
 	if err != nil {
@@ -362,6 +359,22 @@ func (cfg *Config) setDefaults() error {
 		return errors.New("turn: no credentials: set Users, Secret or Devices")
 	}
 	return nil
+}
+
+// RelayAddr is the address relayed traffic goes out from and clients send to:
+// relayIP when set, else the one IP of the listen address. A listen address
+// on every interface (0.0.0.0, [::] or no host) has no such IP, and that is
+// an error the operator fixes with --turn-relay-ip.
+func RelayAddr(listenAddr string, relayIP netip.Addr) (netip.Addr, error) {
+	if relayIP.IsValid() {
+		return relayIP.Unmap(), nil
+	}
+	host, _, _ := net.SplitHostPort(listenAddr)
+	ip, err := netip.ParseAddr(host)
+	if err != nil || ip.IsUnspecified() {
+		return netip.Addr{}, fmt.Errorf("listen address %q is not one IP address: set the relay address clients should use (turn-relay-ip)", listenAddr)
+	}
+	return ip.Unmap(), nil
 }
 
 // Addr returns the UDP and TCP address of the relay.

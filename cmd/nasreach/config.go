@@ -3,10 +3,12 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -17,7 +19,6 @@ import (
 
 	"github.com/nasreach/nasreach/daemon"
 	"github.com/pelletier/go-toml/v2"
-	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v3"
 )
 
@@ -50,13 +51,32 @@ func configPath(cmd *cli.Command) string {
 	return ""
 }
 
-// applyConfigFile is serve's Before hook: it sets every flag the file names
-// that neither the command line nor the environment set.
-func applyConfigFile(ctx context.Context, cmd *cli.Command) (context.Context, error) {
-	path := configPath(cmd)
-	if path == "" {
+// configSource is the config file serve read: where each key it set stands,
+// and the file's own errors (unknown keys, bad values), so that every
+// problem, including the daemon's checks of a setting, is reported at once
+// with the line that caused it.
+type configSource struct {
+	path  string
+	lines map[string]int // key → line, for the keys the file set
+	errs  []lineError
+}
+
+// lineError is an error at a line of the config file (0: not in the file).
+type lineError struct {
+	line int
+	err  error
+}
+
+// apply is serve's Before hook: it sets every flag the file names that
+// neither the command line nor the environment set. A file that cannot be
+// read or parsed stops here; a bad key or value is kept for report with
+// the daemon's own checks.
+func (src *configSource) apply(ctx context.Context, cmd *cli.Command) (context.Context, error) {
+	*src = configSource{path: configPath(cmd), lines: map[string]int{}}
+	if src.path == "" {
 		return ctx, nil
 	}
+	path := src.path
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return ctx, fmt.Errorf("config: %w", err)
@@ -75,28 +95,67 @@ func applyConfigFile(ctx context.Context, cmd *cli.Command) (context.Context, er
 		known[f.Names()[0]] = f
 	}
 	for _, key := range sortedKeys(doc) {
-		at := fmt.Sprintf("config %s line %d", path, keyLine(data, key))
+		line := keyLine(data, key)
+		src.lines[key] = line
+		fail := func(format string, args ...any) {
+			src.errs = append(src.errs, lineError{line, fmt.Errorf(format, args...)})
+		}
 		f, ok := known[key]
 		if !ok || key == "config" {
-			return ctx, fmt.Errorf("%s: unknown key %q (see 'nasreach config default' for every key)", at, key)
+			fail("unknown key %q (see 'nasreach config default' for every key)", key)
+			continue
 		}
 		if cmd.IsSet(key) {
-			continue // the command line or the environment wins
+			delete(src.lines, key) // the command line or the environment wins
+			continue
 		}
 		values, err := configValues(doc[key])
 		if err != nil {
-			return ctx, fmt.Errorf("%s: key %q: %w", at, key, err)
+			fail("key %q: %w", key, err)
+			continue
 		}
 		if _, slice := f.(*cli.StringSliceFlag); !slice && len(values) != 1 {
-			return ctx, fmt.Errorf("%s: key %q takes one value, not a list", at, key)
+			fail("key %q takes one value, not a list", key)
+			continue
 		}
 		for _, v := range values {
 			if err := cmd.Set(key, v); err != nil {
-				return ctx, fmt.Errorf("%s: key %q: invalid value %q: %v", at, key, v, err)
+				fail("key %q: invalid value %q: %v", key, v, err)
+				break
 			}
 		}
 	}
 	return ctx, nil
+}
+
+// report joins the file's errors and err (from building and validating the
+// daemon's configuration) into one error, every problem on its own line in
+// the file's order, those the file did not cause last. A *daemon.SettingError
+// about a key the file set names the file and line.
+func (src *configSource) report(err error) error {
+	all := slices.Clone(src.errs)
+	for _, e := range flatten(err) {
+		line := 0
+		var se *daemon.SettingError
+		if errors.As(e, &se) {
+			line = src.lines[se.Setting]
+		}
+		all = append(all, lineError{line, e})
+	}
+	if len(all) == 0 {
+		return nil
+	}
+	slices.SortStableFunc(all, func(a, b lineError) int {
+		return cmp.Compare(cmp.Or(a.line, math.MaxInt), cmp.Or(b.line, math.MaxInt))
+	})
+	out := make([]error, len(all))
+	for i, e := range all {
+		out[i] = e.err
+		if e.line > 0 {
+			out[i] = fmt.Errorf("config %s line %d: %w", src.path, e.line, e.err)
+		}
+	}
+	return errors.Join(out...)
 }
 
 func sortedKeys(m map[string]any) []string {
@@ -154,22 +213,7 @@ func configCommand() *cli.Command {
 		Name:  "config",
 		Usage: "check a config file, or print the default one",
 		Commands: []*cli.Command{
-			{
-				Name:  "check",
-				Usage: "validate the configuration serve would run with (file, environment and flags), without starting",
-				Flags: []cli.Flag{configFlag()},
-				Action: func(ctx context.Context, cmd *cli.Command) error {
-					args := []string{"nasreach", "serve"}
-					if p := cmd.String("config"); p != "" {
-						args = append(args, "--config", p)
-					}
-					if _, err := parseServeConfig(ctx, args); err != nil {
-						return err
-					}
-					fmt.Fprintln(cmd.Root().Writer, "configuration ok")
-					return nil
-				},
-			},
+			configCheckCommand(),
 			{
 				Name:  "default",
 				Usage: "print a fully commented default config file",
@@ -181,16 +225,44 @@ func configCommand() *cli.Command {
 	}
 }
 
+// flatten lists the errors err joins, however deeply (nil: none).
+func flatten(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flatten(e)...)
+		}
+		return out
+	}
+	if err == nil {
+		return nil
+	}
+	return []error{err}
+}
+
+// configCheckCommand is serve without the serving: the same flags,
+// environment and config file, the same checks, every problem at once.
+func configCheckCommand() *cli.Command {
+	c := serveLikeCommand(func(ctx context.Context, cmd *cli.Command, cfg daemon.Config) error {
+		fmt.Fprintln(cmd.Root().Writer, "configuration ok")
+		return nil
+	})
+	c.Name = "check"
+	c.Usage = "validate the configuration serve would run with (config file, environment and serve's flags), without starting"
+	c.UsageText = "nasreach config check [--config FILE] [serve flags]\n\n" +
+		"Example: nasreach config check --config /etc/nasreach/nasreach.toml"
+	return c
+}
+
 // parseServeConfig runs serve's flag, environment and config-file parsing on
-// args (as os.Args) and returns the daemon configuration without starting.
+// args (as os.Args) and the daemon's checks, and returns the daemon
+// configuration without starting.
 func parseServeConfig(ctx context.Context, args []string) (daemon.Config, error) {
 	var cfg daemon.Config
-	sc := serveCommand()
-	sc.Action = func(_ context.Context, cmd *cli.Command) error {
-		var err error
-		cfg, err = daemonConfigFromFlags(cmd, zerolog.Nop())
-		return err
-	}
+	sc := serveLikeCommand(func(_ context.Context, _ *cli.Command, c daemon.Config) error {
+		cfg = c
+		return nil
+	})
 	root := &cli.Command{Name: "nasreach", Commands: []*cli.Command{sc}, Writer: io.Discard, ErrWriter: io.Discard, HideHelpCommand: true}
 	if err := root.Run(ctx, args); err != nil {
 		return cfg, err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -26,7 +27,13 @@ const (
 	defaultDataDir  = "./data"
 )
 
-func serveCommand() *cli.Command {
+func serveCommand() *cli.Command { return serveLikeCommand(runServe) }
+
+// serveLikeCommand is serve's flags, environment and config file, checked
+// as the daemon checks them, handed to action as the daemon's configuration.
+// Every problem is reported at once, in the config file's order.
+func serveLikeCommand(action func(context.Context, *cli.Command, daemon.Config) error) *cli.Command {
+	src := &configSource{}
 	return &cli.Command{
 		Name:  "serve",
 		Usage: "run the daemon (DNS, HTTP API, STUN/TURN, Link relay)",
@@ -45,57 +52,70 @@ func serveCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "trusted-proxy", Usage: "CIDR of a reverse proxy whose X-Forwarded-For is believed (repeatable)", Sources: cli.EnvVars("NASREACH_TRUSTED_PROXY")},
 			&cli.BoolFlag{Name: "exact-names", Usage: "answer NXDOMAIN for names below a device instead of the device's address", Sources: cli.EnvVars("NASREACH_EXACT_NAMES")},
 		}, slices.Concat(turnFlags(), linkFlags(), privacyFlags(), logFlags())...),
-		Before: applyConfigFile,
-		Action: runServe,
+		Before: src.apply,
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			cfg, err := daemonConfigFromFlags(cmd)
+			if err := src.report(err); err != nil {
+				return err
+			}
+			return action(ctx, cmd, cfg)
+		},
 	}
 }
 
 // daemonConfigFromFlags turns serve's flags (set from the command line, the
-// environment and the config file) into the daemon's configuration.
-func daemonConfigFromFlags(cmd *cli.Command, log zerolog.Logger) (daemon.Config, error) {
+// environment and the config file) into the daemon's configuration and
+// checks it. The error joins every problem found; those about one setting
+// are *daemon.SettingError.
+func daemonConfigFromFlags(cmd *cli.Command) (daemon.Config, error) {
 	cfg := daemon.Config{
 		DataDir: cmd.String("data"), Zone: cmd.String("zone"),
 		DNSAddr: cmd.String("dns"), HTTPAddr: cmd.String("http"), MetricsAddr: cmd.String("metrics"),
 		AdminToken: cmd.String("admin-token"), TTL: cmd.Duration("ttl"),
 		OpenRegistration: cmd.Bool("open-registration"), Reserved: cmd.StringSlice("reserved"),
-		ExactNames: cmd.Bool("exact-names"), Logger: log, Version: version,
+		ExactNames: cmd.Bool("exact-names"), Logger: zerolog.Nop(), Version: version,
+	}
+	var errs []error
+	add := func(setting string, err error) {
+		if err != nil {
+			if setting != "" {
+				err = &daemon.SettingError{Setting: setting, Err: err}
+			}
+			errs = append(errs, err)
+		}
 	}
 	for _, v := range cmd.StringSlice("ns") {
 		ns, err := parseNS(v)
 		if err != nil {
-			return cfg, err
+			add("ns", err)
+			continue
 		}
 		cfg.NameServers = append(cfg.NameServers, ns)
 	}
 	var err error
-	if cfg.LogLevel, err = parseLogLevel(cmd.String("log-level")); err != nil {
-		return cfg, err
-	}
-	if cfg.Privacy, err = privacyConfigFromFlags(cmd, cfg.DataDir); err != nil {
-		return cfg, err
-	}
+	cfg.LogLevel, err = parseLogLevel(cmd.String("log-level"))
+	add("log-level", err)
+	cfg.Privacy, err = privacyConfigFromFlags(cmd, cfg.DataDir)
+	add("", err)
 	if cfg.AdminToken == "" {
-		if cfg.AdminToken, _, err = readCredential(adminTokenCredential); err != nil {
-			return cfg, err
-		}
+		cfg.AdminToken, _, err = readCredential(adminTokenCredential)
+		add("", err)
 	}
-	if cfg.CertFile, cfg.KeyFile, err = tlsFilesFromFlags(cmd); err != nil {
-		return cfg, err
-	}
-	if cfg.TURN, err = turnConfigFromFlags(cmd); err != nil {
-		return cfg, err
-	}
-	if cfg.Link, err = linkConfigFromFlags(cmd); err != nil {
-		return cfg, err
-	}
+	cfg.CertFile, cfg.KeyFile, err = tlsFilesFromFlags(cmd)
+	add("tls-key", err)
+	cfg.TURN, err = turnConfigFromFlags(cmd)
+	add("", err)
+	cfg.Link, err = linkConfigFromFlags(cmd)
+	add("", err)
 	for _, v := range cmd.StringSlice("trusted-proxy") {
 		p, err := netip.ParsePrefix(v)
 		if err != nil {
-			return cfg, fmt.Errorf("--trusted-proxy %q: want a CIDR such as 10.0.0.0/8: %w", v, err)
+			add("trusted-proxy", fmt.Errorf("--trusted-proxy %q: want a CIDR such as 10.0.0.0/8: %w", v, err))
+			continue
 		}
 		cfg.TrustedProxies = append(cfg.TrustedProxies, p)
 	}
-	return cfg, nil
+	return cfg, errors.Join(append(errs, cfg.Validate())...)
 }
 
 // parseNS reads NAME=IP[,IP] (or NAME alone for an out-of-zone nameserver).
@@ -120,16 +140,12 @@ func parseNS(v string) (dnsserver.NameServer, error) {
 
 // runServe runs the daemon until SIGINT or SIGTERM; SIGHUP reloads the
 // configuration.
-func runServe(ctx context.Context, cmd *cli.Command) error {
+func runServe(ctx context.Context, cmd *cli.Command, cfg daemon.Config) error {
 	log, lv, err := newLogger(cmd, os.Stderr)
 	if err != nil {
 		return err
 	}
-	cfg, err := daemonConfigFromFlags(cmd, log)
-	if err != nil {
-		return err
-	}
-	cfg.SetLogLevel = lv.Set
+	cfg.Logger, cfg.SetLogLevel = log, lv.Set
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	sd, err := sdnotify.FromEnv() // systemd's notify socket and watchdog; zero outside systemd

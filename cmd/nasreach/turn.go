@@ -90,8 +90,5 @@ func tlsFilesFromFlags(cmd *cli.Command) (certFile, keyFile string, err error) {
 			return "", "", err
 		}
 	}
-	if (certFile == "") != (keyFile == "") {
-		return "", "", errors.New("--tls-cert and --tls-key go together (the key may be the systemd credential tls-key): give both for TURN over TLS and the Link relay's certificate, or neither")
-	}
 	return certFile, keyFile, nil
 }

@@ -210,10 +210,10 @@ func TestServeFlagsRefuseBadValues(t *testing.T) {
 	}{
 		{[]string{"--turn-allow-peer", "10.0.0.1"}, "--turn-allow-peer"},
 		{[]string{"--turn-relay-ip", "nas.example"}, "--turn-relay-ip"},
-		{[]string{"--tls-cert", "/nonexistent.pem"}, "--tls-cert and --tls-key go together"},
+		{[]string{"--tls-cert", "/nonexistent.pem"}, "tls-cert and tls-key go together"},
 		{[]string{"--turn-user-quota", "0"}, "--turn-user-quota"},
 		{[]string{"--turn-user", "nopassword"}, "name:password"},
-		{[]string{"--stun", "0.0.0.0:0"}, "--turn-relay-ip"},
+		{[]string{"--stun", "0.0.0.0:0"}, "(turn-relay-ip)"},
 	}
 	for _, tc := range tests {
 		args := append([]string{"--stun", "127.0.0.1:0", "--turn-user", "a:b"}, tc.args...)

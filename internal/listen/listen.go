@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/nasreach/nasreach/internal/netaddr"
@@ -61,13 +62,50 @@ func (s *Sockets) Close() error {
 	return errors.Join(errs...)
 }
 
+// CheckAddr reports whether addr is a listen address: host:port with a port
+// from 0 to 65535 and a host that is empty (every address), an IP address or
+// a host name. It opens no socket, so a configuration can be checked before
+// anything starts.
+func CheckAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("listen address %q: want HOST:PORT, e.g. 0.0.0.0:53 or [::]:53", addr)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("listen address %q: port %q is not a number from 0 to 65535", addr, port)
+	}
+	if _, err := netip.ParseAddr(host); err != nil && host != "" && !validHostName(host) {
+		return fmt.Errorf("listen address %q: %q is neither an IP address nor a host name", addr, host)
+	}
+	return nil
+}
+
+// validHostName reports whether h is a host name: dot-separated labels of
+// letters, digits and '-', none empty or starting or ending with '-'.
+func validHostName(h string) bool {
+	if len(h) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(strings.TrimSuffix(h, "."), ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range []byte(label) {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // Bind opens the sockets cfg describes: UDP first, then TCP on the port UDP
 // got. With port 0 the whole set is retried when TCP finds that port taken.
 func Bind(cfg Config) (*Sockets, error) {
-	host, port, err := net.SplitHostPort(cfg.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("listen address %q: %w", cfg.Addr, err)
+	if err := CheckAddr(cfg.Addr); err != nil {
+		return nil, err
 	}
+	host, port, _ := net.SplitHostPort(cfg.Addr)
 	n := max(cfg.Copies, 1)
 	if n > 1 && !ReusePortSupported {
 		return nil, fmt.Errorf("listen %s: %d sockets per port need SO_REUSEPORT, which this system lacks", cfg.Addr, n)

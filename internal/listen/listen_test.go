@@ -3,6 +3,7 @@ package listen
 import (
 	"errors"
 	"net"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -79,5 +80,29 @@ func TestTakenPortIsAnErrorAndLeavesNothingOpen(t *testing.T) {
 func TestBadAddressIsAnError(t *testing.T) {
 	if _, err := Bind(Config{Addr: "no-port"}); err == nil {
 		t.Error("Bind(no-port) succeeded")
+	}
+}
+
+func TestCheckAddr(t *testing.T) {
+	for _, addr := range []string{"0.0.0.0:53", "[::]:53", ":53", "127.0.0.1:0", "localhost:10053", "ns1.example.net:53", "[2001:db8::1]:65535"} {
+		if err := CheckAddr(addr); err != nil {
+			t.Errorf("CheckAddr(%q) = %v, want nil", addr, err)
+		}
+	}
+	for addr, says := range map[string]string{
+		"0.0.0.0:99999":    `port "99999" is not a number from 0 to 65535`,
+		"0.0.0.0":          "want HOST:PORT",
+		"0.0.0.0:dns":      `port "dns" is not a number`,
+		"bad..host:53":     `"bad..host" is neither an IP address nor a host name`,
+		"2001:db8::1:53":   "want HOST:PORT",
+		"under_score.x:53": "neither an IP address nor a host name",
+	} {
+		err := CheckAddr(addr)
+		if err == nil || !strings.Contains(err.Error(), says) {
+			t.Errorf("CheckAddr(%q) = %v, want an error saying %q", addr, err, says)
+		}
+	}
+	if _, err := Bind(Config{Addr: "127.0.0.1:99999"}); err == nil || !strings.Contains(err.Error(), "not a number from 0 to 65535") {
+		t.Errorf("Bind with port 99999: %v, want CheckAddr's refusal", err)
 	}
 }
