@@ -32,7 +32,7 @@ var allowed = map[string][]string{
 		"github.com/quic-go/quic-go", "github.com/rs/zerolog"},
 	"link":     {"stun", "api/client", "internal/workgroup", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
 	"sdnotify": {},
-	"metrics":  {"connlog", "github.com/miekg/dns", "github.com/prometheus/client_golang", "github.com/rs/zerolog"},
+	"metrics":  {"connlog", "github.com/miekg/dns", "github.com/prometheus/client_golang", "github.com/prometheus/client_model", "github.com/rs/zerolog"},
 	// The daemon wires the servers together; nothing imports it but cmd.
 	"daemon": {"store", "connlog", "api", "dnsserver", "metrics", "sdnotify", "stun", "turnserver", "linkserver",
 		"internal/certfile", "internal/listen", "internal/netaddr", "filippo.io/age", "github.com/miekg/dns", "github.com/rs/zerolog"},

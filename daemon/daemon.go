@@ -102,7 +102,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 		Sessions:    map[string]func() int{"link": d.linkSessions, "turn": d.turnAllocations},
 		TURNRefused: d.turnRefused,
 		LogWritten:  d.connlog.Written, LogDropped: d.connlog.Dropped,
-		Ready: d.Ready, Logger: d.component("metrics"),
+		Ready: d.Ready, Listeners: d.listeners, Logger: d.component("metrics"),
 	}); err != nil {
 		return nil, err
 	}
@@ -173,6 +173,34 @@ func (d *Daemon) Addrs() Addrs {
 		}
 	}
 	return a
+}
+
+// listeners are the daemon's addresses as the status page lists them; none
+// until the daemon is ready (Addrs reads what New sets up).
+func (d *Daemon) listeners() []metrics.Listener {
+	if !d.ready.Load() {
+		return nil
+	}
+	a := d.Addrs()
+	ls := []metrics.Listener{
+		{Name: "DNS (UDP, TCP)", Addr: a.DNS.String()},
+		{Name: "HTTP API", Addr: a.HTTP.String()},
+		{Name: "metrics and this page", Addr: a.Metrics.String()},
+	}
+	if a.STUN.IsValid() {
+		name := "STUN (UDP, TCP)"
+		if d.relays.turn != nil {
+			name = "STUN and TURN (UDP, TCP)"
+		}
+		ls = append(ls, metrics.Listener{Name: name, Addr: a.STUN.String()})
+	}
+	if a.TURNS.IsValid() {
+		ls = append(ls, metrics.Listener{Name: "TURN over TLS", Addr: a.TURNS.String()})
+	}
+	if a.Link.IsValid() {
+		ls = append(ls, metrics.Listener{Name: "Link relay (QUIC)", Addr: a.Link.String()})
+	}
+	return ls
 }
 
 // AdminTokenValue returns the admin token in force: the configured one, or

@@ -1,5 +1,5 @@
-// Package metrics serves the daemon's Prometheus metrics, /healthz and /readyz
-// on their own listener (loopback by default). Labels never carry a device
+// Package metrics serves the daemon's Prometheus metrics, /healthz, /readyz
+// and a status page for a browser on their own listener (loopback by default). Labels never carry a device
 // name or an address: only query types, rcodes, services and outcomes.
 package metrics
 
@@ -47,6 +47,8 @@ type Config struct {
 	LogWritten, LogDropped func() uint64
 	// Ready returns nil when the daemon is ready to serve, else the reason.
 	Ready func() error
+	// Listeners returns where the daemon serves, for the status page.
+	Listeners func() []Listener
 	// Logger receives the server's own problems.
 	Logger zerolog.Logger
 }
@@ -60,12 +62,13 @@ type Metrics struct {
 	bytes   *prometheus.CounterVec
 	// hot caches the query counter of common (type, rcode) pairs so the DNS
 	// path does no label hashing.
-	hot  [len(hotTypes)][24]atomic.Pointer[prometheus.Counter]
-	cfg  Config
-	srv  *http.Server
-	ln   net.Listener
-	done chan error
-	once sync.Once
+	hot     [len(hotTypes)][24]atomic.Pointer[prometheus.Counter]
+	cfg     Config
+	started time.Time // for the status page's uptime
+	srv     *http.Server
+	ln      net.Listener
+	done    chan error
+	once    sync.Once
 }
 
 var hotTypes = [...]uint16{dns.TypeA, dns.TypeAAAA, dns.TypeSOA, dns.TypeNS, dns.TypeANY, dns.TypeTXT, dns.TypeMX, dns.TypeCAA}
@@ -75,7 +78,7 @@ func New(cfg Config) (*Metrics, error) {
 	if cfg.Addr == "" && cfg.Listener == nil {
 		return nil, errors.New("metrics: Config.Addr is required")
 	}
-	m := &Metrics{cfg: cfg, reg: prometheus.NewRegistry()}
+	m := &Metrics{cfg: cfg, reg: prometheus.NewRegistry(), started: time.Now()}
 	m.queries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nasreach_dns_queries_total", Help: "DNS queries answered, by query type and response code.",
 	}, []string{"type", "rcode"})
@@ -210,9 +213,10 @@ func (c labelledCounters) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// Handler serves /metrics, /healthz and /readyz.
+// Handler serves the status page at /, /metrics, /healthz and /readyz.
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", m.handleStatus)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorLog: nil}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
