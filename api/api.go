@@ -48,6 +48,11 @@ type Config struct {
 	// through ServeHTTP.
 	Addr     string
 	Listener net.Listener
+	// LocalListener, when set, also serves the API, to the local operator:
+	// every request on it is an admin request without a token and is never
+	// throttled. Only give it a socket the file system protects (a Unix
+	// socket only the daemon's user can open). Closed at Shutdown.
+	LocalListener net.Listener
 	// Store is the device table. Required.
 	Store store.Backend
 	// Zone is the DNS zone devices live in, e.g. "myqnapcloud.com". Required.
@@ -92,14 +97,26 @@ type API struct {
 	mux      *http.ServeMux
 	srv      *http.Server
 	ln       net.Listener
-	done     chan error // Serve's result, once it returns
+	local    net.Listener // LocalListener, or nil
+	done     chan error   // Serve's result, once it returns
+	served   int          // how many Serve calls deliver to done
 	stop     chan struct{}
 	stopOnce sync.Once
 	wg       sync.WaitGroup
 }
 
-// New validates cfg and builds the API.
-func New(cfg Config) (*API, error) {
+// New validates cfg, binds Addr (unless Listener is given) and serves. The
+// API owns the given listeners from then on; on error they are closed.
+func New(cfg Config) (_ *API, err error) {
+	defer func() {
+		if err != nil {
+			for _, ln := range []net.Listener{cfg.Listener, cfg.LocalListener} {
+				if ln != nil {
+					ln.Close()
+				}
+			}
+		}
+	}()
 	if cfg.Store == nil {
 		return nil, errors.New("api: Config.Store is required")
 	}
@@ -128,6 +145,7 @@ func New(cfg Config) (*API, error) {
 	a.routes()
 	a.srv = &http.Server{
 		Handler:           a,
+		ConnContext:       connContext,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -143,10 +161,16 @@ func New(cfg Config) (*API, error) {
 	}
 	a.wg.Add(1)
 	go a.sweep()
+	a.done = make(chan error, 2)
 	if ln != nil {
-		a.ln, a.done = ln, make(chan error, 1)
+		a.ln = ln
 		a.log.Info().Str("addr", ln.Addr().String()).Msg("http api listening")
-		go func() { a.done <- a.srv.Serve(ln) }()
+		a.serve(ln)
+	}
+	if cfg.LocalListener != nil {
+		a.local = cfg.LocalListener
+		a.log.Info().Str("socket", a.local.Addr().String()).Msg("http api listening for the local operator")
+		a.serve(localListener{a.local})
 	}
 	return a, nil
 }
@@ -218,8 +242,22 @@ func (a *API) Addr() netip.AddrPort {
 	return netaddr.AddrPort(a.ln.Addr())
 }
 
+// LocalAddr returns the local operator's socket address, or nil.
+func (a *API) LocalAddr() net.Addr {
+	if a.local == nil {
+		return nil
+	}
+	return a.local.Addr()
+}
+
+// serve serves ln in the background; its result goes to done.
+func (a *API) serve(ln net.Listener) {
+	a.served++
+	go func() { a.done <- a.srv.Serve(ln) }()
+}
+
 // Done delivers the error that stopped serving before Shutdown was asked
-// for (the listener failed); it never delivers without a socket.
+// for (a listener failed); it never delivers without a socket.
 func (a *API) Done() <-chan error { return a.done }
 
 // Shutdown stops accepting requests, lets in-flight ones finish until ctx
@@ -228,7 +266,7 @@ func (a *API) Shutdown(ctx context.Context) error {
 	err := a.srv.Shutdown(ctx)
 	a.stopOnce.Do(func() {
 		close(a.stop)
-		if a.done != nil {
+		for range a.served {
 			if serr := <-a.done; !errors.Is(serr, http.ErrServerClosed) {
 				err = errors.Join(err, serr)
 			}
@@ -290,8 +328,12 @@ func (a *API) trusted(addr netip.Addr) bool {
 	return false
 }
 
-// isAdmin reports whether the request carries the admin token as a bearer token.
+// isAdmin reports whether the request is the operator's: it came in on the
+// local listener, or it carries the admin token as a bearer token.
 func (a *API) isAdmin(r *http.Request) bool {
+	if isLocal(r) {
+		return true
+	}
 	tok, ok := bearer(r)
 	return ok && subtle.ConstantTimeCompare([]byte(tok), a.admin) == 1
 }

@@ -69,6 +69,9 @@ func (a *API) storeError(w http.ResponseWriter, err error) {
 // the token of device name (as a bearer token or Basic password). On failure
 // it has answered already. Unknown devices and wrong tokens look the same.
 func (a *API) authorizeDevice(w http.ResponseWriter, r *http.Request, name string) (admin, ok bool) {
+	if isLocal(r) {
+		return true, true
+	}
 	src := a.clientAddr(r)
 	if a.fails.blocked(src) {
 		retryAfter(w, a.throttle.Block)
@@ -100,11 +103,18 @@ func (a *API) authorizeDevice(w http.ResponseWriter, r *http.Request, name strin
 	return false, true
 }
 
-// requireAdmin lets the request through only with the admin token.
+// requireAdmin lets the request through only with the admin token (or from
+// the local operator). A source blocked for failed logins is refused even
+// with the right token, on every call alike, so that guessing learns
+// nothing while blocked.
 func (a *API) requireAdmin(w http.ResponseWriter, r *http.Request) bool {
+	if isLocal(r) {
+		return true
+	}
 	src := a.clientAddr(r)
 	if a.fails.blocked(src) {
-		a.fail(w, http.StatusTooManyRequests, "too many failed logins from your address; try again later")
+		retryAfter(w, a.throttle.Block)
+		a.fail(w, http.StatusTooManyRequests, "too many failed logins from your address; try again later (the local operator is not blocked: run nasreach device on the daemon's machine)")
 		return false
 	}
 	if a.isAdmin(r) {
@@ -119,16 +129,17 @@ func (a *API) requireAdmin(w http.ResponseWriter, r *http.Request) bool {
 }
 
 func (a *API) handleCreate(w http.ResponseWriter, r *http.Request) {
-	if !a.isAdmin(r) {
-		if !a.open.Load() {
-			if !a.requireAdmin(w, r) {
-				return
-			}
-		} else if src := a.clientAddr(r); !a.regs.allow(src) {
-			retryAfter(w, a.throttle.RegistrationsWindow)
-			a.fail(w, http.StatusTooManyRequests, "too many registrations from your address; try again later")
+	// The operator's call is checked like every admin call (a blocked
+	// source is refused even with the right token); anyone else's is an
+	// open registration, if registration is open, whatever it carries.
+	if a.isAdmin(r) || !a.open.Load() {
+		if !a.requireAdmin(w, r) {
 			return
 		}
+	} else if src := a.clientAddr(r); !a.regs.allow(src) {
+		retryAfter(w, a.throttle.RegistrationsWindow)
+		a.fail(w, http.StatusTooManyRequests, "too many registrations from your address; try again later")
+		return
 	}
 	var req client.CreateRequest
 	if present, err := decode(r, &req); err != nil || !present {

@@ -115,8 +115,12 @@ func New(cfg Config) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.onStop("dns", d.dns.Shutdown)
+	local, err := listenLocal(cfg.DataDir, d.component("api"))
+	if err != nil {
+		return nil, err
+	}
 	if d.api, err = api.New(api.Config{
-		Addr: cfg.HTTPAddr, Store: d.store, Zone: cfg.Zone, AdminToken: d.token, OpenRegistration: cfg.OpenRegistration,
+		Addr: cfg.HTTPAddr, LocalListener: local, Store: d.store, Zone: cfg.Zone, AdminToken: d.token, OpenRegistration: cfg.OpenRegistration,
 		TrustedProxies: cfg.TrustedProxies, Now: cfg.Now, Events: d,
 		Logger: d.component("api"),
 	}); err != nil {
@@ -159,12 +163,17 @@ type Addrs struct {
 	// STUN is the STUN (and TURN) address, UDP and TCP; TURNS TURN over TLS.
 	STUN, TURNS netip.AddrPort
 	Link        netip.AddrPort
+	// Socket is the local operator's socket, or "" without one.
+	Socket string
 }
 
 // Addrs returns where the daemon listens.
 func (d *Daemon) Addrs() Addrs {
 	a := Addrs{
 		DNS: netaddr.AddrPort(d.dns.Addr()), HTTP: d.api.Addr(), Metrics: netaddr.AddrPort(d.metrics.Addr()),
+	}
+	if ln := d.api.LocalAddr(); ln != nil {
+		a.Socket = ln.String()
 	}
 	if r := d.relays; r != nil {
 		a.STUN, a.TURNS = r.stunAddr, r.turnsAddr
@@ -186,6 +195,9 @@ func (d *Daemon) listeners() []metrics.Listener {
 		{Name: "DNS (UDP, TCP)", Addr: a.DNS.String()},
 		{Name: "HTTP API", Addr: a.HTTP.String()},
 		{Name: "metrics and this page", Addr: a.Metrics.String()},
+	}
+	if a.Socket != "" {
+		ls = append(ls, metrics.Listener{Name: "HTTP API for the local operator", Addr: a.Socket})
 	}
 	if a.STUN.IsValid() {
 		name := "STUN (UDP, TCP)"

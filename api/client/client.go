@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -41,23 +42,45 @@ type Config struct {
 	Token string
 	// HTTPClient makes the calls; nil means a client with DefaultTimeout.
 	HTTPClient *http.Client
+	// Socket, when set, is the daemon's local socket (<data>/nasreach.sock):
+	// calls go there instead of to Server, and need no Token, since only
+	// the daemon's user and root can open it. HTTPClient is ignored.
+	Socket string
 }
 
 // Client calls one daemon with one token. It is safe for concurrent use.
 type Client struct {
-	base  string // Config.Server without a trailing slash
+	base  string // Config.Server without a trailing slash, or socketBase
+	where string // the daemon, for messages: base or unix:<socket>
 	token string
 	http  *http.Client
 }
 
+// socketBase is the URL the calls over a local socket carry; the host is
+// never resolved.
+const socketBase = "http://nasreach.sock"
+
 // New checks that cfg.Server is an http or https URL and returns a client of
 // that daemon. It makes no call.
 func New(cfg Config) (*Client, error) {
+	if cfg.Socket != "" {
+		var d net.Dialer
+		tr := &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return d.DialContext(ctx, "unix", cfg.Socket)
+			},
+		}
+		return &Client{
+			base: socketBase, where: "unix:" + cfg.Socket, token: cfg.Token,
+			http: &http.Client{Timeout: DefaultTimeout, Transport: tr},
+		}, nil
+	}
 	u, err := url.Parse(cfg.Server)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
 		return nil, fmt.Errorf("client: Config.Server %q is not an http or https URL such as https://ddns.example.net", cfg.Server)
 	}
 	c := &Client{base: strings.TrimSuffix(cfg.Server, "/"), token: cfg.Token, http: cfg.HTTPClient}
+	c.where = c.base
 	if c.http == nil {
 		c.http = &http.Client{Timeout: DefaultTimeout}
 	}
@@ -73,7 +96,8 @@ type Error struct {
 	// Message is the server's reason (ErrorBody.Error); empty when the answer
 	// was not the API's JSON, e.g. from a proxy in front of the daemon.
 	Message string
-	// Server is the daemon's base URL, as in Config.Server.
+	// Server is the daemon that answered: its base URL as in Config.Server,
+	// or unix:<socket>.
 	Server string
 }
 
@@ -164,7 +188,7 @@ func (c *Client) CallerAddress(ctx context.Context) (netip.Addr, error) {
 	}
 	// "" decodes as the zero Addr without error; a caller must not store it.
 	if !out.IP.IsValid() {
-		return netip.Addr{}, fmt.Errorf("the daemon at %s answered GET /v1/ip without an address", c.base)
+		return netip.Addr{}, fmt.Errorf("the daemon at %s answered GET /v1/ip without an address", c.where)
 	}
 	return out.IP, nil
 }
@@ -197,16 +221,16 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any, limit
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
-		return fmt.Errorf("read the answer to %s %s from the daemon at %s: %w", method, path, c.base, err)
+		return fmt.Errorf("read the answer to %s %s from the daemon at %s: %w", method, path, c.where, err)
 	}
 	if int64(len(data)) > limit {
-		return fmt.Errorf("the daemon at %s answered %s %s with more than %d bytes", c.base, method, path, limit)
+		return fmt.Errorf("the daemon at %s answered %s %s with more than %d bytes", c.where, method, path, limit)
 	}
 	if out == nil {
 		return nil
 	}
 	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("the daemon at %s answered %s %s with unexpected JSON (is it a nasreach daemon of the same version?): %w", c.base, method, path, err)
+		return fmt.Errorf("the daemon at %s answered %s %s with unexpected JSON (is it a nasreach daemon of the same version?): %w", c.where, method, path, err)
 	}
 	return nil
 }
@@ -225,7 +249,7 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
-		return nil, fmt.Errorf("build %s %s for the daemon at %s: %w", method, path, c.base, err)
+		return nil, fmt.Errorf("build %s %s for the daemon at %s: %w", method, path, c.where, err)
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
@@ -237,13 +261,13 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("cannot reach the daemon at %s (is nasreach serve running?): %w", c.base, err)
+		return nil, fmt.Errorf("cannot reach the daemon at %s (is nasreach serve running?): %w", c.where, err)
 	}
 	if resp.StatusCode/100 == 2 {
 		return resp, nil
 	}
 	defer resp.Body.Close()
-	e := &Error{Status: resp.StatusCode, Server: c.base}
+	e := &Error{Status: resp.StatusCode, Server: c.where}
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	var eb ErrorBody
 	if json.Unmarshal(data, &eb) == nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -21,9 +22,9 @@ import (
 // allows one process per file, so the CLI never opens the store itself.
 func deviceCommand() *cli.Command {
 	flags := []cli.Flag{
-		&cli.StringFlag{Name: "server", Value: "http://" + defaultHTTPAddr, Usage: "the daemon's HTTP API", Sources: cli.EnvVars("NASREACH_SERVER")},
-		&cli.StringFlag{Name: "admin-token", Usage: "admin token (default: read from <data>/admin.token)", Sources: cli.EnvVars("NASREACH_ADMIN_TOKEN")},
-		&cli.StringFlag{Name: "data", Value: defaultDataDir, Usage: "the daemon's data directory, to find admin.token", Sources: cli.EnvVars("NASREACH_DATA", "STATE_DIRECTORY")},
+		&cli.StringFlag{Name: "server", Value: "http://" + defaultHTTPAddr, Usage: "the daemon's HTTP API (default: its local socket <data>/" + daemon.SocketFile + " when there, else this)", Sources: cli.EnvVars("NASREACH_SERVER")},
+		&cli.StringFlag{Name: "admin-token", Usage: "admin token for --server (default: read from <data>/admin.token)", Sources: cli.EnvVars("NASREACH_ADMIN_TOKEN")},
+		&cli.StringFlag{Name: "data", Value: defaultDataDir, Usage: "the daemon's data directory, to find its local socket or admin.token", Sources: cli.EnvVars("NASREACH_DATA", "STATE_DIRECTORY")},
 	}
 	return &cli.Command{
 		Name:  "device",
@@ -52,9 +53,19 @@ func deviceCommand() *cli.Command {
 	}
 }
 
-// newAPIClient is the API client the admin commands use: --server, with the
-// admin token from --admin-token or the daemon's data directory.
+// newAPIClient is the API client the admin commands use: the daemon's local
+// socket, or --server with the admin token from --admin-token or the
+// daemon's data directory.
 func newAPIClient(cmd *cli.Command) (*client.Client, error) {
+	// The local socket needs no token and is never locked out by failed
+	// logins from the network; it is there when the daemon runs on this
+	// machine and this user may open its data directory.
+	if !cmd.IsSet("server") && !cmd.IsSet("admin-token") {
+		sock := filepath.Join(cmd.String("data"), daemon.SocketFile)
+		if info, err := os.Stat(sock); err == nil && info.Mode().Type() == fs.ModeSocket {
+			return client.New(client.Config{Socket: sock})
+		}
+	}
 	token := cmd.String("admin-token")
 	if token == "" {
 		file := filepath.Join(cmd.String("data"), daemon.AdminTokenFile)
