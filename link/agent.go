@@ -214,7 +214,7 @@ func (a *Agent) run() {
 			failures = 4 // a refusal will not go away in a second
 		}
 		d := backoff(a.cfg.MinBackoff, a.cfg.MaxBackoff, failures)
-		a.log.Warn().Err(err).Dur("retry_in", d).Msg("link relay connection ended")
+		a.log.Warn().Err(err).Int64("retry_in_ms", d.Milliseconds()).Msg("link relay connection ended")
 		t := time.NewTimer(d)
 		select {
 		case <-a.ctx.Done():
