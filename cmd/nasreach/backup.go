@@ -24,7 +24,7 @@ func backupCommand() *cli.Command {
 		Name:  "backup",
 		Usage: "write a consistent snapshot of the running daemon's store and delete snapshots past retention",
 		Flags: append(deviceCommand().Flags,
-			&cli.StringFlag{Name: "out", Required: true, Usage: "directory for snapshots (nasreach-YYYY-MM-DD.db)"},
+			&cli.StringFlag{Name: "out", Required: true, Usage: "directory for snapshots (nasreach-YYYY-MM-DD.db; a second one on a day .2.db, and so on)"},
 			&cli.DurationFlag{Name: "retention", Value: connlog.DefaultRetention, Usage: "delete snapshots older than this (default six months)"},
 		),
 		Action: runBackup,
@@ -41,12 +41,11 @@ func runBackup(ctx context.Context, cmd *cli.Command) error {
 		return fmt.Errorf("create backup directory: %w", err)
 	}
 	now := time.Now().UTC()
-	final := filepath.Join(dir, backupPrefix+now.Format(time.DateOnly)+".db")
 	tmp, err := os.CreateTemp(dir, ".partial-*")
 	if err != nil {
 		return fmt.Errorf("create snapshot file: %w", err)
 	}
-	defer os.Remove(tmp.Name()) // after the rename this removes nothing
+	defer os.Remove(tmp.Name()) // the kept snapshot is a link of its own
 	snapshot, err := c.Backup(ctx)
 	if err != nil {
 		tmp.Close()
@@ -61,8 +60,9 @@ func runBackup(ctx context.Context, cmd *cli.Command) error {
 	if err := checkSnapshot(tmp.Name()); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp.Name(), final); err != nil {
-		return fmt.Errorf("store snapshot: %w", err)
+	final, err := keepSnapshot(tmp.Name(), dir, now)
+	if err != nil {
+		return err
 	}
 	removed, err := connlog.RemoveDatedBefore(dir, backupPrefix, now.Add(-cmd.Duration("retention")))
 	if err != nil {
@@ -74,6 +74,29 @@ func runBackup(ctx context.Context, cmd *cli.Command) error {
 		fmt.Fprintf(w, "deleted %s (past retention)\n", r)
 	}
 	return nil
+}
+
+// keepSnapshot gives the checked snapshot tmp its name in dir: the day's
+// nasreach-YYYY-MM-DD.db, or, when a snapshot of that day is there already,
+// the next free nasreach-YYYY-MM-DD.N.db. A link never replaces a file, so
+// a second backup on one day cannot overwrite the first.
+func keepSnapshot(tmp, dir string, now time.Time) (string, error) {
+	day := backupPrefix + now.Format(time.DateOnly)
+	for n := 1; n < 1000; n++ {
+		name := day + ".db"
+		if n > 1 {
+			name = fmt.Sprintf("%s.%d.db", day, n)
+		}
+		final := filepath.Join(dir, name)
+		err := os.Link(tmp, final)
+		if err == nil {
+			return final, nil
+		}
+		if !errors.Is(err, os.ErrExist) {
+			return "", fmt.Errorf("store snapshot: %w", err)
+		}
+	}
+	return "", fmt.Errorf("store snapshot: %s already holds 999 snapshots of %s", dir, now.Format(time.DateOnly))
 }
 
 // checkSnapshot opens a downloaded snapshot read-only and checks every page,

@@ -19,23 +19,7 @@ import (
 // from the network cannot block; over HTTP the block holds for every call.
 func TestOperatorIsNotLockedOutByFailedLogins(t *testing.T) {
 	clearCLIEnv(t)
-	data, err := os.MkdirTemp("", "nr") // short: a socket path has at most 107 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(data) })
-	d, err := daemon.New(daemon.Config{
-		DataDir: data, Zone: "example.net",
-		DNSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		d.Shutdown(ctx)
-	})
+	data, d := startLocalDaemon(t)
 	if info, err := os.Stat(filepath.Join(data, daemon.SocketFile)); err != nil || info.Mode().Perm() != 0o600 {
 		t.Fatalf("local socket: %v, mode %v; want mode 0600", err, info.Mode().Perm())
 	}
@@ -59,5 +43,68 @@ func TestOperatorIsNotLockedOutByFailedLogins(t *testing.T) {
 	backups := t.TempDir()
 	if err := newApp(&out, &errOut).Run(context.Background(), []string{"nasreach", "backup", "--data", data, "--out", backups}); err != nil {
 		t.Fatalf("backup on the daemon's machine: %v\n%s", err, errOut.String())
+	}
+}
+
+// startLocalDaemon runs a daemon in a data directory short enough for its
+// local socket (a Unix socket path has at most 107 bytes) and returns the
+// directory.
+func startLocalDaemon(t *testing.T) (string, *daemon.Daemon) {
+	t.Helper()
+	data, err := os.MkdirTemp("", "nr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(data) })
+	d, err := daemon.New(daemon.Config{
+		DataDir: data, Zone: "example.net",
+		DNSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		d.Shutdown(ctx)
+	})
+	return data, d
+}
+
+// TestASecondBackupOnADayKeepsTheFirst: the second snapshot of a day used to
+// replace the first without a word.
+func TestASecondBackupOnADayKeepsTheFirst(t *testing.T) {
+	clearCLIEnv(t)
+	data, _ := startLocalDaemon(t)
+	out := t.TempDir()
+	var printed []string
+	for i := range 3 {
+		if i == 1 {
+			if _, _, err := runCLI(t, []string{"--data", data}, "add", "nas1"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var stdout, stderr strings.Builder
+		if err := newApp(&stdout, &stderr).Run(context.Background(), []string{"nasreach", "backup", "--data", data, "--out", out}); err != nil {
+			t.Fatalf("backup %d: %v\n%s", i+1, err, stderr.String())
+		}
+		printed = append(printed, stdout.String())
+	}
+	day := time.Now().UTC().Format(time.DateOnly)
+	for i, name := range []string{"nasreach-" + day + ".db", "nasreach-" + day + ".2.db", "nasreach-" + day + ".3.db"} {
+		if _, err := os.Stat(filepath.Join(out, name)); err != nil {
+			t.Errorf("backup %d: %v", i+1, err)
+		}
+		if !strings.Contains(printed[i], name) {
+			t.Errorf("backup %d printed %q, want it to name %s", i+1, printed[i], name)
+		}
+	}
+	first, _ := os.ReadFile(filepath.Join(out, "nasreach-"+day+".db"))
+	second, _ := os.ReadFile(filepath.Join(out, "nasreach-"+day+".2.db"))
+	if len(first) == 0 || string(first) == string(second) {
+		t.Error("the first snapshot of the day does not hold the store as it was before nas1 was added")
+	}
+	if ents, _ := os.ReadDir(out); len(ents) != 3 {
+		t.Errorf("%d files in the backup directory, want the 3 snapshots and no leftovers", len(ents))
 	}
 }
