@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -105,4 +106,17 @@ func LoadRecipients(path string) ([]age.Recipient, error) {
 		return nil, fmt.Errorf("public key file %s: %w", path, err)
 	}
 	return rs, nil
+}
+
+// Files lists the connection log files in dir, oldest day first, as paths.
+func Files(dir string) ([]string, error) {
+	files, err := datedFiles(dir, filePrefix)
+	if err != nil {
+		return nil, err
+	}
+	paths := make([]string, len(files))
+	for i, f := range files {
+		paths[i] = filepath.Join(dir, f.name)
+	}
+	return paths, nil
 }

@@ -38,7 +38,10 @@ func logsCommand() *cli.Command {
 				Action: logsStats,
 			},
 			{
-				Name: "read", Usage: "print the records of log files as JSON lines, decrypting with --key", ArgsUsage: "FILE...",
+				Name: "read", Usage: "print the records of log files as JSON lines, decrypting with --key", ArgsUsage: "[FILE...]",
+				Description: "Without FILE, every log file in the log directory (--dir, default <data>/logs), oldest first;\n" +
+					"a FILE given by name alone is looked for there too.\n\n" +
+					"Example: nasreach logs read --dir /var/log/nasreach --key ~/nasreach-logs.key conn-2026-12-01.jsonl.age",
 				Flags: dirFlags, Action: logsRead,
 			},
 			{
@@ -100,8 +103,9 @@ func logsStats(_ context.Context, cmd *cli.Command) error {
 }
 
 func logsRead(_ context.Context, cmd *cli.Command) error {
-	if cmd.Args().Len() == 0 {
-		return errors.New("read: name at least one log FILE")
+	files, err := logFiles(cmd)
+	if err != nil {
+		return err
 	}
 	ids, err := identities(cmd)
 	if err != nil {
@@ -110,12 +114,37 @@ func logsRead(_ context.Context, cmd *cli.Command) error {
 	w := bufio.NewWriter(cmd.Root().Writer)
 	defer w.Flush()
 	enc := json.NewEncoder(w)
-	for _, f := range cmd.Args().Slice() {
+	for _, f := range files {
 		if err := connlog.ReadFile(f, ids, func(r connlog.Record) error { return enc.Encode(r) }); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// logFiles are the files logs read prints: those named (a bare name that is
+// not in the working directory is taken from the log directory), or every
+// log file in the log directory.
+func logFiles(cmd *cli.Command) ([]string, error) {
+	dir := logDir(cmd)
+	if cmd.Args().Len() == 0 {
+		files, err := connlog.Files(dir)
+		if err != nil {
+			return nil, fmt.Errorf("read: %w", err)
+		}
+		if len(files) == 0 {
+			return nil, fmt.Errorf("read: no connection log files in %s (see --dir)", dir)
+		}
+		return files, nil
+	}
+	var files []string
+	for _, f := range cmd.Args().Slice() {
+		if _, err := os.Stat(f); errors.Is(err, os.ErrNotExist) && filepath.Base(f) == f {
+			f = filepath.Join(dir, f)
+		}
+		files = append(files, f)
+	}
+	return files, nil
 }
 
 func logsKeygen(_ context.Context, cmd *cli.Command) error {
