@@ -19,33 +19,12 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nasreach/nasreach/internal/testutil"
 )
 
 // toolTimeout bounds every external command.
 const toolTimeout = 30 * time.Second
-
-// needBinary returns the path of an external program the test drives. When it
-// is missing the test is skipped locally but fails under CI (CI is set), where
-// `make test-deps` installs ddclient, inadyn and dnsutils.
-func needBinary(t *testing.T, name string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	// inadyn lives in /usr/sbin, which a non-root PATH often lacks.
-	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin"} {
-		p := filepath.Join(dir, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
-			return p
-		}
-	}
-	msg := fmt.Sprintf("%s is not installed; `make test-deps` installs it (Debian packages: ddclient inadyn dnsutils)", name)
-	if os.Getenv("CI") != "" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-	return ""
-}
 
 // transcripts holds, per test, every external command and its output, so
 // that a failing test logs them in the order they ran.
@@ -133,7 +112,7 @@ func portOf(t *testing.T, addr string) string {
 // and returns its output.
 func (td *testDaemon) digOutput(args ...string) string {
 	td.t.Helper()
-	bin := needBinary(td.t, "dig")
+	bin := testutil.NeedTool(td.t, "dig")
 	argv := append([]string{"-r", "@127.0.0.1", "-p", portOf(td.t, td.DNS), "+time=2", "+tries=1"}, args...)
 	out, err := runTool(td.t, bin, argv...)
 	if err != nil {
@@ -180,7 +159,7 @@ password=%s
 // returns its output and exit error.
 func ddclient(t *testing.T, conf, cache string, extra ...string) (string, error) {
 	t.Helper()
-	bin := needBinary(t, "ddclient")
+	bin := testutil.NeedTool(t, "ddclient")
 	args := append([]string{"-daemon=0", "-foreground", "-noquiet", "-verbose", "-file", conf, "-cache", cache}, extra...)
 	return runTool(t, bin, args...)
 }
@@ -196,7 +175,7 @@ func ddclientSucceeded(t *testing.T, out string, err error, host, ip string) {
 }
 
 func TestInteropDdclientUpdatesAddress(t *testing.T) {
-	needBinary(t, "ddclient")
+	testutil.NeedTool(t, "ddclient")
 	td := startTestDaemon(t)
 	tok := td.addDevice("nas1")
 	host := deviceFQDN("nas1")
@@ -236,7 +215,7 @@ func TestInteropDdclientUpdatesAddress(t *testing.T) {
 }
 
 func TestInteropDdclientDetectsAddressFromOwnIPEndpoint(t *testing.T) {
-	needBinary(t, "ddclient")
+	testutil.NeedTool(t, "ddclient")
 	td := startTestDaemon(t)
 	tok := td.addDevice("nas1")
 	host := deviceFQDN("nas1")
@@ -285,7 +264,7 @@ func inadynCacheDir(t *testing.T, host, previous string) string {
 // cacheDir: without it inadyn would have asked the system resolver for host.
 func inadyn(t *testing.T, conf, cacheDir, host string) (string, error) {
 	t.Helper()
-	bin := needBinary(t, "inadyn")
+	bin := testutil.NeedTool(t, "inadyn")
 	out, err := runTool(t, bin, "--once", "--foreground", "--no-pidfile", "--loglevel=debug",
 		"--config="+conf, "--cache-dir="+cacheDir)
 	if !regexp.MustCompile(`Cached IP# \S+ for ` + regexp.QuoteMeta(host) + ` from previous invocation`).MatchString(out) {
@@ -304,7 +283,7 @@ func inadynSucceeded(t *testing.T, out string, err error, host, ip string) {
 }
 
 func TestInteropInadynUpdatesAddress(t *testing.T) {
-	needBinary(t, "inadyn")
+	testutil.NeedTool(t, "inadyn")
 	td := startTestDaemon(t)
 	tok := td.addDevice("nas1")
 	host := deviceFQDN("nas1")
@@ -337,7 +316,7 @@ func TestInteropInadynUpdatesAddress(t *testing.T) {
 }
 
 func TestInteropInadynDetectsAddressFromOwnIPEndpoint(t *testing.T) {
-	needBinary(t, "inadyn")
+	testutil.NeedTool(t, "inadyn")
 	td := startTestDaemon(t)
 	tok := td.addDevice("nas1")
 	host := deviceFQDN("nas1")
@@ -353,7 +332,7 @@ func TestInteropInadynDetectsAddressFromOwnIPEndpoint(t *testing.T) {
 }
 
 func TestInteropInadynUpdatesIPv6AndKeepsIPv4(t *testing.T) {
-	needBinary(t, "inadyn")
+	testutil.NeedTool(t, "inadyn")
 	td := startTestDaemon(t)
 	tok := td.addDevice("nas1")
 	host := deviceFQDN("nas1")
@@ -367,7 +346,7 @@ func TestInteropInadynUpdatesIPv6AndKeepsIPv4(t *testing.T) {
 }
 
 func TestInteropDigOverTCPAndNXDOMAIN(t *testing.T) {
-	needBinary(t, "dig")
+	testutil.NeedTool(t, "dig")
 	td := startTestDaemon(t)
 	tok := td.addDevice("nas1")
 	td.dyndns2("nas1", tok, deviceFQDN("nas1"), "203.0.113.40", "good 203.0.113.40")

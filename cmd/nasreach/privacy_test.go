@@ -11,35 +11,18 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/daemon"
+	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/store"
 	bolt "go.etcd.io/bbolt"
 )
 
-// fakeClock is a settable clock shared by the daemon's components.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-func withClock(c *fakeClock) func(*daemon.Config) {
+// withClock makes c the daemon's clock.
+func withClock(c *testutil.Clock) func(*daemon.Config) {
 	return func(cfg *daemon.Config) { cfg.Now = c.Now }
 }
 
@@ -126,7 +109,7 @@ func TestUnregisterDeletesEverythingAtOnce(t *testing.T) {
 }
 
 func TestDeletedNameIsQuarantinedThenFree(t *testing.T) {
-	clk := &fakeClock{t: time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)}
+	clk := testutil.NewClock(time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC))
 	td := startTestDaemon(t, withClock(clk))
 	token := td.addDevice("nas1")
 	td.do(http.MethodDelete, "/v1/devices/nas1", token, nil)
@@ -145,7 +128,7 @@ func TestDeletedNameIsQuarantinedThenFree(t *testing.T) {
 }
 
 func TestUninitializedDeviceExpiresWithAllItsData(t *testing.T) {
-	clk := &fakeClock{t: time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)}
+	clk := testutil.NewClock(time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC))
 	td := startTestDaemon(t, withClock(clk))
 	create := func(name string) string {
 		code, body := td.do(http.MethodPost, "/v1/devices", td.Admin, map[string]string{"name": name, "state": "uninitialized"})
@@ -267,7 +250,7 @@ func documentedFields(t *testing.T) map[string]bool {
 }
 
 func TestStoreHoldsOnlyDocumentedFields(t *testing.T) {
-	clk := &fakeClock{t: time.Now().UTC()}
+	clk := testutil.NewClock(time.Now().UTC())
 	td := startTestDaemon(t, withClock(clk), func(c *daemon.Config) {
 		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 	})

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nasreach/nasreach/daemon"
+	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/turnserver"
 	"github.com/rs/zerolog"
 )
@@ -176,7 +177,7 @@ func TestReloadChangesTURNUsers(t *testing.T) {
 // could read it) reaches neither the data directory nor the daemon's own log,
 // even at debug level.
 func TestTURNPayloadIsNeverStoredOrLogged(t *testing.T) {
-	var daemonLog lockedBuffer
+	var daemonLog testutil.Buffer
 	// Commands run in-process by other tests leave zerolog's global level
 	// wherever their --log-level put it.
 	prev := zerolog.GlobalLevel()
