@@ -14,13 +14,14 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/daemon"
+	"github.com/nasreach/nasreach/daemon/daemontest"
 	"github.com/nasreach/nasreach/store"
 )
 
 func TestBackupSnapshotRestoresAndOldSnapshotsExpire(t *testing.T) {
-	td := startTestDaemon(t)
-	token := td.addDevice("nas1")
-	td.do(http.MethodPut, "/v1/devices/nas1/address", token, map[string]string{"ipv4": "198.51.100.61"})
+	td := daemontest.Start(t)
+	token := td.AddDevice("nas1")
+	td.Do(http.MethodPut, "/v1/devices/nas1/address", token, map[string]string{"ipv4": "198.51.100.61"})
 	out := t.TempDir()
 	old := filepath.Join(out, "nasreach-2020-01-01.db")
 	os.WriteFile(old, []byte("old"), 0o600)
@@ -40,12 +41,12 @@ func TestBackupSnapshotRestoresAndOldSnapshotsExpire(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(restored, store.FileName), b, 0o600)
-	td2 := startTestDaemon(t, func(c *daemon.Config) { c.DataDir = restored })
-	r := td2.query("udp", "nas1.myqnapcloud.com", dns.TypeA)
+	td2 := daemontest.Start(t, func(c *daemon.Config) { c.DataDir = restored })
+	r := td2.Query("udp", "nas1.myqnapcloud.com", dns.TypeA)
 	if len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != "198.51.100.61" {
 		t.Fatalf("restored daemon answers %v", r.Answer)
 	}
-	if code, _ := td2.do(http.MethodGet, "/v1/devices/nas1", token, nil); code != http.StatusOK {
+	if code, _ := td2.Do(http.MethodGet, "/v1/devices/nas1", token, nil); code != http.StatusOK {
 		t.Fatalf("device token after restore: HTTP %d", code)
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/daemon"
+	"github.com/nasreach/nasreach/daemon/daemontest"
 	"github.com/rs/zerolog"
 )
 
@@ -226,7 +227,7 @@ func TestEveryServeFlagIsADaemonSetting(t *testing.T) {
 // at once: those with a live setter are applied, all others are reported.
 func TestReloadReportsEveryOtherSettingAsNeedingARestart(t *testing.T) {
 	var level zerolog.Level = -99
-	td := startTestDaemon(t, func(c *daemon.Config) {
+	td := daemontest.Start(t, func(c *daemon.Config) {
 		c.LogLevel = zerolog.InfoLevel
 		c.SetLogLevel = func(l zerolog.Level) { level = l }
 	})
@@ -240,7 +241,7 @@ func TestReloadReportsEveryOtherSettingAsNeedingARestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	applied, restart := td.d.Reload(next)
+	applied, restart := td.Daemon.Reload(next)
 	// The test daemon's Link limits are zero (the defaults), so all four
 	// change together.
 	wantApplied := []string{"exact-names", "link-max-agents", "link-max-streams", "link-stream-burst", "link-stream-rate",
@@ -257,7 +258,7 @@ func TestReloadReportsEveryOtherSettingAsNeedingARestart(t *testing.T) {
 		}
 	}
 	// What needs a restart was not applied: the next reload reports it again.
-	if _, again := td.d.Reload(next); !slices.Equal(again, restart) {
+	if _, again := td.Daemon.Reload(next); !slices.Equal(again, restart) {
 		t.Errorf("second reload needs restart %v, want %v again", again, restart)
 	}
 }

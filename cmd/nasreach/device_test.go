@@ -1,6 +1,6 @@
 package main
 
-// The device subcommand against a daemon running in process:
+// The device subcommand against a daemon running in process (daemontest):
 // what it prints, and that what it does shows in DNS.
 
 import (
@@ -17,6 +17,7 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/daemon"
+	"github.com/nasreach/nasreach/daemon/daemontest"
 )
 
 // clearCLIEnv removes the environment variables the device command reads, so
@@ -42,7 +43,7 @@ func runCLI(t *testing.T, deviceFlags []string, args ...string) (stdout, stderr 
 
 func TestE2EDeviceCLI(t *testing.T) {
 	clearCLIEnv(t)
-	td := startTestDaemon(t)
+	td := daemontest.Start(t)
 	admin := []string{"--server", td.HTTP, "--admin-token", td.Admin}
 	run := func(flags []string, args ...string) string {
 		t.Helper()
@@ -60,8 +61,8 @@ func TestE2EDeviceCLI(t *testing.T) {
 	}
 	token := m[1]
 	// The printed token is the one the NAS needs.
-	td.dyndns2("nas9", token, deviceFQDN("nas9"), "203.0.113.9", "good 203.0.113.9")
-	td.wantAnswer("udp", deviceFQDN("nas9"), dns.TypeA, netip.MustParseAddr("203.0.113.9"))
+	td.DynDNS2("nas9", token, daemontest.FQDN("nas9"), "203.0.113.9", "good 203.0.113.9")
+	td.WantAnswer("udp", daemontest.FQDN("nas9"), dns.TypeA, netip.MustParseAddr("203.0.113.9"))
 
 	out = run(admin, "list")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
@@ -85,11 +86,11 @@ func TestE2EDeviceCLI(t *testing.T) {
 	if out = run(admin, "set", "--ddns=false", "nas9"); out != "nas9: ddns off, link on, access public, state active\n" {
 		t.Errorf("device set --ddns=false printed %q", out)
 	}
-	td.wantNXDOMAIN("udp", deviceFQDN("nas9"), dns.TypeA)
+	td.WantNXDOMAIN("udp", daemontest.FQDN("nas9"), dns.TypeA)
 	if out = run(admin, "set", "--ddns", "nas9"); out != "nas9: ddns on, link on, access public, state active\n" {
 		t.Errorf("device set --ddns printed %q", out)
 	}
-	td.wantAnswer("udp", deviceFQDN("nas9"), dns.TypeA, netip.MustParseAddr("203.0.113.9"))
+	td.WantAnswer("udp", daemontest.FQDN("nas9"), dns.TypeA, netip.MustParseAddr("203.0.113.9"))
 	if _, _, err := runCLI(t, admin, "set", "nas9"); err == nil || !strings.Contains(err.Error(), "give at least one of --ddns") {
 		t.Errorf("device set without a switch: err %v, want one naming the switches", err)
 	}
@@ -115,7 +116,7 @@ func TestE2EDeviceCLI(t *testing.T) {
 	if out = run(admin, "rm", "nas9"); out != "deleted nas9\n" {
 		t.Errorf("device rm printed %q", out)
 	}
-	td.wantNXDOMAIN("udp", deviceFQDN("nas9"), dns.TypeA)
+	td.WantNXDOMAIN("udp", daemontest.FQDN("nas9"), dns.TypeA)
 	if _, _, err := runCLI(t, admin, "show", "nas9"); err == nil || !strings.Contains(err.Error(), "no such device (HTTP 404)") {
 		t.Errorf("device show after rm: err %v, want no such device (HTTP 404)", err)
 	}

@@ -14,13 +14,14 @@ import (
 	"testing"
 
 	"github.com/nasreach/nasreach/daemon"
+	"github.com/nasreach/nasreach/daemon/daemontest"
 )
 
 func TestConnectionLogHoldsOnlyMaskedAddresses(t *testing.T) {
-	td := startTestDaemon(t, func(c *daemon.Config) {
+	td := daemontest.Start(t, func(c *daemon.Config) {
 		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 	})
-	token := td.addDevice("nas1")
+	token := td.AddDevice("nas1")
 	for _, tc := range []struct{ user, pass, from string }{
 		{"nas1", token, "198.51.100.77"},
 		{"nas1", "wrong", "203.0.113.201"},
@@ -35,7 +36,7 @@ func TestConnectionLogHoldsOnlyMaskedAddresses(t *testing.T) {
 		}
 		resp.Body.Close()
 	}
-	td.stop() // flushes the log
+	td.Stop() // flushes the log
 	files, _ := filepath.Glob(filepath.Join(td.Dir, "logs", "conn-*.jsonl"))
 	if len(files) != 1 {
 		t.Fatalf("want one daily log file, got %v", files)
