@@ -23,7 +23,9 @@ import (
 const Zone = "myqnapcloud.com"
 
 // Daemon is a whole nasreach daemon started in-process on 127.0.0.1 with
-// port 0 everywhere and its data in a temporary directory.
+// port 0 everywhere and its data in a temporary directory. The address
+// fields are those of the running daemon: Restart binds fresh ports, so read
+// them again after it.
 type Daemon struct {
 	T       *testing.T
 	Daemon  *daemon.Daemon // the running daemon; nil once stopped
@@ -55,6 +57,10 @@ func Start(t *testing.T, mods ...func(*daemon.Config)) *Daemon {
 	return td
 }
 
+// start starts the daemon on td.cfg and reads back where it listens. The
+// config keeps its port-0 addresses, so a restart binds fresh ports rather
+// than binding again ports just freed, which another test or process may
+// have taken in between.
 func (td *Daemon) start() {
 	td.T.Helper()
 	d, err := daemon.New(td.cfg)
@@ -66,15 +72,11 @@ func (td *Daemon) start() {
 	td.DNS = a.DNS.String()
 	td.HTTP = "http://" + a.HTTP.String()
 	td.Metrics = "http://" + a.Metrics.String()
-	// Keep the ports on restart so clients configured once keep working.
-	td.cfg.DNSAddr, td.cfg.HTTPAddr, td.cfg.MetricsAddr = td.DNS, a.HTTP.String(), a.Metrics.String()
 	if a.STUN.IsValid() {
 		td.STUN = a.STUN.String()
-		td.cfg.TURN.Addr = td.STUN
 	}
 	if a.Link.IsValid() {
 		td.Link = a.Link.String()
-		td.cfg.Link.Addr = td.Link
 	}
 }
 
@@ -103,7 +105,8 @@ func (td *Daemon) Stop() {
 }
 
 // Restart stops the daemon if it runs and starts it again on the same data
-// and ports.
+// directory and config, on fresh loopback ports: the address fields change,
+// and a client must be pointed at them again.
 func (td *Daemon) Restart() {
 	td.T.Helper()
 	td.Stop()
