@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -17,6 +18,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/daemon"
 	"github.com/nasreach/nasreach/daemon/daemontest"
+	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/rs/zerolog"
 )
 
@@ -102,29 +104,29 @@ func TestDefaultConfigIsCommittedAndEveryKeyParses(t *testing.T) {
 	}
 }
 
-// readyAddr waits for the daemon's "nasreach ready" log line and returns a field.
-func readyField(t *testing.T, p *nasreachProcess, field string) string {
+// logField waits for the first record with message in log, the JSON lines
+// of a subcommand or of the daemon, and returns its field.
+func logField(t *testing.T, log *testutil.Buffer, message, field string) string {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		for _, line := range strings.Split(p.stderr.String(), "\n") {
+	var value string
+	testutil.WaitFor(t, 30*time.Second, fmt.Sprintf("a %q record in the log", message), func() bool {
+		for _, line := range strings.Split(log.String(), "\n") {
 			var rec map[string]any
-			if json.Unmarshal([]byte(line), &rec) == nil && rec["message"] == "nasreach ready" {
-				s, _ := rec[field].(string)
-				return s
+			if json.Unmarshal([]byte(line), &rec) == nil && rec["message"] == message {
+				value, _ = rec[field].(string)
+				return true
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("daemon never logged ready:\n%s", p.stderr)
-	return ""
+		return false
+	})
+	return value
 }
 
 func TestReloadChangesTTLWithoutLosingAQuery(t *testing.T) {
 	bin := buildNasreach(t)
 	file := writeConfig(t, "ttl = \"60s\"\n")
 	p := startNasreach(t, bin, "NASREACH_CONFIG="+file)
-	addr := readyField(t, p, "dns")
+	addr := logField(t, p.stderr, "nasreach ready", "dns")
 	ttlNow := func(c *dns.Client) (uint32, error) {
 		m := new(dns.Msg).SetQuestion("nobody.myqnapcloud.com.", dns.TypeA)
 		r, _, err := c.Exchange(m, addr)

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -22,10 +21,11 @@ import (
 )
 
 // runLinkCLI runs the agent or connect subcommand in the background until the
-// test ends.
-func runLinkCLI(t *testing.T, args ...string) {
+// test ends and returns its log, which the test shows if it fails.
+func runLinkCLI(t *testing.T, args ...string) *testutil.Buffer {
 	t.Helper()
-	app := &cli.Command{Name: "nasreach", Writer: io.Discard, ErrWriter: io.Discard,
+	log := &testutil.Buffer{}
+	app := &cli.Command{Name: "nasreach", Writer: io.Discard, ErrWriter: log,
 		Commands: []*cli.Command{agentCommand(), connectCommand()}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -40,18 +40,11 @@ func runLinkCLI(t *testing.T, args ...string) {
 		case <-time.After(10 * time.Second):
 			t.Errorf("nasreach %s did not stop within 10s", args[0])
 		}
+		if t.Failed() {
+			t.Logf("nasreach %s log:\n%s", args[0], log)
+		}
 	})
-}
-
-// linkFreePort returns a loopback address that was free a moment ago, for a
-// subcommand that takes --listen.
-func linkFreePort(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return log
 }
 
 func TestAgentAndConnectCommandsServeHTTPThroughTheDaemonsRelay(t *testing.T) {
@@ -81,9 +74,11 @@ func TestAgentAndConnectCommandsServeHTTPThroughTheDaemonsRelay(t *testing.T) {
 	}
 
 	known := filepath.Join(t.TempDir(), "known_devices")
-	listen := linkFreePort(t)
-	runLinkCLI(t, "connect", "--server", tl.Relay.Addr().String(), "--relay-fingerprint", tl.Fingerprint, "nas1:443",
-		"--listen", listen, "--known-devices", known, "--log-level", "error")
+	// connect binds port 0 itself and logs the address: no port is freed
+	// and bound again, which another process could take in between.
+	connectLog := runLinkCLI(t, "connect", "--server", tl.Relay.Addr().String(), "--relay-fingerprint", tl.Fingerprint, "nas1:443",
+		"--listen", "127.0.0.1:0", "--known-devices", known, "--log-level", "info", "--log-format", "json")
+	listen := logField(t, connectLog, "forwarding connections", "listen")
 	var body string
 	testutil.WaitFor(t, 10*time.Second, "a GET through connect", func() bool {
 		resp, err := (&http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}).Get("http://" + listen + "/")
