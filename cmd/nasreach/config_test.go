@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -142,46 +143,45 @@ func TestReloadChangesTTLWithoutLosingAQuery(t *testing.T) {
 	if ttl, err := ttlNow(c); err != nil || ttl != 60 {
 		t.Fatalf("before reload: ttl %d, %v", ttl, err)
 	}
-	// A bounded query loop runs across the reload; every query must be answered.
-	var sent, failed atomic.Int64
+	// A query loop runs across the reload; every query must be answered.
+	var sent, failed, newTTL atomic.Int64
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		lc := &dns.Client{Net: "udp", Timeout: time.Second}
-		for i := 0; i < 20000; i++ {
+		for {
 			select {
 			case <-stop:
 				return
 			default:
 			}
 			sent.Add(1)
-			if _, err := ttlNow(lc); err != nil {
+			switch ttl, err := ttlNow(lc); {
+			case err != nil:
 				failed.Add(1)
+			case ttl == 300:
+				newTTL.Add(1)
 			}
 		}
 	}()
-	time.Sleep(200 * time.Millisecond)
+	stopLoop := sync.OnceFunc(func() { close(stop); <-done })
+	defer stopLoop()
+	// The loop is under way before the reload…
+	testutil.WaitFor(t, 10*time.Second, "the query loop's first queries", func() bool { return sent.Load() >= 10 })
 	if err := os.WriteFile(file, []byte("ttl = \"300s\"\nzone = \"example.net\"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.WaitFor(t, 10*time.Second, "the TTL to be 300 after SIGHUP", func() bool {
 		ttl, err := ttlNow(c)
-		if err == nil && ttl == 300 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after SIGHUP the TTL is still %d (%v)", ttl, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	time.Sleep(200 * time.Millisecond)
-	close(stop)
-	<-done
+		return err == nil && ttl == 300
+	})
+	// …and goes on after it, answered with the new TTL.
+	testutil.WaitFor(t, 10*time.Second, "the query loop's answers with the new TTL", func() bool { return newTTL.Load() >= 10 })
+	stopLoop()
 	if failed.Load() != 0 || sent.Load() < 10 {
 		t.Fatalf("%d of %d queries failed across the reload", failed.Load(), sent.Load())
 	}
@@ -191,13 +191,9 @@ func TestReloadChangesTTLWithoutLosingAQuery(t *testing.T) {
 	// A broken file is refused whole; the daemon keeps serving what it had.
 	os.WriteFile(file, []byte("ttl = \"5s\"\nbogus = 1\n"), 0o600)
 	p.cmd.Process.Signal(syscall.SIGHUP)
-	deadline = time.Now().Add(10 * time.Second)
-	for !strings.Contains(p.stderr.String(), "reload refused") {
-		if time.Now().After(deadline) {
-			t.Fatalf("a broken config was not refused:\n%s", p.stderr)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.WaitFor(t, 10*time.Second, "the broken config to be refused (reload refused in the log)", func() bool {
+		return strings.Contains(p.stderr.String(), "reload refused")
+	})
 	if ttl, err := ttlNow(c); err != nil || ttl != 300 {
 		t.Fatalf("after a refused reload: ttl %d, %v; want 300 still", ttl, err)
 	}
