@@ -179,8 +179,8 @@ func TestReloadChangesTURNUsers(t *testing.T) {
 // even at debug level.
 func TestTURNPayloadIsNeverStoredOrLogged(t *testing.T) {
 	var daemonLog testutil.Buffer
-	// Commands run in-process by other tests leave zerolog's global level
-	// wherever their --log-level put it.
+	// zerolog's global level is the process's: whatever another test left
+	// it at must not hide the debug records this one looks through.
 	prev := zerolog.GlobalLevel()
 	zerolog.SetGlobalLevel(zerolog.DebugLevel)
 	t.Cleanup(func() { zerolog.SetGlobalLevel(prev) })

@@ -27,7 +27,7 @@ const Zone = "myqnapcloud.com"
 // fields are those of the running daemon: Restart binds fresh ports, so read
 // them again after it.
 type Daemon struct {
-	T       *testing.T
+	T       *testing.T     // the test it runs for, which its checks fail
 	Daemon  *daemon.Daemon // the running daemon; nil once stopped
 	cfg     daemon.Config
 	DNS     string // host:port for UDP and TCP
