@@ -33,9 +33,14 @@ var allowed = map[string][]string{
 	"link":     {"stun", "api/client", "internal/workgroup", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
 	"sdnotify": {},
 	"metrics":  {"connlog", "github.com/miekg/dns", "github.com/prometheus/client_golang", "github.com/prometheus/client_model", "github.com/rs/zerolog"},
-	// The daemon wires the servers together; nothing imports it but cmd.
+	// The daemon wires the servers together; nothing imports it but cmd and
+	// daemontest.
 	"daemon": {"store", "connlog", "api", "dnsserver", "metrics", "sdnotify", "stun", "turnserver", "linkserver",
 		"internal/certfile", "internal/listen", "internal/netaddr", "filippo.io/age", "github.com/miekg/dns", "github.com/rs/zerolog"},
+	// A daemon in process for the tests of daemon and cmd, and the clients
+	// they drive it with; only tests import it.
+	"daemon/daemontest": {"daemon", "link", "linkserver", "stun", "github.com/miekg/dns", "github.com/pion/turn/v5",
+		"github.com/rs/zerolog"},
 	// internal: one helper each, shared by the servers above.
 	"internal/netaddr":   {},
 	"internal/listen":    {"internal/netaddr", "golang.org/x/sys"},

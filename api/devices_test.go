@@ -13,10 +13,10 @@ import (
 	"reflect"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/store"
 )
 
@@ -25,31 +25,13 @@ const (
 	testAdmin = "admin-token-0123456789abcdef"
 )
 
-// clock is a settable clock shared by the store and the API under test.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // server is an API serving real HTTP on 127.0.0.1:0 over a real store.
 type server struct {
 	t     *testing.T
 	st    *store.Store
 	api   *API
-	url   string // http://127.0.0.1:port
-	clock *clock
+	url   string          // http://127.0.0.1:port
+	clock *testutil.Clock // shared by the store and the API
 }
 
 // startServer starts an API; mod adjusts its config first. Connections come
@@ -57,7 +39,7 @@ type server struct {
 // it wants with X-Forwarded-For.
 func startServer(t *testing.T, mod func(*Config)) *server {
 	t.Helper()
-	clk := &clock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	clk := testutil.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	st, err := store.Open(store.Config{Dir: t.TempDir(), Now: clk.Now, SweepEvery: -1})
 	if err != nil {
 		t.Fatal(err)

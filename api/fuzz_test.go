@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/store"
 )
 
@@ -96,7 +97,7 @@ func FuzzDyndns2Handler(f *testing.F) {
 		f.Add(seed, true)
 		f.Add(seed, false)
 	}
-	clk := &clock{t: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)}
+	clk := testutil.NewClock(time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC))
 	st, err := store.Open(store.Config{Dir: f.TempDir(), Now: clk.Now, SweepEvery: -1})
 	if err != nil {
 		f.Fatal(err)

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/nasreach/nasreach/internal/testutil"
 )
 
 // tight is a throttle small enough to trip in a test.
@@ -170,7 +172,7 @@ func TestRetryAfterTellsTheConfiguredWait(t *testing.T) {
 }
 
 func TestLimiterBlocksASourceThatReachesTheLimit(t *testing.T) {
-	clk := &clock{t: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)}
+	clk := testutil.NewClock(time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC))
 	a, b := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
 	l := newLimiter(3, time.Minute, 10*time.Minute, clk.Now)
 	steps := []struct {
@@ -196,7 +198,7 @@ func TestLimiterBlocksASourceThatReachesTheLimit(t *testing.T) {
 }
 
 func TestLimiterSweepForgetsOnlyWhatNoLongerMatters(t *testing.T) {
-	clk := &clock{t: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)}
+	clk := testutil.NewClock(time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC))
 	l := newLimiter(2, time.Minute, time.Hour, clk.Now)
 	quiet, blocked := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
 	l.add(quiet)
@@ -215,7 +217,7 @@ func TestLimiterSweepForgetsOnlyWhatNoLongerMatters(t *testing.T) {
 }
 
 func TestLimiterKeepsBlocksWhenManySourcesAreTracked(t *testing.T) {
-	clk := &clock{t: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)}
+	clk := testutil.NewClock(time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC))
 	l := newLimiter(1, time.Minute, time.Hour, clk.Now)
 	bad := netip.MustParseAddr("192.0.2.1")
 	l.add(bad)

@@ -7,23 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"filippo.io/age"
+	"github.com/nasreach/nasreach/internal/testutil"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
-
-// clock is a settable fake clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
 
 func newTestLog(t *testing.T, cfg Config) *Log {
 	t.Helper()
@@ -125,11 +116,11 @@ func TestFullQueueDropsAndCountsButNeverBlocks(t *testing.T) {
 
 func TestOneFilePerUTCDay(t *testing.T) {
 	dir := t.TempDir()
-	c := &clock{t: time.Date(2026, 3, 1, 23, 59, 0, 0, time.UTC)}
-	l := newTestLog(t, Config{Dir: dir, Now: c.now})
+	c := testutil.NewClock(time.Date(2026, 3, 1, 23, 59, 0, 0, time.UTC))
+	l := newTestLog(t, Config{Dir: dir, Now: c.Now})
 	l.Log(Event{Service: "ddns", Kind: "update"})
 	waitWritten(t, l, 1)
-	c.set(time.Date(2026, 3, 2, 0, 0, 1, 0, time.UTC))
+	c.Set(time.Date(2026, 3, 2, 0, 0, 1, 0, time.UTC))
 	l.Log(Event{Service: "ddns", Kind: "update"})
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
@@ -163,8 +154,8 @@ func TestRetentionDeletesFilesOlderThanSixMonths(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c := &clock{t: now}
-	l := newTestLog(t, Config{Dir: dir, Now: c.now})
+	c := testutil.NewClock(now)
+	l := newTestLog(t, Config{Dir: dir, Now: c.Now})
 	for _, n := range keep {
 		if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
 			t.Errorf("%s was deleted though it is within retention", n)
@@ -176,7 +167,7 @@ func TestRetentionDeletesFilesOlderThanSixMonths(t *testing.T) {
 		}
 	}
 	// A day later the next file falls out too.
-	c.set(now.Add(72 * time.Hour))
+	c.Set(now.Add(72 * time.Hour))
 	removed, err := l.Prune()
 	if err != nil || len(removed) != 1 || removed[0] != "conn-2026-05-24.jsonl" {
 		t.Fatalf("Prune three days later removed %v, %v; want conn-2026-05-24.jsonl", removed, err)
@@ -191,8 +182,8 @@ func TestDiskCapDeletesOldestDaysFirst(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c := &clock{t: now}
-	newTestLog(t, Config{Dir: dir, Now: c.now, MaxBytes: 2500})
+	c := testutil.NewClock(now)
+	newTestLog(t, Config{Dir: dir, Now: c.Now, MaxBytes: 2500})
 	if _, err := os.Stat(filepath.Join(dir, "conn-2026-11-20.jsonl")); err == nil {
 		t.Error("oldest day kept although the directory is over its cap")
 	}
@@ -251,14 +242,14 @@ func TestEncryptedLogIsUnreadableWithoutTheKey(t *testing.T) {
 
 func TestStatsHoldNoNamesOrAddressesUnlessAsked(t *testing.T) {
 	dir := t.TempDir()
-	c := &clock{t: time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)}
-	l := newTestLog(t, Config{Dir: dir, Now: c.now})
-	log := func(e Event) { e.Time = c.now(); l.Log(e) }
+	c := testutil.NewClock(time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC))
+	l := newTestLog(t, Config{Dir: dir, Now: c.Now})
+	log := func(e Event) { e.Time = c.Now(); l.Log(e) }
 	log(Event{Service: "ddns", Kind: "update", Outcome: "ok", Device: "alice-nas", Client: netip.MustParseAddr("198.51.100.7")})
 	log(Event{Service: "ddns", Kind: "update", Outcome: "badauth", Client: netip.MustParseAddr("198.51.100.8")})
 	log(Event{Service: "link", Kind: "session", Outcome: "ok", Device: "alice-nas", Client: netip.MustParseAddr("203.0.113.1"), BytesIn: 100, BytesOut: 5000})
 	waitWritten(t, l, 3)
-	c.set(c.now().Add(24 * time.Hour))
+	c.Set(c.Now().Add(24 * time.Hour))
 	log(Event{Service: "turn", Kind: "allocation", Outcome: "ok", Device: "bob-nas", Client: netip.MustParseAddr("2001:db8:1:2::3"), BytesIn: 1, BytesOut: 2})
 	if err := l.Close(); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package dnsserver
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -11,12 +10,12 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/rs/zerolog"
 )
 
@@ -37,7 +36,7 @@ func TestUDPReceiveBufferIsAtLeast2MiB(t *testing.T) {
 }
 
 func TestReceiveBufferShortfallIsLogged(t *testing.T) {
-	var log syncBuffer
+	var log testutil.Buffer
 	st := openStore(t)
 	// No kernel grants this much: the operator must be told.
 	startServer(t, Config{Source: st, ReceiveBuffer: math.MaxInt32, Logger: zerolog.New(&log)})
@@ -212,22 +211,4 @@ func kernelGrants(t *testing.T, size int) bool {
 		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, size)
 	})
 	return serr == nil
-}
-
-// syncBuffer is a bytes.Buffer safe for the server's goroutines to log into.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/link"
 	"github.com/nasreach/nasreach/linkserver"
 	"github.com/nasreach/nasreach/store"
@@ -227,14 +228,9 @@ func ctx10(t *testing.T) context.Context {
 }
 
 func TestHTTPGetThroughTunnelIsEncryptedEndToEnd(t *testing.T) {
-	var mu sync.Mutex
-	var seen bytes.Buffer
+	var seen testutil.Buffer
 	e := newEnv(t, func(c *linkserver.Config) {
-		c.Tap = func(_ string, _ bool, p []byte) {
-			mu.Lock()
-			seen.Write(p)
-			mu.Unlock()
-		}
+		c.Tap = func(_ string, _ bool, p []byte) { seen.Write(p) }
 	})
 	tok := e.addDevice("nas1")
 	e.agent("nas1", tok, map[uint16]string{443: httpBackend(t)})
@@ -244,9 +240,7 @@ func TestHTTPGetThroughTunnelIsEncryptedEndToEnd(t *testing.T) {
 	if got := get(t, "http://"+addr+path); got != secretBody+" for "+path {
 		t.Fatalf("body = %q", got)
 	}
-	mu.Lock()
-	forwarded := bytes.Clone(seen.Bytes())
-	mu.Unlock()
+	forwarded := seen.Bytes()
 	if len(forwarded) < 100 {
 		t.Fatalf("tap saw only %d bytes; is it wired?", len(forwarded))
 	}

@@ -10,26 +10,13 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nasreach/nasreach/internal/testutil"
 )
 
-// clock is a settable clock for Config.Now.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
+// newClock is a clock for Config.Now, at the same moment in every test.
+func newClock() *testutil.Clock {
+	return testutil.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 }
 
 // openStore opens a store in dir (a fresh temp dir when empty) and closes it

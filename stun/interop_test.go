@@ -3,32 +3,18 @@ package stun
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"regexp"
 	"testing"
 	"time"
-)
 
-// needTool returns the path of a third-party program the interop tests drive.
-// It skips when the program is missing, except in CI where missing is a
-// failure: the Makefile installs it (TEST_DEBS += coturn in mk/turn.mk).
-func needTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s is missing in CI: install the coturn Debian package (make test-deps)", name)
-		}
-		t.Skipf("%s not installed (Debian package coturn); skipping interop", name)
-	}
-	return p
-}
+	"github.com/nasreach/nasreach/internal/testutil"
+)
 
 var reflexiveRE = regexp.MustCompile(`UDP reflexive addr: (\S+)`)
 
 func TestCoturnStunclientLearnsItsAddress(t *testing.T) {
-	bin := needTool(t, "turnutils_stunclient")
+	bin := testutil.NeedTool(t, "turnutils_stunclient")
 	s := startServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -46,6 +46,7 @@ import (
 	"time"
 
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/stun"
 	pion "github.com/pion/stun/v4"
 	"github.com/rs/zerolog"
@@ -253,7 +254,7 @@ func startCoturn(t *testing.T, cpu string) *benchServer {
 	t.Helper()
 	dir := t.TempDir()
 	port := freePort(t)
-	cmd := benchCommand(context.Background(), "taskset", "-c", cpu, needTool(t, "turnserver"), "-n",
+	cmd := benchCommand(context.Background(), "taskset", "-c", cpu, testutil.NeedTool(t, "turnserver"), "-n",
 		"--no-cli", "--no-tls", "--no-dtls", "--no-tcp-relay", "--allow-loopback-peers",
 		"-L", "127.0.0.1", "-E", "127.0.0.1", "-p", strconv.Itoa(port),
 		"-a", "-u", benchUser+":"+benchPass, "-r", DefaultRealm,
@@ -272,7 +273,7 @@ func startCoturn(t *testing.T, cpu string) *benchServer {
 // 127.0.0.1 and returns its port once it echoes.
 func startBenchPeer(t *testing.T) int {
 	t.Helper()
-	bin := needTool(t, "turnutils_peer")
+	bin := testutil.NeedTool(t, "turnutils_peer")
 	for range 5 {
 		port := freePort(t)
 		cmd := benchCommand(context.Background(), bin, "-L", "127.0.0.1", "-p", strconv.Itoa(port))
@@ -516,8 +517,8 @@ func TestBenchTURN(t *testing.T) {
 	rounds := benchEnv("BENCH_TURN_ROUNDS", 2)
 	allocSeconds := benchEnv("BENCH_TURN_ALLOC_SECONDS", 5)
 	allocWorkers := benchEnv("BENCH_TURN_ALLOC_WORKERS", 32)
-	needTool(t, "turnutils_uclient")
-	needTool(t, "turnserver")
+	testutil.NeedTool(t, "turnutils_uclient")
+	testutil.NeedTool(t, "turnserver")
 
 	load, _ := os.ReadFile("/proc/loadavg")
 	pace := "unpaced (-z 0)"

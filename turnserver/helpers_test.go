@@ -13,8 +13,6 @@ import (
 	"math/big"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
 	"runtime"
 	"sync"
 	"testing"
@@ -365,20 +363,6 @@ func errorCode(m *pion.Message) int {
 		return -1
 	}
 	return int(code.Code)
-}
-
-// needTool returns the path of a coturn utility; it skips when the program is
-// missing, except in CI where the Makefile installs it (mk/turn.mk).
-func needTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s is missing in CI: install the coturn Debian package (make test-deps)", name)
-		}
-		t.Skipf("%s not installed (Debian package coturn); skipping interop", name)
-	}
-	return p
 }
 
 // selfSigned returns a TLS config with a fresh certificate for 127.0.0.1.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/stun"
 )
 
@@ -17,7 +18,7 @@ import (
 // 127.0.0.1 and returns its port once it echoes.
 func startCoturnPeer(t *testing.T) int {
 	t.Helper()
-	bin := needTool(t, "turnutils_peer")
+	bin := testutil.NeedTool(t, "turnutils_peer")
 	for attempt := 0; attempt < 5; attempt++ {
 		l, err := net.ListenPacket("udp", "127.0.0.1:0")
 		if err != nil {
@@ -71,7 +72,7 @@ func uclientCounts(t *testing.T, args ...string) (sent, received, lost int, out 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	out, err = exec.CommandContext(ctx, needTool(t, "turnutils_uclient"), args...).CombinedOutput()
+	out, err = exec.CommandContext(ctx, testutil.NeedTool(t, "turnutils_uclient"), args...).CombinedOutput()
 	if ctx.Err() != nil {
 		t.Fatalf("turnutils_uclient timed out:\n%s", out)
 	}
@@ -91,7 +92,7 @@ func uclientCounts(t *testing.T, args ...string) (sent, received, lost int, out 
 // relay: allocation, permissions, channels or Send indications, and data to
 // coturn's echo peer and back, over each transport and credential kind.
 func TestCoturnUclientThroughTheRelay(t *testing.T) {
-	needTool(t, "turnutils_uclient")
+	testutil.NeedTool(t, "turnutils_uclient")
 	const secret = "rest-secret"
 	tt := startTURN(t, func(c *Config) {
 		c.Secret = secret
@@ -138,7 +139,7 @@ func TestCoturnUclientThroughTheRelay(t *testing.T) {
 // client can still relay to another client of the same server, but its
 // ChannelBind to the echo peer on 127.0.0.1 gets 403.
 func TestCoturnUclientUnderTheDefaultPolicy(t *testing.T) {
-	needTool(t, "turnutils_uclient")
+	testutil.NeedTool(t, "turnutils_uclient")
 	tt := startTURN(t, func(c *Config) { c.AllowPeers = nil })
 	peer := startCoturnPeer(t)
 	base := []string{"-u", testUser, "-w", testPass, "-L", "127.0.0.1", "-X", "-c", "-n", "10", "-l", "100",
@@ -157,7 +158,7 @@ func TestCoturnUclientUnderTheDefaultPolicy(t *testing.T) {
 // TestCoturnStunclientOnTheTURNPort: coturn's STUN client learns its address
 // from the TURN port, answered by the stun package's Responder.
 func TestCoturnStunclientOnTheTURNPort(t *testing.T) {
-	bin := needTool(t, "turnutils_stunclient")
+	bin := testutil.NeedTool(t, "turnutils_stunclient")
 	r, err := stun.NewResponder(stun.ResponderConfig{})
 	if err != nil {
 		t.Fatal(err)

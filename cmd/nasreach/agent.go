@@ -77,7 +77,7 @@ func agentConfigFromFlags(cmd *cli.Command) (link.AgentConfig, error) {
 }
 
 func runAgent(ctx context.Context, cmd *cli.Command) error {
-	log, _, err := newLogger(cmd, os.Stderr)
+	log, _, err := newLogger(cmd, cmd.Root().ErrWriter)
 	if err != nil {
 		return err
 	}

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -16,6 +18,8 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/daemon"
+	"github.com/nasreach/nasreach/daemon/daemontest"
+	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/rs/zerolog"
 )
 
@@ -101,29 +105,29 @@ func TestDefaultConfigIsCommittedAndEveryKeyParses(t *testing.T) {
 	}
 }
 
-// readyAddr waits for the daemon's "nasreach ready" log line and returns a field.
-func readyField(t *testing.T, p *nasreachProcess, field string) string {
+// logField waits for the first record with message in log, the JSON lines
+// of a subcommand or of the daemon, and returns its field.
+func logField(t *testing.T, log *testutil.Buffer, message, field string) string {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		for _, line := range strings.Split(p.stderr.String(), "\n") {
+	var value string
+	testutil.WaitFor(t, 30*time.Second, fmt.Sprintf("a %q record in the log", message), func() bool {
+		for _, line := range strings.Split(log.String(), "\n") {
 			var rec map[string]any
-			if json.Unmarshal([]byte(line), &rec) == nil && rec["message"] == "nasreach ready" {
-				s, _ := rec[field].(string)
-				return s
+			if json.Unmarshal([]byte(line), &rec) == nil && rec["message"] == message {
+				value, _ = rec[field].(string)
+				return true
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("daemon never logged ready:\n%s", p.stderr)
-	return ""
+		return false
+	})
+	return value
 }
 
 func TestReloadChangesTTLWithoutLosingAQuery(t *testing.T) {
 	bin := buildNasreach(t)
 	file := writeConfig(t, "ttl = \"60s\"\n")
 	p := startNasreach(t, bin, "NASREACH_CONFIG="+file)
-	addr := readyField(t, p, "dns")
+	addr := logField(t, p.stderr, "nasreach ready", "dns")
 	ttlNow := func(c *dns.Client) (uint32, error) {
 		m := new(dns.Msg).SetQuestion("nobody.myqnapcloud.com.", dns.TypeA)
 		r, _, err := c.Exchange(m, addr)
@@ -139,46 +143,45 @@ func TestReloadChangesTTLWithoutLosingAQuery(t *testing.T) {
 	if ttl, err := ttlNow(c); err != nil || ttl != 60 {
 		t.Fatalf("before reload: ttl %d, %v", ttl, err)
 	}
-	// A bounded query loop runs across the reload; every query must be answered.
-	var sent, failed atomic.Int64
+	// A query loop runs across the reload; every query must be answered.
+	var sent, failed, newTTL atomic.Int64
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		lc := &dns.Client{Net: "udp", Timeout: time.Second}
-		for i := 0; i < 20000; i++ {
+		for {
 			select {
 			case <-stop:
 				return
 			default:
 			}
 			sent.Add(1)
-			if _, err := ttlNow(lc); err != nil {
+			switch ttl, err := ttlNow(lc); {
+			case err != nil:
 				failed.Add(1)
+			case ttl == 300:
+				newTTL.Add(1)
 			}
 		}
 	}()
-	time.Sleep(200 * time.Millisecond)
+	stopLoop := sync.OnceFunc(func() { close(stop); <-done })
+	defer stopLoop()
+	// The loop is under way before the reload…
+	testutil.WaitFor(t, 10*time.Second, "the query loop's first queries", func() bool { return sent.Load() >= 10 })
 	if err := os.WriteFile(file, []byte("ttl = \"300s\"\nzone = \"example.net\"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.WaitFor(t, 10*time.Second, "the TTL to be 300 after SIGHUP", func() bool {
 		ttl, err := ttlNow(c)
-		if err == nil && ttl == 300 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after SIGHUP the TTL is still %d (%v)", ttl, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	time.Sleep(200 * time.Millisecond)
-	close(stop)
-	<-done
+		return err == nil && ttl == 300
+	})
+	// …and goes on after it, answered with the new TTL.
+	testutil.WaitFor(t, 10*time.Second, "the query loop's answers with the new TTL", func() bool { return newTTL.Load() >= 10 })
+	stopLoop()
 	if failed.Load() != 0 || sent.Load() < 10 {
 		t.Fatalf("%d of %d queries failed across the reload", failed.Load(), sent.Load())
 	}
@@ -188,13 +191,9 @@ func TestReloadChangesTTLWithoutLosingAQuery(t *testing.T) {
 	// A broken file is refused whole; the daemon keeps serving what it had.
 	os.WriteFile(file, []byte("ttl = \"5s\"\nbogus = 1\n"), 0o600)
 	p.cmd.Process.Signal(syscall.SIGHUP)
-	deadline = time.Now().Add(10 * time.Second)
-	for !strings.Contains(p.stderr.String(), "reload refused") {
-		if time.Now().After(deadline) {
-			t.Fatalf("a broken config was not refused:\n%s", p.stderr)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.WaitFor(t, 10*time.Second, "the broken config to be refused (reload refused in the log)", func() bool {
+		return strings.Contains(p.stderr.String(), "reload refused")
+	})
 	if ttl, err := ttlNow(c); err != nil || ttl != 300 {
 		t.Fatalf("after a refused reload: ttl %d, %v; want 300 still", ttl, err)
 	}
@@ -226,7 +225,7 @@ func TestEveryServeFlagIsADaemonSetting(t *testing.T) {
 // at once: those with a live setter are applied, all others are reported.
 func TestReloadReportsEveryOtherSettingAsNeedingARestart(t *testing.T) {
 	var level zerolog.Level = -99
-	td := startTestDaemon(t, func(c *daemon.Config) {
+	td := daemontest.Start(t, func(c *daemon.Config) {
 		c.LogLevel = zerolog.InfoLevel
 		c.SetLogLevel = func(l zerolog.Level) { level = l }
 	})
@@ -240,7 +239,7 @@ func TestReloadReportsEveryOtherSettingAsNeedingARestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	applied, restart := td.d.Reload(next)
+	applied, restart := td.Daemon.Reload(next)
 	// The test daemon's Link limits are zero (the defaults), so all four
 	// change together.
 	wantApplied := []string{"exact-names", "link-max-agents", "link-max-streams", "link-stream-burst", "link-stream-rate",
@@ -257,7 +256,7 @@ func TestReloadReportsEveryOtherSettingAsNeedingARestart(t *testing.T) {
 		}
 	}
 	// What needs a restart was not applied: the next reload reports it again.
-	if _, again := td.d.Reload(next); !slices.Equal(again, restart) {
+	if _, again := td.Daemon.Reload(next); !slices.Equal(again, restart) {
 		t.Errorf("second reload needs restart %v, want %v again", again, restart)
 	}
 }

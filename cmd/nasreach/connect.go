@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"os/signal"
 	"strconv"
 	"strings"
@@ -52,7 +51,7 @@ func dialerConfigFromFlags(cmd *cli.Command, device string) (link.DialerConfig, 
 }
 
 func runConnect(ctx context.Context, cmd *cli.Command) error {
-	log, _, err := newLogger(cmd, os.Stderr)
+	log, _, err := newLogger(cmd, cmd.Root().ErrWriter)
 	if err != nil {
 		return err
 	}

@@ -56,9 +56,10 @@ func logFlags() []cli.Flag {
 	}
 }
 
-// newLogger builds the process logger from the log flags. Its level is a
-// logLevel that a reload changes (daemon.Config.SetLogLevel), not zerolog's
-// process-wide one.
+// newLogger builds the process logger from the log flags, writing to w (the
+// app's ErrWriter: standard error in the binary, a buffer in tests that read
+// the log). Its level is a logLevel that a reload changes
+// (daemon.Config.SetLogLevel), not zerolog's process-wide one.
 func newLogger(cmd *cli.Command, w io.Writer) (zerolog.Logger, *logLevel, error) {
 	lvl, err := parseLogLevel(cmd.String("log-level"))
 	if err != nil {

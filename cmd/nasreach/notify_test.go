@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"net"
 	"os"
@@ -9,13 +8,13 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/daemon"
+	"github.com/nasreach/nasreach/internal/testutil"
 )
 
 // These tests run the real binary with a NOTIFY_SOCKET the test binds, the
@@ -134,27 +133,9 @@ func (s *notifySocket) waitFor(key, value string, timeout time.Duration) notifyM
 // nasreachProcess is the daemon running as a child process.
 type nasreachProcess struct {
 	cmd     *exec.Cmd
-	stderr  *lockedBuffer
-	exited  chan struct{} // closed when the process has exited
-	exitErr error         // what Wait returned; read after exited
-}
-
-// lockedBuffer collects the child's log while the test reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	stderr  *testutil.Buffer // the child's log, read while it runs
+	exited  chan struct{}    // closed when the process has exited
+	exitErr error            // what Wait returned; read after exited
 }
 
 // systemdEnv lists the variables systemd hands a service; the child gets only
@@ -178,7 +159,7 @@ func startNasreach(t *testing.T, bin string, env ...string) *nasreachProcess {
 		cmd.Env = append(cmd.Env, kv)
 	}
 	cmd.Env = append(cmd.Env, env...)
-	p := &nasreachProcess{cmd: cmd, stderr: &lockedBuffer{}, exited: make(chan struct{})}
+	p := &nasreachProcess{cmd: cmd, stderr: &testutil.Buffer{}, exited: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", bin, err)

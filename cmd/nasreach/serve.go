@@ -141,7 +141,7 @@ func parseNS(v string) (dnsserver.NameServer, error) {
 // runServe runs the daemon until SIGINT or SIGTERM; SIGHUP reloads the
 // configuration.
 func runServe(ctx context.Context, cmd *cli.Command, cfg daemon.Config) error {
-	log, lv, err := newLogger(cmd, os.Stderr)
+	log, lv, err := newLogger(cmd, cmd.Root().ErrWriter)
 	if err != nil {
 		return err
 	}

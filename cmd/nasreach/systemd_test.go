@@ -20,6 +20,7 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/daemon"
+	"github.com/nasreach/nasreach/daemon/daemontest"
 )
 
 // The shipped unit, dist/systemd/nasreach.service, checked offline with
@@ -316,11 +317,11 @@ func TestAdminTokenFromSystemdCredential(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	td := startTestDaemon(t, func(c *daemon.Config) { c.AdminToken = cfg.AdminToken })
+	td := daemontest.Start(t, func(c *daemon.Config) { c.AdminToken = cfg.AdminToken })
 	if td.Admin != "operator-chosen-token" {
 		t.Fatalf("admin token %q, want the credential's", td.Admin)
 	}
-	td.addDevice("nas1") // the API accepts it
+	td.AddDevice("nas1") // the API accepts it
 	if _, err := os.Stat(filepath.Join(td.Dir, daemon.AdminTokenFile)); !os.IsNotExist(err) {
 		t.Fatalf("a token was generated into the data directory although the credential is set: %v", err)
 	}

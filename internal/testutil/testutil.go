@@ -1,4 +1,5 @@
 // Package testutil holds what the tests of several packages share: a clock
-// they move by hand, a buffer several goroutines write to, certificate files,
-// and the check for a third-party program. Only _test.go files import it.
+// they move by hand, a buffer several goroutines write to, a wait for a
+// condition, certificate files, and the check for a third-party program.
+// Only _test.go files and test harnesses import it.
 package testutil

@@ -1,4 +1,4 @@
-package main
+package daemon_test
 
 import (
 	"io"
@@ -7,12 +7,13 @@ import (
 	"testing"
 
 	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/daemon/daemontest"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
 
 // scrape fetches and parses /metrics in the Prometheus text format.
-func scrape(t *testing.T, td *testDaemon) (map[string][]labelled, string) {
+func scrape(t *testing.T, td *daemontest.Daemon) (map[string][]labelled, string) {
 	t.Helper()
 	resp, err := http.Get(td.Metrics + "/metrics")
 	if err != nil {
@@ -67,8 +68,8 @@ func value(t *testing.T, fams map[string][]labelled, name string, labels map[str
 }
 
 func TestMetricsCountTrafficWithoutNamesOrAddresses(t *testing.T) {
-	td := startTestDaemon(t)
-	token := td.addDevice("secretnas")
+	td := daemontest.Start(t)
+	token := td.AddDevice("secretnas")
 	req, _ := http.NewRequest(http.MethodGet, td.HTTP+"/nic/update?hostname=secretnas.myqnapcloud.com&myip=198.51.100.44", nil)
 	req.SetBasicAuth("secretnas", token)
 	for range 2 { // good, then nochg
@@ -79,9 +80,9 @@ func TestMetricsCountTrafficWithoutNamesOrAddresses(t *testing.T) {
 		resp.Body.Close()
 	}
 	for range 5 {
-		td.query("udp", "secretnas.myqnapcloud.com", dns.TypeA)
+		td.Query("udp", "secretnas.myqnapcloud.com", dns.TypeA)
 	}
-	td.query("tcp", "nobody.myqnapcloud.com", dns.TypeAAAA)
+	td.Query("tcp", "nobody.myqnapcloud.com", dns.TypeAAAA)
 
 	fams, raw := scrape(t, td)
 	if got := value(t, fams, "nasreach_dns_queries_total", map[string]string{"type": "A", "rcode": "NOERROR"}); got != 5 {
@@ -112,7 +113,7 @@ func TestMetricsCountTrafficWithoutNamesOrAddresses(t *testing.T) {
 }
 
 func TestHealthAndReadiness(t *testing.T) {
-	td := startTestDaemon(t)
+	td := daemontest.Start(t)
 	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200} {
 		resp, err := http.Get(td.Metrics + path)
 		if err != nil {
@@ -123,7 +124,7 @@ func TestHealthAndReadiness(t *testing.T) {
 			t.Errorf("%s = %d, want %d", path, resp.StatusCode, want)
 		}
 	}
-	td.d.Store().Close() // the store going away must show
+	td.Daemon.Store().Close() // the store going away must show
 	resp, err := http.Get(td.Metrics + "/readyz")
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package main
+package daemon_test
 
 import (
 	"crypto/ed25519"
@@ -8,34 +8,36 @@ import (
 	"encoding/json"
 	"net/http"
 	"testing"
+
+	"github.com/nasreach/nasreach/daemon/daemontest"
 )
 
 func TestDevicePublishesKeyAndManagesAccessCodes(t *testing.T) {
-	td := startTestDaemon(t)
-	token := td.addDevice("nas1")
-	other := td.addDevice("nas2")
+	td := daemontest.Start(t)
+	token := td.AddDevice("nas1")
+	other := td.AddDevice("nas2")
 	pub, _, _ := ed25519.GenerateKey(rand.Reader)
 	der, _ := x509.MarshalPKIXPublicKey(pub)
 	key := base64.StdEncoding.EncodeToString(der)
-	if code, body := td.do(http.MethodPut, "/v1/devices/nas1/key", token, map[string]string{"public_key": key}); code != http.StatusOK {
+	if code, body := td.Do(http.MethodPut, "/v1/devices/nas1/key", token, map[string]string{"public_key": key}); code != http.StatusOK {
 		t.Fatalf("publish key: %d %s", code, body)
 	}
-	if code, _ := td.do(http.MethodPut, "/v1/devices/nas1/key", token, map[string]string{"public_key": "bm90IGEga2V5"}); code != http.StatusBadRequest {
+	if code, _ := td.Do(http.MethodPut, "/v1/devices/nas1/key", token, map[string]string{"public_key": "bm90IGEga2V5"}); code != http.StatusBadRequest {
 		t.Errorf("garbage key accepted: HTTP %d", code)
 	}
-	if code, _ := td.do(http.MethodPut, "/v1/devices/nas1/key", other, map[string]string{"public_key": key}); code != http.StatusUnauthorized {
+	if code, _ := td.Do(http.MethodPut, "/v1/devices/nas1/key", other, map[string]string{"public_key": key}); code != http.StatusUnauthorized {
 		t.Errorf("another device's token set nas1's key: HTTP %d", code)
 	}
-	code, body := td.do(http.MethodPost, "/v1/devices/nas1/access-codes", token, nil)
+	code, body := td.Do(http.MethodPost, "/v1/devices/nas1/access-codes", token, nil)
 	if code != http.StatusCreated {
 		t.Fatalf("issue access code: %d %s", code, body)
 	}
 	var ac struct{ ID, Code string }
 	json.Unmarshal(body, &ac)
-	if !td.d.Store().CheckAccessCode("nas1", ac.Code) {
+	if !td.Daemon.Store().CheckAccessCode("nas1", ac.Code) {
 		t.Fatal("issued access code does not check")
 	}
-	_, body = td.do(http.MethodGet, "/v1/devices/nas1", token, nil)
+	_, body = td.Do(http.MethodGet, "/v1/devices/nas1", token, nil)
 	var export struct {
 		PublicKey   string `json:"public_key"`
 		AccessCodes []struct {
@@ -47,13 +49,13 @@ func TestDevicePublishesKeyAndManagesAccessCodes(t *testing.T) {
 	if export.PublicKey != key || len(export.AccessCodes) != 1 || export.AccessCodes[0].ID != ac.ID {
 		t.Fatalf("export = %s", body)
 	}
-	if code, _ := td.do(http.MethodDelete, "/v1/devices/nas1/access-codes/"+ac.ID, token, nil); code != http.StatusNoContent {
+	if code, _ := td.Do(http.MethodDelete, "/v1/devices/nas1/access-codes/"+ac.ID, token, nil); code != http.StatusNoContent {
 		t.Fatalf("revoke: HTTP %d", code)
 	}
-	if td.d.Store().CheckAccessCode("nas1", ac.Code) {
+	if td.Daemon.Store().CheckAccessCode("nas1", ac.Code) {
 		t.Fatal("revoked access code still checks")
 	}
-	if code, _ := td.do(http.MethodDelete, "/v1/devices/nas1/access-codes/"+ac.ID, token, nil); code != http.StatusNotFound {
+	if code, _ := td.Do(http.MethodDelete, "/v1/devices/nas1/access-codes/"+ac.ID, token, nil); code != http.StatusNotFound {
 		t.Errorf("revoking twice: HTTP %d, want 404", code)
 	}
 }

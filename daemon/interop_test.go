@@ -1,4 +1,4 @@
-package main
+package daemon_test
 
 // Interoperability with the real DDNS clients and resolver tools users run:
 // Debian's ddclient, inadyn and dig, started with os/exec against the
@@ -19,33 +19,13 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nasreach/nasreach/daemon/daemontest"
+	"github.com/nasreach/nasreach/internal/testutil"
 )
 
 // toolTimeout bounds every external command.
 const toolTimeout = 30 * time.Second
-
-// needBinary returns the path of an external program the test drives. When it
-// is missing the test is skipped locally but fails under CI (CI is set), where
-// `make test-deps` installs ddclient, inadyn and dnsutils.
-func needBinary(t *testing.T, name string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	// inadyn lives in /usr/sbin, which a non-root PATH often lacks.
-	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin"} {
-		p := filepath.Join(dir, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
-			return p
-		}
-	}
-	msg := fmt.Sprintf("%s is not installed; `make test-deps` installs it (Debian packages: ddclient inadyn dnsutils)", name)
-	if os.Getenv("CI") != "" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-	return ""
-}
 
 // transcripts holds, per test, every external command and its output, so
 // that a failing test logs them in the order they ran.
@@ -131,23 +111,23 @@ func portOf(t *testing.T, addr string) string {
 
 // digOutput runs dig against the daemon's DNS port only, ignoring ~/.digrc,
 // and returns its output.
-func (td *testDaemon) digOutput(args ...string) string {
-	td.t.Helper()
-	bin := needBinary(td.t, "dig")
-	argv := append([]string{"-r", "@127.0.0.1", "-p", portOf(td.t, td.DNS), "+time=2", "+tries=1"}, args...)
-	out, err := runTool(td.t, bin, argv...)
+func digOutput(td *daemontest.Daemon, args ...string) string {
+	td.T.Helper()
+	bin := testutil.NeedTool(td.T, "dig")
+	argv := append([]string{"-r", "@127.0.0.1", "-p", portOf(td.T, td.DNS), "+time=2", "+tries=1"}, args...)
+	out, err := runTool(td.T, bin, argv...)
 	if err != nil {
-		td.t.Fatalf("dig %s: %v\n%s", strings.Join(args, " "), err, out)
+		td.T.Fatalf("dig %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return out
 }
 
 // wantDig fails the test unless `dig name qtype +short` prints exactly want.
-func (td *testDaemon) wantDig(name, qtype, want string, extra ...string) {
-	td.t.Helper()
-	got := strings.TrimSpace(td.digOutput(append([]string{name, qtype, "+short"}, extra...)...))
+func wantDig(td *daemontest.Daemon, name, qtype, want string, extra ...string) {
+	td.T.Helper()
+	got := strings.TrimSpace(digOutput(td, append([]string{name, qtype, "+short"}, extra...)...))
 	if got != want {
-		td.t.Fatalf("dig %s %s +short %s printed %q, want %q", name, qtype, strings.Join(extra, " "), got, want)
+		td.T.Fatalf("dig %s %s +short %s printed %q, want %q", name, qtype, strings.Join(extra, " "), got, want)
 	}
 }
 
@@ -163,7 +143,7 @@ func writePrivateFile(t *testing.T, path, text string) string {
 
 // ddclientConf is a ddclient 3.10 configuration updating host through the
 // daemon with dyndns2; addr is the address-detection line.
-func ddclientConf(td *testDaemon, login, password, addr, host string) string {
+func ddclientConf(td *daemontest.Daemon, login, password, addr, host string) string {
 	return fmt.Sprintf(`# ddclient for nasreach: dyndns2 over plain HTTP to the daemon on loopback
 protocol=dyndns2
 server=127.0.0.1:%s
@@ -173,14 +153,14 @@ login=%s
 password=%s
 %s
 %s
-`, portOf(td.t, td.HTTP), login, password, addr, host)
+`, portOf(td.T, td.HTTP), login, password, addr, host)
 }
 
 // ddclient runs ddclient once in the foreground with conf and cache and
 // returns its output and exit error.
 func ddclient(t *testing.T, conf, cache string, extra ...string) (string, error) {
 	t.Helper()
-	bin := needBinary(t, "ddclient")
+	bin := testutil.NeedTool(t, "ddclient")
 	args := append([]string{"-daemon=0", "-foreground", "-noquiet", "-verbose", "-file", conf, "-cache", cache}, extra...)
 	return runTool(t, bin, args...)
 }
@@ -196,10 +176,10 @@ func ddclientSucceeded(t *testing.T, out string, err error, host, ip string) {
 }
 
 func TestInteropDdclientUpdatesAddress(t *testing.T) {
-	needBinary(t, "ddclient")
-	td := startTestDaemon(t)
-	tok := td.addDevice("nas1")
-	host := deviceFQDN("nas1")
+	testutil.NeedTool(t, "ddclient")
+	td := daemontest.Start(t)
+	tok := td.AddDevice("nas1")
+	host := daemontest.FQDN("nas1")
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "ddclient.conf")
 	cache := filepath.Join(dir, "ddclient.cache")
@@ -208,13 +188,13 @@ func TestInteropDdclientUpdatesAddress(t *testing.T) {
 	writePrivateFile(t, conf, ddclientConf(td, "nas1", tok, "use=ip, ip=203.0.113.10", host))
 	out, err := ddclient(t, conf, cache)
 	ddclientSucceeded(t, out, err, host, "203.0.113.10")
-	td.wantDig(host, "A", "203.0.113.10")
+	wantDig(td, host, "A", "203.0.113.10")
 
 	// The address changes: ddclient compares with its cache and updates again.
 	writePrivateFile(t, conf, ddclientConf(td, "nas1", tok, "use=ip, ip=203.0.113.11", host))
 	out, err = ddclient(t, conf, cache)
 	ddclientSucceeded(t, out, err, host, "203.0.113.11")
-	td.wantDig(host, "A", "203.0.113.11")
+	wantDig(td, host, "A", "203.0.113.11")
 
 	// A forced update with the same address gets "nochg", which ddclient must
 	// not count as a failure.
@@ -222,7 +202,7 @@ func TestInteropDdclientUpdatesAddress(t *testing.T) {
 	if err != nil || strings.Contains(out, "FAILED:") || !strings.Contains(out, "nochg") {
 		t.Fatalf("forced ddclient run with an unchanged address: want nochg and no failure:\n%s", out)
 	}
-	td.wantDig(host, "A", "203.0.113.11")
+	wantDig(td, host, "A", "203.0.113.11")
 
 	// A wrong password: ddclient reports the failure and the record stays.
 	bad := filepath.Join(dir, "bad.conf")
@@ -232,14 +212,14 @@ func TestInteropDdclientUpdatesAddress(t *testing.T) {
 	if !errors.As(err, &exit) || !regexp.MustCompile(`(?m)^FAILED:.*`+regexp.QuoteMeta(host)).MatchString(out) || !strings.Contains(out, "badauth") || strings.Contains(out, "SUCCESS:") {
 		t.Fatalf("ddclient with a wrong password: exit %v, want a non-zero exit and a failed update with badauth:\n%s", exitStatus(err), out)
 	}
-	td.wantDig(host, "A", "203.0.113.11")
+	wantDig(td, host, "A", "203.0.113.11")
 }
 
 func TestInteropDdclientDetectsAddressFromOwnIPEndpoint(t *testing.T) {
-	needBinary(t, "ddclient")
-	td := startTestDaemon(t)
-	tok := td.addDevice("nas1")
-	host := deviceFQDN("nas1")
+	testutil.NeedTool(t, "ddclient")
+	td := daemontest.Start(t)
+	tok := td.AddDevice("nas1")
+	host := daemontest.FQDN("nas1")
 	dir := t.TempDir()
 	// use=web reads the first address in the page: our /v1/ip answers the
 	// caller's address, 127.0.0.1 here.
@@ -247,13 +227,13 @@ func TestInteropDdclientDetectsAddressFromOwnIPEndpoint(t *testing.T) {
 		ddclientConf(td, "nas1", tok, "use=web, web="+td.HTTP+"/v1/ip", host))
 	out, err := ddclient(t, conf, filepath.Join(dir, "ddclient.cache"))
 	ddclientSucceeded(t, out, err, host, "127.0.0.1")
-	td.wantDig(host, "A", "127.0.0.1")
+	wantDig(td, host, "A", "127.0.0.1")
 }
 
 // inadynConf is an inadyn 2.10 configuration with a custom dyndns2 provider
 // pointing at the daemon. globals go before the provider section, and
 // checkip is the provider's address-detection setting(s).
-func inadynConf(td *testDaemon, user, password, host, globals, checkip string) string {
+func inadynConf(td *daemontest.Daemon, user, password, host, globals, checkip string) string {
 	return fmt.Sprintf(`# inadyn for nasreach: a custom dyndns2 provider over plain HTTP on loopback
 verify-address = false
 %s
@@ -266,7 +246,7 @@ custom nasreach {
     %s
     hostname    = %s
 }
-`, globals, user, password, portOf(td.t, td.HTTP), checkip, host)
+`, globals, user, password, portOf(td.T, td.HTTP), checkip, host)
 }
 
 // inadynCacheDir returns a cache directory in which inadyn believes it last
@@ -285,7 +265,7 @@ func inadynCacheDir(t *testing.T, host, previous string) string {
 // cacheDir: without it inadyn would have asked the system resolver for host.
 func inadyn(t *testing.T, conf, cacheDir, host string) (string, error) {
 	t.Helper()
-	bin := needBinary(t, "inadyn")
+	bin := testutil.NeedTool(t, "inadyn")
 	out, err := runTool(t, bin, "--once", "--foreground", "--no-pidfile", "--loglevel=debug",
 		"--config="+conf, "--cache-dir="+cacheDir)
 	if !regexp.MustCompile(`Cached IP# \S+ for ` + regexp.QuoteMeta(host) + ` from previous invocation`).MatchString(out) {
@@ -304,10 +284,10 @@ func inadynSucceeded(t *testing.T, out string, err error, host, ip string) {
 }
 
 func TestInteropInadynUpdatesAddress(t *testing.T) {
-	needBinary(t, "inadyn")
-	td := startTestDaemon(t)
-	tok := td.addDevice("nas1")
-	host := deviceFQDN("nas1")
+	testutil.NeedTool(t, "inadyn")
+	td := daemontest.Start(t)
+	tok := td.AddDevice("nas1")
+	host := daemontest.FQDN("nas1")
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "inadyn.conf")
 	cache := inadynCacheDir(t, host, "192.0.2.1")
@@ -316,13 +296,13 @@ func TestInteropInadynUpdatesAddress(t *testing.T) {
 	writePrivateFile(t, conf, inadynConf(td, "nas1", tok, host, "", `checkip-command = "echo 203.0.113.20"`))
 	out, err := inadyn(t, conf, cache, host)
 	inadynSucceeded(t, out, err, host, "203.0.113.20")
-	td.wantDig(host, "A", "203.0.113.20")
+	wantDig(td, host, "A", "203.0.113.20")
 
 	// The address changes; inadyn sees it differs from its cache and updates.
 	writePrivateFile(t, conf, inadynConf(td, "nas1", tok, host, "", `checkip-command = "echo 203.0.113.21"`))
 	out, err = inadyn(t, conf, cache, host)
 	inadynSucceeded(t, out, err, host, "203.0.113.21")
-	td.wantDig(host, "A", "203.0.113.21")
+	wantDig(td, host, "A", "203.0.113.21")
 
 	// A wrong password: inadyn exits non-zero naming the authentication
 	// failure, and the record stays.
@@ -333,14 +313,14 @@ func TestInteropInadynUpdatesAddress(t *testing.T) {
 	if !errors.As(err, &exit) || !strings.Contains(out, "Authentication failure") || !strings.Contains(out, "badauth") {
 		t.Fatalf("inadyn with a wrong password: err %v, want a non-zero exit and an authentication failure with badauth:\n%s", err, out)
 	}
-	td.wantDig(host, "A", "203.0.113.21")
+	wantDig(td, host, "A", "203.0.113.21")
 }
 
 func TestInteropInadynDetectsAddressFromOwnIPEndpoint(t *testing.T) {
-	needBinary(t, "inadyn")
-	td := startTestDaemon(t)
-	tok := td.addDevice("nas1")
-	host := deviceFQDN("nas1")
+	testutil.NeedTool(t, "inadyn")
+	td := daemontest.Start(t)
+	tok := td.AddDevice("nas1")
+	host := daemontest.FQDN("nas1")
 	// checkip over loopback finds 127.0.0.1, which inadyn only accepts with
 	// verify-address = false (set in every config here).
 	checkip := fmt.Sprintf(`checkip-server = "127.0.0.1:%s"
@@ -349,38 +329,38 @@ func TestInteropInadynDetectsAddressFromOwnIPEndpoint(t *testing.T) {
 	conf := writePrivateFile(t, filepath.Join(t.TempDir(), "inadyn.conf"), inadynConf(td, "nas1", tok, host, "", checkip))
 	out, err := inadyn(t, conf, inadynCacheDir(t, host, "192.0.2.1"), host)
 	inadynSucceeded(t, out, err, host, "127.0.0.1")
-	td.wantDig(host, "A", "127.0.0.1")
+	wantDig(td, host, "A", "127.0.0.1")
 }
 
 func TestInteropInadynUpdatesIPv6AndKeepsIPv4(t *testing.T) {
-	needBinary(t, "inadyn")
-	td := startTestDaemon(t)
-	tok := td.addDevice("nas1")
-	host := deviceFQDN("nas1")
-	td.dyndns2("nas1", tok, host, "203.0.113.30", "good 203.0.113.30")
+	testutil.NeedTool(t, "inadyn")
+	td := daemontest.Start(t)
+	tok := td.AddDevice("nas1")
+	host := daemontest.FQDN("nas1")
+	td.DynDNS2("nas1", tok, host, "203.0.113.30", "good 203.0.113.30")
 	conf := writePrivateFile(t, filepath.Join(t.TempDir(), "inadyn.conf"),
 		inadynConf(td, "nas1", tok, host, "allow-ipv6 = true", `checkip-command = "echo 2001:db8::30"`))
 	out, err := inadyn(t, conf, inadynCacheDir(t, host, "192.0.2.1"), host)
 	inadynSucceeded(t, out, err, host, "2001:db8::30")
-	td.wantDig(host, "AAAA", "2001:db8::30")
-	td.wantDig(host, "A", "203.0.113.30")
+	wantDig(td, host, "AAAA", "2001:db8::30")
+	wantDig(td, host, "A", "203.0.113.30")
 }
 
 func TestInteropDigOverTCPAndNXDOMAIN(t *testing.T) {
-	needBinary(t, "dig")
-	td := startTestDaemon(t)
-	tok := td.addDevice("nas1")
-	td.dyndns2("nas1", tok, deviceFQDN("nas1"), "203.0.113.40", "good 203.0.113.40")
+	testutil.NeedTool(t, "dig")
+	td := daemontest.Start(t)
+	tok := td.AddDevice("nas1")
+	td.DynDNS2("nas1", tok, daemontest.FQDN("nas1"), "203.0.113.40", "good 203.0.113.40")
 
-	out := td.digOutput("+tcp", deviceFQDN("nas1"), "A")
+	out := digOutput(td, "+tcp", daemontest.FQDN("nas1"), "A")
 	if !regexp.MustCompile(`(?m)^;; SERVER: 127\.0\.0\.1#\d+\(127\.0\.0\.1\) \(TCP\)`).MatchString(out) ||
 		!regexp.MustCompile(`(?m)^nas1\.myqnapcloud\.com\.\s+\d+\s+IN\s+A\s+203\.0\.113\.40$`).MatchString(out) {
 		t.Fatalf("dig +tcp: want the A record of nas1 received over TCP:\n%s", out)
 	}
-	td.wantDig(deviceFQDN("nas1"), "A", "203.0.113.40", "+tcp")
+	wantDig(td, daemontest.FQDN("nas1"), "A", "203.0.113.40", "+tcp")
 
 	for _, transport := range []string{"+notcp", "+tcp"} {
-		out := td.digOutput(transport, deviceFQDN("nosuchnas"), "A")
+		out := digOutput(td, transport, daemontest.FQDN("nosuchnas"), "A")
 		if !strings.Contains(out, "status: NXDOMAIN") {
 			t.Errorf("dig %s for an unknown name: want status: NXDOMAIN:\n%s", transport, out)
 		}

@@ -1,4 +1,4 @@
-package main
+package daemon_test
 
 import (
 	"context"
@@ -14,12 +14,14 @@ import (
 	"time"
 
 	"github.com/nasreach/nasreach/daemon"
+	"github.com/nasreach/nasreach/daemon/daemontest"
+	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/turnserver"
 	"github.com/rs/zerolog"
 )
 
 // connlogText is everything in the daemon's connection log so far.
-func connlogText(t *testing.T, td *testDaemon) string {
+func connlogText(t *testing.T, td *daemontest.Daemon) string {
 	t.Helper()
 	files, _ := filepath.Glob(filepath.Join(td.Dir, "logs", "conn-*.jsonl"))
 	var b strings.Builder
@@ -38,31 +40,31 @@ func connlogText(t *testing.T, td *testDaemon) string {
 // the moment the owner switches Link off, and leaves one masked record in
 // the connection log and its bytes in the metrics.
 func TestDaemonServesSTUNAndTURNForDevices(t *testing.T) {
-	td := startTestDaemon(t, withTURN)
-	token := td.addDevice("nas1")
+	td := daemontest.Start(t, daemontest.WithTURN)
+	token := td.AddDevice("nas1")
 	srv := netip.MustParseAddrPort(td.STUN)
 
-	checkSTUN(t, srv)
+	daemontest.CheckSTUN(t, srv)
 
 	c, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	client := turnClient(t, c, srv, "nas1", turnserver.DevicePassword(token), turnserver.DefaultRealm)
+	client := daemontest.TURNClient(t, c, srv, "nas1", turnserver.DevicePassword(token), turnserver.DefaultRealm)
 	relayConn, err := client.Allocate()
 	if err != nil {
 		t.Fatalf("allocate with the device's credentials: %v", err)
 	}
-	echoThrough(t, relayConn, udpEcho(t))
+	daemontest.EchoThrough(t, relayConn, daemontest.UDPEcho(t))
 	fams, _ := scrape(t, td)
 	if got := value(t, fams, "nasreach_sessions_active", map[string]string{"service": "turn"}); got != 1 {
 		t.Errorf("turn sessions active = %v, want 1", got)
 	}
 
-	if code, body := td.do(http.MethodPatch, "/v1/devices/nas1", td.Admin, map[string]bool{"link": false}); code != http.StatusOK {
+	if code, body := td.Do(http.MethodPatch, "/v1/devices/nas1", td.Admin, map[string]bool{"link": false}); code != http.StatusOK {
 		t.Fatalf("PATCH link=false: HTTP %d %s", code, body)
 	}
-	linkWaitFor(t, "the allocation's record in the connection log", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "the allocation's record in the connection log", func() bool {
 		return strings.Contains(connlogText(t, td), `"service":"turn"`)
 	})
 	logged := connlogText(t, td)
@@ -85,7 +87,7 @@ func TestDaemonServesSTUNAndTURNForDevices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := turnClient(t, c2, srv, "nas1", turnserver.DevicePassword(token), turnserver.DefaultRealm).Allocate(); err == nil {
+	if _, err := daemontest.TURNClient(t, c2, srv, "nas1", turnserver.DevicePassword(token), turnserver.DefaultRealm).Allocate(); err == nil {
 		t.Fatal("a device with Link off allocated")
 	}
 	fams, _ = scrape(t, td)
@@ -97,10 +99,10 @@ func TestDaemonServesSTUNAndTURNForDevices(t *testing.T) {
 // The daemon's Link relay reports agents online and sessions in progress, and
 // counts a finished session's bytes.
 func TestDaemonLinkMetrics(t *testing.T) {
-	td := startTestDaemon(t, withLink)
-	tl := startTestLink(t, td)
-	token := td.addDevice("nas1")
-	d := tl.echoDevice(t, "nas1", token)
+	td := daemontest.Start(t, daemontest.WithLink)
+	tl := td.LinkRelay()
+	token := td.AddDevice("nas1")
+	d := tl.EchoDevice(t, "nas1", token)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := d.Dial(ctx, "nas1", 22)
@@ -122,8 +124,8 @@ func TestDaemonLinkMetrics(t *testing.T) {
 		t.Errorf("link sessions active = %v, want 1", got)
 	}
 	c.Close()
-	linkWaitFor(t, "the session to end", func() bool { return tl.r.Sessions() == 0 })
-	linkWaitFor(t, "the session's bytes in the metrics", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "the session to end", func() bool { return tl.Relay.Sessions() == 0 })
+	testutil.WaitFor(t, 10*time.Second, "the session's bytes in the metrics", func() bool {
 		fams, _ := scrape(t, td)
 		for _, l := range fams["nasreach_relayed_bytes_total"] {
 			if l.labels["service"] == "link" && l.labels["direction"] == "in" && l.value >= float64(len(msg)) {
@@ -137,31 +139,31 @@ func TestDaemonLinkMetrics(t *testing.T) {
 // A reload swaps the TURN users and the Link limits and reports it; what cannot change live is
 // reported as needing a restart.
 func TestReloadChangesTURNUsers(t *testing.T) {
-	td := startTestDaemon(t, withTURN, func(c *daemon.Config) { c.TURN.Users = []string{"alice:pw"} })
+	td := daemontest.Start(t, daemontest.WithTURN, func(c *daemon.Config) { c.TURN.Users = []string{"alice:pw"} })
 	srv := netip.MustParseAddrPort(td.STUN)
 	allocateAs := func(user, pass string) (net.PacketConn, error) {
 		c, err := net.ListenPacket("udp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
-		return turnClient(t, c, srv, user, pass, turnserver.DefaultRealm).Allocate()
+		return daemontest.TURNClient(t, c, srv, user, pass, turnserver.DefaultRealm).Allocate()
 	}
 	alice, err := allocateAs("alice", "pw")
 	if err != nil {
 		t.Fatal(err)
 	}
-	peer := udpEcho(t)
-	echoThrough(t, alice, peer)
+	peer := daemontest.UDPEcho(t)
+	daemontest.EchoThrough(t, alice, peer)
 
-	next := td.d.Config()
+	next := td.Daemon.Config()
 	next.TURN.Users = []string{"bob:pw2"}
 	next.TURN.MaxAllocations = 7
 	next.Link.MaxStreams = 3
-	applied, restart := td.d.Reload(next)
+	applied, restart := td.Daemon.Reload(next)
 	if !slices.Equal(applied, []string{"link-max-streams", "turn-user"}) || !slices.Equal(restart, []string{"turn-max-allocations"}) {
 		t.Errorf("reload applied %v, needs restart %v; want link-max-streams and turn-user applied, turn-max-allocations needing a restart", applied, restart)
 	}
-	linkWaitFor(t, "alice's allocation to end", func() bool { return td.d.TURNRelay().Stats().Allocations == 0 })
+	testutil.WaitFor(t, 10*time.Second, "alice's allocation to end", func() bool { return td.Daemon.TURNRelay().Stats().Allocations == 0 })
 	if _, err := allocateAs("alice", "pw"); err == nil {
 		t.Error("alice still allocates after she was removed")
 	}
@@ -169,34 +171,34 @@ func TestReloadChangesTURNUsers(t *testing.T) {
 	if err != nil {
 		t.Fatalf("bob, added by the reload: %v", err)
 	}
-	echoThrough(t, bob, peer)
+	daemontest.EchoThrough(t, bob, peer)
 }
 
 // What a TURN client relays (not end-to-end encrypted by us, so the relay
 // could read it) reaches neither the data directory nor the daemon's own log,
 // even at debug level.
 func TestTURNPayloadIsNeverStoredOrLogged(t *testing.T) {
-	var daemonLog lockedBuffer
-	// Commands run in-process by other tests leave zerolog's global level
-	// wherever their --log-level put it.
+	var daemonLog testutil.Buffer
+	// zerolog's global level is the process's: whatever another test left
+	// it at must not hide the debug records this one looks through.
 	prev := zerolog.GlobalLevel()
 	zerolog.SetGlobalLevel(zerolog.DebugLevel)
 	t.Cleanup(func() { zerolog.SetGlobalLevel(prev) })
-	td := startTestDaemon(t, withTURN, func(c *daemon.Config) {
+	td := daemontest.Start(t, daemontest.WithTURN, func(c *daemon.Config) {
 		c.Logger = zerolog.New(&daemonLog).Level(zerolog.DebugLevel)
 		c.LogLevel = zerolog.DebugLevel
 	})
-	token := td.addDevice("nas1")
+	token := td.AddDevice("nas1")
 	c, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	relayConn, err := turnClient(t, c, netip.MustParseAddrPort(td.STUN), "nas1", turnserver.DevicePassword(token), turnserver.DefaultRealm).Allocate()
+	relayConn, err := daemontest.TURNClient(t, c, netip.MustParseAddrPort(td.STUN), "nas1", turnserver.DevicePassword(token), turnserver.DefaultRealm).Allocate()
 	if err != nil {
 		t.Fatal(err)
 	}
 	const payload = "payload-7f3a-never-on-disk"
-	peer := udpEcho(t)
+	peer := daemontest.UDPEcho(t)
 	buf := make([]byte, 100)
 	for got := 0; got < 3; {
 		relayConn.WriteTo([]byte(payload), peer)
@@ -206,8 +208,8 @@ func TestTURNPayloadIsNeverStoredOrLogged(t *testing.T) {
 		}
 	}
 	relayConn.Close()
-	linkWaitFor(t, "the allocation's record", func() bool { return strings.Contains(connlogText(t, td), `"service":"turn"`) })
-	td.stop() // flush and close everything that might hold it
+	testutil.WaitFor(t, 10*time.Second, "the allocation's record", func() bool { return strings.Contains(connlogText(t, td), `"service":"turn"`) })
+	td.Stop() // flush and close everything that might hold it
 	err = filepath.WalkDir(td.Dir, func(path string, e os.DirEntry, err error) error {
 		if err != nil || e.IsDir() {
 			return err

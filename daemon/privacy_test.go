@@ -1,4 +1,4 @@
-package main
+package daemon_test
 
 import (
 	"bytes"
@@ -11,43 +11,27 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/daemon"
+	"github.com/nasreach/nasreach/daemon/daemontest"
+	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/store"
 	bolt "go.etcd.io/bbolt"
 )
 
-// fakeClock is a settable clock shared by the daemon's components.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-func withClock(c *fakeClock) func(*daemon.Config) {
+// withClock makes c the daemon's clock.
+func withClock(c *testutil.Clock) func(*daemon.Config) {
 	return func(cfg *daemon.Config) { cfg.Now = c.Now }
 }
 
 // dumpStore stops the daemon and returns every bucket/key/value of its bbolt
 // file, read directly from disk.
-func dumpStore(t *testing.T, td *testDaemon) map[string]map[string][]byte {
+func dumpStore(t *testing.T, td *daemontest.Daemon) map[string]map[string][]byte {
 	t.Helper()
-	td.stop()
+	td.Stop()
 	db, err := bolt.Open(filepath.Join(td.Dir, store.FileName), 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -84,30 +68,30 @@ func mentions(dump map[string]map[string][]byte, needle string) []string {
 }
 
 func TestUnregisterDeletesEverythingAtOnce(t *testing.T) {
-	td := startTestDaemon(t)
-	token := td.addDevice("gone")
-	keep := td.addDevice("kept")
-	if code, body := td.do(http.MethodPut, "/v1/devices/gone/address", token, map[string]string{"ipv4": "198.51.100.23", "ipv6": "2001:db8:77::23"}); code != http.StatusOK {
+	td := daemontest.Start(t)
+	token := td.AddDevice("gone")
+	keep := td.AddDevice("kept")
+	if code, body := td.Do(http.MethodPut, "/v1/devices/gone/address", token, map[string]string{"ipv4": "198.51.100.23", "ipv6": "2001:db8:77::23"}); code != http.StatusOK {
 		t.Fatalf("address: %d %s", code, body)
 	}
-	if _, err := td.d.Store().SetPublicKey(context.Background(), "gone", "MCowBQYDK2VwAyEAgonekey"); err != nil {
+	if _, err := td.Daemon.Store().SetPublicKey(context.Background(), "gone", "MCowBQYDK2VwAyEAgonekey"); err != nil {
 		t.Fatal(err)
 	}
-	_, code, err := td.d.Store().AddAccessCode(context.Background(), "gone")
+	_, code, err := td.Daemon.Store().AddAccessCode(context.Background(), "gone")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if code, _ := td.do(http.MethodDelete, "/v1/devices/gone", token, nil); code != http.StatusNoContent {
+	if code, _ := td.Do(http.MethodDelete, "/v1/devices/gone", token, nil); code != http.StatusNoContent {
 		t.Fatalf("delete: HTTP %d", code)
 	}
 	// DNS, the API and the device's own token forget it in the next request.
-	if r := td.query("udp", "gone.myqnapcloud.com", dns.TypeA); r.Rcode != dns.RcodeNameError {
+	if r := td.Query("udp", "gone.myqnapcloud.com", dns.TypeA); r.Rcode != dns.RcodeNameError {
 		t.Errorf("deleted device answers %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
 	}
-	if code, _ := td.do(http.MethodGet, "/v1/devices/gone", td.Admin, nil); code != http.StatusNotFound {
+	if code, _ := td.Do(http.MethodGet, "/v1/devices/gone", td.Admin, nil); code != http.StatusNotFound {
 		t.Errorf("admin GET of deleted device: HTTP %d, want 404", code)
 	}
-	if code, _ := td.do(http.MethodGet, "/v1/devices/gone", token, nil); code != http.StatusUnauthorized {
+	if code, _ := td.Do(http.MethodGet, "/v1/devices/gone", token, nil); code != http.StatusUnauthorized {
 		t.Errorf("deleted device's token still works: HTTP %d", code)
 	}
 	dump := dumpStore(t, td)
@@ -126,29 +110,29 @@ func TestUnregisterDeletesEverythingAtOnce(t *testing.T) {
 }
 
 func TestDeletedNameIsQuarantinedThenFree(t *testing.T) {
-	clk := &fakeClock{t: time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)}
-	td := startTestDaemon(t, withClock(clk))
-	token := td.addDevice("nas1")
-	td.do(http.MethodDelete, "/v1/devices/nas1", token, nil)
-	code, body := td.do(http.MethodPost, "/v1/devices", td.Admin, map[string]string{"name": "nas1"})
+	clk := testutil.NewClock(time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC))
+	td := daemontest.Start(t, withClock(clk))
+	token := td.AddDevice("nas1")
+	td.Do(http.MethodDelete, "/v1/devices/nas1", token, nil)
+	code, body := td.Do(http.MethodPost, "/v1/devices", td.Admin, map[string]string{"name": "nas1"})
 	if code != http.StatusConflict || !strings.Contains(string(body), "quarantine") {
 		t.Fatalf("re-registering a just-deleted name: HTTP %d %s, want 409 quarantined", code, body)
 	}
 	clk.Advance(23 * time.Hour)
-	if code, _ := td.do(http.MethodPost, "/v1/devices", td.Admin, map[string]string{"name": "nas1"}); code != http.StatusConflict {
+	if code, _ := td.Do(http.MethodPost, "/v1/devices", td.Admin, map[string]string{"name": "nas1"}); code != http.StatusConflict {
 		t.Fatalf("after 23h: HTTP %d, want 409", code)
 	}
 	clk.Advance(time.Hour)
-	if code, body := td.do(http.MethodPost, "/v1/devices", td.Admin, map[string]string{"name": "nas1"}); code != http.StatusCreated {
+	if code, body := td.Do(http.MethodPost, "/v1/devices", td.Admin, map[string]string{"name": "nas1"}); code != http.StatusCreated {
 		t.Fatalf("after 24h: HTTP %d %s, want 201", code, body)
 	}
 }
 
 func TestUninitializedDeviceExpiresWithAllItsData(t *testing.T) {
-	clk := &fakeClock{t: time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)}
-	td := startTestDaemon(t, withClock(clk))
+	clk := testutil.NewClock(time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC))
+	td := daemontest.Start(t, withClock(clk))
 	create := func(name string) string {
-		code, body := td.do(http.MethodPost, "/v1/devices", td.Admin, map[string]string{"name": name, "state": "uninitialized"})
+		code, body := td.Do(http.MethodPost, "/v1/devices", td.Admin, map[string]string{"name": name, "state": "uninitialized"})
 		if code != http.StatusCreated {
 			t.Fatalf("create uninitialized %s: HTTP %d %s", name, code, body)
 		}
@@ -158,12 +142,12 @@ func TestUninitializedDeviceExpiresWithAllItsData(t *testing.T) {
 	}
 	orphan := create("orphan")
 	owned := create("owned")
-	td.do(http.MethodPut, "/v1/devices/orphan/address", orphan, map[string]string{"ipv4": "203.0.113.41"})
-	if code, _ := td.do(http.MethodPatch, "/v1/devices/owned", owned, map[string]string{"state": "active"}); code != http.StatusOK {
+	td.Do(http.MethodPut, "/v1/devices/orphan/address", orphan, map[string]string{"ipv4": "203.0.113.41"})
+	if code, _ := td.Do(http.MethodPatch, "/v1/devices/owned", owned, map[string]string{"state": "active"}); code != http.StatusOK {
 		t.Fatalf("activate: HTTP %d", code)
 	}
 	sweep := func() int {
-		n, err := td.d.Store().Sweep(context.Background())
+		n, err := td.Daemon.Store().Sweep(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -173,17 +157,17 @@ func TestUninitializedDeviceExpiresWithAllItsData(t *testing.T) {
 	if n := sweep(); n != 0 {
 		t.Fatalf("swept %d devices before 24 hours", n)
 	}
-	if r := td.query("udp", "orphan.myqnapcloud.com", dns.TypeA); len(r.Answer) != 1 {
+	if r := td.Query("udp", "orphan.myqnapcloud.com", dns.TypeA); len(r.Answer) != 1 {
 		t.Fatal("uninitialized device does not resolve before expiry")
 	}
 	clk.Advance(time.Second)
 	if n := sweep(); n != 1 {
 		t.Fatalf("swept %d devices at 24 hours, want 1", n)
 	}
-	if r := td.query("udp", "orphan.myqnapcloud.com", dns.TypeA); r.Rcode != dns.RcodeNameError {
+	if r := td.Query("udp", "orphan.myqnapcloud.com", dns.TypeA); r.Rcode != dns.RcodeNameError {
 		t.Errorf("expired device answers %s", dns.RcodeToString[r.Rcode])
 	}
-	if r := td.query("udp", "owned.myqnapcloud.com", dns.TypeSOA); r.Rcode != dns.RcodeSuccess {
+	if r := td.Query("udp", "owned.myqnapcloud.com", dns.TypeSOA); r.Rcode != dns.RcodeSuccess {
 		t.Errorf("activated device expired too: %s", dns.RcodeToString[r.Rcode])
 	}
 	dump := dumpStore(t, td)
@@ -195,14 +179,14 @@ func TestUninitializedDeviceExpiresWithAllItsData(t *testing.T) {
 }
 
 func TestExportHoldsEverythingStored(t *testing.T) {
-	td := startTestDaemon(t)
-	token := td.addDevice("nas1")
-	td.do(http.MethodPut, "/v1/devices/nas1/address", token, map[string]string{"ipv4": "198.51.100.5", "ipv6": "2001:db8::5"})
-	td.do(http.MethodPatch, "/v1/devices/nas1", token, map[string]any{"link": false, "access": "token"})
-	if _, _, err := td.d.Store().AddAccessCode(context.Background(), "nas1"); err != nil {
+	td := daemontest.Start(t)
+	token := td.AddDevice("nas1")
+	td.Do(http.MethodPut, "/v1/devices/nas1/address", token, map[string]string{"ipv4": "198.51.100.5", "ipv6": "2001:db8::5"})
+	td.Do(http.MethodPatch, "/v1/devices/nas1", token, map[string]any{"link": false, "access": "token"})
+	if _, _, err := td.Daemon.Store().AddAccessCode(context.Background(), "nas1"); err != nil {
 		t.Fatal(err)
 	}
-	code, body := td.do(http.MethodGet, "/v1/devices/nas1", token, nil)
+	code, body := td.Do(http.MethodGet, "/v1/devices/nas1", token, nil)
 	if code != http.StatusOK {
 		t.Fatalf("export: HTTP %d", code)
 	}
@@ -243,7 +227,7 @@ func jsonEqual(a, b any) bool {
 // column holds `bucket` or `bucket.field` names in backquotes.
 func documentedFields(t *testing.T) map[string]bool {
 	t.Helper()
-	readme, err := os.ReadFile("../../README.md")
+	readme, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,15 +251,15 @@ func documentedFields(t *testing.T) map[string]bool {
 }
 
 func TestStoreHoldsOnlyDocumentedFields(t *testing.T) {
-	clk := &fakeClock{t: time.Now().UTC()}
-	td := startTestDaemon(t, withClock(clk), func(c *daemon.Config) {
+	clk := testutil.NewClock(time.Now().UTC())
+	td := daemontest.Start(t, withClock(clk), func(c *daemon.Config) {
 		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 	})
 	// A realistic session: registrations, updates of both families through
 	// dyndns2 and REST, switches, a deletion, a cloud install.
-	token := td.addDevice("nas1")
-	other := td.addDevice("nas2")
-	td.do(http.MethodPost, "/v1/devices", td.Admin, map[string]string{"name": "fresh", "state": "uninitialized"})
+	token := td.AddDevice("nas1")
+	other := td.AddDevice("nas2")
+	td.Do(http.MethodPost, "/v1/devices", td.Admin, map[string]string{"name": "fresh", "state": "uninitialized"})
 	req, _ := http.NewRequest(http.MethodGet, td.HTTP+"/nic/update?hostname=nas1.myqnapcloud.com&myip=198.51.100.9,2001:db8::9", nil)
 	req.SetBasicAuth("nas1", token)
 	req.Header.Set("X-Forwarded-For", "198.51.100.77")
@@ -284,15 +268,15 @@ func TestStoreHoldsOnlyDocumentedFields(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	td.do(http.MethodPatch, "/v1/devices/nas1", token, map[string]any{"ddns": false, "access": "token"})
-	if _, err := td.d.Store().SetPublicKey(context.Background(), "nas1", "MCowBQYDK2VwAyEAexample"); err != nil {
+	td.Do(http.MethodPatch, "/v1/devices/nas1", token, map[string]any{"ddns": false, "access": "token"})
+	if _, err := td.Daemon.Store().SetPublicKey(context.Background(), "nas1", "MCowBQYDK2VwAyEAexample"); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := td.d.Store().AddAccessCode(context.Background(), "nas1"); err != nil {
+	if _, _, err := td.Daemon.Store().AddAccessCode(context.Background(), "nas1"); err != nil {
 		t.Fatal(err)
 	}
-	td.do(http.MethodPut, "/v1/devices/nas2/address", other, nil)
-	td.do(http.MethodDelete, "/v1/devices/nas2", other, nil)
+	td.Do(http.MethodPut, "/v1/devices/nas2/address", other, nil)
+	td.Do(http.MethodDelete, "/v1/devices/nas2", other, nil)
 
 	documented := documentedFields(t)
 	for bucket, kv := range dumpStore(t, td) {
@@ -324,92 +308,13 @@ func TestStoreHoldsOnlyDocumentedFields(t *testing.T) {
 	}
 }
 
-func TestConnectionLogHoldsOnlyMaskedAddresses(t *testing.T) {
-	td := startTestDaemon(t, func(c *daemon.Config) {
-		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
-	})
-	token := td.addDevice("nas1")
-	for _, tc := range []struct{ user, pass, from string }{
-		{"nas1", token, "198.51.100.77"},
-		{"nas1", "wrong", "203.0.113.201"},
-		{"nas1", token, "2001:db8:abcd:1234:5678::77"},
-	} {
-		req, _ := http.NewRequest(http.MethodGet, td.HTTP+"/nic/update?hostname=nas1.myqnapcloud.com&myip=192.0.2.1", nil)
-		req.SetBasicAuth(tc.user, tc.pass)
-		req.Header.Set("X-Forwarded-For", tc.from)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-	}
-	td.stop() // flushes the log
-	files, _ := filepath.Glob(filepath.Join(td.Dir, "logs", "conn-*.jsonl"))
-	if len(files) != 1 {
-		t.Fatalf("want one daily log file, got %v", files)
-	}
-	b, _ := os.ReadFile(files[0])
-	log := string(b)
-	for _, full := range []string{"198.51.100.77", "203.0.113.201", "2001:db8:abcd:1234"} {
-		if strings.Contains(log, full) {
-			t.Errorf("connection log contains %s unmasked:\n%s", full, log)
-		}
-	}
-	for _, want := range []string{`"client":"198.51.100.0"`, `"client":"203.0.113.0"`, `"client":"2001:db8:abcd::"`, `"outcome":"badauth"`, `"outcome":"good"`} {
-		if !strings.Contains(log, want) {
-			t.Errorf("connection log lacks %s:\n%s", want, log)
-		}
-	}
-	if info, _ := os.Stat(files[0]); info.Mode().Perm() != 0o600 {
-		t.Errorf("log file mode %v, want 0600", info.Mode().Perm())
-	}
-	var out bytes.Buffer
-	err := newApp(&out, &out).Run(context.Background(), []string{"nasreach", "logs", "stats", "--dir", filepath.Join(td.Dir, "logs")})
-	if err != nil || !strings.Contains(out.String(), "ddns") || strings.Contains(out.String(), "nas1") || strings.Contains(out.String(), "198.51.100") {
-		t.Fatalf("logs stats: %v\n%s", err, out.String())
-	}
-}
-
-func TestBackupSnapshotRestoresAndOldSnapshotsExpire(t *testing.T) {
-	td := startTestDaemon(t)
-	token := td.addDevice("nas1")
-	td.do(http.MethodPut, "/v1/devices/nas1/address", token, map[string]string{"ipv4": "198.51.100.61"})
-	out := t.TempDir()
-	old := filepath.Join(out, "nasreach-2020-01-01.db")
-	os.WriteFile(old, []byte("old"), 0o600)
-	var stdout bytes.Buffer
-	err := newApp(&stdout, &stdout).Run(context.Background(), []string{"nasreach", "backup", "--server", td.HTTP, "--admin-token", td.Admin, "--out", out})
-	if err != nil {
-		t.Fatalf("backup: %v\n%s", err, stdout.String())
-	}
-	if _, err := os.Stat(old); err == nil {
-		t.Error("a snapshot older than six months survived")
-	}
-	snap := filepath.Join(out, "nasreach-"+time.Now().UTC().Format(time.DateOnly)+".db")
-	// Restore: a new daemon on a copy of the snapshot answers as the old one did.
-	restored := t.TempDir()
-	b, err := os.ReadFile(snap)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(restored, store.FileName), b, 0o600)
-	td2 := startTestDaemon(t, func(c *daemon.Config) { c.DataDir = restored })
-	r := td2.query("udp", "nas1.myqnapcloud.com", dns.TypeA)
-	if len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != "198.51.100.61" {
-		t.Fatalf("restored daemon answers %v", r.Answer)
-	}
-	if code, _ := td2.do(http.MethodGet, "/v1/devices/nas1", token, nil); code != http.StatusOK {
-		t.Fatalf("device token after restore: HTTP %d", code)
-	}
-}
-
 func TestQueryLoggingIsOffByDefaultAndMaskedWhenOn(t *testing.T) {
 	for _, on := range []bool{false, true} {
-		td := startTestDaemon(t, func(c *daemon.Config) { c.Privacy.LogQueries = on })
-		td.addDevice("nas1")
-		td.query("udp", "nas1.myqnapcloud.com", dns.TypeA)
-		td.query("tcp", "unknown.myqnapcloud.com", dns.TypeAAAA)
-		td.stop()
+		td := daemontest.Start(t, func(c *daemon.Config) { c.Privacy.LogQueries = on })
+		td.AddDevice("nas1")
+		td.Query("udp", "nas1.myqnapcloud.com", dns.TypeA)
+		td.Query("tcp", "unknown.myqnapcloud.com", dns.TypeAAAA)
+		td.Stop()
 		files, _ := filepath.Glob(filepath.Join(td.Dir, "logs", "conn-*.jsonl"))
 		var all string
 		for _, f := range files {
