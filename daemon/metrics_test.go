@@ -135,3 +135,34 @@ func TestHealthAndReadiness(t *testing.T) {
 		t.Errorf("/readyz with the store closed = %d %q, want 503 naming the store", resp.StatusCode, body)
 	}
 }
+
+// TestStatusPageListsTheRunningDaemon fetches the metrics listener's / as an
+// operator's browser would and finds the daemon's own listeners and devices
+// on it, and nothing that names a device.
+func TestStatusPageListsTheRunningDaemon(t *testing.T) {
+	td := daemontest.Start(t, daemontest.WithTURN, daemontest.WithLink)
+	td.AddDevice("nas1")
+	td.AddDevice("nas2")
+	resp, err := http.Get(td.Metrics + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET / on the metrics listener = %s", resp.Status)
+	}
+	a := td.Daemon.Addrs()
+	for _, want := range []string{
+		"DNS (UDP, TCP)</td><td>" + a.DNS.String(), "HTTP API</td><td>" + a.HTTP.String(),
+		"STUN and TURN (UDP, TCP)</td><td>" + a.STUN.String(), "Link relay (QUIC)</td><td>" + a.Link.String(),
+		"devices registered</td><td>2", ">ready<",
+	} {
+		if !strings.Contains(string(page), want) {
+			t.Errorf("status page lacks %q", want)
+		}
+	}
+	if strings.Contains(string(page), "nas1") {
+		t.Error("status page names a device")
+	}
+}
