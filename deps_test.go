@@ -16,7 +16,7 @@ const module = "github.com/nasreach/nasreach/"
 // ARCHITECTURE.md together.
 var allowed = map[string][]string{
 	"anonymize": {},
-	"store":     {"go.etcd.io/bbolt", "github.com/rs/zerolog"},
+	"store":     {"go.etcd.io/bbolt", "github.com/rs/zerolog", "golang.org/x/net/idna"},
 	"connlog":   {"anonymize", "github.com/rs/zerolog", "filippo.io/age"},
 	"api":       {"store", "connlog", "anonymize", "api/client", "internal/netaddr", "internal/ratelimit", "github.com/rs/zerolog"},
 	// Standard library only: the Link agent's side of the binary must not pull

@@ -319,6 +319,14 @@ func TestRegisterRefusalsSayWhy(t *testing.T) {
 		{"reserved www", `{"name":"WWW"}`, 400, []string{"reserved"}},
 		{"reserved acme", `{"name":"_acme-challenge"}`, 400, []string{"reserved"}},
 		{"underscore label", `{"name":"_dmarc"}`, 400, []string{"reserved"}},
+		{"reserved localhost", `{"name":"localhost"}`, 400, []string{`"localhost": name is reserved`}},
+		{"reserved wpad", `{"name":"WPAD"}`, 400, []string{`"wpad": name is reserved`}},
+		{"reserved hostmaster", `{"name":"hostmaster"}`, 400, []string{`"hostmaster": name is reserved`}},
+		{"reserved autodiscover", `{"name":"autodiscover"}`, 400, []string{`"autodiscover": name is reserved`}},
+		{"Kelvin sign is not folded to k", `{"name":"NAS\u212a"}`, 400, []string{`"nas\u212a": invalid device name`, "punycode form xn--", "not valid IDNA"}},
+		{"IDN in Unicode", `{"name":"M\u00fcller"}`, 400, []string{`"m\u00fcller": invalid device name`, `here "xn--mller-kva"`}},
+		{"invalid punycode", `{"name":"xn--zz"}`, 400, []string{`"xn--zz": invalid device name: not valid IDNA (punycode)`}},
+		{"empty punycode", `{"name":"xn--"}`, 400, []string{`"xn--": invalid device name: not valid IDNA (punycode)`}},
 		{"empty name", `{"name":""}`, 400, []string{"name is required"}},
 		{"no body", ``, 400, []string{"name"}},
 		{"not JSON", `name=nas1`, 400, []string{"JSON"}},
@@ -333,6 +341,18 @@ func TestRegisterRefusalsSayWhy(t *testing.T) {
 	}
 	if ds, _ := s.st.List(); len(ds) != 1 {
 		t.Fatalf("refused registrations stored devices: %+v", ds)
+	}
+}
+
+func TestRegisterKeepsAPunycodeNameAsSent(t *testing.T) {
+	s := startServer(t, nil)
+	r := s.do(req{method: "POST", path: "/v1/devices", bearer: testAdmin, body: `{"name":"XN--Mller-KVA"}`})
+	var out map[string]string
+	if r.code != http.StatusCreated || json.Unmarshal([]byte(r.body), &out) != nil {
+		t.Fatalf("register xn--mller-kva = %d %s", r.code, r.body)
+	}
+	if out["name"] != "xn--mller-kva" || out["fqdn"] != "xn--mller-kva.example.com" {
+		t.Errorf("registered %q (%q), want the A-label xn--mller-kva", out["name"], out["fqdn"])
 	}
 }
 

@@ -36,7 +36,7 @@ const maxHostnames = 20
 
 // dyndns2Request is a parsed dyndns2 update.
 type dyndns2Request struct {
-	Hostnames []string // lower case, no trailing dot, in request order
+	Hostnames []string // ASCII lower case (store.NormalizeName), no trailing dot, in request order
 	IPv4      netip.Addr
 	IPv6      netip.Addr
 }
@@ -47,7 +47,7 @@ type dyndns2Request struct {
 func parseDyndns2(q url.Values, src netip.Addr) (dyndns2Request, string) {
 	var req dyndns2Request
 	for h := range strings.SplitSeq(q.Get("hostname"), ",") {
-		h = strings.TrimSuffix(strings.ToLower(strings.TrimSpace(h)), ".")
+		h = strings.TrimSuffix(store.NormalizeName(strings.TrimSpace(h)), ".")
 		if h != "" {
 			req.Hostnames = append(req.Hostnames, h)
 		}
@@ -120,7 +120,7 @@ func (a *API) handleDyndns2(w http.ResponseWriter, r *http.Request) {
 		reply(http.StatusUnauthorized, "badauth")
 		return
 	}
-	user = strings.TrimSuffix(strings.ToLower(user), ".")
+	user = strings.TrimSuffix(store.NormalizeName(user), ".")
 	if d := a.deviceOf(user); d != "" {
 		user = d // some routers send the full hostname as the user name
 	}

@@ -235,3 +235,20 @@ func TestDyndns2UpdateFromOneDeviceNeverTouchesAnother(t *testing.T) {
 		t.Fatalf("nas1's token changed nas2 to %v", d.IPv4)
 	}
 }
+
+func TestDyndns2DoesNotFoldNonASCIIOntoADevice(t *testing.T) {
+	s := startServer(t, nil)
+	tok := s.device("nask")
+	kelvin := "NAS\u212a" // strings.ToLower makes this "nask"
+	r := s.do(req{path: "/nic/update?hostname=" + url.QueryEscape(kelvin+".example.com") + "&myip=198.51.100.7", basic: []string{"nask", tok}})
+	if r.body != "nohost\n" {
+		t.Errorf("hostname %+q with nask's credentials: %q, want nohost", kelvin, r.body)
+	}
+	r = s.do(req{path: "/nic/update?hostname=nask.example.com&myip=198.51.100.7", basic: []string{kelvin, tok}})
+	if r.code != http.StatusUnauthorized || r.body != "badauth\n" {
+		t.Errorf("user %+q with nask's token: %d %q, want 401 badauth", kelvin, r.code, r.body)
+	}
+	if d, _ := s.st.Get("nask"); d.IPv4.IsValid() {
+		t.Errorf("nask was updated to %v through %+q", d.IPv4, kelvin)
+	}
+}

@@ -32,6 +32,31 @@ func TestValidateNameFollowsDNSLabelRules(t *testing.T) {
 		{"nas 1", store.ErrInvalidName, "only letters"},
 		{"nås", store.ErrInvalidName, "only letters"},
 		{"nas\x00", store.ErrInvalidName, "only letters"},
+		// Nothing outside ASCII is folded: the Kelvin sign is not a k.
+		{"nas\u212a", store.ErrInvalidName, "punycode form xn--"},
+		{"m\u00fcller", store.ErrInvalidName, `here "xn--mller-kva"`},
+		{"caf\u00e9-" + strings.Repeat("x", 60), store.ErrInvalidName, "punycode"}, // too long as well: the IDN hint is the useful one
+		{"nas\xff", store.ErrInvalidName, "not valid IDNA"},
+		// xn-- labels are IDNA A-labels, checked as such.
+		{"xn--mller-kva", nil, ""},
+		{"xn--55qx5d", nil, ""},
+		{"xn--", store.ErrInvalidName, "not valid IDNA (punycode)"},
+		{"xn--zz", store.ErrInvalidName, "not valid IDNA (punycode)"},
+		{"xn--nas-", store.ErrInvalidName, "not valid IDNA (punycode)"},  // decodes to plain ASCII
+		{"xn--a-ecp", store.ErrInvalidName, "not valid IDNA (punycode)"}, // decodes to a disallowed character
+		// Names browsers, proxies and mail software give a meaning to.
+		{"localhost", store.ErrReserved, "reserved"},
+		{"wpad", store.ErrReserved, "reserved"},
+		{"isatap", store.ErrReserved, "reserved"},
+		{"autodiscover", store.ErrReserved, "reserved"},
+		{"autoconfig", store.ErrReserved, "reserved"},
+		{"mta-sts", store.ErrReserved, "reserved"},
+		{"openpgpkey", store.ErrReserved, "reserved"},
+		{"hostmaster", store.ErrReserved, "reserved"},
+		{"postmaster", store.ErrReserved, "reserved"},
+		{"webmaster", store.ErrReserved, "reserved"},
+		{"abuse", store.ErrReserved, "reserved"},
+		{"administrator", store.ErrReserved, "reserved"},
 		{"ns1", store.ErrReserved, "reserved"},
 		{"ns2", store.ErrReserved, "reserved"},
 		{"www", store.ErrReserved, "reserved"},
@@ -52,7 +77,9 @@ func TestValidateNameFollowsDNSLabelRules(t *testing.T) {
 			t.Errorf("ValidateName(%q) = %v, want %v", c.name, err, c.want)
 			continue
 		}
-		if msg := err.Error(); !strings.Contains(msg, c.because) || !strings.Contains(msg, strconv.Quote(c.name)) {
+		// A name outside ASCII is shown escaped, so that a look-alike is
+		// visible as what it is.
+		if msg := err.Error(); !strings.Contains(msg, c.because) || !strings.Contains(msg, strconv.QuoteToASCII(c.name)) {
 			t.Errorf("ValidateName(%q) message %q should name the label and say %q", c.name, msg, c.because)
 		}
 	}
@@ -96,8 +123,11 @@ func TestHashTokenIsStableHexAndHidesTheToken(t *testing.T) {
 	}
 }
 
-func TestNormalizeNameLowerCases(t *testing.T) {
-	for in, want := range map[string]string{"NAS1": "nas1", "My-Nas": "my-nas", "nas1": "nas1"} {
+func TestNormalizeNameLowerCasesOnlyASCII(t *testing.T) {
+	for in, want := range map[string]string{
+		"NAS1": "nas1", "My-Nas": "my-nas", "nas1": "nas1", "XN--MLLER-KVA": "xn--mller-kva",
+		"NAS\u212a": "nas\u212a", "M\u00dcller": "m\u00dcller", "\u0130": "\u0130", "": "",
+	} {
 		if got := store.NormalizeName(in); got != want {
 			t.Errorf("NormalizeName(%q) = %q, want %q", in, got, want)
 		}

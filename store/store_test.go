@@ -164,6 +164,26 @@ func TestNamesAreCaseInsensitive(t *testing.T) {
 	})
 }
 
+func TestOnlyASCIIIsCaseFolded(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, open openFunc) {
+		s := open(t, Config{})
+		_, tok := mustCreate(t, s, "nask")
+		kelvin := "NAS\u212a" // strings.ToLower makes this "nask"
+		if _, err := s.Get(kelvin); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Get(%+q) = %v, want ErrNotFound: it is not nask", kelvin, err)
+		}
+		if _, err := s.Authenticate(kelvin, tok); !errors.Is(err, ErrBadCredentials) {
+			t.Errorf("Authenticate(%+q, nask's token) = %v, want ErrBadCredentials", kelvin, err)
+		}
+		if _, _, err := s.SetAddress(context.Background(), kelvin, AddressUpdate{IPv4: v4a}); !errors.Is(err, ErrNotFound) {
+			t.Errorf("SetAddress(%+q) = %v, want ErrNotFound", kelvin, err)
+		}
+		if d, _ := s.Get("nask"); d.IPv4.IsValid() {
+			t.Errorf("nask got %v through %+q", d.IPv4, kelvin)
+		}
+	})
+}
+
 func TestCreateRefusesInvalidAndReservedNamesWithAReason(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, open openFunc) {
 		s := open(t, Config{Reserved: []string{"mail"}})
@@ -181,6 +201,11 @@ func TestCreateRefusesInvalidAndReservedNamesWithAReason(t *testing.T) {
 			{"_acme-challenge", ErrReserved},
 			{"_anything", ErrReserved},
 			{"mail", ErrReserved},
+			{"WPAD", ErrReserved},
+			{"localhost", ErrReserved},
+			{"NAS\u212a", ErrInvalidName}, // the Kelvin sign is not folded to k
+			{"xn--zz", ErrInvalidName},
+			{"xn--", ErrInvalidName},
 		}
 		for _, c := range cases {
 			_, _, err := s.Create(context.Background(), c.name, CreateOptions{})
