@@ -534,6 +534,14 @@ func TestPutAddress(t *testing.T) {
 		{"ipv4 in the ipv6 field", `{"ipv6":"203.0.113.1"}`, "", 400, v4, v6, "IPv6"},
 		{"unknown field", `{"ipv5":"1.2.3.4"}`, "", 400, v4, v6, "ipv5"},
 		{"number instead of string", `{"ipv4":1}`, "", 400, v4, v6, "JSON"},
+		// The addresses dyndns2 refuses, refused the same way (store.ValidateAddress).
+		{"unspecified", `{"ipv4":"0.0.0.0"}`, "", 400, v4, v6, "ipv4 0.0.0.0: invalid value: the unspecified (this-network) address names no host"},
+		{"link-local", `{"ipv6":"fe80::1"}`, "", 400, v4, v6, "ipv6 fe80::1: invalid value: a link-local address"},
+		{"multicast", `{"ipv4":"224.0.0.1"}`, "", 400, v4, v6, "multicast"},
+		{"a zone", `{"ipv6":"2001:db8::7%eth0"}`, "", 400, v4, v6, "zone"},
+		{"one refused address keeps both", `{"ipv4":"203.0.113.7","ipv6":"ff02::1"}`, "", 400, v4, v6, "ipv6 ff02::1"},
+		{"no body from a source that may not be published", "", "169.254.9.9", 400, v4, v6, "ipv4 169.254.9.9: invalid value: a link-local address"},
+		{"private and loopback are published", `{"ipv4":"192.168.1.2","ipv6":"::1"}`, "", 200, netip.MustParseAddr("192.168.1.2"), netip.MustParseAddr("::1"), ""},
 	}
 	for _, c := range cases {
 		t.Run(c.what, func(t *testing.T) {

@@ -193,6 +193,44 @@ func NormalizeName(name string) string {
 	return string(b)
 }
 
+// ValidateAddress returns nil if ip may be published as a device's address,
+// else an error wrapping ErrInvalid that says why. Refused are the addresses
+// that reach no host or not the device from elsewhere: the unspecified
+// address and 0.0.0.0/8, broadcast, multicast, link-local (only meaningful on
+// the device's own link), 240.0.0.0/4 (reserved, not routed) and any address
+// with a zone. Private and loopback addresses are published: a LAN-only name
+// and a test set-up on one machine are legitimate uses, and what /v1/ip tells
+// a client on loopback. The REST API and dyndns2 both end up here.
+func ValidateAddress(ip netip.Addr) error {
+	why := ""
+	switch {
+	case !ip.IsValid():
+		why = "not an address"
+	case ip.Zone() != "":
+		why = "an address with a zone (after %) only has a meaning on one host"
+	case ip.IsUnspecified() || thisNetwork.Contains(ip):
+		why = "the unspecified (this-network) address names no host"
+	case ip == broadcast:
+		why = "the broadcast address names no host"
+	case ip.IsMulticast():
+		why = "a multicast address names a group, not a host"
+	case ip.IsLinkLocalUnicast():
+		why = "a link-local address only reaches the device from its own link"
+	case classE.Contains(ip):
+		why = "240.0.0.0/4 is reserved and not routed"
+	default:
+		return nil
+	}
+	// The zone is left out of the message: it is the sender's free text.
+	return fmt.Errorf("%s: %w: %s", ip.WithZone(""), ErrInvalid, why)
+}
+
+var (
+	thisNetwork = netip.MustParsePrefix("0.0.0.0/8")
+	classE      = netip.MustParsePrefix("240.0.0.0/4")
+	broadcast   = netip.MustParseAddr("255.255.255.255")
+)
+
 // AddressUpdate sets the WAN addresses of a device. A zero address leaves that
 // family as it is unless the matching Clear flag is set.
 type AddressUpdate struct {

@@ -3,6 +3,7 @@ package store_test
 import (
 	"encoding/base64"
 	"errors"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -131,5 +132,47 @@ func TestNormalizeNameLowerCasesOnlyASCII(t *testing.T) {
 		if got := store.NormalizeName(in); got != want {
 			t.Errorf("NormalizeName(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestValidateAddressRefusesWhatReachesNoHost(t *testing.T) {
+	cases := []struct {
+		ip      string
+		because string // "" for a publishable address
+	}{
+		{"203.0.113.7", ""},
+		{"2001:db8::7", ""},
+		{"10.0.0.2", ""},   // a LAN-only name
+		{"fd00::2", ""},    // ULA, the same
+		{"127.0.0.1", ""},  // a set-up on one machine
+		{"::1", ""},        // the same
+		{"100.64.0.1", ""}, // CGNAT: reachable from the carrier's network
+		{"0.0.0.0", "unspecified"},
+		{"0.1.2.3", "unspecified"},
+		{"::", "unspecified"},
+		{"255.255.255.255", "broadcast"},
+		{"224.0.0.1", "multicast"},
+		{"239.1.2.3", "multicast"},
+		{"ff02::1", "multicast"},
+		{"169.254.1.1", "link-local"},
+		{"fe80::1", "link-local"},
+		{"240.0.0.1", "reserved"},
+		{"2001:db8::1%eth0", "zone"},
+		{"fe80::1%eth0", "zone"},
+	}
+	for _, c := range cases {
+		err := store.ValidateAddress(netip.MustParseAddr(c.ip))
+		switch {
+		case c.because == "" && err != nil:
+			t.Errorf("ValidateAddress(%s) = %v, want nil", c.ip, err)
+		case c.because == "":
+		case !errors.Is(err, store.ErrInvalid) || !strings.Contains(err.Error(), c.because):
+			t.Errorf("ValidateAddress(%s) = %v, want ErrInvalid saying %q", c.ip, err, c.because)
+		case strings.Contains(err.Error(), "eth0"):
+			t.Errorf("ValidateAddress(%s) = %v: the zone is the sender's free text and stays out of the message", c.ip, err)
+		}
+	}
+	if err := store.ValidateAddress(netip.Addr{}); !errors.Is(err, store.ErrInvalid) {
+		t.Errorf("ValidateAddress(zero) = %v, want ErrInvalid", err)
 	}
 }
