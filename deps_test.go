@@ -18,7 +18,7 @@ var allowed = map[string][]string{
 	"anonymize": {},
 	// The device record, shared by the store and the API client.
 	"record":  {},
-	"store":   {"record", "go.etcd.io/bbolt", "github.com/rs/zerolog"},
+	"store":   {"record", "go.etcd.io/bbolt", "github.com/rs/zerolog", "golang.org/x/net/idna"},
 	"connlog": {"anonymize", "github.com/rs/zerolog", "filippo.io/age"},
 	"api":     {"store", "connlog", "anonymize", "api/client", "internal/netaddr", "internal/ratelimit", "github.com/rs/zerolog"},
 	// Standard library only: the Link agent's side of the binary must not pull

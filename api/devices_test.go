@@ -280,6 +280,14 @@ func TestRegisterRefusalsSayWhy(t *testing.T) {
 		{"reserved www", `{"name":"WWW"}`, 400, []string{"reserved"}},
 		{"reserved acme", `{"name":"_acme-challenge"}`, 400, []string{"reserved"}},
 		{"underscore label", `{"name":"_dmarc"}`, 400, []string{"reserved"}},
+		{"reserved localhost", `{"name":"localhost"}`, 400, []string{`"localhost": name is reserved`}},
+		{"reserved wpad", `{"name":"WPAD"}`, 400, []string{`"wpad": name is reserved`}},
+		{"reserved hostmaster", `{"name":"hostmaster"}`, 400, []string{`"hostmaster": name is reserved`}},
+		{"reserved autodiscover", `{"name":"autodiscover"}`, 400, []string{`"autodiscover": name is reserved`}},
+		{"Kelvin sign is not folded to k", `{"name":"NAS\u212a"}`, 400, []string{`"nas\u212a": invalid device name`, "punycode form xn--", "not valid IDNA"}},
+		{"IDN in Unicode", `{"name":"M\u00fcller"}`, 400, []string{`"m\u00fcller": invalid device name`, `here "xn--mller-kva"`}},
+		{"invalid punycode", `{"name":"xn--zz"}`, 400, []string{`"xn--zz": invalid device name: not valid IDNA (punycode)`}},
+		{"empty punycode", `{"name":"xn--"}`, 400, []string{`"xn--": invalid device name: not valid IDNA (punycode)`}},
 		{"empty name", `{"name":""}`, 400, []string{"name is required"}},
 		{"no body", ``, 400, []string{"name"}},
 		{"not JSON", `name=nas1`, 400, []string{"JSON"}},
@@ -294,6 +302,18 @@ func TestRegisterRefusalsSayWhy(t *testing.T) {
 	}
 	if ds, _ := s.st.List(); len(ds) != 1 {
 		t.Fatalf("refused registrations stored devices: %+v", ds)
+	}
+}
+
+func TestRegisterKeepsAPunycodeNameAsSent(t *testing.T) {
+	s := startServer(t, nil)
+	r := s.do(req{method: "POST", path: "/v1/devices", bearer: testAdmin, body: `{"name":"XN--Mller-KVA"}`})
+	var out map[string]string
+	if r.code != http.StatusCreated || json.Unmarshal([]byte(r.body), &out) != nil {
+		t.Fatalf("register xn--mller-kva = %d %s", r.code, r.body)
+	}
+	if out["name"] != "xn--mller-kva" || out["fqdn"] != "xn--mller-kva.example.com" {
+		t.Errorf("registered %q (%q), want the A-label xn--mller-kva", out["name"], out["fqdn"])
 	}
 }
 
@@ -475,6 +495,14 @@ func TestPutAddress(t *testing.T) {
 		{"ipv4 in the ipv6 field", `{"ipv6":"203.0.113.1"}`, "", 400, v4, v6, "IPv6"},
 		{"unknown field", `{"ipv5":"1.2.3.4"}`, "", 400, v4, v6, "ipv5"},
 		{"number instead of string", `{"ipv4":1}`, "", 400, v4, v6, "JSON"},
+		// The addresses dyndns2 refuses, refused the same way (store.ValidateAddress).
+		{"unspecified", `{"ipv4":"0.0.0.0"}`, "", 400, v4, v6, "ipv4 0.0.0.0: invalid value: the unspecified (this-network) address names no host"},
+		{"link-local", `{"ipv6":"fe80::1"}`, "", 400, v4, v6, "ipv6 fe80::1: invalid value: a link-local address"},
+		{"multicast", `{"ipv4":"224.0.0.1"}`, "", 400, v4, v6, "multicast"},
+		{"a zone", `{"ipv6":"2001:db8::7%eth0"}`, "", 400, v4, v6, "zone"},
+		{"one refused address keeps both", `{"ipv4":"203.0.113.7","ipv6":"ff02::1"}`, "", 400, v4, v6, "ipv6 ff02::1"},
+		{"no body from a source that may not be published", "", "169.254.9.9", 400, v4, v6, "ipv4 169.254.9.9: invalid value: a link-local address"},
+		{"private and loopback are published", `{"ipv4":"192.168.1.2","ipv6":"::1"}`, "", 200, netip.MustParseAddr("192.168.1.2"), netip.MustParseAddr("::1"), ""},
 	}
 	for _, c := range cases {
 		t.Run(c.what, func(t *testing.T) {

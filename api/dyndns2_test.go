@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"net/http"
 	"net/netip"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nasreach/nasreach/store"
 )
@@ -48,10 +50,16 @@ func TestDyndns2Answers(t *testing.T) {
 			code: 200, body: "good 203.0.113.99", stored: []string{"203.0.113.99"}},
 		{what: "no myip uses the IPv6 source", query: "hostname=nas1.example.com", auth: nas1Creds, from: "2001:db8:9::1",
 			pre: []string{"198.51.100.1"}, code: 200, body: "good 2001:db8:9::1", stored: []string{"198.51.100.1", "2001:db8:9::1"}},
-		{what: "malformed myip uses the source", query: "hostname=nas1.example.com&myip=my.router", auth: nas1Creds,
-			code: 200, body: "good 203.0.113.99", stored: []string{"203.0.113.99"}},
 		{what: "empty myip uses the source", query: "hostname=nas1.example.com&myip=", auth: nas1Creds,
 			code: 200, body: "good 203.0.113.99", stored: []string{"203.0.113.99"}},
+		{what: "blank myip uses the source", query: "hostname=nas1.example.com&myip=%20,%20", auth: nas1Creds,
+			code: 200, body: "good 203.0.113.99", stored: []string{"203.0.113.99"}},
+		{what: "empty entries in myip are skipped", query: "hostname=nas1.example.com&myip=,2001:db8::7", auth: nas1Creds,
+			pre: []string{"198.51.100.1"}, code: 200, body: "good 2001:db8::7", stored: []string{"198.51.100.1", "2001:db8::7"}},
+		{what: "the same address twice is one", query: "hostname=nas1.example.com&myip=198.51.100.7,198.51.100.7&myip=198.51.100.7", auth: nas1Creds,
+			code: 200, body: "good 198.51.100.7", stored: []string{"198.51.100.7"}},
+		{what: "private and loopback addresses are published", query: "hostname=nas1.example.com&myip=10.0.0.2,::1", auth: nas1Creds,
+			code: 200, body: "good 10.0.0.2,::1", stored: []string{"10.0.0.2", "::1"}},
 		{what: "ipv6 in myip keeps the ipv4", query: "hostname=nas1.example.com&myip=2001:db8::7", auth: nas1Creds,
 			pre: []string{"198.51.100.1"}, code: 200, body: "good 2001:db8::7", stored: []string{"198.51.100.1", "2001:db8::7"}},
 		{what: "both families in myip", query: "hostname=nas1.example.com&myip=198.51.100.7,2001:db8::7", auth: nas1Creds,
@@ -76,6 +84,40 @@ func TestDyndns2Answers(t *testing.T) {
 			code: 200, body: "good 198.51.100.7", stored: []string{"198.51.100.7"}},
 		{what: "twenty hostnames is the most", query: "myip=198.51.100.7&hostname=" + hosts(20), auth: nas1Creds,
 			code: 200, body: "good 198.51.100.7" + strings.Repeat("\nnochg 198.51.100.7", 19), stored: []string{"198.51.100.7"}},
+
+		// An address that cannot be used: badagent with the reason, once per
+		// hostname, and nas1 keeps 198.51.100.1 (the runner checks that the
+		// store did not change at all).
+		{what: "malformed myip", query: "hostname=nas1.example.com&myip=garbage", auth: nas1Creds, pre: []string{"198.51.100.1"},
+			code: 200, body: "badagent myip is not an IPv4 or IPv6 address (or one of each, comma-separated)"},
+		{what: "malformed myip, a line per hostname", query: "hostname=nas1.example.com,nas2.example.com&myip=my.router", auth: nas1Creds, pre: []string{"198.51.100.1"},
+			code: 200, body: "badagent myip is not an IPv4 or IPv6 address (or one of each, comma-separated)\nbadagent myip is not an IPv4 or IPv6 address (or one of each, comma-separated)"},
+		{what: "leading zeros are malformed", query: "hostname=nas1.example.com&myip=203.0.113.010", auth: nas1Creds, pre: []string{"198.51.100.1"},
+			code: 200, body: "badagent myip is not an IPv4 or IPv6 address (or one of each, comma-separated)"},
+		{what: "one malformed entry refuses the list", query: "hostname=nas1.example.com&myip=198.51.100.7,garbage", auth: nas1Creds, pre: []string{"198.51.100.1"},
+			code: 200, body: "badagent myip is not an IPv4 or IPv6 address (or one of each, comma-separated)"},
+		{what: "malformed myipv6", query: "hostname=nas1.example.com&myip=198.51.100.7&myipv6=good", auth: nas1Creds, pre: []string{"198.51.100.1"},
+			code: 200, body: "badagent myipv6 is not an IPv4 or IPv6 address (or one of each, comma-separated)"},
+		{what: "two ipv4 addresses", query: "hostname=nas1.example.com&myip=198.51.100.7,198.51.100.8", auth: nas1Creds, pre: []string{"198.51.100.1"},
+			code: 200, body: "badagent myip: two different IPv4 addresses; a name has at most one of each family"},
+		{what: "myip and myipv6 disagree", query: "hostname=nas1.example.com&myip=2001:db8::7&myipv6=2001:db8::8", auth: nas1Creds, pre: []string{"198.51.100.1"},
+			code: 200, body: "badagent myipv6: two different IPv6 addresses; a name has at most one of each family"},
+		{what: "unspecified", query: "hostname=nas1.example.com&myip=0.0.0.0", auth: nas1Creds, pre: []string{"198.51.100.1"},
+			code: 200, body: "badagent myip 0.0.0.0: invalid value: the unspecified (this-network) address names no host"},
+		{what: "mapped unspecified", query: "hostname=nas1.example.com&myip=::ffff:0.0.0.0", auth: nas1Creds, pre: []string{"198.51.100.1"},
+			code: 200, body: "badagent myip 0.0.0.0: invalid value: the unspecified (this-network) address names no host"},
+		{what: "broadcast", query: "hostname=nas1.example.com&myip=255.255.255.255", auth: nas1Creds, pre: []string{"198.51.100.1"},
+			code: 200, body: "badagent myip 255.255.255.255: invalid value: the broadcast address names no host"},
+		{what: "multicast", query: "hostname=nas1.example.com&myipv6=ff02::1", auth: nas1Creds, pre: []string{"198.51.100.1"},
+			code: 200, body: "badagent myipv6 ff02::1: invalid value: a multicast address names a group, not a host"},
+		{what: "link-local", query: "hostname=nas1.example.com&myip=169.254.1.1", auth: nas1Creds, pre: []string{"198.51.100.1"},
+			code: 200, body: "badagent myip 169.254.1.1: invalid value: a link-local address only reaches the device from its own link"},
+		{what: "an address with a zone", query: "hostname=nas1.example.com&myip=2001:db8::7%25good", auth: nas1Creds, pre: []string{"198.51.100.1"},
+			code: 200, body: "badagent myip 2001:db8::7: invalid value: an address with a zone (after %) only has a meaning on one host"},
+		{what: "a source that may not be published", query: "hostname=nas1.example.com", auth: nas1Creds, from: "169.254.9.9", pre: []string{"198.51.100.1"},
+			code: 200, body: "badagent no myip, and the request's source address 169.254.9.9: invalid value: a link-local address only reaches the device from its own link"},
+		{what: "a bad address is answered before nohost", query: "hostname=nas2.example.com&myip=garbage", auth: nas1Creds,
+			code: 200, body: "badagent myip is not an IPv4 or IPv6 address (or one of each, comma-separated)"},
 
 		// refusals after a good login
 		{what: "notfqdn without hostname", query: "myip=198.51.100.7", auth: nas1Creds, code: 200, body: "notfqdn"},
@@ -163,6 +205,10 @@ func runDyndns2Case(t *testing.T, c dyndns2Case) {
 	if c.setup != nil {
 		c.setup(s)
 	}
+	// A request answered without "good" must leave the store exactly as it
+	// was; the clock moves so that a write would show in Updated.
+	before := snapshot(t, s.st)
+	s.clock.Advance(time.Minute)
 	r := req{method: c.method, path: cmpOr(c.path, "/nic/update") + "?" + c.query, from: cmpOr(c.from, "203.0.113.99"), header: http.Header{}}
 	if c.auth != nil {
 		r.basic = []string{fill(c.auth[0]), fill(c.auth[1])}
@@ -201,6 +247,9 @@ func runDyndns2Case(t *testing.T, c dyndns2Case) {
 	if c.code == 500 {
 		return // the device is gone
 	}
+	if !strings.Contains(got.body, "good") && !bytes.Equal(snapshot(t, s.st), before) {
+		t.Errorf("the answer %q has no good line, yet the store changed", got.body)
+	}
 	d, err := s.st.Get("nas1")
 	if err != nil {
 		t.Fatal(err)
@@ -213,6 +262,39 @@ func runDyndns2Case(t *testing.T, c dyndns2Case) {
 	}
 	if d2, _ := s.st.Get("nas2"); d2.IPv4.IsValid() || d2.IPv6.IsValid() {
 		t.Errorf("nas1's request changed nas2: %+v", d2)
+	}
+}
+
+// snapshot returns the store's whole content as a consistent bbolt file.
+func snapshot(t *testing.T, st *store.Store) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if _, err := st.Backup(&b); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// TestDyndns2RefusalsHoldNoSuccessWord: clients such as inadyn's custom
+// provider call any answer containing "good", "ok" … a success, so a refusal
+// must never contain one, whatever the client sent.
+func TestDyndns2RefusalsHoldNoSuccessWord(t *testing.T) {
+	s := startServer(t, nil)
+	tok := s.device("nas1")
+	for _, myip := range []string{"good", "ok", "nochg", "updated", "true", "0.0.0.0", "255.255.255.255", "224.0.0.1", "ff02::1",
+		"169.254.1.1", "fe80::1", "fe80::1%25good", "2001:db8::1%25OK", "240.0.0.1", "::ffff:0.0.0.0", "1.2.3.4,5.6.7.8", "::1,::2", "010.0.0.1"} {
+		for _, param := range []string{"myip", "myipv6"} {
+			r := s.do(req{path: "/nic/update?hostname=nas1.example.com&" + param + "=" + myip, basic: []string{"nas1", tok}})
+			if !strings.HasPrefix(r.body, "badagent ") {
+				t.Errorf("%s=%s: answer %q, want badagent", param, myip, r.body)
+			}
+			if w := noSuccessWord(r.body); w != "" {
+				t.Errorf("%s=%s: refusal %q contains %q, which clients take for success", param, myip, r.body, w)
+			}
+		}
+	}
+	if r := s.do(req{path: "/nic/update?hostname=nas1.example.com", basic: []string{"nas1", tok}, from: "0.0.0.1"}); noSuccessWord(r.body) != "" || !strings.HasPrefix(r.body, "badagent ") {
+		t.Errorf("unpublishable source: answer %q", r.body)
 	}
 }
 
@@ -233,5 +315,22 @@ func TestDyndns2UpdateFromOneDeviceNeverTouchesAnother(t *testing.T) {
 	}
 	if d, _ := s.st.Get("nas2"); d.IPv4.IsValid() {
 		t.Fatalf("nas1's token changed nas2 to %v", d.IPv4)
+	}
+}
+
+func TestDyndns2DoesNotFoldNonASCIIOntoADevice(t *testing.T) {
+	s := startServer(t, nil)
+	tok := s.device("nask")
+	kelvin := "NAS\u212a" // strings.ToLower makes this "nask"
+	r := s.do(req{path: "/nic/update?hostname=" + url.QueryEscape(kelvin+".example.com") + "&myip=198.51.100.7", basic: []string{"nask", tok}})
+	if r.body != "nohost\n" {
+		t.Errorf("hostname %+q with nask's credentials: %q, want nohost", kelvin, r.body)
+	}
+	r = s.do(req{path: "/nic/update?hostname=nask.example.com&myip=198.51.100.7", basic: []string{kelvin, tok}})
+	if r.code != http.StatusUnauthorized || r.body != "badauth\n" {
+		t.Errorf("user %+q with nask's token: %d %q, want 401 badauth", kelvin, r.code, r.body)
+	}
+	if d, _ := s.st.Get("nask"); d.IPv4.IsValid() {
+		t.Errorf("nask was updated to %v through %+q", d.IPv4, kelvin)
 	}
 }

@@ -27,6 +27,11 @@ func FuzzParseDyndns2(f *testing.F) {
 		{"hostname=a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q,r,s,t,u", "203.0.113.1"},
 		{"hostname=,,,&myip=", "203.0.113.1"},
 		{"myip=fe80::1%25eth0&hostname=x", "fe80::2%eth1"},
+		{"hostname=nas1.example.com&myip=garbage", "203.0.113.1"},
+		{"hostname=nas1.example.com&myip=203.0.113.010", "203.0.113.1"},
+		{"hostname=nas1.example.com&myip=,2001:db8::7&myipv6=2001:db8::8", "203.0.113.1"},
+		{"hostname=nas1.example.com", "169.254.0.1"},
+		{"hostname=NAS%E2%84%AA.example.com&myip=0.0.0.0", "203.0.113.1"},
 		{"hostname=%00%ff&myip=1.2.3.4.5&myipv6=::ffff:1.2.3.4", "::ffff:192.0.2.1"},
 		{"system=dyndns&hostname=nas1.example.com&wildcard=ON&mx=m&backmx=NO&offline=YES", "203.0.113.1"},
 		{"hostname=a&hostname=b&myip=1.1.1.1&myip=2.2.2.2", "203.0.113.1"},
@@ -41,21 +46,28 @@ func FuzzParseDyndns2(f *testing.F) {
 		}
 		src, _ := netip.ParseAddr(srcText)
 		src = src.Unmap() // clientAddr's contract
-		req, code := parseDyndns2(q, src)
-		switch code {
-		case "":
+		req, refusal := parseDyndns2(q, src)
+		switch {
+		case refusal == nil:
 			if n := len(req.Hostnames); n < 1 || n > maxHostnames {
 				t.Fatalf("%d hostnames accepted, want 1 to %d", n, maxHostnames)
 			}
-		case "notfqdn", "numhost":
+		case len(refusal) == 1 && (refusal[0] == "notfqdn" || refusal[0] == "numhost"):
+			return
+		case len(refusal) == len(req.Hostnames) && strings.HasPrefix(refusal[0], "badagent "):
+			for _, l := range refusal {
+				if l != refusal[0] || !dyndns2Answer.MatchString(l) {
+					t.Fatalf("refusal %q is not one badagent answer per hostname", refusal)
+				}
+			}
 			return
 		default:
-			t.Fatalf("answer code %q is not one dyndns2 defines for a parse error", code)
+			t.Fatalf("refusal %q is not an answer dyndns2 defines for a parse error", refusal)
 		}
 		for _, h := range req.Hostnames {
 			// Not checked: a hostname such as "a.." or "a ." keeps a dot or a
 			// space; it can never match the zone, so it answers notfqdn.
-			if h == "" || h != strings.ToLower(h) {
+			if h == "" || h != store.NormalizeName(h) {
 				t.Fatalf("hostname %q is empty or not lower case", h)
 			}
 		}
@@ -65,19 +77,36 @@ func FuzzParseDyndns2(f *testing.F) {
 		if a := req.IPv6; a.IsValid() && (!a.Is6() || a.Is4In6()) {
 			t.Fatalf("IPv6 = %v is not an IPv6 address", a)
 		}
-		if src.IsValid() && !req.IPv4.IsValid() && !req.IPv6.IsValid() {
-			t.Fatalf("no address, although the source %v is known", src)
+		if !req.IPv4.IsValid() && !req.IPv6.IsValid() {
+			t.Fatalf("accepted without an address (source %v)", src)
 		}
 		for _, a := range []netip.Addr{req.IPv4, req.IPv6} {
-			if a.IsValid() && a != src && a.WithZone("") != a {
-				t.Fatalf("address %v from myip keeps a zone", a)
+			if err := store.ValidateAddress(a); a.IsValid() && err != nil {
+				t.Fatalf("accepted an address that may not be published: %v", err)
 			}
 		}
 	})
 }
 
 // dyndns2Answer matches one line of a dyndns2 reply.
-var dyndns2Answer = regexp.MustCompile(`^(good|nochg) [0-9a-f.:]+(,[0-9a-f.:]+)?$|^(notfqdn|nohost|numhost|badauth|abuse|911|badagent)$`)
+// A badagent reason must not hold a word that clients take for success
+// (inadyn's custom provider looks for these anywhere in the answer, in any
+// case); noSuccessWord checks that separately.
+var dyndns2Answer = regexp.MustCompile(`^(good|nochg) [0-9a-f.:]+(,[0-9a-f.:]+)?$|^(notfqdn|nohost|numhost|badauth|abuse|911|badagent)$|^badagent [ -~]+$`)
+
+// successWords are what inadyn's custom provider (and similar clients) look
+// for, case-insensitively, anywhere in an answer to call it a success.
+var successWords = []string{"ok", "good", "true", "updated", "nochg"}
+
+// noSuccessWord returns the success word a refusal line holds, or "".
+func noSuccessWord(line string) string {
+	for _, w := range successWords {
+		if strings.Contains(strings.ToLower(line), w) {
+			return w
+		}
+	}
+	return ""
+}
 
 // FuzzDyndns2Handler drives the whole HTTP handler with an arbitrary request
 // line. The harness adds a Host header and, when auth is true, nas1's real
@@ -147,6 +176,9 @@ func FuzzDyndns2Handler(f *testing.F) {
 			for _, l := range lines {
 				if !dyndns2Answer.MatchString(l) {
 					t.Fatalf("reply line %q is not a dyndns2 answer", l)
+				}
+				if w := noSuccessWord(l); strings.HasPrefix(l, "badagent") && w != "" {
+					t.Fatalf("refusal %q contains %q, which clients take for success", l, w)
 				}
 			}
 			if (w.Code == http.StatusUnauthorized) != (body == "badauth\n") {

@@ -325,7 +325,7 @@ func (d *Daemon) dnsAnswers(ctx context.Context) error {
 		return fmt.Errorf("own dns port %s does not answer: %w", ap, err)
 	}
 	if r.Rcode != dns.RcodeSuccess {
-		return fmt.Errorf("own dns port %s answers %s for the zone's SOA", ap, dns.RcodeToString[r.Rcode])
+		return fmt.Errorf("own dns port %s answers %s for the zone's SOA", ap, metrics.RcodeName(r.Rcode))
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/dnsserver"
+	"github.com/nasreach/nasreach/metrics"
 	"github.com/rs/zerolog"
 )
 
@@ -37,7 +38,7 @@ func (d *Daemon) observeQuery(q dnsserver.Query) {
 		return
 	}
 	d.connlog.Log(connlog.Event{
-		Service: "dns", Kind: "query", Outcome: dns.RcodeToString[q.Rcode], Client: q.Client(),
+		Service: "dns", Kind: "query", Outcome: metrics.RcodeName(q.Rcode), Client: q.Client(),
 		Detail: strings.TrimSuffix(strings.ToLower(q.Name), ".") + " " + dns.TypeToString[q.Type],
 	})
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"sync"
@@ -370,5 +371,70 @@ func TestInteropDigOverTCPAndNXDOMAIN(t *testing.T) {
 		if !regexp.MustCompile(`(?m)^;; AUTHORITY SECTION:\nmyqnapcloud\.com\.\s+\d+\s+IN\s+SOA\s+ns1\.myqnapcloud\.com\. `).MatchString(out) {
 			t.Errorf("dig %s for an unknown name: want the zone's SOA in the authority section:\n%s", transport, out)
 		}
+	}
+}
+
+// deviceAtAddress starts a daemon with nas1 at ip and returns it with nas1's
+// token and FQDN, and a check that fails the test unless nas1 still resolves
+// to ip and its export (everything stored, the updated time too) is what it
+// was.
+func deviceAtAddress(t *testing.T, ip string) (td *daemontest.Daemon, tok, host string, unchanged func(after string)) {
+	t.Helper()
+	td = daemontest.Start(t)
+	tok = td.AddDevice("nas1")
+	host = daemontest.FQDN("nas1")
+	td.DynDNS2("nas1", tok, host, ip, "good "+ip)
+	before := deviceJSON(td, "nas1")
+	return td, tok, host, func(after string) {
+		t.Helper()
+		wantDig(td, host, "A", ip)
+		if now := deviceJSON(td, "nas1"); !reflect.DeepEqual(now, before) {
+			t.Fatalf("%s changed the device:\nbefore %v\nafter  %v", after, before, now)
+		}
+	}
+}
+
+// TestInteropDdclientReportsAnUnusableAddressAndNothingChanges: ddclient
+// takes 203.0.113.010 for an IPv4 address (its pattern allows leading zeros)
+// and sends 0.0.0.0 when told to with use=ip; the daemon answers badagent,
+// ddclient reports the update as failed, and the name keeps its address.
+func TestInteropDdclientReportsAnUnusableAddressAndNothingChanges(t *testing.T) {
+	testutil.NeedTool(t, "ddclient")
+	td, tok, host, unchanged := deviceAtAddress(t, "203.0.113.10")
+	dir := t.TempDir()
+	for i, ip := range []string{"203.0.113.010", "0.0.0.0"} {
+		conf := writePrivateFile(t, filepath.Join(dir, fmt.Sprintf("ddclient%d.conf", i)), ddclientConf(td, "nas1", tok, "use=ip, ip="+ip, host))
+		out, err := ddclient(t, conf, filepath.Join(dir, fmt.Sprintf("ddclient%d.cache", i)))
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || strings.Contains(out, "SUCCESS:") ||
+			!regexp.MustCompile(`(?m)^FAILED:\s+updating `+regexp.QuoteMeta(host)+`: unexpected status \(badagent myip `).MatchString(out) {
+			t.Fatalf("ddclient with ip=%s: exit %v, want a non-zero exit and a failed update answered badagent:\n%s", ip, exitStatus(err), out)
+		}
+		unchanged("ddclient with ip=" + ip)
+	}
+}
+
+// TestInteropInadynReportsAnUnusableAddressAndNothingChanges: inadyn sends
+// what its checkip command found (0.0.0.0 passes with verify-address =
+// false) or what a hand-written ddns-path says; for either the daemon
+// answers badagent, inadyn reports a fatal error and exits non-zero (it does
+// not retry), and the name keeps its address.
+func TestInteropInadynReportsAnUnusableAddressAndNothingChanges(t *testing.T) {
+	testutil.NeedTool(t, "inadyn")
+	td, tok, host, unchanged := deviceAtAddress(t, "203.0.113.20")
+	confs := map[string]string{
+		"checkip finds 0.0.0.0": inadynConf(td, "nas1", tok, host, "", `checkip-command = "echo 0.0.0.0"`),
+		"ddns-path says myip=garbage": strings.Replace(inadynConf(td, "nas1", tok, host, "", `checkip-command = "echo 203.0.113.21"`),
+			"myip=%i", "myip=garbage", 1),
+	}
+	for what, text := range confs {
+		conf := writePrivateFile(t, filepath.Join(t.TempDir(), "inadyn.conf"), text)
+		out, err := inadyn(t, conf, inadynCacheDir(t, host, "192.0.2.1"), host)
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || strings.Contains(out, "Successful alias table update") ||
+			!strings.Contains(out, "Fatal error in DDNS server response") || !strings.Contains(out, "badagent myip") {
+			t.Fatalf("inadyn, %s: err %v, want a non-zero exit and a fatal error naming badagent:\n%s", what, err, out)
+		}
+		unchanged("inadyn, " + what + ",")
 	}
 }

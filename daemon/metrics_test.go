@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/daemon/daemontest"
@@ -164,5 +165,29 @@ func TestStatusPageListsTheRunningDaemon(t *testing.T) {
 	}
 	if strings.Contains(string(page), "nas1") {
 		t.Error("status page names a device")
+	}
+}
+
+// TestMetricsCountBADVERSAsBADVERS: a query with EDNS version 1 is answered
+// BADVERS (16), which miekg/dns's table calls BADSIG (TSIG's 16); the
+// metric must say what the server answered.
+func TestMetricsCountBADVERSAsBADVERS(t *testing.T) {
+	td := daemontest.Start(t)
+	q := new(dns.Msg).SetQuestion("nas1.myqnapcloud.com.", dns.TypeA)
+	q.SetEdns0(1232, false)
+	q.IsEdns0().SetVersion(1)
+	r, _, err := (&dns.Client{Net: "udp", Timeout: 2 * time.Second}).Exchange(q, td.DNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Rcode != dns.RcodeBadVers {
+		t.Fatalf("EDNS version 1 answered rcode %d, want BADVERS (16)", r.Rcode)
+	}
+	fams, raw := scrape(t, td)
+	if got := value(t, fams, "nasreach_dns_queries_total", map[string]string{"type": "A", "rcode": "BADVERS"}); got != 1 {
+		t.Errorf("A/BADVERS queries = %v, want 1", got)
+	}
+	if strings.Contains(raw, "BADSIG") {
+		t.Error("the scrape counts a BADSIG the server never sends")
 	}
 }

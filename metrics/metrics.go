@@ -154,13 +154,13 @@ func (m *Metrics) ObserveQuery(qtype uint16, rcode int) {
 				(*c).Inc()
 				return
 			}
-			c := m.queries.WithLabelValues(typeName(qtype), dns.RcodeToString[rcode])
+			c := m.queries.WithLabelValues(typeName(qtype), RcodeName(rcode))
 			p.Store(&c)
 			c.Inc()
 			return
 		}
 	}
-	m.queries.WithLabelValues(typeName(qtype), rcodeName(rcode)).Inc()
+	m.queries.WithLabelValues(typeName(qtype), RcodeName(rcode)).Inc()
 }
 
 // typeName bounds the label's values: unknown types share one label.
@@ -171,8 +171,16 @@ func typeName(t uint16) string {
 	return "other"
 }
 
-func rcodeName(r int) string {
-	if s, ok := dns.RcodeToString[r]; ok {
+// RcodeName names a DNS response code as the rcode label and the connection
+// log show it; unknown codes share "other", which bounds the label's values.
+// 16 is BADVERS: miekg/dns calls it BADSIG, TSIG's use of the same number,
+// but the server never signs, so the 16 it answers is always RFC 6891's
+// refusal of an EDNS version it does not speak.
+func RcodeName(rcode int) string {
+	if rcode == dns.RcodeBadVers {
+		return "BADVERS"
+	}
+	if s, ok := dns.RcodeToString[rcode]; ok {
 		return s
 	}
 	return "other"

@@ -3,6 +3,7 @@ package store_test
 import (
 	"encoding/base64"
 	"errors"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -32,6 +33,31 @@ func TestValidateNameFollowsDNSLabelRules(t *testing.T) {
 		{"nas 1", store.ErrInvalidName, "only letters"},
 		{"nås", store.ErrInvalidName, "only letters"},
 		{"nas\x00", store.ErrInvalidName, "only letters"},
+		// Nothing outside ASCII is folded: the Kelvin sign is not a k.
+		{"nas\u212a", store.ErrInvalidName, "punycode form xn--"},
+		{"m\u00fcller", store.ErrInvalidName, `here "xn--mller-kva"`},
+		{"caf\u00e9-" + strings.Repeat("x", 60), store.ErrInvalidName, "punycode"}, // too long as well: the IDN hint is the useful one
+		{"nas\xff", store.ErrInvalidName, "not valid IDNA"},
+		// xn-- labels are IDNA A-labels, checked as such.
+		{"xn--mller-kva", nil, ""},
+		{"xn--55qx5d", nil, ""},
+		{"xn--", store.ErrInvalidName, "not valid IDNA (punycode)"},
+		{"xn--zz", store.ErrInvalidName, "not valid IDNA (punycode)"},
+		{"xn--nas-", store.ErrInvalidName, "not valid IDNA (punycode)"},  // decodes to plain ASCII
+		{"xn--a-ecp", store.ErrInvalidName, "not valid IDNA (punycode)"}, // decodes to a disallowed character
+		// Names browsers, proxies and mail software give a meaning to.
+		{"localhost", store.ErrReserved, "reserved"},
+		{"wpad", store.ErrReserved, "reserved"},
+		{"isatap", store.ErrReserved, "reserved"},
+		{"autodiscover", store.ErrReserved, "reserved"},
+		{"autoconfig", store.ErrReserved, "reserved"},
+		{"mta-sts", store.ErrReserved, "reserved"},
+		{"openpgpkey", store.ErrReserved, "reserved"},
+		{"hostmaster", store.ErrReserved, "reserved"},
+		{"postmaster", store.ErrReserved, "reserved"},
+		{"webmaster", store.ErrReserved, "reserved"},
+		{"abuse", store.ErrReserved, "reserved"},
+		{"administrator", store.ErrReserved, "reserved"},
 		{"ns1", store.ErrReserved, "reserved"},
 		{"ns2", store.ErrReserved, "reserved"},
 		{"www", store.ErrReserved, "reserved"},
@@ -52,7 +78,9 @@ func TestValidateNameFollowsDNSLabelRules(t *testing.T) {
 			t.Errorf("ValidateName(%q) = %v, want %v", c.name, err, c.want)
 			continue
 		}
-		if msg := err.Error(); !strings.Contains(msg, c.because) || !strings.Contains(msg, strconv.Quote(c.name)) {
+		// A name outside ASCII is shown escaped, so that a look-alike is
+		// visible as what it is.
+		if msg := err.Error(); !strings.Contains(msg, c.because) || !strings.Contains(msg, strconv.QuoteToASCII(c.name)) {
 			t.Errorf("ValidateName(%q) message %q should name the label and say %q", c.name, msg, c.because)
 		}
 	}
@@ -96,10 +124,55 @@ func TestHashTokenIsStableHexAndHidesTheToken(t *testing.T) {
 	}
 }
 
-func TestNormalizeNameLowerCases(t *testing.T) {
-	for in, want := range map[string]string{"NAS1": "nas1", "My-Nas": "my-nas", "nas1": "nas1"} {
+func TestNormalizeNameLowerCasesOnlyASCII(t *testing.T) {
+	for in, want := range map[string]string{
+		"NAS1": "nas1", "My-Nas": "my-nas", "nas1": "nas1", "XN--MLLER-KVA": "xn--mller-kva",
+		"NAS\u212a": "nas\u212a", "M\u00dcller": "m\u00dcller", "\u0130": "\u0130", "": "",
+	} {
 		if got := store.NormalizeName(in); got != want {
 			t.Errorf("NormalizeName(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestValidateAddressRefusesWhatReachesNoHost(t *testing.T) {
+	cases := []struct {
+		ip      string
+		because string // "" for a publishable address
+	}{
+		{"203.0.113.7", ""},
+		{"2001:db8::7", ""},
+		{"10.0.0.2", ""},   // a LAN-only name
+		{"fd00::2", ""},    // ULA, the same
+		{"127.0.0.1", ""},  // a set-up on one machine
+		{"::1", ""},        // the same
+		{"100.64.0.1", ""}, // CGNAT: reachable from the carrier's network
+		{"0.0.0.0", "unspecified"},
+		{"0.1.2.3", "unspecified"},
+		{"::", "unspecified"},
+		{"255.255.255.255", "broadcast"},
+		{"224.0.0.1", "multicast"},
+		{"239.1.2.3", "multicast"},
+		{"ff02::1", "multicast"},
+		{"169.254.1.1", "link-local"},
+		{"fe80::1", "link-local"},
+		{"240.0.0.1", "reserved"},
+		{"2001:db8::1%eth0", "zone"},
+		{"fe80::1%eth0", "zone"},
+	}
+	for _, c := range cases {
+		err := store.ValidateAddress(netip.MustParseAddr(c.ip))
+		switch {
+		case c.because == "" && err != nil:
+			t.Errorf("ValidateAddress(%s) = %v, want nil", c.ip, err)
+		case c.because == "":
+		case !errors.Is(err, store.ErrInvalid) || !strings.Contains(err.Error(), c.because):
+			t.Errorf("ValidateAddress(%s) = %v, want ErrInvalid saying %q", c.ip, err, c.because)
+		case strings.Contains(err.Error(), "eth0"):
+			t.Errorf("ValidateAddress(%s) = %v: the zone is the sender's free text and stays out of the message", c.ip, err)
+		}
+	}
+	if err := store.ValidateAddress(netip.Addr{}); !errors.Is(err, store.ErrInvalid) {
+		t.Errorf("ValidateAddress(zero) = %v, want ErrInvalid", err)
 	}
 }

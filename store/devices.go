@@ -107,7 +107,9 @@ func (s *Store) Authenticate(name, token string) (Device, error) {
 }
 
 // SetAddress sets a device's WAN addresses. changed reports whether anything
-// differs from before; an unchanged update writes nothing.
+// differs from before; an unchanged update writes nothing. An address of the
+// wrong family or one ValidateAddress refuses is an ErrInvalid error, and
+// then nothing is written.
 func (s *Store) SetAddress(ctx context.Context, name string, u AddressUpdate) (d Device, changed bool, err error) {
 	if u.IPv4.IsValid() && !u.IPv4.Unmap().Is4() {
 		return Device{}, false, fmt.Errorf("ipv4 %s: %w: not an IPv4 address", u.IPv4, ErrInvalid)
@@ -115,7 +117,14 @@ func (s *Store) SetAddress(ctx context.Context, name string, u AddressUpdate) (d
 	if u.IPv6.IsValid() && (!u.IPv6.Is6() || u.IPv6.Is4In6()) {
 		return Device{}, false, fmt.Errorf("ipv6 %s: %w: not an IPv6 address", u.IPv6, ErrInvalid)
 	}
-	u.IPv4, u.IPv6 = u.IPv4.Unmap(), u.IPv6.WithZone("")
+	u.IPv4 = u.IPv4.Unmap()
+	for i, ip := range []netip.Addr{u.IPv4, u.IPv6} {
+		if ip.IsValid() {
+			if err := ValidateAddress(ip); err != nil {
+				return Device{}, false, fmt.Errorf("%s %w", [...]string{"ipv4", "ipv6"}[i], err)
+			}
+		}
+	}
 	err = s.write(ctx, NormalizeName(name), Updated, func(cur *Device) (outcome, error) {
 		if cur == nil {
 			return outcome{}, fmt.Errorf("%q: %w", name, ErrNotFound)

@@ -151,6 +151,26 @@ func TestNamesAreCaseInsensitive(t *testing.T) {
 	})
 }
 
+func TestOnlyASCIIIsCaseFolded(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, open openFunc) {
+		s := open(t, Config{})
+		_, tok := mustCreate(t, s, "nask")
+		kelvin := "NAS\u212a" // strings.ToLower makes this "nask"
+		if _, err := s.Get(kelvin); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Get(%+q) = %v, want ErrNotFound: it is not nask", kelvin, err)
+		}
+		if _, err := s.Authenticate(kelvin, tok); !errors.Is(err, ErrBadCredentials) {
+			t.Errorf("Authenticate(%+q, nask's token) = %v, want ErrBadCredentials", kelvin, err)
+		}
+		if _, _, err := s.SetAddress(context.Background(), kelvin, AddressUpdate{IPv4: v4a}); !errors.Is(err, ErrNotFound) {
+			t.Errorf("SetAddress(%+q) = %v, want ErrNotFound", kelvin, err)
+		}
+		if d, _ := s.Get("nask"); d.IPv4.IsValid() {
+			t.Errorf("nask got %v through %+q", d.IPv4, kelvin)
+		}
+	})
+}
+
 func TestCreateRefusesInvalidAndReservedNamesWithAReason(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, open openFunc) {
 		s := open(t, Config{Reserved: []string{"mail"}})
@@ -168,6 +188,11 @@ func TestCreateRefusesInvalidAndReservedNamesWithAReason(t *testing.T) {
 			{"_acme-challenge", ErrReserved},
 			{"_anything", ErrReserved},
 			{"mail", ErrReserved},
+			{"WPAD", ErrReserved},
+			{"localhost", ErrReserved},
+			{"NAS\u212a", ErrInvalidName}, // the Kelvin sign is not folded to k
+			{"xn--zz", ErrInvalidName},
+			{"xn--", ErrInvalidName},
 		}
 		for _, c := range cases {
 			_, _, err := s.Create(context.Background(), c.name, CreateOptions{})
@@ -222,7 +247,6 @@ func TestAuthenticateCannotTellUnknownDeviceFromWrongToken(t *testing.T) {
 
 func TestSetAddressKeepsFamiliesApart(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, open openFunc) {
-		ll := netip.MustParseAddr("fe80::1%eth0")
 		cases := []struct {
 			what        string
 			u           AddressUpdate
@@ -240,7 +264,11 @@ func TestSetAddressKeepsFamiliesApart(t *testing.T) {
 			{"clear ipv6", AddressUpdate{ClearIPv6: true}, nil, v4a, netip.Addr{}, true},
 			{"address wins over clear", AddressUpdate{IPv4: v4b, ClearIPv4: true}, nil, v4b, v6a, true},
 			{"mapped ipv4 is stored plain", AddressUpdate{IPv4: netip.MustParseAddr("::ffff:198.51.100.9")}, nil, v4b, v6a, true},
-			{"zone is dropped", AddressUpdate{IPv6: ll}, nil, v4a, ll.WithZone(""), true},
+			{"an address with a zone is refused", AddressUpdate{IPv6: netip.MustParseAddr("2001:db8::9%eth0")}, ErrInvalid, v4a, v6a, false},
+			{"link-local is refused", AddressUpdate{IPv6: netip.MustParseAddr("fe80::1")}, ErrInvalid, v4a, v6a, false},
+			{"unspecified is refused", AddressUpdate{IPv4: netip.MustParseAddr("0.0.0.0")}, ErrInvalid, v4a, v6a, false},
+			{"mapped unspecified is refused", AddressUpdate{IPv4: netip.MustParseAddr("::ffff:0.0.0.0")}, ErrInvalid, v4a, v6a, false},
+			{"one refused address keeps both", AddressUpdate{IPv4: v4b, IPv6: netip.MustParseAddr("ff02::1")}, ErrInvalid, v4a, v6a, false},
 			{"ipv6 as ipv4", AddressUpdate{IPv4: v6b}, ErrInvalid, v4a, v6a, false},
 			{"ipv4 as ipv6", AddressUpdate{IPv6: v4b}, ErrInvalid, v4a, v6a, false},
 			{"mapped ipv4 as ipv6", AddressUpdate{IPv6: netip.MustParseAddr("::ffff:198.51.100.9")}, ErrInvalid, v4a, v6a, false},

@@ -1,0 +1,53 @@
+package metrics
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/miekg/dns"
+)
+
+func TestRcodeNameSaysBADVERSForSixteen(t *testing.T) {
+	for rcode, want := range map[int]string{
+		dns.RcodeSuccess: "NOERROR", dns.RcodeNameError: "NXDOMAIN", dns.RcodeRefused: "REFUSED",
+		dns.RcodeBadVers: "BADVERS", // miekg/dns says BADSIG: the same number in TSIG
+		12:               "other", 4095: "other", -1: "other",
+	} {
+		if got := RcodeName(rcode); got != want {
+			t.Errorf("RcodeName(%d) = %q, want %q", rcode, got, want)
+		}
+	}
+}
+
+func TestQueriesAreCountedByRcodeName(t *testing.T) {
+	m, err := New(Config{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Shutdown(context.Background()) })
+	m.ObserveQuery(dns.TypeA, dns.RcodeBadVers) // a cached (hot) pair
+	m.ObserveQuery(dns.TypeA, dns.RcodeBadVers)
+	m.ObserveQuery(dns.TypeHINFO, dns.RcodeBadVers) // not cached
+	m.ObserveQuery(dns.TypeA, 12)                   // unassigned: "other", not ""
+	resp, err := http.Get("http://" + m.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`nasreach_dns_queries_total{rcode="BADVERS",type="A"} 2`,
+		`nasreach_dns_queries_total{rcode="BADVERS",type="HINFO"} 1`,
+		`nasreach_dns_queries_total{rcode="other",type="A"} 1`,
+	} {
+		if !strings.Contains(string(body), want+"\n") {
+			t.Errorf("scrape lacks %s", want)
+		}
+	}
+	if strings.Contains(string(body), "BADSIG") || strings.Contains(string(body), `rcode=""`) {
+		t.Errorf("scrape names an rcode BADSIG or leaves it empty:\n%s", body)
+	}
+}
