@@ -60,7 +60,6 @@ func (s *Store) expired(d Device, now time.Time) bool {
 }
 
 func (s *Store) sweeper(every time.Duration) {
-	defer close(s.done)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
