@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -52,6 +53,10 @@ type Config struct {
 	// Check), which takes longer on a large store. The quick checks always
 	// run.
 	FullCheck bool
+	// ProbeEvery is how often, after a commit failed, the store tries an
+	// empty commit to learn whether it can commit again (see Ping); zero
+	// means DefaultProbeEvery.
+	ProbeEvery time.Duration
 }
 
 // Lifecycle defaults.
@@ -70,7 +75,9 @@ type Store struct {
 	quarantine time.Duration
 	uninitTTL  time.Duration
 	stop       chan struct{}  // closed by Close
-	background sync.WaitGroup // the sweeper
+	background sync.WaitGroup // the sweeper and the commit prober
+
+	failure atomic.Pointer[commitFailure] // the failed commit Ping reports, until a probe succeeds
 
 	mu        sync.RWMutex
 	index     map[string]entry
@@ -120,6 +127,8 @@ func Open(cfg Config) (*Store, error) {
 		every := cmp.Or(cfg.SweepEvery, time.Minute)
 		s.background.Go(func() { s.sweeper(every) })
 	}
+	probeEvery := cmp.Or(cfg.ProbeEvery, DefaultProbeEvery)
+	s.background.Go(func() { s.prober(probeEvery) })
 	return s, nil
 }
 
@@ -142,7 +151,7 @@ func (s *Store) open(path string, maxBatchDelay time.Duration) error {
 	s.db = db
 	db.MaxBatchDelay = maxBatchDelay
 	if !s.current() {
-		if err := db.Update(s.migrate); err != nil {
+		if err := s.transact(db.Update, s.migrate); err != nil {
 			return err
 		}
 	}
@@ -193,8 +202,8 @@ func createIfAbsent(path string) error {
 	return nil
 }
 
-// Close stops the sweeper and closes the database file. Every acknowledged
-// write has already been committed.
+// Close stops the sweeper and the prober and closes the database file.
+// Every acknowledged write has already been committed.
 func (s *Store) Close() error {
 	if s.stop != nil {
 		close(s.stop)
