@@ -2,7 +2,6 @@ package store
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -66,6 +65,16 @@ func writeStore(t testing.TB, data []byte) (dir, path string) {
 // pageSizeOf reads the page size from a store file's first meta page.
 func pageSizeOf(data []byte) int { return int(byteOrder.Uint32(data[pageHeaderSize+8:])) }
 
+// headerOf reads the header of a sound store file.
+func headerOf(t testing.TB, data []byte) header {
+	t.Helper()
+	h, err := readHeader(bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
 // pagesOf lists the pages of a store file below its high-water mark by kind,
 // as bbolt sees them.
 func pagesOf(t testing.TB, data []byte) (byKind map[string][]int) {
@@ -119,10 +128,7 @@ func damagedStores(t testing.TB) []testutil.DamagedStore {
 			byteOrder.PutUint32(b[off+pageHeaderSize+4:], 3)
 		}
 	})
-	h, err := readHeader(bytes.NewReader(healthy), int64(len(healthy)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := headerOf(t, healthy)
 	var leaf int // a page only the devices bucket reaches
 	for _, id := range pagesOf(t, healthy)["leaf"] {
 		if uint64(id) != h.root {
@@ -212,10 +218,7 @@ func TestSoundStorePassesCheckWithItsCounts(t *testing.T) {
 // view of the same file.
 func TestHeaderAgreesWithBbolt(t *testing.T) {
 	data := healthyStore(t, 50)
-	h, err := readHeader(bytes.NewReader(data), int64(len(data)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := headerOf(t, data)
 	_, path := writeStore(t, data)
 	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, PreLoadFreelist: true})
 	if err != nil {
@@ -240,10 +243,7 @@ func TestHeaderAgreesWithBbolt(t *testing.T) {
 func TestOlderMetaPageMayBeDamaged(t *testing.T) {
 	data := healthyStore(t, 10)
 	ps := pageSizeOf(data)
-	h, err := readHeader(bytes.NewReader(data), int64(len(data)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := headerOf(t, data)
 	older := int(1 - h.txid%2) // bbolt writes meta page txid%2
 	for i := range metaSize {
 		data[older*ps+pageHeaderSize+i] = 0
@@ -263,12 +263,9 @@ func TestOlderMetaPageMayBeDamaged(t *testing.T) {
 // Only bbolt's consistency check, on request, finds it.
 func TestFullCheckFindsWhatTheQuickOneCannot(t *testing.T) {
 	data := healthyStore(t, 300)
-	h, err := readHeader(bytes.NewReader(data), int64(len(data)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := headerOf(t, data)
 	fl := data[h.freelist*h.pageSize:]
-	n := binary.NativeEndian.Uint16(fl[10:])
+	n := byteOrder.Uint16(fl[10:])
 	byteOrder.PutUint64(fl[pageHeaderSize+8*int(n):], h.root)
 	byteOrder.PutUint16(fl[10:], n+1)
 	dir, path := writeStore(t, data)
@@ -277,7 +274,7 @@ func TestFullCheckFindsWhatTheQuickOneCannot(t *testing.T) {
 	if _, err := Check(path, false); err != nil {
 		t.Fatalf("quick Check: %v, want it to pass", err)
 	}
-	_, err = Check(path, true)
+	_, err := Check(path, true)
 	if !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), "consistency check found") {
 		t.Fatalf("full Check = %v, want the consistency check's finding", err)
 	}

@@ -61,19 +61,11 @@ func (s *Store) transact(run func(func(*bolt.Tx) error) error, fn func(*bolt.Tx)
 	return err
 }
 
-// prober tries a commit every interval while the last one failed.
-func (s *Store) prober(every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-			if f := s.failure.Load(); f != nil {
-				s.probe(f)
-			}
-		}
+// probeIfFailing probes while the last commit failed; the background runs
+// it every Config.ProbeEvery.
+func (s *Store) probeIfFailing() {
+	if f := s.failure.Load(); f != nil {
+		s.probe(f)
 	}
 }
 

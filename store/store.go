@@ -124,11 +124,9 @@ func Open(cfg Config) (*Store, error) {
 		return nil, damaged(path, err)
 	}
 	if cfg.SweepEvery >= 0 {
-		every := cmp.Or(cfg.SweepEvery, time.Minute)
-		s.background.Go(func() { s.sweeper(every) })
+		s.background.Go(func() { s.every(cmp.Or(cfg.SweepEvery, time.Minute), s.sweep) })
 	}
-	probeEvery := cmp.Or(cfg.ProbeEvery, DefaultProbeEvery)
-	s.background.Go(func() { s.prober(probeEvery) })
+	s.background.Go(func() { s.every(cmp.Or(cfg.ProbeEvery, DefaultProbeEvery), s.probeIfFailing) })
 	return s, nil
 }
 
