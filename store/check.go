@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"runtime/debug"
-	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -211,34 +210,4 @@ func guard(f func() error) (err error) {
 		}
 	}()
 	return f()
-}
-
-// lockShared takes a shared lock on f, as bbolt does for a read-only open:
-// it waits up to timeout while another process (a running nasreach) holds
-// the exclusive lock of an open for writing.
-func lockShared(f *os.File, timeout time.Duration) error {
-	raw, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	deadline := time.Now().Add(timeout)
-	for {
-		var lockErr error
-		if err := raw.Control(func(fd uintptr) {
-			lockErr = syscall.Flock(int(fd), syscall.LOCK_SH|syscall.LOCK_NB)
-		}); err != nil {
-			return err
-		}
-		switch {
-		case lockErr == nil:
-			return nil
-		case errors.Is(lockErr, syscall.EINTR):
-			continue
-		case !errors.Is(lockErr, syscall.EWOULDBLOCK):
-			return fmt.Errorf("lock: %w", lockErr)
-		case time.Now().After(deadline):
-			return errLocked()
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

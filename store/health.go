@@ -3,7 +3,6 @@ package store
 import (
 	"errors"
 	"fmt"
-	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -73,8 +72,7 @@ func (s *Store) probeIfFailing() {
 // commit (which rewrites the free list and a meta page, and fsyncs)
 // succeeds.
 func (s *Store) probe(f *commitFailure) {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(s.db.Path(), &st); err == nil && int64(st.Bavail)*int64(st.Bsize) < probeMinFree {
+	if free, ok := freeSpace(s.db.Path()); ok && free < probeMinFree {
 		return
 	}
 	if err := s.db.Update(func(*bolt.Tx) error { return nil }); err != nil {
