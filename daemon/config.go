@@ -17,6 +17,7 @@ import (
 // not settings.
 type Config struct {
 	DataDir     string `setting:"data"`
+	StoreCheck  bool   `setting:"store-check"` // store.Config.FullCheck; the quick checks always run
 	Zone        string `setting:"zone"`
 	DNSAddr     string `setting:"dns"`
 	HTTPAddr    string `setting:"http"`

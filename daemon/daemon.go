@@ -85,7 +85,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if d.store, err = store.Open(store.Config{
 		Dir: cfg.DataDir, Reserved: append(cfg.Reserved, nameServerLabels(cfg.NameServers)...), Now: cfg.Now,
 		Quarantine: cfg.Privacy.Quarantine, UninitializedTTL: cfg.Privacy.UninitializedTTL,
-		Logger: d.component("store"),
+		FullCheck: cfg.StoreCheck, Logger: d.component("store"),
 	}); err != nil {
 		return nil, err
 	}

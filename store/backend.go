@@ -73,7 +73,9 @@ type Backend interface {
 	Sweep(ctx context.Context) (expired int, err error)
 	// Size returns the bytes the stored data takes.
 	Size() int64
-	// Ping returns an error unless the storage is reachable and readable.
+	// Ping returns an error unless the storage is reachable and readable
+	// and can commit: after a failed commit it says why until the storage
+	// commits again.
 	Ping() error
 	// Backup writes a consistent snapshot of all data to w while writes go
 	// on, and returns its size.

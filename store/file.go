@@ -14,14 +14,6 @@ func (s *Store) Size() int64 {
 	return n
 }
 
-// Ping returns an error unless the database is open and readable.
-func (s *Store) Ping() error {
-	if err := s.db.View(func(*bolt.Tx) error { return nil }); err != nil {
-		return fmt.Errorf("store: %w", err)
-	}
-	return nil
-}
-
 // Backup writes a consistent snapshot of the whole database to w while writes
 // go on, and returns its size. The snapshot is a bbolt file that Open accepts.
 func (s *Store) Backup(w io.Writer) (int64, error) {

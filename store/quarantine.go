@@ -43,7 +43,7 @@ func (s *Store) quarantineName(tx *bolt.Tx, name string) error {
 
 // endQuarantines deletes the quarantine entries that have ended at now.
 func (s *Store) endQuarantines(now time.Time) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.transact(s.db.Update, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketQuarantine)
 		var done [][]byte
 		_ = b.ForEach(func(k, v []byte) error {

@@ -21,6 +21,9 @@ var (
 	// bucketAccessCodes holds "<device>/<id>" -> AccessCode JSON.
 	bucketAccessCodes = []byte("access_codes")
 
+	// dataBuckets are the buckets besides meta that migrate creates.
+	dataBuckets = [][]byte{bucketDevices, bucketQuarantine, bucketAccessCodes}
+
 	keySchema = []byte("schema")
 	keySerial = []byte("serial")
 	keyRev    = []byte("rev")
@@ -30,12 +33,26 @@ var (
 // layout appends a function here and bumps SchemaVersion.
 var migrations = []func(tx *bolt.Tx) error{}
 
+// current reports whether the file has every bucket and the current schema
+// version, so that migrate has nothing to do.
+func (s *Store) current() bool {
+	ok := false
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		ok = tx.Bucket(bucketMeta) != nil && getUint(tx.Bucket(bucketMeta), keySchema) == SchemaVersion
+		for _, b := range dataBuckets {
+			ok = ok && tx.Bucket(b) != nil
+		}
+		return nil
+	})
+	return ok
+}
+
 func (s *Store) migrate(tx *bolt.Tx) error {
 	meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 	if err != nil {
 		return err
 	}
-	for _, b := range [][]byte{bucketDevices, bucketQuarantine, bucketAccessCodes} {
+	for _, b := range dataBuckets {
 		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 			return err
 		}

@@ -14,9 +14,11 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -47,6 +49,14 @@ type Config struct {
 	// zero means one minute, negative disables the background sweeper (call
 	// Sweep yourself).
 	SweepEvery time.Duration
+	// FullCheck runs bbolt's consistency check of every page at Open (see
+	// Check), which takes longer on a large store. The quick checks always
+	// run.
+	FullCheck bool
+	// ProbeEvery is how often, after a commit failed, the store tries an
+	// empty commit to learn whether it can commit again (see Ping); zero
+	// means DefaultProbeEvery.
+	ProbeEvery time.Duration
 }
 
 // Lifecycle defaults.
@@ -64,8 +74,10 @@ type Store struct {
 
 	quarantine time.Duration
 	uninitTTL  time.Duration
-	stop       chan struct{}
-	done       chan struct{}
+	stop       chan struct{}  // closed by Close
+	background sync.WaitGroup // the sweeper and the commit prober
+
+	failure atomic.Pointer[commitFailure] // the failed commit Ping reports, until a probe succeeds
 
 	mu        sync.RWMutex
 	index     map[string]entry
@@ -73,9 +85,11 @@ type Store struct {
 	observers []func(Change)
 }
 
-// Open opens (creating if needed) the database in cfg.Dir, migrates it to
-// SchemaVersion and loads the in-memory index. Only one process may have the
-// file open; a second gets an error after one second.
+// Open opens the database in cfg.Dir, migrates it to SchemaVersion and loads
+// the in-memory index. A new database is created only where no file exists:
+// an existing file is first checked (see Check) and, if it is damaged or
+// empty, left as it is and refused with a *DamagedError. Only one process
+// may have the file open; a second gets an error after one second.
 func Open(cfg Config) (*Store, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("store: Config.Dir is required")
@@ -84,20 +98,15 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("create data directory %s: %w", cfg.Dir, err)
 	}
 	path := filepath.Join(cfg.Dir, FileName)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
-	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
-			return nil, fmt.Errorf("open store %s: the file is locked; is another nasreach running on this data directory? %w", path, err)
-		}
-		return nil, fmt.Errorf("open store %s: %w", path, err)
+	if err := createIfAbsent(path); err != nil {
+		return nil, err
 	}
-	db.MaxBatchDelay = cfg.MaxBatchDelay
-	if db.MaxBatchDelay == 0 {
-		db.MaxBatchDelay = 2 * time.Millisecond
+	if _, err := Check(path, cfg.FullCheck); err != nil {
+		return nil, err
 	}
 	s := &Store{
-		db: db, reserved: cfg.Reserved, now: cfg.Now, log: cfg.Logger, index: map[string]entry{},
-		quarantine: cfg.Quarantine, uninitTTL: cfg.UninitializedTTL,
+		reserved: cfg.Reserved, now: cfg.Now, log: cfg.Logger, index: map[string]entry{},
+		quarantine: cfg.Quarantine, uninitTTL: cfg.UninitializedTTL, stop: make(chan struct{}),
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -108,28 +117,95 @@ func Open(cfg Config) (*Store, error) {
 	if s.uninitTTL <= 0 {
 		s.uninitTTL = DefaultUninitializedTTL
 	}
-	if err := db.Update(s.migrate); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open store %s: %w", path, err)
-	}
-	if err := s.load(); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("load store %s: %w", path, err)
+	if err := guard(func() error { return s.open(path, cmp.Or(cfg.MaxBatchDelay, 2*time.Millisecond)) }); err != nil {
+		if s.db != nil {
+			s.db.Close()
+		}
+		return nil, damaged(path, err)
 	}
 	if cfg.SweepEvery >= 0 {
-		every := cmp.Or(cfg.SweepEvery, time.Minute)
-		s.stop, s.done = make(chan struct{}), make(chan struct{})
-		go s.sweeper(every)
+		s.background.Go(func() { s.every(cmp.Or(cfg.SweepEvery, time.Minute), s.sweep) })
 	}
+	s.background.Go(func() { s.every(cmp.Or(cfg.ProbeEvery, DefaultProbeEvery), s.probeIfFailing) })
 	return s, nil
 }
 
-// Close stops the sweeper and closes the database file. Every acknowledged
-// write has already been committed.
+// open opens the checked file for writing (never creating it), migrates it
+// if it needs it and loads the index. A current file is not written to, so
+// that the daemon starts, and serves what it has, on a full disk.
+func (s *Store) open(path string, maxBatchDelay time.Duration) error {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout: time.Second,
+		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
+			return os.OpenFile(name, flag&^os.O_CREATE, perm)
+		},
+	})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return errLocked()
+	}
+	if err != nil {
+		return err
+	}
+	s.db = db
+	db.MaxBatchDelay = maxBatchDelay
+	if !s.current() {
+		if err := s.transact(db.Update, s.migrate); err != nil {
+			return err
+		}
+	}
+	if err := s.load(); err != nil {
+		return damagef("a device record is unreadable: %v", err)
+	}
+	return nil
+}
+
+// createIfAbsent makes a new, empty database at path when no file is there.
+// It builds it under a temporary name and links it into place, so that path
+// never holds a half-made file and an existing file is never replaced: not
+// even an empty one, which is a damaged store rather than no store.
+func createIfAbsent(path string) error {
+	if _, err := os.Lstat(path); err == nil {
+		return nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("store %s: %w", path, err)
+	}
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+FileName+".new-*")
+	if err != nil {
+		return fmt.Errorf("create store %s: %w", path, err)
+	}
+	name := tmp.Name()
+	defer os.Remove(name) // once linked, path keeps the file
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("create store %s: %w", path, err)
+	}
+	db, err := bolt.Open(name, 0o600, &bolt.Options{Timeout: time.Second}) // writes the first pages and fsyncs
+	if err != nil {
+		return fmt.Errorf("create store %s: %w", path, err)
+	}
+	if err := db.Close(); err != nil {
+		return fmt.Errorf("create store %s: %w", path, err)
+	}
+	if err := os.Link(name, path); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("create store %s: %w", path, err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("create store %s: %w", path, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("create store %s: sync directory: %w", path, err)
+	}
+	return nil
+}
+
+// Close stops the sweeper and the prober and closes the database file.
+// Every acknowledged write has already been committed.
 func (s *Store) Close() error {
 	if s.stop != nil {
 		close(s.stop)
-		<-s.done
+		s.background.Wait()
 		s.stop = nil
 	}
 	if err := s.db.Close(); err != nil {

@@ -59,18 +59,24 @@ func (s *Store) expired(d Device, now time.Time) bool {
 	return d.State == StateUninitialized && !now.Before(d.Created.Add(s.uninitTTL))
 }
 
-func (s *Store) sweeper(every time.Duration) {
-	defer close(s.done)
-	t := time.NewTicker(every)
+// sweep is the background sweeper's run.
+func (s *Store) sweep() {
+	if _, err := s.Sweep(context.Background()); err != nil {
+		s.log.Error().Err(err).Msg("store sweep failed")
+	}
+}
+
+// every calls f every interval until Close; Open runs the background work
+// with it.
+func (s *Store) every(interval time.Duration, f func()) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-s.stop:
 			return
 		case <-t.C:
-			if _, err := s.Sweep(context.Background()); err != nil {
-				s.log.Error().Err(err).Msg("store sweep failed")
-			}
+			f()
 		}
 	}
 }

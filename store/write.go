@@ -69,7 +69,7 @@ func (s *Store) check(name string, kind ChangeKind, m mutation) (changes bool, e
 // record may have changed since check. wrote is false when m now changes
 // nothing; then nothing is written.
 func (s *Store) commit(name string, kind ChangeKind, m mutation) (c committed, wrote bool, err error) {
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.transact(s.db.Batch, func(tx *bolt.Tx) error {
 		c, wrote = committed{}, false // bbolt may run this more than once
 		cur, o, err := s.decide(tx, name, kind, m)
 		if err != nil || !o.changes() {

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/store"
 	"github.com/urfave/cli/v3"
-	bolt "go.etcd.io/bbolt"
 )
 
 // backupPrefix names snapshots backupPrefix+YYYY-MM-DD.db.
@@ -99,18 +99,15 @@ func keepSnapshot(tmp, dir string, now time.Time) (string, error) {
 	return "", fmt.Errorf("store snapshot: %s already holds 999 snapshots of %s", dir, now.Format(time.DateOnly))
 }
 
-// checkSnapshot opens a downloaded snapshot read-only and checks every page,
+// checkSnapshot checks a downloaded snapshot as nasreach store check does,
 // so a bad download is refused rather than kept as a backup.
 func checkSnapshot(path string) error {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
-	if err != nil {
-		return fmt.Errorf("snapshot is not a valid store file: %w", err)
+	_, err := store.Check(path, true)
+	if de := (*store.DamagedError)(nil); errors.As(err, &de) {
+		return fmt.Errorf("the downloaded snapshot is damaged: %s", de.Problem)
 	}
-	defer db.Close()
-	return db.View(func(tx *bolt.Tx) error {
-		for err := range tx.Check() {
-			return fmt.Errorf("snapshot failed its consistency check: %w", err)
-		}
-		return nil
-	})
+	if err != nil {
+		return fmt.Errorf("check the downloaded snapshot: %w", err)
+	}
+	return nil
 }

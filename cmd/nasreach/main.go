@@ -44,6 +44,7 @@ func newApp(stdout, stderr io.Writer) *cli.Command {
 			configCommand(),
 			manCommand(),
 			backupCommand(),
+			storeCommand(),
 		},
 	}
 }

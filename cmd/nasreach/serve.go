@@ -40,6 +40,7 @@ func serveLikeCommand(action func(context.Context, *cli.Command, daemon.Config) 
 		Flags: append([]cli.Flag{
 			configFlag(),
 			&cli.StringFlag{Name: "data", Value: defaultDataDir, Usage: "data directory (default $STATE_DIRECTORY under systemd)", Sources: cli.EnvVars("NASREACH_DATA", "STATE_DIRECTORY")},
+			&cli.BoolFlag{Name: "store-check", Usage: "at start, also run the full consistency check of the store (every page; slower on a large store) besides the quick checks", Sources: cli.EnvVars("NASREACH_STORE_CHECK")},
 			&cli.StringFlag{Name: "zone", Value: dnsserver.DefaultZone, Usage: "DNS zone the devices live in", Sources: cli.EnvVars("NASREACH_ZONE")},
 			&cli.StringFlag{Name: "dns", Value: defaultDNSAddr, Usage: "DNS listen address (UDP and TCP)", Sources: cli.EnvVars("NASREACH_DNS")},
 			&cli.StringFlag{Name: "http", Value: defaultHTTPAddr, Usage: "HTTP API listen address", Sources: cli.EnvVars("NASREACH_HTTP")},
@@ -69,7 +70,7 @@ func serveLikeCommand(action func(context.Context, *cli.Command, daemon.Config) 
 // are *daemon.SettingError.
 func daemonConfigFromFlags(cmd *cli.Command) (daemon.Config, error) {
 	cfg := daemon.Config{
-		DataDir: cmd.String("data"), Zone: cmd.String("zone"),
+		DataDir: cmd.String("data"), StoreCheck: cmd.Bool("store-check"), Zone: cmd.String("zone"),
 		DNSAddr: cmd.String("dns"), HTTPAddr: cmd.String("http"), MetricsAddr: cmd.String("metrics"),
 		AdminToken: cmd.String("admin-token"), TTL: cmd.Duration("ttl"),
 		OpenRegistration: cmd.Bool("open-registration"), Reserved: cmd.StringSlice("reserved"),
