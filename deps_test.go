@@ -23,7 +23,7 @@ var allowed = map[string][]string{
 	// in the store (bbolt) to call the API.
 	"api/client": {},
 	"dnsserver":  {"store", "internal/listen", "internal/netaddr", "github.com/miekg/dns", "github.com/rs/zerolog"},
-	"stun":       {"anonymize", "internal/listen", "internal/netaddr", "github.com/pion/stun/v4", "github.com/rs/zerolog"},
+	"stun":       {"anonymize", "internal/listen", "internal/netaddr", "internal/workgroup", "github.com/pion/stun/v4", "github.com/rs/zerolog"},
 	"turnserver": {"store", "connlog", "anonymize", "internal/listen", "internal/netaddr", "github.com/pion/turn/v5",
 		"github.com/pion/stun/v4", "github.com/pion/logging", "github.com/rs/zerolog", "golang.org/x/time"},
 	"linkserver": {"store", "connlog", "anonymize", "link", "internal/netaddr", "internal/ratelimit", "internal/workgroup",

@@ -128,7 +128,7 @@ func (r *relays) startLink(cfg Config, st *store.Store, cert *certfile.Watcher, 
 // shutdown stops the relays. There is no graceful drain (a relayed call
 // cannot be finished for its users): every session and allocation ends at
 // once and is logged.
-func (r *relays) shutdown(context.Context) error {
+func (r *relays) shutdown(ctx context.Context) error {
 	var errs []error
 	if r.link != nil {
 		errs = append(errs, r.link.Close())
@@ -139,7 +139,7 @@ func (r *relays) shutdown(context.Context) error {
 		r.log.Info().Uint64("answered", st.Answered).Uint64("dropped", st.Dropped).Msg("stun binding counters")
 	}
 	if r.stun != nil {
-		errs = append(errs, r.stun.Close())
+		errs = append(errs, r.stun.Shutdown(ctx))
 	}
 	return errors.Join(errs...)
 }
