@@ -134,7 +134,7 @@ func (r *relays) shutdown(ctx context.Context) error {
 		errs = append(errs, r.link.Close())
 	}
 	if r.turn != nil {
-		errs = append(errs, r.turn.Close())
+		errs = append(errs, r.turn.Shutdown(ctx))
 		st := r.responder.Stats()
 		r.log.Info().Uint64("answered", st.Answered).Uint64("dropped", st.Dropped).Msg("stun binding counters")
 	}

@@ -104,7 +104,7 @@ func TestBenchTURNServe(t *testing.T) {
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	go func() { io.Copy(io.Discard, os.Stdin); stop <- syscall.SIGTERM }()
 	<-stop
-	srv.Close()
+	srv.Shutdown(context.Background())
 }
 
 // benchCommand is a command that the kernel kills if the driver dies

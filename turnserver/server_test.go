@@ -9,11 +9,14 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/internal/listen"
+	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/store"
 	pion "github.com/pion/stun/v4"
 	"github.com/rs/zerolog"
@@ -542,7 +545,7 @@ func TestSilentTCPConnectionIsClosed(t *testing.T) {
 	}
 }
 
-func TestCloseStopsEveryGoroutine(t *testing.T) {
+func TestShutdownStopsEveryGoroutine(t *testing.T) {
 	before := runtime.NumGoroutine()
 	events := make(chan connlog.Event, 8)
 	srv, err := New(Config{
@@ -575,7 +578,7 @@ func TestCloseStopsEveryGoroutine(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer idle.Close()
-	if err := srv.Close(); err != nil {
+	if err := srv.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	for range 3 {
@@ -585,7 +588,7 @@ func TestCloseStopsEveryGoroutine(t *testing.T) {
 				t.Errorf("event %+v, want reason %q", ev, EndShutdown)
 			}
 		case <-time.After(2 * time.Second):
-			t.Fatal("an allocation emitted no event on Close")
+			t.Fatal("an allocation emitted no event on Shutdown")
 		}
 	}
 	// The clients' own goroutines (refresh timers, read loops) end too.
@@ -597,6 +600,9 @@ func TestCloseStopsEveryGoroutine(t *testing.T) {
 	}
 	idle.Close()
 	waitGoroutines(t, before)
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Errorf("second Shutdown: %v", err)
+	}
 }
 
 func TestTCPFramesCoalescedAndSplitAreAllAnswered(t *testing.T) {
@@ -645,5 +651,59 @@ func TestTCPFramesCoalescedAndSplitAreAllAnswered(t *testing.T) {
 			t.Fatalf("answer to an unknown or repeated transaction %x", m.TransactionID)
 		}
 		delete(want, m.TransactionID)
+	}
+}
+
+// Sockets handed to New belong to the relay from the call on: when New
+// fails, it has closed every one of them.
+func TestNewClosesGivenSocketsOnError(t *testing.T) {
+	for _, tc := range []struct {
+		name                   string
+		udp, tcp, tls, withTLS bool
+		users                  []string
+	}{
+		{"Listeners without PacketConns", false, true, false, false, []string{"u:p"}},
+		{"TLSListeners without TLS", true, true, true, false, []string{"u:p"}},
+		{"invalid user", true, true, true, true, []string{"no-password"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			socks, err := listen.Bind(listen.Config{Addr: "127.0.0.1:0"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { socks.Close() })
+			tlsSocks, err := listen.Bind(listen.Config{Addr: "127.0.0.1:0", TCPOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { tlsSocks.Close() })
+			cfg := Config{Addr: "127.0.0.1:0", Users: tc.users}
+			if tc.udp {
+				cfg.PacketConns = socks.UDP
+			}
+			if tc.tcp {
+				cfg.Listeners = socks.TCP
+			}
+			if tc.tls {
+				cfg.TLSListeners = tlsSocks.TCP
+			}
+			if tc.withTLS {
+				cfg.TLS = selfSigned(t)
+			}
+			if srv, err := New(cfg); err == nil {
+				srv.Shutdown(context.Background())
+				t.Fatal("New succeeded")
+			}
+			for _, c := range cfg.PacketConns {
+				if !testutil.Closed(c) {
+					t.Errorf("PacketConn %v still open after New failed", c.LocalAddr())
+				}
+			}
+			for _, l := range append(slices.Clone(cfg.Listeners), cfg.TLSListeners...) {
+				if !testutil.Closed(l.(*net.TCPListener)) {
+					t.Errorf("listener %v still open after New failed", l.Addr())
+				}
+			}
+		})
 	}
 }
