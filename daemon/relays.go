@@ -131,7 +131,7 @@ func (r *relays) startLink(cfg Config, st *store.Store, cert *certfile.Watcher, 
 func (r *relays) shutdown(ctx context.Context) error {
 	var errs []error
 	if r.link != nil {
-		errs = append(errs, r.link.Close())
+		errs = append(errs, r.link.Shutdown(ctx))
 	}
 	if r.turn != nil {
 		errs = append(errs, r.turn.Shutdown(ctx))
