@@ -5,17 +5,20 @@ import (
 	"time"
 )
 
-// WaitFor polls cond until it reports true and fails the test, saying what
-// it waited for, if that takes longer than timeout. It is how a test waits
-// for something it cannot be told about (a counter, a connection the server
-// registered): never by sleeping a fixed time.
+// pollEvery is how often WaitFor asks its condition again.
+const pollEvery = 10 * time.Millisecond
+
+// WaitFor asks cond until it holds and fails the test, naming what it waited
+// for, if it does not hold within timeout. It is for conditions the code
+// under test offers no event for (a log line, a counter, a file); cond runs
+// on the test's goroutine.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("still waiting after %v for %s", timeout, what)
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(pollEvery)
 	}
 }
