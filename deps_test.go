@@ -25,8 +25,8 @@ var allowed = map[string][]string{
 	// in the store (bbolt) to call the API.
 	"api/client": {"record"},
 	"dnsserver":  {"store", "internal/listen", "internal/netaddr", "github.com/miekg/dns", "github.com/rs/zerolog"},
-	"stun":       {"anonymize", "internal/listen", "internal/netaddr", "github.com/pion/stun/v4", "github.com/rs/zerolog"},
-	"turnserver": {"store", "connlog", "anonymize", "internal/listen", "internal/netaddr", "github.com/pion/turn/v5",
+	"stun":       {"anonymize", "internal/listen", "internal/netaddr", "internal/workgroup", "github.com/pion/stun/v4", "github.com/rs/zerolog"},
+	"turnserver": {"store", "connlog", "anonymize", "internal/listen", "internal/netaddr", "internal/workgroup", "github.com/pion/turn/v5",
 		"github.com/pion/stun/v4", "github.com/pion/logging", "github.com/rs/zerolog", "golang.org/x/time"},
 	"linkserver": {"store", "connlog", "anonymize", "link", "internal/netaddr", "internal/ratelimit", "internal/workgroup",
 		"github.com/quic-go/quic-go", "github.com/rs/zerolog"},

@@ -101,11 +101,12 @@ type Log struct {
 	once    sync.Once
 
 	// Owned by the writer goroutine.
-	day  string
-	file *os.File
-	buf  *bufio.Writer
-	enc  io.WriteCloser // the age stream, when encrypting
-	zl   zerolog.Logger
+	pending uint64 // events in buf since the last flush that reached the file
+	day     string
+	file    *os.File
+	buf     *bufio.Writer
+	enc     io.WriteCloser // the age stream, when encrypting
+	zl      zerolog.Logger
 }
 
 // New creates the directory, deletes files past retention and starts the writer.
@@ -157,7 +158,7 @@ func (l *Log) Log(e Event) {
 // Dropped returns how many events were dropped because the queue was full.
 func (l *Log) Dropped() uint64 { return l.dropped.Load() }
 
-// Written returns how many events have been written.
+// Written returns how many events have reached the log file.
 func (l *Log) Written() uint64 { return l.written.Load() }
 
 // Close writes every queued event, closes the current file (finishing the age
@@ -244,7 +245,7 @@ func (l *Log) write(e Event) {
 		ev = ev.Str("detail", anonymize.TextBits(e.Detail, l.v6bits))
 	}
 	ev.Send()
-	l.written.Add(1)
+	l.pending++
 }
 
 // openDay opens the file for day: appended to when plain, a new numbered
@@ -282,12 +283,29 @@ func (l *Log) openDay(day string) error {
 	return nil
 }
 
+// flush writes the buffered events to the file. A failed write (a full
+// disk) loses them, counted as dropped, and drops the file too: a bufio
+// writer keeps its first error forever, so the next event opens the day's
+// file afresh and logging resumes once the disk has room.
 func (l *Log) flush() {
-	if l.buf != nil {
-		if err := l.buf.Flush(); err != nil {
-			l.log.Error().Err(err).Msg("write connection log")
-		}
+	if l.buf == nil {
+		return
 	}
+	if err := l.buf.Flush(); err != nil {
+		l.log.Error().Err(err).Uint64("events_lost", l.pending).Msg("write connection log; reopening it for the next event")
+		l.dropped.Add(l.pending)
+		l.pending = 0
+		l.discardFile()
+		return
+	}
+	l.written.Add(l.pending)
+	l.pending = 0
+}
+
+// discardFile closes the file without writing what is buffered.
+func (l *Log) discardFile() {
+	l.file.Close()
+	l.file, l.buf, l.enc = nil, nil, nil
 }
 
 func (l *Log) closeFile() error {
@@ -299,7 +317,14 @@ func (l *Log) closeFile() error {
 		errs = append(errs, l.enc.Close())
 		l.enc = nil
 	}
-	errs = append(errs, l.buf.Flush(), l.file.Sync(), l.file.Close())
+	if err := l.buf.Flush(); err != nil {
+		l.dropped.Add(l.pending)
+		errs = append(errs, err)
+	} else {
+		l.written.Add(l.pending)
+	}
+	l.pending = 0
+	errs = append(errs, l.file.Sync(), l.file.Close())
 	l.file, l.buf = nil, nil
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("close connection log: %w", err)

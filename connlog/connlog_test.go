@@ -294,3 +294,37 @@ func golden(t *testing.T, name string, got []byte) {
 		t.Errorf("%s differs (run go test -update if the change is intended):\ngot:\n%s\nwant:\n%s", name, got, want)
 	}
 }
+
+// TestLoggingResumesAfterADiskFull: a write that fails (here the day's file
+// is /dev/full, which answers every write with ENOSPC) loses the events in
+// flight, counted as dropped, and logging resumes with the next event once
+// writes succeed again, instead of losing every later event to the
+// buffered writer's remembered error.
+func TestLoggingResumesAfterADiskFull(t *testing.T) {
+	if _, err := os.Stat("/dev/full"); err != nil {
+		t.Skip("no /dev/full on this system")
+	}
+	dir := t.TempDir()
+	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	day := filepath.Join(dir, "conn-2026-12-02.jsonl")
+	if err := os.Symlink("/dev/full", day); err != nil {
+		t.Fatal(err)
+	}
+	l := newTestLog(t, Config{Dir: dir, Now: func() time.Time { return now }})
+	l.Log(Event{Service: "ddns", Kind: "update", Outcome: "ok", Device: "lost"})
+	testutil.WaitFor(t, 5*time.Second, "the failed write to be counted as a drop", func() bool { return l.Dropped() == 1 })
+	if err := os.Remove(day); err != nil { // the disk has room again
+		t.Fatal(err)
+	}
+	l.Log(Event{Service: "ddns", Kind: "update", Outcome: "ok", Device: "kept"})
+	if err := l.Close(); err != nil {
+		t.Fatalf("Close after the disk had room again: %v", err)
+	}
+	got := readAll(t, dir)
+	if !strings.Contains(got, `"device":"kept"`) || strings.Contains(got, `"device":"lost"`) {
+		t.Errorf("log holds\n%s\nwant the event after the disk full and not the one lost in it", got)
+	}
+	if l.Written() != 1 || l.Dropped() != 1 {
+		t.Errorf("written %d, dropped %d; want 1 and 1", l.Written(), l.Dropped())
+	}
+}

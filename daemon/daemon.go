@@ -127,10 +127,9 @@ func New(cfg Config) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.onStop("http api", d.api.Shutdown)
-	if d.relays, err = startRelays(cfg, d.store, d.Log, d.log); err != nil {
+	if err = d.startRelays(cfg); err != nil {
 		return nil, err
 	}
-	d.onStop("relays", d.relays.shutdown)
 	d.ready.Store(true)
 	return d, nil
 }

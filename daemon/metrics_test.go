@@ -9,6 +9,7 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/daemon/daemontest"
+	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
@@ -53,6 +54,15 @@ type labelled struct {
 
 func value(t *testing.T, fams map[string][]labelled, name string, labels map[string]string) float64 {
 	t.Helper()
+	v, ok := lookup(fams, name, labels)
+	if !ok {
+		t.Errorf("%s%v not in the scrape", name, labels)
+	}
+	return v
+}
+
+// lookup finds the series of name with labels in a scrape.
+func lookup(fams map[string][]labelled, name string, labels map[string]string) (float64, bool) {
 	for _, l := range fams[name] {
 		match := true
 		for k, v := range labels {
@@ -61,11 +71,10 @@ func value(t *testing.T, fams map[string][]labelled, name string, labels map[str
 			}
 		}
 		if match {
-			return l.value
+			return l.value, true
 		}
 	}
-	t.Errorf("%s%v not in the scrape", name, labels)
-	return 0
+	return 0, false
 }
 
 func TestMetricsCountTrafficWithoutNamesOrAddresses(t *testing.T) {
@@ -85,7 +94,16 @@ func TestMetricsCountTrafficWithoutNamesOrAddresses(t *testing.T) {
 	}
 	td.Query("tcp", "nobody.myqnapcloud.com", dns.TypeAAAA)
 
-	fams, raw := scrape(t, td)
+	// The DNS server counts a query once its answer is sent, so the client
+	// can hold the last answer a moment before the count shows it.
+	var fams map[string][]labelled
+	var raw string
+	testutil.WaitFor(t, 5*time.Second, "the six queries to be counted", func() bool {
+		fams, raw = scrape(t, td)
+		a, _ := lookup(fams, "nasreach_dns_queries_total", map[string]string{"type": "A", "rcode": "NOERROR"})
+		aaaa, _ := lookup(fams, "nasreach_dns_queries_total", map[string]string{"type": "AAAA", "rcode": "NXDOMAIN"})
+		return a >= 5 && aaaa >= 1
+	})
 	if got := value(t, fams, "nasreach_dns_queries_total", map[string]string{"type": "A", "rcode": "NOERROR"}); got != 5 {
 		t.Errorf("A/NOERROR queries = %v, want 5", got)
 	}
@@ -183,7 +201,12 @@ func TestMetricsCountBADVERSAsBADVERS(t *testing.T) {
 	if r.Rcode != dns.RcodeBadVers {
 		t.Fatalf("EDNS version 1 answered rcode %d, want BADVERS (16)", r.Rcode)
 	}
-	fams, raw := scrape(t, td)
+	var fams map[string][]labelled
+	var raw string
+	testutil.WaitFor(t, 5*time.Second, "the query to be counted", func() bool {
+		fams, raw = scrape(t, td)
+		return strings.Contains(raw, `nasreach_dns_queries_total{rcode="`)
+	})
 	if got := value(t, fams, "nasreach_dns_queries_total", map[string]string{"type": "A", "rcode": "BADVERS"}); got != 1 {
 		t.Errorf("A/BADVERS queries = %v, want 1", got)
 	}

@@ -3,68 +3,59 @@ package daemon
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net/netip"
 
-	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/internal/certfile"
 	"github.com/nasreach/nasreach/linkserver"
-	"github.com/nasreach/nasreach/store"
 	"github.com/nasreach/nasreach/stun"
 	"github.com/nasreach/nasreach/turnserver"
-	"github.com/rs/zerolog"
 )
 
 // relays are STUN/TURN and the Link relay. With TURN on, STUN Binding is
 // answered on the TURN port by a stun.Responder; with TURN off a standalone
 // stun.Server answers it.
 type relays struct {
-	log       zerolog.Logger
-	turn      *turnserver.Server
-	responder *stun.Responder
-	stun      *stun.Server
-	link      *linkserver.Server
+	turn *turnserver.Server
+	stun *stun.Server
+	link *linkserver.Server
 
 	stunAddr, turnsAddr netip.AddrPort
 	linkFingerprint     string
 }
 
 // startRelays starts what cfg asks for, sending each relay's
-// connection-log records to events. The operator's certificate
-// (cfg.CertFile) is watched once and served by both relays.
-func startRelays(cfg Config, st *store.Store, events func(connlog.Event), log zerolog.Logger) (_ *relays, err error) {
-	r := &relays{log: log}
-	defer func() {
-		if err != nil {
-			r.shutdown(context.Background()) //nolint:errcheck // the start error is the one to report
-		}
-	}()
+// connection-log records to d.Log, and puts each on the daemon's stop list
+// as it starts. The operator's certificate (cfg.CertFile) is watched once
+// and served by both relays. There is no graceful drain at shutdown (a
+// relayed call cannot be finished for its users): every session and
+// allocation ends at once and is logged.
+func (d *Daemon) startRelays(cfg Config) error {
+	d.relays = &relays{}
 	var cert *certfile.Watcher
 	if cfg.CertFile != "" {
+		var err error
 		if cert, err = certfile.New(cfg.CertFile, cfg.KeyFile, 0); err != nil {
-			return nil, fmt.Errorf("--tls-cert: %w", err)
+			return fmt.Errorf("--tls-cert: %w", err)
 		}
 	}
-	if err := r.startSTUN(cfg, st, cert, events); err != nil {
-		return nil, err
+	if err := d.startSTUN(cfg, cert); err != nil {
+		return err
 	}
-	if err := r.startLink(cfg, st, cert, events); err != nil {
-		return nil, err
-	}
-	return r, nil
+	return d.startLink(cfg, cert)
 }
 
-func (r *relays) startSTUN(cfg Config, st *store.Store, cert *certfile.Watcher, events func(connlog.Event)) error {
-	tc := cfg.TURN
+func (d *Daemon) startSTUN(cfg Config, cert *certfile.Watcher) error {
+	r, tc := d.relays, cfg.TURN
 	if tc.Addr == "" {
 		return nil
 	}
 	if !tc.Enabled {
-		s, err := stun.New(stun.Config{Addr: tc.Addr, Software: tc.Software, Logger: r.log.With().Str("component", "stun").Logger()})
+		s, err := stun.New(stun.Config{Addr: tc.Addr, Software: tc.Software, Logger: d.component("stun")})
 		if err != nil {
 			return err
 		}
+		d.onStop("stun", s.Shutdown)
 		r.stun, r.stunAddr = s, s.Addr()
 		return nil
 	}
@@ -77,8 +68,8 @@ func (r *relays) startSTUN(cfg Config, st *store.Store, cert *certfile.Watcher, 
 		RelayIP: tc.RelayIP, AllowPeers: tc.AllowPeers,
 		MaxAllocations: tc.MaxAllocations, MaxAllocationsPerUser: tc.UserQuota,
 		MaxLifetime: tc.MaxLifetime, BandwidthPerAllocation: tc.Bandwidth,
-		Binding: responder.Answer, Devices: st, Events: events,
-		Logger: r.log.With().Str("component", "turn").Logger(),
+		Binding: responder.Answer, Devices: d.store, Events: d.Log,
+		Logger: d.component("turn"),
 	}
 	if cert != nil {
 		rc.TLS = &tls.Config{GetCertificate: cert.GetCertificate, MinVersion: tls.VersionTLS12}
@@ -88,23 +79,31 @@ func (r *relays) startSTUN(cfg Config, st *store.Store, cert *certfile.Watcher, 
 	if err != nil {
 		return err
 	}
-	r.turn, r.responder, r.stunAddr, r.turnsAddr = t, responder, t.Addr(), t.TLSAddr()
+	// Not a server to stop: the Binding counters are logged after TURN has
+	// stopped (the list runs in reverse), when they are final.
+	d.onStop("stun binding counters", func(context.Context) error {
+		st := responder.Stats()
+		d.log.Info().Uint64("answered", st.Answered).Uint64("dropped", st.Dropped).Msg("stun binding counters")
+		return nil
+	})
+	d.onStop("turn", t.Shutdown)
+	r.turn, r.stunAddr, r.turnsAddr = t, t.Addr(), t.TLSAddr()
 	return nil
 }
 
 // startLink starts the Link relay with the operator's certificate, or the
 // self-signed one in the data directory, and logs the fingerprint agents
 // and clients pin.
-func (r *relays) startLink(cfg Config, st *store.Store, cert *certfile.Watcher, events func(connlog.Event)) error {
-	lc := cfg.Link
+func (d *Daemon) startLink(cfg Config, cert *certfile.Watcher) error {
+	r, lc := d.relays, cfg.Link
 	if lc.Addr == "" {
 		return nil
 	}
 	c := linkserver.Config{
-		Addr: lc.Addr, Store: st,
+		Addr: lc.Addr, Store: d.store,
 		MaxAgents: lc.MaxAgents, MaxStreamsPerDevice: lc.MaxStreams,
 		StreamRate: lc.StreamRate, StreamBurst: lc.StreamBurst, IdleTimeout: lc.IdleTimeout,
-		Events: events, Logger: r.log.With().Str("component", "link").Logger(),
+		Events: d.Log, Logger: d.component("link"),
 	}
 	if cert != nil {
 		c.GetCertificate = cert.GetCertificate
@@ -119,29 +118,11 @@ func (r *relays) startLink(cfg Config, st *store.Store, cert *certfile.Watcher, 
 	if err != nil {
 		return err
 	}
+	d.onStop("link relay", l.Shutdown)
 	r.link = l
-	r.log.Info().Str("link", l.Addr().String()).Str("relay_fingerprint", r.linkFingerprint).
+	d.log.Info().Str("link", l.Addr().String()).Str("relay_fingerprint", r.linkFingerprint).
 		Msg("link relay ready; agents and clients pin it with --relay-fingerprint")
 	return nil
-}
-
-// shutdown stops the relays. There is no graceful drain (a relayed call
-// cannot be finished for its users): every session and allocation ends at
-// once and is logged.
-func (r *relays) shutdown(context.Context) error {
-	var errs []error
-	if r.link != nil {
-		errs = append(errs, r.link.Close())
-	}
-	if r.turn != nil {
-		errs = append(errs, r.turn.Close())
-		st := r.responder.Stats()
-		r.log.Info().Uint64("answered", st.Answered).Uint64("dropped", st.Dropped).Msg("stun binding counters")
-	}
-	if r.stun != nil {
-		errs = append(errs, r.stun.Close())
-	}
-	return errors.Join(errs...)
 }
 
 // linkAgents is the devices_online gauge: agents connected to the relay.

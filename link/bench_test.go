@@ -103,7 +103,7 @@ func relayChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
+	defer r.Shutdown(context.Background())
 	rcv, snd := socketBuffers(pc)
 	fmt.Printf("%s %s %d %d\n", r.Addr(), fp, rcv, snd)
 	serveCommands(func(cmd string) string {

@@ -33,8 +33,11 @@ import (
 // env is a relay on 127.0.0.1 with a real store, plus helpers for agents and
 // clients.
 type env struct {
-	t      *testing.T
-	st     *store.Store
+	t  *testing.T
+	st *store.Store
+	// sock is the relay's UDP socket, held by the test for its whole run:
+	// each relay started serves a descriptor of its own for it.
+	sock   *net.UDPConn
 	relay  *linkserver.Server
 	cfg    linkserver.Config
 	fp     string
@@ -80,24 +83,40 @@ func newEnv(t *testing.T, mods ...func(*linkserver.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, st: st, fp: fp, events: &eventLog{}}
-	e.cfg = linkserver.Config{Addr: "127.0.0.1:0", Certificate: cert, Store: st, Events: e.events.Log, Logger: testLogger(t)}
+	sock, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sock.Close() })
+	e := &env{t: t, st: st, sock: sock, fp: fp, events: &eventLog{}}
+	e.cfg = linkserver.Config{Certificate: cert, Store: st, Events: e.events.Log, Logger: testLogger(t)}
 	for _, m := range mods {
 		m(&e.cfg)
 	}
 	e.start()
-	t.Cleanup(func() { e.relay.Close() })
+	t.Cleanup(func() { e.relay.Shutdown(context.Background()) })
 	return e
 }
 
+// start starts a relay on a new descriptor of e.sock, as systemd's socket
+// activation would: the relay closes its descriptor at Shutdown, the socket
+// stays bound, and a restarted relay serves the same port without another
+// program being able to take it in between.
 func (e *env) start() {
 	e.t.Helper()
+	f, err := e.sock.File()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer f.Close()
+	if e.cfg.PacketConn, err = net.FilePacketConn(f); err != nil {
+		e.t.Fatal(err)
+	}
 	r, err := linkserver.New(e.cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	e.relay, e.server = r, r.Addr().String()
-	e.cfg.Addr = e.server // a restart keeps the port
 }
 
 func (e *env) addDevice(name string) string {
@@ -389,7 +408,9 @@ func TestAgentRestartServesAgainWithinSeconds(t *testing.T) {
 	}
 
 	// And a relay restart: the agent reconnects by itself.
-	e.relay.Close()
+	if err := e.relay.Shutdown(ctx10(t)); err != nil {
+		t.Fatal(err)
+	}
 	e.start()
 	deadline := time.Now().Add(10 * time.Second)
 	start = time.Now()
@@ -604,7 +625,7 @@ func TestLimitsCloseOnlyTheOffendingStream(t *testing.T) {
 	}
 }
 
-func TestCloseStopsEveryGoroutine(t *testing.T) {
+func TestShutdownStopsEveryGoroutine(t *testing.T) {
 	before := runtime.NumGoroutine()
 	func() {
 		st, err := store.Open(store.Config{Dir: t.TempDir(), SweepEvery: -1})
@@ -617,7 +638,7 @@ func TestCloseStopsEveryGoroutine(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer r.Close()
+		defer r.Shutdown(context.Background())
 		_, tok, _ := st.Create(context.Background(), "nas1", store.CreateOptions{})
 		backend, stopBackend := loopbackEcho(t)
 		defer stopBackend()
@@ -638,7 +659,7 @@ func TestCloseStopsEveryGoroutine(t *testing.T) {
 		}
 		c.Write([]byte("hi"))
 		io.ReadFull(c, make([]byte, 2))
-		// Leave the session open: Close must end it.
+		// Leave the session open: Shutdown must end it.
 	}()
 	deadline := time.Now().Add(5 * time.Second)
 	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
@@ -646,7 +667,7 @@ func TestCloseStopsEveryGoroutine(t *testing.T) {
 	}
 	if n := runtime.NumGoroutine(); n > before {
 		buf := make([]byte, 1<<20)
-		t.Fatalf("%d goroutines before, %d after Close:\n%s", before, n, buf[:runtime.Stack(buf, true)])
+		t.Fatalf("%d goroutines before, %d after Shutdown:\n%s", before, n, buf[:runtime.Stack(buf, true)])
 	}
 }
 

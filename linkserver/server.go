@@ -62,8 +62,9 @@ type Config struct {
 	// Addr is the UDP address to listen on, e.g. "0.0.0.0:7443". Required
 	// unless PacketConn is set.
 	Addr string
-	// PacketConn, when set, is used instead of listening on Addr; the relay
-	// closes it.
+	// PacketConn, when set, is served instead of binding Addr (systemd
+	// socket activation, tests). The relay owns it from the call to New on:
+	// it closes it at Shutdown, or before New returns an error.
 	PacketConn net.PacketConn
 	// Certificate is the relay's TLS certificate. Required unless
 	// GetCertificate is set.
@@ -118,8 +119,8 @@ type Server struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	// wg runs every goroutine Close waits for; closing it is what "Close has
-	// begun" means.
+	// wg runs every goroutine Shutdown waits for; closing it is what
+	// "Shutdown has begun" means.
 	wg workgroup.Group
 
 	mu     sync.Mutex
@@ -140,17 +141,15 @@ func (a *linkAgent) close(code quic.ApplicationErrorCode, stream quic.StreamErro
 	a.conn.CloseWithError(code, msg)
 }
 
-// New starts listening; Close stops it.
+// New validates cfg, binds Addr (or takes Config.PacketConn) and relays in
+// the background until Shutdown. On error nothing is left open,
+// Config.PacketConn included.
 func New(cfg Config) (*Server, error) {
-	switch {
-	case cfg.Addr == "" && cfg.PacketConn == nil:
-		return nil, errors.New("relay: Config.Addr is required")
-	case len(cfg.Certificate.Certificate) == 0 && cfg.GetCertificate == nil:
-		return nil, errors.New("relay: Config.Certificate is required")
-	case cfg.Store == nil:
-		return nil, errors.New("relay: Config.Store is required")
-	case cfg.MaxHeaderBytes > link.MaxFrameBody:
-		return nil, fmt.Errorf("relay: Config.MaxHeaderBytes %d exceeds the wire format's %d", cfg.MaxHeaderBytes, link.MaxFrameBody)
+	if err := cfg.validate(); err != nil {
+		if cfg.PacketConn != nil {
+			cfg.PacketConn.Close()
+		}
+		return nil, err
 	}
 	cfg.MaxAgents = cmp.Or(cfg.MaxAgents, DefaultMaxAgents)
 	cfg.MaxStreamsPerDevice = cmp.Or(cfg.MaxStreamsPerDevice, DefaultMaxStreamsPerDevice)
@@ -169,11 +168,7 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("link listen %s: %w", cfg.Addr, err)
 		}
 	}
-	addr, err := netip.ParseAddrPort(pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
-		return nil, fmt.Errorf("link listen %s: %w", cfg.Addr, err)
-	}
+	addr := netaddr.AddrPort(pc.LocalAddr())
 	tr := &quic.Transport{Conn: pc}
 	tlsConf := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{link.ALPN}, GetCertificate: cfg.GetCertificate}
 	if cfg.GetCertificate == nil {
@@ -199,6 +194,21 @@ func New(cfg Config) (*Server, error) {
 	cfg.Store.OnChange(l.onChange)
 	l.wg.Go(l.accept)
 	return l, nil
+}
+
+// validate checks cfg before New opens anything.
+func (cfg *Config) validate() error {
+	switch {
+	case cfg.Addr == "" && cfg.PacketConn == nil:
+		return errors.New("linkserver: Config.Addr (or PacketConn) is required")
+	case len(cfg.Certificate.Certificate) == 0 && cfg.GetCertificate == nil:
+		return errors.New("linkserver: Config.Certificate (or GetCertificate) is required")
+	case cfg.Store == nil:
+		return errors.New("linkserver: Config.Store is required")
+	case cfg.MaxHeaderBytes > link.MaxFrameBody:
+		return fmt.Errorf("linkserver: Config.MaxHeaderBytes %d exceeds the wire format's %d", cfg.MaxHeaderBytes, link.MaxFrameBody)
+	}
+	return nil
 }
 
 // Addr returns the UDP address the relay listens on.
@@ -233,9 +243,26 @@ func (l *Server) SetLimits(lim Limits) {
 // not yet ended).
 func (l *Server) Sessions() int { return int(l.sessions.Load()) }
 
-// Close tells every agent and client that the relay is shutting down, closes
-// the socket and waits for every goroutine to end.
-func (l *Server) Close() error {
+// Shutdown tells every agent and client that the relay is shutting down and
+// closes their connections and the socket: a relayed session cannot be
+// drained, each ends at once and is logged. Then it waits for every
+// goroutine of the relay to end, or for ctx to end: then it returns an error
+// wrapping ctx.Err(), the goroutines having been told to stop. Calling it
+// again waits for the same stop.
+func (l *Server) Shutdown(ctx context.Context) error {
+	err := l.stop()
+	if werr := workgroup.WaitContext(ctx, l.wg.Wait); werr != nil {
+		err = errors.Join(err, werr)
+	}
+	if err != nil {
+		return fmt.Errorf("link relay shutdown: %w", err)
+	}
+	return nil
+}
+
+// stop closes every connection, the listener and the socket the first time
+// it is called, which makes every goroutine of the relay return.
+func (l *Server) stop() error {
 	l.mu.Lock()
 	if !l.wg.Close() {
 		l.mu.Unlock()
@@ -254,15 +281,13 @@ func (l *Server) Close() error {
 		c.CloseWithError(link.CloseShutdown, "relay shutting down")
 	}
 	l.ln.Close()
+	// The transport does not close a socket it was given; it returns once
+	// it has stopped reading it, and then the socket can go.
 	err := l.tr.Close()
-	l.wg.Wait()
-	if cerr := l.tr.Conn.Close(); err == nil && cerr != nil && !errors.Is(cerr, net.ErrClosed) {
-		err = cerr
+	if cerr := l.tr.Conn.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) {
+		err = errors.Join(err, cerr)
 	}
-	if err != nil {
-		return fmt.Errorf("close link relay: %w", err)
-	}
-	return nil
+	return err
 }
 
 // onChange closes an agent at once when its device loses Link or is deleted.
@@ -297,7 +322,7 @@ func (l *Server) accept() {
 		if err != nil {
 			return
 		}
-		// Under l.mu, as Close closes wg and lists conns: either Close
+		// Under l.mu, as stop closes wg and lists conns: either stop
 		// finds c to close or Go refuses it.
 		l.mu.Lock()
 		l.conns[c] = struct{}{}

@@ -1,6 +1,7 @@
 package stun
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/nasreach/nasreach/internal/listen"
 	"github.com/nasreach/nasreach/internal/netaddr"
+	"github.com/nasreach/nasreach/internal/workgroup"
 	"github.com/rs/zerolog"
 )
 
@@ -86,8 +88,10 @@ type Config struct {
 	// Listener are set.
 	Addr string
 	// PacketConn and Listener, when both are set, are served instead of
-	// binding Addr (systemd socket activation, tests); the server closes
-	// them.
+	// binding Addr (systemd socket activation, tests). They go together:
+	// one without the other is an error. The server owns them from the
+	// call to New on: it closes them at Shutdown, or before New returns an
+	// error.
 	PacketConn net.PacketConn
 	Listener   net.Listener
 	// Software is passed to the Responder; see ResponderConfig.
@@ -117,12 +121,45 @@ type Server struct {
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
-	closed bool
+	closed bool // Shutdown has been called
 }
 
-// New binds the UDP and TCP sockets and starts answering.
+// New validates cfg, binds UDP and TCP on one port (or takes Config's
+// sockets) and answers in the background until Shutdown. On error nothing is
+// left open, Config's sockets included.
 func New(cfg Config) (*Server, error) {
-	if cfg.Addr == "" && (cfg.PacketConn == nil || cfg.Listener == nil) {
+	s, err := newServer(cfg)
+	if err != nil {
+		if cfg.PacketConn != nil {
+			cfg.PacketConn.Close()
+		}
+		if cfg.Listener != nil {
+			cfg.Listener.Close()
+		}
+		return nil, err
+	}
+	s.udp, s.tcp = cfg.PacketConn, cfg.Listener
+	if s.udp == nil {
+		socks, err := listen.Bind(listen.Config{Addr: cfg.Addr})
+		if err != nil {
+			return nil, fmt.Errorf("stun: %w", err)
+		}
+		s.udp, s.tcp = socks.UDP[0], socks.TCP[0]
+	}
+	s.addr = netaddr.AddrPort(s.udp.LocalAddr())
+	s.wg.Add(2)
+	go s.serveUDP()
+	go s.serveTCP()
+	s.log.Info().Str("addr", s.addr.String()).Msg("stun listening on udp and tcp")
+	return s, nil
+}
+
+// newServer validates cfg and fills in the defaults; it opens nothing.
+func newServer(cfg Config) (*Server, error) {
+	if (cfg.PacketConn == nil) != (cfg.Listener == nil) {
+		return nil, errors.New("stun: Config.PacketConn and Config.Listener go together")
+	}
+	if cfg.Addr == "" && cfg.PacketConn == nil {
 		return nil, errors.New("stun: Config.Addr (or PacketConn and Listener) is required")
 	}
 	if cfg.MaxTCPConns <= 0 {
@@ -135,55 +172,46 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Responder: r, cfg: cfg, log: cfg.Logger, conns: map[net.Conn]struct{}{}}
-	if err := s.listen(); err != nil {
-		return nil, err
-	}
-	s.wg.Add(2)
-	go s.serveUDP()
-	go s.serveTCP()
-	s.log.Info().Str("addr", s.addr.String()).Msg("stun listening on udp and tcp")
-	return s, nil
-}
-
-// listen takes the given sockets or binds UDP and TCP on one port.
-func (s *Server) listen() error {
-	if s.cfg.PacketConn != nil && s.cfg.Listener != nil {
-		s.udp, s.tcp, s.addr = s.cfg.PacketConn, s.cfg.Listener, netaddr.AddrPort(s.cfg.PacketConn.LocalAddr())
-		return nil
-	}
-	socks, err := listen.Bind(listen.Config{Addr: s.cfg.Addr})
-	if err != nil {
-		return fmt.Errorf("stun: %w", err)
-	}
-	s.udp, s.tcp, s.addr = socks.UDP[0], socks.TCP[0], socks.Addr
-	return nil
+	return &Server{Responder: r, cfg: cfg, log: cfg.Logger, conns: map[net.Conn]struct{}{}}, nil
 }
 
 // Addr returns the address both transports listen on.
 func (s *Server) Addr() netip.AddrPort { return s.addr }
 
-// Close stops both listeners, closes open TCP connections and waits for every
-// goroutine of the server to return.
-func (s *Server) Close() error {
+// Shutdown stops both listeners, closes open TCP connections (there is
+// nothing to drain: every request is answered at once) and waits for every
+// goroutine of the server to return, or for ctx to end: then it returns an
+// error wrapping ctx.Err(), the goroutines having been told to stop. Calling
+// it again waits for the same stop.
+func (s *Server) Shutdown(ctx context.Context) error {
+	first, err := s.stop()
+	if werr := workgroup.WaitContext(ctx, s.wg.Wait); werr != nil {
+		err = errors.Join(err, werr)
+	}
+	if first {
+		st := s.Stats()
+		s.log.Info().Uint64("answered", st.Answered).Uint64("dropped", st.Dropped).Msg("stun stopped")
+	}
+	if err != nil {
+		return fmt.Errorf("stun shutdown: %w", err)
+	}
+	return nil
+}
+
+// stop closes the sockets and connections, which makes every goroutine of
+// the server return; it reports whether this call did it.
+func (s *Server) stop() (first bool, err error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return nil
+		return false, nil
 	}
 	s.closed = true
 	for c := range s.conns {
 		c.Close()
 	}
 	s.mu.Unlock()
-	err := errors.Join(s.udp.Close(), s.tcp.Close())
-	s.wg.Wait()
-	st := s.Stats()
-	s.log.Info().Uint64("answered", st.Answered).Uint64("dropped", st.Dropped).Msg("stun stopped")
-	if err != nil {
-		return fmt.Errorf("stun: close: %w", err)
-	}
-	return nil
+	return true, errors.Join(s.udp.Close(), s.tcp.Close())
 }
 
 func (s *Server) serveUDP() {

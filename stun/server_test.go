@@ -1,23 +1,38 @@
 package stun
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"os"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/rs/zerolog"
 )
 
 func startServer(t *testing.T) *Server {
 	t.Helper()
-	s, err := New(Config{Addr: "127.0.0.1:0", Logger: zerolog.New(zerolog.NewTestWriter(t))})
+	return startServerWith(t, Config{Addr: "127.0.0.1:0", Logger: zerolog.New(zerolog.NewTestWriter(t))})
+}
+
+// startServerWith starts a server on cfg, shut down when the test ends.
+func startServerWith(t *testing.T, cfg Config) *Server {
+	t.Helper()
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.Close() })
+	t.Cleanup(func() {
+		if err := s.Shutdown(context.Background()); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	})
 	return s
 }
 
@@ -88,16 +103,24 @@ func TestMalformedPacketGetsNoReply(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-	if n, err := conn.Read(make([]byte, 1500)); err == nil {
+	// Then a valid request: the server reads its socket in order, so the
+	// first reply is this one's unless a malformed packet got one, and once
+	// it arrives the three drops have been counted.
+	req := build(t)
+	if _, err := conn.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1500)
+	n, err := conn.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < HeaderSize || !bytes.Equal(buf[8:HeaderSize], req[8:HeaderSize]) {
 		t.Fatalf("got a %d-byte reply to malformed packets", n)
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for s.Stats().Dropped != 3 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if st := s.Stats(); st.Dropped != 3 || st.Answered != 0 {
-		t.Errorf("stats %+v, want 3 dropped", st)
+	if st := s.Stats(); st.Dropped != 3 || st.Answered != 1 {
+		t.Errorf("stats %+v, want 3 dropped and the valid request answered", st)
 	}
 }
 
@@ -188,41 +211,115 @@ func TestDiscoverIgnoresOtherSenders(t *testing.T) {
 	}
 }
 
-func TestCloseStopsEveryGoroutine(t *testing.T) {
-	before := runtime.NumGoroutine()
-	s, err := New(Config{Addr: "127.0.0.1:0"})
+// Shutdown closes the sockets and the TCP connections and waits for every
+// goroutine, and a second call waits for the same stop; with a context that
+// has already ended it still does all of that, and may say the context ended.
+func TestShutdownStopsEveryGoroutine(t *testing.T) {
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+	}{
+		{"context", context.Background()},
+		{"context already ended", ended},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := runtime.NumGoroutine()
+			s, err := New(Config{Addr: "127.0.0.1:0"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// An open TCP connection mid-request keeps a goroutine until
+			// Shutdown.
+			c, err := net.Dial("tcp", s.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write([]byte{0, 1, 0, 0})
+			waitConns(t, s, 1)
+			if err := s.Shutdown(tc.ctx); err != nil && (tc.ctx.Err() == nil || !errors.Is(err, tc.ctx.Err())) {
+				t.Fatalf("Shutdown: %v", err)
+			}
+			if err := s.Shutdown(context.Background()); err != nil {
+				t.Errorf("second Shutdown: %v", err)
+			}
+			waitGoroutines(t, before)
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Errorf("read on a connection open at Shutdown: %v, want it closed by the server", err)
+			}
+		})
+	}
+}
+
+// Sockets handed to New belong to the server from the call on: when New
+// fails, it has closed them.
+func TestNewClosesGivenSocketsOnError(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		udp, tcp bool
+		software string
+	}{
+		{"PacketConn without Listener", true, false, ""},
+		{"Listener without PacketConn", false, true, ""},
+		{"both, invalid Software", true, true, strings.Repeat("x", MaxSoftwareLen+1)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := Config{Addr: "127.0.0.1:0", Software: tc.software}
+			pc, ln := testutil.ListenUDP(t), testutil.ListenTCP(t)
+			if tc.udp {
+				cfg.PacketConn = pc
+			}
+			if tc.tcp {
+				cfg.Listener = ln
+			}
+			if s, err := New(cfg); err == nil {
+				s.Shutdown(context.Background())
+				t.Fatal("New succeeded")
+			}
+			if tc.udp && !testutil.Closed(pc) {
+				t.Error("PacketConn still open after New failed")
+			}
+			if tc.tcp && !testutil.Closed(ln) {
+				t.Error("Listener still open after New failed")
+			}
+		})
+	}
+}
+
+func TestServesGivenSockets(t *testing.T) {
+	pc, ln := testutil.ListenUDP(t), testutil.ListenTCP(t)
+	s, err := New(Config{PacketConn: pc, Listener: ln})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// An open TCP connection mid-request keeps a goroutine until Close.
-	c, err := net.Dial("tcp", s.Addr().String())
-	if err != nil {
+	if want := pc.LocalAddr().(*net.UDPAddr).AddrPort(); s.Addr() != want {
+		t.Errorf("Addr %v, want the given socket's %v", s.Addr(), want)
+	}
+	conn := testutil.ListenUDP(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := newClient(t, ClientConfig{}).Discover(ctx, conn, s.Addr()); err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	c.Write([]byte{0, 1, 0, 0})
-	time.Sleep(50 * time.Millisecond)
-	if err := s.Close(); err != nil {
+	if err := s.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitGoroutines(t, before)
-	if err := s.Close(); err != nil {
-		t.Errorf("second Close: %v", err)
+	if !testutil.Closed(pc) || !testutil.Closed(ln) {
+		t.Error("the given sockets are still open after Shutdown")
 	}
 }
 
 func TestTCPConnectionLimit(t *testing.T) {
-	s, err := New(Config{Addr: "127.0.0.1:0", MaxTCPConns: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := startServerWith(t, Config{Addr: "127.0.0.1:0", MaxTCPConns: 1})
 	first, err := net.Dial("tcp", s.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer first.Close()
-	time.Sleep(50 * time.Millisecond)
+	waitConns(t, s, 1) // the second must not be accepted before the first
 	second, err := net.Dial("tcp", s.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -234,6 +331,17 @@ func TestTCPConnectionLimit(t *testing.T) {
 	if err == nil || (errors.As(err, &ne) && ne.Timeout()) {
 		t.Fatalf("second connection read: %v, want it closed by the server beyond MaxTCPConns", err)
 	}
+}
+
+// waitConns waits until the server holds n TCP connections.
+func waitConns(t *testing.T, s *Server, n int) {
+	t.Helper()
+	held := func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.conns)
+	}
+	testutil.WaitFor(t, 3*time.Second, fmt.Sprintf("the server to hold %d TCP connections", n), func() bool { return held() == n })
 }
 
 func waitGoroutines(t *testing.T, want int) {

@@ -105,7 +105,7 @@ func TestBenchTURNServe(t *testing.T) {
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	go func() { io.Copy(io.Discard, os.Stdin); stop <- syscall.SIGTERM }()
 	<-stop
-	srv.Close()
+	srv.Shutdown(context.Background())
 }
 
 // benchCommand is a command that the kernel kills if the driver dies
@@ -161,7 +161,13 @@ func (s *benchServer) stop() {
 	})
 }
 
-// freePort returns a port free on 127.0.0.1 for both UDP and TCP just now.
+// freePort returns a port free on 127.0.0.1 for both UDP and TCP just now,
+// for coturn's turnserver and turnutils_peer: programs that take a port
+// number and cannot be handed a bound socket, so the port is released before
+// they bind it. (Ours binds 127.0.0.1:0 itself and prints the address.)
+// Another program may take it in between; startBenchPeer then tries again.
+// Tolerable in a benchmark run on demand, which is why the tests (interop
+// included) use only sockets they hold.
 func freePort(t *testing.T) int {
 	t.Helper()
 	for range 20 {
@@ -289,6 +295,25 @@ func startBenchPeer(t *testing.T) int {
 	}
 	t.Fatal("turnutils_peer did not start")
 	return 0
+}
+
+// echoes reports whether a UDP echo server answers on 127.0.0.1:port within 5s.
+func echoes(port int) bool {
+	c, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	buf := make([]byte, 16)
+	for range 25 {
+		c.Write([]byte("ping"))
+		c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if n, err := c.Read(buf); err == nil && string(buf[:n]) == "ping" {
+			return true
+		}
+		time.Sleep(100 * time.Millisecond) // "connection refused" comes back at once
+	}
+	return false
 }
 
 // uclientSample is one of uclient's progress lines, with the time it

@@ -1,6 +1,7 @@
 package turnserver
 
 import (
+	"context"
 	"net/netip"
 	"testing"
 
@@ -44,7 +45,7 @@ func FuzzInspect(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Cleanup(func() { srv.Close() })
+	f.Cleanup(func() { srv.Shutdown(context.Background()) })
 	from := netip.MustParseAddrPort("127.0.0.1:40000")
 	key := pion.NewLongTermIntegrity(testUser, DefaultRealm, testPass)
 	f.Fuzz(func(t *testing.T, b []byte) {

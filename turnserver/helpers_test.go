@@ -59,8 +59,8 @@ func startTURN(t *testing.T, mods ...func(*Config)) *testTURN {
 	}
 	tt.Server = srv
 	t.Cleanup(func() {
-		if err := srv.Close(); err != nil {
-			t.Errorf("close: %v", err)
+		if err := srv.Shutdown(context.Background()); err != nil {
+			t.Errorf("shutdown: %v", err)
 		}
 	})
 	return tt

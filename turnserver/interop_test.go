@@ -2,8 +2,6 @@ package turnserver
 
 import (
 	"context"
-	"fmt"
-	"net"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -14,51 +12,11 @@ import (
 	"github.com/nasreach/nasreach/stun"
 )
 
-// startCoturnPeer runs coturn's turnutils_peer (a UDP echo server) on
-// 127.0.0.1 and returns its port once it echoes.
-func startCoturnPeer(t *testing.T) int {
+// echoPort starts an echo peer on 127.0.0.1 and returns its port.
+func echoPort(t *testing.T) int {
 	t.Helper()
-	bin := testutil.NeedTool(t, "turnutils_peer")
-	for attempt := 0; attempt < 5; attempt++ {
-		l, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.LocalAddr().(*net.UDPAddr).Port
-		l.Close()
-		ctx, cancel := context.WithCancel(context.Background())
-		cmd := exec.CommandContext(ctx, bin, "-L", "127.0.0.1", "-p", strconv.Itoa(port))
-		if err := cmd.Start(); err != nil {
-			cancel()
-			t.Fatalf("start turnutils_peer: %v", err)
-		}
-		t.Cleanup(func() { cancel(); cmd.Wait() })
-		if echoes(port) {
-			return port
-		}
-		cancel()
-	}
-	t.Fatal("turnutils_peer did not start")
-	return 0
-}
-
-// echoes reports whether a UDP echo server answers on 127.0.0.1:port within 5s.
-func echoes(port int) bool {
-	c, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", port))
-	if err != nil {
-		return false
-	}
-	defer c.Close()
-	buf := make([]byte, 16)
-	for range 25 {
-		c.Write([]byte("ping"))
-		c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-		if n, err := c.Read(buf); err == nil && string(buf[:n]) == "ping" {
-			return true
-		}
-		time.Sleep(100 * time.Millisecond) // "connection refused" comes back at once
-	}
-	return false
+	addr, _ := startEcho(t)
+	return addr.Port
 }
 
 var (
@@ -90,7 +48,10 @@ func uclientCounts(t *testing.T, args ...string) (sent, received, lost int, out 
 
 // TestCoturnUclientThroughTheRelay drives coturn's TURN client against the
 // relay: allocation, permissions, channels or Send indications, and data to
-// coturn's echo peer and back, over each transport and credential kind.
+// an echo peer and back, over each transport and credential kind. The peer
+// is startEcho's, not coturn's turnutils_peer: that one only takes a port
+// number, which the test would have to find free, release and hope to get
+// back, while startEcho holds its socket from the start.
 func TestCoturnUclientThroughTheRelay(t *testing.T) {
 	testutil.NeedTool(t, "turnutils_uclient")
 	const secret = "rest-secret"
@@ -100,7 +61,7 @@ func TestCoturnUclientThroughTheRelay(t *testing.T) {
 		c.TLS = selfSigned(t)
 		c.TLSAddr = "127.0.0.1:0"
 	})
-	peer := startCoturnPeer(t)
+	peer := echoPort(t)
 	const n = 10
 	port := strconv.Itoa(int(tt.Addr().Port()))
 	tlsPort := strconv.Itoa(int(tt.TLSAddr().Port()))
@@ -141,7 +102,7 @@ func TestCoturnUclientThroughTheRelay(t *testing.T) {
 func TestCoturnUclientUnderTheDefaultPolicy(t *testing.T) {
 	testutil.NeedTool(t, "turnutils_uclient")
 	tt := startTURN(t, func(c *Config) { c.AllowPeers = nil })
-	peer := startCoturnPeer(t)
+	peer := echoPort(t)
 	base := []string{"-u", testUser, "-w", testPass, "-L", "127.0.0.1", "-X", "-c", "-n", "10", "-l", "100",
 		"-p", strconv.Itoa(int(tt.Addr().Port())), "-e", "127.0.0.1", "-r", strconv.Itoa(peer)}
 

@@ -27,6 +27,7 @@
 package turnserver
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -40,6 +41,7 @@ import (
 	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/internal/listen"
 	"github.com/nasreach/nasreach/internal/netaddr"
+	"github.com/nasreach/nasreach/internal/workgroup"
 	"github.com/nasreach/nasreach/store"
 	"github.com/pion/turn/v5"
 	"github.com/rs/zerolog"
@@ -65,15 +67,14 @@ const (
 	// udpSocketBuffer is the receive and send buffer asked for each
 	// listening UDP socket: room for bursts from many clients.
 	udpSocketBuffer = 4 << 20
-	// closeTimeout bounds how long Close waits for pion's goroutines.
-	closeTimeout = 5 * time.Second
 )
 
 // Config configures New. Zero values take the documented defaults.
 type Config struct {
 	// Addr is the UDP and TCP address for STUN and TURN, such as
 	// "127.0.0.1:13478" (development) or "0.0.0.0:3478". Port 0 picks a
-	// free port shared by both transports. Required.
+	// free port shared by both transports. Required unless PacketConns is
+	// set; then it defaults to the first one's address.
 	Addr string
 	// TLSAddr is the TURN-over-TLS address (5349 in production); used only
 	// when TLS is set.
@@ -120,7 +121,11 @@ type Config struct {
 	Sockets int
 	// PacketConns and Listeners, when PacketConns is set, are the STUN/TURN
 	// sockets to serve instead of binding Addr (systemd socket activation,
-	// tests); TLSListeners likewise for TLSAddr. The relay closes them.
+	// tests): UDP, and TCP when Listeners is not empty. Listeners without
+	// PacketConns are an error. TLSListeners likewise replace binding
+	// TLSAddr, and need TLS. The relay owns every socket given here from
+	// the call to New on: it closes them at Shutdown, or before New returns
+	// an error.
 	PacketConns             []net.PacketConn
 	Listeners, TLSListeners []net.Listener
 	// MaxTCPConns bounds concurrent TCP and TLS connections; zero means
@@ -160,12 +165,13 @@ type Server struct {
 	stats   turnCounters
 
 	// readers counts the socket readers pion runs: listening sockets,
-	// listeners, client connections and relay sockets. Close waits for it.
+	// listeners, client connections and relay sockets. Shutdown waits for
+	// it.
 	readers sync.WaitGroup
 
 	mu     sync.Mutex
 	conns  map[*streamFilter]struct{}
-	closed bool
+	closed bool // Shutdown has been called
 }
 
 type turnCounters struct {
@@ -189,8 +195,26 @@ type Stats struct {
 	AuthFailed uint64
 }
 
-// New validates cfg, binds every socket and starts relaying.
-func New(cfg Config) (*Server, error) {
+// New validates cfg, binds every socket (or takes Config's) and relays in
+// the background until Shutdown. On error nothing is left open, Config's
+// sockets included.
+func New(cfg Config) (_ *Server, err error) {
+	// Whatever New is given or binds is closed again if it fails.
+	udps, tcps, tlss := cfg.PacketConns, cfg.Listeners, cfg.TLSListeners
+	defer func() {
+		if err == nil {
+			return
+		}
+		for _, c := range udps {
+			c.Close()
+		}
+		for _, l := range tcps {
+			l.Close()
+		}
+		for _, l := range tlss {
+			l.Close()
+		}
+	}()
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
@@ -230,7 +254,6 @@ func New(cfg Config) (*Server, error) {
 	}
 	t.policy = NewPeerPolicy(cfg.AllowPeers, []netip.Addr{relayIP}, own, t.alloc.isRelay)
 
-	udps, tcps, tlss := cfg.PacketConns, cfg.Listeners, cfg.TLSListeners
 	if len(udps) == 0 {
 		socks, err := listen.Bind(listen.Config{Addr: cfg.Addr, Copies: cfg.Sockets, UDPBuffer: udpSocketBuffer})
 		if err != nil {
@@ -238,18 +261,9 @@ func New(cfg Config) (*Server, error) {
 		}
 		udps, tcps = socks.UDP, socks.TCP
 	}
-	closeSockets := func() {
-		for _, c := range udps {
-			c.Close()
-		}
-		for _, l := range append(tcps, tlss...) {
-			l.Close()
-		}
-	}
 	if cfg.TLS != nil && len(tlss) == 0 {
 		socks, err := listen.Bind(listen.Config{Addr: cfg.TLSAddr, Copies: cfg.Sockets, TCPOnly: true})
 		if err != nil {
-			closeSockets()
 			return nil, fmt.Errorf("turn: tls: %w", err)
 		}
 		tlss = socks.TCP
@@ -289,11 +303,10 @@ func New(cfg Config) (*Server, error) {
 			Listener: &streamListener{Listener: l, t: t, transport: "tls", tls: cfg.TLS}, RelayAddressGenerator: t.alloc, PermissionHandler: t.permit,
 		})
 	}
-	// Each socket's reader reports its end to t.readers, which Close waits
-	// for; none can end before Close closes it.
+	// Each socket's reader reports its end to t.readers, which Shutdown
+	// waits for; none can end before Shutdown closes it.
 	t.readers.Add(len(udps) + len(tcps) + len(tlss))
 	if t.srv, err = turn.NewServer(sc); err != nil {
-		closeSockets()
 		return nil, fmt.Errorf("turn: start pion server: %w", err)
 	}
 	if cfg.Devices != nil {
@@ -316,6 +329,12 @@ func (cfg *Config) setDefaults() error {
 	}
 	if cfg.Addr == "" {
 		return errors.New("turn: Config.Addr is required")
+	}
+	if len(cfg.Listeners) > 0 && len(cfg.PacketConns) == 0 {
+		return errors.New("turn: Config.Listeners need Config.PacketConns")
+	}
+	if len(cfg.TLSListeners) > 0 && cfg.TLS == nil {
+		return errors.New("turn: Config.TLSListeners need Config.TLS")
 	}
 	if _, _, err := net.SplitHostPort(cfg.Addr); err != nil {
 		return fmt.Errorf("turn: Addr %q: %w", cfg.Addr, err)
@@ -422,14 +441,36 @@ func (t *Server) SetUsers(users []string) error {
 // permissions either.
 func (t *Server) SetAllowPeers(allow []netip.Prefix) { t.policy.SetAllow(allow) }
 
-// Close stops the listeners, closes every client connection and allocation
-// (each emits its event with reason EndShutdown) and waits for every
-// goroutine reading a socket, pion's included, to return.
-func (t *Server) Close() error {
+// Shutdown stops the listeners, closes every client connection (letting
+// the frames already queued for it go out for up to a second) and every
+// allocation (each emits its event with reason EndShutdown): a relayed call
+// cannot be drained. Then it waits for every goroutine reading a socket,
+// pion's included, to return, or for ctx to end: then it returns an error
+// wrapping ctx.Err(), the goroutines having been told to stop. Calling it
+// again waits for the same stop.
+func (t *Server) Shutdown(ctx context.Context) error {
+	first, err := t.stop()
+	if werr := workgroup.WaitContext(ctx, t.readers.Wait); werr != nil {
+		err = errors.Join(err, werr)
+	}
+	if first {
+		st := t.Stats()
+		t.log.Info().Uint64("malformed", st.Malformed).Uint64("peer_refused", st.PeerRefused).
+			Uint64("quota_refused", st.QuotaRefused).Uint64("auth_failed", st.AuthFailed).Msg("turn stopped")
+	}
+	if err != nil {
+		return fmt.Errorf("turn shutdown: %w", err)
+	}
+	return nil
+}
+
+// stop closes the sockets, connections and allocations, which makes every
+// reader return; it reports whether this call did it.
+func (t *Server) stop() (first bool, err error) {
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
-		return nil
+		return false, nil
 	}
 	t.closed = true
 	conns := make([]*streamFilter, 0, len(t.conns))
@@ -437,32 +478,14 @@ func (t *Server) Close() error {
 		conns = append(conns, c)
 	}
 	t.mu.Unlock()
-	var errs []error
-	if t.srv != nil {
-		if err := t.srv.Close(); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	err = t.srv.Close()
 	var closing sync.WaitGroup // each waits up to a second for its queued frames
 	for _, c := range conns {
 		closing.Go(func() { c.Close() })
 	}
 	closing.Wait()
 	t.alloc.closeAll()
-	done := make(chan struct{})
-	go func() { t.readers.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(closeTimeout):
-		errs = append(errs, fmt.Errorf("some relay goroutines still running after %v", closeTimeout))
-	}
-	st := t.Stats()
-	t.log.Info().Uint64("malformed", st.Malformed).Uint64("peer_refused", st.PeerRefused).
-		Uint64("quota_refused", st.QuotaRefused).Uint64("auth_failed", st.AuthFailed).Msg("turn stopped")
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("turn: close: %w", err)
-	}
-	return nil
+	return true, err
 }
 
 func (t *Server) isClosed() bool {

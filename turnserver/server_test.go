@@ -9,11 +9,16 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/internal/listen"
+	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/store"
 	pion "github.com/pion/stun/v4"
 	"github.com/rs/zerolog"
@@ -250,7 +255,9 @@ func TestQuotas(t *testing.T) {
 	})
 	t.Run("bandwidth", func(t *testing.T) {
 		tt := startTURN(t, func(c *Config) { c.BandwidthPerAllocation = 4000 })
-		peer, got := startEcho(t)
+		// A peer that only counts: an echo would send datagrams back through
+		// the cap, and its drops would count with the ones measured here.
+		peer, received := startSink(t)
 		relayConn, err := allocate(t, pionClient(t, "udp", tt.Addr(), testUser, testPass))
 		if err != nil {
 			t.Fatal(err)
@@ -259,10 +266,16 @@ func TestQuotas(t *testing.T) {
 		payload := make([]byte, 1000)
 		const sent = 40 // 40 kB in well under a second, ten times the cap
 		for range sent {
-			relayConn.WriteTo(payload, peer)
+			if _, err := relayConn.WriteTo(payload, peer); err != nil {
+				t.Fatal(err)
+			}
 		}
-		time.Sleep(300 * time.Millisecond)
-		if n := len(got); n == 0 || n >= sent/2 {
+		// Every datagram is either forwarded to the peer or dropped by the
+		// cap; once all are accounted for the count is final.
+		testutil.WaitFor(t, 5*time.Second, "every datagram forwarded or dropped", func() bool {
+			return received.Load()+int64(tt.Stats().BandwidthDropped) >= sent
+		})
+		if n := received.Load(); n == 0 || n >= sent/2 {
 			t.Errorf("peer received %d of %d datagrams, want a few (cap 4000 B/s, burst %d B)", n, sent, inboundMTU*2)
 		}
 		if tt.Stats().BandwidthDropped == 0 {
@@ -503,8 +516,17 @@ func TestMalformedInputIsDropped(t *testing.T) {
 	for _, junk := range []string{"GET / HTTP/1.1\r\n\r\n", "\xff\xff\xff\xff", strings.Repeat("\x00", 19)} {
 		u.Write([]byte(junk))
 	}
-	u.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-	if n, err := u.Read(make([]byte, 100)); err == nil {
+	// Then a Binding request: the socket is read in order, so the first
+	// answer is this one's unless the junk got one.
+	req := must2(pion.Build(pion.TransactionID, pion.BindingRequest))
+	u.Write(req.Raw)
+	u.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1500)
+	n, err := u.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := (&pion.Message{Raw: buf[:n]}); m.Decode() != nil || m.TransactionID != req.TransactionID {
 		t.Errorf("UDP junk got a %d-byte answer", n)
 	}
 	c, err := net.Dial("tcp", tt.Addr().String())
@@ -542,7 +564,7 @@ func TestSilentTCPConnectionIsClosed(t *testing.T) {
 	}
 }
 
-func TestCloseStopsEveryGoroutine(t *testing.T) {
+func TestShutdownStopsEveryGoroutine(t *testing.T) {
 	before := runtime.NumGoroutine()
 	events := make(chan connlog.Event, 8)
 	srv, err := New(Config{
@@ -575,7 +597,7 @@ func TestCloseStopsEveryGoroutine(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer idle.Close()
-	if err := srv.Close(); err != nil {
+	if err := srv.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	for range 3 {
@@ -585,7 +607,7 @@ func TestCloseStopsEveryGoroutine(t *testing.T) {
 				t.Errorf("event %+v, want reason %q", ev, EndShutdown)
 			}
 		case <-time.After(2 * time.Second):
-			t.Fatal("an allocation emitted no event on Close")
+			t.Fatal("an allocation emitted no event on Shutdown")
 		}
 	}
 	// The clients' own goroutines (refresh timers, read loops) end too.
@@ -597,10 +619,23 @@ func TestCloseStopsEveryGoroutine(t *testing.T) {
 	}
 	idle.Close()
 	waitGoroutines(t, before)
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Errorf("second Shutdown: %v", err)
+	}
 }
 
 func TestTCPFramesCoalescedAndSplitAreAllAnswered(t *testing.T) {
-	tt := startTURN(t)
+	// The relay serves a listener that counts the bytes it reads, so that
+	// each part of the split request is sent only once the relay has read
+	// everything before it: each then arrives in a read of its own.
+	socks, err := listen.Bind(listen.Config{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	counted := &countingListener{Listener: socks.TCP[0]}
+	tt := startTURN(t, func(c *Config) {
+		c.PacketConns, c.Listeners = socks.UDP, []net.Listener{counted}
+	})
 	c, err := net.Dial("tcp", tt.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -615,16 +650,22 @@ func TestTCPFramesCoalescedAndSplitAreAllAnswered(t *testing.T) {
 		want[m.TransactionID] = true
 		burst = append(burst, m.Raw...)
 	}
-	if _, err := c.Write(burst); err != nil {
-		t.Fatal(err)
+	written := 0
+	write := func(b []byte) {
+		t.Helper()
+		if _, err := c.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		written += len(b)
+		testutil.WaitFor(t, 5*time.Second, fmt.Sprintf("the relay to read %d bytes", written), func() bool {
+			return counted.read.Load() >= int64(written)
+		})
 	}
+	write(burst)
 	split := must2(pion.Build(pion.TransactionID, pion.BindingRequest))
 	want[split.TransactionID] = true
 	for _, part := range [][]byte{split.Raw[:3], split.Raw[3:17], split.Raw[17:]} {
-		if _, err := c.Write(part); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(20 * time.Millisecond)
+		write(part)
 	}
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	r := bufio.NewReader(c)
@@ -645,5 +686,107 @@ func TestTCPFramesCoalescedAndSplitAreAllAnswered(t *testing.T) {
 			t.Fatalf("answer to an unknown or repeated transaction %x", m.TransactionID)
 		}
 		delete(want, m.TransactionID)
+	}
+}
+
+// startSink runs a UDP peer on 127.0.0.1 that counts the datagrams it
+// receives and answers none.
+func startSink(t *testing.T) (*net.UDPAddr, *atomic.Int64) {
+	t.Helper()
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var received atomic.Int64
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := c.ReadFrom(buf); err != nil {
+				return
+			}
+			received.Add(1)
+		}
+	})
+	t.Cleanup(func() { c.Close(); wg.Wait() })
+	return c.LocalAddr().(*net.UDPAddr), &received
+}
+
+// countingListener counts the bytes read from the connections it accepts.
+type countingListener struct {
+	net.Listener
+	read atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &countingConn{Conn: c, read: &l.read}, nil
+}
+
+type countingConn struct {
+	net.Conn
+	read *atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+// Sockets handed to New belong to the relay from the call on: when New
+// fails, it has closed every one of them.
+func TestNewClosesGivenSocketsOnError(t *testing.T) {
+	for _, tc := range []struct {
+		name                   string
+		udp, tcp, tls, withTLS bool
+		users                  []string
+	}{
+		{"Listeners without PacketConns", false, true, false, false, []string{"u:p"}},
+		{"TLSListeners without TLS", true, true, true, false, []string{"u:p"}},
+		{"invalid user", true, true, true, true, []string{"no-password"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			socks, err := listen.Bind(listen.Config{Addr: "127.0.0.1:0"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { socks.Close() })
+			tlsSocks, err := listen.Bind(listen.Config{Addr: "127.0.0.1:0", TCPOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { tlsSocks.Close() })
+			cfg := Config{Addr: "127.0.0.1:0", Users: tc.users}
+			if tc.udp {
+				cfg.PacketConns = socks.UDP
+			}
+			if tc.tcp {
+				cfg.Listeners = socks.TCP
+			}
+			if tc.tls {
+				cfg.TLSListeners = tlsSocks.TCP
+			}
+			if tc.withTLS {
+				cfg.TLS = selfSigned(t)
+			}
+			if srv, err := New(cfg); err == nil {
+				srv.Shutdown(context.Background())
+				t.Fatal("New succeeded")
+			}
+			for _, c := range cfg.PacketConns {
+				if !testutil.Closed(c) {
+					t.Errorf("PacketConn %v still open after New failed", c.LocalAddr())
+				}
+			}
+			for _, l := range append(slices.Clone(cfg.Listeners), cfg.TLSListeners...) {
+				if !testutil.Closed(l.(*net.TCPListener)) {
+					t.Errorf("listener %v still open after New failed", l.Addr())
+				}
+			}
+		})
 	}
 }

@@ -6,16 +6,35 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nasreach/nasreach/internal/testutil"
 )
 
 // tcpPair returns both ends of a TCP connection on 127.0.0.1.
 func tcpPair(t *testing.T) (server, client net.Conn) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	return connPair(t, "tcp", "127.0.0.1:0")
+}
+
+// unixPair returns both ends of a Unix stream connection. Unlike TCP's, its
+// buffer holds a fixed amount that only the reader frees: with no reader, a
+// buffer once full stays full (no retransmission or window probe moves bytes
+// later), so a test can fill it and know that every later write blocks.
+func unixPair(t *testing.T) (server, client net.Conn) {
+	t.Helper()
+	return connPair(t, "unix", filepath.Join(t.TempDir(), "s"))
+}
+
+// connPair returns both ends of a connection to a listener on addr.
+func connPair(t *testing.T, network, addr string) (server, client net.Conn) {
+	t.Helper()
+	l, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,7 +44,7 @@ func tcpPair(t *testing.T) (server, client net.Conn) {
 		c, _ := l.Accept()
 		accepted <- c
 	}()
-	client, err = net.Dial("tcp", l.Addr().String())
+	client, err = net.Dial(network, l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,13 +147,37 @@ func TestFrameWriterCloseDeliversQueuedFrames(t *testing.T) {
 // queue without bound, and closing the connection (relay shutdown) returns
 // within a second or so and releases the waiting writer.
 func TestFrameWriterBoundsQueueForClientThatDoesNotRead(t *testing.T) {
-	server, _ := tcpPair(t) // the client end never reads
+	server, _ := unixPair(t) // the client end never reads
+	// Fill the socket's buffer first, so that the flusher's first write
+	// blocks for good. A write cut short by its deadline has met a full
+	// buffer, which no one will empty: the deadline only hands control
+	// back, its length does not matter.
+	chunk := make([]byte, 64<<10)
+	for {
+		server.SetWriteDeadline(time.Now().Add(10 * time.Millisecond))
+		if _, err := server.Write(chunk); errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	server.SetWriteDeadline(time.Time{})
 	w := newFrameWriter(server)
 	const total = 256 << 20
+	f := testFrame(1, 0, 1000)
+	// The first frame starts the flusher, whose write then blocks for good.
+	if _, err := w.write(f); err != nil {
+		t.Fatal(err)
+	}
 	var accepted atomic.Int64
+	accepted.Store(int64(len(f)))
+	testutil.WaitFor(t, 5*time.Second, "the flusher to take the first frame", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.flushing && len(w.queued) == 0
+	})
 	done := make(chan error, 1)
 	go func() {
-		f := testFrame(1, 0, 1000)
 		for accepted.Load() < total {
 			if _, err := w.write(f); err != nil {
 				done <- err
@@ -144,13 +187,20 @@ func TestFrameWriterBoundsQueueForClientThatDoesNotRead(t *testing.T) {
 		}
 		done <- nil
 	}()
-
-	// Loopback socket buffers take a few MiB; the queue adds 64 KiB.
-	time.Sleep(time.Second)
-	before := accepted.Load()
-	time.Sleep(500 * time.Millisecond)
-	if after := accepted.Load(); after != before || after >= total {
-		t.Fatalf("writes kept being accepted (%d then %d bytes) for a client that reads nothing", before, after)
+	// The queue fills and stays full: the writer waits for room that a
+	// client reading nothing never makes.
+	testutil.WaitFor(t, 5*time.Second, "a full write queue", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if len(w.queued) > maxQueuedWrite {
+			t.Fatalf("%d bytes queued for a client that reads nothing, more than the bound of %d", len(w.queued), maxQueuedWrite)
+		}
+		return len(w.queued)+len(f) > maxQueuedWrite
+	})
+	select {
+	case err := <-done:
+		t.Fatalf("the writer stopped (%v) with the queue full instead of waiting", err)
+	default:
 	}
 
 	begin := time.Now()
@@ -162,6 +212,9 @@ func TestFrameWriterBoundsQueueForClientThatDoesNotRead(t *testing.T) {
 	case err := <-done:
 		if err == nil {
 			t.Fatal("the waiting writer finished without an error")
+		}
+		if n, bound := accepted.Load(), int64(len(f)+maxQueuedWrite); n > bound {
+			t.Fatalf("%d bytes accepted for a client that reads nothing, more than the frame in flight and a full queue (%d)", n, bound)
 		}
 	case <-time.After(3 * time.Second):
 		t.Fatal("the waiting writer was not released by close")

@@ -1,8 +1,13 @@
-// Package workgroup runs goroutines that a component's Close waits for, and
-// refuses new ones once closing has begun.
+// Package workgroup runs goroutines that a component's Shutdown waits for,
+// refuses new ones once shutting down has begun, and bounds that wait by a
+// context.
 package workgroup
 
-import "sync"
+import (
+	"context"
+	"fmt"
+	"sync"
+)
 
 // Group is a sync.WaitGroup that refuses new work once closed. A bare
 // WaitGroup cannot tell Close's Wait from a goroutine that is about to call
@@ -44,6 +49,29 @@ func (g *Group) Close() bool {
 // Wait waits for every goroutine Go started. Call it after Close: before,
 // a Go racing with Wait may start work that Wait does not wait for.
 func (g *Group) Wait() { g.wg.Wait() }
+
+// WaitContext calls wait (a Group's or a sync.WaitGroup's Wait) and returns
+// nil when it returns, or an error wrapping ctx.Err() if ctx ends first. The
+// call to wait then goes on in the background until it returns: use it only
+// once every goroutine it waits for has been told to stop.
+func WaitContext(ctx context.Context, wait func()) error {
+	done := make(chan struct{})
+	go func() {
+		wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		select {
+		case <-done: // both ready: the goroutines did end
+			return nil
+		default:
+			return fmt.Errorf("goroutines still running: %w", ctx.Err())
+		}
+	}
+}
 
 // CloseAndWait closes the group and waits for every goroutine Go started.
 func (g *Group) CloseAndWait() {

@@ -1,6 +1,8 @@
 package workgroup
 
 import (
+	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -105,5 +107,29 @@ func TestCloseRacingWithGoWaitsForEverythingAdmitted(t *testing.T) {
 		if n := late.Load(); n != 0 {
 			t.Fatalf("%d goroutines ran after CloseAndWait returned", n)
 		}
+	}
+}
+
+func TestWaitContextReturnsWhenTheWorkEnds(t *testing.T) {
+	var g Group
+	release := make(chan struct{})
+	g.Go(func() { <-release })
+	g.Close()
+	close(release)
+	if err := WaitContext(context.Background(), g.Wait); err != nil {
+		t.Fatalf("WaitContext: %v, want nil once the work ended", err)
+	}
+}
+
+func TestWaitContextGivesUpWhenTheContextEnds(t *testing.T) {
+	var g Group
+	release := make(chan struct{})
+	defer close(release)
+	g.Go(func() { <-release })
+	g.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := WaitContext(ctx, g.Wait); !errors.Is(err, context.Canceled) {
+		t.Fatalf("WaitContext with running work and an ended context: %v, want context.Canceled", err)
 	}
 }

@@ -1,0 +1,80 @@
+package linkserver
+
+import (
+	"context"
+	"errors"
+	"net"
+	"testing"
+
+	"github.com/nasreach/nasreach/internal/testutil"
+	"github.com/nasreach/nasreach/store"
+)
+
+// validConfig is a Config New accepts but for a socket: a store and a
+// certificate, gone when the test ends.
+func validConfig(t *testing.T) Config {
+	t.Helper()
+	st, err := store.Open(store.Config{Dir: t.TempDir(), SweepEvery: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	cert, _, err := LoadCert(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Config{Certificate: cert, Store: st}
+}
+
+// The socket handed to New belongs to the relay from the call on: when New
+// fails, it has closed it.
+func TestNewClosesTheGivenSocketOnError(t *testing.T) {
+	valid := validConfig(t)
+	for _, tc := range []struct {
+		name string
+		mod  func(*Config)
+	}{
+		{"no Store", func(c *Config) { c.Store = nil }},
+		{"no Certificate", func(c *Config) { c.Certificate.Certificate = nil }},
+		{"MaxHeaderBytes too large", func(c *Config) { c.MaxHeaderBytes = 1 << 30 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := valid
+			cfg.PacketConn = testutil.ListenUDP(t)
+			tc.mod(&cfg)
+			if l, err := New(cfg); err == nil {
+				l.Shutdown(context.Background())
+				t.Fatal("New succeeded")
+			}
+			if !testutil.Closed(cfg.PacketConn) {
+				t.Error("the given PacketConn is still open after New failed")
+			}
+		})
+	}
+}
+
+// Shutdown closes the socket it was given even when its context has
+// already ended, and a second call waits for the same stop.
+func TestShutdownClosesTheGivenSocket(t *testing.T) {
+	cfg := validConfig(t)
+	pc := testutil.ListenUDP(t)
+	cfg.PacketConn = pc
+	l, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := pc.LocalAddr().(*net.UDPAddr).AddrPort(); l.Addr() != want {
+		t.Errorf("Addr %v, want the given socket's %v", l.Addr(), want)
+	}
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := l.Shutdown(ended); err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatalf("Shutdown with an ended context: %v, want nil or context.Canceled", err)
+	}
+	if !testutil.Closed(pc) {
+		t.Error("the given PacketConn is still open after Shutdown")
+	}
+	if err := l.Shutdown(context.Background()); err != nil {
+		t.Errorf("second Shutdown: %v", err)
+	}
+}
