@@ -21,35 +21,64 @@ import (
 // deviceCommand manages devices through the running daemon's API: bbolt
 // allows one process per file, so the CLI never opens the store itself.
 func deviceCommand() *cli.Command {
-	flags := []cli.Flag{
-		&cli.StringFlag{Name: "server", Value: "http://" + defaultHTTPAddr, Usage: "the daemon's HTTP API (default: its local socket <data>/" + daemon.SocketFile + " when there, else this)", Sources: cli.EnvVars("NASREACH_SERVER")},
-		&cli.StringFlag{Name: "admin-token", Usage: "admin token for --server (default: read from <data>/admin.token)", Sources: cli.EnvVars("NASREACH_ADMIN_TOKEN")},
-		&cli.StringFlag{Name: "data", Value: defaultDataDir, Usage: "the daemon's data directory, to find its local socket or admin.token", Sources: cli.EnvVars("NASREACH_DATA", "STATE_DIRECTORY")},
-	}
 	return &cli.Command{
 		Name:  "device",
 		Usage: "manage devices through the running daemon",
-		Flags: flags,
+		Description: describe("On the daemon's machine the commands talk to its local socket <data>/"+daemon.SocketFile+
+			" (no token needed; run them as root or the daemon's user); with --server they use the HTTP API and the admin token.",
+			"nasreach device --data /var/lib/nasreach list",
+			"NASREACH_ADMIN_TOKEN=$(cat admin.token) nasreach device --server https://ddns.example.net list"),
+		Flags: apiClientFlags(),
 		Commands: []*cli.Command{
 			{
 				Name: "add", Usage: "register a device and print its token (shown once)", ArgsUsage: "NAME",
+				Description: describe("The device updates its address with the token: dyndns2 (ddclient, inadyn, routers) or the REST API.",
+					"nasreach device add nas1",
+					"nasreach device add --uninitialized nas1"),
 				Flags:  []cli.Flag{&cli.BoolFlag{Name: "uninitialized", Usage: "create it uninitialized (expires unless activated)"}},
 				Action: deviceAdd,
 			},
-			{Name: "list", Usage: "list all devices", Action: deviceList},
-			{Name: "show", Usage: "print everything stored about a device", ArgsUsage: "NAME", Action: deviceShow},
-			{Name: "rm", Usage: "delete a device and all its data", ArgsUsage: "NAME", Action: deviceRm},
+			{
+				Name: "list", Usage: "list all devices",
+				Description: describe("", "nasreach device list"),
+				Action:      deviceList,
+			},
+			{
+				Name: "show", Usage: "print everything stored about a device (JSON)", ArgsUsage: "NAME",
+				Description: describe("", "nasreach device show nas1"),
+				Action:      deviceShow,
+			},
+			{
+				Name: "rm", Usage: "delete a device and all its data", ArgsUsage: "NAME",
+				Description: describe("The name stops resolving in the next DNS answer and stays unavailable for the quarantine (24 h).",
+					"nasreach device rm nas1"),
+				Action: deviceRm,
+			},
 			{
 				Name: "set", Usage: "change a device's switches", ArgsUsage: "NAME",
+				Description: describe("",
+					"nasreach device set --ddns=false nas1",
+					"nasreach device set --link --access token nas1"),
 				Flags: []cli.Flag{
 					&cli.BoolFlag{Name: "ddns", Usage: "whether the name resolves"},
 					&cli.BoolFlag{Name: "link", Usage: "whether Link sessions are allowed"},
-					&cli.StringFlag{Name: "access", Usage: "public or token"},
+					&cli.StringFlag{Name: "access", Usage: "who may connect through Link: public, or token (clients need an access code)"},
 					&cli.StringFlag{Name: "state", Usage: "active or uninitialized"},
 				},
 				Action: deviceSet,
 			},
 		},
+	}
+}
+
+// apiClientFlags are the flags of the commands that call the daemon's API
+// (device, backup): where it is and how to authenticate.
+func apiClientFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "server", Value: "http://" + defaultHTTPAddr, Usage: "the daemon's HTTP API URL",
+			DefaultText: "its local socket <data>/" + daemon.SocketFile + " when there, else http://" + defaultHTTPAddr, Sources: cli.EnvVars("NASREACH_SERVER")},
+		&cli.StringFlag{Name: "admin-token", Usage: "admin token for --server", DefaultText: "read from <data>/" + daemon.AdminTokenFile, Sources: cli.EnvVars("NASREACH_ADMIN_TOKEN")},
+		&cli.StringFlag{Name: "data", Value: defaultDataDir, Usage: "the daemon's data directory, to find its local socket or admin.token", Sources: cli.EnvVars("NASREACH_DATA", "STATE_DIRECTORY")},
 	}
 }
 

@@ -17,8 +17,12 @@ func manCommand() *cli.Command {
 		Name:   "man",
 		Usage:  "print the nasreach(8) man page (roff)",
 		Hidden: true,
+		Description: describe("make install installs it as nasreach(8); this shows it without installing.",
+			"nasreach man | man -l -"),
 		Action: func(_ context.Context, cmd *cli.Command) error {
-			return writeMan(cmd.Root().Writer, newApp(io.Discard, io.Discard))
+			// The running tree, which urfave has completed (the
+			// completion command), not a fresh one.
+			return writeMan(cmd.Root().Writer, cmd.Root())
 		},
 	}
 }
@@ -45,7 +49,7 @@ func writeMan(w io.Writer, root *cli.Command) error {
 	var walk func(prefix string, c *cli.Command)
 	walk = func(prefix string, c *cli.Command) {
 		for _, sub := range c.Commands {
-			if sub.Hidden || sub.Name == "help" {
+			if sub.Hidden {
 				continue
 			}
 			name := prefix + " " + sub.Name
@@ -73,13 +77,20 @@ func writeManFlag(b *strings.Builder, f cli.Flag) {
 		return
 	}
 	names := f.Names()
+	if names[0] == "help" || names[0] == "version" {
+		return // urfave's own, on every command
+	}
 	fmt.Fprintf(b, ".TP\n\\fB\\-\\-%s\\fR", roff(names[0]))
 	if df.TakesValue() {
 		b.WriteString(" \\fIvalue\\fR")
 	}
 	b.WriteString("\n" + roff(df.GetUsage()))
-	if v := df.GetValue(); v != "" && v != `""` && df.TakesValue() {
-		fmt.Fprintf(b, " (default %s)", roff(v))
+	if rf, ok := f.(cli.RequiredFlag); !ok || !rf.IsRequired() {
+		if d := df.GetDefaultText(); d != "" {
+			fmt.Fprintf(b, " (default: %s)", roff(d))
+		} else if v := df.GetValue(); v != "" && v != `""` && df.TakesValue() {
+			fmt.Fprintf(b, " (default: %s)", roff(v))
+		}
 	}
 	if env := df.GetEnvVars(); len(env) > 0 {
 		fmt.Fprintf(b, " [%s]", roff(strings.Join(env, ", ")))

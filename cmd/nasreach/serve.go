@@ -37,15 +37,20 @@ func serveLikeCommand(action func(context.Context, *cli.Command, daemon.Config) 
 	return &cli.Command{
 		Name:  "serve",
 		Usage: "run the daemon (DNS, HTTP API, STUN/TURN, Link relay)",
+		Description: describe("Every flag is also a NASREACH_* environment variable and a key of the TOML config file "+
+			"(flag > environment > file > default). SIGHUP re-reads the configuration; SIGINT or SIGTERM stops.",
+			"nasreach serve",
+			"nasreach serve --config /etc/nasreach/nasreach.toml",
+			"nasreach serve --zone nas.example.net --dns 0.0.0.0:53 --ns ns1=203.0.113.53 --data /var/lib/nasreach"),
 		Flags: append([]cli.Flag{
 			configFlag(),
-			&cli.StringFlag{Name: "data", Value: defaultDataDir, Usage: "data directory (default $STATE_DIRECTORY under systemd)", Sources: cli.EnvVars("NASREACH_DATA", "STATE_DIRECTORY")},
+			&cli.StringFlag{Name: "data", Value: defaultDataDir, Usage: "data directory: the store, the admin token, the local socket", DefaultText: defaultDataDir + ", or $STATE_DIRECTORY under systemd", Sources: cli.EnvVars("NASREACH_DATA", "STATE_DIRECTORY")},
 			&cli.StringFlag{Name: "zone", Value: dnsserver.DefaultZone, Usage: "DNS zone the devices live in", Sources: cli.EnvVars("NASREACH_ZONE")},
 			&cli.StringFlag{Name: "dns", Value: defaultDNSAddr, Usage: "DNS listen address (UDP and TCP)", Sources: cli.EnvVars("NASREACH_DNS")},
 			&cli.StringFlag{Name: "http", Value: defaultHTTPAddr, Usage: "HTTP API listen address", Sources: cli.EnvVars("NASREACH_HTTP")},
 			&cli.StringFlag{Name: "metrics", Value: defaultMetrics, Usage: "listen address of /metrics, /healthz and /readyz (keep it private)", Sources: cli.EnvVars("NASREACH_METRICS")},
-			&cli.StringFlag{Name: "admin-token", Usage: "admin token (default: the systemd credential admin-token, else generated once into <data>/admin.token)", Sources: cli.EnvVars("NASREACH_ADMIN_TOKEN")},
-			&cli.StringSliceFlag{Name: "ns", Usage: "nameserver NAME=IP[,IP] for the zone's NS records and glue (repeatable; default ns1=127.0.0.1)", Sources: cli.EnvVars("NASREACH_NS")},
+			&cli.StringFlag{Name: "admin-token", Usage: "admin token of the HTTP API", DefaultText: "the systemd credential admin-token, else generated once into <data>/admin.token", Sources: cli.EnvVars("NASREACH_ADMIN_TOKEN")},
+			&cli.StringSliceFlag{Name: "ns", Usage: "nameserver NAME=IP[,IP] for the zone's NS records and glue (repeatable)", DefaultText: "ns1=127.0.0.1", Sources: cli.EnvVars("NASREACH_NS")},
 			&cli.DurationFlag{Name: "ttl", Value: dnsserver.DefaultTTL * time.Second, Usage: "TTL of device answers", Sources: cli.EnvVars("NASREACH_TTL")},
 			&cli.BoolFlag{Name: "open-registration", Usage: "let anyone register a free name (throttled per address)", Sources: cli.EnvVars("NASREACH_OPEN_REGISTRATION")},
 			&cli.StringSliceFlag{Name: "reserved", Usage: "extra labels no device may register (repeatable)", Sources: cli.EnvVars("NASREACH_RESERVED")},
