@@ -67,6 +67,20 @@ func deviceCommand() *cli.Command {
 				},
 				Action: deviceSet,
 			},
+			{
+				Name: "set-address", Usage: "set or clear a device's addresses, as its DDNS client would", ArgsUsage: "NAME",
+				Description: describe("The name resolves to the new address in the very next DNS answer.",
+					"nasreach device set-address --ipv4 203.0.113.10 nas1",
+					"nasreach device set-address --ipv6 2001:db8::10 --clear-ipv4 nas1"),
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "ipv4", Usage: "the device's IPv4 address"},
+					&cli.StringFlag{Name: "ipv6", Usage: "the device's IPv6 address"},
+					&cli.BoolFlag{Name: "clear-ipv4", Usage: "remove the IPv4 address (no A record)"},
+					&cli.BoolFlag{Name: "clear-ipv6", Usage: "remove the IPv6 address (no AAAA record)"},
+				},
+				Action: deviceSetAddress,
+			},
+			accessCodeCommand(),
 		},
 	}
 }
@@ -236,5 +250,52 @@ func deviceSet(ctx context.Context, cmd *cli.Command) error {
 		return err
 	}
 	fmt.Fprintf(cmd.Root().Writer, "%s: ddns %s, link %s, access %s, state %s\n", out.Name, onOff(out.DDNS), onOff(out.Link), out.Access, out.State)
+	return nil
+}
+
+func deviceSetAddress(ctx context.Context, cmd *cli.Command) error {
+	name, err := oneName(cmd)
+	if err != nil {
+		return err
+	}
+	var u client.AddressUpdate
+	for _, f := range []struct {
+		flag, family string
+		is           func(netip.Addr) bool
+		out          **string
+	}{
+		{"ipv4", "IPv4", netip.Addr.Is4, &u.IPv4},
+		{"ipv6", "IPv6", func(a netip.Addr) bool { return a.Is6() && !a.Is4In6() }, &u.IPv6},
+	} {
+		clear := "clear-" + f.flag
+		switch {
+		case cmd.IsSet(f.flag) && cmd.Bool(clear):
+			return fmt.Errorf("set-address: --%s sets the %s address and --%s removes it; give one of them", f.flag, f.family, clear)
+		case cmd.Bool(clear):
+			*f.out = new("")
+		case cmd.IsSet(f.flag):
+			a, err := netip.ParseAddr(cmd.String(f.flag))
+			if err != nil || !f.is(a) {
+				return fmt.Errorf("set-address: --%s %q is not an %s address", f.flag, cmd.String(f.flag), f.family)
+			}
+			*f.out = new(a.String())
+		}
+	}
+	if u == (client.AddressUpdate{}) {
+		return errors.New("set-address: give --ipv4, --ipv6, --clear-ipv4 or --clear-ipv6")
+	}
+	c, err := newAPIClient(cmd)
+	if err != nil {
+		return err
+	}
+	d, err := c.SetAddress(ctx, name, u)
+	if err != nil {
+		return err
+	}
+	w := cmd.Root().Writer
+	fmt.Fprintf(w, "%s: ipv4 %s, ipv6 %s\n", d.Name, addrOrDash(d.IPv4), addrOrDash(d.IPv6))
+	if !d.DDNS {
+		fmt.Fprintf(w, "(ddns is off, so %s does not resolve; 'nasreach device set --ddns %s' turns it on)\n", d.FQDN, d.Name)
+	}
 	return nil
 }
