@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -40,8 +41,11 @@ func deviceCommand() *cli.Command {
 			},
 			{
 				Name: "list", Usage: "list all devices",
-				Description: describe("", "nasreach device list"),
-				Action:      deviceList,
+				Description: describe("--json prints the devices as the API shows them, a JSON array of what 'device show' prints.",
+					"nasreach device list",
+					"nasreach device list --json | jq -r '.[] | select(.link) | .name'"),
+				Flags:  []cli.Flag{jsonFlag()},
+				Action: deviceList,
 			},
 			{
 				Name: "show", Usage: "print everything stored about a device (JSON)", ArgsUsage: "NAME",
@@ -94,6 +98,11 @@ func apiClientFlags() []cli.Flag {
 		&cli.StringFlag{Name: "admin-token", Usage: "admin token for --server", DefaultText: "read from <data>/" + daemon.AdminTokenFile, Sources: cli.EnvVars("NASREACH_ADMIN_TOKEN")},
 		&cli.StringFlag{Name: "data", Value: defaultDataDir, Usage: "the daemon's data directory, to find its local socket or admin.token", Sources: cli.EnvVars("NASREACH_DATA", "STATE_DIRECTORY")},
 	}
+}
+
+// jsonFlag is --json of the commands whose output a script may read.
+func jsonFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "json", Usage: "print JSON instead of a table"}
 }
 
 // newAPIClient is the API client the admin commands use: the daemon's local
@@ -168,6 +177,12 @@ func deviceList(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
+	if cmd.Bool("json") {
+		if devices == nil {
+			devices = []client.Device{} // [], not null, for jq
+		}
+		return printJSON(cmd.Root().Writer, devices)
+	}
 	tw := tabwriter.NewWriter(cmd.Root().Writer, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tIPV4\tIPV6\tDDNS\tLINK\tACCESS\tSTATE\tUPDATED")
 	for _, d := range devices {
@@ -200,12 +215,17 @@ func deviceShow(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
-	out, err := json.MarshalIndent(d, "", "  ")
+	return printJSON(cmd.Root().Writer, d)
+}
+
+// printJSON prints v as indented JSON, the form of every --json output.
+func printJSON(w io.Writer, v any) error {
+	out, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(cmd.Root().Writer, string(out))
-	return nil
+	_, err = fmt.Fprintln(w, string(out))
+	return err
 }
 
 func deviceRm(ctx context.Context, cmd *cli.Command) error {

@@ -1,14 +1,17 @@
 package main
 
 // The device subcommands that go beyond the basics in device_test.go:
-// set-address and the access codes.
+// set-address, the access codes, list --json.
 
 import (
+	"encoding/json"
+	"net/netip"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/api/client"
 )
 
 func TestDeviceSetAddressResolvesInTheNextAnswer(t *testing.T) {
@@ -127,4 +130,30 @@ func TestDeviceCodeAddListRm(t *testing.T) {
 		{[]string{"code", "rm", "nas1"}, "want a device NAME and an access code ID"},
 		{[]string{"code", "list", "nas9"}, "no such device (HTTP 404)"},
 	})
+}
+
+func TestDeviceListJSONIsTheAPIsDevices(t *testing.T) {
+	clearCLIEnv(t)
+	data, _ := startLocalDaemon(t)
+	local := []string{"--data", data}
+	if out, _, err := runCLI(t, local, "list", "--json"); err != nil || out != "[]\n" {
+		t.Errorf("list --json with no devices printed %q, %v; want []", out, err)
+	}
+	for _, args := range [][]string{{"add", "nas1"}, {"add", "nas2"}, {"set-address", "--ipv4", "203.0.113.10", "nas1"}} {
+		if _, _, err := runCLI(t, local, args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, _, err := runCLI(t, local, "list", "--json")
+	var list []client.Device
+	if err != nil || json.Unmarshal([]byte(out), &list) != nil || len(list) != 2 {
+		t.Fatalf("list --json printed %q, %v; want a JSON array of two devices", out, err)
+	}
+	shown, _, _ := runCLI(t, local, "show", "nas1")
+	var one client.Device
+	json.Unmarshal([]byte(shown), &one)
+	if list[0].Name != "nas1" || list[0].IPv4 != netip.MustParseAddr("203.0.113.10") || list[0].FQDN != "nas1.example.net" ||
+		!list[0].Updated.Equal(one.Updated) || list[0].TokenSHA256 != one.TokenSHA256 || list[1].Name != "nas2" {
+		t.Errorf("list --json printed\n%s\nwant nas1 as show prints it:\n%s", out, shown)
+	}
 }

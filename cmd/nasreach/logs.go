@@ -36,11 +36,12 @@ func logsCommand() *cli.Command {
 				Usage: "aggregate counts per day and service; no address or device name unless --by-device",
 				Description: describe("",
 					"nasreach logs stats --dir /var/log/nasreach --from 2026-01-01 --to 2026-01-31",
-					"nasreach logs stats --by-device"),
+					"nasreach logs stats --json | jq '.rows[] | select(.service == \"link\") | .bytes_out'"),
 				Flags: append([]cli.Flag{
 					&cli.StringFlag{Name: "from", Usage: "first day, YYYY-MM-DD"},
 					&cli.StringFlag{Name: "to", Usage: "last day, YYYY-MM-DD"},
 					&cli.BoolFlag{Name: "by-device", Usage: "add per-device counts (names devices: operator use only)"},
+					jsonFlag(),
 				}, dirFlags...),
 				Action: logsStats,
 			},
@@ -108,6 +109,12 @@ func logsStats(_ context.Context, cmd *cli.Command) error {
 	st, err := connlog.Summarize(logDir(cmd), o)
 	if err != nil {
 		return err
+	}
+	if cmd.Bool("json") {
+		if st.Rows == nil {
+			st.Rows = []connlog.StatsRow{} // [], not null, for jq
+		}
+		return printJSON(cmd.Root().Writer, st)
 	}
 	return st.WriteText(cmd.Root().Writer)
 }
