@@ -152,3 +152,24 @@ func TestCompletionScriptsForBashZshAndFish(t *testing.T) {
 		}
 	}
 }
+
+func TestManPageHasExamplesAndDescribesSTUNTURNAndLink(t *testing.T) {
+	man, err := runNasreach(t, "man")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{".SH EXAMPLES", `.SH "STUN AND TURN"`, ".SH LINK", `\fBnasreach agent\fR`, `\fBnasreach connect\fR`,
+		`\-\-turn\-secret`, `\-\-relay\-fingerprint`, `.SS "nasreach device code add NAME"`, `.SS "nasreach completion "`,
+		"nasreach device set\\-address \\-\\-ipv4 203.0.113.10 nas1"} {
+		if !strings.Contains(man, want) {
+			t.Errorf("man page lacks %q", want)
+		}
+	}
+	if groff, err := exec.LookPath("groff"); err == nil {
+		cmd := exec.Command(groff, "-man", "-ww", "-z")
+		cmd.Stdin = strings.NewReader(man)
+		if out, err := cmd.CombinedOutput(); err != nil || len(out) > 0 {
+			t.Errorf("groff warns about the man page: %v\n%s", err, out)
+		}
+	}
+}
