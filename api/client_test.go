@@ -133,7 +133,7 @@ func TestClientManagesADeviceThroughItsWholeLife(t *testing.T) {
 	if err := dev.RevokeAccessCode(ctx, "nas1", code.ID); err != nil {
 		t.Fatal(err)
 	}
-	wantRefusal(t, "revoking twice", dev.RevokeAccessCode(ctx, "nas1", code.ID), http.StatusNotFound, "no such")
+	wantRefusal(t, "revoking twice", dev.RevokeAccessCode(ctx, "nas1", code.ID), http.StatusNotFound, "no such access code")
 
 	if err := adm.Delete(ctx, "nas2"); err != nil {
 		t.Fatal(err)

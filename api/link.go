@@ -3,9 +3,11 @@ package api
 import (
 	"crypto/x509"
 	"encoding/base64"
+	"errors"
 	"net/http"
 
 	"github.com/nasreach/nasreach/api/client"
+	"github.com/nasreach/nasreach/store"
 )
 
 // The device-side calls Link needs: publishing the agent's public key and
@@ -61,6 +63,13 @@ func (a *API) handleRevokeAccessCode(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := a.st.RevokeAccessCode(r.Context(), name, r.PathValue("id")); err != nil {
+		// The store says ErrNotFound for an unknown code of a known
+		// device too; "no such device" would send the operator looking
+		// for the wrong thing.
+		if _, gerr := a.st.Get(name); errors.Is(err, store.ErrNotFound) && gerr == nil {
+			a.fail(w, http.StatusNotFound, "no such access code")
+			return
+		}
 		a.storeError(w, err)
 		return
 	}

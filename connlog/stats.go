@@ -24,21 +24,22 @@ type StatsOptions struct {
 	ByDevice bool
 }
 
-// Stats is an aggregate over connection logs: counts only.
+// Stats is an aggregate over connection logs: counts only. Its JSON (logs
+// stats --json) has the same fields as the text report, in snake case.
 type Stats struct {
-	Rows     []StatsRow
-	Networks map[string]int // day -> distinct masked client networks
-	Devices  map[string]int // device -> events (only with ByDevice)
+	Rows     []StatsRow     `json:"rows"`
+	Networks map[string]int `json:"distinct_networks"` // day -> distinct masked client networks
+	Devices  map[string]int `json:"devices,omitempty"` // device -> events (only with ByDevice)
 }
 
 // StatsRow aggregates one service on one day.
 type StatsRow struct {
-	Day      string
-	Service  string
-	Events   int
-	Outcomes map[string]int
-	BytesIn  int64
-	BytesOut int64
+	Day      string         `json:"day"`
+	Service  string         `json:"service"`
+	Events   int            `json:"events"`
+	Outcomes map[string]int `json:"outcomes"`
+	BytesIn  int64          `json:"bytes_in"`
+	BytesOut int64          `json:"bytes_out"`
 }
 
 // Summarize reads every log file in dir within the options' days.

@@ -28,6 +28,8 @@ func agentCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "agent",
 		Usage: "connect this NAS to a Link relay and serve the exposed ports through it",
+		Description: describe("",
+			"NASREACH_TOKEN=$TOKEN nasreach agent --server relay.example.net:7443 --device nas1 --expose 443=127.0.0.1:443 --api https://ddns.example.net"),
 		Flags: append(append(linkClientFlags(),
 			&cli.StringFlag{Name: "device", Usage: "device name", Required: true, Sources: cli.EnvVars("NASREACH_DEVICE")},
 			&cli.StringFlag{Name: "token", Usage: "device token (prefer the environment variable: arguments are visible to other users)", Required: true, Sources: cli.EnvVars("NASREACH_TOKEN")},

@@ -23,9 +23,12 @@ func backupCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "backup",
 		Usage: "write a consistent snapshot of the running daemon's store and delete snapshots past retention",
-		Flags: append(deviceCommand().Flags,
+		Description: describe("Run it daily (a systemd timer or cron); restore by copying a snapshot to <data>/nasreach.db "+
+			"while the daemon is stopped.",
+			"nasreach backup --data /var/lib/nasreach --out /var/backups/nasreach"),
+		Flags: append(apiClientFlags(),
 			&cli.StringFlag{Name: "out", Required: true, Usage: "directory for snapshots (nasreach-YYYY-MM-DD.db; a second one on a day .2.db, and so on)"},
-			&cli.DurationFlag{Name: "retention", Value: connlog.DefaultRetention, Usage: "delete snapshots older than this (default six months)"},
+			&cli.DurationFlag{Name: "retention", Value: connlog.DefaultRetention, Usage: "delete snapshots older than this", DefaultText: retentionDefault},
 		),
 		Action: runBackup,
 	}

@@ -32,7 +32,7 @@ import (
 const configFileName = "nasreach.toml"
 
 func configFlag() cli.Flag {
-	return &cli.StringFlag{Name: "config", Usage: "TOML config file (default $CONFIGURATION_DIRECTORY/" + configFileName + " when it exists)", Sources: cli.EnvVars("NASREACH_CONFIG")}
+	return &cli.StringFlag{Name: "config", Usage: "TOML config file", DefaultText: "$CONFIGURATION_DIRECTORY/" + configFileName + " when it exists", Sources: cli.EnvVars("NASREACH_CONFIG")}
 }
 
 // configPath returns the config file to read, or "" for none.
@@ -212,11 +212,15 @@ func configCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "config",
 		Usage: "check a config file, or print the default one",
+		Description: describe("The file is TOML with one top-level key per serve flag; a flag or NASREACH_* variable overrides it.",
+			"nasreach config check --config /etc/nasreach/nasreach.toml",
+			"nasreach config default > nasreach.toml"),
 		Commands: []*cli.Command{
 			configCheckCommand(),
 			{
-				Name:  "default",
-				Usage: "print a fully commented default config file",
+				Name:        "default",
+				Usage:       "print a fully commented default config file",
+				Description: describe("", "nasreach config default > /etc/nasreach/nasreach.toml"),
 				Action: func(_ context.Context, cmd *cli.Command) error {
 					return writeDefaultConfig(cmd.Root().Writer)
 				},
@@ -249,8 +253,10 @@ func configCheckCommand() *cli.Command {
 	})
 	c.Name = "check"
 	c.Usage = "validate the configuration serve would run with (config file, environment and serve's flags), without starting"
-	c.UsageText = "nasreach config check [--config FILE] [serve flags]\n\n" +
-		"Example: nasreach config check --config /etc/nasreach/nasreach.toml"
+	c.UsageText = "nasreach config check [--config FILE] [serve flags]"
+	c.Description = describe("Every problem is reported at once, in the file's order, each with its line.",
+		"nasreach config check --config /etc/nasreach/nasreach.toml",
+		"nasreach config check --config nasreach.toml --zone nas.example.net")
 	return c
 }
 
@@ -301,6 +307,9 @@ func writeDefaultConfig(w io.Writer) error {
 			usage, value = x.Usage, "[]"
 		default:
 			return fmt.Errorf("config default: flag %s has a type the generator does not know (%T)", name, f)
+		}
+		if df, ok := f.(cli.DocGenerationFlag); ok && df.GetDefaultText() != "" {
+			usage += " (default: " + df.GetDefaultText() + ")"
 		}
 		fmt.Fprintf(&b, "\n# %s\n#%s = %s\n", usage, name, value)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -21,36 +22,87 @@ import (
 // deviceCommand manages devices through the running daemon's API: bbolt
 // allows one process per file, so the CLI never opens the store itself.
 func deviceCommand() *cli.Command {
-	flags := []cli.Flag{
-		&cli.StringFlag{Name: "server", Value: "http://" + defaultHTTPAddr, Usage: "the daemon's HTTP API (default: its local socket <data>/" + daemon.SocketFile + " when there, else this)", Sources: cli.EnvVars("NASREACH_SERVER")},
-		&cli.StringFlag{Name: "admin-token", Usage: "admin token for --server (default: read from <data>/admin.token)", Sources: cli.EnvVars("NASREACH_ADMIN_TOKEN")},
-		&cli.StringFlag{Name: "data", Value: defaultDataDir, Usage: "the daemon's data directory, to find its local socket or admin.token", Sources: cli.EnvVars("NASREACH_DATA", "STATE_DIRECTORY")},
-	}
 	return &cli.Command{
 		Name:  "device",
 		Usage: "manage devices through the running daemon",
-		Flags: flags,
+		Description: describe("On the daemon's machine the commands talk to its local socket <data>/"+daemon.SocketFile+
+			" (no token needed; run them as root or the daemon's user); with --server they use the HTTP API and the admin token.",
+			"nasreach device --data /var/lib/nasreach list",
+			"NASREACH_ADMIN_TOKEN=$(cat admin.token) nasreach device --server https://ddns.example.net list"),
+		Flags: apiClientFlags(),
 		Commands: []*cli.Command{
 			{
 				Name: "add", Usage: "register a device and print its token (shown once)", ArgsUsage: "NAME",
+				Description: describe("The device updates its address with the token: dyndns2 (ddclient, inadyn, routers) or the REST API.",
+					"nasreach device add nas1",
+					"nasreach device add --uninitialized nas1"),
 				Flags:  []cli.Flag{&cli.BoolFlag{Name: "uninitialized", Usage: "create it uninitialized (expires unless activated)"}},
 				Action: deviceAdd,
 			},
-			{Name: "list", Usage: "list all devices", Action: deviceList},
-			{Name: "show", Usage: "print everything stored about a device", ArgsUsage: "NAME", Action: deviceShow},
-			{Name: "rm", Usage: "delete a device and all its data", ArgsUsage: "NAME", Action: deviceRm},
+			{
+				Name: "list", Usage: "list all devices",
+				Description: describe("--json prints the devices as the API shows them, a JSON array of what 'device show' prints.",
+					"nasreach device list",
+					"nasreach device list --json | jq -r '.[] | select(.link) | .name'"),
+				Flags:  []cli.Flag{jsonFlag()},
+				Action: deviceList,
+			},
+			{
+				Name: "show", Usage: "print everything stored about a device (JSON)", ArgsUsage: "NAME",
+				Description: describe("", "nasreach device show nas1"),
+				Action:      deviceShow,
+			},
+			{
+				Name: "rm", Usage: "delete a device and all its data", ArgsUsage: "NAME",
+				Description: describe("The name stops resolving in the next DNS answer and stays unavailable for the quarantine (24 h).",
+					"nasreach device rm nas1"),
+				Action: deviceRm,
+			},
 			{
 				Name: "set", Usage: "change a device's switches", ArgsUsage: "NAME",
+				Description: describe("",
+					"nasreach device set --ddns=false nas1",
+					"nasreach device set --link --access token nas1"),
 				Flags: []cli.Flag{
 					&cli.BoolFlag{Name: "ddns", Usage: "whether the name resolves"},
 					&cli.BoolFlag{Name: "link", Usage: "whether Link sessions are allowed"},
-					&cli.StringFlag{Name: "access", Usage: "public or token"},
+					&cli.StringFlag{Name: "access", Usage: "who may connect through Link: public, or token (clients need an access code)"},
 					&cli.StringFlag{Name: "state", Usage: "active or uninitialized"},
 				},
 				Action: deviceSet,
 			},
+			{
+				Name: "set-address", Usage: "set or clear a device's addresses, as its DDNS client would", ArgsUsage: "NAME",
+				Description: describe("The name resolves to the new address in the very next DNS answer.",
+					"nasreach device set-address --ipv4 203.0.113.10 nas1",
+					"nasreach device set-address --ipv6 2001:db8::10 --clear-ipv4 nas1"),
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "ipv4", Usage: "the device's IPv4 address"},
+					&cli.StringFlag{Name: "ipv6", Usage: "the device's IPv6 address"},
+					&cli.BoolFlag{Name: "clear-ipv4", Usage: "remove the IPv4 address (no A record)"},
+					&cli.BoolFlag{Name: "clear-ipv6", Usage: "remove the IPv6 address (no AAAA record)"},
+				},
+				Action: deviceSetAddress,
+			},
+			accessCodeCommand(),
 		},
 	}
+}
+
+// apiClientFlags are the flags of the commands that call the daemon's API
+// (device, backup): where it is and how to authenticate.
+func apiClientFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "server", Value: "http://" + defaultHTTPAddr, Usage: "the daemon's HTTP API URL",
+			DefaultText: "its local socket <data>/" + daemon.SocketFile + " when there, else http://" + defaultHTTPAddr, Sources: cli.EnvVars("NASREACH_SERVER")},
+		&cli.StringFlag{Name: "admin-token", Usage: "admin token for --server", DefaultText: "read from <data>/" + daemon.AdminTokenFile, Sources: cli.EnvVars("NASREACH_ADMIN_TOKEN")},
+		&cli.StringFlag{Name: "data", Value: defaultDataDir, Usage: "the daemon's data directory, to find its local socket or admin.token", Sources: cli.EnvVars("NASREACH_DATA", "STATE_DIRECTORY")},
+	}
+}
+
+// jsonFlag is --json of the commands whose output a script may read.
+func jsonFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "json", Usage: "print JSON instead of a table"}
 }
 
 // newAPIClient is the API client the admin commands use: the daemon's local
@@ -125,6 +177,12 @@ func deviceList(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
+	if cmd.Bool("json") {
+		if devices == nil {
+			devices = []client.Device{} // [], not null, for jq
+		}
+		return printJSON(cmd.Root().Writer, devices)
+	}
 	tw := tabwriter.NewWriter(cmd.Root().Writer, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tIPV4\tIPV6\tDDNS\tLINK\tACCESS\tSTATE\tUPDATED")
 	for _, d := range devices {
@@ -157,12 +215,17 @@ func deviceShow(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
-	out, err := json.MarshalIndent(d, "", "  ")
+	return printJSON(cmd.Root().Writer, d)
+}
+
+// printJSON prints v as indented JSON, the form of every --json output.
+func printJSON(w io.Writer, v any) error {
+	out, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(cmd.Root().Writer, string(out))
-	return nil
+	_, err = fmt.Fprintln(w, string(out))
+	return err
 }
 
 func deviceRm(ctx context.Context, cmd *cli.Command) error {
@@ -207,5 +270,52 @@ func deviceSet(ctx context.Context, cmd *cli.Command) error {
 		return err
 	}
 	fmt.Fprintf(cmd.Root().Writer, "%s: ddns %s, link %s, access %s, state %s\n", out.Name, onOff(out.DDNS), onOff(out.Link), out.Access, out.State)
+	return nil
+}
+
+func deviceSetAddress(ctx context.Context, cmd *cli.Command) error {
+	name, err := oneName(cmd)
+	if err != nil {
+		return err
+	}
+	var u client.AddressUpdate
+	for _, f := range []struct {
+		flag, family string
+		is           func(netip.Addr) bool
+		out          **string
+	}{
+		{"ipv4", "IPv4", netip.Addr.Is4, &u.IPv4},
+		{"ipv6", "IPv6", func(a netip.Addr) bool { return a.Is6() && !a.Is4In6() }, &u.IPv6},
+	} {
+		clear := "clear-" + f.flag
+		switch {
+		case cmd.IsSet(f.flag) && cmd.Bool(clear):
+			return fmt.Errorf("set-address: --%s sets the %s address and --%s removes it; give one of them", f.flag, f.family, clear)
+		case cmd.Bool(clear):
+			*f.out = new("")
+		case cmd.IsSet(f.flag):
+			a, err := netip.ParseAddr(cmd.String(f.flag))
+			if err != nil || !f.is(a) {
+				return fmt.Errorf("set-address: --%s %q is not an %s address", f.flag, cmd.String(f.flag), f.family)
+			}
+			*f.out = new(a.String())
+		}
+	}
+	if u == (client.AddressUpdate{}) {
+		return errors.New("set-address: give --ipv4, --ipv6, --clear-ipv4 or --clear-ipv6")
+	}
+	c, err := newAPIClient(cmd)
+	if err != nil {
+		return err
+	}
+	d, err := c.SetAddress(ctx, name, u)
+	if err != nil {
+		return err
+	}
+	w := cmd.Root().Writer
+	fmt.Fprintf(w, "%s: ipv4 %s, ipv6 %s\n", d.Name, addrOrDash(d.IPv4), addrOrDash(d.IPv6))
+	if !d.DDNS {
+		fmt.Fprintf(w, "(ddns is off, so %s does not resolve; 'nasreach device set --ddns %s' turns it on)\n", d.FQDN, d.Name)
+	}
 	return nil
 }

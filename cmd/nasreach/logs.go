@@ -20,36 +20,47 @@ import (
 func logsCommand() *cli.Command {
 	dirFlags := []cli.Flag{
 		&cli.StringFlag{Name: "data", Value: defaultDataDir, Usage: "the daemon's data directory", Sources: cli.EnvVars("NASREACH_DATA", "STATE_DIRECTORY")},
-		&cli.StringFlag{Name: "dir", Usage: "connection log directory (default <data>/logs, or $LOGS_DIRECTORY)", Sources: cli.EnvVars("NASREACH_LOG_DIR", "LOGS_DIRECTORY")},
+		&cli.StringFlag{Name: "dir", Usage: "connection log directory", DefaultText: "<data>/logs", Sources: cli.EnvVars("NASREACH_LOG_DIR", "LOGS_DIRECTORY")},
 		&cli.StringFlag{Name: "key", Usage: "age private key file, to read encrypted logs"},
 	}
 	return &cli.Command{
 		Name:  "logs",
 		Usage: "read connection logs (counts, records) and make the key for encrypted logs",
+		Description: describe("Connection logs hold masked client addresses and counts, never payload, one file per UTC day, "+
+			"for six months (serve --log-retention).",
+			"nasreach logs stats --dir /var/log/nasreach",
+			"nasreach logs read --dir /var/log/nasreach --key ~/nasreach-logs.key"),
 		Commands: []*cli.Command{
 			{
 				Name:  "stats",
 				Usage: "aggregate counts per day and service; no address or device name unless --by-device",
+				Description: describe("",
+					"nasreach logs stats --dir /var/log/nasreach --from 2026-01-01 --to 2026-01-31",
+					"nasreach logs stats --json | jq '.rows[] | select(.service == \"link\") | .bytes_out'"),
 				Flags: append([]cli.Flag{
 					&cli.StringFlag{Name: "from", Usage: "first day, YYYY-MM-DD"},
 					&cli.StringFlag{Name: "to", Usage: "last day, YYYY-MM-DD"},
 					&cli.BoolFlag{Name: "by-device", Usage: "add per-device counts (names devices: operator use only)"},
+					jsonFlag(),
 				}, dirFlags...),
 				Action: logsStats,
 			},
 			{
 				Name: "read", Usage: "print the records of log files as JSON lines, decrypting with --key", ArgsUsage: "[FILE...]",
-				Description: "Without FILE, every log file in the log directory (--dir, default <data>/logs), oldest first;\n" +
-					"a FILE given by name alone is looked for there too.\n\n" +
-					"Example: nasreach logs read --dir /var/log/nasreach --key ~/nasreach-logs.key conn-2026-12-01.jsonl.age",
+				Description: describe("Without FILE, every log file in the log directory (--dir), oldest first; "+
+					"a FILE given by name alone is looked for there too.",
+					"nasreach logs read --dir /var/log/nasreach --key ~/nasreach-logs.key conn-2026-12-01.jsonl.age",
+					"nasreach logs read --dir /var/log/nasreach | jq -c 'select(.outcome != \"ok\")'"),
 				Flags: dirFlags, Action: logsRead,
 			},
 			{
 				Name:  "keygen",
 				Usage: "create an age key pair for --log-encrypt-to; keep the private key away from the server",
+				Description: describe("Run it on your own machine, copy only the public key to the server.",
+					"nasreach logs keygen --out ~/nasreach-logs.key"),
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "out", Required: true, Usage: "private key file to create (mode 0600)"},
-					&cli.StringFlag{Name: "pub", Usage: "public key file to create (default <out>.pub)"},
+					&cli.StringFlag{Name: "pub", Usage: "public key file to create", DefaultText: "<out>.pub"},
 				},
 				Action: logsKeygen,
 			},
@@ -98,6 +109,12 @@ func logsStats(_ context.Context, cmd *cli.Command) error {
 	st, err := connlog.Summarize(logDir(cmd), o)
 	if err != nil {
 		return err
+	}
+	if cmd.Bool("json") {
+		if st.Rows == nil {
+			st.Rows = []connlog.StatsRow{} // [], not null, for jq
+		}
+		return printJSON(cmd.Root().Writer, st)
 	}
 	return st.WriteText(cmd.Root().Writer)
 }

@@ -1,6 +1,6 @@
 // Command nasreach is the nasreach daemon and its command-line tools: serve
-// runs the DDNS nameserver and API, device manages devices through a running
-// daemon.
+// runs the DDNS nameserver, the API, STUN/TURN and the Link relay; device,
+// backup and logs manage it; agent and connect are the two ends of Link.
 package main
 
 import (
@@ -28,13 +28,21 @@ func main() {
 
 // newApp builds the command tree; tests run it with their own writers.
 func newApp(stdout, stderr io.Writer) *cli.Command {
-	return &cli.Command{
-		Name:            "nasreach",
-		Usage:           "self-hostable remote access for NAS devices: DDNS nameserver, relay, privacy by design",
-		Version:         version,
-		Writer:          stdout,
-		ErrWriter:       stderr,
-		HideHelpCommand: true,
+	return withGroupActions(&cli.Command{
+		Name:    "nasreach",
+		Usage:   "self-hostable remote access for NAS devices: DDNS nameserver, relay, privacy by design",
+		Version: version,
+		Description: describe("",
+			"nasreach serve --config /etc/nasreach/nasreach.toml",
+			"nasreach device add nas1",
+			"nasreach help device"),
+		Writer:    stdout,
+		ErrWriter: stderr,
+		// helpCommand replaces urfave's, which would be listed under
+		// every command and only looks one level down.
+		HideHelpCommand:                 true,
+		EnableShellCompletion:           true,
+		ConfigureShellCompletionCommand: configureCompletion,
 		Commands: []*cli.Command{
 			serveCommand(),
 			deviceCommand(),
@@ -45,8 +53,9 @@ func newApp(stdout, stderr io.Writer) *cli.Command {
 			manCommand(),
 			backupCommand(),
 			storeCommand(),
+			helpCommand(),
 		},
-	}
+	})
 }
 
 // logFlags are the logging flags every long-running subcommand takes.

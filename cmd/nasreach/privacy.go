@@ -10,10 +10,14 @@ import (
 	"github.com/urfave/cli/v3"
 )
 
+// retentionDefault is how the help shows connlog.DefaultRetention, the
+// retention of connection logs and backups alike.
+var retentionDefault = formatDuration(connlog.DefaultRetention) + ", six months"
+
 func privacyFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "log-dir", Usage: "connection log directory (default <data>/logs, or $LOGS_DIRECTORY under systemd)", Sources: cli.EnvVars("NASREACH_LOG_DIR", "LOGS_DIRECTORY")},
-		&cli.DurationFlag{Name: "log-retention", Value: connlog.DefaultRetention, Usage: "delete connection logs older than this (default six months)", Sources: cli.EnvVars("NASREACH_LOG_RETENTION")},
+		&cli.StringFlag{Name: "log-dir", Usage: "connection log directory", DefaultText: "<data>/logs, or $LOGS_DIRECTORY under systemd", Sources: cli.EnvVars("NASREACH_LOG_DIR", "LOGS_DIRECTORY")},
+		&cli.DurationFlag{Name: "log-retention", Value: connlog.DefaultRetention, Usage: "delete connection logs older than this", DefaultText: retentionDefault, Sources: cli.EnvVars("NASREACH_LOG_RETENTION")},
 		&cli.Int64Flag{Name: "log-max-bytes", Usage: "optional cap on the connection log directory; the oldest days go first", Sources: cli.EnvVars("NASREACH_LOG_MAX_BYTES")},
 		&cli.StringFlag{Name: "log-encrypt-to", Usage: "age public key file: encrypt connection logs so the daemon cannot read them back", Sources: cli.EnvVars("NASREACH_LOG_ENCRYPT_TO")},
 		&cli.BoolFlag{Name: "log-queries", Usage: "log every DNS query (masked) to the connection log; off by default", Sources: cli.EnvVars("NASREACH_LOG_QUERIES")},

@@ -17,6 +17,9 @@ func storeCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "store",
 		Usage: "inspect the store file while the daemon is stopped",
+		Description: describe("",
+			"systemctl stop nasreach && nasreach store check --data /var/lib/nasreach",
+			"nasreach store check --db /var/backups/nasreach/nasreach-2026-12-01.db"),
 		Commands: []*cli.Command{
 			{
 				Name: "check",
@@ -26,6 +29,10 @@ func storeCommand() *cli.Command {
 					&cli.StringFlag{Name: "data", Value: defaultDataDir, Usage: "the daemon's data directory; checks <data>/" + store.FileName, Sources: cli.EnvVars("NASREACH_DATA", "STATE_DIRECTORY")},
 					&cli.StringFlag{Name: "db", Usage: "a store file to check instead, e.g. a snapshot from nasreach backup"},
 				},
+				Description: describe("Read-only and offline: it refuses a store the daemon holds (check a snapshot instead). "+
+					"A damaged store is never modified; restore a backup or move the file away to start empty.",
+					"nasreach store check --data /var/lib/nasreach",
+					"nasreach store check --db /var/backups/nasreach/nasreach-2026-12-01.db"),
 				Action: storeCheck,
 			},
 		},
