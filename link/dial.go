@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -136,7 +137,8 @@ func (d *Dialer) connection(ctx context.Context, fresh bool) (*quic.Conn, error)
 // Dial opens a connection to port on device through the relay and runs the
 // end-to-end TLS handshake, checking the device's key. Refusals are
 // *RefusedError values that match ErrOffline, ErrAccessDenied and the other
-// sentinels with errors.Is; a changed key matches ErrKeyChanged.
+// sentinels with errors.Is; a changed key is a *KeyChangedError that matches
+// ErrKeyChanged.
 func (d *Dialer) Dial(ctx context.Context, device string, port uint16) (net.Conn, error) {
 	sc, err := d.open(ctx, device, port)
 	if err != nil {
@@ -227,10 +229,14 @@ func request(ctx context.Context, s *streamConn, f Frame, timeout time.Duration)
 
 // Serve accepts TCP connections on ln and forwards each to device:port until
 // ctx ends or ln fails; it closes ln and waits for the forwarded connections
-// to end before it returns.
+// to end before it returns. A device presenting a key other than the pinned
+// one also ends it, with that *KeyChangedError: every later connection would
+// be refused the same way, and whether to trust the new key is the user's
+// decision, as with ssh.
 func (d *Dialer) Serve(ctx context.Context, ln net.Listener, device string, port uint16) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	var keyChanged atomic.Pointer[error]
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	defer ln.Close()
@@ -239,6 +245,9 @@ func (d *Dialer) Serve(ctx context.Context, ln net.Listener, device string, port
 	for {
 		c, err := ln.Accept()
 		if err != nil {
+			if kerr := keyChanged.Load(); kerr != nil {
+				return *kerr
+			}
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -249,6 +258,11 @@ func (d *Dialer) Serve(ctx context.Context, ln net.Listener, device string, port
 			defer active.Delete(c)
 			defer c.Close()
 			rc, err := d.Dial(ctx, device, port)
+			if errors.Is(err, ErrKeyChanged) {
+				keyChanged.CompareAndSwap(nil, &err)
+				ln.Close()
+				return
+			}
 			if err != nil {
 				d.log.Warn().Err(err).Str("device", device).Uint16("port", port).Msg("cannot open link session")
 				return
