@@ -20,6 +20,11 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultKeepAlive        = 10 * time.Second // well under the 30 s many NATs keep a UDP mapping
 	DefaultIdleTimeout      = 30 * time.Second
+	// maxOnlinePoll caps the delay between asking the relay again for a
+	// device that is offline (DialerConfig.WaitOnline); the delay starts at
+	// a tenth of a second and doubles, well under the relay's per-address
+	// stream rate.
+	maxOnlinePoll = 2 * time.Second
 )
 
 // DialerConfig configures NewDialer.
@@ -43,6 +48,11 @@ type DialerConfig struct {
 	HandshakeTimeout time.Duration
 	// KeepAlive is the QUIC keep-alive period; zero means DefaultKeepAlive.
 	KeepAlive time.Duration
+	// WaitOnline is how long Dial waits for a device whose agent is not
+	// connected (a NAS booting, an agent reconnecting after a relay
+	// restart), asking the relay again until it is; zero means Dial
+	// returns ErrOffline at once.
+	WaitOnline time.Duration
 	// Logger receives the dialer's events.
 	Logger zerolog.Logger
 }
@@ -138,9 +148,9 @@ func (d *Dialer) connection(ctx context.Context, fresh bool) (*quic.Conn, error)
 // end-to-end TLS handshake, checking the device's key. Refusals are
 // *RefusedError values that match ErrOffline, ErrAccessDenied and the other
 // sentinels with errors.Is; a changed key is a *KeyChangedError that matches
-// ErrKeyChanged.
+// ErrKeyChanged. An offline device is waited for up to WaitOnline.
 func (d *Dialer) Dial(ctx context.Context, device string, port uint16) (net.Conn, error) {
-	sc, err := d.open(ctx, device, port)
+	sc, err := d.openOnline(ctx, device, port)
 	if err != nil {
 		return nil, err
 	}
@@ -158,9 +168,38 @@ func (d *Dialer) Dial(ctx context.Context, device string, port uint16) (net.Conn
 // DialCarrier opens the relayed stream to device:port and returns it before
 // the end-to-end TLS handshake: the raw carrier. A real agent expects that
 // handshake next, so the caller must run it; benchmarks use DialCarrier to
-// measure the relay alone against a carrier-level peer.
+// measure the relay alone against a carrier-level peer. Like Dial, it waits
+// up to WaitOnline for an offline device.
 func (d *Dialer) DialCarrier(ctx context.Context, device string, port uint16) (net.Conn, error) {
-	return d.open(ctx, device, port)
+	return d.openOnline(ctx, device, port)
+}
+
+// openOnline is open, asked again while the device is offline, for up to
+// WaitOnline.
+func (d *Dialer) openOnline(ctx context.Context, device string, port uint16) (*streamConn, error) {
+	sc, err := d.open(ctx, device, port)
+	if d.cfg.WaitOnline <= 0 || !errors.Is(err, ErrOffline) {
+		return sc, err
+	}
+	d.log.Info().Str("device", device).Uint16("port", port).Dur("wait", d.cfg.WaitOnline).
+		Msg("device offline; waiting for its agent to connect to the relay")
+	wctx, cancel := context.WithTimeout(ctx, d.cfg.WaitOnline)
+	defer cancel()
+	for delay := maxOnlinePoll / 20; ; delay = min(2*delay, maxOnlinePoll) {
+		t := time.NewTimer(delay)
+		select {
+		case <-wctx.Done():
+			t.Stop()
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("waiting for device %s to come online: %w", device, ctx.Err())
+			}
+			return nil, fmt.Errorf("%w (waited %s for it)", err, d.cfg.WaitOnline)
+		case <-t.C:
+		}
+		if sc, err = d.open(ctx, device, port); !errors.Is(err, ErrOffline) {
+			return sc, err
+		}
+	}
 }
 
 // open sends Connect on a new stream and waits for the Result.

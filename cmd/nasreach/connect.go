@@ -9,10 +9,15 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/nasreach/nasreach/link"
 	"github.com/urfave/cli/v3"
 )
+
+// defaultWaitOnline covers an agent reconnecting after a relay restart or
+// starting with its NAS, which takes seconds.
+const defaultWaitOnline = 20 * time.Second
 
 // connectCommand forwards local TCP connections to a device's port through Link.
 func connectCommand() *cli.Command {
@@ -25,6 +30,7 @@ func connectCommand() *cli.Command {
 			&cli.StringFlag{Name: "access-code", Usage: "access code, for devices with access \"token\"", Sources: cli.EnvVars("NASREACH_ACCESS_CODE")},
 			&cli.StringFlag{Name: "fingerprint", Usage: "pin the device's key (sha256:..., printed by its agent) instead of trusting it on first use"},
 			&cli.StringFlag{Name: "known-devices", Usage: "trust-on-first-use file of device keys (default: ~/.config/nasreach/known_devices, or $XDG_CONFIG_HOME/nasreach/known_devices; - keeps none)", Sources: cli.EnvVars("NASREACH_KNOWN_DEVICES")},
+			&cli.DurationFlag{Name: "wait-online", Value: defaultWaitOnline, Usage: "how long a connection waits for the device's agent when it is not connected to the relay (0: refuse at once)", Sources: cli.EnvVars("NASREACH_WAIT_ONLINE")},
 			&cli.StringFlag{Name: "forget", Usage: "remove the key pinned for `DEVICE` on --server from the known devices file, and exit: after its owner confirms a new key"},
 		), logFlags()...),
 		Action: runConnect,
@@ -45,6 +51,7 @@ func dialerConfigFromFlags(cmd *cli.Command, device string) (link.DialerConfig, 
 	cfg := link.DialerConfig{
 		Server: cmd.String("server"), RelayFingerprint: cmd.String("relay-fingerprint"),
 		AccessCode: cmd.String("access-code"), KnownDevices: cmd.String("known-devices"),
+		WaitOnline: cmd.Duration("wait-online"),
 	}
 	if fp := cmd.String("fingerprint"); fp != "" {
 		cfg.Fingerprints = map[string]string{device: fp}
