@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -19,6 +20,11 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultKeepAlive        = 10 * time.Second // well under the 30 s many NATs keep a UDP mapping
 	DefaultIdleTimeout      = 30 * time.Second
+	// maxOnlinePoll caps the delay between asking the relay again for a
+	// device that is offline (DialerConfig.WaitOnline); the delay starts at
+	// a tenth of a second and doubles, well under the relay's per-address
+	// stream rate.
+	maxOnlinePoll = 2 * time.Second
 )
 
 // DialerConfig configures NewDialer.
@@ -42,6 +48,11 @@ type DialerConfig struct {
 	HandshakeTimeout time.Duration
 	// KeepAlive is the QUIC keep-alive period; zero means DefaultKeepAlive.
 	KeepAlive time.Duration
+	// WaitOnline is how long Dial waits for a device whose agent is not
+	// connected (a NAS booting, an agent reconnecting after a relay
+	// restart), asking the relay again until it is; zero means Dial
+	// returns ErrOffline at once.
+	WaitOnline time.Duration
 	// Logger receives the dialer's events.
 	Logger zerolog.Logger
 }
@@ -136,9 +147,10 @@ func (d *Dialer) connection(ctx context.Context, fresh bool) (*quic.Conn, error)
 // Dial opens a connection to port on device through the relay and runs the
 // end-to-end TLS handshake, checking the device's key. Refusals are
 // *RefusedError values that match ErrOffline, ErrAccessDenied and the other
-// sentinels with errors.Is; a changed key matches ErrKeyChanged.
+// sentinels with errors.Is; a changed key is a *KeyChangedError that matches
+// ErrKeyChanged. An offline device is waited for up to WaitOnline.
 func (d *Dialer) Dial(ctx context.Context, device string, port uint16) (net.Conn, error) {
-	sc, err := d.open(ctx, device, port)
+	sc, err := d.openOnline(ctx, device, port)
 	if err != nil {
 		return nil, err
 	}
@@ -156,9 +168,38 @@ func (d *Dialer) Dial(ctx context.Context, device string, port uint16) (net.Conn
 // DialCarrier opens the relayed stream to device:port and returns it before
 // the end-to-end TLS handshake: the raw carrier. A real agent expects that
 // handshake next, so the caller must run it; benchmarks use DialCarrier to
-// measure the relay alone against a carrier-level peer.
+// measure the relay alone against a carrier-level peer. Like Dial, it waits
+// up to WaitOnline for an offline device.
 func (d *Dialer) DialCarrier(ctx context.Context, device string, port uint16) (net.Conn, error) {
-	return d.open(ctx, device, port)
+	return d.openOnline(ctx, device, port)
+}
+
+// openOnline is open, asked again while the device is offline, for up to
+// WaitOnline.
+func (d *Dialer) openOnline(ctx context.Context, device string, port uint16) (*streamConn, error) {
+	sc, err := d.open(ctx, device, port)
+	if d.cfg.WaitOnline <= 0 || !errors.Is(err, ErrOffline) {
+		return sc, err
+	}
+	d.log.Info().Str("device", device).Uint16("port", port).Dur("wait", d.cfg.WaitOnline).
+		Msg("device offline; waiting for its agent to connect to the relay")
+	wctx, cancel := context.WithTimeout(ctx, d.cfg.WaitOnline)
+	defer cancel()
+	for delay := maxOnlinePoll / 20; ; delay = min(2*delay, maxOnlinePoll) {
+		t := time.NewTimer(delay)
+		select {
+		case <-wctx.Done():
+			t.Stop()
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("waiting for device %s to come online: %w", device, ctx.Err())
+			}
+			return nil, fmt.Errorf("%w (waited %s for it)", err, d.cfg.WaitOnline)
+		case <-t.C:
+		}
+		if sc, err = d.open(ctx, device, port); !errors.Is(err, ErrOffline) {
+			return sc, err
+		}
+	}
 }
 
 // open sends Connect on a new stream and waits for the Result.
@@ -227,10 +268,14 @@ func request(ctx context.Context, s *streamConn, f Frame, timeout time.Duration)
 
 // Serve accepts TCP connections on ln and forwards each to device:port until
 // ctx ends or ln fails; it closes ln and waits for the forwarded connections
-// to end before it returns.
+// to end before it returns. A device presenting a key other than the pinned
+// one also ends it, with that *KeyChangedError: every later connection would
+// be refused the same way, and whether to trust the new key is the user's
+// decision, as with ssh.
 func (d *Dialer) Serve(ctx context.Context, ln net.Listener, device string, port uint16) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	var keyChanged atomic.Pointer[error]
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	defer ln.Close()
@@ -239,6 +284,9 @@ func (d *Dialer) Serve(ctx context.Context, ln net.Listener, device string, port
 	for {
 		c, err := ln.Accept()
 		if err != nil {
+			if kerr := keyChanged.Load(); kerr != nil {
+				return *kerr
+			}
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -249,6 +297,11 @@ func (d *Dialer) Serve(ctx context.Context, ln net.Listener, device string, port
 			defer active.Delete(c)
 			defer c.Close()
 			rc, err := d.Dial(ctx, device, port)
+			if errors.Is(err, ErrKeyChanged) {
+				keyChanged.CompareAndSwap(nil, &err)
+				ln.Close()
+				return
+			}
 			if err != nil {
 				d.log.Warn().Err(err).Str("device", device).Uint16("port", port).Msg("cannot open link session")
 				return
