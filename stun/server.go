@@ -130,12 +130,7 @@ type Server struct {
 func New(cfg Config) (*Server, error) {
 	s, err := newServer(cfg)
 	if err != nil {
-		if cfg.PacketConn != nil {
-			cfg.PacketConn.Close()
-		}
-		if cfg.Listener != nil {
-			cfg.Listener.Close()
-		}
+		listen.CloseGiven(cfg.PacketConn, cfg.Listener)
 		return nil, err
 	}
 	s.udp, s.tcp = cfg.PacketConn, cfg.Listener

@@ -62,6 +62,17 @@ func (s *Sockets) Close() error {
 	return errors.Join(errs...)
 }
 
+// CloseGiven closes the sockets a caller handed to a server whose New failed
+// (a server owns what it is given, failure included); nil ones are skipped.
+func CloseGiven(pc net.PacketConn, ln net.Listener) {
+	if pc != nil {
+		pc.Close()
+	}
+	if ln != nil {
+		ln.Close()
+	}
+}
+
 // CheckAddr reports whether addr is a listen address: host:port with a port
 // from 0 to 65535 and a host that is empty (every address), an IP address or
 // a host name. It opens no socket, so a configuration can be checked before
