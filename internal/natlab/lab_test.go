@@ -40,13 +40,14 @@ func TestNewRemovesNamespacesOfDeadRuns(t *testing.T) {
 	}
 }
 
-// TestCleanupRemovesEverything ends a test early, with a process still
-// running in a namespace, and checks that the process is gone and that no
-// namespace of the lab keeps its name.
+// TestCleanupRemovesEverything ends a test that leaves a process running in
+// a lab namespace, and checks that the process is gone and that no
+// namespace of the lab keeps its name. (The lab's cleanup is a t.Cleanup:
+// it runs the same whether the test returns, fails or skips.)
 func TestCleanupRemovesEverything(t *testing.T) {
 	var names []string
 	exited := make(chan struct{})
-	t.Run("ends-early", func(t *testing.T) {
+	t.Run("leaves-a-process-running", func(t *testing.T) {
 		lab := natlab.New(t)
 		home := lab.AddHome(natlab.DoubleNAT)
 		names = append(names, lab.Internet.Name, home.CGNAT.Name, home.Router.Name, home.Host().Name)
@@ -55,7 +56,6 @@ func TestCleanupRemovesEverything(t *testing.T) {
 			t.Fatal(err)
 		}
 		go func() { sleep.Wait(); close(exited) }()
-		t.Skip("ending the test here, as a failure would")
 	})
 	if len(names) == 0 {
 		t.Skip("the lab could not be built (see the subtest)")
