@@ -18,8 +18,8 @@ import (
 // and checks that a STUN Binding from a host behind a Masquerade router is
 // answered with the router's WAN address, not the host's LAN address.
 func TestDaemonInTheInternetSeesTheHomesPublicAddress(t *testing.T) {
+	lab := natlab.New(t) // first: it skips without root, before the build
 	bin := testutil.BuildNasreach(t)
-	lab := natlab.New(t)
 	home := lab.AddHome(natlab.Masquerade)
 	stunAddr := netip.AddrPortFrom(natlab.InternetA, 3478)
 	linkAddr := netip.AddrPortFrom(natlab.InternetA, 7443)
