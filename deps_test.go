@@ -50,6 +50,10 @@ var allowed = map[string][]string{
 	"internal/testutil":  {},
 	"cmd/":               {"*"}, // the binary: flags, environment and config file into daemon.Config, signals
 	"bench/":             {"*"},
+
+	// An Internet of network namespaces for tests (docs/NATLAB.md); only
+	// tests import it.
+	"internal/natlab": {"internal/testutil", "golang.org/x/sys"},
 }
 
 // TestImportsFollowArchitecture fails when a package imports something the

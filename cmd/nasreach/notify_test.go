@@ -23,16 +23,7 @@ import (
 // buildNasreach compiles the daemon into a temporary directory.
 func buildNasreach(t *testing.T) string {
 	t.Helper()
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Skipf("no go tool in PATH to build the daemon: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "nasreach")
-	out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
+	return testutil.BuildNasreach(t)
 }
 
 // shortTempDir is a temporary directory with a path short enough for a unix

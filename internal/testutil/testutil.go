@@ -1,5 +1,6 @@
 // Package testutil holds what the tests of several packages share: a clock
 // they move by hand, a buffer several goroutines write to, a wait for a
-// condition, certificate files, and the check for a third-party program.
+// condition, certificate files, the check for a third-party program, and
+// the nasreach binary built for the tests that run it.
 // Only _test.go files and test harnesses import it.
 package testutil
