@@ -46,6 +46,7 @@ var allowed = map[string][]string{
 	"internal/listen":    {"internal/netaddr", "golang.org/x/sys"},
 	"internal/certfile":  {},
 	"internal/ratelimit": {},
+	"internal/connlimit": {"internal/netaddr", "internal/ratelimit"},
 	"internal/workgroup": {},
 	"internal/testutil":  {},
 	"cmd/":               {"*"}, // the binary: flags, environment and config file into daemon.Config, signals

@@ -2,7 +2,9 @@ package testutil
 
 import (
 	"errors"
+	"fmt"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -36,4 +38,76 @@ func ListenTCP(t testing.TB) *net.TCPListener {
 // closed without blocking while it is open.
 func Closed(sock interface{ SetDeadline(time.Time) error }) bool {
 	return errors.Is(sock.SetDeadline(time.Time{}), net.ErrClosed)
+}
+
+// DialFrom opens a TCP connection to addr from the loopback address src
+// (Linux routes all of 127.0.0.0/8 to the loopback interface, so a test can
+// play several clients), closed when the test ends.
+func DialFrom(t testing.TB, src, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dial %s from %s: %v", addr, src, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Refused dials addr from the loopback address src and reports whether the
+// server closed the connection without a word within wait: the connect or
+// a read ends with end of file or a reset rather than the read timing out.
+// It suits servers that wait for the client to speak first. A connection
+// that stays open is closed when the test ends.
+func Refused(t testing.TB, src, addr string, wait time.Duration) bool {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", addr)
+	if errors.Is(err, syscall.ECONNRESET) {
+		return true // reset before the connect returned, as loopback can be that quick
+	}
+	if err != nil {
+		t.Fatalf("dial %s from %s: %v", addr, src, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return closedBy(c, wait)
+}
+
+// closedBy reports whether the peer closes c within wait.
+func closedBy(c net.Conn, wait time.Duration) bool {
+	c.SetReadDeadline(time.Now().Add(wait)) //nolint:errcheck // shows as a read error
+	_, err := c.Read(make([]byte, 1))
+	var ne net.Error
+	return err != nil && !(errors.As(err, &ne) && ne.Timeout())
+}
+
+// CheckSourceCap checks the per-source cap of perSource connections of the
+// TCP server at addr, which waits for its clients to speak first; live
+// returns how many connections the server holds. perSource connections
+// from 127.0.0.2 are held, the next one from there is refused while one from
+// 127.0.0.3 is held, and closing one of 127.0.0.2's frees its slot.
+func CheckSourceCap(t testing.TB, addr string, perSource int, live func() int) {
+	t.Helper()
+	held := func(n int) {
+		t.Helper()
+		WaitFor(t, 5*time.Second, fmt.Sprintf("the server to hold %d connections", n), func() bool { return live() == n })
+	}
+	var first []net.Conn
+	for range perSource {
+		first = append(first, DialFrom(t, "127.0.0.2", addr))
+	}
+	held(perSource)
+	if !Refused(t, "127.0.0.2", addr, 3*time.Second) {
+		t.Fatalf("connection %d from 127.0.0.2 was held, want it refused over the cap of %d per source", perSource+1, perSource)
+	}
+	held(perSource)
+	other := DialFrom(t, "127.0.0.3", addr)
+	held(perSource + 1)
+	first[0].Close()
+	held(perSource)
+	again := DialFrom(t, "127.0.0.2", addr)
+	held(perSource + 1)
+	if closedBy(again, 50*time.Millisecond) || closedBy(other, 50*time.Millisecond) {
+		t.Fatal("a connection counted as held was closed by the server")
+	}
 }

@@ -1,5 +1,7 @@
 // Package testutil holds what the tests of several packages share: a clock
 // they move by hand, a buffer several goroutines write to, a wait for a
-// condition, certificate files, and the check for a third-party program.
+// condition, loopback clients from several source addresses and the check
+// of a per-source connection cap, certificate files, and the check for a
+// third-party program.
 // Only _test.go files and test harnesses import it.
 package testutil
