@@ -51,3 +51,28 @@ func TestQueriesAreCountedByRcodeName(t *testing.T) {
 		t.Errorf("scrape names an rcode BADSIG or leaves it empty:\n%s", body)
 	}
 }
+
+func TestRefusedConnectionsAreCountedByListenerAndReason(t *testing.T) {
+	m, err := New(Config{Addr: "127.0.0.1:0", ConnsRefused: func() map[string]ConnsRefused {
+		return map[string]ConnsRefused{"http": {Total: 2, Source: 40}, "link": {}}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Shutdown(context.Background()) })
+	resp, err := http.Get("http://" + m.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`nasreach_connections_refused_total{listener="http",reason="source"} 40`,
+		`nasreach_connections_refused_total{listener="http",reason="total"} 2`,
+		`nasreach_connections_refused_total{listener="link",reason="source"} 0`,
+	} {
+		if !strings.Contains(string(body), want+"\n") {
+			t.Errorf("scrape lacks %s", want)
+		}
+	}
+}

@@ -111,3 +111,27 @@ func CheckSourceCap(t testing.TB, addr string, perSource int, live func() int) {
 		t.Fatal("a connection counted as held was closed by the server")
 	}
 }
+
+// CheckSlowClientIsCut sends the TCP server at addr msg, one byte every
+// interval and then its last byte over and over, as a slow-loris client
+// does, and fails the test unless the server closes the connection within
+// limit of the first byte. It returns how long the server took.
+func CheckSlowClientIsCut(t testing.TB, addr string, msg []byte, every, limit time.Duration) time.Duration {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	for i := 0; time.Since(start) < limit; i++ {
+		if _, err := c.Write(msg[min(i, len(msg)-1):][:1]); err != nil {
+			return time.Since(start) // the server closed it (a reset)
+		}
+		if closedBy(c, every) {
+			return time.Since(start)
+		}
+	}
+	t.Fatalf("a client sending a byte every %v was still connected after %v", every, limit)
+	return 0
+}
