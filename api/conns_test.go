@@ -47,12 +47,8 @@ func TestTrustedProxiesAreNotCappedPerSource(t *testing.T) {
 // listener is full.
 func TestTheLocalSocketIsNotCappedWithTheNetwork(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "nasreach.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
 	s := startServer(t, func(c *Config) {
-		c.LocalListener = ln
+		c.LocalListener = listenUnix(t, sock)
 		c.Conns = connlimit.Config{Max: 2}
 	})
 	for _, src := range []string{"127.0.0.2", "127.0.0.3"} {

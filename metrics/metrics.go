@@ -135,15 +135,24 @@ func New(cfg Config) (*Metrics, error) {
 		m.reg.MustRegister(labelledCounters{
 			desc: prometheus.NewDesc("nasreach_turn_refused_total",
 				"TURN requests and datagrams refused, by reason (auth, quota, peer, bandwidth, malformed).", []string{"reason"}, nil),
-			values: f,
+			values: func(emit func(uint64, ...string)) {
+				for reason, v := range f() {
+					emit(v, reason)
+				}
+			},
 		})
 	}
 	if f := cfg.ConnsRefused; f != nil {
-		m.reg.MustRegister(refusedConns{
+		m.reg.MustRegister(labelledCounters{
 			desc: prometheus.NewDesc("nasreach_connections_refused_total",
 				"Connections refused over a cap, by listener and by reason: total (the listener's cap) or source (the cap per source address, IPv6 /64).",
 				[]string{"listener", "reason"}, nil),
-			values: f,
+			values: func(emit func(uint64, ...string)) {
+				for listener, v := range f() {
+					emit(v.Total, listener, "total")
+					emit(v.Source, listener, "source")
+				}
+			},
 		})
 	}
 	if f := cfg.StoreBytes; f != nil {
@@ -228,11 +237,11 @@ func (m *Metrics) ObserveEvent(e connlog.Event) {
 	}
 }
 
-// labelledCounters is a counter family read from a func at scrape time, one
-// series per key of the map it returns.
+// labelledCounters is a counter family read at scrape time: values reports
+// each series through emit, its count and its label values.
 type labelledCounters struct {
 	desc   *prometheus.Desc
-	values func() map[string]uint64
+	values func(emit func(v uint64, labels ...string))
 }
 
 // Describe implements prometheus.Collector.
@@ -240,27 +249,9 @@ func (c labelledCounters) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 // Collect implements prometheus.Collector.
 func (c labelledCounters) Collect(ch chan<- prometheus.Metric) {
-	for label, v := range c.values() {
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), label)
-	}
-}
-
-// refusedConns is nasreach_connections_refused_total, read from a func at
-// scrape time.
-type refusedConns struct {
-	desc   *prometheus.Desc
-	values func() map[string]ConnsRefused
-}
-
-// Describe implements prometheus.Collector.
-func (c refusedConns) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
-
-// Collect implements prometheus.Collector.
-func (c refusedConns) Collect(ch chan<- prometheus.Metric) {
-	for listener, v := range c.values() {
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v.Total), listener, "total")
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v.Source), listener, "source")
-	}
+	c.values(func(v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), labels...)
+	})
 }
 
 // Handler serves the status page at /, /metrics, /healthz and /readyz.

@@ -119,25 +119,14 @@ func TestCrowdedFromHalfOfEitherCap(t *testing.T) {
 
 // serve serves a Limiter's listener on 127.0.0.1 until the test ends: each
 // admitted connection is read until the client closes it, then closed
-// (twice: the slot must be given back once).
+// (more than once: the slot must be given back once).
 func serve(t *testing.T, l *Limiter) net.Listener {
 	t.Helper()
 	ln := l.Listener(testutil.ListenTCP(t))
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				io.Copy(io.Discard, c) //nolint:errcheck // until the client closes
-				c.Close()
-				c.Close()
-			})
-		}
+	testutil.Serve(t, ln, func(c net.Conn) {
+		io.Copy(io.Discard, c) //nolint:errcheck // until the client closes
+		c.Close()
 	})
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
 	return ln
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -134,4 +135,24 @@ func CheckSlowClientIsCut(t testing.TB, addr string, msg []byte, every, limit ti
 	}
 	t.Fatalf("a client sending a byte every %v was still connected after %v", every, limit)
 	return 0
+}
+
+// Serve runs serve on each connection ln accepts, each in a goroutine of
+// its own, and closes the connection when serve returns. When the test ends
+// it closes ln and waits for every goroutine.
+func Serve(t testing.TB, ln net.Listener, serve func(net.Conn)) {
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				serve(c)
+			})
+		}
+	})
 }
