@@ -20,23 +20,26 @@ var allowed = map[string][]string{
 	"record":  {},
 	"store":   {"record", "go.etcd.io/bbolt", "github.com/rs/zerolog", "golang.org/x/net/idna"},
 	"connlog": {"anonymize", "github.com/rs/zerolog", "filippo.io/age"},
-	"api":     {"store", "connlog", "anonymize", "api/client", "internal/netaddr", "internal/ratelimit", "github.com/rs/zerolog"},
+	"api": {"store", "connlog", "anonymize", "api/client", "internal/connlimit", "internal/netaddr", "internal/ratelimit",
+		"github.com/rs/zerolog"},
 	// Standard library only: the Link agent's side of the binary must not pull
 	// in the store (bbolt) to call the API.
 	"api/client": {"record"},
-	"dnsserver":  {"store", "internal/listen", "internal/netaddr", "github.com/miekg/dns", "github.com/rs/zerolog"},
-	"stun":       {"anonymize", "internal/listen", "internal/netaddr", "internal/workgroup", "github.com/pion/stun/v4", "github.com/rs/zerolog"},
-	"turnserver": {"store", "connlog", "anonymize", "internal/listen", "internal/netaddr", "internal/workgroup", "github.com/pion/turn/v5",
-		"github.com/pion/stun/v4", "github.com/pion/logging", "github.com/rs/zerolog", "golang.org/x/time"},
-	"linkserver": {"store", "connlog", "anonymize", "link", "internal/netaddr", "internal/ratelimit", "internal/workgroup",
+	"dnsserver":  {"store", "internal/connlimit", "internal/listen", "internal/netaddr", "github.com/miekg/dns", "github.com/rs/zerolog"},
+	"stun": {"anonymize", "internal/connlimit", "internal/listen", "internal/netaddr", "internal/workgroup", "github.com/pion/stun/v4",
+		"github.com/rs/zerolog"},
+	"turnserver": {"store", "connlog", "anonymize", "internal/connlimit", "internal/listen", "internal/netaddr", "internal/workgroup",
+		"github.com/pion/turn/v5", "github.com/pion/stun/v4", "github.com/pion/logging", "github.com/rs/zerolog", "golang.org/x/time"},
+	"linkserver": {"store", "connlog", "anonymize", "link", "internal/connlimit", "internal/netaddr", "internal/ratelimit", "internal/workgroup",
 		"github.com/quic-go/quic-go", "github.com/rs/zerolog"},
 	"link":     {"stun", "api/client", "internal/workgroup", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
 	"sdnotify": {},
-	"metrics":  {"connlog", "github.com/miekg/dns", "github.com/prometheus/client_golang", "github.com/prometheus/client_model", "github.com/rs/zerolog"},
+	"metrics":  {"connlog", "internal/connlimit", "github.com/miekg/dns", "github.com/prometheus/client_golang", "github.com/prometheus/client_model", "github.com/rs/zerolog"},
 	// The daemon wires the servers together; nothing imports it but cmd and
 	// daemontest.
 	"daemon": {"store", "connlog", "api", "dnsserver", "metrics", "sdnotify", "stun", "turnserver", "linkserver",
-		"internal/certfile", "internal/listen", "internal/netaddr", "filippo.io/age", "github.com/miekg/dns", "github.com/rs/zerolog"},
+		"internal/certfile", "internal/connlimit", "internal/listen", "internal/netaddr", "filippo.io/age", "github.com/miekg/dns",
+		"github.com/rs/zerolog"},
 	// A daemon in process for the tests of daemon and cmd, and the clients
 	// they drive it with; only tests import it.
 	"daemon/daemontest": {"daemon", "link", "linkserver", "stun", "github.com/miekg/dns", "github.com/pion/turn/v5",
@@ -46,6 +49,7 @@ var allowed = map[string][]string{
 	"internal/listen":    {"internal/netaddr", "golang.org/x/sys"},
 	"internal/certfile":  {},
 	"internal/ratelimit": {},
+	"internal/connlimit": {"internal/netaddr", "internal/ratelimit"},
 	"internal/workgroup": {},
 	"internal/testutil":  {},
 	"cmd/":               {"*"}, // the binary: flags, environment and config file into daemon.Config, signals

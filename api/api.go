@@ -22,6 +22,7 @@ import (
 	"github.com/nasreach/nasreach/anonymize"
 	"github.com/nasreach/nasreach/api/client"
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/internal/connlimit"
 	"github.com/nasreach/nasreach/internal/netaddr"
 	"github.com/nasreach/nasreach/store"
 	"github.com/rs/zerolog"
@@ -35,6 +36,12 @@ const (
 	maxHeaderBytes     = 8 << 10
 	backstopHeaderSize = 64 << 10
 )
+
+// MaxLocalConns caps the connections held at once on the local operator's
+// socket. It has no per-source cap (it has no source address, and it is the
+// operator's way in); the cap only keeps a runaway script from taking the
+// daemon's file descriptors.
+const MaxLocalConns = 64
 
 // MinAdminTokenLen is the shortest admin token New accepts: 16 characters
 // are beyond guessing at the throttled rate of failed logins.
@@ -53,6 +60,13 @@ type Config struct {
 	// throttled. Only give it a socket the file system protects (a Unix
 	// socket only the daemon's user can open). Closed at Shutdown.
 	LocalListener net.Listener
+	// Conns caps the connections held at once on Listener (or Addr), in
+	// total and per source network; zero fields take connlimit's defaults.
+	// A connection over a cap is closed before it is read. Its Exempt is
+	// ignored: TrustedProxies are exempt from the per-source cap, since a
+	// reverse proxy carries every client's connections (and caps them per
+	// client itself). The local listener has MaxLocalConns.
+	Conns connlimit.Config
 	// Store is the device table. Required.
 	Store store.Backend
 	// Zone is the DNS zone devices live in, e.g. "myqnapcloud.com". Required.
@@ -96,10 +110,11 @@ type API struct {
 	events   EventSink
 	mux      *http.ServeMux
 	srv      *http.Server
-	ln       net.Listener
+	ln       net.Listener // wrapped by conns
 	local    net.Listener // LocalListener, or nil
-	done     chan error   // Serve's result, once it returns
-	served   int          // how many Serve calls deliver to done
+	conns    *connlimit.Limiter
+	done     chan error // Serve's result, once it returns
+	served   int        // how many Serve calls deliver to done
 	stop     chan struct{}
 	stopOnce sync.Once
 	wg       sync.WaitGroup
@@ -159,18 +174,21 @@ func New(cfg Config) (_ *API, err error) {
 			return nil, fmt.Errorf("http listen %s: %w", cfg.Addr, err)
 		}
 	}
+	conns := cfg.Conns
+	conns.Exempt = a.trusted
+	a.conns = connlimit.New(conns)
 	a.wg.Add(1)
 	go a.sweep()
 	a.done = make(chan error, 2)
 	if ln != nil {
-		a.ln = ln
+		a.ln = a.conns.Listener(ln)
 		a.log.Info().Str("addr", ln.Addr().String()).Msg("http api listening")
-		a.serve(ln)
+		a.serve(a.ln)
 	}
 	if cfg.LocalListener != nil {
 		a.local = cfg.LocalListener
 		a.log.Info().Str("socket", a.local.Addr().String()).Msg("http api listening for the local operator")
-		a.serve(localListener{a.local})
+		a.serve(localListener{connlimit.New(connlimit.Config{Max: MaxLocalConns}).Listener(a.local)})
 	}
 	return a, nil
 }
@@ -249,6 +267,10 @@ func (a *API) LocalAddr() net.Addr {
 	}
 	return a.local.Addr()
 }
+
+// ConnStats returns the network listener's connections held now and those
+// refused over a cap.
+func (a *API) ConnStats() connlimit.Stats { return a.conns.Stats() }
 
 // serve serves ln in the background; its result goes to done.
 func (a *API) serve(ln net.Listener) {

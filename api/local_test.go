@@ -47,13 +47,9 @@ func TestABlockedSourceIsRefusedOnEveryAdminCall(t *testing.T) {
 // TCP from a blocked address are refused.
 func TestTheLocalSocketLetsTheOperatorInWithoutAToken(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "nasreach.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
 	s := startServer(t, func(c *Config) {
 		c.Throttle = tight
-		c.LocalListener = ln
+		c.LocalListener = listenUnix(t, sock)
 	})
 	ctx := context.Background()
 	// 127.0.0.1 locks itself out over TCP.
@@ -102,4 +98,14 @@ func TestTheLocalSocketLetsTheOperatorInWithoutAToken(t *testing.T) {
 	if _, err := bad.Devices(ctx); err != nil {
 		t.Errorf("local socket with a wrong token: %v", err)
 	}
+}
+
+// listenUnix listens on the Unix socket path, for the local operator.
+func listenUnix(t *testing.T, path string) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
 }

@@ -45,6 +45,10 @@ type Config struct {
 	SetLogLevel func(zerolog.Level) `setting:"-"`
 	// Version is reported in nasreach_build_info.
 	Version string `setting:"-"`
+	// FileLimit is the file-descriptor limit the connection caps are sized
+	// from (conncaps.go); zero reads the process's (RLIMIT_NOFILE). Tests
+	// set it low to reach the caps with a few hundred connections.
+	FileLimit uint64 `setting:"-"`
 	// Now is the clock; nil means time.Now. Tests move it by hand.
 	Now func() time.Time `setting:"-"`
 	// Logger receives every component's records, each with its component

@@ -41,6 +41,7 @@ type Daemon struct {
 	dns     *dnsserver.Server
 	api     *api.API
 	relays  *relays // STUN/TURN and Link; each part nil when not configured
+	caps    connCaps
 	// stops are the components in start order; Shutdown stops them in
 	// reverse.
 	stops []stopper
@@ -94,6 +95,8 @@ func New(cfg Config) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.onStop("connection log", func(context.Context) error { return d.connlog.Close() })
+	d.caps = sizeConnCaps(cmp.Or(cfg.FileLimit, processFileLimit()), cfg)
+	d.logConnCaps()
 	// The gauges read the relays at scrape time; they report zero until
 	// the daemon is ready, which orders their reads after start-up.
 	if d.metrics, err = metrics.New(metrics.Config{
@@ -102,7 +105,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 		Sessions:    map[string]func() int{"link": d.linkSessions, "turn": d.turnAllocations},
 		TURNRefused: d.turnRefused,
 		LogWritten:  d.connlog.Written, LogDropped: d.connlog.Dropped,
-		Ready: d.Ready, Listeners: d.listeners, Logger: d.component("metrics"),
+		Ready: d.Ready, ConnsRefused: d.connsRefused, Listeners: d.listeners, Logger: d.component("metrics"),
 	}); err != nil {
 		return nil, err
 	}
@@ -110,7 +113,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if d.dns, err = dnsserver.New(dnsserver.Config{
 		Addr: cfg.DNSAddr, Zone: cfg.Zone, NameServers: cfg.NameServers, TTL: cfg.TTL,
 		ExactNamesOnly: cfg.ExactNames, Source: d.store, OnQuery: d.observeQuery,
-		Logger: d.component("dns"),
+		TCPConns: d.caps.dns, Logger: d.component("dns"),
 	}); err != nil {
 		return nil, err
 	}
@@ -122,7 +125,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if d.api, err = api.New(api.Config{
 		Addr: cfg.HTTPAddr, LocalListener: local, Store: d.store, Zone: cfg.Zone, AdminToken: d.token, OpenRegistration: cfg.OpenRegistration,
 		TrustedProxies: cfg.TrustedProxies, Now: cfg.Now, Events: d,
-		Logger: d.component("api"),
+		Conns: d.caps.http, Logger: d.component("api"),
 	}); err != nil {
 		return nil, err
 	}

@@ -51,7 +51,7 @@ func (d *Daemon) startSTUN(cfg Config, cert *certfile.Watcher) error {
 		return nil
 	}
 	if !tc.Enabled {
-		s, err := stun.New(stun.Config{Addr: tc.Addr, Software: tc.Software, Logger: d.component("stun")})
+		s, err := stun.New(stun.Config{Addr: tc.Addr, Software: tc.Software, TCPConns: d.caps.stream, Logger: d.component("stun")})
 		if err != nil {
 			return err
 		}
@@ -69,6 +69,7 @@ func (d *Daemon) startSTUN(cfg Config, cert *certfile.Watcher) error {
 		MaxAllocations: tc.MaxAllocations, MaxAllocationsPerUser: tc.UserQuota,
 		MaxLifetime: tc.MaxLifetime, BandwidthPerAllocation: tc.Bandwidth,
 		Binding: responder.Answer, Devices: d.store, Events: d.Log,
+		TCPConns: d.caps.stream, TLSConns: d.caps.turns,
 		Logger: d.component("turn"),
 	}
 	if cert != nil {
@@ -103,7 +104,7 @@ func (d *Daemon) startLink(cfg Config, cert *certfile.Watcher) error {
 		Addr: lc.Addr, Store: d.store,
 		MaxAgents: lc.MaxAgents, MaxStreamsPerDevice: lc.MaxStreams,
 		StreamRate: lc.StreamRate, StreamBurst: lc.StreamBurst, IdleTimeout: lc.IdleTimeout,
-		Events: d.Log, Logger: d.component("link"),
+		Conns: d.caps.link, Events: d.Log, Logger: d.component("link"),
 	}
 	if cert != nil {
 		c.GetCertificate = cert.GetCertificate

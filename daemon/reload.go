@@ -73,12 +73,13 @@ var live = []liveSetting{
 		return nil
 	}},
 	// The Link relay's limits change together, for the next agents and
-	// sessions; nothing admitted is closed.
+	// sessions, and its connection cap follows the agent limit; nothing
+	// admitted is closed.
 	{[]string{"link-max-agents", "link-max-streams", "link-stream-rate", "link-stream-burst"}, func(d *Daemon, n *Config) error {
 		nl := n.Link
 		if l := d.relays.link; l != nil {
 			l.SetLimits(linkserver.Limits{MaxAgents: nl.MaxAgents, MaxStreamsPerDevice: nl.MaxStreams,
-				StreamRate: nl.StreamRate, StreamBurst: nl.StreamBurst})
+				StreamRate: nl.StreamRate, StreamBurst: nl.StreamBurst, Conns: linkCaps(nl)})
 		}
 		d.cfg.Link.MaxAgents, d.cfg.Link.MaxStreams = nl.MaxAgents, nl.MaxStreams
 		d.cfg.Link.StreamRate, d.cfg.Link.StreamBurst = nl.StreamRate, nl.StreamBurst

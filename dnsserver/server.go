@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/internal/connlimit"
 	"github.com/nasreach/nasreach/internal/listen"
 	"github.com/nasreach/nasreach/internal/netaddr"
 	"github.com/nasreach/nasreach/store"
@@ -47,7 +48,11 @@ const (
 	DefaultRcvBuf  = 4 << 20
 	// maxTTL bounds the TTL of device answers: a week, as long as any
 	// resolver keeps a record.
-	maxTTL          = 7 * 24 * time.Hour
+	maxTTL = 7 * 24 * time.Hour
+	// tcpReadTimeout bounds the arrival of a TCP connection's first query
+	// and tcpIdleTimeout each later one (each whole, not each byte), so
+	// that a client sending a byte a second is cut off.
+	tcpReadTimeout  = 2 * time.Second
 	tcpIdleTimeout  = 10 * time.Second
 	maxQuerySize    = 4096
 	defaultNSSuffix = "ns1"
@@ -80,6 +85,10 @@ type Config struct {
 	ExactNamesOnly bool
 	// ReceiveBuffer is the UDP socket receive buffer in bytes; default 4 MiB.
 	ReceiveBuffer int
+	// TCPConns caps the TCP connections held at once, in total and per
+	// source network; zero fields take connlimit's defaults. A connection
+	// over a cap is closed before it is read.
+	TCPConns connlimit.Config
 	// Source is the device table. Required.
 	Source Source
 	// Logger receives server events (never per-query lines).
@@ -118,6 +127,7 @@ type Server struct {
 	log        zerolog.Logger
 	onQuery    func(Query)
 	addr       string
+	tcpConns   *connlimit.Limiter
 
 	mu       sync.Mutex
 	udp, tcp *dns.Server
@@ -145,7 +155,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		pc, ln = socks.UDP[0], socks.TCP[0]
 	}
-	if err := s.serve(pc, ln); err != nil {
+	if err := s.serve(pc, s.tcpConns.Listener(ln)); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -227,6 +237,7 @@ func newServer(cfg Config) (*Server, error) {
 		log:        cfg.Logger,
 		addr:       cfg.Addr,
 		glue:       map[string][]netip.Addr{},
+		tcpConns:   connlimit.New(cfg.TCPConns),
 	}
 	s.SetTTL(cfg.TTL) //nolint:errcheck // Validate checked the range
 	s.exact.Store(cfg.ExactNamesOnly)
@@ -284,7 +295,8 @@ func (s *Server) serve(pc net.PacketConn, ln net.Listener) error {
 	defer s.mu.Unlock()
 	h := dns.HandlerFunc(s.ServeDNS)
 	udp := &dns.Server{PacketConn: pc, Handler: h, MsgAcceptFunc: acceptQuery, UDPSize: maxQuerySize}
-	tcp := &dns.Server{Listener: ln, Handler: h, MsgAcceptFunc: acceptQuery, IdleTimeout: func() time.Duration { return tcpIdleTimeout }}
+	tcp := &dns.Server{Listener: ln, Handler: h, MsgAcceptFunc: acceptQuery,
+		ReadTimeout: tcpReadTimeout, IdleTimeout: func() time.Duration { return tcpIdleTimeout }}
 	var running sync.WaitGroup
 	// One transport after the other, so that a failure leaves nothing running.
 	for _, srv := range []*dns.Server{udp, tcp} {
@@ -342,6 +354,10 @@ func (s *Server) Addr() net.Addr {
 	defer s.mu.Unlock()
 	return s.bound
 }
+
+// TCPConnStats returns the TCP connections held now and those refused over
+// a cap.
+func (s *Server) TCPConnStats() connlimit.Stats { return s.tcpConns.Stats() }
 
 // Shutdown stops both transports, waiting for in-flight queries up to ctx's
 // deadline, and closes the sockets. Calling it again waits for the same stop.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/internal/connlimit"
 	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/rs/zerolog"
 )
@@ -211,4 +212,29 @@ func kernelGrants(t *testing.T, size int) bool {
 		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, size)
 	})
 	return serr == nil
+}
+
+func TestTCPConnectionsArePerSourceCapped(t *testing.T) {
+	s := startServer(t, Config{Source: openStore(t), TCPConns: connlimit.Config{Max: 10, MaxPerSource: 3}})
+	testutil.CheckSourceCap(t, s.Addr().String(), 3, func() int { return s.TCPConnStats().Live })
+	if st := s.TCPConnStats(); st.RefusedSource != 1 {
+		t.Errorf("refused per source: %d, want 1", st.RefusedSource)
+	}
+	// The cap is on connections, not on answers: a held one answers.
+	c := &dns.Client{Net: "tcp", Timeout: 2 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 4)}}}
+	if _, _, err := c.Exchange(new(dns.Msg).SetQuestion("myqnapcloud.com.", dns.TypeSOA), s.Addr().String()); err != nil {
+		t.Fatalf("query over TCP from another source: %v", err)
+	}
+}
+
+// A query must arrive whole within the read timeout, however slowly its
+// bytes trickle in.
+func TestSlowTCPClientIsCutAfterTheReadTimeout(t *testing.T) {
+	s := startServer(t, Config{Source: openStore(t)})
+	q, _ := new(dns.Msg).SetQuestion("nas1.myqnapcloud.com.", dns.TypeA).Pack()
+	msg := append([]byte{byte(len(q) >> 8), byte(len(q))}, q...)
+	took := testutil.CheckSlowClientIsCut(t, s.Addr().String(), msg, 250*time.Millisecond, tcpReadTimeout+2*time.Second)
+	if took < tcpReadTimeout-250*time.Millisecond {
+		t.Errorf("cut after %v, before the read timeout of %v", took, tcpReadTimeout)
+	}
 }

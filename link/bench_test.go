@@ -34,6 +34,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nasreach/nasreach/internal/connlimit"
 	"github.com/nasreach/nasreach/link"
 	"github.com/nasreach/nasreach/linkserver"
 	"github.com/nasreach/nasreach/store"
@@ -99,6 +100,8 @@ func relayChild(t *testing.T) {
 	r, err := linkserver.New(linkserver.Config{
 		PacketConn: pc, Certificate: cert, Store: st, Logger: zerolog.Nop(),
 		MaxAgents: 20000, MaxStreamsPerDevice: 1000, StreamRate: 1e6, StreamBurst: 1e6,
+		// Every benchmark agent and client comes from 127.0.0.1.
+		Conns: connlimit.Config{Max: 1 << 16, MaxPerSource: 1 << 16},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/nasreach/nasreach/anonymize"
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/internal/connlimit"
 	"github.com/nasreach/nasreach/internal/netaddr"
 	"github.com/nasreach/nasreach/internal/ratelimit"
 	"github.com/nasreach/nasreach/internal/workgroup"
@@ -89,6 +90,15 @@ type Config struct {
 	// by /64): a token bucket refilled at StreamRate per second.
 	StreamRate  float64
 	StreamBurst int
+	// Conns caps the QUIC connections (agents' and clients') held at once,
+	// in total and per source network, from a connection's first packet to
+	// its end; zero fields take connlimit's defaults. A connection over a
+	// cap is refused before its handshake (CONNECTION_REFUSED). They hold
+	// no file descriptor but memory. While a source or the relay holds
+	// half its cap, a new connection must prove its address first (QUIC
+	// Retry, one round trip), so that spoofed packets cannot take a
+	// source's slots.
+	Conns connlimit.Config
 	// HandshakeTimeout bounds the QUIC handshake plus the first frame, and
 	// each stream's header.
 	HandshakeTimeout time.Duration
@@ -112,6 +122,8 @@ type Server struct {
 	ln      *quic.Listener
 	addr    netip.AddrPort
 	limiter *ratelimit.Limiter
+	// connCaps caps and counts the QUIC connections.
+	connCaps *connlimit.Limiter
 	// sessions counts sessions admitted and not yet ended, on any agent.
 	sessions atomic.Int64
 	// maxAgents and maxStreams are cfg's limits, changed live by SetLimits.
@@ -169,7 +181,23 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	addr := netaddr.AddrPort(pc.LocalAddr())
-	tr := &quic.Transport{Conn: pc}
+	conns := connlimit.New(cfg.Conns)
+	tr := &quic.Transport{
+		Conn: pc,
+		VerifySourceAddress: func(a net.Addr) bool {
+			return conns.Crowded(netaddr.Addr(a))
+		},
+		// Called for each new connection; its context ends with the
+		// connection, however it ends (a failed handshake included).
+		ConnContext: func(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
+			slot, err := conns.Admit(netaddr.Addr(info.RemoteAddr))
+			if err != nil {
+				return nil, err
+			}
+			context.AfterFunc(ctx, slot.Release)
+			return ctx, nil
+		},
+	}
 	tlsConf := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{link.ALPN}, GetCertificate: cfg.GetCertificate}
 	if cfg.GetCertificate == nil {
 		tlsConf.Certificates = []tls.Certificate{cfg.Certificate}
@@ -185,8 +213,8 @@ func New(cfg Config) (*Server, error) {
 	}
 	l := &Server{
 		cfg: cfg, log: cfg.Logger, tr: tr, ln: ln, addr: addr,
-		limiter: ratelimit.New(cfg.StreamRate, cfg.StreamBurst, 0),
-		agents:  map[string]*linkAgent{}, conns: map[*quic.Conn]struct{}{},
+		limiter: ratelimit.New(cfg.StreamRate, cfg.StreamBurst, 0), connCaps: conns,
+		agents: map[string]*linkAgent{}, conns: map[*quic.Conn]struct{}{},
 	}
 	l.maxAgents.Store(int64(cfg.MaxAgents))
 	l.maxStreams.Store(int64(cfg.MaxStreamsPerDevice))
@@ -228,6 +256,7 @@ type Limits struct {
 	MaxStreamsPerDevice int
 	StreamRate          float64
 	StreamBurst         int
+	Conns               connlimit.Config // its Exempt is ignored
 }
 
 // SetLimits changes the relay's limits while it runs, as a configuration
@@ -237,7 +266,13 @@ func (l *Server) SetLimits(lim Limits) {
 	l.maxAgents.Store(int64(cmp.Or(lim.MaxAgents, DefaultMaxAgents)))
 	l.maxStreams.Store(int64(cmp.Or(lim.MaxStreamsPerDevice, DefaultMaxStreamsPerDevice)))
 	l.limiter.Set(cmp.Or(lim.StreamRate, DefaultStreamRate), cmp.Or(lim.StreamBurst, DefaultStreamBurst))
+	l.connCaps.SetCaps(lim.Conns)
 }
+
+// ConnStats returns the QUIC connections held now and those refused over a
+// cap. A refusal is counted per first packet refused: a client whose
+// ClientHello takes two packets (a post-quantum key share) counts twice.
+func (l *Server) ConnStats() connlimit.Stats { return l.connCaps.Stats() }
 
 // Sessions returns how many client sessions are in progress (admitted and
 // not yet ended).

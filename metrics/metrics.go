@@ -15,6 +15,7 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/internal/connlimit"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -41,6 +42,9 @@ type Config struct {
 	// TURNRefused returns what the TURN relay refused or dropped so far, by
 	// reason (auth, quota, peer, bandwidth, malformed).
 	TURNRefused func() map[string]uint64
+	// ConnsRefused returns, per listener ("http", "dns", "stun", "turn",
+	// "turns", "link"), the connections refused so far over a cap.
+	ConnsRefused func() map[string]ConnsRefused
 	// StoreBytes returns the size of the store file.
 	StoreBytes func() int64
 	// LogWritten and LogDropped return the connection log's counters.
@@ -52,6 +56,18 @@ type Config struct {
 	// Logger receives the server's own problems.
 	Logger zerolog.Logger
 }
+
+// ConnsRefused counts one listener's connections refused over a cap: the
+// listener's total cap, or the cap of the source network they came from.
+type ConnsRefused struct {
+	Total, Source uint64
+}
+
+// MaxConns caps the connections the metrics listener holds at once (and
+// connlimit's default share of it per source): a scraper and a browser need
+// a few, and the listener must not take the descriptors the daemon's other
+// listeners are sized to.
+const MaxConns = 64
 
 // Metrics holds the collectors and the HTTP server for them.
 type Metrics struct {
@@ -119,7 +135,24 @@ func New(cfg Config) (*Metrics, error) {
 		m.reg.MustRegister(labelledCounters{
 			desc: prometheus.NewDesc("nasreach_turn_refused_total",
 				"TURN requests and datagrams refused, by reason (auth, quota, peer, bandwidth, malformed).", []string{"reason"}, nil),
-			values: f,
+			values: func(emit func(uint64, ...string)) {
+				for reason, v := range f() {
+					emit(v, reason)
+				}
+			},
+		})
+	}
+	if f := cfg.ConnsRefused; f != nil {
+		m.reg.MustRegister(labelledCounters{
+			desc: prometheus.NewDesc("nasreach_connections_refused_total",
+				"Connections refused over a cap, by listener and by reason: total (the listener's cap) or source (the cap per source address, IPv6 /64).",
+				[]string{"listener", "reason"}, nil),
+			values: func(emit func(uint64, ...string)) {
+				for listener, v := range f() {
+					emit(v.Total, listener, "total")
+					emit(v.Source, listener, "source")
+				}
+			},
 		})
 	}
 	if f := cfg.StoreBytes; f != nil {
@@ -204,11 +237,11 @@ func (m *Metrics) ObserveEvent(e connlog.Event) {
 	}
 }
 
-// labelledCounters is a counter family read from a func at scrape time, one
-// series per key of the map it returns.
+// labelledCounters is a counter family read at scrape time: values reports
+// each series through emit, its count and its label values.
 type labelledCounters struct {
 	desc   *prometheus.Desc
-	values func() map[string]uint64
+	values func(emit func(v uint64, labels ...string))
 }
 
 // Describe implements prometheus.Collector.
@@ -216,9 +249,9 @@ func (c labelledCounters) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 // Collect implements prometheus.Collector.
 func (c labelledCounters) Collect(ch chan<- prometheus.Metric) {
-	for label, v := range c.values() {
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), label)
-	}
+	c.values(func(v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), labels...)
+	})
 }
 
 // Handler serves the status page at /, /metrics, /healthz and /readyz.
@@ -251,10 +284,10 @@ func (m *Metrics) serve() error {
 			return fmt.Errorf("metrics listen %s: %w", m.cfg.Addr, err)
 		}
 	}
-	m.ln = ln
-	m.srv = &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second}
+	m.ln = connlimit.New(connlimit.Config{Max: MaxConns}).Listener(ln)
+	m.srv = &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute}
 	m.done = make(chan error, 1)
-	go func() { m.done <- m.srv.Serve(ln) }()
+	go func() { m.done <- m.srv.Serve(m.ln) }()
 	m.cfg.Logger.Info().Str("addr", ln.Addr().String()).Msg("metrics listening")
 	return nil
 }

@@ -90,6 +90,7 @@ func (m *Metrics) handleStatus(w http.ResponseWriter, _ *http.Request) {
 	count("address updates accepted", total("nasreach_updates_total", "outcome", "ok"))
 	count("bytes relayed", total("nasreach_relayed_bytes_total"))
 	count("TURN requests refused", total("nasreach_turn_refused_total"))
+	count("connections refused over a cap", total("nasreach_connections_refused_total"))
 	count("connection-log events dropped", total("nasreach_connlog_dropped_total"))
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")

@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/nasreach/nasreach/internal/connlimit"
 	"github.com/nasreach/nasreach/internal/listen"
 	"github.com/nasreach/nasreach/internal/netaddr"
 	"github.com/nasreach/nasreach/internal/workgroup"
@@ -21,10 +22,8 @@ import (
 
 // Defaults for Config.
 const (
-	// DefaultMaxTCPConns bounds concurrent STUN-over-TCP connections.
-	DefaultMaxTCPConns = 1024
-	// DefaultTCPIdleTimeout closes a TCP connection that sends no request
-	// for this long.
+	// DefaultTCPIdleTimeout closes a TCP connection that sends no whole
+	// request for this long.
 	DefaultTCPIdleTimeout = 30 * time.Second
 )
 
@@ -96,10 +95,12 @@ type Config struct {
 	Listener   net.Listener
 	// Software is passed to the Responder; see ResponderConfig.
 	Software string
-	// MaxTCPConns bounds concurrent TCP connections; zero means
-	// DefaultMaxTCPConns. Connections beyond it are closed at once.
-	MaxTCPConns int
-	// TCPIdleTimeout closes idle TCP connections; zero means
+	// TCPConns caps the TCP connections held at once, in total and per
+	// source network; zero fields take connlimit's defaults. A connection
+	// over a cap is closed before it is read.
+	TCPConns connlimit.Config
+	// TCPIdleTimeout closes a TCP connection that sends no whole request
+	// for this long, however slowly its bytes come; zero means
 	// DefaultTCPIdleTimeout.
 	TCPIdleTimeout time.Duration
 	// Logger receives start and stop records with the counters, never
@@ -115,13 +116,16 @@ type Server struct {
 	cfg  Config
 	log  zerolog.Logger
 	udp  net.PacketConn
-	tcp  net.Listener
+	tcp  net.Listener // wrapped by conns
 	addr netip.AddrPort
+	// conns caps the TCP connections and counts them: the server
+	// holds conns.Stats().Live of them.
+	conns *connlimit.Limiter
 
 	wg     sync.WaitGroup
 	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool // Shutdown has been called
+	open   map[net.Conn]struct{} // the TCP connections to close at Shutdown
+	closed bool                  // Shutdown has been called
 }
 
 // New validates cfg, binds UDP and TCP on one port (or takes Config's
@@ -141,6 +145,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.udp, s.tcp = socks.UDP[0], socks.TCP[0]
 	}
+	s.tcp = s.conns.Listener(s.tcp)
 	s.addr = netaddr.AddrPort(s.udp.LocalAddr())
 	s.wg.Add(2)
 	go s.serveUDP()
@@ -157,9 +162,6 @@ func newServer(cfg Config) (*Server, error) {
 	if cfg.Addr == "" && cfg.PacketConn == nil {
 		return nil, errors.New("stun: Config.Addr (or PacketConn and Listener) is required")
 	}
-	if cfg.MaxTCPConns <= 0 {
-		cfg.MaxTCPConns = DefaultMaxTCPConns
-	}
 	if cfg.TCPIdleTimeout <= 0 {
 		cfg.TCPIdleTimeout = DefaultTCPIdleTimeout
 	}
@@ -167,11 +169,15 @@ func newServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{Responder: r, cfg: cfg, log: cfg.Logger, conns: map[net.Conn]struct{}{}}, nil
+	return &Server{Responder: r, cfg: cfg, log: cfg.Logger, open: map[net.Conn]struct{}{}, conns: connlimit.New(cfg.TCPConns)}, nil
 }
 
 // Addr returns the address both transports listen on.
 func (s *Server) Addr() netip.AddrPort { return s.addr }
+
+// TCPConnStats returns the TCP connections held now and those refused over
+// a cap.
+func (s *Server) TCPConnStats() connlimit.Stats { return s.conns.Stats() }
 
 // Shutdown stops both listeners, closes open TCP connections (there is
 // nothing to drain: every request is answered at once) and waits for every
@@ -202,7 +208,7 @@ func (s *Server) stop() (first bool, err error) {
 		return false, nil
 	}
 	s.closed = true
-	for c := range s.conns {
+	for c := range s.open {
 		c.Close()
 	}
 	s.mu.Unlock()
@@ -235,19 +241,15 @@ func (s *Server) serveTCP() {
 	for {
 		c, err := s.tcp.Accept()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			time.Sleep(10 * time.Millisecond) // EMFILE and friends
-			continue
+			return // closed: the limiter's listener rides out every other error
 		}
 		s.mu.Lock()
-		if s.closed || len(s.conns) >= s.cfg.MaxTCPConns {
+		if s.closed {
 			s.mu.Unlock()
 			c.Close()
 			continue
 		}
-		s.conns[c] = struct{}{}
+		s.open[c] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
 		go s.serveConn(c)
@@ -260,7 +262,7 @@ func (s *Server) serveConn(c net.Conn) {
 	defer s.wg.Done()
 	defer func() {
 		s.mu.Lock()
-		delete(s.conns, c)
+		delete(s.open, c)
 		s.mu.Unlock()
 		c.Close()
 	}()

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nasreach/nasreach/internal/connlimit"
 	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/rs/zerolog"
 )
@@ -312,25 +313,24 @@ func TestServesGivenSockets(t *testing.T) {
 	}
 }
 
-func TestTCPConnectionLimit(t *testing.T) {
-	s := startServerWith(t, Config{Addr: "127.0.0.1:0", MaxTCPConns: 1})
-	first, err := net.Dial("tcp", s.Addr().String())
-	if err != nil {
-		t.Fatal(err)
+func TestTCPConnectionsAreCappedPerSourceAndInTotal(t *testing.T) {
+	s := startServerWith(t, Config{Addr: "127.0.0.1:0", TCPConns: connlimit.Config{Max: 4, MaxPerSource: 3}})
+	testutil.CheckSourceCap(t, s.Addr().String(), 3, func() int { return s.TCPConnStats().Live })
+	// Four held now: a third source is refused by the total.
+	if !testutil.Refused(t, "127.0.0.4", s.Addr().String(), 3*time.Second) {
+		t.Fatal("a connection over the total cap was held")
 	}
-	defer first.Close()
-	waitConns(t, s, 1) // the second must not be accepted before the first
-	second, err := net.Dial("tcp", s.Addr().String())
-	if err != nil {
-		t.Fatal(err)
+	if st := s.TCPConnStats(); st.Live != 4 || st.RefusedSource != 1 || st.RefusedTotal != 1 {
+		t.Fatalf("stats %+v, want 4 held, 1 refused per source, 1 over the total", st)
 	}
-	defer second.Close()
-	second.SetReadDeadline(time.Now().Add(2 * time.Second))
-	_, err = second.Read(make([]byte, 1))
-	var ne net.Error
-	if err == nil || (errors.As(err, &ne) && ne.Timeout()) {
-		t.Fatalf("second connection read: %v, want it closed by the server beyond MaxTCPConns", err)
-	}
+}
+
+// A request must arrive whole within the idle timeout, however slowly its
+// bytes trickle in.
+func TestSlowTCPClientIsCutAfterTheIdleTimeout(t *testing.T) {
+	s := startServerWith(t, Config{Addr: "127.0.0.1:0", TCPIdleTimeout: time.Second})
+	req := []byte{0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}
+	testutil.CheckSlowClientIsCut(t, s.Addr().String(), req, 250*time.Millisecond, 3*time.Second)
 }
 
 // waitConns waits until the server holds n TCP connections.
@@ -339,7 +339,7 @@ func waitConns(t *testing.T, s *Server, n int) {
 	held := func() int {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return len(s.conns)
+		return len(s.open)
 	}
 	testutil.WaitFor(t, 3*time.Second, fmt.Sprintf("the server to hold %d TCP connections", n), func() bool { return held() == n })
 }

@@ -46,6 +46,7 @@ import (
 	"time"
 
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/internal/connlimit"
 	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/stun"
 	pion "github.com/pion/stun/v4"
@@ -95,7 +96,9 @@ func TestBenchTURNServe(t *testing.T) {
 	srv, err := New(Config{
 		Addr: addr, Users: []string{benchUser + ":" + benchPass}, AllowPeers: loopbackOnly,
 		MaxAllocations: 1 << 20, MaxAllocationsPerUser: 1 << 20, Binding: responder.Answer,
-		Events: func(connlog.Event) {}, Logger: zerolog.Nop(),
+		// Every benchmark client comes from 127.0.0.1.
+		TCPConns: connlimit.Config{Max: 1 << 16, MaxPerSource: 1 << 16},
+		Events:   func(connlog.Event) {}, Logger: zerolog.Nop(),
 	})
 	if err != nil {
 		t.Fatal(err)

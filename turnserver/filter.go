@@ -263,22 +263,20 @@ type streamListener struct {
 }
 
 // Accept returns the next connection. Only a closed listener is reported as
-// an error: pion stops accepting for good on any Accept error.
+// an error (pion stops accepting for good on any Accept error); the
+// limiter's listener below rides out every other one.
 func (l *streamListener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				l.once.Do(l.t.readers.Done)
-				return nil, err
-			}
-			time.Sleep(20 * time.Millisecond) // out of file descriptors and the like
-			continue
+			l.once.Do(l.t.readers.Done)
+			return nil, err
 		}
 		if l.tls != nil {
 			c = tls.Server(c, l.tls)
 		}
-		sf := &streamFilter{Conn: c, t: l.t, from: netaddr.AddrPort(c.RemoteAddr()), transport: l.transport, w: newFrameWriter(c)}
+		sf := &streamFilter{Conn: c, t: l.t, from: netaddr.AddrPort(c.RemoteAddr()), transport: l.transport, w: newFrameWriter(c),
+			frameStart: time.Now()}
 		if !l.t.trackConn(sf) {
 			c.Close()
 			continue
@@ -289,8 +287,11 @@ func (l *streamListener) Accept() (net.Conn, error) {
 
 // Stream timeouts.
 const (
-	// firstFrameTimeout bounds the TLS handshake and the first message.
-	firstFrameTimeout = 10 * time.Second
+	// frameTimeout bounds the arrival of a frame from its first byte (the
+	// first frame's from the connection's start, and the TLS handshake with
+	// it), however slowly its bytes come: a client sending a byte a second
+	// is cut off. Config.TCPIdleTimeout bounds it too, if shorter.
+	frameTimeout = 10 * time.Second
 	// streamWriteTimeout bounds one write to a client that does not read.
 	streamWriteTimeout = 10 * time.Second
 	// maxStreamFrame bounds one frame: a STUN header and a 16-bit length.
@@ -318,6 +319,7 @@ type streamFilter struct {
 	started      bool
 	busy         bool      // the last read filled buf: more is waiting
 	readDeadline time.Time // last set, so that Read does not set it per frame
+	frameStart   time.Time // when the frame under way began; zero between frames
 
 	w                   *frameWriter
 	readOnce, closeOnce sync.Once
@@ -413,7 +415,8 @@ func (s *streamFilter) Read(p []byte) (int, error) {
 }
 
 // fill reads more bytes from the connection into buf, keeping the bytes not
-// framed yet, with the idle (or first-frame) timeout as read deadline.
+// framed yet. Between frames the read deadline is the idle timeout from
+// now; within a frame it stays frameTimeout from the frame's start.
 func (s *streamFilter) fill() error {
 	pending := len(s.buf) - s.start
 	if cap(s.buf)-len(s.buf) < streamReadChunk && s.start > 0 {
@@ -423,12 +426,20 @@ func (s *streamFilter) fill() error {
 	if cap(s.buf)-len(s.buf) < streamReadChunk {
 		s.buf = slices.Grow(s.buf, streamReadChunk)
 	}
-	idle := s.t.cfg.TCPIdleTimeout
-	if !s.started {
-		idle = firstFrameTimeout
-	}
-	if refreshDeadline(&s.readDeadline, time.Now(), idle) {
-		s.Conn.SetReadDeadline(s.readDeadline) //nolint:errcheck // a failed deadline shows as a read error
+	now := time.Now()
+	if pending == 0 && s.started {
+		s.frameStart = time.Time{}
+		if refreshDeadline(&s.readDeadline, now, s.t.cfg.TCPIdleTimeout) {
+			s.Conn.SetReadDeadline(s.readDeadline) //nolint:errcheck // a failed deadline shows as a read error
+		}
+	} else {
+		if s.frameStart.IsZero() {
+			s.frameStart = now
+		}
+		if d := s.frameStart.Add(min(frameTimeout, s.t.cfg.TCPIdleTimeout)); !d.Equal(s.readDeadline) {
+			s.readDeadline = d
+			s.Conn.SetReadDeadline(d) //nolint:errcheck // a failed deadline shows as a read error
+		}
 	}
 	if s.busy {
 		// The last read filled all the room it had, so the client is

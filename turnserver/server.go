@@ -39,6 +39,7 @@ import (
 	"time"
 
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/internal/connlimit"
 	"github.com/nasreach/nasreach/internal/listen"
 	"github.com/nasreach/nasreach/internal/netaddr"
 	"github.com/nasreach/nasreach/internal/workgroup"
@@ -58,8 +59,6 @@ const (
 	// DefaultMaxLifetime ends an allocation this long after it was created,
 	// however often it is refreshed.
 	DefaultMaxLifetime = 24 * time.Hour
-	// DefaultMaxTCPConns bounds concurrent TCP and TLS connections.
-	DefaultMaxTCPConns = 10000
 	// DefaultTCPIdleTimeout closes a TCP or TLS connection silent for this
 	// long; longer than the longest allocation lifetime (1 h) a client can
 	// request, so that a refreshing client is never cut off.
@@ -128,11 +127,14 @@ type Config struct {
 	// an error.
 	PacketConns             []net.PacketConn
 	Listeners, TLSListeners []net.Listener
-	// MaxTCPConns bounds concurrent TCP and TLS connections; zero means
-	// DefaultMaxTCPConns.
-	MaxTCPConns int
+	// TCPConns and TLSConns cap the TCP and the TLS connections held at
+	// once, each in total and per source network; zero fields take
+	// connlimit's defaults. A connection over a cap is closed before it
+	// is read (before the TLS handshake).
+	TCPConns, TLSConns connlimit.Config
 	// TCPIdleTimeout closes silent TCP and TLS connections; zero means
-	// DefaultTCPIdleTimeout.
+	// DefaultTCPIdleTimeout. A frame (and the TLS handshake) must arrive
+	// whole within frameTimeout of its first byte, or this if shorter.
 	TCPIdleTimeout time.Duration
 	// Binding answers STUN Binding requests on the TURN port (wire it to
 	// stun.Responder.Answer). It returns nil to drop. Nil lets pion answer.
@@ -163,6 +165,9 @@ type Server struct {
 	addr    netip.AddrPort
 	tlsAddr netip.AddrPort
 	stats   turnCounters
+	// tcpConns and tlsConns cap and count the client connections of each
+	// kind of listener.
+	tcpConns, tlsConns *connlimit.Limiter
 
 	// readers counts the socket readers pion runs: listening sockets,
 	// listeners, client connections and relay sockets. Shutdown waits for
@@ -233,6 +238,7 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	t := &Server{
 		cfg: cfg, log: cfg.Logger, now: cfg.Now, conns: map[*streamFilter]struct{}{},
+		tcpConns: connlimit.New(cfg.TCPConns), tlsConns: connlimit.New(cfg.TLSConns),
 		creds: &credentials{realm: cfg.Realm, secret: []byte(cfg.Secret), devices: cfg.Devices, now: cfg.Now},
 	}
 	t.creds.static.Store(&static)
@@ -295,12 +301,12 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	for _, l := range tcps {
 		sc.ListenerConfigs = append(sc.ListenerConfigs, turn.ListenerConfig{
-			Listener: &streamListener{Listener: l, t: t, transport: "tcp"}, RelayAddressGenerator: t.alloc, PermissionHandler: t.permit,
+			Listener: &streamListener{Listener: t.tcpConns.Listener(l), t: t, transport: "tcp"}, RelayAddressGenerator: t.alloc, PermissionHandler: t.permit,
 		})
 	}
 	for _, l := range tlss {
 		sc.ListenerConfigs = append(sc.ListenerConfigs, turn.ListenerConfig{
-			Listener: &streamListener{Listener: l, t: t, transport: "tls", tls: cfg.TLS}, RelayAddressGenerator: t.alloc, PermissionHandler: t.permit,
+			Listener: &streamListener{Listener: t.tlsConns.Listener(l), t: t, transport: "tls", tls: cfg.TLS}, RelayAddressGenerator: t.alloc, PermissionHandler: t.permit,
 		})
 	}
 	// Each socket's reader reports its end to t.readers, which Shutdown
@@ -364,9 +370,6 @@ func (cfg *Config) setDefaults() error {
 	}
 	if !listen.ReusePortSupported {
 		cfg.Sockets = 1
-	}
-	if cfg.MaxTCPConns <= 0 {
-		cfg.MaxTCPConns = DefaultMaxTCPConns
 	}
 	if cfg.TCPIdleTimeout <= 0 {
 		cfg.TCPIdleTimeout = DefaultTCPIdleTimeout
@@ -494,11 +497,18 @@ func (t *Server) isClosed() bool {
 	return t.closed
 }
 
-// trackConn registers a client connection; false when closed or full.
+// TCPConnStats and TLSConnStats return the client connections held now
+// over TCP and over TLS, and those refused over a cap.
+func (t *Server) TCPConnStats() connlimit.Stats { return t.tcpConns.Stats() }
+
+// TLSConnStats: see TCPConnStats.
+func (t *Server) TLSConnStats() connlimit.Stats { return t.tlsConns.Stats() }
+
+// trackConn registers a client connection; false when closed.
 func (t *Server) trackConn(s *streamFilter) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.closed || len(t.conns) >= t.cfg.MaxTCPConns {
+	if t.closed {
 		return false
 	}
 	t.conns[s] = struct{}{}
