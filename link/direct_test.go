@@ -437,3 +437,16 @@ func TestOnlyAuthorizedPeersGetADirectConnection(t *testing.T) {
 		t.Errorf("the same hello again: %v, want access denied (an exchange is used once)", res.Status)
 	}
 }
+
+// The agent asks the STUN server the relay names through its one socket:
+// the mapping it learns is that socket's (on loopback, its very address).
+func TestAgentLearnsItsMappingThroughItsOwnSocket(t *testing.T) {
+	e := newEnv(t)
+	tok := e.addDevice("nas1")
+	a := e.agent("nas1", tok, map[uint16]string{22: echoServer(t)})
+	for deadline := time.Now().Add(10 * time.Second); link.AgentSrflx(a) != link.AgentSocket(a); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("server-reflexive address %v, want the agent's socket %v", link.AgentSrflx(a), link.AgentSocket(a))
+		}
+	}
+}
