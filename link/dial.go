@@ -183,10 +183,13 @@ func (d *Dialer) Dial(ctx context.Context, device string, port uint16) (net.Conn
 		return nil, err
 	}
 	c, err := d.handshake(ctx, sc, device, port, Path{})
-	if err == nil && !d.cfg.DisableDirect {
+	if err != nil {
+		return nil, err
+	}
+	if !d.cfg.DisableDirect {
 		d.startPunch(device, c.peerKey(), start)
 	}
-	return c, err
+	return c, nil
 }
 
 // handshake runs the end-to-end TLS on a stream the agent has accepted.

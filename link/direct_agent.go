@@ -30,7 +30,7 @@ const (
 	// follows it.
 	DefaultSTUNEvery = time.Minute
 	// maxExchanges bounds an agent's exchanges in progress.
-	maxExchanges = 64
+	maxExchanges = 256
 	// maxDirectConns bounds an agent's direct connections.
 	maxDirectConns = 256
 	// maxAllowed bounds the source addresses an agent remembers from pings.
@@ -130,7 +130,7 @@ func (a *Agent) watchInfo(c *quic.Conn) {
 	if err := WriteFrame(sc, Info{}); err != nil {
 		return
 	}
-	for {
+	for first := true; ; first = false {
 		fr, err := ReadFrame(sc, 0)
 		if err != nil {
 			return
@@ -147,7 +147,8 @@ func (a *Agent) watchInfo(c *quic.Conn) {
 		if was.Direct && !info.Direct {
 			a.closeDirect(CloseNormal, "the relay's operator turned direct paths off")
 		}
-		if info.STUN.Port() != 0 && was.STUN != info.STUN {
+		// A new relay connection may come from a new mapping: ask STUN at once.
+		if info.STUN.Port() != 0 && (first || was.STUN != info.STUN) {
 			select {
 			case ad.stunKick <- struct{}{}:
 			default:

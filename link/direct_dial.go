@@ -33,6 +33,10 @@ const (
 	// again after a failure or a lost path; it doubles each time.
 	DirectRetryMin = 30 * time.Second
 	DirectRetryMax = 10 * time.Minute
+	// DirectRenewAfter is how often a client renews the authorization of
+	// a direct path it uses, well within the agent's DefaultDirectLifetime,
+	// so that its sessions never meet an expired one.
+	DirectRenewAfter = DefaultDirectLifetime / 2
 	// srflxFresh is how long the client reuses a server-reflexive address.
 	srflxFresh = time.Minute
 )
@@ -58,7 +62,8 @@ type directPath struct {
 	conn     *quic.Conn // nil unless up
 	path     Path
 	punching bool // an attempt is in progress
-	renewing bool
+	used     bool // a session went direct since the last authorization
+	renewMu  sync.Mutex
 	failures int
 	nextTry  time.Time
 }
@@ -92,13 +97,40 @@ func (d *Dialer) PathTo(device string) Path {
 // refusal the relay would give just the same (the port, the local service)
 // is returned as it is.
 func (d *Dialer) dialDirect(ctx context.Context, p *directPath, conn *quic.Conn, device string, port uint16) (net.Conn, error) {
+	c, err := d.openDirect(ctx, p, conn, device, port)
+	if errors.Is(err, errExpired) {
+		// The authorization ran out (the path was idle): renew it through
+		// the relay, which checks the device and access code again.
+		if err := d.renew(ctx, p, conn); err != nil {
+			d.log.Info().Str("device", device).AnErr("reason", err).Msg("direct path not renewed; sessions go through the relay")
+			d.lose(conn, "not renewed")
+			return nil, fmt.Errorf("%w: %v", errFallback, err)
+		}
+		c, err = d.openDirect(ctx, p, conn, device, port)
+	}
+	if err != nil {
+		return nil, err // not c: a nil *e2eConn is no nil net.Conn
+	}
+	d.mu.Lock()
+	p.used = true
+	d.mu.Unlock()
+	return c, nil
+}
+
+// errExpired means the agent refused a session on a direct path whose
+// authorization ran out.
+var errExpired = fmt.Errorf("%w: its authorization expired", errFallback)
+
+// openDirect opens one session on the direct connection.
+func (d *Dialer) openDirect(ctx context.Context, p *directPath, conn *quic.Conn, device string, port uint16) (*e2eConn, error) {
 	sctx, cancel := context.WithTimeout(ctx, DirectTimeout)
 	defer cancel()
-	s, err := conn.OpenStreamSync(sctx)
+	s, err := conn.OpenStream()
+	var limit *quic.StreamLimitReachedError
+	if errors.As(err, &limit) { // the direct connection is full: this one goes through the relay
+		return nil, fmt.Errorf("%w: %v", errFallback, err)
+	}
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
 		d.lose(conn, "cannot open a stream")
 		return nil, fmt.Errorf("%w: %v", errFallback, err)
 	}
@@ -119,10 +151,9 @@ func (d *Dialer) dialDirect(ctx context.Context, p *directPath, conn *quic.Conn,
 	case StatusPortNotExposed, StatusDialFailed:
 		sc.Close()
 		return nil, fmt.Errorf("%s:%d: %w", device, port, &RefusedError{Status: res.Status, Message: res.Message})
-	case StatusAccessDenied: // the authorization expired: renew it through the relay
+	case StatusAccessDenied:
 		sc.Close()
-		d.startRenew(p, conn)
-		return nil, errFallback
+		return nil, errExpired
 	}
 	sc.Close()
 	d.lose(conn, "refused: "+res.Status.String())
@@ -389,39 +420,16 @@ func (d *Dialer) hello(ctx context.Context, conn *quic.Conn, x *exchange) error 
 	return nil
 }
 
-// startRenew renews the authorization of the direct connection conn in the
-// background: a new exchange through the relay (which checks the device
-// and the access code again), then a DirectHello on conn. If the relay
-// refuses, the connection is given up.
-func (d *Dialer) startRenew(p *directPath, conn *quic.Conn) {
-	d.mu.Lock()
-	if p.renewing || p.conn != conn {
-		d.mu.Unlock()
-		return
-	}
-	p.renewing = true
-	d.mu.Unlock()
-	ok := d.wg.Go(func() {
-		defer func() {
-			d.mu.Lock()
-			p.renewing = false
-			d.mu.Unlock()
-		}()
-		if err := d.renew(p, conn); err != nil {
-			d.log.Info().Str("device", p.device).AnErr("reason", err).Msg("direct path not renewed; sessions go through the relay")
-			d.lose(conn, "not renewed")
-		}
-	})
-	if !ok {
-		d.mu.Lock()
-		p.renewing = false
-		d.mu.Unlock()
-	}
-}
-
-func (d *Dialer) renew(p *directPath, conn *quic.Conn) error {
-	ctx, cancel := context.WithTimeout(d.ctx, 2*d.cfg.HandshakeTimeout)
+// renew renews the authorization of the direct connection conn: a new
+// exchange through the relay (which checks the device and the access code
+// again; no probes follow), then a DirectHello on conn. One at a time.
+func (d *Dialer) renew(ctx context.Context, p *directPath, conn *quic.Conn) error {
+	p.renewMu.Lock()
+	defer p.renewMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 2*d.cfg.HandshakeTimeout)
 	defer cancel()
+	stop := context.AfterFunc(d.ctx, cancel)
+	defer stop()
 	c, err := d.connection(ctx, false)
 	if err != nil {
 		return err
@@ -433,20 +441,44 @@ func (d *Dialer) renew(p *directPath, conn *quic.Conn) error {
 	if _, err := d.introduce(ctx, c, Direct{Device: p.device, AccessCode: d.cfg.AccessCode, Exchange: x.id, Key: x.key}); err != nil {
 		return err
 	}
-	return d.hello(ctx, conn, x)
+	if err := d.hello(ctx, conn, x); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	p.used = false
+	d.mu.Unlock()
+	return nil
 }
 
 // watch waits for a direct connection to end; if it was still the
 // device's path, the path is lost: new sessions use the relay, the relay
 // hears of it, and punching is tried again after a while.
 func (d *Dialer) watch(p *directPath, conn *quic.Conn) {
-	<-conn.Context().Done()
+	t := time.NewTicker(DirectRenewAfter)
+	defer t.Stop()
+	for done := false; !done; {
+		select {
+		case <-conn.Context().Done():
+			done = true
+		case <-t.C: // a path in use is renewed before it expires; an idle one when next used
+			d.mu.Lock()
+			used := p.used
+			d.mu.Unlock()
+			if used {
+				if err := d.renew(d.ctx, p, conn); err != nil {
+					d.log.Info().Str("device", p.device).AnErr("reason", err).Msg("direct path not renewed; sessions go through the relay")
+					d.lose(conn, "not renewed")
+				}
+			}
+		}
+	}
 	d.mu.Lock()
 	current := p.conn == conn
 	if current {
 		p.conn = nil
 		p.failures++
 		p.nextTry = time.Now().Add(backoff(DirectRetryMin, DirectRetryMax, p.failures-1))
+		d.direct.srflxAt = time.Time{} // the mapping may be what changed: ask STUN again
 	}
 	closed := d.closed
 	d.mu.Unlock()
