@@ -9,6 +9,7 @@ import (
 
 	"github.com/nasreach/nasreach/anonymize"
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/internal/netaddr"
 	"github.com/nasreach/nasreach/link"
 	"github.com/quic-go/quic-go"
 )
@@ -38,7 +39,7 @@ func (l *Server) SetDirect(on bool) {
 	}
 	l.mu.Lock()
 	subs := make([]*infoStream, 0, len(l.infos))
-	for is := range l.infos {
+	for _, is := range l.infos {
 		subs = append(subs, is)
 	}
 	l.mu.Unlock()
@@ -57,37 +58,40 @@ func (l *Server) sendInfo(is *infoStream) {
 	defer is.mu.Unlock()
 	is.s.SetWriteDeadline(l.cfg.Now().Add(infoWriteTimeout))
 	if err := link.WriteFrame(is.s, l.relayInfo()); err != nil {
-		is.s.CancelRead(link.StreamAborted)
+		is.s.CancelWrite(link.StreamAborted)
 	}
 	is.s.SetWriteDeadline(time.Time{})
 }
 
-// serveInfo answers an Info request with RelayInfo now and at every change,
-// until the peer ends the stream or its connection.
-func (l *Server) serveInfo(s *quic.Stream) {
+// serveInfo answers an Info request with RelayInfo, now and at every
+// change until c ends (dropInfo). It starts no goroutine: the stream is
+// kept with its connection, one per connection, a newer one replacing it.
+func (l *Server) serveInfo(c *quic.Conn, s *quic.Stream) {
 	is := &infoStream{s: s}
 	l.mu.Lock()
-	l.infos[is] = struct{}{}
+	old := l.infos[c]
+	l.infos[c] = is
 	l.mu.Unlock()
-	defer func() {
-		l.mu.Lock()
-		delete(l.infos, is)
-		l.mu.Unlock()
-		s.CancelRead(link.StreamAborted)
-		s.Close()
-	}()
-	l.sendInfo(is)
-	// Nothing more comes from the peer: wait for the end.
-	var b [1]byte
-	for {
-		if _, err := s.Read(b[:]); err != nil {
-			return
-		}
+	if old != nil {
+		old.s.CancelRead(link.StreamAborted)
+		old.s.CancelWrite(link.StreamAborted)
 	}
+	if c.Context().Err() != nil { // c ended, and its dropInfo may have run already
+		l.dropInfo(c)
+		return
+	}
+	l.sendInfo(is)
+}
+
+// dropInfo forgets c's Info stream when c has ended.
+func (l *Server) dropInfo(c *quic.Conn) {
+	l.mu.Lock()
+	delete(l.infos, c)
+	l.mu.Unlock()
 }
 
 // serveAgentStream serves a stream an agent opened: Info only.
-func (l *Server) serveAgentStream(s *quic.Stream) {
+func (l *Server) serveAgentStream(c *quic.Conn, s *quic.Stream) {
 	s.SetReadDeadline(l.cfg.Now().Add(l.cfg.HandshakeTimeout))
 	fr, err := link.ReadFrame(s, l.cfg.MaxHeaderBytes)
 	s.SetReadDeadline(time.Time{})
@@ -96,7 +100,7 @@ func (l *Server) serveAgentStream(s *quic.Stream) {
 		s.CancelWrite(link.StreamRefused)
 		return
 	}
-	l.serveInfo(s)
+	l.serveInfo(c, s)
 }
 
 // exchange introduces a client to a device's agent: it authorizes the
@@ -129,7 +133,8 @@ func (l *Server) exchange(cs *quic.Stream, req link.Direct, src netip.AddrPort) 
 		return
 	}
 	defer a.streams.Add(-1)
-	as, fr, err := l.ask(a, link.Punch{Exchange: req.Exchange, Key: req.Key, Candidates: req.Candidates})
+	agentAddr := netaddr.AddrPort(a.conn.RemoteAddr())
+	as, fr, err := l.ask(a, link.Punch{Exchange: req.Exchange, Key: req.Key, Candidates: offerable(req.Candidates, agentAddr.Addr())})
 	if err != nil {
 		refuse(link.StatusOffline, fmt.Sprintf("device %s did not answer", device))
 		return
@@ -139,7 +144,7 @@ func (l *Server) exchange(cs *quic.Stream, req link.Direct, src netip.AddrPort) 
 	var answer link.Candidates
 	switch f := fr.(type) {
 	case link.Candidates:
-		answer = f
+		answer = link.Candidates{Candidates: offerable(f.Candidates, src.Addr())}
 	case link.Result:
 		st := f.Status
 		if st == link.StatusOK || st == link.StatusBadRequest { // an agent that predates direct paths
@@ -163,6 +168,23 @@ func (l *Server) exchange(cs *quic.Stream, req link.Direct, src netip.AddrPort) 
 		ev.Detail = "client " + maskedCandidates(req.Candidates) + "; agent " + maskedCandidates(answer.Candidates)
 	}
 	l.event(ev)
+}
+
+// offerable keeps the candidates that may go to a peer at address to: never
+// a link-local one, and a loopback one only to a peer that reaches the
+// relay over loopback (on the relay's machine, as the sender then is too).
+// The ends filter what they offer and probe the same way; the relay makes
+// sure of it.
+func offerable(cs []link.Candidate, to netip.Addr) []link.Candidate {
+	var out []link.Candidate
+	for _, c := range cs {
+		a := c.Addr.Addr().Unmap()
+		if a.IsLinkLocalUnicast() || (a.IsLoopback() && !to.Unmap().IsLoopback()) {
+			continue
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 // maskedCandidates lists candidates for the connection log, each address

@@ -138,7 +138,7 @@ type Server struct {
 	mu     sync.Mutex
 	agents map[string]*linkAgent
 	conns  map[*quic.Conn]struct{}
-	infos  map[*infoStream]struct{} // open Info streams, told of every change
+	infos  map[*quic.Conn]*infoStream // each connection's Info stream, told of every change
 }
 
 // linkAgent is one connected agent.
@@ -199,7 +199,7 @@ func New(cfg Config) (*Server, error) {
 	l := &Server{
 		cfg: cfg, log: cfg.Logger, tr: tr, ln: ln, addr: addr,
 		limiter: ratelimit.New(cfg.StreamRate, cfg.StreamBurst, 0),
-		agents:  map[string]*linkAgent{}, conns: map[*quic.Conn]struct{}{}, infos: map[*infoStream]struct{}{},
+		agents:  map[string]*linkAgent{}, conns: map[*quic.Conn]struct{}{}, infos: map[*quic.Conn]*infoStream{},
 	}
 	l.direct.Store(!cfg.DisableDirect)
 	l.maxAgents.Store(int64(cfg.MaxAgents))
@@ -462,13 +462,14 @@ func (l *Server) serveAgent(c *quic.Conn, ctrl *quic.Stream, h link.Hello, src n
 		if err != nil {
 			break
 		}
-		if !l.wg.Go(func() { l.serveAgentStream(s) }) {
+		if !l.wg.Go(func() { l.serveAgentStream(c, s) }) {
 			s.CancelRead(link.StreamShutdown)
 			s.CancelWrite(link.StreamShutdown)
 			break
 		}
 	}
 	l.drop(a)
+	l.dropInfo(c)
 	c.CloseWithError(link.CloseNormal, "")
 	l.log.Info().Str("device", d.Name).Msg("link agent disconnected")
 	l.event(connlog.Event{Kind: "agent", Outcome: "ok", Device: d.Name, Client: src.Addr(), Start: start, Detail: "disconnected"})

@@ -21,6 +21,7 @@ import (
 // every further stream, each a session (or a direct-path request) of its own.
 func (l *Server) serveClient(c *quic.Conn, first *quic.Stream, req link.Frame, src netip.AddrPort) {
 	l.wg.Go(func() { l.serveRequest(c, first, req, src) })
+	defer l.dropInfo(c)
 	for {
 		s, err := c.AcceptStream(l.ctx)
 		if err != nil {
@@ -52,7 +53,7 @@ func (l *Server) serveRequest(c *quic.Conn, s *quic.Stream, fr link.Frame, src n
 	case link.Connect:
 		l.session(c, s, req, src)
 	case link.Info:
-		l.serveInfo(s)
+		l.serveInfo(c, s)
 	case link.Direct:
 		l.exchange(s, req, src)
 	case link.Report:
