@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nasreach/nasreach/daemon"
 	"github.com/nasreach/nasreach/daemon/daemontest"
 	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/link"
@@ -37,14 +38,20 @@ func directSession(t *testing.T, d *link.Dialer, device string) io.ReadWriteClos
 	return c
 }
 
+// directDaemon starts a daemon with a Link relay (and mods), an echo device
+// nas1 and a dialer, and returns a session on the direct path.
+func directDaemon(t *testing.T, mods ...func(*daemon.Config)) (*daemontest.Daemon, *daemontest.LinkRelay, *link.Dialer, io.ReadWriteCloser) {
+	t.Helper()
+	td := daemontest.Start(t, append([]func(*daemon.Config){daemontest.WithLink}, mods...)...)
+	tl := td.LinkRelay()
+	d := tl.EchoDevice(t, "nas1", td.AddDevice("nas1"))
+	return td, tl, d, directSession(t, d, "nas1")
+}
+
 // The daemon's relay tells agents and clients its STUN port, introduces
 // them, and counts the direct path; it relays no byte of a direct session.
 func TestDirectSessionsAreCountedButNotRelayed(t *testing.T) {
-	td := daemontest.Start(t, daemontest.WithLink, daemontest.WithTURN)
-	tl := td.LinkRelay()
-	tok := td.AddDevice("nas1")
-	d := tl.EchoDevice(t, "nas1", tok)
-	c := directSession(t, d, "nas1")
+	td, tl, _, c := directDaemon(t, daemontest.WithTURN)
 
 	testutil.WaitFor(t, 10*time.Second, "the relayed session to end", func() bool { return tl.Relay.Sessions() == 0 })
 	var relayed float64
@@ -79,11 +86,7 @@ func TestDirectSessionsAreCountedButNotRelayed(t *testing.T) {
 
 // The owner's switch ends direct sessions as it ends relayed ones.
 func TestLinkSwitchedOffThroughTheAPIEndsDirectSessions(t *testing.T) {
-	td := daemontest.Start(t, daemontest.WithLink)
-	tl := td.LinkRelay()
-	tok := td.AddDevice("nas1")
-	d := tl.EchoDevice(t, "nas1", tok)
-	c := directSession(t, d, "nas1")
+	td, _, d, c := directDaemon(t)
 	if code, body := td.Do(http.MethodPatch, "/v1/devices/nas1", td.Admin, map[string]bool{"link": false}); code != http.StatusOK {
 		t.Fatalf("PATCH link=false: HTTP %d %s", code, body)
 	}
@@ -102,11 +105,7 @@ func TestLinkSwitchedOffThroughTheAPIEndsDirectSessions(t *testing.T) {
 // Reloading with link-direct off closes the direct paths; sessions go on
 // through the relay.
 func TestReloadTurningDirectOffMovesSessionsToTheRelay(t *testing.T) {
-	td := daemontest.Start(t, daemontest.WithLink)
-	tl := td.LinkRelay()
-	tok := td.AddDevice("nas1")
-	d := tl.EchoDevice(t, "nas1", tok)
-	directSession(t, d, "nas1")
+	td, _, d, _ := directDaemon(t)
 	next := td.Daemon.Config()
 	next.Link.Direct = false
 	if applied, _ := td.Daemon.Reload(next); !strings.Contains(strings.Join(applied, " "), "link-direct") {

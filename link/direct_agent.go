@@ -130,15 +130,7 @@ func (a *Agent) watchInfo(c *quic.Conn) {
 	if err := WriteFrame(sc, Info{}); err != nil {
 		return
 	}
-	for first := true; ; first = false {
-		fr, err := ReadFrame(sc, 0)
-		if err != nil {
-			return
-		}
-		info, ok := fr.(RelayInfo)
-		if !ok {
-			return
-		}
+	followRelayInfo(sc, func(info RelayInfo, first bool) {
 		ad := &a.direct
 		ad.mu.Lock()
 		was := ad.info
@@ -154,6 +146,22 @@ func (a *Agent) watchInfo(c *quic.Conn) {
 			default:
 			}
 		}
+	})
+}
+
+// followRelayInfo hands f every RelayInfo read from an Info stream until
+// the stream ends (first: the answer to Info).
+func followRelayInfo(sc *streamConn, f func(info RelayInfo, first bool)) {
+	for first := true; ; first = false {
+		fr, err := ReadFrame(sc, 0)
+		if err != nil {
+			return
+		}
+		info, ok := fr.(RelayInfo)
+		if !ok {
+			return
+		}
+		f(info, first)
 	}
 }
 

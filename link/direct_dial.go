@@ -334,15 +334,7 @@ func (d *Dialer) followInfo(sc *streamConn, c *quic.Conn) {
 	defer sc.Close()
 	stop := context.AfterFunc(d.ctx, func() { sc.CancelRead(StreamAborted) })
 	defer stop()
-	for {
-		fr, err := ReadFrame(sc, 0)
-		if err != nil {
-			return
-		}
-		info, ok := fr.(RelayInfo)
-		if !ok {
-			return
-		}
+	followRelayInfo(sc, func(info RelayInfo, _ bool) {
 		d.mu.Lock()
 		if d.direct.infoConn == c {
 			d.direct.info = info
@@ -351,7 +343,7 @@ func (d *Dialer) followInfo(sc *streamConn, c *quic.Conn) {
 		if !info.Direct {
 			d.closeDirect("the relay's operator turned direct paths off")
 		}
-	}
+	})
 }
 
 // srflx returns this socket's server-reflexive address from the relay's

@@ -11,11 +11,13 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/link"
 	"github.com/nasreach/nasreach/linkserver"
 	"github.com/nasreach/nasreach/store"
@@ -25,31 +27,43 @@ import (
 // waitDirect waits until new sessions from d to device take a direct path.
 func waitDirect(t *testing.T, d *link.Dialer, device string) link.Path {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if p := d.PathTo(device); p.Direct {
-			return p
-		}
-	}
-	t.Fatalf("no direct path to %s within 10s", device)
-	return link.Path{}
+	testutil.WaitFor(t, 10*time.Second, "a direct path to "+device, func() bool { return d.PathTo(device).Direct })
+	return d.PathTo(device)
 }
 
-// waitEvent waits for a connection-log event of kind with outcome.
+// goDirect opens a first session to device's port (through the relay),
+// waits for the direct path and returns a session on it.
+func goDirect(t *testing.T, d *link.Dialer, device string, port uint16) net.Conn {
+	t.Helper()
+	dialPath(t, d, device, port, false)
+	waitDirect(t, d, device)
+	return dialPath(t, d, device, port, true)
+}
+
+// echoDevice is a relay, an agent for nas1 exposing an echo service as port
+// 22 and a dialer.
+func echoDevice(t *testing.T) (*env, *link.Agent, *link.Dialer) {
+	e := newEnv(t)
+	tok := e.addDevice("nas1")
+	a := e.agent("nas1", tok, map[uint16]string{22: echoServer(t)})
+	return e, a, e.dialer()
+}
+
+// waitEvent waits for connection-log events of kind with outcome and
+// returns their details.
 func (e *env) waitEvent(kind, outcome string) []string {
 	e.t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		var details []string
+	var details []string
+	testutil.WaitFor(e.t, 10*time.Second, "a "+kind+" event with outcome "+outcome, func() bool {
+		details = nil
 		for _, ev := range e.events.kind(kind) {
 			if ev.Outcome == outcome {
 				details = append(details, ev.Detail)
 			}
 		}
-		if len(details) > 0 {
-			return details
-		}
-	}
-	e.t.Fatalf("no %s event with outcome %s within 10s; events: %+v", kind, outcome, e.events.ev)
-	return nil
+		return len(details) > 0
+	})
+	return details
 }
 
 // dialPath dials device:port and fails the test unless the session takes
@@ -178,34 +192,22 @@ func TestDirectPathsCanBeTurnedOff(t *testing.T) {
 // clients hear it on their Info streams and close them; sessions go on
 // through the relay.
 func TestOperatorTurningDirectOffMovesSessionsToTheRelay(t *testing.T) {
-	e := newEnv(t)
-	tok := e.addDevice("nas1")
-	e.agent("nas1", tok, map[uint16]string{22: echoServer(t)})
-	d := e.dialer()
-	dialPath(t, d, "nas1", 22, false)
-	waitDirect(t, d, "nas1")
-	c := dialPath(t, d, "nas1", 22, true)
+	e, _, d := echoDevice(t)
+	c := goDirect(t, d, "nas1", 22)
 	e.relay.SetDirect(false)
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, context.DeadlineExceeded) {
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("a direct session outlived the operator's switch: %v", err)
 	}
-	for deadline := time.Now().Add(5 * time.Second); d.PathTo("nas1").Direct && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.WaitFor(t, 5*time.Second, "the direct path to close", func() bool { return !d.PathTo("nas1").Direct })
 	dialPath(t, d, "nas1", 22, false)
 }
 
 // Switching Link off ends direct sessions as it ends relayed ones, and new
 // sessions are refused.
 func TestLinkSwitchedOffEndsDirectSessions(t *testing.T) {
-	e := newEnv(t)
-	tok := e.addDevice("nas1")
-	e.agent("nas1", tok, map[uint16]string{22: echoServer(t)})
-	d := e.dialer()
-	dialPath(t, d, "nas1", 22, false)
-	waitDirect(t, d, "nas1")
-	c := dialPath(t, d, "nas1", 22, true)
+	e, _, d := echoDevice(t)
+	c := goDirect(t, d, "nas1", 22)
 	off := false
 	if _, err := e.st.Update(context.Background(), "nas1", store.Patch{Link: &off}); err != nil {
 		t.Fatal(err)
@@ -224,12 +226,8 @@ func TestLinkSwitchedOffEndsDirectSessions(t *testing.T) {
 // A direct path that dies sends the next sessions through the relay, with
 // no error for the application, and the relay hears that it was lost.
 func TestDeadDirectPathFallsBackToTheRelay(t *testing.T) {
-	e := newEnv(t)
-	tok := e.addDevice("nas1")
-	a := e.agent("nas1", tok, map[uint16]string{22: echoServer(t)})
-	d := e.dialer()
-	dialPath(t, d, "nas1", 22, false)
-	waitDirect(t, d, "nas1")
+	e, a, d := echoDevice(t)
+	goDirect(t, d, "nas1", 22)
 	link.CloseAgentDirect(a)
 	for range 3 {
 		c, err := d.Dial(ctx10(t), "nas1", 22)
@@ -266,8 +264,7 @@ func TestDirectAuthorizationIsRenewedThroughTheRelay(t *testing.T) {
 	cfg.DirectLifetime = lifetime
 	e.startAgent(cfg)
 	d := e.dialer(func(c *link.DialerConfig) { c.AccessCode = code })
-	dialPath(t, d, "nas1", 22, false)
-	waitDirect(t, d, "nas1")
+	goDirect(t, d, "nas1", 22)
 
 	time.Sleep(lifetime) // the authorization runs out
 	dialPath(t, d, "nas1", 22, true)
@@ -281,11 +278,7 @@ func TestDirectAuthorizationIsRenewedThroughTheRelay(t *testing.T) {
 		t.Errorf("dial with a revoked code: %v, want ErrAccessDenied", err)
 	}
 	e.waitEvent("renew", "refused")
-	for deadline := time.Now().Add(5 * time.Second); d.PathTo("nas1").Direct; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the direct path outlived the revoked access code")
-		}
-	}
+	testutil.WaitFor(t, 5*time.Second, "the direct path to end with the revoked code", func() bool { return !d.PathTo("nas1").Direct })
 }
 
 // directPeer is a hand-made client: a QUIC transport whose socket also
@@ -435,12 +428,6 @@ func TestOnlyAuthorizedPeersGetADirectConnection(t *testing.T) {
 // The agent asks the STUN server the relay names through its one socket:
 // the mapping it learns is that socket's (on loopback, its very address).
 func TestAgentLearnsItsMappingThroughItsOwnSocket(t *testing.T) {
-	e := newEnv(t)
-	tok := e.addDevice("nas1")
-	a := e.agent("nas1", tok, map[uint16]string{22: echoServer(t)})
-	for deadline := time.Now().Add(10 * time.Second); link.AgentSrflx(a) != link.AgentSocket(a); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("server-reflexive address %v, want the agent's socket %v", link.AgentSrflx(a), link.AgentSocket(a))
-		}
-	}
+	_, a, _ := echoDevice(t)
+	testutil.WaitFor(t, 10*time.Second, "the agent's socket address from STUN", func() bool { return link.AgentSrflx(a) == link.AgentSocket(a) })
 }

@@ -605,31 +605,44 @@ type body struct {
 	err error
 }
 
-func (d *body) u8(field string) uint8 {
+// take returns the next n bytes of the body, or nil once the body has
+// failed.
+func (d *body) take(field string, n int) []byte {
 	if d.err != nil {
-		return 0
+		return nil
 	}
-	if len(d.b) < 1 {
+	if len(d.b) < n {
 		d.err = fmt.Errorf("%w: body ends before %s", ErrFrame, field)
-		return 0
+		return nil
 	}
-	v := d.b[0]
-	d.b = d.b[1:]
+	v := d.b[:n]
+	d.b = d.b[n:]
 	return v
 }
 
-func (d *body) u16(field string) uint16 {
-	if d.err != nil {
-		return 0
+func (d *body) u8(field string) uint8 {
+	if b := d.take(field, 1); b != nil {
+		return b[0]
 	}
-	if len(d.b) < 2 {
-		d.err = fmt.Errorf("%w: body ends before %s", ErrFrame, field)
-		return 0
-	}
-	v := binary.BigEndian.Uint16(d.b)
-	d.b = d.b[2:]
-	return v
+	return 0
 }
+
+func (d *body) u16(field string) uint16 {
+	if b := d.take(field, 2); b != nil {
+		return binary.BigEndian.Uint16(b)
+	}
+	return 0
+}
+
+func (d *body) u32(field string) uint32 {
+	if b := d.take(field, 4); b != nil {
+		return binary.BigEndian.Uint32(b)
+	}
+	return 0
+}
+
+// bytes fills dst from the body.
+func (d *body) bytes(field string, dst []byte) { copy(dst, d.take(field, len(dst))) }
 
 func (d *body) str8(field string, max int) string {
 	n := int(d.u8(field + " length"))
@@ -640,39 +653,7 @@ func (d *body) str8(field string, max int) string {
 		d.err = fmt.Errorf("%w: %s is %d bytes, at most %d", ErrFrame, field, n, max)
 		return ""
 	}
-	if len(d.b) < n {
-		d.err = fmt.Errorf("%w: body ends inside %s", ErrFrame, field)
-		return ""
-	}
-	s := string(d.b[:n])
-	d.b = d.b[n:]
-	return s
-}
-
-func (d *body) u32(field string) uint32 {
-	if d.err != nil {
-		return 0
-	}
-	if len(d.b) < 4 {
-		d.err = fmt.Errorf("%w: body ends before %s", ErrFrame, field)
-		return 0
-	}
-	v := binary.BigEndian.Uint32(d.b)
-	d.b = d.b[4:]
-	return v
-}
-
-// bytes fills dst from the body.
-func (d *body) bytes(field string, dst []byte) {
-	if d.err != nil {
-		return
-	}
-	if len(d.b) < len(dst) {
-		d.err = fmt.Errorf("%w: body ends inside %s", ErrFrame, field)
-		return
-	}
-	copy(dst, d.b)
-	d.b = d.b[len(dst):]
+	return string(d.take(field, n))
 }
 
 // addr reads a family byte (4 or 6; 0 too when zeroOK) and the address.
