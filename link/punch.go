@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 )
@@ -43,6 +44,10 @@ type exchange struct {
 	mu       sync.Mutex
 	sent     map[[probeTxLen]byte]netip.AddrPort
 	answered chan pong // valid pongs, in order of arrival
+	// pingedFrom are the sources of valid pings: a mapping of the other
+	// end's NAT that is none of its candidates (peer-reflexive), e.g. a
+	// symmetric NAT's new port, which probe tries too.
+	pingedFrom chan netip.AddrPort
 }
 
 // pong is a valid answer to one of our pings: who answered and where it
@@ -63,6 +68,7 @@ func newExchange(ep *endpoint) *exchange {
 func (x *exchange) init() {
 	x.sent = map[[probeTxLen]byte]netip.AddrPort{}
 	x.answered = make(chan pong, MaxCandidates)
+	x.pingedFrom = make(chan netip.AddrPort, MaxCandidates)
 }
 
 // onProbe answers a valid ping with a pong and passes on a valid pong to
@@ -79,6 +85,10 @@ func (x *exchange) onProbe(p Probe, raw []byte, from netip.AddrPort) {
 		}
 		b := AppendProbe(make([]byte, 0, ProbeLen), Probe{Type: ProbePong, Sender: x.self, Exchange: x.id, Tx: p.Tx, Observed: from}, &x.key)
 		x.ep.writeTo(b, from)
+		select {
+		case x.pingedFrom <- from:
+		default:
+		}
 	case ProbePong:
 		x.mu.Lock()
 		to, ok := x.sent[p.Tx]
@@ -108,8 +118,9 @@ func (x *exchange) ping(cands []Candidate) {
 
 // probe pings every candidate each ProbeInterval until one answers with a
 // pong (returned: the candidate, and where it saw this end), ctx ends or
-// ProbeTimeout passes. With wait false it only pings, for the agent, which
-// opens its NAT's mappings toward the client this way.
+// ProbeTimeout passes. A valid ping from an address that is no candidate
+// adds it (peer-reflexive). With wait false it only pings, for the agent,
+// which opens its NAT's mappings toward the client this way.
 func (x *exchange) probe(ctx context.Context, cands []Candidate, wait bool) (Candidate, netip.AddrPort, error) {
 	if len(cands) == 0 {
 		return Candidate{}, netip.AddrPort{}, errNoAnswer
@@ -119,8 +130,16 @@ func (x *exchange) probe(ctx context.Context, cands []Candidate, wait bool) (Can
 	tick := time.NewTicker(ProbeInterval)
 	defer tick.Stop()
 	x.ping(cands)
+	learned := 0
 	for {
 		select {
+		case from := <-x.pingedFrom:
+			if learned < MaxCandidates && !slices.ContainsFunc(cands, func(c Candidate) bool { return c.Addr == from }) {
+				learned++
+				c := Candidate{Kind: CandidatePrflx, Addr: from}
+				cands = append(slices.Clip(cands), c)
+				x.ping([]Candidate{c})
+			}
 		case p := <-x.answered:
 			for _, c := range cands {
 				if wait && c.Addr == p.from {

@@ -115,8 +115,9 @@ import (
 // Both ends send a ping to every candidate of the other end, several times
 // over a few seconds (ProbeInterval, ProbeTimeout): the first packets open
 // each end's NAT mapping toward the other (simultaneous open). A valid ping
-// is answered with a pong to its source address; a pong counts only from the
-// address its ping went to. The agent remembers the source addresses of
+// is answered with a pong to its source address, and that address, when it
+// is none of the sender's candidates (a symmetric NAT's new port), is
+// pinged too; a pong counts only from the address its ping went to. The agent remembers the source addresses of
 // valid pings for a short while and accepts direct QUIC handshakes (ALPN
 // "nasreach-direct/1", the device certificate) from those addresses only.
 // The client dials the candidate whose pong came first, pins the device key
@@ -313,8 +314,10 @@ type CandidateKind uint8
 const (
 	CandidateHost  CandidateKind = 1 // an address of the endpoint's own interfaces
 	CandidateSrflx CandidateKind = 2 // server-reflexive: its NAT's mapping, as STUN saw it
-	// CandidatePrflx is never offered: a pong reports a mapping that is
-	// none of the pinging end's candidates (peer-reflexive).
+	// CandidatePrflx is never offered: it is a mapping that is none of an
+	// end's candidates (peer-reflexive), learned from the source of a valid
+	// ping (the other end then probes it too) or from a pong's observed
+	// address.
 	CandidatePrflx CandidateKind = 3
 )
 
