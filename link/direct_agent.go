@@ -1,6 +1,7 @@
 package link
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/tls"
 	"errors"
@@ -261,23 +262,26 @@ func (a *Agent) punch(sc *streamConn, p Punch) {
 	relay := ad.relayAddr.Addr()
 	ad.mu.Unlock()
 	a.ep.register(x)
-	// The exchange is kept until it expires: pongs are answered, and its
-	// DirectHello accepted, until then.
-	time.AfterFunc(ExchangeTTL, func() {
+	defer func() {
 		a.ep.unregister(x)
 		ad.mu.Lock()
 		if ad.grants[x.id] == x {
 			delete(ad.grants, x.id)
 		}
 		ad.mu.Unlock()
-	})
+	}()
 	if err := WriteFrame(sc, Candidates{Candidates: a.candidates()}); err != nil {
 		return
 	}
 	sc.Close()
+	// The exchange is kept until it expires (or the agent stops): pongs
+	// are answered, and its DirectHello accepted, until then.
+	ctx, cancel := context.WithDeadline(a.ctx, x.expires)
+	defer cancel()
 	if remote := reachable(p.Candidates, a.ep.local, relay); len(remote) > 0 {
-		x.probe(a.ctx, remote, false)
+		x.probe(ctx, remote, false)
 	}
+	<-ctx.Done()
 }
 
 // acceptDirect accepts direct connections until the agent closes.

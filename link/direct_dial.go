@@ -337,6 +337,11 @@ func (d *Dialer) followInfo(sc *streamConn, c *quic.Conn) {
 	followRelayInfo(sc, func(info RelayInfo, _ bool) {
 		d.mu.Lock()
 		if d.direct.infoConn == c {
+			if info.Direct && !d.direct.info.Direct { // turned on: try again at the next session
+				for _, p := range d.direct.paths {
+					p.nextTry = time.Time{}
+				}
+			}
 			d.direct.info = info
 		}
 		d.mu.Unlock()

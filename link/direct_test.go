@@ -190,7 +190,7 @@ func TestDirectPathsCanBeTurnedOff(t *testing.T) {
 
 // The operator turning direct paths off while they run: agents and
 // clients hear it on their Info streams and close them; sessions go on
-// through the relay.
+// through the relay. Turned on again, they come back.
 func TestOperatorTurningDirectOffMovesSessionsToTheRelay(t *testing.T) {
 	e, _, d := echoDevice(t)
 	c := goDirect(t, d, "nas1", 22)
@@ -201,6 +201,17 @@ func TestOperatorTurningDirectOffMovesSessionsToTheRelay(t *testing.T) {
 	}
 	testutil.WaitFor(t, 5*time.Second, "the direct path to close", func() bool { return !d.PathTo("nas1").Direct })
 	dialPath(t, d, "nas1", 22, false)
+
+	// Turned on again, the next session starts punching at once.
+	e.relay.SetDirect(true)
+	testutil.WaitFor(t, 5*time.Second, "a direct path again", func() bool {
+		c, err := d.Dial(ctx10(t), "nas1", 22)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		return d.PathTo("nas1").Direct
+	})
 }
 
 // Switching Link off ends direct sessions as it ends relayed ones, and new
