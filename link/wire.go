@@ -117,19 +117,25 @@ import (
 // each end's NAT mapping toward the other (simultaneous open). A valid ping
 // is answered with a pong to its source address, and that address, when it
 // is none of the sender's candidates (a symmetric NAT's new port), is
-// pinged too; a pong counts only from the address its ping went to. The agent remembers the source addresses of
-// valid pings for a short while and accepts direct QUIC handshakes (ALPN
-// "nasreach-direct/1", the device certificate) from those addresses only.
-// The client dials the candidate whose pong came first, pins the device key
-// in that handshake too, and opens a stream with DirectHello: the exchange id
-// and proof = HMAC-SHA256(key, "nasreach-direct/1" | exchange id). The agent
-// answers StatusOK if the exchange is one the relay introduced and has not
-// expired, and then serves Open streams on that connection for
-// DirectLifetime; a client renews with a new exchange (empty candidates) and
-// a new DirectHello on the same connection before then, so that an access
-// code revoked or Link switched off at the relay is enforced on direct paths
-// too. Link off, the device deleted, or direct paths turned off by the
-// operator close the agent's direct connections at once.
+// pinged too; a pong counts only from the address its ping went to. The
+// agent keeps an exchange for ExchangeTTL: for that long it answers its
+// pings and accepts direct QUIC handshakes (ALPN "nasreach-direct/1", the
+// device certificate) from the source addresses of its valid pings, and no
+// others. The client dials the candidate whose pong came first, pins the
+// device key in that handshake too, and opens a stream with DirectHello:
+// the exchange id and proof = HMAC-SHA256(key, "nasreach-direct/1" |
+// exchange id). The agent answers StatusOK if the relay introduced that
+// exchange and it has not expired (each is used once), and then serves Open
+// streams on the connection for its DirectLifetime (10 minutes by
+// default); after that it answers an Open with StatusAccessDenied. A
+// client renews the authorization with a new exchange through the relay
+// (no candidates) and a new DirectHello on the same connection, every
+// DirectRenewAfter while it uses the path, or when an Open is refused so;
+// an access code revoked at the relay therefore reaches direct sessions
+// within DirectLifetime. Link off, the device deleted, or direct paths
+// turned off by the operator close the agent's direct connections at once.
+// The relay passes on no link-local candidate, and loopback ones only
+// between two ends that both reach it over loopback (its own machine).
 //
 // Every stream on a direct connection starts with DirectHello (answered by a
 // Result, then the stream ends) or Open (a session, as from the relay).
