@@ -148,3 +148,21 @@ func TestLinkFlagsAreChecked(t *testing.T) {
 		t.Errorf("parseTarget(NAS1:443) = %s %d %v", d, p, err)
 	}
 }
+
+func TestDirectFlagTakesAutoOrNever(t *testing.T) {
+	for arg, want := range map[string]string{"auto": "false", "never": "true", "sometimes": `--direct "sometimes": want auto or never`} {
+		var got string
+		cmd := &cli.Command{Name: "connect", Flags: linkClientFlags(), Writer: io.Discard, ErrWriter: io.Discard,
+			Action: func(_ context.Context, cmd *cli.Command) error {
+				off, err := disableDirect(cmd)
+				got = fmt.Sprint(off)
+				return err
+			}}
+		if err := cmd.Run(context.Background(), []string{"connect", "--direct", arg}); err != nil {
+			got = err.Error()
+		}
+		if got != want {
+			t.Errorf("--direct %s: %s, want %s", arg, got, want)
+		}
+	}
+}
