@@ -114,15 +114,7 @@ func (l *Server) exchange(cs *quic.Stream, req link.Direct, src netip.AddrPort) 
 		kind = "renew" // an authorization renewed: no probes follow
 	}
 	ev := connlog.Event{Kind: kind, Device: device, Client: src.Addr(), Start: start}
-	refuse := func(st link.Status, msg string) {
-		link.WriteFrame(cs, link.Result{Status: st, Message: msg})
-		cs.Close()
-		cs.CancelRead(link.StreamRefused)
-		ev.Outcome, ev.Detail = "refused", st.String()
-		l.event(ev)
-		l.log.Debug().Str("device", device).Str("client", anonymize.Addr(src.Addr()).String()).
-			Str("reason", st.String()).Msg("link direct path refused")
-	}
+	refuse := func(st link.Status, msg string) { l.refuse(cs, ev, st, msg) }
 	if !l.direct.Load() {
 		refuse(link.StatusNoDirect, "direct paths are off on this relay")
 		return

@@ -76,15 +76,7 @@ func (l *Server) session(c *quic.Conn, cs *quic.Stream, req link.Connect, src ne
 	start := l.cfg.Now()
 	device := strings.ToLower(req.Device)
 	ev := connlog.Event{Kind: "session", Device: device, Client: src.Addr(), Port: req.Port, Start: start}
-	refuse := func(st link.Status, msg string) {
-		link.WriteFrame(cs, link.Result{Status: st, Message: msg})
-		cs.Close()
-		cs.CancelRead(link.StreamRefused)
-		ev.Outcome, ev.Detail = "refused", st.String()
-		l.event(ev)
-		l.log.Debug().Str("device", device).Uint16("port", req.Port).Str("client", anonymize.Addr(src.Addr()).String()).
-			Str("reason", st.String()).Msg("link session refused")
-	}
+	refuse := func(st link.Status, msg string) { l.refuse(cs, ev, st, msg) }
 	a, st, msg := l.authorize(src.Addr(), device, req.AccessCode, start)
 	if st != link.StatusOK {
 		refuse(st, msg)
@@ -127,6 +119,18 @@ func (l *Server) session(c *quic.Conn, cs *quic.Stream, req link.Connect, src ne
 	l.event(ev)
 	l.log.Debug().Str("device", device).Uint16("port", req.Port).Str("client", anonymize.Addr(src.Addr()).String()).
 		Int64("bytes_in", in).Int64("bytes_out", out).Str("outcome", ev.Outcome).Msg("link session ended")
+}
+
+// refuse answers a client's request with st and msg, ends its stream and
+// logs ev as refused.
+func (l *Server) refuse(cs *quic.Stream, ev connlog.Event, st link.Status, msg string) {
+	link.WriteFrame(cs, link.Result{Status: st, Message: msg})
+	cs.Close()
+	cs.CancelRead(link.StreamRefused)
+	ev.Outcome, ev.Detail = "refused", st.String()
+	l.event(ev)
+	l.log.Debug().Str("device", ev.Device).Str("kind", ev.Kind).Uint16("port", ev.Port).
+		Str("client", anonymize.Addr(ev.Client).String()).Str("reason", st.String()).Msg("link request refused")
 }
 
 // authorize checks a client's request for device as every session and
