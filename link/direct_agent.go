@@ -76,7 +76,7 @@ func (dc *directConn) authorizedAt(t time.Time) bool {
 	return t.Before(dc.until)
 }
 
-// directTLS is the agent's TLS config for direct connections: the device
+// directServerTLS is the agent's TLS config for direct connections: the device
 // certificate, the key clients pin.
 func directServerTLS(cert tls.Certificate) *tls.Config {
 	return &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{DirectALPN}, Certificates: []tls.Certificate{cert}}
