@@ -89,6 +89,9 @@ type LinkConfig struct {
 	StreamRate  float64       `setting:"link-stream-rate"`
 	StreamBurst int           `setting:"link-stream-burst"`
 	IdleTimeout time.Duration `setting:"link-idle-timeout"`
+	// Direct lets the relay introduce clients to agents for direct
+	// (hole-punched) paths; false keeps every byte on the relay.
+	Direct bool `setting:"link-direct"`
 }
 
 // PrivacyConfig is what the daemon needs to keep its privacy promises:

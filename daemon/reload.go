@@ -85,6 +85,15 @@ var live = []liveSetting{
 		d.cfg.Link.StreamRate, d.cfg.Link.StreamBurst = nl.StreamRate, nl.StreamBurst
 		return nil
 	}},
+	// Direct paths turned off close the ones running (agents and clients
+	// hear it on their Info streams); turned on, clients punch again.
+	{[]string{"link-direct"}, func(d *Daemon, n *Config) error {
+		if l := d.relays.link; l != nil {
+			l.SetDirect(n.Link.Direct)
+		}
+		d.cfg.Link.Direct = n.Link.Direct
+		return nil
+	}},
 }
 
 // errNeedsRestart is what a live setter returns when it cannot apply its

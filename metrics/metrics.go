@@ -76,6 +76,10 @@ type Metrics struct {
 	events  *prometheus.CounterVec
 	updates *prometheus.CounterVec
 	bytes   *prometheus.CounterVec
+	// paths, punches and toDirect follow Link's direct paths (linkPunch).
+	paths    *prometheus.CounterVec
+	punches  *prometheus.CounterVec
+	toDirect prometheus.Histogram
 	// hot caches the query counter of common (type, rcode) pairs so the DNS
 	// path does no label hashing.
 	hot     [len(hotTypes)][24]atomic.Pointer[prometheus.Counter]
@@ -107,7 +111,17 @@ func New(cfg Config) (*Metrics, error) {
 	m.bytes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nasreach_relayed_bytes_total", Help: "Bytes relayed, by service and direction (in = from the client).",
 	}, []string{"service", "direction"})
-	m.reg.MustRegister(m.queries, m.updates, m.events, m.bytes,
+	m.paths = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nasreach_link_paths_total", Help: "Link clients settling on a path to a device after trying for a direct one: direct, or relay (no direct path, or a direct path lost).",
+	}, []string{"path"})
+	m.punches = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nasreach_link_punch_total", Help: "Link hole-punching attempts, by outcome (direct, no_answer, failed, refused).",
+	}, []string{"outcome"})
+	m.toDirect = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "nasreach_link_time_to_direct_seconds", Help: "Time from a client's first session to a device until its direct path is up.",
+		Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16},
+	})
+	m.reg.MustRegister(m.queries, m.updates, m.events, m.bytes, m.paths, m.punches, m.toDirect,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "nasreach_build_info", Help: "Always 1; the version label says which build runs.",
@@ -229,11 +243,40 @@ func (m *Metrics) ObserveEvent(e connlog.Event) {
 		return // counted by ObserveQuery
 	}
 	m.events.WithLabelValues(e.Service, e.Kind, cmpOr(e.Outcome, "unknown")).Inc()
+	if e.Service == "link" {
+		m.linkPunch(e)
+	}
 	if e.BytesIn > 0 {
 		m.bytes.WithLabelValues(e.Service, "in").Add(float64(e.BytesIn))
 	}
 	if e.BytesOut > 0 {
 		m.bytes.WithLabelValues(e.Service, "out").Add(float64(e.BytesOut))
+	}
+}
+
+// linkPunch counts the Link relay's direct-path events: a client's report
+// of an attempt (kind "punch": direct, no_answer, failed; lost when a
+// direct path stopped working) and the relay's own refusals of an
+// exchange (kind "exchange", outcome "refused"). Each ends with the client
+// on a path.
+func (m *Metrics) linkPunch(e connlog.Event) {
+	outcome := e.Outcome
+	switch {
+	case e.Kind == "exchange" && outcome == "refused":
+	case e.Kind == "punch" && (outcome == "direct" || outcome == "no_answer" || outcome == "failed" || outcome == "lost"):
+	default:
+		return
+	}
+	path := "relay"
+	if outcome == "direct" {
+		path = "direct"
+		if !e.Start.IsZero() && !e.Time.Before(e.Start) {
+			m.toDirect.Observe(e.Time.Sub(e.Start).Seconds())
+		}
+	}
+	m.paths.WithLabelValues(path).Inc()
+	if outcome != "lost" {
+		m.punches.WithLabelValues(outcome).Inc()
 	}
 }
 

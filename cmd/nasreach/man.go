@@ -152,6 +152,11 @@ The relay's certificate is \fB\-\-tls\-cert\fR and \fB\-\-tls\-key\fR, shared wi
 Without them serve generates a self-signed one in the data directory once and logs its fingerprint, which agents and clients pin with \fB\-\-relay\-fingerprint\fR.
 Limits: \fB\-\-link\-max\-agents\fR, \fB\-\-link\-max\-streams\fR, \fB\-\-link\-stream\-rate\fR, \fB\-\-link\-stream\-burst\fR, \fB\-\-link\-idle\-timeout\fR.
 .PP
+Sessions move to a direct path when one works: the relay introduces client and agent (their STUN and interface addresses), both punch a hole through their NATs with authenticated UDP probes, and the client opens QUIC straight to the agent, pinning the same device key.
+The first session goes through the relay at once; a direct path that fails sends the next ones back through it.
+\fBconnect\fR logs \fBpath=direct\fR or \fBpath=relay\fR for each session.
+\fB\-\-direct never\fR on \fBagent\fR or \fBconnect\fR, or \fB\-\-link\-direct=false\fR on \fBserve\fR (live on reload), keeps every byte on the relay.
+.PP
 \fBnasreach device set \-\-link=false\fR \fINAME\fR ends a device's sessions at once and refuses new ones;
 \fB\-\-access token\fR makes clients present an access code (\fBnasreach device code add\fR \fINAME\fR, then \fBconnect \-\-access\-code\fR).
 `

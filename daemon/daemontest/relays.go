@@ -37,7 +37,8 @@ func (td *Daemon) LinkRelay() *LinkRelay {
 
 // EchoDevice runs an agent for device (token tok) exposing a TCP echo
 // service as port 22, waits until it is online and returns a dialer for the
-// relay; all of it stops when the test ends.
+// relay (direct paths on, as by default; both ends on 127.0.0.1); all of it
+// stops when the test ends.
 func (l *LinkRelay) EchoDevice(t *testing.T, device, tok string) *link.Dialer {
 	t.Helper()
 	echo, err := net.Listen("tcp", "127.0.0.1:0")
@@ -55,7 +56,7 @@ func (l *LinkRelay) EchoDevice(t *testing.T, device, tok string) *link.Dialer {
 		}
 	}()
 	a, err := link.NewAgent(link.AgentConfig{Server: l.Relay.Addr().String(), RelayFingerprint: l.Fingerprint, Device: device, Token: tok,
-		Expose: map[uint16]string{22: echo.Addr().String()}, StateDir: t.TempDir()})
+		Expose: map[uint16]string{22: echo.Addr().String()}, StateDir: t.TempDir(), Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +66,8 @@ func (l *LinkRelay) EchoDevice(t *testing.T, device, tok string) *link.Dialer {
 	if err := a.WaitOnline(ctx); err != nil {
 		t.Fatal(err)
 	}
-	d, err := link.NewDialer(link.DialerConfig{Server: l.Relay.Addr().String(), RelayFingerprint: l.Fingerprint, KnownDevices: "-"})
+	d, err := link.NewDialer(link.DialerConfig{Server: l.Relay.Addr().String(), RelayFingerprint: l.Fingerprint, KnownDevices: "-",
+		Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
