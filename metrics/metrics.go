@@ -39,7 +39,7 @@ type Config struct {
 	// allocations in progress.
 	Sessions map[string]func() int
 	// TURNRefused returns what the TURN relay refused or dropped so far, by
-	// reason (auth, quota, peer, bandwidth, malformed).
+	// reason (auth, quota, peer, request, bandwidth, malformed).
 	TURNRefused func() map[string]uint64
 	// StoreBytes returns the size of the store file.
 	StoreBytes func() int64
@@ -118,7 +118,7 @@ func New(cfg Config) (*Metrics, error) {
 	if f := cfg.TURNRefused; f != nil {
 		m.reg.MustRegister(labelledCounters{
 			desc: prometheus.NewDesc("nasreach_turn_refused_total",
-				"TURN requests and datagrams refused, by reason (auth, quota, peer, bandwidth, malformed).", []string{"reason"}, nil),
+				"TURN requests and datagrams refused, by reason (auth, quota, peer, request, bandwidth, malformed).", []string{"reason"}, nil),
 			values: f,
 		})
 	}

@@ -64,22 +64,21 @@ func (a *allocator) Validate() error {
 	return nil
 }
 
-// quotaOK is pion's QuotaHandler: false makes it answer 486.
-func (a *allocator) quotaOK(userID string) bool {
+// quota is pion's QuotaHandler: an error makes it answer 486.
+func (a *allocator) quota(userID string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.quotaLocked(userID) == nil
+	return a.quotaLocked(userID, 1)
 }
 
-func (a *allocator) quotaLocked(userID string) error {
+// quotaLocked says whether userID may take n more allocations.
+func (a *allocator) quotaLocked(userID string, n int) error {
 	cfg := &a.t.cfg
-	if len(a.live) >= cfg.MaxAllocations {
-		a.t.stats.quotaTotal.Add(1)
-		return fmt.Errorf("%w: %d allocations in total", errQuota, cfg.MaxAllocations)
+	if have := len(a.live); have+n > cfg.MaxAllocations {
+		return fmt.Errorf("%w: %d of %d allocations in total, %d asked", errQuota, have, cfg.MaxAllocations, n)
 	}
-	if a.perUser[userID] >= cfg.MaxAllocationsPerUser {
-		a.t.stats.quotaUser.Add(1)
-		return fmt.Errorf("%w: %d allocations for one user", errQuota, cfg.MaxAllocationsPerUser)
+	if have := a.perUser[userID]; have+n > cfg.MaxAllocationsPerUser {
+		return fmt.Errorf("%w: the user has %d of %d, %d asked", errQuota, have, cfg.MaxAllocationsPerUser, n)
 	}
 	return nil
 }
@@ -99,8 +98,8 @@ func (a *allocator) AllocatePacketConn(c turn.AllocateListenerConfig) (net.Packe
 		return listenRelay(c.Network, bindIP, relayIP, c.RequestedPort)
 	}
 	kind, name := splitUserID(c.UserID)
-	if !a.quotaOK(c.UserID) { // the cheap check first; pion's QuotaHandler made it too
-		return nil, nil, errQuota
+	if err := a.quota(c.UserID); err != nil { // the cheap check first; pion's QuotaHandler made it too
+		return nil, nil, err
 	}
 	conn, addr, err := listenRelay(c.Network, bindIP, relayIP, c.RequestedPort)
 	if err != nil {
@@ -125,7 +124,7 @@ func (a *allocator) AllocatePacketConn(c turn.AllocateListenerConfig) (net.Packe
 	case kind == CredentialDevice && a.revoked[name]:
 		err = errBadCredentials
 	default:
-		err = a.quotaLocked(c.UserID)
+		err = a.quotaLocked(c.UserID, 1)
 	}
 	if err != nil {
 		a.mu.Unlock()

@@ -39,18 +39,20 @@ import (
 //
 // Send indications and ChannelData are checked where they
 // leave, in relayConn.WriteTo. Bad credentials are answered 401 by pion v5 and
-// quota refusals 486 by pion's QuotaHandler.
+// quota refusals 486 by pion's QuotaHandler. Every refusal, pion's or the
+// filter's, is counted and logged as its answer leaves (refuse.go), which is
+// why the filter notes who sent each request.
 //
 // Anything that is neither STUN nor ChannelData is dropped without a reply;
 // over TCP it ends the connection, as the stream cannot be resynchronised.
 
-// STUN message types and attributes the filter reads (RFC 8489, RFC 8656).
+// STUN methods, attributes and codes the filter reads (RFC 8489, RFC 8656).
 const (
 	magicCookie          = 0x2112A442
-	typeAllocateRequest  = 0x0003
-	typeChannelBindReq   = 0x0009
-	typeCreatePermReq    = 0x0008
 	methodBinding        = 0x0001
+	methodAllocate       = 0x0003
+	methodCreatePerm     = 0x0008
+	methodChannelBind    = 0x0009
 	attrRequestedTransp  = 0x0019
 	protoTCP             = 6
 	codeForbidden        = 403
@@ -82,9 +84,9 @@ func (t *Server) inspect(b []byte, from netip.AddrPort, reply func([]byte)) bool
 		t.stats.malformed.Add(1)
 		return false
 	}
-	typ := binary.BigEndian.Uint16(b[0:2])
-	if method, class := stunMethodClass(typ); method == methodBinding {
-		if class != 0 { // indications (keepalives) and stray responses
+	method, class := stunMethodClass(binary.BigEndian.Uint16(b[0:2]))
+	if method == methodBinding {
+		if class != classRequest { // indications (keepalives) and stray responses
 			return false
 		}
 		if t.cfg.Binding == nil {
@@ -99,22 +101,26 @@ func (t *Server) inspect(b []byte, from netip.AddrPort, reply func([]byte)) bool
 		t.stats.malformed.Add(1)
 		return false
 	}
-	switch typ {
-	case typeChannelBindReq:
-		return t.filterChannelBind(b, reply)
-	case typeCreatePermReq:
-		return t.filterCreatePermission(b, reply)
-	case typeAllocateRequest:
-		return t.filterAllocate(b, reply)
+	if class != classRequest {
+		return true // Send indications are checked where they leave
 	}
-	return true
-}
-
-func (t *Server) filterChannelBind(b []byte, reply func([]byte)) bool {
 	m := &pion.Message{Raw: append([]byte(nil), b...)}
 	if m.Decode() != nil {
 		return true // pion drops it
 	}
+	t.asked.note(m)
+	switch method {
+	case methodChannelBind:
+		return t.filterChannelBind(m, reply)
+	case methodCreatePerm:
+		return t.filterCreatePermission(m, reply)
+	case methodAllocate:
+		return t.filterAllocate(m, reply)
+	}
+	return true
+}
+
+func (t *Server) filterChannelBind(m *pion.Message, reply func([]byte)) bool {
 	var peer pion.XORMappedAddress
 	if peer.GetFromAs(m, pion.AttrXORPeerAddress) != nil {
 		return true // pion answers 400
@@ -130,16 +136,11 @@ func (t *Server) filterChannelBind(b []byte, reply func([]byte)) bool {
 	if !ok {
 		return true // pion challenges; its permission handler refuses later
 	}
-	t.stats.peerRefused.Add(1)
-	t.answerError(m, key, codeForbidden, "Forbidden", reply)
+	t.answerError(m, key, codeForbidden, "Forbidden", "channel to a peer the policy refuses", reply)
 	return false
 }
 
-func (t *Server) filterCreatePermission(b []byte, reply func([]byte)) bool {
-	m := &pion.Message{Raw: append([]byte(nil), b...)}
-	if m.Decode() != nil {
-		return true
-	}
+func (t *Server) filterCreatePermission(m *pion.Message, reply func([]byte)) bool {
 	refused := false
 	m.ForEach(pion.AttrXORPeerAddress, func(m *pion.Message) error { //nolint:errcheck // the callback never fails
 		var peer pion.XORMappedAddress
@@ -158,16 +159,11 @@ func (t *Server) filterCreatePermission(b []byte, reply func([]byte)) bool {
 	if !ok {
 		return true
 	}
-	t.stats.peerRefused.Add(1)
-	t.answerError(m, key, codeForbidden, "Forbidden", reply)
+	t.answerError(m, key, codeForbidden, "Forbidden", "permission for a peer the policy refuses", reply)
 	return false
 }
 
-func (t *Server) filterAllocate(b []byte, reply func([]byte)) bool {
-	m := &pion.Message{Raw: append([]byte(nil), b...)}
-	if m.Decode() != nil {
-		return true
-	}
+func (t *Server) filterAllocate(m *pion.Message, reply func([]byte)) bool {
 	v, err := m.Get(attrRequestedTransp)
 	if err != nil || len(v) < 1 || v[0] != protoTCP {
 		return true
@@ -176,7 +172,7 @@ func (t *Server) filterAllocate(b []byte, reply func([]byte)) bool {
 	if !ok {
 		return true
 	}
-	t.answerError(m, key, codeUnsupportedTrans, "Unsupported Transport Protocol", reply)
+	t.answerError(m, key, codeUnsupportedTrans, "Unsupported Transport Protocol", "relaying over TCP (RFC 6062) is not supported", reply)
 	return false
 }
 
@@ -198,7 +194,10 @@ func (t *Server) authenticated(m *pion.Message) ([]byte, bool) {
 	return key, true
 }
 
-func (t *Server) answerError(req *pion.Message, key []byte, code pion.ErrorCode, reason string, reply func([]byte)) {
+// answerError answers req with an error signed with key; detail is the
+// log's reason for the refusal.
+func (t *Server) answerError(req *pion.Message, key []byte, code pion.ErrorCode, reason, detail string, reply func([]byte)) {
+	t.asked.explain(req.TransactionID, detail)
 	resp, err := pion.Build(
 		&pion.Message{TransactionID: req.TransactionID},
 		pion.NewType(req.Type.Method, pion.ClassErrorResponse),
@@ -246,11 +245,21 @@ func (f *udpFilter) ReadFrom(p []byte) (int, net.Addr, error) {
 			continue
 		}
 		if f.t.inspect(p[:n], from, func(b []byte) {
-			f.PacketConn.WriteTo(b, addr) //nolint:errcheck // UDP: best effort
+			f.WriteTo(b, addr) //nolint:errcheck // UDP: best effort
 		}) {
 			return n, addr, nil
 		}
 	}
+}
+
+// WriteTo sends b to a client: pion's answers, Data indications and
+// ChannelData, and the filter's answers. Responses are looked at on their
+// way (observeAnswer).
+func (f *udpFilter) WriteTo(b []byte, addr net.Addr) (int, error) {
+	if wantsLook(b) {
+		f.t.observeAnswer(b, netaddr.AddrPort(addr), "udp")
+	}
+	return f.PacketConn.WriteTo(b, addr)
 }
 
 // streamListener hands pion filtered TCP (or TLS) connections.
@@ -464,8 +473,12 @@ func (s *streamFilter) reply(b []byte) {
 }
 
 // Write queues one whole message for the connection; concurrent writers'
-// messages never interleave.
+// messages never interleave. Responses are looked at on their way
+// (observeAnswer).
 func (s *streamFilter) Write(b []byte) (int, error) {
+	if wantsLook(b) {
+		s.t.observeAnswer(b, s.from, s.transport)
+	}
 	return s.w.write(b)
 }
 

@@ -23,7 +23,9 @@
 //
 // Quotas: allocations per user and in total (486 when reached), a cap on an
 // allocation's total lifetime, and an optional bandwidth cap per allocation.
-// One connection-log record is emitted per allocation when it ends.
+//
+// One connection-log record is emitted per allocation when it ends, and one
+// per refused request (refuse.go), which is also counted and logged.
 package turnserver
 
 import (
@@ -45,6 +47,7 @@ import (
 	"github.com/nasreach/nasreach/store"
 	"github.com/pion/turn/v5"
 	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
 )
 
 // Defaults for Config.
@@ -140,9 +143,12 @@ type Config struct {
 	// Events receives one connection-log record per allocation when it
 	// ends (Service "turn", Kind "allocation"; Detail names the credential
 	// kind, the client's transport and why it ended, e.g. "device over udp,
-	// revoked"). It holds no payload and no peer address; the client address
-	// is masked. It must not block. Nil logs the record at info level to
-	// Logger.
+	// revoked") and one per refused request (Kind "request", Outcome
+	// "badauth" for credentials, else "refused"; Detail the method, code
+	// and reason, e.g. "allocate: 486 allocation quota reached"). It holds
+	// no payload and no peer address; the client address is masked. It must
+	// not block. Nil logs allocation records at info level to Logger
+	// (refusals are logged there anyway).
 	Events func(connlog.Event)
 	// Logger receives lifecycle records and pion's warnings (addresses
 	// masked). The zero value logs nothing.
@@ -163,6 +169,12 @@ type Server struct {
 	addr    netip.AddrPort
 	tlsAddr netip.AddrPort
 	stats   turnCounters
+	asked   askedTable // who sent the requests in flight (refuse.go)
+	// notes say why pion refuses a request, for the log (refuse.go).
+	notes answerNotes
+
+	refusalLogs *rate.Limiter // refusal log lines
+	unlogged    atomic.Uint64 // refusals not logged since the last line
 
 	// readers counts the socket readers pion runs: listening sockets,
 	// listeners, client connections and relay sockets. Shutdown waits for
@@ -176,7 +188,7 @@ type Server struct {
 
 type turnCounters struct {
 	malformed, peerRefused, bandwidthDropped atomic.Uint64
-	quotaUser, quotaTotal, authFailed        atomic.Uint64
+	quotaRefused, authFailed, requestRefused atomic.Uint64
 }
 
 // Stats are counters of a running relay.
@@ -185,14 +197,22 @@ type Stats struct {
 	Allocations int
 	// Malformed counts messages dropped as neither STUN nor ChannelData.
 	Malformed uint64
-	// PeerRefused counts requests and datagrams refused by the peer policy.
+	// PeerRefused counts requests refused (403) and datagrams dropped by
+	// the peer policy.
 	PeerRefused uint64
 	// BandwidthDropped counts datagrams dropped by the bandwidth cap.
 	BandwidthDropped uint64
-	// QuotaRefused counts allocations refused by a quota.
+	// QuotaRefused counts allocations refused with 486 (a quota) or 508
+	// (no port).
 	QuotaRefused uint64
-	// AuthFailed counts requests with bad or expired credentials.
+	// AuthFailed counts requests refused for their credentials: a wrong
+	// password, an unknown user, expired REST credentials or a wrong realm.
+	// The 401 that challenges a request without credentials, and 438 for a
+	// stale nonce, are not refusals.
 	AuthFailed uint64
+	// RequestRefused counts requests refused with any other error (400,
+	// 420, 437, 440, 442, 443, 447).
+	RequestRefused uint64
 }
 
 // New validates cfg, binds every socket (or takes Config's) and relays in
@@ -233,7 +253,8 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	t := &Server{
 		cfg: cfg, log: cfg.Logger, now: cfg.Now, conns: map[*streamFilter]struct{}{},
-		creds: &credentials{realm: cfg.Realm, secret: []byte(cfg.Secret), devices: cfg.Devices, now: cfg.Now},
+		creds:       &credentials{realm: cfg.Realm, secret: []byte(cfg.Secret), devices: cfg.Devices, now: cfg.Now},
+		refusalLogs: rate.NewLimiter(refusalLogRate, refusalLogBurst),
 	}
 	t.creds.static.Store(&static)
 	t.alloc = &allocator{t: t, live: map[netip.AddrPort]*relayConn{}, perUser: map[string]int{}, revoked: map[string]bool{}}
@@ -273,10 +294,17 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	t.addr = netaddr.AddrPort(udps[0].LocalAddr())
 	sc := turn.ServerConfig{
-		Realm:        cfg.Realm,
-		AuthHandler:  t.authenticate,
-		QuotaHandler: func(userID, _ string, _ net.Addr) bool { return t.alloc.quotaOK(userID) },
+		Realm:       cfg.Realm,
+		AuthHandler: t.authenticate,
+		QuotaHandler: func(userID, _ string, src net.Addr) bool {
+			err := t.alloc.quota(userID)
+			if err != nil {
+				t.notes.note(netaddr.AddrPort(src), err)
+			}
+			return err == nil
+		},
 		EventHandler: turn.EventHandler{
+			OnAuth:              t.onAuth,
 			OnAllocationCreated: t.onAllocationCreated,
 			OnPermissionCreated: func(_, _ net.Addr, _, _, _ string, relayAddr net.Addr, peer net.IP) {
 				if rc := t.alloc.byRelay(relayAddr); rc != nil {
@@ -407,7 +435,8 @@ func (t *Server) Stats() Stats {
 	return Stats{
 		Allocations: t.alloc.count(), Malformed: t.stats.malformed.Load(),
 		PeerRefused: t.stats.peerRefused.Load(), BandwidthDropped: t.stats.bandwidthDropped.Load(),
-		QuotaRefused: t.stats.quotaUser.Load() + t.stats.quotaTotal.Load(), AuthFailed: t.stats.authFailed.Load(),
+		QuotaRefused: t.stats.quotaRefused.Load(), AuthFailed: t.stats.authFailed.Load(),
+		RequestRefused: t.stats.requestRefused.Load(),
 	}
 }
 
@@ -456,7 +485,8 @@ func (t *Server) Shutdown(ctx context.Context) error {
 	if first {
 		st := t.Stats()
 		t.log.Info().Uint64("malformed", st.Malformed).Uint64("peer_refused", st.PeerRefused).
-			Uint64("quota_refused", st.QuotaRefused).Uint64("auth_failed", st.AuthFailed).Msg("turn stopped")
+			Uint64("quota_refused", st.QuotaRefused).Uint64("auth_failed", st.AuthFailed).
+			Uint64("request_refused", st.RequestRefused).Msg("turn stopped")
 	}
 	if err != nil {
 		return fmt.Errorf("turn shutdown: %w", err)
@@ -513,23 +543,30 @@ func (t *Server) untrackConn(s *streamFilter) {
 }
 
 // permit is pion's PermissionHandler (CreatePermission, ChannelBind, Connect).
+// Its refusals are counted as their answers leave (observeAnswer).
 func (t *Server) permit(_ net.Addr, peer net.IP) bool {
 	a, ok := netip.AddrFromSlice(peer)
-	if ok && t.policy.CheckIP(a).OK() {
-		return true
-	}
-	t.stats.peerRefused.Add(1)
-	return false
+	return ok && t.policy.CheckIP(a).OK()
 }
 
-// authenticate is pion's AuthHandler.
+// authenticate is pion's AuthHandler. It is called once the nonce is
+// fresh, so a refusal here is a refusal of the credentials.
 func (t *Server) authenticate(ra *turn.RequestAttributes) (string, []byte, bool) {
 	userID, key, err := t.creds.lookup(ra.Username, ra.Realm)
 	if err != nil {
-		t.stats.authFailed.Add(1)
+		t.notes.note(netaddr.AddrPort(ra.SrcAddr), err)
 		return "", nil, false
 	}
 	return userID, key, true
+}
+
+// onAuth is pion's report of each credential check; a false verdict means
+// the key authenticate returned did not verify MESSAGE-INTEGRITY: a wrong
+// password.
+func (t *Server) onAuth(src, _ net.Addr, _, _, _, _ string, verdict bool) {
+	if !verdict {
+		t.notes.note(netaddr.AddrPort(src), errWrongPassword)
+	}
 }
 
 func (t *Server) onAllocationCreated(src, dst net.Addr, _, _, _ string, relayAddr net.Addr, _ int) {
