@@ -238,6 +238,9 @@ type rawClient struct {
 	realm string
 	nonce string
 	key   pion.MessageIntegrity
+	// fingerprint ends each authenticated request with FINGERPRINT, as
+	// coturn's client does.
+	fingerprint bool
 }
 
 func newRawClient(t *testing.T, network string, srv netip.AddrPort, user, pass string) *rawClient {
@@ -258,6 +261,9 @@ func (r *rawClient) request(typ pion.MessageType, attrs ...pion.Setter) *pion.Me
 		setters := append([]pion.Setter{pion.TransactionID, typ}, attrs...)
 		if r.nonce != "" {
 			setters = append(setters, pion.NewUsername(r.user), pion.NewRealm(r.realm), pion.NewNonce(r.nonce), r.key)
+			if r.fingerprint {
+				setters = append(setters, pion.Fingerprint)
+			}
 		}
 		req, err := pion.Build(setters...)
 		if err != nil {

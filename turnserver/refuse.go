@@ -51,11 +51,13 @@ const (
 // STUN message classes (RFC 8489 §5), as stunMethodClass returns them.
 const (
 	classRequest = 0
+	classSuccess = 2
 	classError   = 3
 )
 
 // STUN error codes the relay tells apart.
 const (
+	codeBadRequest   = 400
 	codeUnauthorized = 401
 	codeStaleNonce   = 438
 	codeQuota        = 486
@@ -139,9 +141,10 @@ func (t *Server) refuse(r refusal) {
 }
 
 // observeAnswer looks at a STUN response on its way to client: an error
-// response is a refusal (401 and 438 aside, see above). The callers pass
-// only what starts like a STUN response (wantsLook), so the data path pays
-// one comparison.
+// response is a refusal (401 and 438 aside, see above), and an Allocate
+// success response may carry the RESERVATION-TOKEN pion chose for a held
+// port. The callers pass only what starts like a STUN response (wantsLook),
+// so the data path pays one comparison.
 func (t *Server) observeAnswer(b []byte, client netip.AddrPort, transport string) {
 	method, class := stunMethodClass(binary.BigEndian.Uint16(b[0:2]))
 	if method == methodBinding || binary.BigEndian.Uint32(b[4:8]) != magicCookie {
@@ -152,7 +155,11 @@ func (t *Server) observeAnswer(b []byte, client netip.AddrPort, transport string
 	who := t.asked.take(tid)
 	note, noted := t.notes.take(client)
 	m := &pion.Message{Raw: b}
-	if class != classError || m.Decode() != nil {
+	switch {
+	case class == classSuccess && method == methodAllocate && m.Decode() == nil:
+		t.noteReservation(m)
+		return
+	case class != classError || m.Decode() != nil:
 		return
 	}
 	var ec pion.ErrorCodeAttribute
@@ -193,6 +200,25 @@ func (t *Server) observeAnswer(b []byte, client netip.AddrPort, transport string
 // response (the top bits clear, the class's C1 bit set), which
 // observeAnswer looks at. ChannelData and Data indications are not.
 func wantsLook(b []byte) bool { return len(b) >= 20 && b[0]&0xC1 == 0x01 }
+
+// noteReservation passes the RESERVATION-TOKEN of an Allocate success
+// response to the allocator, which files the reservation of the relayed
+// address under it.
+func (t *Server) noteReservation(m *pion.Message) {
+	token, err := m.Get(pion.AttrReservationToken)
+	if err != nil {
+		return
+	}
+	var relayed pion.XORMappedAddress
+	if relayed.GetFromAs(m, pion.AttrXORRelayedAddress) != nil {
+		return
+	}
+	ip, ok := netip.AddrFromSlice(relayed.IP)
+	if !ok || relayed.Port <= 0 || relayed.Port > 0xffff {
+		return
+	}
+	t.alloc.noteToken(netip.AddrPortFrom(ip.Unmap(), uint16(relayed.Port)), token)
+}
 
 // maxAsked bounds the requests in flight whose sender is remembered;
 // requests pion never answers are forgotten oldest first.

@@ -43,6 +43,9 @@ func TestEveryRefusalIsCountedLoggedAndRecorded(t *testing.T) {
 			_, err := allocate(t, pionClient(t, "udp", tt.Addr(), testUser, testPass))
 			return turnErrorCode(err)
 		}, RefusedQuota, "refused", "allocate: 486 allocation quota reached: the user has 1 of 1, 1 asked"},
+		{"no such reservation", func(t *testing.T, tt *testTURN) int {
+			return errorCode(newRawClient(t, "udp", tt.Addr(), testUser, testPass).allocateWith(reservationToken([]byte("12345678"))))
+		}, RefusedQuota, "refused", "allocate: 508 reservation token unknown, expired or used"},
 		{"refused peer", func(t *testing.T, tt *testTURN) int {
 			r := newRawClient(t, "udp", tt.Addr(), testUser, testPass)
 			r.allocate()

@@ -21,8 +21,11 @@
 // and other special ranges, their IPv4-mapped, NAT64, 6to4 and Teredo forms,
 // and the server's own addresses are refused (403) unless allow-listed.
 //
-// Quotas: allocations per user and in total (486 when reached), a cap on an
-// allocation's total lifetime, and an optional bandwidth cap per allocation.
+// Quotas: allocations per user and in total (486 when reached; a port held
+// for a RESERVATION-TOKEN counts as one), a cap on an allocation's total
+// lifetime, and an optional bandwidth cap per allocation. EVEN-PORT and
+// RESERVATION-TOKEN (RTP/RTCP port pairs) are served by the relay itself
+// (reserve.go).
 //
 // One connection-log record is emitted per allocation when it ends, and one
 // per refused request (refuse.go), which is also counted and logged.
@@ -67,6 +70,10 @@ const (
 	// long; longer than the longest allocation lifetime (1 h) a client can
 	// request, so that a refreshing client is never cut off.
 	DefaultTCPIdleTimeout = 61 * time.Minute
+	// DefaultReservationLifetime is how long a port reserved by EVEN-PORT
+	// with R set is held for its RESERVATION-TOKEN (RFC 8656 §7.2: about
+	// 30 seconds).
+	DefaultReservationLifetime = 30 * time.Second
 	// udpSocketBuffer is the receive and send buffer asked for each
 	// listening UDP socket: room for bursts from many clients.
 	udpSocketBuffer = 4 << 20
@@ -107,14 +114,19 @@ type Config struct {
 	// public address that a 1:1 NAT maps to this host.
 	OwnAddrs []netip.Addr
 	// MaxAllocations bounds allocations in total; zero means
-	// DefaultMaxAllocations.
+	// DefaultMaxAllocations. A port held for a RESERVATION-TOKEN counts as
+	// an allocation until it is taken or released.
 	MaxAllocations int
-	// MaxAllocationsPerUser bounds allocations per user; zero means
-	// DefaultMaxAllocationsPerUser.
+	// MaxAllocationsPerUser bounds allocations per user, held ports
+	// counted likewise; zero means DefaultMaxAllocationsPerUser.
 	MaxAllocationsPerUser int
 	// MaxLifetime caps an allocation's total lifetime; zero means
 	// DefaultMaxLifetime, negative means no cap.
 	MaxLifetime time.Duration
+	// ReservationLifetime is how long a port reserved by EVEN-PORT with R
+	// set is held for its RESERVATION-TOKEN; zero means
+	// DefaultReservationLifetime.
+	ReservationLifetime time.Duration
 	// BandwidthPerAllocation, when positive, caps each direction of an
 	// allocation at this many bytes per second; excess datagrams are
 	// dropped.
@@ -169,6 +181,7 @@ type Server struct {
 	addr    netip.AddrPort
 	tlsAddr netip.AddrPort
 	stats   turnCounters
+	marks   realmMarks // the filter's notes to the allocator (reserve.go)
 	asked   askedTable // who sent the requests in flight (refuse.go)
 	// notes say why pion refuses a request, for the log (refuse.go).
 	notes answerNotes
@@ -195,6 +208,8 @@ type turnCounters struct {
 type Stats struct {
 	// Allocations is the number of live allocations.
 	Allocations int
+	// Reserved is the number of relay ports held for a RESERVATION-TOKEN.
+	Reserved int
 	// Malformed counts messages dropped as neither STUN nor ChannelData.
 	Malformed uint64
 	// PeerRefused counts requests refused (403) and datagrams dropped by
@@ -203,7 +218,7 @@ type Stats struct {
 	// BandwidthDropped counts datagrams dropped by the bandwidth cap.
 	BandwidthDropped uint64
 	// QuotaRefused counts allocations refused with 486 (a quota) or 508
-	// (no port).
+	// (no port, or no reservation for the token).
 	QuotaRefused uint64
 	// AuthFailed counts requests refused for their credentials: a wrong
 	// password, an unknown user, expired REST credentials or a wrong realm.
@@ -254,10 +269,14 @@ func New(cfg Config) (_ *Server, err error) {
 	t := &Server{
 		cfg: cfg, log: cfg.Logger, now: cfg.Now, conns: map[*streamFilter]struct{}{},
 		creds:       &credentials{realm: cfg.Realm, secret: []byte(cfg.Secret), devices: cfg.Devices, now: cfg.Now},
+		marks:       newRealmMarks(),
 		refusalLogs: rate.NewLimiter(refusalLogRate, refusalLogBurst),
 	}
 	t.creds.static.Store(&static)
-	t.alloc = &allocator{t: t, live: map[netip.AddrPort]*relayConn{}, perUser: map[string]int{}, revoked: map[string]bool{}}
+	t.alloc = &allocator{
+		t: t, live: map[netip.AddrPort]*relayConn{}, perUser: map[string]int{},
+		reserved: map[string]*reservation{}, revoked: map[string]bool{},
+	}
 	if relayIP.Is4() {
 		t.alloc.relayIPv4, t.alloc.bindIPv4 = relayIP, bindIP
 		if !bindIP.Is4() {
@@ -296,8 +315,8 @@ func New(cfg Config) (_ *Server, err error) {
 	sc := turn.ServerConfig{
 		Realm:       cfg.Realm,
 		AuthHandler: t.authenticate,
-		QuotaHandler: func(userID, _ string, src net.Addr) bool {
-			err := t.alloc.quota(userID)
+		QuotaHandler: func(userID, realm string, src net.Addr) bool {
+			err := t.alloc.quota(userID, realm)
 			if err != nil {
 				t.notes.note(netaddr.AddrPort(src), err)
 			}
@@ -387,6 +406,9 @@ func (cfg *Config) setDefaults() error {
 	if cfg.MaxLifetime == 0 {
 		cfg.MaxLifetime = DefaultMaxLifetime
 	}
+	if cfg.ReservationLifetime <= 0 {
+		cfg.ReservationLifetime = DefaultReservationLifetime
+	}
 	if cfg.Sockets <= 0 {
 		cfg.Sockets = runtime.NumCPU()
 	}
@@ -432,8 +454,9 @@ func (t *Server) TLSAddr() netip.AddrPort { return t.tlsAddr }
 
 // Stats returns the relay's counters.
 func (t *Server) Stats() Stats {
+	allocs, held := t.alloc.count()
 	return Stats{
-		Allocations: t.alloc.count(), Malformed: t.stats.malformed.Load(),
+		Allocations: allocs, Reserved: held, Malformed: t.stats.malformed.Load(),
 		PeerRefused: t.stats.peerRefused.Load(), BandwidthDropped: t.stats.bandwidthDropped.Load(),
 		QuotaRefused: t.stats.quotaRefused.Load(), AuthFailed: t.stats.authFailed.Load(),
 		RequestRefused: t.stats.requestRefused.Load(),
@@ -550,9 +573,11 @@ func (t *Server) permit(_ net.Addr, peer net.IP) bool {
 }
 
 // authenticate is pion's AuthHandler. It is called once the nonce is
-// fresh, so a refusal here is a refusal of the credentials.
+// fresh, so a refusal here is a refusal of the credentials. The realm may
+// carry the filter's mark (reserve.go).
 func (t *Server) authenticate(ra *turn.RequestAttributes) (string, []byte, bool) {
-	userID, key, err := t.creds.lookup(ra.Username, ra.Realm)
+	realm, _ := t.marks.split(ra.Realm)
+	userID, key, err := t.creds.lookup(ra.Username, realm)
 	if err != nil {
 		t.notes.note(netaddr.AddrPort(ra.SrcAddr), err)
 		return "", nil, false
