@@ -167,7 +167,8 @@ func (d *Daemon) turnRefused() map[string]uint64 {
 	}
 	st := t.Stats()
 	return map[string]uint64{
-		"auth": st.AuthFailed, "quota": st.QuotaRefused, "peer": st.PeerRefused,
+		turnserver.RefusedAuth: st.AuthFailed, turnserver.RefusedQuota: st.QuotaRefused,
+		turnserver.RefusedPeer: st.PeerRefused, turnserver.RefusedRequest: st.RequestRefused,
 		"bandwidth": st.BandwidthDropped, "malformed": st.Malformed,
 	}
 }

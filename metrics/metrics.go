@@ -40,7 +40,7 @@ type Config struct {
 	// allocations in progress.
 	Sessions map[string]func() int
 	// TURNRefused returns what the TURN relay refused or dropped so far, by
-	// reason (auth, quota, peer, bandwidth, malformed).
+	// reason (auth, quota, peer, request, bandwidth, malformed).
 	TURNRefused func() map[string]uint64
 	// ConnsRefused returns, per listener ("http", "dns", "stun", "turn",
 	// "turns", "link"), the connections refused so far over a cap.
@@ -148,7 +148,7 @@ func New(cfg Config) (*Metrics, error) {
 	if f := cfg.TURNRefused; f != nil {
 		m.reg.MustRegister(labelledCounters{
 			desc: prometheus.NewDesc("nasreach_turn_refused_total",
-				"TURN requests and datagrams refused, by reason (auth, quota, peer, bandwidth, malformed).", []string{"reason"}, nil),
+				"TURN requests and datagrams refused, by reason (auth, quota, peer, request, bandwidth, malformed).", []string{"reason"}, nil),
 			values: func(emit func(uint64, ...string)) {
 				for reason, v := range f() {
 					emit(v, reason)

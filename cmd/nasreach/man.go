@@ -138,8 +138,13 @@ TURN REST API ephemeral credentials, as coturn's static-auth-secret: username \f
 Peers on loopback, private, shared, link-local and other special-purpose addresses, and the server's own, are refused (403);
 \fB\-\-turn\-allow\-peer\fR \fICIDR\fR opens a range.
 Quotas: \fB\-\-turn\-max\-allocations\fR, \fB\-\-turn\-user\-quota\fR, \fB\-\-turn\-max\-lifetime\fR, \fB\-\-turn\-bandwidth\fR.
+EVEN-PORT and RESERVATION-TOKEN (RFC 8656) are served as RTP/RTCP clients such as coturn's turnutils_uclient expect:
+an even relayed port, and with the R bit the port above held for 30 s for the same user's allocation that names its token;
+a held port counts towards \fB\-\-turn\-user\-quota\fR until taken.
 A device deleted, or with Link switched off, loses its TURN credentials and allocations at once.
 The relay never stores or logs payload; the connection log gets one record per allocation.
+Every refused request (a wrong password or unknown user, a quota, a refused peer, any other error answer) is counted in
+\fBnasreach_turn_refused_total\fR by reason, logged with the client address masked, and recorded in the connection log.
 `
 	manLink = `.SH LINK
 Link reaches a NAS behind CGNAT or a firewall with no port forward.

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strconv"
 	"testing"
 	"time"
 
@@ -100,6 +101,41 @@ func UDPEcho(t *testing.T) net.Addr {
 	if err != nil {
 		t.Fatal(err)
 	}
+	echo(t, c)
+	return c.LocalAddr()
+}
+
+// UDPEchoPair runs UDP echo peers on 127.0.0.1 on an even port and the
+// port above it until the test ends, and returns the even one: an RTP and
+// RTCP client such as coturn's turnutils_uclient sends RTP to the peer port
+// it is given and RTCP to the next.
+func UDPEchoPair(t *testing.T) int {
+	t.Helper()
+	for range 64 {
+		even, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := even.LocalAddr().(*net.UDPAddr).Port
+		odd, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p+1)))
+		if p%2 != 0 || err != nil {
+			even.Close()
+			if odd != nil {
+				odd.Close()
+			}
+			continue
+		}
+		echo(t, even)
+		echo(t, odd)
+		return p
+	}
+	t.Fatal("no free pair of ports for the echo peers")
+	return 0
+}
+
+// echo sends every datagram c receives back to its sender until the test
+// ends.
+func echo(t *testing.T, c net.PacketConn) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -113,7 +149,6 @@ func UDPEcho(t *testing.T) net.Addr {
 		}
 	}()
 	t.Cleanup(func() { c.Close(); <-done })
-	return c.LocalAddr()
 }
 
 // EchoThrough sends "ping" to the echo peer through a TURN allocation and
