@@ -1,0 +1,203 @@
+package dnsserver
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/internal/netaddr"
+)
+
+// NOTIFY (RFC 1996): after each change to the zone every listed secondary
+// is told, so that it transfers at once instead of at its next refresh.
+// Each secondary has one sender goroutine and at most one NOTIFY in flight:
+// changes made while one is in flight, or less than NotifyInterval after it
+// was sent, mark it dirty and cause exactly one more, once the interval is
+// over. The first change after a quiet spell is notified at once; a burst of
+// a thousand updates costs a handful of NOTIFYs and transfers. A NOTIFY is sent over UDP with our SOA in the answer section
+// (§3.7), signed when the secondary has a key, and sent again after
+// NotifyTimeout with the wait doubling, up to NotifyTries times, while no
+// answer comes; an answer other than NOERROR is logged and not retried.
+// One NOTIFY goes out at start too, as Knot sends one when it loads a zone.
+
+// NOTIFY defaults.
+const (
+	DefaultNotifyTimeout  = 2 * time.Second
+	DefaultNotifyTries    = 5
+	DefaultNotifyInterval = 250 * time.Millisecond
+)
+
+// NotifyEvent describes one NOTIFY sent, for OnNotify.
+type NotifyEvent struct {
+	// Outcome is "ok", "timeout" (no answer in time; sent again unless it
+	// was the last try), "error" (not sent, or a bad answer) or the answer's
+	// rcode in lower case ("refused", "notauth", …).
+	Outcome string
+}
+
+// notifiers are the NOTIFY senders, one per secondary.
+type notifiers struct {
+	cfg    TransferConfig
+	list   []*notifier
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+}
+
+type notifier struct {
+	sec  Secondary
+	wake chan struct{} // one buffered token: "the zone changed since the last NOTIFY began"
+}
+
+// startNotifiers starts one sender per secondary, each with a NOTIFY due.
+func (s *Server) startNotifiers() {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.notify.cancel = cancel
+	interval := cmp.Or(s.notify.cfg.NotifyInterval, DefaultNotifyInterval)
+	for _, sec := range s.secondaries {
+		n := &notifier{sec: sec, wake: make(chan struct{}, 1)}
+		n.wake <- struct{}{}
+		s.notify.list = append(s.notify.list, n)
+		s.notify.wg.Add(1)
+		go func() {
+			defer s.notify.wg.Done()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-n.wake:
+				}
+				began := time.Now()
+				s.sendNotify(ctx, n)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(interval - time.Since(began)):
+				}
+			}
+		}()
+	}
+}
+
+// notifyAll marks every secondary dirty; it never blocks.
+func (s *Server) notifyAll() {
+	for _, n := range s.notify.list {
+		select {
+		case n.wake <- struct{}{}:
+		default: // one is due already
+		}
+	}
+}
+
+// stopTransfers ends transfers in progress (between messages) and the
+// NOTIFY senders, and waits for the senders up to ctx's end.
+func (s *Server) stopTransfers(ctx context.Context) error {
+	s.notify.once.Do(func() {
+		close(s.stopXFR)
+		if s.notify.cancel != nil {
+			s.notify.cancel()
+		}
+	})
+	done := make(chan struct{})
+	go func() {
+		s.notify.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// sendNotify sends one NOTIFY to n's secondary until it is answered or the
+// tries run out.
+func (s *Server) sendNotify(ctx context.Context, n *notifier) {
+	cfg := s.notify.cfg
+	tries := cmp.Or(cfg.NotifyTries, DefaultNotifyTries)
+	timeout := cmp.Or(cfg.NotifyTimeout, DefaultNotifyTimeout)
+	log := s.log.With().Str("secondary", n.sec.Addr.String()).Logger()
+	for try := 1; try <= tries; try++ {
+		serial, ok := s.journal.current()
+		if !ok {
+			serial = s.src.Serial()
+		}
+		m := new(dns.Msg)
+		m.SetNotify(s.zone)
+		m.Authoritative = true
+		m.Answer = []dns.RR{s.soaAt(serial)}
+		if n.sec.Key != "" {
+			k, ok := s.keys.Key(dns.CanonicalName(n.sec.Key))
+			if !ok {
+				log.Error().Str("key", n.sec.Key).Msg("notify not sent: its tsig key is gone")
+				s.notifyEvent("error")
+				return
+			}
+			m.SetTsig(k.Name, k.Algorithm, tsigFudge, time.Now().Unix())
+		}
+		c := &dns.Client{Net: "udp", Timeout: timeout, TsigProvider: tsigProvider{s.keys},
+			Dialer: &net.Dialer{Timeout: timeout, LocalAddr: s.notifySource(n.sec.Addr.Addr())}}
+		r, _, err := c.ExchangeContext(ctx, m, n.sec.Addr.String())
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err == nil && r.Rcode == dns.RcodeSuccess:
+			s.notifyEvent("ok")
+			log.Debug().Uint32("serial", serial).Int("try", try).Msg("notify answered")
+			return
+		case err == nil:
+			outcome := strings.ToLower(dns.RcodeToString[r.Rcode])
+			s.notifyEvent(cmp.Or(outcome, "error"))
+			log.Warn().Uint32("serial", serial).Str("rcode", dns.RcodeToString[r.Rcode]).Msg("secondary refused the notify; it transfers at its next refresh")
+			return
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			s.notifyEvent("error")
+			log.Debug().Err(err).Int("try", try).Msg("notify failed")
+		} else {
+			s.notifyEvent("timeout")
+		}
+		if try == tries {
+			log.Warn().Err(err).Uint32("serial", serial).Int("tries", tries).Msg("secondary does not answer notify; it transfers at its next refresh")
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(timeout << (try - 1) / 2): // the wait doubles: 1 s, 2 s, 4 s …
+		}
+	}
+}
+
+// notifySource is the address NOTIFYs to dst are sent from: the address the
+// server listens on, when it is one address of dst's kind (secondaries
+// check that a NOTIFY comes from their primary), else the kernel's choice.
+func (s *Server) notifySource(dst netip.Addr) net.Addr {
+	ip := netaddr.Addr(s.Addr())
+	if !ip.IsValid() || ip.IsUnspecified() || ip.Is4() != dst.Is4() || ip.IsLoopback() != dst.IsLoopback() {
+		return nil
+	}
+	return &net.UDPAddr{IP: ip.AsSlice()}
+}
+
+func (s *Server) notifyEvent(outcome string) {
+	if f := s.notify.cfg.OnNotify; f != nil {
+		f(NotifyEvent{Outcome: outcome})
+	}
+}
+
+// current is the serial the journal's history ends at; false after a reset
+// until the next change.
+func (j *journal) current() (uint32, bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.head(), !j.fresh
+}
