@@ -25,12 +25,23 @@ import (
 // NotifyTimeout with the wait doubling, up to NotifyTries times, while no
 // answer comes; an answer other than NOERROR is logged and not retried.
 // One NOTIFY goes out at start too, as Knot sends one when it loads a zone.
+//
+// An answered NOTIFY is not yet a transfer: Knot, for one, answers but
+// drops a NOTIFY that arrives while it is still transferring the serial
+// before. So once answered, the sender watches the transfers served to the
+// secondary's address: if none reaches the notified serial within
+// notifyConfirmWait, or one ends short of it, the NOTIFY is sent again (at
+// most notifyResends times; a secondary that transfers from another address
+// with a key is not seen, and then costs those resends).
 
 // NOTIFY defaults.
 const (
 	DefaultNotifyTimeout  = 2 * time.Second
 	DefaultNotifyTries    = 5
 	DefaultNotifyInterval = 250 * time.Millisecond
+
+	notifyConfirmWait = 500 * time.Millisecond
+	notifyResends     = 2
 )
 
 // NotifyEvent describes one NOTIFY sent, for OnNotify.
@@ -48,6 +59,63 @@ type notifiers struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	once   sync.Once
+
+	mu       sync.Mutex
+	have     map[netip.Addr]transferred // the last transfer served to each address
+	progress chan struct{}              // closed and replaced when have changes
+}
+
+// transferred is the serial a transfer left a client at, and when it ended.
+type transferred struct {
+	serial uint32
+	at     time.Time
+}
+
+// recordTransfer notes that ip now has serial (a transfer or an up-to-date
+// answer), for the NOTIFY senders waiting for it.
+func (s *Server) recordTransfer(ip netip.Addr, serial uint32) {
+	n := &s.notify
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.have == nil {
+		n.have = map[netip.Addr]transferred{}
+	}
+	n.have[ip] = transferred{serial: serial, at: time.Now()}
+	if n.progress != nil {
+		close(n.progress)
+	}
+	n.progress = make(chan struct{})
+}
+
+// awaitTransfer waits up to wait for ip to transfer serial (or later) after
+// since. It returns false when the time runs out, or when a transfer ends
+// short of serial: the secondary refreshed without hearing of it.
+func (s *Server) awaitTransfer(ctx context.Context, ip netip.Addr, serial uint32, since time.Time, wait time.Duration) bool {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		n := &s.notify
+		n.mu.Lock()
+		got, ok := n.have[ip]
+		if n.progress == nil {
+			n.progress = make(chan struct{})
+		}
+		progress := n.progress
+		n.mu.Unlock()
+		switch {
+		case ok && !serialNewer(serial, got.serial):
+			return true
+		case ok && got.at.After(since):
+			return false
+		}
+		select {
+		case <-progress:
+		case <-timer.C:
+			return false
+		case <-ctx.Done():
+			return true
+		}
+	}
 }
 
 type notifier struct {
@@ -124,6 +192,7 @@ func (s *Server) sendNotify(ctx context.Context, n *notifier) {
 	tries := cmp.Or(cfg.NotifyTries, DefaultNotifyTries)
 	timeout := cmp.Or(cfg.NotifyTimeout, DefaultNotifyTimeout)
 	log := s.log.With().Str("secondary", n.sec.Addr.String()).Logger()
+	resends := 0
 	for try := 1; try <= tries; try++ {
 		serial, ok := s.journal.current()
 		if !ok {
@@ -144,6 +213,7 @@ func (s *Server) sendNotify(ctx context.Context, n *notifier) {
 		}
 		c := &dns.Client{Net: "udp", Timeout: timeout, TsigProvider: tsigProvider{s.keys},
 			Dialer: &net.Dialer{Timeout: timeout, LocalAddr: s.notifySource(n.sec.Addr.Addr())}}
+		sent := time.Now()
 		r, _, err := c.ExchangeContext(ctx, m, n.sec.Addr.String())
 		switch {
 		case ctx.Err() != nil:
@@ -151,7 +221,13 @@ func (s *Server) sendNotify(ctx context.Context, n *notifier) {
 		case err == nil && r.Rcode == dns.RcodeSuccess:
 			s.notifyEvent("ok")
 			log.Debug().Uint32("serial", serial).Int("try", try).Msg("notify answered")
-			return
+			if resends == notifyResends || s.awaitTransfer(ctx, n.sec.Addr.Addr(), serial, sent, notifyConfirmWait) {
+				return
+			}
+			resends++
+			try--
+			log.Debug().Uint32("serial", serial).Msg("secondary did not transfer after notify; sending it again")
+			continue
 		case err == nil:
 			outcome := strings.ToLower(dns.RcodeToString[r.Rcode])
 			s.notifyEvent(cmp.Or(outcome, "error"))

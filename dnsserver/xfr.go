@@ -378,6 +378,7 @@ func (s *Server) transferDone(kind, outcome string, serial uint32, out *transfer
 		s.log.Warn().Err(err).Str("kind", kind).Str("peer", who).Int("records", out.records).Msg("zone transfer failed")
 		outcome = "failed"
 	} else {
+		s.recordTransfer(netaddr.Addr(out.w.RemoteAddr()), serial)
 		s.log.Info().Str("kind", kind).Str("peer", who).Uint32("serial", serial).Int("records", out.records).
 			Int("messages", out.messages).Dur("took", time.Since(out.started)).Msg("zone transfer")
 	}

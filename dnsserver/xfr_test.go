@@ -401,6 +401,9 @@ type notifyListener struct {
 	mu   sync.Mutex
 	msgs []*dns.Msg
 	keys map[string]string
+	// primary, once set, is asked for an IXFR from each answered NOTIFY's
+	// serial, as a secondary that is up to date asks.
+	primary atomic.Pointer[Server]
 }
 
 func listenNotify(t *testing.T, answer func(i int) bool, tsig map[string]string) *notifyListener {
@@ -429,6 +432,17 @@ func listenNotify(t *testing.T, answer func(i int) bool, tsig map[string]string)
 				r := new(dns.Msg).SetReply(m)
 				out, _ := r.Pack()
 				nl.pc.WriteTo(out, from)
+				if p := nl.primary.Load(); p != nil && len(m.Answer) == 1 {
+					tr := &dns.Transfer{TsigSecret: tsig}
+					q := ixfrQuery(m.Answer[0].(*dns.SOA).Serial)
+					if len(tsig) > 0 {
+						signed(q, xfrKey)
+					}
+					if ch, err := tr.In(q, p.Addr().String()); err == nil {
+						for range ch {
+						}
+					}
+				}
 			}
 		}
 	}()
@@ -457,10 +471,10 @@ func TestNotifyIsSentAtStartAndCoalescedOverABurst(t *testing.T) {
 	addDevice(t, st, "nas1", "198.51.100.1", "")
 	nl := listenNotify(t, func(int) bool { return true }, nil)
 	var events sync.Map
-	startXFRServer(t, st, TransferConfig{Secondaries: []Secondary{nl.secondary("")}, OnNotify: func(e NotifyEvent) {
+	nl.primary.Store(startXFRServer(t, st, TransferConfig{Secondaries: []Secondary{nl.secondary("")}, OnNotify: func(e NotifyEvent) {
 		v, _ := events.LoadOrStore(e.Outcome, new(atomic.Int64))
 		v.(*atomic.Int64).Add(1)
-	}})
+	}}))
 	testutil.WaitFor(t, 5*time.Second, "the NOTIFY at start", func() bool { return lastSerial(nl.got()) == st.Serial() })
 	m := nl.got()[0]
 	if m.Opcode != dns.OpcodeNotify || !m.Authoritative || m.Question[0].Name != xfrZone || m.Question[0].Qtype != dns.TypeSOA {
@@ -491,8 +505,8 @@ func TestNotifyIsSentAtStartAndCoalescedOverABurst(t *testing.T) {
 func TestNotifyIsSentAgainUntilAnsweredAndSigned(t *testing.T) {
 	st := openStore(t)
 	nl := listenNotify(t, func(i int) bool { return i >= 2 }, map[string]string{xfrKey: xfrSecret})
-	startXFRServer(t, st, TransferConfig{Secondaries: []Secondary{nl.secondary(xfrKey)}, Keys: xfrKeys(t),
-		NotifyTimeout: 100 * time.Millisecond})
+	nl.primary.Store(startXFRServer(t, st, TransferConfig{Secondaries: []Secondary{nl.secondary(xfrKey)}, Keys: xfrKeys(t),
+		NotifyTimeout: 100 * time.Millisecond}))
 	testutil.WaitFor(t, 5*time.Second, "three tries of the first NOTIFY", func() bool { return len(nl.got()) >= 3 })
 	time.Sleep(300 * time.Millisecond)
 	msgs := nl.got()
@@ -503,6 +517,20 @@ func TestNotifyIsSentAgainUntilAnsweredAndSigned(t *testing.T) {
 		if m.IsTsig() == nil || m.IsTsig().Hdr.Name != xfrKey {
 			t.Errorf("NOTIFY not signed with %s: %v", xfrKey, m)
 		}
+	}
+}
+
+// TestNotifyIsSentAgainWhenTheSecondaryDoesNotTransfer: a secondary that
+// answers but does not transfer (Knot drops a NOTIFY while it transfers)
+// is told again.
+func TestNotifyIsSentAgainWhenTheSecondaryDoesNotTransfer(t *testing.T) {
+	st := openStore(t)
+	nl := listenNotify(t, func(int) bool { return true }, nil)
+	startXFRServer(t, st, TransferConfig{Secondaries: []Secondary{nl.secondary("")}})
+	testutil.WaitFor(t, 5*time.Second, "the NOTIFY and its resends", func() bool { return len(nl.got()) == 1+notifyResends })
+	time.Sleep(2 * notifyConfirmWait)
+	if n := len(nl.got()); n != 1+notifyResends {
+		t.Errorf("%d NOTIFYs to a secondary that never transfers, want %d", n, 1+notifyResends)
 	}
 }
 
