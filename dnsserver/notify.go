@@ -40,7 +40,7 @@ const (
 	DefaultNotifyTries    = 5
 	DefaultNotifyInterval = 250 * time.Millisecond
 
-	notifyConfirmWait = 500 * time.Millisecond
+	notifyConfirmWait = 250 * time.Millisecond
 	notifyResends     = 2
 )
 
@@ -249,6 +249,10 @@ func (s *Server) sendNotify(ctx context.Context, n *notifier) {
 		case <-ctx.Done():
 			return
 		case <-time.After(timeout << (try - 1) / 2): // the wait doubles: 1 s, 2 s, 4 s …
+		case <-n.wake:
+			// A new change: a fresh NOTIFY for it now, with all its tries
+			// (a secondary that was down may just have come up).
+			try, resends = 0, 0
 		}
 	}
 }

@@ -380,7 +380,7 @@ func (s *Server) transferDone(kind, outcome string, serial uint32, out *transfer
 	} else {
 		s.recordTransfer(netaddr.Addr(out.w.RemoteAddr()), serial)
 		s.log.Info().Str("kind", kind).Str("peer", who).Uint32("serial", serial).Int("records", out.records).
-			Int("messages", out.messages).Dur("took", time.Since(out.started)).Msg("zone transfer")
+			Int("messages", out.messages).Str("took", time.Since(out.started).Round(time.Millisecond).String()).Msg("zone transfer")
 	}
 	s.transferEvent(TransferEvent{Kind: kind, Outcome: outcome, Serial: serial, Records: out.records})
 }
