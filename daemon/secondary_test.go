@@ -23,6 +23,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -421,4 +422,52 @@ func TestKdigTransferNeedsAKeyOrAListedAddress(t *testing.T) {
 	if strings.Contains(out, "nas1.myqnapcloud.com.") {
 		t.Errorf("AXFR over UDP transferred the zone:\n%s", out)
 	}
+}
+
+// TestBenchUpdateReachesKnot measures how long a dyndns2 update takes to be
+// answered by a Knot secondary, from the request to the first answer with
+// the new address (polled every 2 ms): updates a second apart, as DDNS
+// clients send them, and a stream of ten a second to different devices
+// (where Knot 3.2 acts on some NOTIFYs only a second after its previous
+// refresh). It prints p50, p99 and the worst; it runs only under make
+// bench-xfr (NASREACH_BENCH_XFR=1).
+func TestBenchUpdateReachesKnot(t *testing.T) {
+	if os.Getenv("NASREACH_BENCH_XFR") == "" {
+		t.Skip("a benchmark: make bench-xfr runs it")
+	}
+	td, secs := startWithSecondaries(t, "knot")
+	knot := secs[0]
+	const devices = 20
+	toks := make([]string, devices)
+	for i := range toks {
+		toks[i] = td.AddDevice(fmt.Sprintf("bench%d", i))
+	}
+	sent := 0 // every update gets an address not used before
+	measure := func(what string, n int, gap time.Duration) {
+		var took []time.Duration
+		for i := range n {
+			dev := fmt.Sprintf("bench%d", i%devices)
+			sent++
+			ip := fmt.Sprintf("198.51.%d.%d", 100+sent/250, 1+sent%250)
+			time.Sleep(gap)
+			start := time.Now()
+			td.DynDNS2(dev, toks[i%devices], daemontest.FQDN(dev), ip, "good "+ip)
+			for {
+				if r, err := knot.query(daemontest.FQDN(dev), dns.TypeA); err == nil && hasA(ip)(r) {
+					break
+				}
+				if time.Since(start) > 5*time.Second {
+					t.Fatalf("%s: update %d not at knot after 5 s", what, i)
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+			took = append(took, time.Since(start))
+		}
+		slices.Sort(took)
+		pct := func(p float64) time.Duration { return took[min(len(took)-1, int(p*float64(len(took))))] }
+		fmt.Printf("xfr update-to-knot %s n=%d p50_ms=%.1f p99_ms=%.1f max_ms=%.1f\n", what, n,
+			pct(0.50).Seconds()*1000, pct(0.99).Seconds()*1000, took[len(took)-1].Seconds()*1000)
+	}
+	measure("spaced-1s", 30, 1100*time.Millisecond)
+	measure("stream-10/s", 100, 100*time.Millisecond)
 }
