@@ -78,18 +78,24 @@ func uniqueLoopback(t *testing.T) netip.Addr {
 	return netip.Addr{}
 }
 
-// readmeSnippet returns the README's config block after the marker
-// "<!-- secondary config: kind -->", with the README's addresses, zone and
-// paths replaced by the test's.
+// readmeSecondaryConfig finds the README's config of each kind of
+// secondary: the first block after the file it goes in.
+var readmeSecondaryConfig = map[string]*regexp.Regexp{
+	"knot": regexp.MustCompile("(?s)`/etc/knot/knot\\.conf`.*?```yaml\n(.*?)```"),
+	"nsd":  regexp.MustCompile("(?s)`/etc/nsd/nsd\\.conf\\.d/nasreach\\.conf`.*?```text\n(.*?)```"),
+}
+
+// readmeSnippet returns the README's config block for kind, with the
+// README's addresses, zone and paths replaced by the test's.
 func readmeSnippet(t *testing.T, kind string, primary netip.AddrPort, self netip.Addr, dir string) string {
 	t.Helper()
 	readme, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile("(?s)<!-- secondary config: " + kind + " -->\n```[a-z]+\n(.*?)```").FindSubmatch(readme)
+	m := readmeSecondaryConfig[kind].FindSubmatch(readme)
 	if m == nil {
-		t.Fatalf("README.md has no %s secondary config after <!-- secondary config: %s -->", kind, kind)
+		t.Fatalf("README.md has no %s secondary config (%s)", kind, readmeSecondaryConfig[kind])
 	}
 	return strings.NewReplacer(
 		"203.0.113.53@53", fmt.Sprintf("%s@%d", primary.Addr(), primary.Port()),
