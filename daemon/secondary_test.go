@@ -477,3 +477,41 @@ func TestBenchUpdateReachesKnot(t *testing.T) {
 	measure("spaced-1s", 30, 1100*time.Millisecond)
 	measure("stream-10/s", 100, 100*time.Millisecond)
 }
+
+// TestReloadAppliesSecondariesAndKeys: as knotc reload does for ACLs, a
+// reload changes who may transfer, without a restart.
+func TestReloadAppliesSecondariesAndKeys(t *testing.T) {
+	td := daemontest.Start(t)
+	td.AddDevice("nas1")
+	axfr := func() error {
+		m := new(dns.Msg).SetAxfr(daemontest.Zone + ".")
+		m.SetTsig(testKeyName+".", dns.HmacSHA256, 300, time.Now().Unix())
+		ch, err := (&dns.Transfer{TsigSecret: map[string]string{testKeyName + ".": testKeySecret}}).In(m, td.DNS)
+		if err != nil {
+			return err
+		}
+		for env := range ch {
+			if env.Error != nil {
+				err = env.Error
+			}
+		}
+		return err
+	}
+	if err := axfr(); err == nil {
+		t.Fatal("a signed transfer before any key is configured succeeded")
+	}
+	key, err := dnsserver.ParseKey(testKeyName + ":hmac-sha256:" + testKeySecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := td.Daemon.Config()
+	next.Transfer = daemon.TransferConfig{TSIGKeys: []dnsserver.Key{key},
+		Secondaries: []dnsserver.Secondary{{Addr: netip.AddrPortFrom(uniqueLoopback(t), secondaryPort)}}}
+	applied, restart := td.Daemon.Reload(next)
+	if !slices.Equal(applied, []string{"secondary", "tsig-key"}) || len(restart) != 0 {
+		t.Fatalf("reload applied %v, needs restart %v; want secondary and tsig-key applied", applied, restart)
+	}
+	if err := axfr(); err != nil {
+		t.Errorf("a transfer signed with the key the reload added: %v", err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -54,11 +55,13 @@ type NotifyEvent struct {
 
 // notifiers are the NOTIFY senders, one per secondary.
 type notifiers struct {
-	cfg    TransferConfig
-	list   []*notifier
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	once   sync.Once
+	cfg     TransferConfig
+	list    atomic.Pointer[[]*notifier] // the senders in force; notifyAll reads it
+	restart sync.Mutex                  // serialises starting and stopping senders
+	cancel  context.CancelFunc          // stops the senders in force
+	stopped bool                        // Shutdown has run: no more senders
+	wg      sync.WaitGroup              // every sender ever started
+	once    sync.Once
 
 	mu       sync.Mutex
 	have     map[netip.Addr]transferred // the last transfer served to each address
@@ -125,13 +128,33 @@ type notifier struct {
 
 // startNotifiers starts one sender per secondary, each with a NOTIFY due.
 func (s *Server) startNotifiers() {
+	s.notify.restart.Lock()
+	defer s.notify.restart.Unlock()
+	s.startNotifiersLocked()
+}
+
+// restartNotifiers stops the senders in force, waiting for them, and starts
+// one for each secondary now configured.
+func (s *Server) restartNotifiers() {
+	s.notify.restart.Lock()
+	defer s.notify.restart.Unlock()
+	if s.notify.stopped {
+		return
+	}
+	s.notify.cancel()
+	s.startNotifiersLocked()
+}
+
+func (s *Server) startNotifiersLocked() {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.notify.cancel = cancel
 	interval := cmp.Or(s.notify.cfg.NotifyInterval, DefaultNotifyInterval)
-	for _, sec := range s.secondaries {
+	var list []*notifier
+	defer func() { s.notify.list.Store(&list) }()
+	for _, sec := range *s.secondaries.Load() {
 		n := &notifier{sec: sec, wake: make(chan struct{}, 1)}
 		n.wake <- struct{}{}
-		s.notify.list = append(s.notify.list, n)
+		list = append(list, n)
 		s.notify.wg.Add(1)
 		go func() {
 			defer s.notify.wg.Done()
@@ -155,7 +178,11 @@ func (s *Server) startNotifiers() {
 
 // notifyAll marks every secondary dirty; it never blocks.
 func (s *Server) notifyAll() {
-	for _, n := range s.notify.list {
+	list := s.notify.list.Load()
+	if list == nil {
+		return
+	}
+	for _, n := range *list {
 		select {
 		case n.wake <- struct{}{}:
 		default: // one is due already
@@ -168,6 +195,9 @@ func (s *Server) notifyAll() {
 func (s *Server) stopTransfers(ctx context.Context) error {
 	s.notify.once.Do(func() {
 		close(s.stopXFR)
+		s.notify.restart.Lock()
+		defer s.notify.restart.Unlock()
+		s.notify.stopped = true
 		if s.notify.cancel != nil {
 			s.notify.cancel()
 		}
@@ -203,7 +233,7 @@ func (s *Server) sendNotify(ctx context.Context, n *notifier) {
 		m.Authoritative = true
 		m.Answer = []dns.RR{s.soaAt(serial)}
 		if n.sec.Key != "" {
-			k, ok := s.keys.Key(dns.CanonicalName(n.sec.Key))
+			k, ok := s.keys().Key(dns.CanonicalName(n.sec.Key))
 			if !ok {
 				log.Error().Str("key", n.sec.Key).Msg("notify not sent: its tsig key is gone")
 				s.notifyEvent("error")
@@ -211,7 +241,7 @@ func (s *Server) sendNotify(ctx context.Context, n *notifier) {
 			}
 			m.SetTsig(k.Name, k.Algorithm, tsigFudge, time.Now().Unix())
 		}
-		c := &dns.Client{Net: "udp", Timeout: timeout, TsigProvider: tsigProvider{s.keys},
+		c := &dns.Client{Net: "udp", Timeout: timeout, TsigProvider: tsigProvider{s.keys()},
 			Dialer: &net.Dialer{Timeout: timeout, LocalAddr: s.notifySource(n.sec.Addr.Addr())}}
 		sent := time.Now()
 		r, _, err := c.ExchangeContext(ctx, m, n.sec.Addr.String())

@@ -300,7 +300,7 @@ func (s *Server) serve(pc net.PacketConn, ln net.Listener) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	h := dns.HandlerFunc(s.ServeDNS)
-	tsig := tsigProvider{s.keys}
+	tsig := tsigProvider{currentKeys{s}}
 	udp := &dns.Server{PacketConn: pc, Handler: h, MsgAcceptFunc: acceptQuery, UDPSize: maxQuerySize, TsigProvider: tsig}
 	tcp := &dns.Server{Listener: writeDeadlineListener{ln, xfrWriteTimeout}, Handler: h, MsgAcceptFunc: acceptQuery,
 		IdleTimeout: func() time.Duration { return tcpIdleTimeout }, TsigProvider: tsig}

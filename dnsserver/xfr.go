@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -106,8 +107,8 @@ const xfrWriteTimeout = 20 * time.Second
 // transfers is the Server's state for zone transfers and NOTIFY.
 type transfers struct {
 	journal     *journal
-	keys        KeySource // never nil: Keys{} knows no key
-	secondaries []Secondary
+	keySource   atomic.Pointer[KeySource] // SetTransfer swaps it
+	secondaries atomic.Pointer[[]Secondary]
 	onTransfer  func(TransferEvent)
 	stopXFR     chan struct{} // closed by Shutdown: transfers stop between messages
 	notify      notifiers
@@ -116,14 +117,45 @@ type transfers struct {
 // initTransfers sets up transfers from a validated cfg.
 func (s *Server) initTransfers(cfg TransferConfig, serial uint32) {
 	s.journal = newJournal(cfg.journalLen(), serial)
-	s.keys = cfg.Keys
-	if s.keys == nil {
-		s.keys = Keys{}
-	}
-	s.secondaries = slices.Clone(cfg.Secondaries)
+	s.setTransfer(cfg.Secondaries, cfg.Keys)
 	s.onTransfer = cfg.OnTransfer
 	s.stopXFR = make(chan struct{})
 	s.notify.cfg = cfg
+}
+
+func (s *Server) setTransfer(secondaries []Secondary, keys KeySource) {
+	if keys == nil {
+		keys = Keys{}
+	}
+	secondaries = slices.Clone(secondaries)
+	s.keySource.Store(&keys)
+	s.secondaries.Store(&secondaries)
+}
+
+// keys are the TSIG keys in force; the servers' TsigProvider reads them
+// through this, so SetTransfer changes them for the next message.
+func (s *Server) keys() KeySource { return *s.keySource.Load() }
+
+// currentKeys is a KeySource that asks the server's keys in force.
+type currentKeys struct{ s *Server }
+
+// Key implements KeySource.
+func (c currentKeys) Key(name string) (Key, bool) { return c.s.keys().Key(name) }
+
+// SetTransfer replaces who may transfer and who gets NOTIFYs, as a reload
+// does: the next request is judged by the new secondaries and keys, and the
+// NOTIFY senders restart for the new list (each sending one NOTIFY). The
+// other TransferConfig settings stay as New set them. An invalid list
+// changes nothing.
+func (s *Server) SetTransfer(secondaries []Secondary, keys KeySource) error {
+	cfg := s.notify.cfg
+	cfg.Secondaries, cfg.Keys = secondaries, keys
+	if err := cfg.validate(); err != nil {
+		return fmt.Errorf("dnsserver: %w", err)
+	}
+	s.setTransfer(secondaries, keys)
+	s.restartNotifiers()
+	return nil
 }
 
 // soaAt is the apex SOA with serial.
@@ -219,12 +251,12 @@ func kindOf(qtype uint16) string {
 // verified by then), or one from a listed secondary's address.
 func (s *Server) transferAllowed(w dns.ResponseWriter, r *dns.Msg) (who string, ok bool) {
 	if t := r.IsTsig(); t != nil {
-		if k, found := s.keys.Key(t.Hdr.Name); found && k.Transfer {
+		if k, found := s.keys().Key(t.Hdr.Name); found && k.Transfer {
 			return "key " + strings.TrimSuffix(k.Name, "."), true
 		}
 	}
 	ip := netaddr.Addr(w.RemoteAddr())
-	for _, sec := range s.secondaries {
+	for _, sec := range *s.secondaries.Load() {
 		if sec.Addr.Addr() == ip {
 			return "secondary " + sec.Addr.Addr().String(), true
 		}

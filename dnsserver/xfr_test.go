@@ -615,3 +615,35 @@ func TestJournalOrdersLateChangesAndForgetsAGapThatStays(t *testing.T) {
 		t.Errorf("across the wrap: %+v %v", sp, ok)
 	}
 }
+
+func TestSetTransferChangesWhoMayTransferAndWhoIsNotified(t *testing.T) {
+	st := openStore(t)
+	addDevice(t, st, "nas1", "198.51.100.1", "")
+	old := listenNotify(t, func(int) bool { return true }, nil)
+	s := startXFRServer(t, st, TransferConfig{Secondaries: []Secondary{{Addr: netip.MustParseAddrPort("127.0.0.2:53")}, old.secondary("")}})
+	testutil.WaitFor(t, 5*time.Second, "the NOTIFY at start", func() bool { return len(old.got()) > 0 })
+	if _, _, err := transfer(t, s, signed(axfrQuery(), xfrKey), map[string]string{xfrKey: xfrSecret}); err == nil {
+		t.Fatal("a transfer signed with a key not yet configured succeeded")
+	}
+
+	if err := s.SetTransfer([]Secondary{{Addr: netip.MustParseAddrPort("127.0.0.2:53"), Key: "nosuch"}}, nil); err == nil {
+		t.Error("SetTransfer took a secondary whose NOTIFY key is not configured")
+	}
+	nl := listenNotify(t, func(int) bool { return true }, nil)
+	if err := s.SetTransfer([]Secondary{nl.secondary("")}, xfrKeys(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := transfer(t, s, signed(axfrQuery(), xfrKey), map[string]string{xfrKey: xfrSecret}); err != nil {
+		t.Errorf("a transfer signed with the key the reload added: %v", err)
+	}
+	testutil.WaitFor(t, 5*time.Second, "a NOTIFY to the new secondary", func() bool { return len(nl.got()) > 0 })
+	before := len(old.got())
+	if err := setAddr(t.Context(), st, "nas1", "203.0.113.1"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 5*time.Second, "the change's NOTIFY to the new secondary", func() bool { return lastSerial(nl.got()) == st.Serial() })
+	time.Sleep(2 * DefaultNotifyInterval)
+	if n := len(old.got()); n != before {
+		t.Errorf("the secondary the reload removed got %d more NOTIFYs", n-before)
+	}
+}
