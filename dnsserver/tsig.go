@@ -118,8 +118,11 @@ func ParseKey(s string) (Key, error) {
 		alg, name = strings.ToLower(parts[0]), parts[1]
 	}
 	a, ok := tsigAlgorithms[strings.TrimSuffix(alg, ".")]
-	if !ok {
+	if !ok && strings.HasPrefix(alg, "hmac") {
 		return Key{}, fmt.Errorf("unknown algorithm %q: want hmac-sha256 (or hmac-sha1, -sha224, -sha384, -sha512)", alg)
+	}
+	if !ok { // not named: fields in the wrong order would put the secret here
+		return Key{}, errors.New("no algorithm: want NAME:hmac-sha256:BASE64SECRET")
 	}
 	fqdn := dns.CanonicalName(name)
 	if name == "" || !isDomainName(fqdn) || fqdn == "." {
@@ -197,9 +200,11 @@ func tsigRcode(err error) uint16 {
 const tsigFudge = 300
 
 // sign adds a TSIG RR for the key that signed the request r; the
-// ResponseWriter computes the MAC when it writes m.
+// ResponseWriter computes the MAC when it writes m. The names are made
+// canonical: a request may carry an empty algorithm name, which would not
+// pack back into a readable answer.
 func sign(m *dns.Msg, r *dns.TSIG) {
-	m.SetTsig(r.Hdr.Name, r.Algorithm, tsigFudge, time.Now().Unix())
+	m.SetTsig(dns.CanonicalName(r.Hdr.Name), dns.CanonicalName(r.Algorithm), tsigFudge, time.Now().Unix())
 }
 
 // writeTSIGError answers a request whose signature did not verify: NOTAUTH

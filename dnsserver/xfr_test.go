@@ -557,6 +557,7 @@ func TestParseKeyTakesBothOrdersAndRefusesWeakOnes(t *testing.T) {
 		{"hmac-sha256:xfr.example:" + xfrSecret, ""},
 		{"XFR.Example.:HMAC-SHA256:" + xfrSecret, ""},
 		{"xfr.example:" + xfrSecret, "want NAME:hmac-sha256:BASE64SECRET"},
+		{"xfr.example:" + xfrSecret + ":hmac-sha256", "no algorithm"},
 		{"xfr.example:hmac-md5:" + xfrSecret, "unknown algorithm"},
 		{"xfr.example:hmac-sha256:not base64!", "not base64"},
 		{"xfr.example:hmac-sha256:c2hvcnQ=", "want at least 16"},
