@@ -91,3 +91,14 @@ func parseSecondary(v string) (dnsserver.Secondary, error) {
 	}
 	return sec, nil
 }
+
+// manSecondaries is the man page's section on secondaries.
+const manSecondaries = `.SH SECONDARIES
+Knot, NSD or BIND can serve the zone as secondaries.
+\fB\-\-secondary\fR \fIIP\fR[:\fIPORT\fR] (repeatable) lets that IP transfer the zone over TCP (AXFR, and IXFR from a history of the last 100,000 changes)
+and sends a NOTIFY to IP:PORT (port 53 by default) after every change, coalesced and retried;
+\fB\-\-tsig\-key\fR \fINAME\fR:hmac\-sha256:\fISECRET\fR (repeatable, or the systemd credential tsig\-keys, one a line) lets a transfer signed with that key come from any address.
+Anyone else is REFUSED; a bad signature is NOTAUTH (BADKEY, BADSIG). A device with DDNS off is in no transfer.
+SIGHUP applies changed secondaries and keys. The README has Knot and NSD configs that work as pasted; check a key with
+\fBkdig \-y hmac\-sha256:\fR\fINAME\fR:\fISECRET\fR \fB@\fR\fIPRIMARY\fR \fIZONE\fR \fBAXFR\fR.
+`
