@@ -107,6 +107,7 @@ const xfrWriteTimeout = 20 * time.Second
 // transfers is the Server's state for zone transfers and NOTIFY.
 type transfers struct {
 	journal     *journal
+	journaling  atomic.Bool               // someone may transfer: keep the IXFR history
 	keySource   atomic.Pointer[KeySource] // SetTransfer swaps it
 	secondaries atomic.Pointer[[]Secondary]
 	onTransfer  func(TransferEvent)
@@ -116,8 +117,8 @@ type transfers struct {
 
 // initTransfers sets up transfers from a validated cfg.
 func (s *Server) initTransfers(cfg TransferConfig, serial uint32) {
-	s.journal = newJournal(cfg.journalLen(), serial)
 	s.setTransfer(cfg.Secondaries, cfg.Keys)
+	s.journal = newJournal(cfg.journalLen(), serial)
 	s.onTransfer = cfg.OnTransfer
 	s.stopXFR = make(chan struct{})
 	s.notify.cfg = cfg
@@ -130,6 +131,27 @@ func (s *Server) setTransfer(secondaries []Secondary, keys KeySource) {
 	secondaries = slices.Clone(secondaries)
 	s.keySource.Store(&keys)
 	s.secondaries.Store(&secondaries)
+	// Without secondaries or keys nobody can transfer: no history is kept.
+	// When that changes the history starts afresh, since changes made
+	// meanwhile are not in it.
+	on := len(secondaries) > 0 || hasKeys(keys)
+	if s.journaling.Swap(on) != on && s.journal != nil {
+		s.journal.reset()
+	}
+}
+
+// hasKeys reports whether ks may know any key: a source other than the
+// configuration's may always find one.
+func hasKeys(ks KeySource) bool {
+	switch k := ks.(type) {
+	case nil:
+		return false
+	case StaticKeys:
+		return len(k) > 0
+	case Keys:
+		return slices.ContainsFunc(k, hasKeys)
+	}
+	return true
 }
 
 // keys are the TSIG keys in force; the servers' TsigProvider reads them
@@ -169,7 +191,7 @@ func (s *Server) soaAt(serial uint32) dns.RR {
 // (Serial set) goes into the IXFR history and wakes the NOTIFY senders.
 // Register it with the store's OnChange; it does not block.
 func (s *Server) ZoneChanged(c store.Change) {
-	if c.Serial == 0 {
+	if c.Serial == 0 || !s.journaling.Load() {
 		return
 	}
 	d := delta{serial: c.Serial, name: c.Device.Name}

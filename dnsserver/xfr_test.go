@@ -648,3 +648,33 @@ func TestSetTransferChangesWhoMayTransferAndWhoIsNotified(t *testing.T) {
 		t.Errorf("the secondary the reload removed got %d more NOTIFYs", n-before)
 	}
 }
+
+func TestNoHistoryIsKeptWhenNobodyMayTransfer(t *testing.T) {
+	st := openStore(t)
+	addDevice(t, st, "nas1", "198.51.100.1", "")
+	s := startXFRServer(t, st, TransferConfig{})
+	for i := range 3 {
+		if err := setAddr(t.Context(), st, "nas1", addrA(i).String()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.journal.n != 0 {
+		t.Errorf("%d changes kept with no secondary and no key", s.journal.n)
+	}
+	// A reload that adds a secondary starts the history with the next change.
+	if err := s.SetTransfer(secondaryAt("127.0.0.1"), nil); err != nil {
+		t.Fatal(err)
+	}
+	before := st.Serial()
+	if rrs, _, err := transfer(t, s, ixfrQuery(before), nil); err != nil || len(rrs) < 3 {
+		t.Errorf("IXFR before any change is kept: %v %v, want the whole zone", strs(rrs), err)
+	}
+	for i := range 2 {
+		if err := setAddr(t.Context(), st, "nas1", addrB(i).String()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rrs, _, err := transfer(t, s, ixfrQuery(before+1), nil); err != nil || len(rrs) != 6 {
+		t.Errorf("IXFR across the change after the reload: %v %v, want the difference", strs(rrs), err)
+	}
+}
