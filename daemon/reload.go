@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 
+	"github.com/nasreach/nasreach/dnsserver"
 	"github.com/nasreach/nasreach/linkserver"
 	"github.com/nasreach/nasreach/sdnotify"
 )
@@ -52,6 +53,20 @@ var live = []liveSetting{
 		}
 		d.cfg.SetLogLevel(n.LogLevel)
 		d.cfg.LogLevel = n.LogLevel
+		return nil
+	}},
+	// Secondaries and TSIG keys change together, as knotc reload changes
+	// ACLs: the next transfer request is judged by them, and the NOTIFY
+	// senders restart for the new list.
+	{[]string{"secondary", "tsig-key"}, func(d *Daemon, n *Config) error {
+		keys, err := dnsserver.NewStaticKeys(n.Transfer.TSIGKeys)
+		if err != nil {
+			return err
+		}
+		if err := d.dns.SetTransfer(n.Transfer.Secondaries, dnsserver.Keys{keys}); err != nil {
+			return err
+		}
+		d.cfg.Transfer = n.Transfer
 		return nil
 	}},
 	{[]string{"turn-allow-peer"}, func(d *Daemon, n *Config) error {

@@ -80,6 +80,8 @@ type Metrics struct {
 	paths    *prometheus.CounterVec
 	punches  *prometheus.CounterVec
 	toDirect prometheus.Histogram
+	xfrs     *prometheus.CounterVec
+	notifys  *prometheus.CounterVec
 	// hot caches the query counter of common (type, rcode) pairs so the DNS
 	// path does no label hashing.
 	hot     [len(hotTypes)][24]atomic.Pointer[prometheus.Counter]
@@ -121,7 +123,13 @@ func New(cfg Config) (*Metrics, error) {
 		Name: "nasreach_link_time_to_direct_seconds", Help: "Time from a client's first session to a device until its direct path is up.",
 		Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16},
 	})
-	m.reg.MustRegister(m.queries, m.updates, m.events, m.bytes, m.paths, m.punches, m.toDirect,
+	m.xfrs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nasreach_dns_transfers_total", Help: "Zone transfer requests, by kind (axfr, ixfr, ixfr-full: an IXFR answered with the whole zone) and outcome (ok, uptodate, refused, notauth, formerr, udp, failed).",
+	}, []string{"kind", "outcome"})
+	m.notifys = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nasreach_dns_notifies_total", Help: "NOTIFYs sent to secondaries, each try, by outcome (ok, timeout, error, or the secondary's rcode).",
+	}, []string{"outcome"})
+	m.reg.MustRegister(m.queries, m.updates, m.events, m.bytes, m.paths, m.punches, m.toDirect, m.xfrs, m.notifys,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "nasreach_build_info", Help: "Always 1; the version label says which build runs.",
@@ -209,6 +217,12 @@ func (m *Metrics) ObserveQuery(qtype uint16, rcode int) {
 	}
 	m.queries.WithLabelValues(typeName(qtype), RcodeName(rcode)).Inc()
 }
+
+// ObserveTransfer counts one zone transfer request.
+func (m *Metrics) ObserveTransfer(kind, outcome string) { m.xfrs.WithLabelValues(kind, outcome).Inc() }
+
+// ObserveNotify counts one NOTIFY sent.
+func (m *Metrics) ObserveNotify(outcome string) { m.notifys.WithLabelValues(outcome).Inc() }
 
 // typeName bounds the label's values: unknown types share one label.
 func typeName(t uint16) string {

@@ -38,6 +38,14 @@ const (
 type Change struct {
 	Kind   ChangeKind
 	Device Device // the device after the change (before it, for Deleted and Expired)
+	// Before is the device as the change found it; nil when it created it.
+	Before *Device
+	// Serial is the zone serial this change produced, or 0 when it changed
+	// nothing the zone holds (see Resolvable). Each change to the zone bumps
+	// the serial by one, so a zone transfer can replay changes in serial
+	// order; observers may be called out of that order, by concurrent
+	// writers.
+	Serial uint32
 }
 
 // load fills the index and the serial from the file at Open. Every entry
@@ -98,6 +106,20 @@ func (s *Store) Len() int {
 	return n
 }
 
+// Resolvable returns what the zone holds of d (nil: no device): its record,
+// and whether the name exists at all. It is the one rule of what resolves:
+// a device whose DDNS switch is on, with the addresses it has. The index,
+// the zone serial (bumped exactly when this changes) and zone transfers
+// follow it; a new kind of record per device is added to Record and here.
+func Resolvable(d *Device) (Record, bool) { return resolvable(d) }
+
+func resolvable(d *Device) (Record, bool) {
+	if d == nil || !d.DDNS {
+		return Record{}, false
+	}
+	return Record{IPv4: d.IPv4, IPv6: d.IPv6}, true
+}
+
 // serialNewer compares SOA serials with RFC 1982 arithmetic.
 func serialNewer(a, b uint32) bool { return a != b && int32(a-b) > 0 }
 
@@ -106,11 +128,15 @@ func serialNewer(a, b uint32) bool { return a != b && int32(a-b) > 0 }
 // device with DDNS off gets an entry marked hidden: Lookup reports no such
 // name, so the DNS server answers NXDOMAIN, and Len does not count it, while
 // Get still returns the device with its addresses. Address updates still
-// reach the hidden entry, and still bump the zone serial although no answer
-// changes; switching DDNS either way bumps it too. Open builds entries the
-// same way, so DDNS off survives a restart.
+// reach the hidden entry but leave the zone serial alone, since no answer
+// and no zone transfer changes; switching DDNS either way bumps it. Open
+// builds entries the same way, so DDNS off survives a restart.
 func entryFor(rev uint64, d Device, deleted bool) entry {
-	return entry{rev: rev, hidden: deleted || !d.DDNS, rec: Record{IPv4: d.IPv4, IPv6: d.IPv6}}
+	rec, ok := resolvable(&d)
+	if !ok {
+		rec = Record{IPv4: d.IPv4, IPv6: d.IPv6}
+	}
+	return entry{rev: rev, hidden: deleted || !ok, rec: rec}
 }
 
 // updateIndex shows a committed write in the index and returns the observers

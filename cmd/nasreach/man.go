@@ -94,7 +94,7 @@ func writeMan(w io.Writer, root *cli.Command) error {
 		}
 	}
 	walk("nasreach", root)
-	b.WriteString(manSTUNTURN + manLink)
+	b.WriteString(manSTUNTURN + manLink + manSecondaries)
 	b.WriteString(".SH EXAMPLES\n")
 	for _, e := range manExamples {
 		fmt.Fprintf(&b, ".PP\n%s\n.PP\n.RS\n.nf\n", roff(e.text))
