@@ -59,6 +59,24 @@ type Device struct {
 	// PublicKey is the device's public key as the agent published it
 	// (base64 of the DER SubjectPublicKeyInfo); Link clients pin it.
 	PublicKey string `json:"public_key,omitempty"`
+	// TSIGKey is the key the device signs its DNS dynamic updates (RFC
+	// 2136) with, or nil; one at a time, a new one replaces it.
+	TSIGKey *TSIGKey `json:"tsig_key,omitempty"`
+}
+
+// TSIGKey is a device's TSIG key (RFC 8945). Its name is not stored: it is
+// the device's name in the zone, <name>.<zone>, so that the key names the
+// only names it may update (as BIND's "grant … self" does).
+type TSIGKey struct {
+	// Algorithm is the HMAC, in the name nsupdate's -y takes: "hmac-sha256".
+	Algorithm string `json:"algorithm"`
+	// Secret is the shared secret. The server needs it to check signatures,
+	// so it is stored as it is (not hashed, unlike the token); the API
+	// shows it once, when it is issued, and leaves it out of every other
+	// answer.
+	Secret []byte `json:"secret,omitempty"`
+	// Created is when it was issued (UTC).
+	Created time.Time `json:"created"`
 }
 
 // AccessCode is one Link access code a device issued (for Access ==

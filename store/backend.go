@@ -41,6 +41,10 @@ type Backend interface {
 	Authenticate(name, token string) (Device, error)
 	// SetAddress sets a device's WAN addresses and reports whether they changed.
 	SetAddress(ctx context.Context, name string, u AddressUpdate) (d Device, changed bool, err error)
+	// EditRecords changes what a device publishes as decide, given the
+	// device as stored, says, in one transaction (a DNS dynamic update:
+	// its prerequisites and its changes).
+	EditRecords(ctx context.Context, name string, decide func(cur Device) (RecordEdit, error)) (d Device, changed bool, err error)
 	// Update applies p to a device's switches.
 	Update(ctx context.Context, name string, p Patch) (Device, error)
 	// SetPublicKey records the public key the device's agent published.
@@ -57,6 +61,15 @@ type Backend interface {
 	RevokeAccessCode(ctx context.Context, name, id string) error
 	// CheckAccessCode reports whether code is one of the device's access codes.
 	CheckAccessCode(name, code string) bool
+
+	// IssueTSIGKey makes and stores a new TSIG key for the device's
+	// dynamic updates, replacing the one it had.
+	IssueTSIGKey(ctx context.Context, name string) (TSIGKey, error)
+	// RevokeTSIGKey deletes the device's TSIG key, if it has one.
+	RevokeTSIGKey(ctx context.Context, name string) error
+	// TSIGKey returns a device's TSIG key from memory: the DNS server calls
+	// it for every signed message.
+	TSIGKey(name string) (TSIGKey, bool)
 
 	// Lookup returns the DNS record of a device that resolves, from memory:
 	// the DNS server calls it for every query.

@@ -111,47 +111,62 @@ func (s *Store) Authenticate(name, token string) (Device, error) {
 // wrong family or one ValidateAddress refuses is an ErrInvalid error, and
 // then nothing is written.
 func (s *Store) SetAddress(ctx context.Context, name string, u AddressUpdate) (d Device, changed bool, err error) {
-	if u.IPv4.IsValid() && !u.IPv4.Unmap().Is4() {
-		return Device{}, false, fmt.Errorf("ipv4 %s: %w: not an IPv4 address", u.IPv4, ErrInvalid)
-	}
-	if u.IPv6.IsValid() && (!u.IPv6.Is6() || u.IPv6.Is4In6()) {
-		return Device{}, false, fmt.Errorf("ipv6 %s: %w: not an IPv6 address", u.IPv6, ErrInvalid)
-	}
-	u.IPv4 = u.IPv4.Unmap()
-	for i, ip := range []netip.Addr{u.IPv4, u.IPv6} {
-		if ip.IsValid() {
-			if err := ValidateAddress(ip); err != nil {
-				return Device{}, false, fmt.Errorf("%s %w", [...]string{"ipv4", "ipv6"}[i], err)
-			}
-		}
+	if u, err = u.checked(); err != nil {
+		return Device{}, false, err
 	}
 	err = s.write(ctx, NormalizeName(name), Updated, func(cur *Device) (outcome, error) {
 		if cur == nil {
 			return outcome{}, fmt.Errorf("%q: %w", name, ErrNotFound)
 		}
-		nd := *cur
-		switch {
-		case u.IPv4.IsValid():
-			nd.IPv4 = u.IPv4
-		case u.ClearIPv4:
-			nd.IPv4 = netip.Addr{}
-		}
-		switch {
-		case u.IPv6.IsValid():
-			nd.IPv6 = u.IPv6
-		case u.ClearIPv6:
-			nd.IPv6 = netip.Addr{}
-		}
-		changed = nd.IPv4 != cur.IPv4 || nd.IPv6 != cur.IPv6
-		d = nd
-		if !changed {
-			return outcome{}, nil
-		}
-		nd.Updated = s.now().UTC()
-		d = nd
-		return outcome{put: &nd}, nil
+		var o outcome
+		d, o = s.applyAddress(*cur, u)
+		changed = o.put != nil
+		return o, nil
 	})
 	return d, changed, err
+}
+
+// checked returns u with its IPv4 address unmapped, or an ErrInvalid error
+// for an address of the wrong family or one ValidateAddress refuses.
+func (u AddressUpdate) checked() (AddressUpdate, error) {
+	if u.IPv4.IsValid() && !u.IPv4.Unmap().Is4() {
+		return u, fmt.Errorf("ipv4 %s: %w: not an IPv4 address", u.IPv4, ErrInvalid)
+	}
+	if u.IPv6.IsValid() && (!u.IPv6.Is6() || u.IPv6.Is4In6()) {
+		return u, fmt.Errorf("ipv6 %s: %w: not an IPv6 address", u.IPv6, ErrInvalid)
+	}
+	u.IPv4 = u.IPv4.Unmap()
+	for i, ip := range []netip.Addr{u.IPv4, u.IPv6} {
+		if ip.IsValid() {
+			if err := ValidateAddress(ip); err != nil {
+				return u, fmt.Errorf("%s %w", [...]string{"ipv4", "ipv6"}[i], err)
+			}
+		}
+	}
+	return u, nil
+}
+
+// applyAddress returns cur with the checked update u applied, and the
+// outcome that stores it: none when the addresses stay as they were.
+func (s *Store) applyAddress(cur Device, u AddressUpdate) (Device, outcome) {
+	nd := cur
+	switch {
+	case u.IPv4.IsValid():
+		nd.IPv4 = u.IPv4
+	case u.ClearIPv4:
+		nd.IPv4 = netip.Addr{}
+	}
+	switch {
+	case u.IPv6.IsValid():
+		nd.IPv6 = u.IPv6
+	case u.ClearIPv6:
+		nd.IPv6 = netip.Addr{}
+	}
+	if nd.IPv4 == cur.IPv4 && nd.IPv6 == cur.IPv6 {
+		return cur, outcome{}
+	}
+	nd.Updated = s.now().UTC()
+	return nd, outcome{put: &nd}
 }
 
 // Update applies p to a device and returns the result.

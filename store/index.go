@@ -16,6 +16,7 @@ type entry struct {
 	rev    uint64
 	hidden bool
 	rec    Record
+	key    *TSIGKey // the device's TSIG key; nil without one, and once deleted
 }
 
 // Record is what the DNS server needs to answer for a device.
@@ -136,7 +137,11 @@ func entryFor(rev uint64, d Device, deleted bool) entry {
 	if !ok {
 		rec = Record{IPv4: d.IPv4, IPv6: d.IPv6}
 	}
-	return entry{rev: rev, hidden: deleted || !ok, rec: rec}
+	e := entry{rev: rev, hidden: deleted || !ok, rec: rec}
+	if !deleted {
+		e.key = d.TSIGKey
+	}
+	return e
 }
 
 // updateIndex shows a committed write in the index and returns the observers
