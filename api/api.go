@@ -204,6 +204,8 @@ func (a *API) routes() {
 	a.mux.HandleFunc("PUT /v1/devices/{name}/key", a.handleKey)
 	a.mux.HandleFunc("POST /v1/devices/{name}/access-codes", a.handleAddAccessCode)
 	a.mux.HandleFunc("DELETE /v1/devices/{name}/access-codes/{id}", a.handleRevokeAccessCode)
+	a.mux.HandleFunc("POST /v1/devices/{name}/tsig", a.handleIssueTSIGKey)
+	a.mux.HandleFunc("DELETE /v1/devices/{name}/tsig", a.handleRevokeTSIGKey)
 	a.mux.HandleFunc("GET /v1/admin/backup", a.handleBackup)
 	a.mux.HandleFunc("/nic/update", a.handleDyndns2)
 	a.mux.HandleFunc("/update", a.handleDyndns2)

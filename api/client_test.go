@@ -135,6 +135,20 @@ func TestClientManagesADeviceThroughItsWholeLife(t *testing.T) {
 	}
 	wantRefusal(t, "revoking twice", dev.RevokeAccessCode(ctx, "nas1", code.ID), http.StatusNotFound, "no such access code")
 
+	key, err := dev.IssueTSIGKey(ctx, "nas1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if key.Name != "nas1.example.com" || key.Algorithm != "hmac-sha256" || key.Secret == "" {
+		t.Errorf("IssueTSIGKey = %+v", key)
+	}
+	if d, err = dev.Device(ctx, "nas1"); err != nil || d.TSIGKey == nil || d.TSIGKey.Secret != nil {
+		t.Errorf("export after IssueTSIGKey holds key %+v (%v), want its algorithm and time without the secret", d.TSIGKey, err)
+	}
+	if err := dev.RevokeTSIGKey(ctx, "nas1"); err != nil {
+		t.Fatal(err)
+	}
+
 	if err := adm.Delete(ctx, "nas2"); err != nil {
 		t.Fatal(err)
 	}

@@ -15,8 +15,14 @@ import (
 	"github.com/nasreach/nasreach/store"
 )
 
-// deviceJSON is d as the API shows it: everything stored, plus its FQDN.
+// deviceJSON is d as the API shows it: everything stored, plus its FQDN,
+// except the secret of its TSIG key, which was shown once when issued.
 func (a *API) deviceJSON(d store.Device) client.Device {
+	if d.TSIGKey != nil {
+		k := *d.TSIGKey
+		k.Secret = nil
+		d.TSIGKey = &k
+	}
 	return client.Device{Device: d, FQDN: d.Name + "." + a.zone}
 }
 

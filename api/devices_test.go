@@ -178,7 +178,7 @@ func decodeDevice(t *testing.T, r resp) deviceOut {
 
 // TestDeviceJSONIsTheStoredRecordAndItsFQDN pins the device's JSON on the
 // wire, which deployed agents and scripts decode: the stored record's keys in
-// their order, then the FQDN. Renaming a key breaks them; adding one to
+// their order (the TSIG key without its secret), then the FQDN. Renaming a key breaks them; adding one to
 // record.Device must add it here, knowingly.
 func TestDeviceJSONIsTheStoredRecordAndItsFQDN(t *testing.T) {
 	d := store.Device{
@@ -186,6 +186,7 @@ func TestDeviceJSONIsTheStoredRecordAndItsFQDN(t *testing.T) {
 		DDNS: true, Link: true, Access: store.AccessToken, State: store.StateUninitialized,
 		Created: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), Updated: time.Date(2026, 3, 2, 12, 0, 0, 5, time.UTC),
 		PublicKey: "MCowBQYDK2VwAyEA",
+		TSIGKey:   &store.TSIGKey{Algorithm: "hmac-sha256", Secret: []byte("never sent"), Created: time.Date(2026, 3, 3, 12, 0, 0, 0, time.UTC)},
 	}
 	v := reflect.ValueOf(d)
 	for i := range v.NumField() {
@@ -196,7 +197,8 @@ func TestDeviceJSONIsTheStoredRecordAndItsFQDN(t *testing.T) {
 	const want = `{"name":"nas1","token_sha256":"5e88","ipv4":"203.0.113.7","ipv6":"2001:db8::7",` +
 		`"ddns":true,"link":true,"access":"token","state":"uninitialized",` +
 		`"created":"2026-03-01T12:00:00Z","updated":"2026-03-02T12:00:00.000000005Z",` +
-		`"public_key":"MCowBQYDK2VwAyEA","fqdn":"nas1.example.com"}`
+		`"public_key":"MCowBQYDK2VwAyEA","tsig_key":{"algorithm":"hmac-sha256","created":"2026-03-03T12:00:00Z"},` +
+		`"fqdn":"nas1.example.com"}`
 	got, err := json.Marshal((&API{zone: "example.com"}).deviceJSON(d))
 	if err != nil {
 		t.Fatal(err)

@@ -179,6 +179,21 @@ func (c *Client) RevokeAccessCode(ctx context.Context, name, id string) error {
 	return c.do(ctx, http.MethodDelete, devicePath(name, "/access-codes/"+url.PathEscape(id)), nil, nil, maxAnswer)
 }
 
+// IssueTSIGKey issues a new TSIG key for device name's DNS dynamic updates
+// (POST /v1/devices/{name}/tsig), which replaces its old one; the secret is
+// in this answer only.
+func (c *Client) IssueTSIGKey(ctx context.Context, name string) (IssuedTSIGKey, error) {
+	var out IssuedTSIGKey
+	err := c.do(ctx, http.MethodPost, devicePath(name, "/tsig"), nil, &out, maxAnswer)
+	return out, err
+}
+
+// RevokeTSIGKey deletes device name's TSIG key (DELETE
+// /v1/devices/{name}/tsig); updates signed with it are refused at once.
+func (c *Client) RevokeTSIGKey(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, devicePath(name, "/tsig"), nil, nil, maxAnswer)
+}
+
 // CallerAddress returns the caller's address as the daemon sees it (GET
 // /v1/ip): behind NAT, the WAN address. It needs no token.
 func (c *Client) CallerAddress(ctx context.Context) (netip.Addr, error) {

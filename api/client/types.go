@@ -23,6 +23,9 @@ type (
 	// export: only the hash is kept, the code was shown once in
 	// IssuedAccessCode.
 	AccessCode = record.AccessCode
+	// TSIGKey is a device's TSIG key as its export shows it: the algorithm
+	// and when it was issued; the secret was shown once in IssuedTSIGKey.
+	TSIGKey = record.TSIGKey
 )
 
 // The access modes and states, as in package record.
@@ -93,6 +96,18 @@ type PublicKeyUpdate struct {
 type IssuedAccessCode struct {
 	ID   string `json:"id"`
 	Code string `json:"code"`
+}
+
+// IssuedTSIGKey is the answer to POST /v1/devices/{name}/tsig: the device's
+// new TSIG key for DNS dynamic updates (RFC 2136), as nsupdate -y
+// ALGORITHM:NAME:SECRET takes it. The secret is in this answer only.
+type IssuedTSIGKey struct {
+	// Name is the key's name, the device's FQDN.
+	Name string `json:"name"`
+	// Algorithm is "hmac-sha256".
+	Algorithm string `json:"algorithm"`
+	// Secret is the shared secret, base64.
+	Secret string `json:"secret"`
 }
 
 // CallerIP is the JSON answer to GET /v1/ip: the caller's address as the
