@@ -1,7 +1,8 @@
 // Package dnsserver is the authoritative DNS server for the device zone: it
 // answers SOA and NS at the apex and A/AAAA for devices straight from a
-// read-only view of the store, over UDP and TCP, and keeps secondaries in
-// step with zone transfers and NOTIFY (xfr.go, notify.go, tsig.go).
+// read-only view of the store, over UDP and TCP, keeps secondaries in step
+// with zone transfers and NOTIFY (xfr.go, notify.go, tsig.go), and takes
+// each device's dynamic updates signed with its own key (update.go).
 package dnsserver
 
 import (
@@ -102,8 +103,12 @@ type Config struct {
 	// off unless the operator asks for it). It runs on the hot path and
 	// must not block.
 	OnQuery func(Query)
-	// Transfer says who may transfer the zone and who gets NOTIFYs.
+	// Transfer says who may transfer the zone and who gets NOTIFYs, and
+	// holds every TSIG key, the devices' included.
 	Transfer TransferConfig
+	// Update turns on dynamic update (RFC 2136) by the devices; the zero
+	// value leaves it off.
+	Update UpdateConfig
 }
 
 // Query describes one answered query for OnQuery.
@@ -133,6 +138,8 @@ type Server struct {
 	src        Source
 	log        zerolog.Logger
 	onQuery    func(Query)
+	updates    Editor // nil: UPDATE is not implemented
+	onUpdate   func(UpdateEvent)
 	addr       string
 	tcpConns   *connlimit.Limiter
 
@@ -247,6 +254,8 @@ func newServer(cfg Config) (*Server, error) {
 		rcvBuf:     cmp.Or(cfg.ReceiveBuffer, DefaultRcvBuf),
 		src:        cfg.Source,
 		onQuery:    cfg.OnQuery,
+		updates:    cfg.Update.Store,
+		onUpdate:   cfg.Update.OnUpdate,
 		log:        cfg.Logger,
 		addr:       cfg.Addr,
 		glue:       map[string][]netip.Addr{},
@@ -312,8 +321,8 @@ func (s *Server) serve(pc net.PacketConn, ln net.Listener) error {
 	defer s.mu.Unlock()
 	h := dns.HandlerFunc(s.ServeDNS)
 	tsig := tsigProvider{currentKeys{s}}
-	udp := &dns.Server{PacketConn: pc, Handler: h, MsgAcceptFunc: acceptQuery, UDPSize: maxQuerySize, TsigProvider: tsig}
-	tcp := &dns.Server{Listener: writeDeadlineListener{ln, xfrWriteTimeout}, Handler: h, MsgAcceptFunc: acceptQuery,
+	udp := &dns.Server{PacketConn: pc, Handler: h, MsgAcceptFunc: s.accept, UDPSize: maxQuerySize, TsigProvider: tsig}
+	tcp := &dns.Server{Listener: writeDeadlineListener{ln, xfrWriteTimeout}, Handler: h, MsgAcceptFunc: s.accept,
 		ReadTimeout: tcpReadTimeout, IdleTimeout: func() time.Duration { return tcpIdleTimeout }, TsigProvider: tsig}
 	var running sync.WaitGroup
 	// One transport after the other, so that a failure leaves nothing running.
@@ -352,7 +361,8 @@ func (s *Server) serve(pc net.PacketConn, ln net.Listener) error {
 
 // acceptQuery is the first check of every packet, on its header alone:
 // responses get no reply (answering them invites reflection loops), opcodes
-// other than QUERY get NOTIMP and anything but exactly one question FORMERR.
+// other than QUERY get NOTIMP (UPDATE too, unless accept admits it) and
+// anything but exactly one question FORMERR.
 func acceptQuery(dh dns.Header) dns.MsgAcceptAction {
 	if dh.Bits&(1<<15) != 0 {
 		return dns.MsgIgnore
@@ -399,8 +409,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return nil
 }
 
-// ServeDNS answers one query; it is the dns.Handler of both transports.
+// ServeDNS answers one query or update; it is the dns.Handler of both
+// transports.
 func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
+	if r.Opcode == dns.OpcodeUpdate && s.updates != nil {
+		s.serveUpdate(w, r)
+		return
+	}
 	if s.serveSpecial(w, r) {
 		return
 	}

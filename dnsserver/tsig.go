@@ -14,14 +14,17 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/store"
 )
 
-// TSIG (RFC 8945) authenticates zone transfers and NOTIFYs with a shared
-// secret. The server looks keys up by name through a KeySource, so that
-// keys can come from more than one place: the configuration today, and the
-// store (a device's own key) later; Keys asks several sources in turn. What
-// a key may do is a property of the key (Transfer), decided where the key
-// comes from, not by the source that happens to find it first.
+// TSIG (RFC 8945) authenticates zone transfers, NOTIFYs and dynamic updates
+// with a shared secret. The server looks keys up by name through a
+// KeySource, so that keys come from more than one place: the configuration
+// (StaticKeys, the secondaries' keys) and the store (DeviceKeys, each
+// device's own key for its updates); Keys asks several sources in turn.
+// What a key may do is a property of the key (Transfer, Device), decided
+// where the key comes from, not by the source that happens to find it
+// first.
 
 // Key is one TSIG key.
 type Key struct {
@@ -34,6 +37,9 @@ type Key struct {
 	// Transfer lets requests signed with this key transfer the zone from
 	// any address.
 	Transfer bool
+	// Device is the device whose own names UPDATEs signed with this key
+	// may change (update.go); "" for a key that may change nothing.
+	Device string
 }
 
 // String names the key without its secret, for logs.
@@ -85,6 +91,44 @@ func NewStaticKeys(keys []Key) (StaticKeys, error) {
 func (s StaticKeys) Key(name string) (Key, bool) {
 	k, ok := s[dns.CanonicalName(name)]
 	return k, ok
+}
+
+// DeviceKeys is the KeySource of the devices' own keys: the key named
+// <device>.<zone> is the TSIG key Store holds for that device, which may
+// update that device's names (Device) and never transfer the zone. A key
+// issued, rotated or revoked is in force for the next message.
+type DeviceKeys struct {
+	// Zone is the served zone, as Config.Zone; "" is DefaultZone.
+	Zone string
+	// Store holds the devices' keys.
+	Store DeviceKeyStore
+}
+
+// DeviceKeyStore finds a device's TSIG key by its name (a lower-case label),
+// from memory: it is asked for every signed message. *store.Store is one.
+type DeviceKeyStore interface {
+	TSIGKey(device string) (store.TSIGKey, bool)
+}
+
+// Key implements KeySource.
+func (d DeviceKeys) Key(name string) (Key, bool) {
+	if d.Store == nil {
+		return Key{}, false
+	}
+	name = dns.CanonicalName(name)
+	label, ok := strings.CutSuffix(name, "."+dns.CanonicalName(cmpOr(d.Zone, DefaultZone)))
+	if !ok || label == "" || strings.Contains(label, ".") {
+		return Key{}, false
+	}
+	k, ok := d.Store.TSIGKey(label)
+	if !ok {
+		return Key{}, false
+	}
+	a, ok := tsigAlgorithms[k.Algorithm]
+	if !ok {
+		return Key{}, false
+	}
+	return Key{Name: name, Algorithm: a.name, Secret: k.Secret, Device: label}, true
 }
 
 // tsigAlgorithms are the HMACs a key may use, by the names the

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -131,25 +132,25 @@ func (s *Server) setTransfer(secondaries []Secondary, keys KeySource) {
 	secondaries = slices.Clone(secondaries)
 	s.keySource.Store(&keys)
 	s.secondaries.Store(&secondaries)
-	// Without secondaries or keys nobody can transfer: no history is kept.
-	// When that changes the history starts afresh, since changes made
-	// meanwhile are not in it.
-	on := len(secondaries) > 0 || hasKeys(keys)
+	// Without secondaries or transfer keys nobody can transfer: no history
+	// is kept. When that changes the history starts afresh, since changes
+	// made meanwhile are not in it.
+	on := len(secondaries) > 0 || mayTransfer(keys)
 	if s.journaling.Swap(on) != on && s.journal != nil {
 		s.journal.reset()
 	}
 }
 
-// hasKeys reports whether ks may know any key: a source other than the
-// configuration's may always find one.
-func hasKeys(ks KeySource) bool {
+// mayTransfer reports whether ks may know a key that may transfer the
+// zone: the devices' keys never do, a source of another kind always may.
+func mayTransfer(ks KeySource) bool {
 	switch k := ks.(type) {
-	case nil:
+	case nil, DeviceKeys:
 		return false
 	case StaticKeys:
-		return len(k) > 0
+		return slices.ContainsFunc(slices.Collect(maps.Values(k)), func(k Key) bool { return k.Transfer })
 	case Keys:
-		return slices.ContainsFunc(k, hasKeys)
+		return slices.ContainsFunc(k, mayTransfer)
 	}
 	return true
 }
