@@ -105,8 +105,8 @@ func New(cfg Config) (*Metrics, error) {
 		Name: "nasreach_dns_queries_total", Help: "DNS queries answered, by query type and response code.",
 	}, []string{"type", "rcode"})
 	m.updates = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "nasreach_updates_total", Help: "Address update attempts (dyndns2 and REST), by outcome.",
-	}, []string{"outcome"})
+		Name: "nasreach_updates_total", Help: "Address update attempts, by the way they came (via: http for dyndns2 and REST, dns for RFC 2136 UPDATE) and outcome.",
+	}, []string{"via", "outcome"})
 	m.events = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nasreach_connection_events_total", Help: "Connection events (relay sessions, TURN allocations, updates, refusals), by service, kind and outcome.",
 	}, []string{"service", "kind", "outcome"})
@@ -250,8 +250,12 @@ func RcodeName(rcode int) string {
 // ObserveEvent counts a connection event (the same events the connection log
 // gets); it reads only its service, kind, outcome and byte counts.
 func (m *Metrics) ObserveEvent(e connlog.Event) {
-	if e.Service == "ddns" && e.Kind == "update" {
-		m.updates.WithLabelValues(cmpOr(e.Outcome, "unknown")).Inc()
+	if e.Kind == "update" && (e.Service == "ddns" || e.Service == "dns") {
+		via := "http"
+		if e.Service == "dns" {
+			via = "dns"
+		}
+		m.updates.WithLabelValues(via, cmpOr(e.Outcome, "unknown")).Inc()
 	}
 	if e.Service == "dns" && e.Kind == "query" {
 		return // counted by ObserveQuery

@@ -40,6 +40,28 @@ func TestQueriesAreCountedByRcodeName(t *testing.T) {
 	}
 }
 
+func TestUpdatesAreCountedByWayAndOutcome(t *testing.T) {
+	m := start(t, Config{})
+	for _, e := range []connlog.Event{
+		{Service: "ddns", Kind: "update", Outcome: "good"},
+		{Service: "ddns", Kind: "update", Outcome: "good"},
+		{Service: "dns", Kind: "update", Outcome: "good"},
+		{Service: "dns", Kind: "update", Outcome: "nxrrset"},
+		{Service: "dns", Kind: "query", Outcome: "NOERROR"}, // counted by ObserveQuery
+	} {
+		m.ObserveEvent(e)
+	}
+	body := scrape(t, m,
+		`nasreach_updates_total{outcome="good",via="http"} 2`,
+		`nasreach_updates_total{outcome="good",via="dns"} 1`,
+		`nasreach_updates_total{outcome="nxrrset",via="dns"} 1`,
+		`nasreach_connection_events_total{kind="update",outcome="good",service="dns"} 1`,
+	)
+	if strings.Contains(body, `kind="query"`) {
+		t.Errorf("a query event is counted as a connection event:\n%s", body)
+	}
+}
+
 func TestRefusedConnectionsAreCountedByListenerAndReason(t *testing.T) {
 	m := start(t, Config{ConnsRefused: func() map[string]ConnsRefused {
 		return map[string]ConnsRefused{"http": {Total: 2, Source: 40}, "link": {}}

@@ -42,6 +42,11 @@ func TestStatusPageShowsTheDaemonAtAGlance(t *testing.T) {
 	}
 	m.ObserveQuery(dns.TypeAAAA, dns.RcodeNameError)
 	m.ObserveEvent(connlog.Event{Service: "link", Kind: "session", Outcome: "closed", BytesIn: 1000, BytesOut: 500})
+	// Accepted updates: changed or not, by dyndns2, REST or RFC 2136.
+	for _, e := range []connlog.Event{{Outcome: "good"}, {Outcome: "nochg"}, {Outcome: "badauth"}, {Outcome: "good", Service: "dns"}, {Outcome: "refused", Service: "dns"}} {
+		e.Service, e.Kind = cmpOr(e.Service, "ddns"), "update"
+		m.ObserveEvent(e)
+	}
 
 	get := func() (string, string) {
 		resp, err := http.Get("http://" + ln.Addr().String() + "/")
@@ -63,7 +68,7 @@ func TestStatusPageShowsTheDaemonAtAGlance(t *testing.T) {
 		"version v1.2.3", ">ready<", "DNS (UDP, TCP)</td><td>127.0.0.1:10053",
 		"devices registered</td><td>12,345", "devices online (Link agent connected)</td><td>7",
 		"Link sessions in progress</td><td>3", "TURN allocations in progress</td><td>2",
-		"DNS queries answered</td><td>4", "bytes relayed</td><td>1,500", "connection-log events dropped</td><td>9",
+		"DNS queries answered</td><td>4", "address updates accepted</td><td>3", "bytes relayed</td><td>1,500", "connection-log events dropped</td><td>9",
 		"&lt;script&gt;",
 	} {
 		if !strings.Contains(page, want) {
