@@ -114,6 +114,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 		Addr: cfg.DNSAddr, Zone: cfg.Zone, NameServers: cfg.NameServers, TTL: cfg.TTL,
 		ExactNamesOnly: cfg.ExactNames, Source: d.store, OnQuery: d.observeQuery,
 		TCPConns: d.caps.dns, Transfer: d.transferConfig(cfg.Transfer), Logger: d.component("dns"),
+		Update: dnsserver.UpdateConfig{Store: d.store, OnUpdate: d.observeUpdate},
 	}); err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/dnsserver"
+	"github.com/nasreach/nasreach/internal/netaddr"
 	"github.com/nasreach/nasreach/metrics"
 	"github.com/rs/zerolog"
 )
@@ -46,10 +47,34 @@ func (d *Daemon) observeQuery(q dnsserver.Query) {
 // transferConfig is the DNS server's zone transfer settings, counted in
 // metrics. Validate has checked the keys.
 func (d *Daemon) transferConfig(c TransferConfig) dnsserver.TransferConfig {
-	keys, _ := dnsserver.NewStaticKeys(c.TSIGKeys)
+	keys, _ := d.tsigKeys(c)
 	return dnsserver.TransferConfig{
-		Secondaries: c.Secondaries, Keys: dnsserver.Keys{keys},
+		Secondaries: c.Secondaries, Keys: keys,
 		OnTransfer: func(e dnsserver.TransferEvent) { d.metrics.ObserveTransfer(e.Kind, e.Outcome) },
 		OnNotify:   func(e dnsserver.NotifyEvent) { d.metrics.ObserveNotify(e.Outcome) },
+	}
+}
+
+// tsigKeys are every TSIG key the DNS server knows: the configured ones
+// (the secondaries'), then each device's own, which may only update the
+// device's names. A configured key named like a device's FQDN hides the
+// device's key.
+func (d *Daemon) tsigKeys(c TransferConfig) (dnsserver.KeySource, error) {
+	static, err := dnsserver.NewStaticKeys(c.TSIGKeys)
+	if err != nil {
+		return nil, err
+	}
+	return dnsserver.Keys{static, dnsserver.DeviceKeys{Zone: d.cfg.Zone, Store: d.store}}, nil
+}
+
+// observeUpdate is the DNS server's dynamic update hook: metrics count
+// every UPDATE, and the connection log keeps, masked, those a device's key
+// signed, as it keeps dyndns2's. An unsigned or badly signed UPDATE may
+// come over UDP from a forged address: it is counted, not logged.
+func (d *Daemon) observeUpdate(u dnsserver.UpdateEvent) {
+	e := connlog.Event{Service: "dns", Kind: "update", Outcome: u.Outcome, Device: u.Device, Client: netaddr.Addr(u.Remote), Detail: u.Detail}
+	d.metrics.ObserveEvent(e)
+	if u.Device != "" {
+		d.connlog.Log(e)
 	}
 }

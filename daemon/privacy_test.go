@@ -81,6 +81,7 @@ func TestUnregisterDeletesEverythingAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	key := td.IssueTSIGKey("gone", token)
 	if code, _ := td.Do(http.MethodDelete, "/v1/devices/gone", token, nil); code != http.StatusNoContent {
 		t.Fatalf("delete: HTTP %d", code)
 	}
@@ -95,7 +96,7 @@ func TestUnregisterDeletesEverythingAtOnce(t *testing.T) {
 		t.Errorf("deleted device's token still works: HTTP %d", code)
 	}
 	dump := dumpStore(t, td)
-	for _, needle := range []string{"198.51.100.23", "2001:db8:77::23", store.HashToken(token), "gonekey", store.HashToken(code)} {
+	for _, needle := range []string{"198.51.100.23", "2001:db8:77::23", store.HashToken(token), "gonekey", store.HashToken(code), key.Secret} {
 		if w := mentions(dump, needle); len(w) > 0 {
 			t.Errorf("%q still stored at %v", needle, w)
 		}
@@ -186,6 +187,7 @@ func TestExportHoldsEverythingStored(t *testing.T) {
 	if _, _, err := td.Daemon.Store().AddAccessCode(context.Background(), "nas1"); err != nil {
 		t.Fatal(err)
 	}
+	key := td.IssueTSIGKey("nas1", token)
 	code, body := td.Do(http.MethodGet, "/v1/devices/nas1", token, nil)
 	if code != http.StatusOK {
 		t.Fatalf("export: HTTP %d", code)
@@ -196,6 +198,16 @@ func TestExportHoldsEverythingStored(t *testing.T) {
 	var raw map[string]any
 	if err := json.Unmarshal(dump["devices"]["nas1"], &raw); err != nil {
 		t.Fatal(err)
+	}
+	// The one exception: the TSIG key's secret, which the owner was shown
+	// when it was issued, as the device token (whose hash is exported).
+	if k, _ := raw["tsig_key"].(map[string]any); k["secret"] != key.Secret {
+		t.Errorf("stored TSIG key %v, want the secret issued", k)
+	} else {
+		delete(k, "secret")
+	}
+	if strings.Contains(string(body), key.Secret) {
+		t.Error("the export shows the TSIG key's secret")
 	}
 	for k, v := range raw {
 		if got, ok := export[k]; !ok || !jsonEqual(got, v) {
@@ -275,6 +287,7 @@ func TestStoreHoldsOnlyDocumentedFields(t *testing.T) {
 	if _, _, err := td.Daemon.Store().AddAccessCode(context.Background(), "nas1"); err != nil {
 		t.Fatal(err)
 	}
+	td.IssueTSIGKey("nas1", token)
 	td.Do(http.MethodPut, "/v1/devices/nas2/address", other, nil)
 	td.Do(http.MethodDelete, "/v1/devices/nas2", other, nil)
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"slices"
 
-	"github.com/nasreach/nasreach/dnsserver"
 	"github.com/nasreach/nasreach/linkserver"
 	"github.com/nasreach/nasreach/sdnotify"
 )
@@ -59,11 +58,11 @@ var live = []liveSetting{
 	// ACLs: the next transfer request is judged by them, and the NOTIFY
 	// senders restart for the new list.
 	{[]string{"secondary", "tsig-key"}, func(d *Daemon, n *Config) error {
-		keys, err := dnsserver.NewStaticKeys(n.Transfer.TSIGKeys)
+		keys, err := d.tsigKeys(n.Transfer)
 		if err != nil {
 			return err
 		}
-		if err := d.dns.SetTransfer(n.Transfer.Secondaries, dnsserver.Keys{keys}); err != nil {
+		if err := d.dns.SetTransfer(n.Transfer.Secondaries, keys); err != nil {
 			return err
 		}
 		d.cfg.Transfer = n.Transfer

@@ -1,0 +1,12 @@
+# Dynamic update (RFC 2136): daemon/rfc2136_test.go and the README drive
+# BIND's nsupdate (bind9-dnsutils) directly and through ddclient's nsupdate
+# protocol (ddclient is in TEST_DEBS already).
+TEST_DEBS += bind9-dnsutils
+
+# bench-update: durable address updates a second (docs/BENCHMARKS.md), the
+# same daemon taking them by dyndns2 and by RFC 2136 UPDATE from 200
+# concurrent clients, each update a real change acknowledged after commit.
+.PHONY: bench-update
+bench-update:
+	NASREACH_BENCH_UPDATE=1 timeout --foreground --kill-after=15s 300s \
+		$(GO) test -count=1 -run '^TestBenchDurableUpdates$$' -v ./daemon | grep -E '^(update |--- |ok|FAIL)'
