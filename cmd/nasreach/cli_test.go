@@ -158,7 +158,7 @@ func TestManPageHasExamplesAndDescribesSTUNTURNAndLink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{".SH EXAMPLES", `.SH "STUN AND TURN"`, ".SH LINK", `\fBnasreach agent\fR`, `\fBnasreach connect\fR`,
+	for _, want := range []string{".SH EXAMPLES", `.SH "STUN AND TURN"`, ".SH LINK", `.SH "DYNAMIC UPDATE"`, `\fBnasreach agent\fR`, `\fBnasreach connect\fR`,
 		`\-\-turn\-secret`, `\-\-relay\-fingerprint`, `.SS "nasreach device code add NAME"`, `.SS "nasreach completion "`,
 		"nasreach device set\\-address \\-\\-ipv4 203.0.113.10 nas1"} {
 		if !strings.Contains(man, want) {

@@ -94,7 +94,7 @@ func writeMan(w io.Writer, root *cli.Command) error {
 		}
 	}
 	walk("nasreach", root)
-	b.WriteString(manSTUNTURN + manLink + manSecondaries)
+	b.WriteString(manSTUNTURN + manLink + manSecondaries + manDynamicUpdate)
 	b.WriteString(".SH EXAMPLES\n")
 	for _, e := range manExamples {
 		fmt.Fprintf(&b, ".PP\n%s\n.PP\n.RS\n.nf\n", roff(e.text))
@@ -211,3 +211,15 @@ func writeManFlag(b *strings.Builder, f cli.Flag) {
 	}
 	b.WriteString("\n")
 }
+
+// manDynamicUpdate is the man page's section on RFC 2136 updates.
+const manDynamicUpdate = `.SH "DYNAMIC UPDATE"
+A device may change its own A and AAAA records with DNS UPDATE (RFC 2136) signed with its TSIG key, as
+\fBnsupdate\fR and ddclient's nsupdate protocol send it, over UDP or TCP.
+\fBPOST /v1/devices/\fR\fINAME\fR\fB/tsig\fR (device token or admin) issues the key, named after the device's FQDN,
+hmac\-sha256, the secret shown once; calling it again replaces the key, \fBDELETE\fR revokes it.
+Any other name or type is REFUSED, an unsigned or badly signed update NOTAUTH; prerequisites are evaluated
+and the update applied in one transaction, answered once committed. The secret is stored as it is in the store
+(checking a signature needs it) and copied by \fBnasreach backup\fR. Try it with
+\fBnsupdate \-y hmac\-sha256:\fR\fINAME\fR:\fISECRET\fR.
+`
