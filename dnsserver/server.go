@@ -88,6 +88,9 @@ type Config struct {
 	// off unless the operator asks for it). It runs on the hot path and
 	// must not block.
 	OnQuery func(Query)
+	// RRL is response rate limiting of UDP answers (rrl.go); the zero value
+	// is off.
+	RRL RRL
 }
 
 // Query describes one answered query for OnQuery.
@@ -117,6 +120,7 @@ type Server struct {
 	src        Source
 	log        zerolog.Logger
 	onQuery    func(Query)
+	rrl        *limiter
 	addr       string
 
 	mu       sync.Mutex
@@ -212,7 +216,7 @@ func newServer(cfg Config) (*Server, error) {
 	if cfg.Addr == "" && cfg.PacketConn == nil {
 		return nil, errors.New("dnsserver: Config.Addr is required")
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := errors.Join(cfg.Validate(), cfg.RRL.Validate()); err != nil {
 		return nil, fmt.Errorf("dnsserver: %w", err)
 	}
 	zone := dns.Fqdn(strings.ToLower(cmpOr(cfg.Zone, DefaultZone)))
@@ -228,6 +232,9 @@ func newServer(cfg Config) (*Server, error) {
 		addr:       cfg.Addr,
 		glue:       map[string][]netip.Addr{},
 	}
+	s.rrl = newLimiter(cfg.RRL, time.Now(), func(dropped, slipped uint64) {
+		s.log.Info().Uint64("dropped_total", dropped).Uint64("slipped_total", slipped).Msg("dns rate limiting udp answers")
+	})
 	s.SetTTL(cfg.TTL) //nolint:errcheck // Validate checked the range
 	s.exact.Store(cfg.ExactNamesOnly)
 	nss := cfg.NameServers
@@ -371,6 +378,8 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	_, tcp := w.LocalAddr().(*net.TCPAddr)
 	if tcp {
 		size = dns.MaxMsgSize
+	} else if m = s.limit(w.RemoteAddr(), r, m); m == nil {
+		return // dropped by rate limiting
 	}
 	fit(r, m, size, tcp)
 	if err := w.WriteMsg(m); err != nil {
