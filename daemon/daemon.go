@@ -101,6 +101,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 		Devices: d.store.Len, StoreBytes: d.store.Size, Online: d.linkAgents,
 		Sessions:    map[string]func() int{"link": d.linkSessions, "turn": d.turnAllocations},
 		TURNRefused: d.turnRefused,
+		DNSLimited:  d.dnsLimited,
 		LogWritten:  d.connlog.Written, LogDropped: d.connlog.Dropped,
 		Ready: d.Ready, Listeners: d.listeners, Logger: d.component("metrics"),
 	}); err != nil {
@@ -109,7 +110,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 	d.onStop("metrics", d.metrics.Shutdown)
 	if d.dns, err = dnsserver.New(dnsserver.Config{
 		Addr: cfg.DNSAddr, Zone: cfg.Zone, NameServers: cfg.NameServers, TTL: cfg.TTL,
-		ExactNamesOnly: cfg.ExactNames, Source: d.store, OnQuery: d.observeQuery,
+		ExactNamesOnly: cfg.ExactNames, RRL: cfg.RRL.dns(), Source: d.store, OnQuery: d.observeQuery,
 		Logger: d.component("dns"),
 	}); err != nil {
 		return nil, err

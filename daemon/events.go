@@ -42,3 +42,13 @@ func (d *Daemon) observeQuery(q dnsserver.Query) {
 		Detail: strings.TrimSuffix(strings.ToLower(q.Name), ".") + " " + dns.TypeToString[q.Type],
 	})
 }
+
+// dnsLimited is what DNS rate limiting held back, for the metrics; nothing
+// until the daemon is ready (the DNS server starts after the metrics).
+func (d *Daemon) dnsLimited() map[string]uint64 {
+	if !d.ready.Load() {
+		return nil
+	}
+	st := d.dns.RRLStats()
+	return map[string]uint64{"dropped": st.Dropped, "slipped": st.Slipped}
+}

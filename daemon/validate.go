@@ -56,6 +56,16 @@ func (c Config) Validate() error {
 		add("ns", dnsserver.Config{Zone: c.Zone, NameServers: c.NameServers}.Validate())
 	}
 	add("ttl", dnsserver.Config{TTL: c.TTL}.Validate())
+	for _, r := range []struct {
+		setting string
+		rrl     dnsserver.RRL
+	}{
+		{"rrl-rate", dnsserver.RRL{Rate: c.RRL.Rate}}, {"rrl-nxdomain-rate", dnsserver.RRL{NXDomainRate: c.RRL.NXDomainRate}},
+		{"rrl-error-rate", dnsserver.RRL{ErrorRate: c.RRL.ErrorRate}}, {"rrl-slip", dnsserver.RRL{Slip: c.RRL.Slip}},
+		{"rrl-exempt", dnsserver.RRL{Exempt: c.RRL.Exempt}},
+	} {
+		add(r.setting, r.rrl.Validate())
+	}
 	if (c.CertFile == "") != (c.KeyFile == "") {
 		add("tls-cert", errors.New("tls-cert and tls-key go together (the key may be the systemd credential tls-key): give both, or neither"))
 	} else if c.CertFile != "" {

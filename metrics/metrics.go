@@ -41,6 +41,9 @@ type Config struct {
 	// TURNRefused returns what the TURN relay refused or dropped so far, by
 	// reason (auth, quota, peer, bandwidth, malformed).
 	TURNRefused func() map[string]uint64
+	// DNSLimited returns the UDP answers DNS rate limiting held back so far,
+	// by action (dropped, slipped).
+	DNSLimited func() map[string]uint64
 	// StoreBytes returns the size of the store file.
 	StoreBytes func() int64
 	// LogWritten and LogDropped return the connection log's counters.
@@ -119,6 +122,13 @@ func New(cfg Config) (*Metrics, error) {
 		m.reg.MustRegister(labelledCounters{
 			desc: prometheus.NewDesc("nasreach_turn_refused_total",
 				"TURN requests and datagrams refused, by reason (auth, quota, peer, bandwidth, malformed).", []string{"reason"}, nil),
+			values: f,
+		})
+	}
+	if f := cfg.DNSLimited; f != nil {
+		m.reg.MustRegister(labelledCounters{
+			desc: prometheus.NewDesc("nasreach_dns_rrl_total",
+				"UDP answers held back by response rate limiting, by action (dropped; slipped: sent empty with TC).", []string{"action"}, nil),
 			values: f,
 		})
 	}
