@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/internal/testutil"
@@ -170,6 +171,12 @@ func TestRRLTableKeepsALimitedBucketUnderASprayOfNewKeys(t *testing.T) {
 	}
 	if got := len(l.sets); got != 1 {
 		t.Errorf("table size 4 made %d sets, want 1", got)
+	}
+}
+
+func TestRRLSetIsOneCacheLine(t *testing.T) {
+	if size := unsafe.Sizeof(rrlSet{}); size != 64 {
+		t.Errorf("an RRL set is %d bytes, want 64: a decision would touch two cache lines", size)
 	}
 }
 
@@ -348,5 +355,52 @@ func TestRRLLeavesTCPAlone(t *testing.T) {
 		if err != nil || r.Truncated || len(r.Answer) != 1 {
 			t.Fatalf("TCP query %d: %v, %v", i, r, err)
 		}
+	}
+}
+
+// BenchmarkRRLLimit is what rate limiting adds to one UDP answer: the whole
+// of Server.limit (class, name hash, clock, exemption check, bucket) for
+// answers to 16,384 names from 256 client networks, on every core at once.
+// "exempt" is the daemon's default seen from loopback, "off" the zero RRL.
+func BenchmarkRRLLimit(b *testing.B) {
+	st := openStore(b)
+	const names = 1 << 14
+	type pair struct{ r, m *dns.Msg }
+	pairs := make([]pair, names)
+	for i := range pairs {
+		r := new(dns.Msg).SetQuestion(fmt.Sprintf("nas-%08x.myqnapcloud.com.", i*2654435761), dns.TypeA).SetEdns0(1232, false)
+		m := new(dns.Msg).SetReply(r)
+		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(198, 51, 100, 1)}}
+		pairs[i] = pair{r, m}
+	}
+	remotes := make([]net.Addr, 256)
+	for i := range remotes {
+		remotes[i] = &net.UDPAddr{IP: net.IPv4(192, 0, byte(i), 1), Port: 5353}
+	}
+	for _, c := range []struct {
+		name   string
+		rrl    RRL
+		remote func(i int) net.Addr
+	}{
+		{"on", rrlOn, func(i int) net.Addr { return remotes[i&255] }},
+		{"exempt", rrlExempt, func(int) net.Addr { return benchLocal }},
+		{"off", RRL{}, func(i int) net.Addr { return remotes[i&255] }},
+	} {
+		s := startServer(b, Config{Source: st, RRL: c.rrl})
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			var worker atomic.Int64
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(worker.Add(1)) * 7919
+				for pb.Next() {
+					p := pairs[i&(names-1)]
+					if s.limit(c.remote(i), p.r, p.m) == nil {
+						b.Error("an answer was limited")
+						return
+					}
+					i++
+				}
+			})
+		})
 	}
 }

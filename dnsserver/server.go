@@ -1,6 +1,8 @@
 // Package dnsserver is the authoritative DNS server for the device zone: it
 // answers SOA and NS at the apex and A/AAAA for devices straight from a
-// read-only view of the store, over UDP and TCP.
+// read-only view of the store, over UDP and TCP. UDP answers, whose client
+// address is not proven, are rate-limited per client network (rrl.go) and
+// never more than 3 times their query (amplification.go).
 package dnsserver
 
 import (
