@@ -101,7 +101,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 		Devices: d.store.Len, StoreBytes: d.store.Size, Online: d.linkAgents,
 		Sessions:    map[string]func() int{"link": d.linkSessions, "turn": d.turnAllocations},
 		TURNRefused: d.turnRefused,
-		DNSLimited:  d.dnsLimited,
+		DNSLimited:  map[string]func() uint64{"dropped": d.dnsDropped, "slipped": d.dnsSlipped},
 		LogWritten:  d.connlog.Written, LogDropped: d.connlog.Dropped,
 		Ready: d.Ready, Listeners: d.listeners, Logger: d.component("metrics"),
 	}); err != nil {

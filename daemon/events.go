@@ -43,12 +43,19 @@ func (d *Daemon) observeQuery(q dnsserver.Query) {
 	})
 }
 
-// dnsLimited is what DNS rate limiting held back, for the metrics; nothing
-// until the daemon is ready (the DNS server starts after the metrics).
-func (d *Daemon) dnsLimited() map[string]uint64 {
+// dnsDropped and dnsSlipped are what DNS rate limiting held back, for the
+// metrics; nothing until the daemon is ready (the DNS server starts after
+// the metrics).
+func (d *Daemon) dnsDropped() uint64 {
 	if !d.ready.Load() {
-		return nil
+		return 0
 	}
-	st := d.dns.RRLStats()
-	return map[string]uint64{"dropped": st.Dropped, "slipped": st.Slipped}
+	return d.dns.RRLStats().Dropped
+}
+
+func (d *Daemon) dnsSlipped() uint64 {
+	if !d.ready.Load() {
+		return 0
+	}
+	return d.dns.RRLStats().Slipped
 }

@@ -41,9 +41,9 @@ type Config struct {
 	// TURNRefused returns what the TURN relay refused or dropped so far, by
 	// reason (auth, quota, peer, bandwidth, malformed).
 	TURNRefused func() map[string]uint64
-	// DNSLimited returns the UDP answers DNS rate limiting held back so far,
-	// by action (dropped, slipped).
-	DNSLimited func() map[string]uint64
+	// DNSLimited return, per action ("dropped", "slipped"), the UDP answers
+	// DNS rate limiting held back so far.
+	DNSLimited map[string]func() uint64
 	// StoreBytes returns the size of the store file.
 	StoreBytes func() int64
 	// LogWritten and LogDropped return the connection log's counters.
@@ -125,12 +125,11 @@ func New(cfg Config) (*Metrics, error) {
 			values: f,
 		})
 	}
-	if f := cfg.DNSLimited; f != nil {
-		m.reg.MustRegister(labelledCounters{
-			desc: prometheus.NewDesc("nasreach_dns_rrl_total",
-				"UDP answers held back by response rate limiting, by action (dropped; slipped: sent empty with TC).", []string{"action"}, nil),
-			values: f,
-		})
+	for action, f := range cfg.DNSLimited {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "nasreach_dns_rrl_total", Help: "UDP answers held back by response rate limiting, by action (dropped; slipped: sent empty with TC).",
+			ConstLabels: prometheus.Labels{"action": action},
+		}, func() float64 { return float64(f()) }))
 	}
 	if f := cfg.StoreBytes; f != nil {
 		gauge("nasreach_store_bytes", "Size of the store file.", func() float64 { return float64(f()) })
