@@ -327,28 +327,32 @@ func (o ownNames) records(cur store.Device, name string) ([]dns.RR, bool) {
 	return deviceRecords(o.name, store.Record{IPv4: cur.IPv4, IPv6: cur.IPv6}, 0), true
 }
 
-// published returns the records a query for name (canonical) would get: the
-// zone as everyone sees it.
-func (s *Server) published(name string) []dns.RR {
-	q := new(dns.Msg).SetQuestion(name, dns.TypeANY)
+// published returns the records of type t at name (canonical) that a query
+// would get: the zone as everyone sees it. For t ANY that is one RRset of
+// those at name (RFC 8482), none only when it has none.
+func (s *Server) published(name string, t uint16) []dns.RR {
+	q := new(dns.Msg).SetQuestion(name, t)
 	m, _ := s.answer(q)
 	if m.Rcode != dns.RcodeSuccess {
 		return nil
 	}
-	return m.Answer
+	return slices.DeleteFunc(m.Answer, func(rr dns.RR) bool { return !strings.EqualFold(rr.Header().Name, name) })
 }
 
 // prerequisites evaluates the prerequisite section against cur, the device
 // as stored, and the zone as published for other names (RFC 2136 §3.2).
 func (s *Server) prerequisites(own ownNames, cur store.Device, prereqs []dns.RR) error {
-	at := func(name string) []dns.RR {
-		if rrs, ok := own.records(cur, name); ok {
+	// at returns the records of type t (ANY: some of any type, if there
+	// are any) at name.
+	at := func(name string, t uint16) []dns.RR {
+		rrs, ok := own.records(cur, name)
+		if !ok {
+			return s.published(name, t)
+		}
+		if t == dns.TypeANY {
 			return rrs
 		}
-		return s.published(name)
-	}
-	ofType := func(rrs []dns.RR, t uint16) []dns.RR {
-		return slices.DeleteFunc(slices.Clone(rrs), func(rr dns.RR) bool { return rr.Header().Rrtype != t })
+		return slices.DeleteFunc(rrs, func(rr dns.RR) bool { return rr.Header().Rrtype != t })
 	}
 	type rrset struct {
 		name string
@@ -360,22 +364,21 @@ func (s *Server) prerequisites(own ownNames, cur store.Device, prereqs []dns.RR)
 		h := rr.Header()
 		name := dns.CanonicalName(h.Name)
 		show := strings.TrimSuffix(name, ".")
-		rrs := at(name)
 		switch {
 		case h.Class == dns.ClassANY && h.Rrtype == dns.TypeANY:
-			if len(rrs) == 0 {
+			if len(at(name, dns.TypeANY)) == 0 {
 				return refuse(dns.RcodeNameError, "prerequisite failed: %s has no records", show)
 			}
 		case h.Class == dns.ClassANY:
-			if len(ofType(rrs, h.Rrtype)) == 0 {
+			if len(at(name, h.Rrtype)) == 0 {
 				return refuse(dns.RcodeNXRrset, "prerequisite failed: %s has no %s records", show, dns.TypeToString[h.Rrtype])
 			}
 		case h.Class == dns.ClassNONE && h.Rrtype == dns.TypeANY:
-			if len(rrs) > 0 {
+			if len(at(name, dns.TypeANY)) > 0 {
 				return refuse(dns.RcodeYXDomain, "prerequisite failed: %s has records", show)
 			}
 		case h.Class == dns.ClassNONE:
-			if len(ofType(rrs, h.Rrtype)) > 0 {
+			if len(at(name, h.Rrtype)) > 0 {
 				return refuse(dns.RcodeYXRrset, "prerequisite failed: %s has %s records", show, dns.TypeToString[h.Rrtype])
 			}
 		default: // class IN: the RRset must be exactly these records
@@ -389,7 +392,7 @@ func (s *Server) prerequisites(own ownNames, cur store.Device, prereqs []dns.RR)
 		}
 	}
 	for _, k := range order {
-		have := ofType(at(k.name), k.t)
+		have := at(k.name, k.t)
 		same := len(have) == len(want[k])
 		for _, rr := range have {
 			same = same && slices.ContainsFunc(want[k], func(o dns.RR) bool { return dns.IsDuplicate(o, rr) })

@@ -248,6 +248,12 @@ func TestDynamicUpdateOverUDPAndTCP(t *testing.T) {
 			update: rrs(nas1 + " 0 ANY AAAA"), outcome: "good", v4: "198.51.100.1"},
 		{name: "the apex's SOA", key: key1, prereq: rrs(updZone + " 0 ANY SOA"),
 			update: rrs(nas1 + " 0 ANY AAAA"), outcome: "good", v4: "198.51.100.1"},
+		{name: "the apex's NS, which an ANY query does not show", key: key1, prereq: rrs(updZone + " 0 ANY NS"),
+			update: rrs(nas1 + " 0 ANY AAAA"), outcome: "good", v4: "198.51.100.1"},
+		{name: "the apex's NS with its value", key: key1, prereq: rrs(updZone + " 0 IN NS ns1." + updZone),
+			update: rrs(nas1 + " 0 ANY AAAA"), outcome: "good", v4: "198.51.100.1"},
+		{name: "a name below another device, as published", key: key1, prereq: rrs("www.nas2." + updZone + " 0 IN A 198.51.100.2"),
+			update: rrs(nas1 + " 0 ANY AAAA"), outcome: "good", v4: "198.51.100.1"},
 	}
 	fx := startUpdateServer(t)
 	ctx := context.Background()
