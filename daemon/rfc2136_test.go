@@ -8,7 +8,6 @@ package daemon_test
 import (
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -245,12 +244,7 @@ func TestDynamicUpdatesAreCountedAndLoggedMasked(t *testing.T) {
 		}
 	}
 	td.Stop()
-	files, _ := filepath.Glob(filepath.Join(td.Dir, "logs", "conn-*.jsonl"))
-	var all string
-	for _, f := range files {
-		b, _ := os.ReadFile(f)
-		all += string(b)
-	}
+	all := connlogText(t, td)
 	// Two lines: the unsigned update may come from a forged address.
 	if n := strings.Count(all, `"service":"dns","kind":"update"`); n != 2 ||
 		!strings.Contains(all, `"outcome":"good","device":"nas1","client":"127.0.0.0"`) ||
