@@ -85,6 +85,7 @@ func deviceCommand() *cli.Command {
 				Action: deviceSetAddress,
 			},
 			accessCodeCommand(),
+			tsigCommand(),
 		},
 	}
 }

@@ -1,11 +1,16 @@
 package main
 
 // The device subcommands that go beyond the basics in device_test.go:
-// set-address, the access codes, list --json.
+// set-address, the access codes, the TSIG key, list --json.
 
 import (
+	"encoding/base64"
 	"encoding/json"
+	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -129,6 +134,65 @@ func TestDeviceCodeAddListRm(t *testing.T) {
 		{[]string{"code", "rm", "nas9", id}, "no such device (HTTP 404)"},
 		{[]string{"code", "rm", "nas1"}, "want a device NAME and an access code ID"},
 		{[]string{"code", "list", "nas9"}, "no such device (HTTP 404)"},
+	})
+}
+
+func TestDeviceTSIGAddPrintsOrWritesAKeyNsupdateTakes(t *testing.T) {
+	clearCLIEnv(t)
+	data, d := startLocalDaemon(t)
+	local := []string{"--data", data}
+	if _, _, err := runCLI(t, local, "add", "nas1"); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := runCLI(t, local, "tsig", "add", "nas1")
+	m := regexp.MustCompile(`^name:      nas1\.example\.net\nalgorithm: hmac-sha256\nsecret:    (\S+)\n\(the secret is shown only now; nsupdate -y hmac-sha256:nas1\.example\.net:SECRET takes it\)\n$`).FindStringSubmatch(out)
+	if err != nil || m == nil {
+		t.Fatalf("tsig add printed %q, %v", out, err)
+	}
+	if k, ok := d.Store().TSIGKey("nas1"); !ok || base64.StdEncoding.EncodeToString(k.Secret) != m[1] {
+		t.Fatal("the printed secret is not the key in force")
+	}
+
+	// A key file replaces the key, is private, and nsupdate -k takes it.
+	file := filepath.Join(t.TempDir(), "nas1.key")
+	if err := os.WriteFile(file, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err = runCLI(t, local, "tsig", "add", "--key-file", file, "nas1")
+	if err != nil || out != "wrote TSIG key nas1.example.net (hmac-sha256) to "+file+"\n(nsupdate -k "+file+"; ddclient: protocol=nsupdate, password="+file+")\n" {
+		t.Fatalf("tsig add --key-file printed %q, %v", out, err)
+	}
+	k, _ := d.Store().TSIGKey("nas1")
+	text, _ := os.ReadFile(file)
+	if fi, _ := os.Stat(file); fi.Mode().Perm() != 0o600 ||
+		string(text) != "key \"nas1.example.net\" {\n\talgorithm hmac-sha256;\n\tsecret \""+base64.StdEncoding.EncodeToString(k.Secret)+"\";\n};\n" {
+		t.Fatalf("key file (mode %v):\n%s", fi.Mode(), text)
+	}
+	if strings.Contains(out, base64.StdEncoding.EncodeToString(k.Secret)) {
+		t.Error("tsig add --key-file printed the secret")
+	}
+	if nsupdate, err := exec.LookPath("nsupdate"); err == nil {
+		_, port, _ := net.SplitHostPort(d.Addrs().DNS.String())
+		cmd := exec.Command(nsupdate, "-k", file)
+		cmd.Stdin = strings.NewReader("server 127.0.0.1 " + port + "\nzone example.net\nupdate add nas1.example.net 60 A 203.0.113.12\nsend\n")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("nsupdate -k with the key file: %v\n%s", err, out)
+		}
+		if rec, _ := d.Store().Lookup("nas1"); rec.IPv4 != netip.MustParseAddr("203.0.113.12") {
+			t.Errorf("after nsupdate -k nas1 resolves to %v", rec.IPv4)
+		}
+	}
+
+	if out, _, err = runCLI(t, local, "tsig", "rm", "nas1"); err != nil || out != "revoked the TSIG key of nas1 (if it had one)\n" {
+		t.Fatalf("tsig rm printed %q, %v", out, err)
+	}
+	if _, ok := d.Store().TSIGKey("nas1"); ok {
+		t.Error("the key is in force after tsig rm")
+	}
+	wantDeviceErrors(t, local, []deviceError{
+		{[]string{"tsig", "add", "nas9"}, "issue a TSIG key for nas9: no such device (HTTP 404)"},
+		{[]string{"tsig", "rm", "nas9"}, "no such device (HTTP 404)"},
+		{[]string{"tsig", "add"}, "want exactly one device NAME"},
 	})
 }
 

@@ -55,6 +55,8 @@ var manExamples = []manExample{
 	{"Manage devices of a daemon on this machine as root (through its local socket, no token), or from elsewhere with the admin token:",
 		[]string{"nasreach device --data /var/lib/nasreach list",
 			"NASREACH_ADMIN_TOKEN=$TOKEN nasreach device --server https://ddns.example.net list --json"}},
+	{"Let a device update its own address by DNS UPDATE (nsupdate -k, ddclient's protocol=nsupdate) with a key of its own:",
+		[]string{"nasreach device tsig add --key-file /etc/ddclient/nas1.key nas1"}},
 	{"Let Link clients in only with an access code, and issue one:",
 		[]string{"nasreach device set --access token nas1", "nasreach device code add nas1"}},
 	{"On the NAS, expose its web interface through the relay; on a client, reach it at 127.0.0.1:8443:",
