@@ -398,3 +398,21 @@ func TestDeviceKeysMayNotTransfer(t *testing.T) {
 		t.Fatalf("AXFR signed with a device's key: %v (%v), want REFUSED", r, err)
 	}
 }
+
+// A signature made outside the TSIG time window (300 s, RFC 8945 §5.2.3) is
+// NOTAUTH BADTIME, the answer signed with the server's time, and changes
+// nothing: a captured update cannot be replayed later.
+func TestStaleSignatureIsBadTime(t *testing.T) {
+	fx := startUpdateServer(t)
+	m := new(dns.Msg).SetUpdate(updZone)
+	m.Ns = rrs(nas1 + " 0 ANY A")
+	m.SetTsig(key1, dns.HmacSHA256, 300, time.Now().Add(-time.Hour).Unix())
+	c := &dns.Client{Timeout: 2 * time.Second, TsigSecret: map[string]string{key1: fx.secrets[key1]}}
+	r, _, _ := c.Exchange(m, fx.srv.Addr().String())
+	if r == nil || r.Rcode != dns.RcodeNotAuth || r.IsTsig() == nil || r.IsTsig().Error != dns.RcodeBadTime {
+		t.Fatalf("an update signed an hour ago: %v, want NOTAUTH BADTIME", r)
+	}
+	if v4, _ := fx.addrs(t, "nas1"); v4 != "198.51.100.1" {
+		t.Fatalf("a stale update changed nas1 to %q", v4)
+	}
+}
