@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/internal/listen"
 	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/link"
 	"github.com/nasreach/nasreach/linkserver"
@@ -37,9 +38,11 @@ import (
 type env struct {
 	t  *testing.T
 	st *store.Store
-	// sock is the relay's UDP socket, held by the test for its whole run:
-	// each relay started serves a descriptor of its own for it.
+	// sock and tcp are the relay's UDP socket and its TCP carrier's
+	// listener on the same port, held by the test for its whole run: each
+	// relay started serves descriptors of its own for them.
 	sock   *net.UDPConn
+	tcp    *net.TCPListener
 	relay  *linkserver.Server
 	cfg    linkserver.Config
 	fp     string
@@ -88,11 +91,12 @@ func newEnv(t *testing.T, mods ...func(*linkserver.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sock, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	socks, err := listen.Bind(listen.Config{Addr: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { sock.Close() })
+	t.Cleanup(func() { socks.Close() })
+	sock, tcp := socks.UDP[0].(*net.UDPConn), socks.TCP[0].(*net.TCPListener)
 	// The daemon's STUN server, on every address as in production: the
 	// relay tells agents and clients its port, and they ask it at the
 	// relay's address.
@@ -101,7 +105,7 @@ func newEnv(t *testing.T, mods ...func(*linkserver.Config)) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ss.Shutdown(context.Background()) })
-	e := &env{t: t, st: st, sock: sock, fp: fp, events: &eventLog{}}
+	e := &env{t: t, st: st, sock: sock, tcp: tcp, fp: fp, events: &eventLog{}}
 	e.cfg = linkserver.Config{Certificate: cert, Store: st, Events: e.events.Log, Logger: testLogger(t),
 		STUN: netip.AddrPortFrom(netip.IPv4Unspecified(), ss.Addr().Port())}
 	for _, m := range mods {
@@ -112,7 +116,7 @@ func newEnv(t *testing.T, mods ...func(*linkserver.Config)) *env {
 	return e
 }
 
-// start starts a relay on a new descriptor of e.sock, as systemd's socket
+// start starts a relay on new descriptors of e.sock and e.tcp, as systemd's socket
 // activation would: the relay closes its descriptor at Shutdown, the socket
 // stays bound, and a restarted relay serves the same port without another
 // program being able to take it in between.
@@ -124,6 +128,14 @@ func (e *env) start() {
 	}
 	defer f.Close()
 	if e.cfg.PacketConn, err = net.FilePacketConn(f); err != nil {
+		e.t.Fatal(err)
+	}
+	tf, err := e.tcp.File()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer tf.Close()
+	if e.cfg.TCPListener, err = net.FileListener(tf); err != nil {
 		e.t.Fatal(err)
 	}
 	r, err := linkserver.New(e.cfg)
@@ -366,8 +378,14 @@ func transfer(t *testing.T, n int64) {
 	e := newEnv(t)
 	tok := e.addDevice("nas1")
 	e.agent("nas1", tok, map[uint16]string{9: hashServer(t)})
-	d := e.dialer()
-	c, err := d.Dial(ctx10(t), "nas1", 9)
+	sendHashed(t, e.dialer(), "nas1", n)
+}
+
+// sendHashed sends n pseudo-random bytes to device's port 9, a
+// hashServer, and checks the SHA-256 it answers.
+func sendHashed(t *testing.T, d *link.Dialer, device string, n int64) net.Conn {
+	t.Helper()
+	c, err := d.Dial(ctx10(t), device, 9)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,7 +405,8 @@ func transfer(t *testing.T, n int64) {
 		t.Fatalf("far end got SHA-256 %s, sent %s", got, want)
 	}
 	el := time.Since(start)
-	t.Logf("%d MiB in %v (%.0f MiB/s)", n>>20, el.Round(time.Millisecond), float64(n>>20)/el.Seconds())
+	t.Logf("%d MiB in %v (%.0f MiB/s) over %s", n>>20, el.Round(time.Millisecond), float64(n>>20)/el.Seconds(), link.TransportOf(c))
+	return c
 }
 
 func TestTransfer64MiBArrivesIntact(t *testing.T) { transfer(t, 64<<20) }
