@@ -81,3 +81,38 @@ func TestQUICConnectionsArePerSourceCapped(t *testing.T) {
 		t.Errorf("stats %+v, want the refusal over the total counted", st)
 	}
 }
+
+// The TCP carrier's listener caps connections per source like every TCP
+// listener: the (cap+1)-th from one source is closed before its TLS
+// handshake, and a closed connection frees its slot.
+func TestTCPConnectionsArePerSourceCapped(t *testing.T) {
+	cfg := validConfig(t)
+	cfg.PacketConn = testutil.ListenUDP(t)
+	cfg.TCPListener = testutil.ListenTCP(t)
+	cfg.TCPConns = connlimit.Config{Max: 10, MaxPerSource: 2}
+	l, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Shutdown(context.Background()) })
+	testutil.CheckSourceCap(t, l.TCPAddr().String(), 2, func() int { return l.TCPConnStats().Live })
+	if st := l.TCPConnStats(); st.RefusedSource == 0 {
+		t.Errorf("stats %+v, want the refusal per source counted", st)
+	}
+}
+
+// A TLS handshake that trickles in is cut at the handshake timeout, as
+// every TCP server bounds how long a request may take to arrive.
+func TestSlowTLSHandshakeIsCut(t *testing.T) {
+	cfg := validConfig(t)
+	cfg.PacketConn = testutil.ListenUDP(t)
+	cfg.TCPListener = testutil.ListenTCP(t)
+	cfg.HandshakeTimeout = 500 * time.Millisecond
+	l, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Shutdown(context.Background()) })
+	hello := []byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc} // a ClientHello's first bytes
+	testutil.CheckSlowClientIsCut(t, l.TCPAddr().String(), hello, 100*time.Millisecond, 3*time.Second)
+}
