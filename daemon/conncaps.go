@@ -20,7 +20,7 @@ import (
 //
 //	reserved  = reservedFDs (512)
 //	          + turn-max-allocations when TURN runs (a relay socket each)
-//	per TCP listener that runs (http, dns, stun or turn, turns):
+//	per TCP listener that runs (http, dns, stun or turn, turns, link-tcp):
 //	  total cap    = (L - reserved) / number of those listeners
 //	  per source   = total / 100, at least 8 (connlimit.PerSource)
 //
@@ -67,6 +67,9 @@ type connCaps struct {
 	// server's with TURN off), turns TURN over TLS.
 	stream, turns connlimit.Config
 	link          connlimit.Config
+	// linkTCP is the Link relay's TCP carrier (agents and clients whose
+	// UDP is blocked), a TCP listener like the others.
+	linkTCP connlimit.Config
 	// short is how many descriptors short the file limit is of giving
 	// each TCP listener minListenerConns; zero when it is not.
 	short uint64
@@ -93,6 +96,9 @@ func sizeConnCaps(fileLimit uint64, cfg Config) connCaps {
 	}
 	if turn && cfg.CertFile != "" {
 		listeners = append(listeners, &c.turns)
+	}
+	if cfg.Link.Addr != "" && cfg.Link.TCPAddr != "" {
+		listeners = append(listeners, &c.linkTCP)
 	}
 	n := uint64(max(len(listeners), 1))
 	need := reserved + n*minListenerConns
@@ -122,7 +128,7 @@ func (d *Daemon) logConnCaps() {
 	for _, l := range []struct {
 		name string
 		cfg  connlimit.Config
-	}{{"http", c.http}, {"dns", c.dns}, {"stun_turn", c.stream}, {"turns", c.turns}, {"link", c.link}} {
+	}{{"http", c.http}, {"dns", c.dns}, {"stun_turn", c.stream}, {"turns", c.turns}, {"link", c.link}, {"link_tcp", c.linkTCP}} {
 		if l.cfg.Max > 0 {
 			ev = ev.Int(l.name, l.cfg.Max).Int(l.name+"_per_source", connlimit.PerSource(l.cfg.Max))
 		}
@@ -160,6 +166,9 @@ func (d *Daemon) connsRefused() map[string]metrics.ConnsRefused {
 	}
 	if r.link != nil {
 		add("link", r.link.ConnStats())
+		if r.link.TCPAddr().IsValid() {
+			add("link_tcp", r.link.TCPConnStats())
+		}
 	}
 	return out
 }
