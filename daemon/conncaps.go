@@ -12,7 +12,7 @@ import (
 // The connection caps, sized here and nowhere else.
 //
 // Every TCP connection holds a file descriptor, and HTTP, DNS over TCP,
-// STUN/TURN over TCP and TURN over TLS share the process's limit
+// STUN/TURN over TCP, TURN over TLS and Link over TCP share the process's limit
 // (RLIMIT_NOFILE, which the systemd unit sets with LimitNOFILE=) with the
 // store, the logs, the UDP sockets and TURN's relay sockets. Out of
 // descriptors, every accept fails (EMFILE) and an owner's update waits
@@ -27,9 +27,9 @@ import (
 // The totals add up to no more than L - reserved, so no listener can take
 // another's descriptors, and no source network (an IPv4 address, an IPv6
 // /64) more than a hundredth of one listener's. With the unit's
-// LimitNOFILE=65536 and the defaults (TURN with 10,000 allocations, and
-// TLS): 13,756 connections per listener, 137 per source; without TLS
-// 18,341 and 183. A trusted proxy (trusted-proxy) is not capped per
+// LimitNOFILE=65536 and the defaults (TURN with 10,000 allocations, TLS and
+// link-tcp): 11,004 connections per listener, 110 per source; without TLS
+// 13,756 and 137. A trusted proxy (trusted-proxy) is not capped per
 // source on the HTTP listener: it carries every client's connections.
 //
 // Link's QUIC connections hold no descriptor but memory (about 64 KiB
