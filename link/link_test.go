@@ -651,6 +651,14 @@ func TestLimitsCloseOnlyTheOffendingStream(t *testing.T) {
 }
 
 func TestShutdownStopsEveryGoroutine(t *testing.T) {
+	for _, transport := range []string{link.TransportQUIC, link.TransportTCP} {
+		t.Run(transport, func(t *testing.T) { shutdownStopsEveryGoroutine(t, transport) })
+	}
+}
+
+// shutdownStopsEveryGoroutine runs a relay, an agent and a client with a
+// session open over transport, then stops them all and counts goroutines.
+func shutdownStopsEveryGoroutine(t *testing.T, transport string) {
 	before := runtime.NumGoroutine()
 	func() {
 		st, err := store.Open(store.Config{Dir: t.TempDir(), SweepEvery: -1})
@@ -659,15 +667,24 @@ func TestShutdownStopsEveryGoroutine(t *testing.T) {
 		}
 		defer st.Close()
 		cert, fp, _ := linkserver.LoadCert(t.TempDir())
-		r, err := linkserver.New(linkserver.Config{Addr: "127.0.0.1:0", Certificate: cert, Store: st, Logger: testLogger(t)})
+		r, err := linkserver.New(linkserver.Config{Addr: "127.0.0.1:0", TCPAddr: "127.0.0.1:0", Certificate: cert, Store: st, Logger: testLogger(t)})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer r.Shutdown(context.Background())
+		server, serverTCP := r.Addr().String(), r.TCPAddr().String()
+		if transport == link.TransportTCP { // UDP to a socket that never answers
+			blackHole, err := net.ListenPacket("udp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer blackHole.Close()
+			server = blackHole.LocalAddr().String()
+		}
 		_, tok, _ := st.Create(context.Background(), "nas1", store.CreateOptions{})
 		backend, stopBackend := loopbackEcho(t)
 		defer stopBackend()
-		a, err := link.NewAgent(link.AgentConfig{Server: r.Addr().String(), RelayFingerprint: fp, Device: "nas1", Token: tok,
+		a, err := link.NewAgent(link.AgentConfig{Server: server, ServerTCP: serverTCP, RelayFingerprint: fp, Device: "nas1", Token: tok,
 			Expose: map[uint16]string{22: backend}, StateDir: t.TempDir(), Logger: testLogger(t)})
 		if err != nil {
 			t.Fatal(err)
@@ -676,11 +693,14 @@ func TestShutdownStopsEveryGoroutine(t *testing.T) {
 		if err := a.WaitOnline(ctx10(t)); err != nil {
 			t.Fatal(err)
 		}
-		d, _ := link.NewDialer(link.DialerConfig{Server: r.Addr().String(), RelayFingerprint: fp, KnownDevices: "-"})
+		d, _ := link.NewDialer(link.DialerConfig{Server: server, ServerTCP: serverTCP, RelayFingerprint: fp, KnownDevices: "-"})
 		defer d.Close()
 		c, err := d.Dial(ctx10(t), "nas1", 22)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if tr := link.TransportOf(c); tr != transport {
+			t.Fatalf("session over %s, want %s", tr, transport)
 		}
 		c.Write([]byte("hi"))
 		io.ReadFull(c, make([]byte, 2))
