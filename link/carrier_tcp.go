@@ -66,7 +66,9 @@ func NewTCPCarrier(conn net.Conn, cfg TCPCarrierConfig) (Carrier, error) {
 		yc.KeepAliveInterval = cfg.KeepAlive
 	}
 	yc.MaxIncomingStreams = uint32(max(cfg.MaxIncomingStreams, 0))
-	yc.AcceptBacklog = max(cfg.MaxIncomingStreams, 1)
+	// yamux's AcceptBacklog (256) also bounds the streams this end opens
+	// that the peer has not acknowledged yet: kept, so that concurrent
+	// sessions do not wait a round trip each.
 	yc.MaxStreamWindowSize = tcpMaxStreamWindow
 	budget := &windowBudget{left: tcpConnWindow}
 	mm := func() (yamux.MemoryManager, error) { return &windowSpan{b: budget}, nil }
