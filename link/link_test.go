@@ -310,10 +310,18 @@ func TestHTTPGetThroughTunnelIsEncryptedEndToEnd(t *testing.T) {
 }
 
 func TestHundredConcurrentStreams(t *testing.T) {
-	e := newEnv(t)
-	tok := e.addDevice("nas1")
-	e.agent("nas1", tok, map[uint16]string{443: echoServer(t)})
-	d := e.dialer()
+	for i, name := range []string{link.TransportQUIC, link.TransportTCP} {
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t)
+			cr := e.carriers()[i]
+			e.agentVia(cr, "nas1", e.addDevice("nas1"), map[uint16]string{443: echoServer(t)})
+			hundredStreams(t, e.dialer(cr.dialer))
+		})
+	}
+}
+
+// hundredStreams echoes 100 messages over as many concurrent sessions.
+func hundredStreams(t *testing.T, d *link.Dialer) {
 	var wg sync.WaitGroup
 	errs := make(chan error, 100)
 	for i := range 100 {
