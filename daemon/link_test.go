@@ -54,19 +54,8 @@ func TestLinkAgentOverTCPIsCountedByTransport(t *testing.T) {
 	tl := td.LinkRelay()
 	tok := td.AddDevice("nas1")
 	blackHole := testutil.ListenUDP(t) // reads nothing: QUIC gets no answer
-	a, err := link.NewAgent(link.AgentConfig{
-		Server: blackHole.LocalAddr().String(), ServerTCP: td.LinkTCP, RelayFingerprint: tl.Fingerprint,
-		Device: "nas1", Token: tok, Expose: map[uint16]string{22: "127.0.0.1:9"}, StateDir: t.TempDir(), Listen: "127.0.0.1:0",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := a.WaitOnline(ctx); err != nil {
-		t.Fatal(err)
-	}
+	tl.StartAgent(t, link.AgentConfig{Server: blackHole.LocalAddr().String(), ServerTCP: td.LinkTCP,
+		Device: "nas1", Token: tok, Expose: map[uint16]string{22: "127.0.0.1:9"}})
 	fams, _ := scrape(t, td)
 	if v := value(t, fams, "nasreach_link_connections", map[string]string{"transport": "tcp"}); v != 1 {
 		t.Errorf("nasreach_link_connections{transport=tcp} = %v, want 1", v)

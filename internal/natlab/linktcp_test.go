@@ -31,7 +31,7 @@ func TestLinkAgentBehindUDPBlockedReachesTheRelayOverTCP(t *testing.T) {
 	blocked, open := lab.AddHome(natlab.UDPBlocked), lab.AddHome(natlab.Masquerade)
 	relay := netip.AddrPortFrom(natlab.InternetA, 7443).String()
 	data := t.TempDir()
-	serve := run(t, lab.Internet.Command(bin, "serve", "--data", data, "--log-format", "json", "--link", relay, "--link-tcp", relay))
+	serve, _ := run(t, lab.Internet.Command(bin, "serve", "--data", data, "--log-format", "json", "--link", relay, "--link-tcp", relay))
 
 	var token string
 	testutil.WaitFor(t, 15*time.Second, "the daemon to register a device", func() bool {
@@ -54,7 +54,7 @@ func TestLinkAgentBehindUDPBlockedReachesTheRelayOverTCP(t *testing.T) {
 		"--expose", "22="+echo.Addr().String(), "--state", t.TempDir())
 	agentCmd.Env = append(os.Environ(), "NASREACH_TOKEN="+token)
 	start := time.Now()
-	agent := run(t, agentCmd)
+	agent, _ := run(t, agentCmd)
 	testutil.WaitFor(t, 10*time.Second, "the agent online over TCP", func() bool {
 		return strings.Contains(agent.String(), "connected to link relay") && strings.Contains(agent.String(), `"transport":"tcp"`)
 	})
@@ -88,26 +88,36 @@ func TestLinkAgentBehindUDPBlockedReachesTheRelayOverTCP(t *testing.T) {
 	}
 }
 
-// run starts cmd with its output in the returned buffer, and stops it with
-// SIGTERM when the test ends.
-func run(t *testing.T, cmd *exec.Cmd) *testutil.Buffer {
+// run starts cmd with its output in the returned buffer; exited receives
+// its end if it ends before the test does. When the test ends it is stopped
+// with SIGTERM, and must exit cleanly within 10 s.
+func run(t *testing.T, cmd *exec.Cmd) (out *testutil.Buffer, exited <-chan error) {
 	t.Helper()
-	var out testutil.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out = &testutil.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	ended := make(chan error, 1) // for the test
+	done := make(chan struct{})  // for the cleanup
+	var err error
+	go func() {
+		err = cmd.Wait()
+		ended <- err
+		close(done)
+	}()
 	t.Cleanup(func() {
 		cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-exited:
+		case <-done:
+			if err != nil {
+				t.Errorf("%s ended with %v after SIGTERM\n%s", strings.Join(cmd.Args, " "), err, out.String())
+			}
 		case <-time.After(10 * time.Second):
 			cmd.Process.Kill()
-			<-exited
-			t.Errorf("%s did not stop within 10 s of SIGTERM\n%s", cmd.Args[0], out.String())
+			<-done
+			t.Errorf("%s did not stop within 10 s of SIGTERM\n%s", strings.Join(cmd.Args, " "), out.String())
 		}
 	})
-	return &out
+	return out, ended
 }
