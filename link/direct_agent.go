@@ -53,6 +53,7 @@ type agentDirect struct {
 	mu        sync.Mutex
 	info      RelayInfo
 	relayAddr netip.AddrPort // the relay's address as dialed
+	overTCP   bool           // the relay is reached over TCP: UDP is blocked
 	srflx     netip.AddrPort // the NAT mapping STUN last reported
 	srflxAt   time.Time
 	grants    map[[ExchangeIDLen]byte]*exchange // exchanges awaiting their DirectHello
@@ -121,7 +122,7 @@ func (a *Agent) allow(from netip.AddrPort) {
 // watchInfo asks the relay for its RelayInfo on a stream of c and follows
 // its changes until the stream or c ends. A relay that predates direct
 // paths resets the stream: then there is no STUN and no direct path.
-func (a *Agent) watchInfo(c *quic.Conn) {
+func (a *Agent) watchInfo(c Carrier) {
 	s, err := c.OpenStreamSync(a.ctx)
 	if err != nil {
 		return
@@ -242,6 +243,13 @@ func (a *Agent) candidates() []Candidate {
 func (a *Agent) punch(sc *streamConn, p Punch) {
 	if a.direct.ln == nil {
 		WriteFrame(sc, Result{Status: StatusNoDirect, Message: fmt.Sprintf("device %s has direct paths off", a.cfg.Device)})
+		return
+	}
+	a.direct.mu.Lock()
+	overTCP := a.direct.overTCP
+	a.direct.mu.Unlock()
+	if overTCP {
+		WriteFrame(sc, Result{Status: StatusNoDirect, Message: fmt.Sprintf("device %s reaches the relay over TCP: no UDP for a direct path", a.cfg.Device)})
 		return
 	}
 	x := &exchange{id: p.Exchange, key: p.Key, self: ProbeFromAgent, ep: a.ep, expires: time.Now().Add(ExchangeTTL), pinged: a.allow}

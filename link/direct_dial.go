@@ -49,7 +49,7 @@ var errFallback = errors.New("direct path unavailable")
 type dialerDirect struct {
 	paths    map[string]*directPath // by device
 	info     RelayInfo
-	infoConn *quic.Conn // the relay connection info came from
+	infoConn Carrier // the relay connection info came from
 	srflx    netip.AddrPort
 	srflxAt  time.Time
 	infoMu   sync.Mutex // one Info request at a time
@@ -295,7 +295,7 @@ func directClientTLS(device, key string) *tls.Config {
 
 // relayInfo returns the relay's RelayInfo from an Info stream on c, opening
 // it the first time; the stream then follows the relay's changes.
-func (d *Dialer) relayInfo(ctx context.Context, c *quic.Conn) (RelayInfo, netip.AddrPort, error) {
+func (d *Dialer) relayInfo(ctx context.Context, c Carrier) (RelayInfo, netip.AddrPort, error) {
 	d.direct.infoMu.Lock()
 	defer d.direct.infoMu.Unlock()
 	d.mu.Lock()
@@ -330,7 +330,7 @@ func (d *Dialer) relayInfo(ctx context.Context, c *quic.Conn) (RelayInfo, netip.
 
 // followInfo reads the relay's later RelayInfo frames: direct paths turned
 // off close the direct connections (the agents close theirs too).
-func (d *Dialer) followInfo(sc *streamConn, c *quic.Conn) {
+func (d *Dialer) followInfo(sc *streamConn, c Carrier) {
 	defer sc.Close()
 	stop := context.AfterFunc(d.ctx, func() { sc.CancelRead(StreamAborted) })
 	defer stop()
@@ -376,7 +376,7 @@ func (d *Dialer) srflx(ctx context.Context, ep *endpoint, info RelayInfo, relay 
 }
 
 // introduce sends Direct to the relay and returns the agent's candidates.
-func (d *Dialer) introduce(ctx context.Context, c *quic.Conn, req Direct) ([]Candidate, error) {
+func (d *Dialer) introduce(ctx context.Context, c Carrier, req Direct) ([]Candidate, error) {
 	s, err := c.OpenStreamSync(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("open a stream to the relay: %w", err)

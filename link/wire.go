@@ -13,8 +13,9 @@ import (
 // Link wire protocol, version 1.
 //
 // Link carries TCP connections between a client and a NAS that both dial out
-// to a relay. It runs over QUIC (RFC 9000) with ALPN "nasreach-link/1"; the
-// relay authenticates itself with its TLS certificate (pinned by the SHA-256
+// to a relay. It runs over QUIC (RFC 9000) with ALPN "nasreach-link/1", or
+// where UDP is blocked over TLS and TCP with the same streams ("Over TCP"
+// below); the relay authenticates itself with its TLS certificate (pinned by the SHA-256
 // of its SubjectPublicKeyInfo, or verified against the system roots).
 //
 // Agent connection (the NAS side, one per device):
@@ -141,6 +142,37 @@ import (
 // Result, then the stream ends) or Open (a session, as from the relay).
 // Report tells the relay how an attempt ended, for its metrics; it carries
 // no address.
+//
+// # Over TCP
+//
+// Where UDP is blocked (some corporate, hotel and mobile networks), agents
+// and clients reach the relay over TCP instead, at its TCP address (by
+// default the host and port number of its UDP one): TLS 1.3 with ALPN
+// "nasreach-link-tcp/1" and the relay's certificate, pinned alike, then
+// yamux (version 0, as github.com/libp2p/go-yamux/v5 speaks it; the agent or
+// client is yamux's client, the relay its server) carrying streams. A
+// yamux stream stands for a QUIC stream: the same frames in the same
+// order, the same end-to-end TLS after an OK Result. A FIN is yamux's FIN;
+// a reset is yamux's RST, whose length field carries the stream error code
+// and which ends both directions (every reset here cancels both); a
+// STOP_SENDING while the write side is open is sent as an RST right after
+// the FIN. Closing the connection sends a GoAway whose code is 0x100 plus
+// the connection close code (yamux keeps 0 to 2 for itself). A stream's
+// window starts at yamux's 256 KiB and grows, while its reader keeps up,
+// to 6 MiB; the growth of one connection's streams is bounded by 16 MiB.
+// A stream over the receiver's limit of open streams is reset with code 0
+// (QUIC would make the opener wait). Keep-alives are yamux pings; one
+// unanswered for 10 s ends the connection. The relay applies the same
+// authentication, limits and logs as on QUIC (its logs say "over tcp"),
+// caps TCP connections per source, and bounds the TCP and TLS handshakes
+// plus the first frame by its handshake timeout.
+//
+// Direct paths need UDP: a client on TCP asks for none, and an agent on
+// TCP answers Punch with StatusNoDirect. Agents and clients try QUIC
+// first and dial TCP beside it when QUIC has not answered within a head
+// start (a second); after TCP won they dial TCP first for a while, probe
+// QUIC meanwhile, and move back to it when it answers and no session of
+// theirs is open (link/fallback.go).
 //
 // Frame layout (all integers big-endian):
 //

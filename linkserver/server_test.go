@@ -28,8 +28,8 @@ func validConfig(t *testing.T) Config {
 	return Config{Certificate: cert, Store: st}
 }
 
-// The socket handed to New belongs to the relay from the call on: when New
-// fails, it has closed it.
+// The sockets handed to New belong to the relay from the call on: when New
+// fails, it has closed them.
 func TestNewClosesTheGivenSocketOnError(t *testing.T) {
 	valid := validConfig(t)
 	for _, tc := range []struct {
@@ -43,6 +43,8 @@ func TestNewClosesTheGivenSocketOnError(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := valid
 			cfg.PacketConn = testutil.ListenUDP(t)
+			tcp := testutil.ListenTCP(t)
+			cfg.TCPListener = tcp
 			tc.mod(&cfg)
 			if l, err := New(cfg); err == nil {
 				l.Shutdown(context.Background())
@@ -50,6 +52,9 @@ func TestNewClosesTheGivenSocketOnError(t *testing.T) {
 			}
 			if !testutil.Closed(cfg.PacketConn) {
 				t.Error("the given PacketConn is still open after New failed")
+			}
+			if !testutil.Closed(tcp) {
+				t.Error("the given TCPListener is still open after New failed")
 			}
 		})
 	}
