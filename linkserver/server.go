@@ -235,6 +235,7 @@ func New(cfg Config) (*Server, error) {
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	cfg.Store.OnChange(l.onChange)
 	l.wg.Go(l.accept)
+	l.wg.Go(l.serveSTUN)
 	return l, nil
 }
 
