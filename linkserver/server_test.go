@@ -82,16 +82,24 @@ func TestShutdownClosesTheGivenSocket(t *testing.T) {
 	}
 }
 
-// An agent's Info stream lives as long as its connection: the relay keeps
-// no state for an agent that left.
-func TestInfoStreamsEndWithTheirConnections(t *testing.T) {
+// startRelay starts a relay of validConfig on 127.0.0.1, until the test
+// ends.
+func startRelay(t *testing.T) (*Server, Config) {
+	t.Helper()
 	cfg := validConfig(t)
 	cfg.Addr = "127.0.0.1:0"
 	l, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Shutdown(context.Background())
+	t.Cleanup(func() { l.Shutdown(context.Background()) })
+	return l, cfg
+}
+
+// An agent's Info stream lives as long as its connection: the relay keeps
+// no state for an agent that left.
+func TestInfoStreamsEndWithTheirConnections(t *testing.T) {
+	l, cfg := startRelay(t)
 	_, tok, err := cfg.Store.(*store.Store).Create(context.Background(), "nas1", store.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -114,13 +122,7 @@ func TestInfoStreamsEndWithTheirConnections(t *testing.T) {
 // The relay answers STUN Binding on its own port, beside QUIC: the second
 // destination an agent or client compares its mapping across.
 func TestRelayAnswersSTUNBindingOnItsPort(t *testing.T) {
-	cfg := validConfig(t)
-	cfg.Addr = "127.0.0.1:0"
-	l, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Shutdown(context.Background())
+	l, _ := startRelay(t)
 	conn := testutil.ListenUDP(t)
 	c, err := stun.NewClient(stun.ClientConfig{RTO: 100 * time.Millisecond})
 	if err != nil {
