@@ -290,15 +290,18 @@ func (a *Agent) punch(sc *streamConn, p Punch) {
 	defer cancel()
 	remote := reachable(p.Candidates, a.ep.local, relay)
 	b := planBirthday(self, peerMapping(p.Candidates), a.ep.local, relay)
-	if b != nil && takeSlot(ad.birthdays) {
-		defer func() { <-ad.birthdays }()
-		b.listen, b.adopt = a.cfg.ListenUDP, a.adoptSocket
-	} else if b != nil {
+	if b != nil && !takeSlot(ad.birthdays) {
 		a.log.Info().Msg("too many birthday probings at once; probing the candidates only")
 		b = nil
 	}
+	if b != nil {
+		b.listen, b.adopt = a.cfg.ListenUDP, a.adoptSocket
+	}
 	if len(remote) > 0 || b != nil {
 		x.probe(ctx, remote, false, b)
+	}
+	if b != nil {
+		<-ad.birthdays
 	}
 	<-ctx.Done()
 }
@@ -384,6 +387,7 @@ func (a *Agent) hello(sc *streamConn, dc *directConn, h DirectHello) {
 	}
 	if valid {
 		delete(ad.grants, h.Exchange)
+		close(x.used) // its probing is done
 	}
 	ad.mu.Unlock()
 	if !valid {

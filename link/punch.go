@@ -51,6 +51,9 @@ type exchange struct {
 	// end's NAT that is none of its candidates (peer-reflexive), e.g. a
 	// symmetric NAT's new port, which probe tries too.
 	pingedFrom chan netip.AddrPort
+	// used is closed when the agent's DirectHello uses the exchange up:
+	// its probing, birthday probing included, has done its job.
+	used chan struct{}
 }
 
 // pong is a valid answer to one of our pings: who answered and where it
@@ -72,6 +75,7 @@ func (x *exchange) init() {
 	x.sent = map[[probeTxLen]byte]netip.AddrPort{}
 	x.answered = make(chan pong, MaxCandidates)
 	x.pingedFrom = make(chan netip.AddrPort, MaxCandidates)
+	x.used = make(chan struct{})
 }
 
 // onProbe answers a valid ping with a pong, through via (the endpoint it
@@ -148,7 +152,7 @@ type probeResult struct {
 // probing starts after BirthdayAfter without an answer, and the exchange
 // probes for BirthdayWindow more. With wait false it only pings (and plays
 // its part in b), for the agent, which opens its NAT's mappings toward the
-// client this way; it returns when the time is up.
+// client this way; it returns when the time is up or the exchange is used.
 func (x *exchange) probe(ctx context.Context, cands []Candidate, wait bool, b *birthday) (probeResult, error) {
 	if len(cands) == 0 && b == nil {
 		return probeResult{}, errNoAnswer
@@ -172,7 +176,8 @@ func (x *exchange) probe(ctx context.Context, cands []Candidate, wait bool, b *b
 	if b != nil {
 		defer func() {
 			sent, adopted := b.stop(x, keep)
-			x.ep.log.Debug().Int("probes", sent).Bool("won", keep != nil || adopted > 0).Msg("birthday probing ended")
+			x.ep.log.Debug().Stringer("role", b.role).Int("probes", sent).Bool("won", keep != nil || adopted > 0).
+				Msg("birthday probing ended")
 		}()
 	}
 	bctx, bcancel := context.WithCancel(ctx)
@@ -203,6 +208,8 @@ func (x *exchange) probe(ctx context.Context, cands []Candidate, wait bool, b *b
 			return probeResult{win: candidateAt(cands, p.from), observed: p.observed}, nil
 		case <-tick.C:
 			x.ping(cands)
+		case <-x.used:
+			return probeResult{}, nil
 		case <-ctx.Done():
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 				return probeResult{}, errNoAnswer

@@ -389,7 +389,7 @@ type linkRelay struct {
 // startLinkRelay starts the relay at InternetA:7443 and STUN at
 // InternetA:3478 (which the relay tells agents and clients about), until
 // the test ends.
-func startLinkRelay(t *testing.T, lab *natlab.Lab) *linkRelay {
+func startLinkRelay(t testing.TB, lab *natlab.Lab) *linkRelay {
 	t.Helper()
 	stunAddr := netip.AddrPortFrom(natlab.InternetA, 3478)
 	ss, err := stun.New(stun.Config{PacketConn: lab.Internet.ListenUDP(t, stunAddr), Listener: lab.Internet.ListenTCP(t, stunAddr)})
@@ -471,7 +471,7 @@ func listenIn(ns *natlab.Namespace) func(string, *net.UDPAddr) (*net.UDPConn, er
 // startHashSink serves, on 127.0.0.1 in the test's own namespace (where
 // the agents' goroutines dial their exposed services), TCP connections
 // whose bytes it hashes until EOF, then answers their SHA-256.
-func startHashSink(t *testing.T) string {
+func startHashSink(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
