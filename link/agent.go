@@ -77,6 +77,11 @@ type AgentConfig struct {
 	// Listen is the agent's UDP socket (to the relay, STUN, and direct
 	// paths from clients); empty means DefaultListen, every interface.
 	Listen string
+	// ListenUDP opens the UDP sockets: the one at Listen and, for birthday
+	// probing against a symmetric NAT, up to BirthdaySockets more for a few
+	// seconds (wire.go); nil means net.ListenUDP. Tests open them in a
+	// network namespace.
+	ListenUDP func(network string, laddr *net.UDPAddr) (*net.UDPConn, error)
 	// DisableDirect refuses direct paths (--direct never): every session
 	// goes through the relay.
 	DisableDirect bool
@@ -166,17 +171,18 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	}
 	a.direct = agentDirect{
 		grants: map[[ExchangeIDLen]byte]*exchange{}, allowed: map[netip.AddrPort]time.Time{},
-		conns: map[*quic.Conn]*directConn{}, stunKick: make(chan struct{}, 1),
+		conns: map[*quic.Conn]*directConn{}, stunKick: make(chan struct{}, 1), birthdays: make(chan struct{}, maxBirthdays),
 	}
 	var accept func(netip.AddrPort) bool
 	if !cfg.DisableDirect {
 		accept = a.allowSource
 	}
-	if a.ep, err = newEndpoint(cfg.Listen, accept, a.log); err != nil {
+	if a.ep, err = newEndpoint(cfg.Listen, cfg.ListenUDP, accept, a.log); err != nil {
 		return nil, err
 	}
 	if !cfg.DisableDirect {
-		if a.direct.ln, err = a.ep.tr.Listen(directServerTLS(cert), directQUIC(cfg.HandshakeTimeout)); err != nil {
+		a.direct.tls = directServerTLS(cert)
+		if a.direct.ln, err = a.ep.tr.Listen(a.direct.tls, directQUIC(cfg.HandshakeTimeout)); err != nil {
 			a.ep.close()
 			return nil, fmt.Errorf("listen for direct paths: %w", err)
 		}

@@ -68,6 +68,11 @@ type DialerConfig struct {
 	// Listen is the dialer's UDP socket (to the relay, STUN, and direct
 	// paths to agents); empty means DefaultListen, every interface.
 	Listen string
+	// ListenUDP opens the UDP sockets: the one at Listen and, for birthday
+	// probing against a symmetric NAT, up to BirthdaySockets more for a few
+	// seconds (wire.go); nil means net.ListenUDP. Tests open them in a
+	// network namespace.
+	ListenUDP func(network string, laddr *net.UDPAddr) (*net.UDPConn, error)
 	// DisableDirect keeps every session on the relay (--direct never): no
 	// hole punching.
 	DisableDirect bool
@@ -116,7 +121,7 @@ func NewDialer(cfg DialerConfig) (*Dialer, error) {
 		return nil, err
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
-	d.direct.paths = map[string]*directPath{}
+	d.direct.paths, d.direct.birthdays = map[string]*directPath{}, make(chan struct{}, maxBirthdays)
 	for dev, fp := range cfg.Fingerprints {
 		if d.pins[dev], err = ParseFingerprint(fp); err != nil {
 			return nil, fmt.Errorf("device %s: %w", dev, err)
@@ -161,7 +166,7 @@ func (d *Dialer) connection(ctx context.Context, fresh bool) (Carrier, error) {
 		c.CloseWithError(CloseNormal, "reconnecting")
 	}
 	if d.ep == nil {
-		ep, err := newEndpoint(d.cfg.Listen, nil, d.log)
+		ep, err := newEndpoint(d.cfg.Listen, d.cfg.ListenUDP, nil, d.log)
 		if err != nil {
 			return nil, err
 		}

@@ -125,7 +125,7 @@ func (l *Server) exchange(cs link.Stream, req link.Direct, src netip.AddrPort) {
 	}
 	defer a.streams.Add(-1)
 	agentAddr := netaddr.AddrPort(a.conn.RemoteAddr())
-	as, fr, err := l.ask(a, link.Punch{Exchange: req.Exchange, Key: req.Key, Candidates: offerable(req.Candidates, agentAddr.Addr())})
+	as, fr, err := l.ask(a, link.Punch{Exchange: req.Exchange, Key: req.Key, Candidates: offerable(req.Candidates, src.Addr(), agentAddr.Addr())})
 	if err != nil {
 		refuse(link.StatusOffline, fmt.Sprintf("device %s did not answer", device))
 		return
@@ -135,7 +135,7 @@ func (l *Server) exchange(cs link.Stream, req link.Direct, src netip.AddrPort) {
 	var answer link.Candidates
 	switch f := fr.(type) {
 	case link.Candidates:
-		answer = link.Candidates{Candidates: offerable(f.Candidates, src.Addr())}
+		answer = link.Candidates{Candidates: offerable(f.Candidates, agentAddr.Addr(), src.Addr())}
 	case link.Result:
 		st := f.Status
 		if st == link.StatusOK || st == link.StatusBadRequest { // an agent that predates direct paths
@@ -161,16 +161,20 @@ func (l *Server) exchange(cs link.Stream, req link.Direct, src netip.AddrPort) {
 	l.event(ev)
 }
 
-// offerable keeps the candidates that may go to a peer at address to: never
-// a link-local one, and a loopback one only to a peer that reaches the
-// relay over loopback (on the relay's machine, as the sender then is too).
-// The ends filter what they offer and probe the same way; the relay makes
-// sure of it.
-func offerable(cs []link.Candidate, to netip.Addr) []link.Candidate {
+// offerable keeps the candidates from the peer at address from that may
+// go to the peer at address to: never a link-local one, a loopback one only
+// to a peer that reaches the relay over loopback (on the relay's machine,
+// as the sender then is too), and a NAT mapping (link.CandidateNAT) only
+// when its address is from, the one the relay sees: the other end sprays
+// up to link.BirthdayProbes pings at it, which must not be aimed at a third
+// party. The ends filter what they offer and probe the same way; the relay
+// makes sure of it.
+func offerable(cs []link.Candidate, from, to netip.Addr) []link.Candidate {
 	var out []link.Candidate
 	for _, c := range cs {
 		a := c.Addr.Addr().Unmap()
-		if a.IsLinkLocalUnicast() || (a.IsLoopback() && !to.Unmap().IsLoopback()) {
+		if a.IsLinkLocalUnicast() || (a.IsLoopback() && !to.Unmap().IsLoopback()) ||
+			(c.Kind == link.CandidateNAT && a != from.Unmap()) {
 			continue
 		}
 		out = append(out, c)

@@ -278,6 +278,7 @@ func New(cfg Config) (*Server, error) {
 	if l.tcpLn != nil {
 		l.wg.Go(l.acceptTCP)
 	}
+	l.wg.Go(l.serveSTUN)
 	return l, nil
 }
 
