@@ -79,10 +79,7 @@ type Store struct {
 
 	failure atomic.Pointer[commitFailure] // the failed commit Ping reports, until a probe succeeds
 
-	mu        sync.RWMutex
-	index     map[string]entry
-	serial    uint32
-	observers []func(Change)
+	memIndex
 }
 
 // Open opens the database in cfg.Dir, migrates it to SchemaVersion and loads
@@ -105,7 +102,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{
-		reserved: cfg.Reserved, now: cfg.Now, log: cfg.Logger, index: map[string]entry{},
+		reserved: cfg.Reserved, now: cfg.Now, log: cfg.Logger, memIndex: memIndex{entries: map[string]entry{}},
 		quarantine: cfg.Quarantine, uninitTTL: cfg.UninitializedTTL, stop: make(chan struct{}),
 	}
 	if s.now == nil {

@@ -1,0 +1,173 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nasreach/nasreach/internal/etcdtest"
+	"github.com/nasreach/nasreach/internal/testutil"
+)
+
+// sharedEtcd is the one-member etcd the behaviour tests share, started by
+// the first test that needs it and stopped by TestMain. Each test's Backend
+// has a key prefix of its own, derived from Config.Dir, so tests do not see
+// each other's devices and reopening with the same Dir finds its data.
+var sharedEtcd struct {
+	once    sync.Once
+	cluster *etcdtest.Cluster
+	err     error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if sharedEtcd.cluster != nil {
+		if err := sharedEtcd.cluster.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stop etcd:", err)
+		}
+	}
+	os.Exit(code)
+}
+
+// etcdEndpoints returns the shared etcd's endpoints, starting it first;
+// without the etcd program the test skips (fails under CI).
+func etcdEndpoints(t *testing.T) []string {
+	t.Helper()
+	bin := testutil.NeedTool(t, "etcd")
+	sharedEtcd.once.Do(func() { sharedEtcd.cluster, sharedEtcd.err = etcdtest.Start(bin, 1) })
+	if sharedEtcd.err != nil {
+		t.Fatal(sharedEtcd.err)
+	}
+	return sharedEtcd.cluster.Endpoints
+}
+
+// openEtcd opens an Etcd Backend on the shared etcd, under a prefix named
+// after cfg.Dir (a fresh one when empty), and closes it when the test ends.
+func openEtcd(t *testing.T, cfg Config) Backend {
+	t.Helper()
+	return openEtcdAt(t, cfg, etcdPrefix(t, cfg.Dir))
+}
+
+func etcdPrefix(t *testing.T, dir string) string {
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	h := sha256.Sum256([]byte(dir))
+	return "/test/" + hex.EncodeToString(h[:8])
+}
+
+func openEtcdAt(t *testing.T, cfg Config, prefix string) *Etcd {
+	t.Helper()
+	s, err := OpenEtcd(cfg, EtcdConfig{Endpoints: etcdEndpoints(t), Prefix: prefix})
+	if err != nil {
+		t.Fatalf("OpenEtcd: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// TestWriteOnOneNodeShowsInTheOthersIndex: two nodes on one table; each
+// sees the other's changes in Lookup, with the observers called and the
+// serial following, through the watch.
+func TestWriteOnOneNodeShowsInTheOthersIndex(t *testing.T) {
+	prefix := etcdPrefix(t, "")
+	a := openEtcdAt(t, Config{}, prefix)
+	b := openEtcdAt(t, Config{}, prefix)
+	var mu sync.Mutex
+	var seen []Change
+	b.OnChange(func(c Change) {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, c)
+	})
+	ctx := context.Background()
+	mustCreate(t, a, "nas1")
+	if _, _, err := a.SetAddress(ctx, "nas1", AddressUpdate{IPv4: v4a}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 5*time.Second, "node b's Lookup to show node a's address", func() bool {
+		rec, ok := b.Lookup("nas1")
+		return ok && rec.IPv4 == v4a
+	})
+	if a.Serial() != b.Serial() {
+		t.Errorf("serials differ: a %d, b %d", a.Serial(), b.Serial())
+	}
+	if err := b.Delete(ctx, "nas1"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 5*time.Second, "node a's Lookup to drop the device node b deleted", func() bool {
+		_, ok := a.Lookup("nas1")
+		return !ok && a.Serial() == b.Serial()
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	kinds := []ChangeKind{}
+	for _, c := range seen {
+		kinds = append(kinds, c.Kind)
+	}
+	if fmt.Sprint(kinds) != fmt.Sprint([]ChangeKind{Created, Updated, Deleted}) {
+		t.Errorf("node b observed %v, want Created, Updated, Deleted", kinds)
+	}
+}
+
+// TestConcurrentUpdatesFromTwoNodesLoseNothing: two nodes change one
+// device at once, each its own field; every acknowledged change is in the
+// final record (compare-and-swap, retried on conflict), and both indexes
+// agree with it.
+func TestConcurrentUpdatesFromTwoNodesLoseNothing(t *testing.T) {
+	prefix := etcdPrefix(t, "")
+	a := openEtcdAt(t, Config{}, prefix)
+	b := openEtcdAt(t, Config{}, prefix)
+	ctx := context.Background()
+	mustCreate(t, a, "nas1")
+	var wg sync.WaitGroup
+	var last4, last6 netip.Addr
+	wg.Go(func() {
+		for i := range 50 {
+			ip := netip.AddrFrom4([4]byte{203, 0, 113, byte(i + 1)})
+			if _, _, err := a.SetAddress(ctx, "nas1", AddressUpdate{IPv4: ip}); err != nil {
+				t.Error(err)
+				return
+			}
+			last4 = ip
+		}
+	})
+	wg.Go(func() {
+		for i := range 50 {
+			ip := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i + 1)})
+			if _, _, err := b.SetAddress(ctx, "nas1", AddressUpdate{IPv6: ip}); err != nil {
+				t.Error(err)
+				return
+			}
+			last6 = ip
+		}
+	})
+	wg.Wait()
+	d, err := a.Get("nas1")
+	if err != nil || d.IPv4 != last4 || d.IPv6 != last6 {
+		t.Fatalf("Get = %v %v, %v; want %v and %v: an acknowledged write was lost", d.IPv4, d.IPv6, err, last4, last6)
+	}
+	for _, s := range []*Etcd{a, b} {
+		testutil.WaitFor(t, 5*time.Second, "both indexes to agree with the record", func() bool {
+			rec, ok := s.Lookup("nas1")
+			return ok && rec.IPv4 == last4 && rec.IPv6 == last6 && s.Serial() == a.Serial()
+		})
+	}
+}
+
+// TestEtcdUnreachableFailsWritesWithErrUnavailable: a table whose cluster
+// cannot be reached refuses to open, and says so.
+func TestEtcdUnreachableFailsToOpen(t *testing.T) {
+	testutil.NeedTool(t, "etcd")
+	_, err := OpenEtcd(Config{}, EtcdConfig{Endpoints: []string{"unix://" + t.TempDir() + "/none:1"}, DialTimeout: 500 * time.Millisecond})
+	if err == nil || !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("OpenEtcd of an unreachable cluster = %v, want ErrUnavailable", err)
+	}
+}
