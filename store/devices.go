@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -104,6 +105,9 @@ func (s *Store) Authenticate(name, token string) (Device, error) {
 
 func authenticate(get func(string) (Device, error), name, token string) (Device, error) {
 	d, err := get(name)
+	if errors.Is(err, ErrUnavailable) {
+		return Device{}, err // not the client's fault: no badauth for it
+	}
 	want := d.TokenSHA256
 	if err != nil {
 		want = dummyHash

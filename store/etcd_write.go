@@ -149,11 +149,6 @@ func (s *Etcd) waitSeen(rev int64) error {
 	}
 }
 
-// ErrUnavailable means the store could not commit or read now (etcd has no
-// quorum or cannot be reached); nothing was changed unless the error says
-// the change is committed. The API answers it with 503.
-var ErrUnavailable = errors.New("the device table is unavailable")
-
 // unavailable wraps a failed request to the cluster, and keeps it for Ping.
 func (s *Etcd) unavailable(what string, err error) error {
 	err = fmt.Errorf("%w: etcd %s: %w", ErrUnavailable, what, err)
