@@ -93,7 +93,8 @@ type Etcd struct {
 	// from the watch until their writer calls the observers; under seenMu.
 	handoff map[int64]handoff
 
-	id string // this node's writer id (see writerOp)
+	id   string        // this node's writer id (see writerOp)
+	kick chan struct{} // wakes a broken watch waiting to resume
 
 	stop       context.CancelFunc
 	background sync.WaitGroup
@@ -133,23 +134,15 @@ func OpenEtcd(cfg Config, ec EtcdConfig) (*Etcd, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd %v: %w", ec.Endpoints, err)
 	}
+	cfg = cfg.withDefaults()
 	s := &Etcd{
 		cli: cli, prefix: prefix, timeout: timeout, reserved: cfg.Reserved, now: cfg.Now, log: cfg.Logger,
 		quarantine: cfg.Quarantine, uninitTTL: cfg.UninitializedTTL, seenCh: make(chan struct{}),
-		memIndex: memIndex{entries: map[string]entry{}}, handoff: map[int64]handoff{},
+		memIndex: memIndex{entries: map[string]entry{}}, handoff: map[int64]handoff{}, kick: make(chan struct{}, 1),
 	}
 	if s.id, err = NewToken(); err != nil {
 		cli.Close()
 		return nil, err
-	}
-	if s.now == nil {
-		s.now = time.Now
-	}
-	if s.quarantine == 0 {
-		s.quarantine = DefaultQuarantine
-	}
-	if s.uninitTTL <= 0 {
-		s.uninitTTL = DefaultUninitializedTTL
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	s.stop = stop

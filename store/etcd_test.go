@@ -171,3 +171,66 @@ func TestEtcdUnreachableFailsToOpen(t *testing.T) {
 		t.Fatalf("OpenEtcd of an unreachable cluster = %v, want ErrUnavailable", err)
 	}
 }
+
+// TestQuorumLossFailsWritesButLookupsGoOn: with two of three members down,
+// writes fail with ErrUnavailable while both nodes keep answering Lookup
+// from memory; once the members are back, writes succeed and the other
+// node catches up through its resumed watch.
+func TestQuorumLossFailsWritesButLookupsGoOn(t *testing.T) {
+	bin := testutil.NeedTool(t, "etcd")
+	c, err := etcdtest.Start(bin, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Stop() })
+	open := func() *Etcd {
+		s, err := OpenEtcd(Config{}, EtcdConfig{Endpoints: c.Endpoints, Prefix: "/quorum", DialTimeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	}
+	a, b := open(), open()
+	ctx := context.Background()
+	mustCreate(t, a, "nas1")
+	if _, _, err := a.SetAddress(ctx, "nas1", AddressUpdate{IPv4: v4a}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 5*time.Second, "node b to see nas1", func() bool { rec, ok := b.Lookup("nas1"); return ok && rec.IPv4 == v4a })
+
+	for _, i := range []int{1, 2} {
+		if err := c.StopMember(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := a.SetAddress(ctx, "nas1", AddressUpdate{IPv4: v4b}); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("SetAddress without quorum = %v, want ErrUnavailable", err)
+	}
+	if err := a.Ping(); err == nil {
+		t.Error("Ping without quorum = nil, want an error")
+	}
+	if _, err := b.Authenticate("nas1", "whatever"); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Authenticate without quorum = %v, want ErrUnavailable (not bad credentials)", err)
+	}
+	for _, s := range []*Etcd{a, b} {
+		if rec, ok := s.Lookup("nas1"); !ok || (rec.IPv4 != v4a && rec.IPv4 != v4b) {
+			t.Errorf("Lookup without quorum = %v, %v; want the last address known", rec, ok)
+		}
+	}
+
+	for _, i := range []int{1, 2} {
+		if err := c.StartMember(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.WaitFor(t, 20*time.Second, "the cluster to have a quorum again", func() bool { return a.Ping() == nil })
+	v4c := netip.MustParseAddr("192.0.2.80")
+	if _, _, err := a.SetAddress(ctx, "nas1", AddressUpdate{IPv4: v4c}); err != nil {
+		t.Fatalf("SetAddress after quorum returned: %v", err)
+	}
+	testutil.WaitFor(t, 10*time.Second, "node b to catch up", func() bool {
+		rec, ok := b.Lookup("nas1")
+		return ok && rec.IPv4 == v4c && b.Serial() == a.Serial()
+	})
+}

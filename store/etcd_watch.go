@@ -97,8 +97,9 @@ func (s *Etcd) watch(ctx context.Context, rev int64) {
 		cancel()
 		select {
 		case <-ctx.Done():
+		case <-s.kick: // a commit succeeded: the cluster is back
 		case <-time.After(backoff):
-			backoff = min(2*backoff, 5*time.Second)
+			backoff = min(2*backoff, 2*time.Second)
 		}
 	}
 }

@@ -24,35 +24,32 @@ const maxConflicts = 1000
 // returns nil once the cluster has committed the change and this node's
 // index shows it.
 func (s *Etcd) write(ctx context.Context, name string, kind ChangeKind, m mutation) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	devKey, serialKey, quarKey := s.key(etcdDevices, name), s.prefix+etcdSerial, s.key(etcdQuarantine, name)
-	for range maxConflicts {
+	return s.casLoop(ctx, name, func() ([]clientv3.Cmp, []clientv3.Op, error) {
 		rctx, cancel := s.request(ctx)
 		resp, err := s.cli.Txn(rctx).Then(clientv3.OpGet(devKey), clientv3.OpGet(serialKey), clientv3.OpGet(quarKey)).Commit()
 		cancel()
 		if err != nil {
-			return s.unavailable("read", err)
+			return nil, nil, s.unavailable("read", err)
 		}
 		devKV, serialKV, quarKV := first(resp.Responses[0]), first(resp.Responses[1]), first(resp.Responses[2])
 		var cur *Device
 		if devKV != nil {
 			cur = new(Device)
 			if err := json.Unmarshal(devKV.Value, cur); err != nil {
-				return fmt.Errorf("device %q is unreadable: %w", name, err)
+				return nil, nil, fmt.Errorf("device %q is unreadable: %w", name, err)
 			}
 		}
 		if kind == Created && quarKV != nil && quarantinedAt(quarKV.Value, s.now(), s.quarantine) {
 			free := deletedAt(quarKV.Value).Add(s.quarantine).UTC()
-			return fmt.Errorf("%q: %w until %s", name, ErrQuarantined, free.Format(time.RFC3339))
+			return nil, nil, fmt.Errorf("%q: %w until %s", name, ErrQuarantined, free.Format(time.RFC3339))
 		}
 		o, err := m(cur)
 		if err != nil || !o.changes() {
-			return err
+			return nil, nil, err
 		}
 		if o.tx != nil {
-			return errors.New("store: a bbolt transaction in an etcd write") // a bug: access codes have their own path
+			return nil, nil, errors.New("store: a bbolt transaction in an etcd write") // a bug: access codes have their own path
 		}
 		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(devKey), "=", modRev(devKV))}
 		var ops []clientv3.Op
@@ -68,7 +65,7 @@ func (s *Etcd) write(ctx context.Context, name string, kind ChangeKind, m mutati
 		case o.put != nil:
 			buf, err := json.Marshal(o.put)
 			if err != nil {
-				return err
+				return nil, nil, err
 			}
 			after = o.put
 			ops = append(ops, clientv3.OpPut(devKey, string(buf)))
@@ -83,6 +80,23 @@ func (s *Etcd) write(ctx context.Context, name string, kind ChangeKind, m mutati
 			}
 			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(serialKey), "=", modRev(serialKV)))
 			ops = append(ops, clientv3.OpPut(serialKey, strconv.FormatUint(uint64(serial), 10)))
+		}
+		return cmps, ops, nil
+	})
+}
+
+// casLoop commits what try decides (nothing when it returns no operations)
+// as one compare-and-swap transaction marked as this node's, and calls try
+// again while another change wins the race; it returns once the commit
+// shows in the index and the observers have been called.
+func (s *Etcd) casLoop(ctx context.Context, name string, try func() ([]clientv3.Cmp, []clientv3.Op, error)) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for range maxConflicts {
+		cmps, ops, err := try()
+		if err != nil || ops == nil {
+			return err
 		}
 		committed, rev, err := s.commit(ctx, cmps, append(ops, s.writerOp()))
 		if err != nil {
@@ -105,6 +119,10 @@ func (s *Etcd) commit(ctx context.Context, cmps []clientv3.Cmp, ops []clientv3.O
 		return false, 0, s.unavailable("commit", err)
 	}
 	s.setFailure(nil)
+	select {
+	case s.kick <- struct{}{}: // a watch waiting to resume need not wait longer
+	default:
+	}
 	return resp.Succeeded, resp.Header.Revision, nil
 }
 
@@ -268,19 +286,11 @@ func (s *Etcd) Authenticate(name, token string) (Device, error) {
 
 // AddAccessCode issues a Link access code; see Store.AddAccessCode.
 func (s *Etcd) AddAccessCode(ctx context.Context, name string) (id, code string, err error) {
-	if code, err = NewToken(); err != nil {
-		return "", "", err
-	}
-	idTok, err := NewToken()
+	ac, buf, code, err := newAccessCode(s.now())
 	if err != nil {
 		return "", "", err
 	}
 	name = NormalizeName(name)
-	ac := AccessCode{ID: idTok[:8], SHA256: HashToken(code), Created: s.now().UTC()}
-	buf, err := json.Marshal(ac)
-	if err != nil {
-		return "", "", err
-	}
 	codes := s.key(etcdAccessCodes, name+"/")
 	err = s.changeCodes(ctx, name, []clientv3.Op{clientv3.OpGet(codes, clientv3.WithPrefix(), clientv3.WithCountOnly())},
 		func(got []*etcdResponseOp) ([]clientv3.Cmp, []clientv3.Op, error) {
@@ -318,36 +328,26 @@ func (s *Etcd) RevokeAccessCode(ctx context.Context, name, id string) error {
 // Store's change of the access codes does.
 func (s *Etcd) changeCodes(ctx context.Context, name string, reads []clientv3.Op,
 	decide func([]*etcdResponseOp) ([]clientv3.Cmp, []clientv3.Op, error)) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	devKey := s.key(etcdDevices, name)
-	for range maxConflicts {
+	return s.casLoop(ctx, name, func() ([]clientv3.Cmp, []clientv3.Op, error) {
 		rctx, cancel := s.request(ctx)
 		resp, err := s.cli.Txn(rctx).Then(append([]clientv3.Op{clientv3.OpGet(devKey)}, reads...)...).Commit()
 		cancel()
 		if err != nil {
-			return s.unavailable("read", err)
+			return nil, nil, s.unavailable("read", err)
 		}
 		devKV := first(resp.Responses[0])
 		if devKV == nil {
-			return fmt.Errorf("%q: %w", name, ErrNotFound)
+			return nil, nil, fmt.Errorf("%q: %w", name, ErrNotFound)
 		}
 		cmps, ops, err := decide(resp.Responses[1:])
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(devKey), "=", devKV.ModRevision))
 		ops = append(ops, clientv3.OpPut(devKey, string(devKV.Value)))
-		committed, rev, err := s.commit(ctx, cmps, append(ops, s.writerOp()))
-		if err != nil {
-			return err
-		}
-		if committed {
-			return s.notify(rev)
-		}
-	}
-	return fmt.Errorf("%q: changed by others %d times while this change was tried; try again", name, maxConflicts)
+		return cmps, ops, nil
+	})
 }
 
 // AccessCodes lists a device's access codes (hashes only), oldest first.

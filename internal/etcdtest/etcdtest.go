@@ -21,7 +21,9 @@ import (
 
 // Cluster is a running etcd cluster.
 type Cluster struct {
+	bin     string
 	dir     string
+	args    [][]string // each member's command line
 	members []*exec.Cmd
 	// Endpoints are the client URLs of the members, in member order.
 	Endpoints []string
@@ -36,7 +38,7 @@ func Start(bin string, n int) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{dir: dir}
+	c := &Cluster{bin: bin, dir: dir}
 	var initial []string
 	for i := range n {
 		initial = append(initial, fmt.Sprintf("m%d=unix://p%d:2", i, i))
@@ -47,24 +49,16 @@ func Start(bin string, n int) (*Cluster, error) {
 		// absolute path.
 		client := fmt.Sprintf("unix://c%d:1", i)
 		peer := fmt.Sprintf("unix://p%d:2", i)
-		log, err := os.Create(filepath.Join(dir, fmt.Sprintf("m%d.log", i)))
-		if err != nil {
-			c.Stop()
-			return nil, err
-		}
-		cmd := exec.Command(bin, "--name", fmt.Sprintf("m%d", i), "--data-dir", fmt.Sprintf("m%d.data", i),
+		c.args = append(c.args, []string{"--name", fmt.Sprintf("m%d", i), "--data-dir", fmt.Sprintf("m%d.data", i),
 			"--listen-client-urls", client, "--advertise-client-urls", client,
 			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
 			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
-			"--initial-cluster-token", "etcdtest", "--heartbeat-interval", "50", "--election-timeout", "500")
-		cmd.Dir, cmd.Stdout, cmd.Stderr = dir, log, log
-		err = cmd.Start()
-		log.Close()
-		if err != nil {
+			"--initial-cluster-token", "etcdtest", "--heartbeat-interval", "50", "--election-timeout", "500"})
+		c.members = append(c.members, nil)
+		if err := c.StartMember(i); err != nil {
 			c.Stop()
-			return nil, fmt.Errorf("start etcd: %w", err)
+			return nil, err
 		}
-		c.members = append(c.members, cmd)
 		c.Endpoints = append(c.Endpoints, "unix://"+filepath.Join(dir, fmt.Sprintf("c%d:1", i)))
 	}
 	if err := c.waitReady(30 * time.Second); err != nil {
@@ -72,6 +66,43 @@ func Start(bin string, n int) (*Cluster, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// StartMember starts member i again after StopMember, with the data it
+// had; it does not wait for it to be ready.
+func (c *Cluster) StartMember(i int) error {
+	log, err := os.OpenFile(filepath.Join(c.dir, fmt.Sprintf("m%d.log", i)), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	cmd := exec.Command(c.bin, c.args[i]...)
+	cmd.Dir, cmd.Stdout, cmd.Stderr = c.dir, log, log
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start etcd member %d: %w", i, err)
+	}
+	c.members[i] = cmd
+	return nil
+}
+
+// StopMember stops member i (SIGTERM, then SIGKILL after 10s), keeping its
+// data for StartMember.
+func (c *Cluster) StopMember(i int) error {
+	m := c.members[i]
+	if m == nil || m.ProcessState != nil {
+		return nil
+	}
+	_ = m.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- m.Wait() }()
+	select {
+	case <-done:
+		return nil
+	case <-time.After(10 * time.Second):
+		_ = m.Process.Kill()
+		<-done
+		return fmt.Errorf("etcd member %d (pid %d) did not stop on SIGTERM", i, m.Process.Pid)
+	}
 }
 
 // waitReady waits until every member answers a linearizable read.
@@ -107,20 +138,8 @@ func ping(endpoint string) error {
 // Stop stops every member and removes their data.
 func (c *Cluster) Stop() error {
 	var errs []error
-	for _, m := range c.members {
-		if m.Process == nil || m.ProcessState != nil {
-			continue
-		}
-		_ = m.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- m.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = m.Process.Kill()
-			errs = append(errs, fmt.Errorf("etcd pid %d did not stop on SIGTERM", m.Process.Pid))
-			<-done
-		}
+	for i := range c.members {
+		errs = append(errs, c.StopMember(i))
 	}
 	errs = append(errs, os.RemoveAll(c.dir))
 	return errors.Join(errs...)
