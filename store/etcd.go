@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -96,6 +97,8 @@ type Etcd struct {
 	id   string        // this node's writer id (see writerOp)
 	kick chan struct{} // wakes a broken watch waiting to resume
 
+	sweeping atomic.Bool // this node is the elected sweeper (etcd_sweeper.go)
+
 	stop       context.CancelFunc
 	background sync.WaitGroup
 }
@@ -111,9 +114,8 @@ type handoff struct {
 // OpenEtcd connects to the cluster, loads the index from the table under
 // ec.Prefix and starts watching it. cfg.Dir is not used; the lifecycle
 // settings of cfg (Reserved, Now, Logger, Quarantine, UninitializedTTL,
-// SweepEvery) mean what they mean for Open. Every node sweeps for now: the
-// sweeps are compare-and-swap transactions, so two nodes sweeping at once
-// expire a device once.
+// SweepEvery) mean what they mean for Open; the background sweeps run on
+// one node elected among those sharing the table (see sweepWhenElected).
 func OpenEtcd(cfg Config, ec EtcdConfig) (*Etcd, error) {
 	if len(ec.Endpoints) == 0 {
 		return nil, errors.New("store: EtcdConfig.Endpoints is required")
@@ -154,7 +156,7 @@ func OpenEtcd(cfg Config, ec EtcdConfig) (*Etcd, error) {
 	}
 	s.background.Go(func() { s.watch(ctx, rev) })
 	if cfg.SweepEvery >= 0 {
-		s.background.Go(func() { s.every(ctx, cmp.Or(cfg.SweepEvery, time.Minute)) })
+		s.background.Go(func() { s.sweepWhenElected(ctx, cmp.Or(cfg.SweepEvery, time.Minute)) })
 	}
 	return s, nil
 }
@@ -187,22 +189,6 @@ func etcdTLS(ec EtcdConfig) (*tls.Config, error) {
 		}
 	}
 	return conf, nil
-}
-
-// every runs Sweep every interval until ctx ends.
-func (s *Etcd) every(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if _, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
-				s.log.Error().Err(err).Msg("store sweep failed")
-			}
-		}
-	}
 }
 
 // Close stops the watch and the sweeper and closes the connection. Every

@@ -234,3 +234,23 @@ func TestQuorumLossFailsWritesButLookupsGoOn(t *testing.T) {
 		return ok && rec.IPv4 == v4c && b.Serial() == a.Serial()
 	})
 }
+
+// TestSweepsRunOnOneElectedNodeAndMoveWhenItStops: of two nodes on one
+// table exactly one sweeps; when it stops, the other takes over.
+func TestSweepsRunOnOneElectedNodeAndMoveWhenItStops(t *testing.T) {
+	prefix := etcdPrefix(t, "")
+	a := openEtcdAt(t, Config{SweepEvery: 20 * time.Millisecond}, prefix)
+	b := openEtcdAt(t, Config{SweepEvery: 20 * time.Millisecond}, prefix)
+	testutil.WaitFor(t, 10*time.Second, "one node to be elected sweeper", func() bool { return a.Sweeping() || b.Sweeping() })
+	if a.Sweeping() && b.Sweeping() {
+		t.Fatal("both nodes sweep")
+	}
+	leader, other := a, b
+	if b.Sweeping() {
+		leader, other = b, a
+	}
+	if err := leader.Close(); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 10*time.Second, "the other node to take the sweeps over", other.Sweeping)
+}
