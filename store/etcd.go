@@ -89,7 +89,6 @@ type Etcd struct {
 	seen   int64
 	seenCh chan struct{}
 
-	failure error // the last failed request, until one succeeds; under seenMu
 	// handoff holds the changes of this node's own commits, by revision,
 	// from the watch until their writer calls the observers; under seenMu.
 	handoff map[int64]handoff

@@ -118,7 +118,6 @@ func (s *Etcd) commit(ctx context.Context, cmps []clientv3.Cmp, ops []clientv3.O
 	if err != nil {
 		return false, 0, s.unavailable("commit", err)
 	}
-	s.setFailure(nil)
 	select {
 	case s.kick <- struct{}{}: // a watch waiting to resume need not wait longer
 	default:
@@ -167,17 +166,9 @@ func (s *Etcd) waitSeen(rev int64) error {
 	}
 }
 
-// unavailable wraps a failed request to the cluster, and keeps it for Ping.
+// unavailable wraps a failed request to the cluster.
 func (s *Etcd) unavailable(what string, err error) error {
-	err = fmt.Errorf("%w: etcd %s: %w", ErrUnavailable, what, err)
-	s.setFailure(err)
-	return err
-}
-
-func (s *Etcd) setFailure(err error) {
-	s.seenMu.Lock()
-	s.failure = err
-	s.seenMu.Unlock()
+	return fmt.Errorf("%w: etcd %s: %w", ErrUnavailable, what, err)
 }
 
 func first(r *etcdResponseOp) *etcdKV {
