@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nasreach/nasreach/internal/etcdtest"
 	"github.com/nasreach/nasreach/internal/testutil"
+	"github.com/rs/zerolog"
 )
 
 // sharedEtcd is the one-member etcd the behaviour tests share, started by
@@ -162,7 +164,7 @@ func TestConcurrentUpdatesFromTwoNodesLoseNothing(t *testing.T) {
 	}
 }
 
-// TestEtcdUnreachableFailsWritesWithErrUnavailable: a table whose cluster
+// TestEtcdUnreachableFailsToOpen: a table whose cluster
 // cannot be reached refuses to open, and says so.
 func TestEtcdUnreachableFailsToOpen(t *testing.T) {
 	testutil.NeedTool(t, "etcd")
@@ -253,4 +255,58 @@ func TestSweepsRunOnOneElectedNodeAndMoveWhenItStops(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.WaitFor(t, 10*time.Second, "the other node to take the sweeps over", other.Sweeping)
+}
+
+// TestNodeBehindACompactionReloads: a node cut off from the cluster while
+// the others change the table and compact its history cannot resume its
+// watch where it stopped; it reloads the table rather than miss changes.
+func TestNodeBehindACompactionReloads(t *testing.T) {
+	bin := testutil.NeedTool(t, "etcd")
+	c, err := etcdtest.Start(bin, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Stop() })
+	var logs testutil.Buffer
+	open := func(endpoints ...string) *Etcd {
+		s, err := OpenEtcd(Config{SweepEvery: -1, Logger: zerolog.New(&logs)}, EtcdConfig{Endpoints: endpoints, Prefix: "/compacted", DialTimeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	}
+	a, b := open(c.Endpoints[0]), open(c.Endpoints[2]) // b talks to member 2 only
+	ctx := context.Background()
+	mustCreate(t, a, "nas1")
+	mustCreate(t, a, "gone")
+	testutil.WaitFor(t, 5*time.Second, "node b to see both devices", func() bool { return b.Len() == 2 })
+
+	if err := c.StopMember(2); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.SetAddress(ctx, "nas1", AddressUpdate{IPv4: v4a}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Delete(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := a.cli.Get(ctx, "any")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.cli.Compact(ctx, resp.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartMember(2); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 20*time.Second, "node b to reload what it missed", func() bool {
+		rec, ok := b.Lookup("nas1")
+		_, gone := b.Lookup("gone")
+		return ok && rec.IPv4 == v4a && !gone && b.Serial() == a.Serial()
+	})
+	if !strings.Contains(logs.String(), "compaction") {
+		t.Errorf("node b caught up without a reload; log:\n%s", logs.String())
+	}
 }
