@@ -17,8 +17,10 @@ const module = "github.com/nasreach/nasreach/"
 var allowed = map[string][]string{
 	"anonymize": {},
 	// The device record, shared by the store and the API client.
-	"record":  {},
-	"store":   {"record", "go.etcd.io/bbolt", "github.com/rs/zerolog", "golang.org/x/net/idna"},
+	"record": {},
+	// The device table: bbolt embedded, or an etcd cluster (etcd*.go).
+	"store": {"record", "go.etcd.io/bbolt", "github.com/rs/zerolog", "golang.org/x/net/idna",
+		"go.etcd.io/etcd/client/v3", "go.etcd.io/etcd/api/v3", "go.uber.org/zap"},
 	"connlog": {"anonymize", "github.com/rs/zerolog", "filippo.io/age"},
 	"api": {"store", "connlog", "anonymize", "api/client", "internal/connlimit", "internal/netaddr", "internal/ratelimit",
 		"github.com/rs/zerolog"},
@@ -30,9 +32,10 @@ var allowed = map[string][]string{
 		"github.com/rs/zerolog"},
 	"turnserver": {"store", "connlog", "anonymize", "internal/connlimit", "internal/listen", "internal/netaddr", "internal/workgroup",
 		"github.com/pion/turn/v5", "github.com/pion/stun/v4", "github.com/pion/logging", "github.com/rs/zerolog", "golang.org/x/time"},
-	"linkserver": {"store", "connlog", "anonymize", "link", "internal/connlimit", "internal/netaddr", "internal/ratelimit", "internal/workgroup",
+	"linkserver": {"store", "connlog", "anonymize", "link", "stun", "internal/connlimit", "internal/netaddr", "internal/ratelimit", "internal/workgroup",
 		"github.com/quic-go/quic-go", "github.com/rs/zerolog"},
-	"link":     {"stun", "api/client", "internal/netaddr", "internal/workgroup", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
+	"link": {"stun", "api/client", "internal/netaddr", "internal/workgroup", "github.com/quic-go/quic-go", "github.com/libp2p/go-yamux/v5",
+		"github.com/rs/zerolog"},
 	"sdnotify": {},
 	"metrics":  {"connlog", "internal/connlimit", "github.com/miekg/dns", "github.com/prometheus/client_golang", "github.com/prometheus/client_model", "github.com/rs/zerolog"},
 	// The daemon wires the servers together; nothing imports it but cmd and
@@ -54,6 +57,10 @@ var allowed = map[string][]string{
 	"internal/testutil":  {},
 	"cmd/":               {"*"}, // the binary: flags, environment and config file into daemon.Config, signals
 	"bench/":             {"*"},
+
+	// A real etcd cluster on Unix sockets for the tests of the store on
+	// etcd; only tests import it.
+	"internal/etcdtest": {"go.etcd.io/etcd/client/v3", "go.uber.org/zap"},
 
 	// An Internet of network namespaces for tests (docs/NATLAB.md); only
 	// tests import it.

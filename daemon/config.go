@@ -16,8 +16,10 @@ import (
 // unless Reload is taught to apply it live. Fields tagged "-" are wiring,
 // not settings.
 type Config struct {
-	DataDir     string `setting:"data"`
-	StoreCheck  bool   `setting:"store-check"` // store.Config.FullCheck; the quick checks always run
+	DataDir    string `setting:"data"`
+	StoreCheck bool   `setting:"store-check"` // store.Config.FullCheck; the quick checks always run
+	// Store says where the device table is kept (bbolt in DataDir, or etcd).
+	Store       StoreConfig
 	Zone        string `setting:"zone"`
 	DNSAddr     string `setting:"dns"`
 	HTTPAddr    string `setting:"http"`
@@ -121,7 +123,10 @@ type TURNConfig struct {
 // LinkConfig is the Link relay.
 type LinkConfig struct {
 	// Addr is the relay's UDP address; "" runs no Link relay.
-	Addr        string        `setting:"link"`
+	Addr string `setting:"link"`
+	// TCPAddr is the relay's TCP address (TLS, for agents and clients
+	// whose UDP is blocked); "" runs none.
+	TCPAddr     string        `setting:"link-tcp"`
 	MaxAgents   int           `setting:"link-max-agents"`
 	MaxStreams  int           `setting:"link-max-streams"`
 	StreamRate  float64       `setting:"link-stream-rate"`

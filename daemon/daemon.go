@@ -35,7 +35,7 @@ const ShutdownTimeout = 10 * time.Second
 // Daemon is a running nasreach.
 type Daemon struct {
 	log     zerolog.Logger
-	store   *store.Store
+	store   store.Backend
 	connlog *connlog.Log
 	metrics *metrics.Metrics
 	dns     *dnsserver.Server
@@ -83,7 +83,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if d.token, d.tokenFile, err = ensureAdminToken(cfg.DataDir, cfg.AdminToken); err != nil {
 		return nil, err
 	}
-	if d.store, err = store.Open(store.Config{
+	if d.store, err = openStore(cfg, store.Config{
 		Dir: cfg.DataDir, Reserved: append(cfg.Reserved, nameServerLabels(cfg.NameServers)...), Now: cfg.Now,
 		Quarantine: cfg.Privacy.Quarantine, UninitializedTTL: cfg.Privacy.UninitializedTTL,
 		FullCheck: cfg.StoreCheck, Logger: d.component("store"),
@@ -103,6 +103,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 		Addr: cmp.Or(cfg.MetricsAddr, "127.0.0.1:0"), Version: cfg.Version,
 		Devices: d.store.Len, StoreBytes: d.store.Size, Online: d.linkAgents,
 		Sessions:    map[string]func() int{"link": d.linkSessions, "turn": d.turnAllocations},
+		LinkConns:   d.linkCarriers,
 		TURNRefused: d.turnRefused,
 		DNSLimited:  map[string]func() uint64{"dropped": d.dnsDropped, "slipped": d.dnsSlipped},
 		LogWritten:  d.connlog.Written, LogDropped: d.connlog.Dropped,
@@ -167,7 +168,8 @@ type Addrs struct {
 	DNS, HTTP, Metrics netip.AddrPort
 	// STUN is the STUN (and TURN) address, UDP and TCP; TURNS TURN over TLS.
 	STUN, TURNS netip.AddrPort
-	Link        netip.AddrPort
+	// Link is the Link relay's UDP address, LinkTCP its TCP one.
+	Link, LinkTCP netip.AddrPort
 	// Socket is the local operator's socket, or "" without one.
 	Socket string
 }
@@ -183,7 +185,7 @@ func (d *Daemon) Addrs() Addrs {
 	if r := d.relays; r != nil {
 		a.STUN, a.TURNS = r.stunAddr, r.turnsAddr
 		if r.link != nil {
-			a.Link = r.link.Addr()
+			a.Link, a.LinkTCP = r.link.Addr(), r.link.TCPAddr()
 		}
 	}
 	return a
@@ -217,6 +219,9 @@ func (d *Daemon) listeners() []metrics.Listener {
 	if a.Link.IsValid() {
 		ls = append(ls, metrics.Listener{Name: "Link relay (QUIC)", Addr: a.Link.String()})
 	}
+	if a.LinkTCP.IsValid() {
+		ls = append(ls, metrics.Listener{Name: "Link relay (TLS over TCP, where UDP is blocked)", Addr: a.LinkTCP.String()})
+	}
 	return ls
 }
 
@@ -225,7 +230,7 @@ func (d *Daemon) listeners() []metrics.Listener {
 func (d *Daemon) AdminTokenValue() string { return d.token }
 
 // Store returns the device table (for tests and the daemon's own tools).
-func (d *Daemon) Store() *store.Store { return d.store }
+func (d *Daemon) Store() store.Backend { return d.store }
 
 // LinkRelay returns the running Link relay, or nil.
 func (d *Daemon) LinkRelay() *linkserver.Server { return d.relays.link }
@@ -275,6 +280,9 @@ func (d *Daemon) Run(ctx context.Context, sd sdnotify.Notifier) error {
 	}
 	if a.Link.IsValid() {
 		ev = ev.Str("link", a.Link.String())
+	}
+	if a.LinkTCP.IsValid() {
+		ev = ev.Str("link_tcp", a.LinkTCP.String())
 	}
 	if d.tokenFile != "" {
 		ev = ev.Str("admin_token_file", d.tokenFile)

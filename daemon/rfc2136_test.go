@@ -8,6 +8,7 @@ package daemon_test
 import (
 	"fmt"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -15,7 +16,9 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/daemon"
 	"github.com/nasreach/nasreach/daemon/daemontest"
+	"github.com/nasreach/nasreach/internal/etcdtest"
 	"github.com/nasreach/nasreach/internal/testutil"
 )
 
@@ -251,4 +254,36 @@ func TestDynamicUpdatesAreCountedAndLoggedMasked(t *testing.T) {
 		!strings.Contains(all, `"outcome":"refused","device":"nas1"`) || strings.Contains(all, "127.0.0.1") {
 		t.Errorf("want two masked dns update events of nas1 in the connection log, got %d:\n%s", n, all)
 	}
+}
+
+// On etcd, a key issued through one node signs updates to every node (each
+// learns it through its watch), and an update taken by one node is
+// answered by the others.
+func TestDynamicUpdateOnEtcdWorksOnEveryNode(t *testing.T) {
+	bin := testutil.NeedTool(t, "etcd")
+	cluster, err := etcdtest.Start(bin, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cluster.Stop() }) // after both daemons stop
+	onEtcd := func(c *daemon.Config) {
+		c.Store = daemon.StoreConfig{Backend: "etcd", EtcdEndpoints: cluster.Endpoints, EtcdPrefix: "/rfc2136"}
+	}
+	a := daemontest.Start(t, onEtcd)
+	b := daemontest.Start(t, onEtcd)
+	key := a.IssueTSIGKey("nas1", a.AddDevice("nas1"))
+	host := dns.Fqdn(daemontest.FQDN("nas1"))
+	add, err := dns.NewRR(host + " 60 IN A 203.0.113.50")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 5*time.Second, "node b to take the key node a issued", func() bool {
+		m := new(dns.Msg).SetUpdate(dns.Fqdn(daemontest.Zone))
+		m.Ns = []dns.RR{add}
+		r, err := b.Update("udp", key, m)
+		return r.Rcode == dns.RcodeSuccess && err == nil
+	})
+	testutil.WaitFor(t, 5*time.Second, "node a to answer with the address node b took", func() bool {
+		return daemontest.CheckAnswer(a.Query("udp", host, dns.TypeA), dns.TypeA, netip.MustParseAddr("203.0.113.50")) == nil
+	})
 }

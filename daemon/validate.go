@@ -41,7 +41,7 @@ func (c Config) Validate() error {
 	add("zone", dnsserver.Config{Zone: c.Zone}.Validate())
 	for _, a := range []struct{ setting, addr string }{
 		{"dns", c.DNSAddr}, {"http", c.HTTPAddr}, {"metrics", c.MetricsAddr},
-		{"stun", c.TURN.Addr}, {"turns", c.TURN.TLSAddr}, {"link", c.Link.Addr},
+		{"stun", c.TURN.Addr}, {"turns", c.TURN.TLSAddr}, {"link", c.Link.Addr}, {"link-tcp", c.Link.TCPAddr},
 	} {
 		if a.addr != "" {
 			add(a.setting, prefix(a.setting, listen.CheckAddr(a.addr)))
@@ -76,6 +76,7 @@ func (c Config) Validate() error {
 			add("tls-cert", fmt.Errorf("tls-cert %s with tls-key %s: %w", c.CertFile, c.KeyFile, err))
 		}
 	}
+	c.Store.validate(add)
 	if c.TURN.Addr != "" && c.TURN.Enabled {
 		if _, err := turnserver.RelayAddr(c.TURN.Addr, c.TURN.RelayIP); err != nil {
 			add("turn-relay-ip", fmt.Errorf("stun: %w", err))

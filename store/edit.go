@@ -24,8 +24,17 @@ type RecordEdit struct {
 // contract is SetAddress's: the change is committed, and in the next
 // Lookup, when EditRecords returns.
 func (s *Store) EditRecords(ctx context.Context, name string, decide func(cur Device) (RecordEdit, error)) (d Device, changed bool, err error) {
+	return s.rules().editRecords(ctx, name, decide)
+}
+
+// EditRecords changes what a device publishes; see Store.EditRecords.
+func (s *Etcd) EditRecords(ctx context.Context, name string, decide func(cur Device) (RecordEdit, error)) (Device, bool, error) {
+	return s.rules().editRecords(ctx, name, decide)
+}
+
+func (w writeRules) editRecords(ctx context.Context, name string, decide func(cur Device) (RecordEdit, error)) (d Device, changed bool, err error) {
 	name = NormalizeName(name)
-	err = s.write(ctx, name, Updated, func(cur *Device) (outcome, error) {
+	err = w.write(ctx, name, Updated, func(cur *Device) (outcome, error) {
 		if cur == nil {
 			return outcome{}, fmt.Errorf("%q: %w", name, ErrNotFound)
 		}
@@ -38,7 +47,7 @@ func (s *Store) EditRecords(ctx context.Context, name string, decide func(cur De
 			return outcome{}, err
 		}
 		var o outcome
-		d, o = s.applyAddress(*cur, u)
+		d, o = w.applyAddress(*cur, u)
 		changed = o.put != nil
 		return o, nil
 	})

@@ -29,13 +29,17 @@ const TSIGSecretLen = 32
 // secret is in the result; it is stored as it is, since checking a
 // signature needs it.
 func (s *Store) IssueTSIGKey(ctx context.Context, name string) (TSIGKey, error) {
+	return s.rules().issueTSIGKey(ctx, name)
+}
+
+func (w writeRules) issueTSIGKey(ctx context.Context, name string) (TSIGKey, error) {
 	secret := make([]byte, TSIGSecretLen)
 	if _, err := rand.Read(secret); err != nil {
 		return TSIGKey{}, fmt.Errorf("generate TSIG key: %w", err)
 	}
-	key := TSIGKey{Algorithm: TSIGAlgorithm, Secret: secret, Created: s.now().UTC()}
+	key := TSIGKey{Algorithm: TSIGAlgorithm, Secret: secret, Created: w.now().UTC()}
 	name = NormalizeName(name)
-	err := s.write(ctx, name, Updated, func(cur *Device) (outcome, error) {
+	err := w.write(ctx, name, Updated, func(cur *Device) (outcome, error) {
 		if cur == nil {
 			return outcome{}, fmt.Errorf("%q: %w", name, ErrNotFound)
 		}
@@ -52,8 +56,12 @@ func (s *Store) IssueTSIGKey(ctx context.Context, name string) (TSIGKey, error) 
 // RevokeTSIGKey deletes device name's TSIG key, if it has one; updates
 // signed with it are refused from when RevokeTSIGKey returns.
 func (s *Store) RevokeTSIGKey(ctx context.Context, name string) error {
+	return s.rules().revokeTSIGKey(ctx, name)
+}
+
+func (w writeRules) revokeTSIGKey(ctx context.Context, name string) error {
 	name = NormalizeName(name)
-	return s.write(ctx, name, Updated, func(cur *Device) (outcome, error) {
+	return w.write(ctx, name, Updated, func(cur *Device) (outcome, error) {
 		if cur == nil {
 			return outcome{}, fmt.Errorf("%q: %w", name, ErrNotFound)
 		}
@@ -61,7 +69,7 @@ func (s *Store) RevokeTSIGKey(ctx context.Context, name string) error {
 			return outcome{}, nil
 		}
 		nd := *cur
-		nd.TSIGKey, nd.Updated = nil, s.now().UTC()
+		nd.TSIGKey, nd.Updated = nil, w.now().UTC()
 		return outcome{put: &nd}, nil
 	})
 }
@@ -70,12 +78,22 @@ func (s *Store) RevokeTSIGKey(ctx context.Context, name string) error {
 // the DNS server, which looks it up for every signed message: a device with
 // DDNS off has its key too, a deleted one none. The secret is shared and
 // must not be modified.
-func (s *Store) TSIGKey(name string) (TSIGKey, bool) {
+func (s *memIndex) TSIGKey(name string) (TSIGKey, bool) {
 	s.mu.RLock()
-	e, ok := s.index[name]
+	e, ok := s.entries[name]
 	s.mu.RUnlock()
 	if !ok || e.key == nil {
 		return TSIGKey{}, false
 	}
 	return *e.key, true
+}
+
+// IssueTSIGKey makes a new TSIG key for a device; see Store.IssueTSIGKey.
+func (s *Etcd) IssueTSIGKey(ctx context.Context, name string) (TSIGKey, error) {
+	return s.rules().issueTSIGKey(ctx, name)
+}
+
+// RevokeTSIGKey deletes a device's TSIG key; see Store.RevokeTSIGKey.
+func (s *Etcd) RevokeTSIGKey(ctx context.Context, name string) error {
+	return s.rules().revokeTSIGKey(ctx, name)
 }
