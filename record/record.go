@@ -59,6 +59,19 @@ type Device struct {
 	// PublicKey is the device's public key as the agent published it
 	// (base64 of the DER SubjectPublicKeyInfo); Link clients pin it.
 	PublicKey string `json:"public_key,omitempty"`
+	// ACMEChallenges are the values the device publishes as TXT at
+	// _acme-challenge.<name>.<zone> for ACME DNS-01 validations, oldest
+	// first, each until it expires. Setting or expiring them leaves
+	// Updated alone: they are transient, not a change of the device.
+	ACMEChallenges []ACMEChallenge `json:"acme_challenges,omitempty"`
+}
+
+// ACMEChallenge is one ACME DNS-01 challenge value a device published (the
+// unpadded base64url SHA-256 digest of a key authorization, RFC 8555 section
+// 8.4), public in DNS until Expires.
+type ACMEChallenge struct {
+	Value   string    `json:"value"`
+	Expires time.Time `json:"expires"`
 }
 
 // AccessCode is one Link access code a device issued (for Access ==

@@ -57,8 +57,14 @@ type Backend interface {
 	// CheckAccessCode reports whether code is one of the device's access codes.
 	CheckAccessCode(name, code string) bool
 
-	// Lookup returns the DNS record of a device that resolves, from memory:
-	// the DNS server calls it for every query.
+	// SetChallenges changes the ACME DNS-01 challenge values the device
+	// publishes at _acme-challenge.<name>; each expires ChallengeLifetime
+	// after it was set (Sweep withdraws it).
+	SetChallenges(ctx context.Context, name string, u ChallengeUpdate) (Device, error)
+
+	// Lookup returns the DNS record of a device that resolves (its
+	// addresses and ACME challenge values), from memory: the DNS server
+	// calls it for every query.
 	Lookup(name string) (Record, bool)
 	// Serial returns the zone's SOA serial, bumped by every change to DNS data.
 	Serial() uint32
@@ -68,8 +74,9 @@ type Backend interface {
 	// writer's goroutine, once Lookup shows it. f must not block.
 	OnChange(f func(Change))
 
-	// Sweep expires uninitialized devices past their TTL and ends
-	// quarantines, and returns how many devices it expired.
+	// Sweep expires uninitialized devices past their TTL, withdraws ACME
+	// challenge values past theirs and ends quarantines, and returns how
+	// many devices it expired.
 	Sweep(ctx context.Context) (expired int, err error)
 	// Size returns the bytes the stored data takes.
 	Size() int64

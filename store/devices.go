@@ -178,7 +178,7 @@ func (s *Store) Update(ctx context.Context, name string, p Patch) (Device, error
 			nd.State = *p.State
 		}
 		d = nd
-		if nd == *cur {
+		if nd.DDNS == cur.DDNS && nd.Link == cur.Link && nd.Access == cur.Access && nd.State == cur.State {
 			return outcome{}, nil
 		}
 		nd.Updated = s.now().UTC()

@@ -18,9 +18,14 @@ type entry struct {
 	rec    Record
 }
 
-// Record is what the DNS server needs to answer for a device.
+// Record is what the DNS server needs to answer for a device: its addresses
+// (none while its DDNS switch is off) and the ACME challenge values it
+// publishes as TXT at _acme-challenge.<device>, oldest first. The index is
+// the zone: a zone transfer that walks it finds every record an answer
+// gives. A Record's slices are shared and must not be modified.
 type Record struct {
 	IPv4, IPv6 netip.Addr
+	ACME       []string
 }
 
 // ChangeKind says what happened to a device.
@@ -66,8 +71,9 @@ func (s *Store) OnChange(f func(Change)) {
 	s.observers = append(s.observers, f)
 }
 
-// Lookup returns the DNS record of a device whose DDNS switch is on. name must
-// be lower case. It reads only memory.
+// Lookup returns the DNS record of a device whose DDNS switch is on, or
+// which publishes ACME challenge values (see entryFor). name must be lower
+// case. It reads only memory.
 func (s *Store) Lookup(name string) (Record, bool) {
 	s.mu.RLock()
 	e, ok := s.index[name]
@@ -102,15 +108,23 @@ func (s *Store) Len() int {
 func serialNewer(a, b uint32) bool { return a != b && int32(a-b) > 0 }
 
 // entryFor is the index entry of d as of revision rev; deleted says that its
-// record is gone. The entry holds d's addresses whether DDNS is on or off. A
-// device with DDNS off gets an entry marked hidden: Lookup reports no such
-// name, so the DNS server answers NXDOMAIN, and Len does not count it, while
-// Get still returns the device with its addresses. Address updates still
-// reach the hidden entry, and still bump the zone serial although no answer
-// changes; switching DDNS either way bumps it too. Open builds entries the
-// same way, so DDNS off survives a restart.
+// record is gone. A device with DDNS off publishes no address: its entry is
+// marked hidden, so Lookup reports no such name, the DNS server answers
+// NXDOMAIN and Len does not count it, while Get still returns the device
+// with its addresses. Address updates still bump the zone serial although no
+// answer changes; switching DDNS either way bumps it too. The exception is a
+// DDNS-off device that publishes ACME challenge values (its owner is getting
+// a certificate, say for use on the LAN): while it does, its name exists
+// with the challenge TXT and no address, since a CA's resolver that finds
+// <device>.<zone> NXDOMAIN stops there (RFC 8020) and never asks for
+// _acme-challenge below it. Open builds entries the same way, so DDNS off
+// survives a restart.
 func entryFor(rev uint64, d Device, deleted bool) entry {
-	return entry{rev: rev, hidden: deleted || !d.DDNS, rec: Record{IPv4: d.IPv4, IPv6: d.IPv6}}
+	rec := Record{IPv4: d.IPv4, IPv6: d.IPv6, ACME: challengeValues(d.ACMEChallenges)}
+	if !d.DDNS {
+		rec.IPv4, rec.IPv6 = netip.Addr{}, netip.Addr{}
+	}
+	return entry{rev: rev, hidden: deleted || (!d.DDNS && len(rec.ACME) == 0), rec: rec}
 }
 
 // updateIndex shows a committed write in the index and returns the observers

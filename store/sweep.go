@@ -10,20 +10,23 @@ import (
 )
 
 // Sweep removes uninitialized devices older than the uninitialized TTL (with
-// all their data, and without quarantine: they never had an owner) and
-// quarantine entries that have ended. The background sweeper calls it; tests
+// all their data, and without quarantine: they never had an owner), ACME
+// challenge values past their expiry and quarantine entries that have ended. The background sweeper calls it; tests
 // call it with a fake clock.
 func (s *Store) Sweep(ctx context.Context) (expired int, err error) {
 	now := s.now()
-	var names []string
+	var names, challenged []string
 	err = s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
 			var d Device
 			if err := json.Unmarshal(v, &d); err != nil {
 				return fmt.Errorf("device %q is unreadable: %w", k, err)
 			}
-			if s.expired(d, now) {
+			switch {
+			case s.expired(d, now):
 				names = append(names, d.Name)
+			case hasExpiredChallenge(d, now):
+				challenged = append(challenged, d.Name)
 			}
 			return nil
 		})
@@ -48,6 +51,11 @@ func (s *Store) Sweep(ctx context.Context) (expired int, err error) {
 		}
 		expired++
 		s.log.Info().Str("device", name).Msg("uninitialized device expired; its data is deleted")
+	}
+	for _, name := range challenged {
+		if err := s.expireChallenges(ctx, name); err != nil {
+			return expired, fmt.Errorf("sweep: expire the acme challenges of %q: %w", name, err)
+		}
 	}
 	if err := s.endQuarantines(now); err != nil {
 		return expired, fmt.Errorf("sweep quarantine: %w", err)
