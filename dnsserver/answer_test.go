@@ -293,6 +293,13 @@ func TestAnswersOverUDPAndTCP(t *testing.T) {
 			rcode:  dns.RcodeNameError, ns: []string{soaNegative}, serialBumped: true},
 	}
 
+	runCases(t, st, servers, cases)
+}
+
+// runCases runs each case against servers (which answer from st), over UDP
+// and TCP, as a subtest named after the case.
+func runCases(t *testing.T, st *store.Store, servers map[string]*Server, cases []dnsCase) {
+	t.Helper()
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			serialBefore := st.Serial()
