@@ -112,7 +112,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 	d.onStop("metrics", d.metrics.Shutdown)
 	if d.dns, err = dnsserver.New(dnsserver.Config{
 		Addr: cfg.DNSAddr, Zone: cfg.Zone, NameServers: cfg.NameServers, TTL: cfg.TTL,
-		ExactNamesOnly: cfg.ExactNames, Source: d.store, OnQuery: d.observeQuery,
+		ExactNamesOnly: cfg.ExactNames, CAA: cfg.CAA, Source: d.store, OnQuery: d.observeQuery,
 		TCPConns: d.caps.dns, Logger: d.component("dns"),
 	}); err != nil {
 		return nil, err

@@ -56,6 +56,7 @@ func (c Config) Validate() error {
 		add("ns", dnsserver.Config{Zone: c.Zone, NameServers: c.NameServers}.Validate())
 	}
 	add("ttl", dnsserver.Config{TTL: c.TTL}.Validate())
+	add("caa", dnsserver.Config{CAA: c.CAA}.Validate())
 	if (c.CertFile == "") != (c.KeyFile == "") {
 		add("tls-cert", errors.New("tls-cert and tls-key go together (the key may be the systemd credential tls-key): give both, or neither"))
 	} else if c.CertFile != "" {
