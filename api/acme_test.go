@@ -18,11 +18,7 @@ import (
 )
 
 // Challenge values as ACME clients compute them: 43 base64url characters.
-var (
-	valA = strings.Repeat("A", 42) + "a"
-	valB = strings.Repeat("B", 42) + "-"
-	valC = strings.Repeat("C", 42) + "_"
-)
+var valA, valB, valC = testutil.ChallengeValue(0), testutil.ChallengeValue(1), testutil.ChallengeValue(2)
 
 const challengePath = "/v1/devices/nas1/acme-challenge"
 
@@ -136,7 +132,7 @@ func TestChallengeRefusalsSayWhyWithoutRepeatingTheValue(t *testing.T) {
 	secret := "my-password-is-hunter2-and-not-a-challenge"
 	nine := make([]string, store.MaxChallenges+1)
 	for i := range nine {
-		nine[i] = strings.Repeat(string(rune('a'+i)), store.ChallengeValueLen)
+		nine[i] = testutil.ChallengeValue(10 + i)
 	}
 	for _, c := range []struct {
 		method, body string

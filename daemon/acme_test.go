@@ -48,7 +48,7 @@ func TestACMEChallengeIsInTheNextAnswerUntilItsHourEnds(t *testing.T) {
 	clk := testutil.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	td := daemontest.Start(t, withClock(clk))
 	tok := td.AddDevice("nas1")
-	a, b := strings.Repeat("a", 43), strings.Repeat("b", 43)
+	a, b := testutil.ChallengeValue(0), testutil.ChallengeValue(1)
 	putChallenge(td, "nas1", tok, a)
 	clk.Advance(30 * time.Minute)
 	putChallenge(td, "nas1", tok, b)
@@ -104,7 +104,7 @@ func TestACMEChallengeValuesNeverReachALog(t *testing.T) {
 	})
 	tok := td.AddDevice("nas1")
 	other := td.AddDevice("nas2")
-	values := []string{strings.Repeat("v", 43), strings.Repeat("w", 43), strings.Repeat("x", 43), strings.Repeat("y", 42) + "!"}
+	values := []string{testutil.ChallengeValue(0), testutil.ChallengeValue(1), testutil.ChallengeValue(2), testutil.ChallengeValue(3)[:42] + "!"}
 	putChallenge(td, "nas1", tok, values[0], values[1])
 	td.Do(http.MethodPut, "/v1/devices/nas1/acme-challenge", other, map[string][]string{"values": {values[2]}})
 	td.Do(http.MethodPut, "/v1/devices/nas1/acme-challenge", tok, map[string][]string{"values": {values[3]}})

@@ -65,14 +65,21 @@ func recordCommand(t *testing.T, s string) {
 // output and exit error; both are logged if the test fails.
 func runTool(t *testing.T, bin string, args ...string) (string, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), toolTimeout)
+	return runToolEnv(t, toolTimeout, nil, bin, args...)
+}
+
+// runToolEnv is runTool with a timeout of its own and env added to the
+// environment.
+func runToolEnv(t *testing.T, timeout time.Duration, env []string, bin string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = toolEnv()
+	cmd.Env = append(toolEnv(), env...)
 	cmd.WaitDelay = 5 * time.Second
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {
-		err = fmt.Errorf("%s timed out after %v: %w", filepath.Base(bin), toolTimeout, err)
+		err = fmt.Errorf("%s timed out after %v: %w", filepath.Base(bin), timeout, err)
 	}
 	recordCommand(t, fmt.Sprintf("$ %s\n%s(exit: %v)\n", strings.Join(append([]string{filepath.Base(bin)}, args...), " "), out, exitStatus(err)))
 	return string(out), err

@@ -7,15 +7,12 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/store"
 )
 
 // Challenge values as ACME clients compute them: 43 base64url characters.
-var (
-	valA = strings.Repeat("A", 42) + "a"
-	valB = strings.Repeat("B", 42) + "-"
-	valC = strings.Repeat("C", 42) + "_"
-)
+var valA, valB, valC = testutil.ChallengeValue(0), testutil.ChallengeValue(1), testutil.ChallengeValue(2)
 
 // The negative SOA of the challenge name: its own TTL is ChallengeTTL, so
 // resolvers cache the absence of a value for 10 s (RFC 2308), not 60.

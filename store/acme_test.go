@@ -8,15 +8,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nasreach/nasreach/internal/testutil"
 )
 
 // Challenge values as ACME clients compute them: 43 base64url characters.
-var (
-	chA = strings.Repeat("A", 42) + "a"
-	chB = strings.Repeat("B", 42) + "b"
-	chC = strings.Repeat("C", 42) + "-"
-	chD = strings.Repeat("D", 42) + "_"
-)
+var chA, chB, chC = testutil.ChallengeValue(0), testutil.ChallengeValue(1), testutil.ChallengeValue(2)
 
 // challenges returns the values Lookup gives for name, nil if it does not
 // resolve.
@@ -198,7 +195,7 @@ func TestChallengeValuesAreValidatedAndBounded(t *testing.T) {
 		}
 		var values []string
 		for i := range MaxChallenges {
-			values = append(values, strings.Repeat(string(rune('a'+i)), ChallengeValueLen))
+			values = append(values, testutil.ChallengeValue(10+i))
 		}
 		mustSetChallenges(t, s, "nas1", ChallengeUpdate{Add: values[:MaxChallenges-1]})
 		_, err := s.SetChallenges(context.Background(), "nas1", ChallengeUpdate{Add: []string{chA, chB}})
