@@ -2,6 +2,7 @@ package dnsserver
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -153,4 +154,39 @@ func TestCAAIsValidated(t *testing.T) {
 	if err := (Config{CAA: []string{`0 issue "letsencrypt.org"`, `0 issue ";"`}}).Validate(); err != nil {
 		t.Errorf("good CAA refused: %v", err)
 	}
+}
+
+// FuzzParseCAA feeds --caa values to the parser: it never panics, and what it
+// accepts is a record with one of the allowed tags that packs and unpacks
+// to the same record.
+func FuzzParseCAA(f *testing.F) {
+	for _, seed := range []string{
+		`0 issue "letsencrypt.org"`, `128 issuewild "pki.example.net; accounturi=https://x/1"`,
+		`0 iodef "mailto:a@b"`, `0 issue ";"`, `0 issue`, `5 issue "x"`, `0 isue "x"`, "0 issue \"a\"\n0 iodef", `0 ISSUE "x"`, `garbage`, ``,
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		caas, err := parseCAA([]string{v})
+		if err != nil {
+			return
+		}
+		if len(caas) != 1 {
+			t.Fatalf("%q gave %d records", v, len(caas))
+		}
+		c := caas[0]
+		if !slices.Contains([]string{"issue", "issuewild", "iodef", "issuemail"}, c.Tag) || (c.Flag != 0 && c.Flag != 128) {
+			t.Fatalf("%q accepted as %v", v, c)
+		}
+		c.Hdr = dns.RR_Header{Name: "myqnapcloud.com.", Rrtype: dns.TypeCAA, Class: dns.ClassINET, Ttl: 3600}
+		buf := make([]byte, dns.MaxMsgSize)
+		n, err := dns.PackRR(c, buf, 0, nil, false)
+		if err != nil {
+			t.Fatalf("%q accepted but does not pack: %v", v, err)
+		}
+		back, _, err := dns.UnpackRR(buf[:n], 0)
+		if err != nil || back.String() != c.String() {
+			t.Fatalf("%q: packed %v, unpacked %v (%v)", v, c, back, err)
+		}
+	})
 }
