@@ -32,7 +32,7 @@ var allowed = map[string][]string{
 		"github.com/pion/turn/v5", "github.com/pion/stun/v4", "github.com/pion/logging", "github.com/rs/zerolog", "golang.org/x/time"},
 	"linkserver": {"store", "connlog", "anonymize", "link", "internal/connlimit", "internal/netaddr", "internal/ratelimit", "internal/workgroup",
 		"github.com/quic-go/quic-go", "github.com/rs/zerolog"},
-	"link":     {"stun", "api/client", "internal/workgroup", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
+	"link":     {"stun", "api/client", "internal/netaddr", "internal/workgroup", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
 	"sdnotify": {},
 	"metrics":  {"connlog", "internal/connlimit", "github.com/miekg/dns", "github.com/prometheus/client_golang", "github.com/prometheus/client_model", "github.com/rs/zerolog"},
 	// The daemon wires the servers together; nothing imports it but cmd and

@@ -38,6 +38,7 @@ type Config struct {
 	// TURN over TLS, and a self-signed Link certificate in DataDir.
 	CertFile string `setting:"tls-cert"`
 	KeyFile  string `setting:"tls-key"`
+	Transfer TransferConfig
 	TURN     TURNConfig
 	Link     LinkConfig
 	Privacy  PrivacyConfig
@@ -57,6 +58,17 @@ type Config struct {
 	// Logger receives every component's records, each with its component
 	// field.
 	Logger zerolog.Logger `setting:"-"`
+}
+
+// TransferConfig is who may transfer the zone and who is told of changes
+// (dnsserver.TransferConfig).
+type TransferConfig struct {
+	// Secondaries may transfer from their address and get a NOTIFY after
+	// each change.
+	Secondaries []dnsserver.Secondary `setting:"secondary"`
+	// TSIGKeys may sign transfers from any address, and NOTIFYs to a
+	// secondary that names one.
+	TSIGKeys []dnsserver.Key `setting:"tsig-key"`
 }
 
 // TURNConfig is the STUN binding service and the TURN relay on its port.
@@ -92,6 +104,9 @@ type LinkConfig struct {
 	StreamRate  float64       `setting:"link-stream-rate"`
 	StreamBurst int           `setting:"link-stream-burst"`
 	IdleTimeout time.Duration `setting:"link-idle-timeout"`
+	// Direct lets the relay introduce clients to agents for direct
+	// (hole-punched) paths; false keeps every byte on the relay.
+	Direct bool `setting:"link-direct"`
 }
 
 // PrivacyConfig is what the daemon needs to keep its privacy promises:

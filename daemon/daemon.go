@@ -113,11 +113,12 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if d.dns, err = dnsserver.New(dnsserver.Config{
 		Addr: cfg.DNSAddr, Zone: cfg.Zone, NameServers: cfg.NameServers, TTL: cfg.TTL,
 		ExactNamesOnly: cfg.ExactNames, CAA: cfg.CAA, Source: d.store, OnQuery: d.observeQuery,
-		TCPConns: d.caps.dns, Logger: d.component("dns"),
+		TCPConns: d.caps.dns, Transfer: d.transferConfig(cfg.Transfer), Logger: d.component("dns"),
 	}); err != nil {
 		return nil, err
 	}
 	d.onStop("dns", d.dns.Shutdown)
+	d.store.OnChange(d.dns.ZoneChanged) // IXFR history and NOTIFYs
 	local, err := listenLocal(cfg.DataDir, d.component("api"))
 	if err != nil {
 		return nil, err

@@ -42,3 +42,14 @@ func (d *Daemon) observeQuery(q dnsserver.Query) {
 		Detail: strings.TrimSuffix(strings.ToLower(q.Name), ".") + " " + dns.TypeToString[q.Type],
 	})
 }
+
+// transferConfig is the DNS server's zone transfer settings, counted in
+// metrics. Validate has checked the keys.
+func (d *Daemon) transferConfig(c TransferConfig) dnsserver.TransferConfig {
+	keys, _ := dnsserver.NewStaticKeys(c.TSIGKeys)
+	return dnsserver.TransferConfig{
+		Secondaries: c.Secondaries, Keys: dnsserver.Keys{keys},
+		OnTransfer: func(e dnsserver.TransferEvent) { d.metrics.ObserveTransfer(e.Kind, e.Outcome) },
+		OnNotify:   func(e dnsserver.NotifyEvent) { d.metrics.ObserveNotify(e.Outcome) },
+	}
+}

@@ -1,8 +1,8 @@
 package daemon_test
 
-// Interoperability with the real DDNS clients and resolver tools users run:
-// Debian's ddclient, inadyn and dig, started with os/exec against the
-// in-process daemon. Every client is configured so that it talks to nothing
+// Interoperability with the real clients and tools users run: Debian's
+// ddclient, inadyn and dig, and coturn's turnutils_uclient, started with
+// os/exec against the in-process daemon. Every client is configured so that it talks to nothing
 // but 127.0.0.1: addresses are given or detected through our own /v1/ip, and
 // inadyn's start-up DNS lookup of its hostname is avoided by seeding its cache.
 
@@ -16,13 +16,16 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nasreach/nasreach/daemon"
 	"github.com/nasreach/nasreach/daemon/daemontest"
 	"github.com/nasreach/nasreach/internal/testutil"
+	"github.com/nasreach/nasreach/turnserver"
 )
 
 // toolTimeout bounds every external command.
@@ -443,5 +446,52 @@ func TestInteropInadynReportsAnUnusableAddressAndNothingChanges(t *testing.T) {
 			t.Fatalf("inadyn, %s: err %v, want a non-zero exit and a fatal error naming badagent:\n%s", what, err, out)
 		}
 		unchanged("inadyn, " + what + ",")
+	}
+}
+
+var uclientTotals = regexp.MustCompile(`start_mclient: tot_send_msgs=(\d+), tot_recv_msgs=(\d+)`)
+
+// coturn's turnutils_uclient in its default mode, as coturn users run it
+// (issue 16): a first allocation with EVEN-PORT and the port above reserved,
+// which uclient keeps, then the RTP allocation taking the reserved port by
+// its RESERVATION-TOKEN and the RTCP allocation reserving anew, and data
+// both ways through an echo peer on an even port and the one above. Before,
+// the token reached a listening socket that had not made it about every
+// other time, and uclient got 508 from the second run on. Now three runs in
+// a row relay every message, with device credentials over UDP and REST
+// credentials over TCP, and the daemon refuses nothing.
+func TestCoturnUclientDefaultModeRunAfterRun(t *testing.T) {
+	bin := testutil.NeedTool(t, "turnutils_uclient")
+	const secret = "rest-secret"
+	td := daemontest.Start(t, daemontest.WithTURN, func(c *daemon.Config) { c.TURN.Secret = secret })
+	token := td.AddDevice("nas1")
+	peer := strconv.Itoa(daemontest.UDPEchoPair(t))
+	port := portOf(t, td.STUN)
+	tests := []struct {
+		name string
+		args []string
+	}{
+		{"device over udp", []string{"-u", "nas1", "-w", turnserver.DevicePassword(token)}},
+		{"rest over tcp", []string{"-t", "-u", "alice", "-W", secret}},
+	}
+	t.Run("runs", func(t *testing.T) {
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel() // uclient mostly waits on its own timers
+				for run := 1; run <= 3; run++ {
+					out, err := runTool(t, bin, append(tc.args, "-p", port, "-e", "127.0.0.1", "-r", peer, "-n", "10", "-l", "100", "127.0.0.1")...)
+					m := uclientTotals.FindStringSubmatch(out)
+					if err != nil || m == nil || m[1] != "20" || m[2] != "20" || !strings.Contains(out, "Total lost packets 0 ") {
+						t.Fatalf("run %d: want 20 messages sent and received (RTP and RTCP), none lost; got %v:\n%s", run, err, out)
+					}
+				}
+			})
+		}
+	})
+	fams, _ := scrape(t, td)
+	for _, l := range fams["nasreach_turn_refused_total"] {
+		if l.value != 0 {
+			t.Errorf("turn refusals %v = %v, want none", l.labels, l.value)
+		}
 	}
 }

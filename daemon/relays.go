@@ -104,6 +104,7 @@ func (d *Daemon) startLink(cfg Config, cert *certfile.Watcher) error {
 		Addr: lc.Addr, Store: d.store,
 		MaxAgents: lc.MaxAgents, MaxStreamsPerDevice: lc.MaxStreams,
 		StreamRate: lc.StreamRate, StreamBurst: lc.StreamBurst, IdleTimeout: lc.IdleTimeout,
+		STUN: r.stunAddr, DisableDirect: !lc.Direct,
 		Conns: d.caps.link, Events: d.Log, Logger: d.component("link"),
 	}
 	if cert != nil {
@@ -121,7 +122,7 @@ func (d *Daemon) startLink(cfg Config, cert *certfile.Watcher) error {
 	}
 	d.onStop("link relay", l.Shutdown)
 	r.link = l
-	d.log.Info().Str("link", l.Addr().String()).Str("relay_fingerprint", r.linkFingerprint).
+	d.log.Info().Str("link", l.Addr().String()).Str("relay_fingerprint", r.linkFingerprint).Bool("direct", lc.Direct).
 		Msg("link relay ready; agents and clients pin it with --relay-fingerprint")
 	return nil
 }
@@ -166,7 +167,8 @@ func (d *Daemon) turnRefused() map[string]uint64 {
 	}
 	st := t.Stats()
 	return map[string]uint64{
-		"auth": st.AuthFailed, "quota": st.QuotaRefused, "peer": st.PeerRefused,
+		turnserver.RefusedAuth: st.AuthFailed, turnserver.RefusedQuota: st.QuotaRefused,
+		turnserver.RefusedPeer: st.PeerRefused, turnserver.RefusedRequest: st.RequestRefused,
 		"bandwidth": st.BandwidthDropped, "malformed": st.Malformed,
 	}
 }

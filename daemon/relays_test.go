@@ -230,3 +230,50 @@ func TestTURNPayloadIsNeverStoredOrLogged(t *testing.T) {
 		t.Error("the daemon's log is empty: is the capture wired?")
 	}
 }
+
+// A TURN request refused for its credentials or its quota is counted by
+// reason in the metrics and recorded, masked, in the connection log; the
+// challenge every client gets first is neither.
+func TestDaemonCountsAndRecordsTURNRefusals(t *testing.T) {
+	td := daemontest.Start(t, daemontest.WithTURN, func(c *daemon.Config) { c.TURN.UserQuota = 1 })
+	token := td.AddDevice("nas1")
+	srv := netip.MustParseAddrPort(td.STUN)
+	allocate := func(pass string) error {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = daemontest.TURNClient(t, c, srv, "nas1", pass, turnserver.DefaultRealm).Allocate()
+		return err
+	}
+	if err := allocate("not-the-token-hash"); err == nil {
+		t.Fatal("a wrong password allocated")
+	}
+	if err := allocate(turnserver.DevicePassword(token)); err != nil {
+		t.Fatalf("allocate: %v", err)
+	}
+	if err := allocate(turnserver.DevicePassword(token)); err == nil {
+		t.Fatal("an allocation beyond the quota of 1")
+	}
+	fams, _ := scrape(t, td)
+	for reason, want := range map[string]float64{"auth": 1, "quota": 1, "peer": 0, "request": 0} {
+		if got := value(t, fams, "nasreach_turn_refused_total", map[string]string{"reason": reason}); got != want {
+			t.Errorf("turn refusals for %s = %v, want %v", reason, got, want)
+		}
+	}
+	testutil.WaitFor(t, 10*time.Second, "both refusals in the connection log", func() bool {
+		return strings.Count(connlogText(t, td), `"kind":"request"`) == 2
+	})
+	logged := connlogText(t, td)
+	for _, want := range []string{
+		`"outcome":"badauth","device":"nas1","client":"127.0.0.0","detail":"allocate: 401 wrong password"`,
+		`"outcome":"refused","device":"nas1","client":"127.0.0.0","detail":"allocate: 486 allocation quota reached: the user has 1 of 1, 1 asked"`,
+	} {
+		if !strings.Contains(logged, want) {
+			t.Errorf("the connection log lacks %s:\n%s", want, logged)
+		}
+	}
+	if strings.Contains(logged, "127.0.0.1") {
+		t.Errorf("the connection log holds an unmasked address:\n%s", logged)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 
+	"github.com/nasreach/nasreach/dnsserver"
 	"github.com/nasreach/nasreach/linkserver"
 	"github.com/nasreach/nasreach/sdnotify"
 )
@@ -54,6 +55,20 @@ var live = []liveSetting{
 		d.cfg.LogLevel = n.LogLevel
 		return nil
 	}},
+	// Secondaries and TSIG keys change together, as knotc reload changes
+	// ACLs: the next transfer request is judged by them, and the NOTIFY
+	// senders restart for the new list.
+	{[]string{"secondary", "tsig-key"}, func(d *Daemon, n *Config) error {
+		keys, err := dnsserver.NewStaticKeys(n.Transfer.TSIGKeys)
+		if err != nil {
+			return err
+		}
+		if err := d.dns.SetTransfer(n.Transfer.Secondaries, dnsserver.Keys{keys}); err != nil {
+			return err
+		}
+		d.cfg.Transfer = n.Transfer
+		return nil
+	}},
 	{[]string{"turn-allow-peer"}, func(d *Daemon, n *Config) error {
 		if t := d.relays.turn; t != nil {
 			t.SetAllowPeers(n.TURN.AllowPeers)
@@ -83,6 +98,15 @@ var live = []liveSetting{
 		}
 		d.cfg.Link.MaxAgents, d.cfg.Link.MaxStreams = nl.MaxAgents, nl.MaxStreams
 		d.cfg.Link.StreamRate, d.cfg.Link.StreamBurst = nl.StreamRate, nl.StreamBurst
+		return nil
+	}},
+	// Direct paths turned off close the ones running (agents and clients
+	// hear it on their Info streams); turned on, clients punch again.
+	{[]string{"link-direct"}, func(d *Daemon, n *Config) error {
+		if l := d.relays.link; l != nil {
+			l.SetDirect(n.Link.Direct)
+		}
+		d.cfg.Link.Direct = n.Link.Direct
 		return nil
 	}},
 }

@@ -57,6 +57,9 @@ func (c Config) Validate() error {
 	}
 	add("ttl", dnsserver.Config{TTL: c.TTL}.Validate())
 	add("caa", dnsserver.Config{CAA: c.CAA}.Validate())
+	keys, err := dnsserver.NewStaticKeys(c.Transfer.TSIGKeys)
+	add("tsig-key", err)
+	add("secondary", dnsserver.Config{Transfer: dnsserver.TransferConfig{Secondaries: c.Transfer.Secondaries, Keys: keys}}.Validate())
 	if (c.CertFile == "") != (c.KeyFile == "") {
 		add("tls-cert", errors.New("tls-cert and tls-key go together (the key may be the systemd credential tls-key): give both, or neither"))
 	} else if c.CertFile != "" {

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/store"
 )
 
 // What certificate authorities ask the zone: the ACME DNS-01 challenge TXT
@@ -41,10 +42,7 @@ func (s *Server) answerChallenge(m *dns.Msg, q dns.Question, device string) {
 	}
 	ttl := min(ChallengeTTL, s.ttl.Load())
 	if q.Qtype == dns.TypeTXT || q.Qtype == dns.TypeANY {
-		for _, v := range rec.ACME {
-			h := dns.RR_Header{Name: q.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: ttl}
-			m.Answer = append(m.Answer, &dns.TXT{Hdr: h, Txt: []string{v}})
-		}
+		m.Answer = append(m.Answer, challengeTXT(q.Name, rec.ACME, ttl)...)
 	}
 	if len(m.Answer) == 0 {
 		// RFC 2308 section 5: the negative TTL is the lower of the SOA's
@@ -52,6 +50,23 @@ func (s *Server) answerChallenge(m *dns.Msg, q dns.Question, device string) {
 		// name's negative answer short.
 		m.Ns = append(m.Ns, s.soa(s.zone, min(s.soaTTL, ttl)))
 	}
+}
+
+// challengeRecords are the challenge TXT records of the device whose name
+// is owner, for zone transfers: at _acme-challenge.<owner>, with
+// ChallengeTTL (ttl when lower), as answers give them.
+func challengeRecords(owner string, rec store.Record, ttl uint32) []dns.RR {
+	return challengeTXT(challengeLabel+"."+owner, rec.ACME, min(ChallengeTTL, ttl))
+}
+
+// challengeTXT is one TXT record with owner name owner per value.
+func challengeTXT(owner string, values []string, ttl uint32) []dns.RR {
+	out := make([]dns.RR, 0, len(values))
+	for _, v := range values {
+		h := dns.RR_Header{Name: owner, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: ttl}
+		out = append(out, &dns.TXT{Hdr: h, Txt: []string{v}})
+	}
+	return out
 }
 
 // challengeDevice returns the device whose challenge name label is

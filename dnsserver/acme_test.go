@@ -190,3 +190,61 @@ func FuzzParseCAA(f *testing.F) {
 		}
 	})
 }
+
+func TestTransfersCarryTheChallengeTXTAndTheCAA(t *testing.T) {
+	st := openStore(t)
+	ctx := t.Context()
+	addDevice(t, st, "nas1", "198.51.100.1", "")
+	addDevice(t, st, "sleepy", "198.51.100.3", "")
+	addDevice(t, st, "dark", "198.51.100.4", "")
+	setDDNS(t, st, "sleepy", false)
+	setDDNS(t, st, "dark", false)
+	for name, values := range map[string][]string{"nas1": {valA, valB}, "sleepy": {valC}} {
+		if err := setChallenges(ctx, st, name, store.ChallengeUpdate{Add: values}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := startServer(t, Config{Source: st, Transfer: TransferConfig{Secondaries: secondaryAt("127.0.0.1")},
+		CAA: []string{`0 issue "letsencrypt.org"`}, NameServers: []NameServer{{Name: "ns1", Addrs: mustAddrs("192.0.2.53")}}})
+	st.OnChange(s.ZoneChanged)
+	start := st.Serial()
+
+	rrs, _, err := transfer(t, s, axfrQuery(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{soaApex,
+		"myqnapcloud.com. 3600 IN NS ns1.myqnapcloud.com.",
+		`myqnapcloud.com. 3600 IN CAA 0 issue "letsencrypt.org"`,
+		"ns1.myqnapcloud.com. 3600 IN A 192.0.2.53",
+		"nas1.myqnapcloud.com. 60 IN A 198.51.100.1",
+		`_acme-challenge.nas1.myqnapcloud.com. 10 IN TXT "` + valA + `"`,
+		`_acme-challenge.nas1.myqnapcloud.com. 10 IN TXT "` + valB + `"`,
+		`_acme-challenge.sleepy.myqnapcloud.com. 10 IN TXT "` + valC + `"`,
+		soaApex,
+	}
+	if got := strs(rrs); !slices.Equal(got, want) {
+		t.Errorf("AXFR is\n%s\nwant\n%s\n(the values of a DDNS-off device without its address, no dark)", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+
+	if err := setChallenges(ctx, st, "nas1", store.ChallengeUpdate{Remove: []string{valA}, Add: []string{valC}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := setChallenges(ctx, st, "sleepy", store.ChallengeUpdate{RemoveAll: true}); err != nil {
+		t.Fatal(err)
+	}
+	rrs, _, err = transfer(t, s, ixfrQuery(start), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = []string{soaApex, soaApex,
+		`_acme-challenge.nas1.myqnapcloud.com. 10 IN TXT "` + valA + `"`,
+		`_acme-challenge.sleepy.myqnapcloud.com. 10 IN TXT "` + valC + `"`,
+		soaApex,
+		`_acme-challenge.nas1.myqnapcloud.com. 10 IN TXT "` + valC + `"`,
+		soaApex,
+	}
+	if got := strs(rrs); !slices.Equal(got, want) {
+		t.Errorf("IXFR from %d is\n%s\nwant\n%s", start, strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

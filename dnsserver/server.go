@@ -1,7 +1,8 @@
 // Package dnsserver is the authoritative DNS server for the device zone: it
 // answers SOA, NS and CAA at the apex, A/AAAA for devices and their ACME
 // challenge TXT straight from a read-only view of the store, over UDP and
-// TCP.
+// TCP, and keeps secondaries in step with zone transfers and NOTIFY (xfr.go,
+// notify.go, tsig.go).
 package dnsserver
 
 import (
@@ -9,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"net"
 	"net/netip"
 	"slices"
@@ -31,6 +33,9 @@ type Source interface {
 	Lookup(name string) (store.Record, bool)
 	// Serial returns the zone's SOA serial.
 	Serial() uint32
+	// ZoneSnapshot calls f with the serial and the resolvable devices of
+	// one committed state (zone transfers).
+	ZoneSnapshot(f func(serial uint32, devices iter.Seq2[string, store.Record]) error) error
 }
 
 // NameServer is one NS record of the zone. Addrs are served as glue when the
@@ -102,6 +107,8 @@ type Config struct {
 	// off unless the operator asks for it). It runs on the hot path and
 	// must not block.
 	OnQuery func(Query)
+	// Transfer says who may transfer the zone and who gets NOTIFYs.
+	Transfer TransferConfig
 }
 
 // Query describes one answered query for OnQuery.
@@ -140,6 +147,8 @@ type Server struct {
 	stopping bool          // Shutdown has been called
 	stopped  chan struct{} // closed when both transports have returned
 	bound    net.Addr
+
+	transfers // zone transfers and NOTIFY (xfr.go)
 }
 
 // New validates cfg, binds UDP and TCP (or takes Config's sockets) and
@@ -164,6 +173,7 @@ func New(cfg Config) (*Server, error) {
 	if err := s.serve(pc, s.tcpConns.Listener(ln)); err != nil {
 		return nil, err
 	}
+	s.startNotifiers()
 	return s, nil
 }
 
@@ -198,6 +208,9 @@ func (cfg Config) Validate() error {
 		if zoneOK && inZone && len(ns.Addrs) == 0 {
 			errs = append(errs, fmt.Errorf("nameserver %s is inside the zone and needs its address for glue (%s=IP)", name, ns.Name))
 		}
+	}
+	if err := cfg.Transfer.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -248,6 +261,7 @@ func newServer(cfg Config) (*Server, error) {
 		glue:       map[string][]netip.Addr{},
 		tcpConns:   connlimit.New(cfg.TCPConns),
 	}
+	s.initTransfers(cfg.Transfer, cfg.Source.Serial())
 	s.SetTTL(cfg.TTL) //nolint:errcheck // Validate checked the range
 	s.exact.Store(cfg.ExactNamesOnly)
 	s.caa, _ = parseCAA(cfg.CAA) // Validate checked them
@@ -279,7 +293,8 @@ func cmpOr(a, b string) string {
 }
 
 // SetTTL sets the TTL of device answers and of negative answers; the next
-// answer uses it. Zero means DefaultTTL.
+// answer uses it. Zero means DefaultTTL. A changed TTL reaches secondaries
+// with the next change to the zone, by a full transfer.
 func (s *Server) SetTTL(ttl time.Duration) error {
 	if ttl < 0 || ttl > maxTTL {
 		return fmt.Errorf("TTL %s out of range (0 to 7 days)", ttl)
@@ -287,7 +302,9 @@ func (s *Server) SetTTL(ttl time.Duration) error {
 	if ttl == 0 {
 		ttl = DefaultTTL * time.Second
 	}
-	s.ttl.Store(uint32(ttl / time.Second))
+	if old := s.ttl.Swap(uint32(ttl / time.Second)); old != 0 && old != uint32(ttl/time.Second) {
+		s.journal.reset() // every record's TTL changed: no IXFR from before describes it
+	}
 	return nil
 }
 
@@ -304,9 +321,10 @@ func (s *Server) serve(pc net.PacketConn, ln net.Listener) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	h := dns.HandlerFunc(s.ServeDNS)
-	udp := &dns.Server{PacketConn: pc, Handler: h, MsgAcceptFunc: acceptQuery, UDPSize: maxQuerySize}
-	tcp := &dns.Server{Listener: ln, Handler: h, MsgAcceptFunc: acceptQuery,
-		ReadTimeout: tcpReadTimeout, IdleTimeout: func() time.Duration { return tcpIdleTimeout }}
+	tsig := tsigProvider{currentKeys{s}}
+	udp := &dns.Server{PacketConn: pc, Handler: h, MsgAcceptFunc: acceptQuery, UDPSize: maxQuerySize, TsigProvider: tsig}
+	tcp := &dns.Server{Listener: writeDeadlineListener{ln, xfrWriteTimeout}, Handler: h, MsgAcceptFunc: acceptQuery,
+		ReadTimeout: tcpReadTimeout, IdleTimeout: func() time.Duration { return tcpIdleTimeout }, TsigProvider: tsig}
 	var running sync.WaitGroup
 	// One transport after the other, so that a failure leaves nothing running.
 	for _, srv := range []*dns.Server{udp, tcp} {
@@ -378,7 +396,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	var err error
 	if first {
-		err = errors.Join(udp.ShutdownContext(ctx), tcp.ShutdownContext(ctx))
+		err = errors.Join(s.stopTransfers(ctx), udp.ShutdownContext(ctx), tcp.ShutdownContext(ctx))
 	}
 	select {
 	case <-stopped:
@@ -393,6 +411,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // ServeDNS answers one query; it is the dns.Handler of both transports.
 func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
+	if s.serveSpecial(w, r) {
+		return
+	}
 	m, size := s.answer(r)
 	if _, tcp := w.LocalAddr().(*net.TCPAddr); tcp {
 		size = dns.MaxMsgSize

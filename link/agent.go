@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"sync"
 	"time"
@@ -61,6 +62,18 @@ type AgentConfig struct {
 	// AddressEvery is how often the WAN address is checked; zero means
 	// DefaultAddressEvery.
 	AddressEvery time.Duration
+	// Listen is the agent's UDP socket (to the relay, STUN, and direct
+	// paths from clients); empty means DefaultListen, every interface.
+	Listen string
+	// DisableDirect refuses direct paths (--direct never): every session
+	// goes through the relay.
+	DisableDirect bool
+	// DirectLifetime is how long a client's DirectHello authorizes new
+	// sessions on its direct connection; zero means DefaultDirectLifetime.
+	DirectLifetime time.Duration
+	// STUNEvery is how often the server-reflexive address is refreshed;
+	// zero means DefaultSTUNEvery.
+	STUNEvery time.Duration
 	// Logger receives the agent's events.
 	Logger zerolog.Logger
 }
@@ -80,6 +93,8 @@ type Agent struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     waitGroup
+	ep     *endpoint // the one UDP socket
+	direct agentDirect
 
 	mu       sync.Mutex
 	online   bool
@@ -124,6 +139,8 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	cfg.HandshakeTimeout = cmp.Or(cfg.HandshakeTimeout, DefaultHandshakeTimeout)
 	cfg.LocalDialTimeout = cmp.Or(cfg.LocalDialTimeout, DefaultLocalDial)
 	cfg.AddressEvery = cmp.Or(cfg.AddressEvery, DefaultAddressEvery)
+	cfg.DirectLifetime = cmp.Or(cfg.DirectLifetime, DefaultDirectLifetime)
+	cfg.STUNEvery = cmp.Or(cfg.STUNEvery, DefaultSTUNEvery)
 	a := &Agent{
 		cfg: cfg, relay: rt, e2e: serverE2E(cert), spki: cert.Leaf.RawSubjectPublicKeyInfo,
 		fingerprint: Fingerprint(cert.Leaf.RawSubjectPublicKeyInfo),
@@ -131,11 +148,32 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		http:        cmp.Or(cfg.HTTPClient, &http.Client{Timeout: 10 * time.Second}),
 		onlineCh:    make(chan struct{}), kick: make(chan struct{}, 1),
 	}
+	a.direct = agentDirect{
+		grants: map[[ExchangeIDLen]byte]*exchange{}, allowed: map[netip.AddrPort]time.Time{},
+		conns: map[*quic.Conn]*directConn{}, stunKick: make(chan struct{}, 1),
+	}
+	var accept func(netip.AddrPort) bool
+	if !cfg.DisableDirect {
+		accept = a.allowSource
+	}
+	if a.ep, err = newEndpoint(cfg.Listen, accept, a.log); err != nil {
+		return nil, err
+	}
+	if !cfg.DisableDirect {
+		if a.direct.ln, err = a.ep.tr.Listen(directServerTLS(cert), directQUIC(cfg.HandshakeTimeout)); err != nil {
+			a.ep.close()
+			return nil, fmt.Errorf("listen for direct paths: %w", err)
+		}
+	}
 	if created {
 		a.log.Info().Str("fingerprint", a.fingerprint).Msg("generated a new device key")
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.wg.Go(a.run)
+	a.wg.Go(a.stunLoop)
+	if a.direct.ln != nil {
+		a.wg.Go(a.acceptDirect)
+	}
 	if cfg.API != "" {
 		a.wg.Go(a.apiLoop)
 	}
@@ -180,7 +218,8 @@ func (a *Agent) LastError() error {
 	return a.lastErr
 }
 
-// Close disconnects from the relay and stops every goroutine; sessions end.
+// Close disconnects from the relay and the clients on direct paths and
+// stops every goroutine; sessions end.
 func (a *Agent) Close() error {
 	a.cancel()
 	a.mu.Lock()
@@ -189,8 +228,12 @@ func (a *Agent) Close() error {
 	if c != nil {
 		c.CloseWithError(CloseNormal, "agent stopped")
 	}
+	a.closeDirect(CloseNormal, "agent stopped")
+	if a.direct.ln != nil {
+		a.direct.ln.Close()
+	}
 	a.wg.CloseAndWait()
-	return nil
+	return a.ep.close()
 }
 
 // run connects, serves, and reconnects with capped exponential backoff.
@@ -209,6 +252,7 @@ func (a *Agent) run() {
 		a.mu.Lock()
 		a.lastErr = err
 		a.mu.Unlock()
+		a.closeDirectFor(err)
 		var re *RefusedError
 		if errors.As(err, &re) && failures < 4 {
 			failures = 4 // a refusal will not go away in a second
@@ -247,11 +291,14 @@ func min2(a, b time.Duration) time.Duration {
 func (a *Agent) session() (served bool, err error) {
 	hctx, cancel := context.WithTimeout(a.ctx, a.cfg.HandshakeTimeout)
 	defer cancel()
-	c, err := quic.DialAddr(hctx, a.cfg.Server, a.relay, quicConfig(a.cfg.HandshakeTimeout, a.cfg.KeepAlive, MaxAgentStreams))
+	c, relayAddr, err := a.ep.dial(hctx, a.cfg.Server, a.relay, quicConfig(a.cfg.HandshakeTimeout, a.cfg.KeepAlive, MaxAgentStreams))
 	if err != nil {
 		return false, fmt.Errorf("connect to relay %s: %w", a.cfg.Server, err)
 	}
 	defer c.CloseWithError(CloseNormal, "agent reconnecting")
+	a.direct.mu.Lock()
+	a.direct.relayAddr = relayAddr // before any Punch: it decides whether loopback is offered
+	a.direct.mu.Unlock()
 	ctrl, err := c.OpenStreamSync(hctx)
 	if err != nil {
 		return false, fmt.Errorf("open control stream: %w", err)
@@ -277,12 +324,15 @@ func (a *Agent) session() (served bool, err error) {
 		_, _ = ctrl.Read(b[:])
 		c.CloseWithError(CloseProtocol, "control stream ended")
 	})
+	if a.direct.ln != nil || a.cfg.API != "" { // STUN serves both
+		a.wg.Go(func() { a.watchInfo(c) })
+	}
 	for {
 		s, err := c.AcceptStream(a.ctx)
 		if err != nil {
 			return true, describeClose(err)
 		}
-		if !a.wg.Go(func() { a.serveStream(c, s) }) {
+		if !a.wg.Go(func() { a.serveStream(c, s, nil) }) {
 			s.CancelRead(StreamShutdown)
 			s.CancelWrite(StreamShutdown)
 			return true, nil
@@ -308,8 +358,10 @@ func describeClose(err error) error {
 	return err
 }
 
-// serveStream answers one Open from the relay and serves the session.
-func (a *Agent) serveStream(c *quic.Conn, s *quic.Stream) {
+// serveStream answers one request on a stream: from the relay (dc nil) an
+// Open or a Punch, on a direct connection a DirectHello or an Open, which it
+// serves as a session.
+func (a *Agent) serveStream(c *quic.Conn, s *quic.Stream, dc *directConn) {
 	sc := newStreamConn(s, c)
 	defer sc.Close()
 	sc.SetDeadline(time.Now().Add(a.cfg.HandshakeTimeout))
@@ -318,9 +370,27 @@ func (a *Agent) serveStream(c *quic.Conn, s *quic.Stream) {
 		sc.CancelWrite(StreamAborted)
 		return
 	}
-	op, ok := fr.(Open)
-	if !ok {
+	var op Open
+	switch f := fr.(type) {
+	case Open:
+		op = f
+	case Punch:
+		if dc == nil {
+			a.punch(sc, f)
+			return
+		}
+	case DirectHello:
+		if dc != nil {
+			a.hello(sc, dc, f)
+			return
+		}
+	}
+	if _, ok := fr.(Open); !ok {
 		WriteFrame(sc, Result{Status: StatusBadRequest, Message: "expected an open frame"})
+		return
+	}
+	if dc != nil && !dc.authorizedAt(time.Now()) {
+		WriteFrame(sc, Result{Status: StatusAccessDenied, Message: "this direct path's authorization has expired; renew it through the relay"})
 		return
 	}
 	target, ok := a.cfg.Expose[op.Port]

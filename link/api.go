@@ -9,8 +9,10 @@ import (
 )
 
 // apiLoop publishes the device key once and keeps the device's DDNS address
-// current: it asks /v1/ip for the WAN address after each login and every
-// AddressEvery, and updates the device only when the address changed.
+// current: after each login, every AddressEvery and whenever STUN reports a
+// new mapping, it takes the WAN address from STUN (the server-reflexive
+// address of the agent's socket) or, without a fresh one, from /v1/ip, and
+// updates the device only when the address changed.
 func (a *Agent) apiLoop() {
 	api, err := client.New(client.Config{Server: a.cfg.API, Token: a.cfg.Token, HTTPClient: a.http})
 	if err != nil {
@@ -31,8 +33,13 @@ func (a *Agent) apiLoop() {
 				a.log.Info().Str("fingerprint", a.fingerprint).Msg("published the device key")
 			}
 		}
-		if ip, err := api.CallerAddress(a.ctx); err != nil {
-			a.log.Warn().Err(err).Msg("cannot learn the WAN address")
+		ip, fromSTUN := a.wanAddress()
+		var werr error
+		if !fromSTUN {
+			ip, werr = api.CallerAddress(a.ctx)
+		}
+		if werr != nil {
+			a.log.Warn().Err(werr).Msg("cannot learn the WAN address")
 		} else if ip = ip.Unmap(); ip != last {
 			if err := putAddress(a.ctx, api, a.cfg.Device, ip); err != nil {
 				a.log.Warn().Err(err).Msg("cannot update the device address")

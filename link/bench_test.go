@@ -177,10 +177,11 @@ func sinkChild(t *testing.T) {
 	}()
 	tcpAddr := tcpServer(t, func(c net.Conn) { sinkServe(c) })
 
-	// A real agent with end-to-end TLS, serving one byte on port 22.
+	// A real agent with end-to-end TLS, serving one byte on port 22 and a
+	// byte sink on port 9 (for Link's own direct path).
 	oneByte := tcpServer(t, func(c net.Conn) { c.Write([]byte{1}) })
 	ttfbAgent, err := link.NewAgent(link.AgentConfig{Server: server, RelayFingerprint: relayFP, Device: ttfbDevice, Token: ttfbToken,
-		Expose: map[uint16]string{22: oneByte}, StateDir: t.TempDir(), Logger: zerolog.Nop()})
+		Expose: map[uint16]string{22: oneByte, 9: tcpAddr}, StateDir: t.TempDir(), Logger: zerolog.Nop(), Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -506,6 +507,18 @@ func benchAgent(ctx context.Context, tr *quic.Transport, server, fp, device, tok
 		c.CloseWithError(0, "")
 		return nil, fmt.Errorf("agent %s login: %v %v", device, fr, err)
 	}
+	// The Info stream a link.Agent holds open (the relay's STUN server and
+	// direct-path switch), so that the relay's memory per agent counts it.
+	info, err := c.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := link.WriteFrame(info, link.Info{}); err != nil {
+		return nil, err
+	}
+	if _, err := link.ReadFrame(info, 0); err != nil {
+		return nil, fmt.Errorf("agent %s info: %w", device, err)
+	}
 	if serve {
 		go func() {
 			for {
@@ -624,11 +637,36 @@ func BenchmarkLinkReport(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	d, err := link.NewDialer(link.DialerConfig{Server: server, RelayFingerprint: relayFP, KnownDevices: "-"})
+	// d measures the relay: it never goes direct. dl is a client as
+	// connect runs it, whose sessions move to Link's direct path.
+	relayDialer := func() *link.Dialer {
+		d, err := link.NewDialer(link.DialerConfig{Server: server, RelayFingerprint: relayFP, KnownDevices: "-",
+			Listen: "127.0.0.1:0", DisableDirect: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return d
+	}
+	d := relayDialer()
+	defer d.Close()
+	dl, err := link.NewDialer(link.DialerConfig{Server: server, RelayFingerprint: relayFP, KnownDevices: "-", Listen: "127.0.0.1:0"})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer d.Close()
+	defer dl.Close()
+	directStart := time.Now()
+	if c, err := dl.Dial(ctx, "dev0", 22); err != nil { // through the relay: punching starts
+		b.Fatal(err)
+	} else {
+		c.Close()
+	}
+	for !dl.PathTo("dev0").Direct {
+		if time.Since(directStart) > 30*time.Second {
+			b.Fatal("no direct path to the real agent within 30s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	timeToDirect := time.Since(directStart)
 
 	const total = 512 << 20
 	openRelay := func() (io.ReadWriter, func() error, error) {
@@ -645,6 +683,17 @@ func BenchmarkLinkReport(b *testing.B) {
 		}
 		return s, s.Close, nil
 	}
+	openLinkDirect := func() (io.ReadWriter, func() error, error) {
+		c, err := dl.Dial(ctx, "dev0", 9)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !link.PathOf(c).Direct {
+			c.Close()
+			return nil, nil, errors.New("a Link session took the relay")
+		}
+		return c, c.(interface{ CloseWrite() error }).CloseWrite, nil
+	}
 	openTCP := func() (io.ReadWriter, func() error, error) {
 		c, err := net.Dial("tcp", tcpAddr)
 		if err != nil {
@@ -654,6 +703,7 @@ func BenchmarkLinkReport(b *testing.B) {
 	}
 	send(b, 1, 32<<20, openRelay) // warm up connections and windows
 	send(b, 1, 32<<20, openDirect)
+	send(b, 1, 32<<20, openLinkDirect)
 	// The UDP sockets of each path, for their drop counters.
 	sinkAgent, _ := strconv.Atoi(sinkAgentPort)
 	relayedPorts := []int{portOf(b, server), sinkAgent}
@@ -696,7 +746,7 @@ func BenchmarkLinkReport(b *testing.B) {
 	const rounds = 4
 	for _, n := range []int{1, 8} {
 		stop := profile(b, prof, fmt.Sprintf("%dstreams", n), relayP, sinkP)
-		var rel, dir, tcp pathRun
+		var rel, dir, tcp, ld pathRun
 		for range rounds {
 			r0, c0, dr0 := relayCPU(), selfCPU(), udpDrops(relayedPorts...)
 			s0, p0, b0 := sinkCPU()
@@ -718,6 +768,14 @@ func BenchmarkLinkReport(b *testing.B) {
 			dir.bytes += int64(q1.BytesSent - q0.BytesSent)
 
 			tcp.elapsed += send(b, n, total/rounds, openTCP)
+
+			r3, c3 := relayCPU(), selfCPU()
+			s3, _, _ := sinkCPU()
+			ld.elapsed += send(b, n, total/rounds, openLinkDirect)
+			r4, c4 := relayCPU(), selfCPU()
+			s4, _, _ := sinkCPU()
+			ld.relayCPU += r4 - r3
+			ld.endsCPU += c4 - c3 + s4 - s3
 		}
 		stop()
 		mib, gb := float64(total)/(1<<20), float64(total)/1e9
@@ -741,6 +799,12 @@ func BenchmarkLinkReport(b *testing.B) {
 		line(fmt.Sprintf("UDP drops (receive buffer full) direct, %d stream(s)", n), float64(dir.drops), "datagrams")
 		line(fmt.Sprintf("mean QUIC packet relay->sink, %d stream(s)", n), float64(rel.bytes)/float64(rel.packets), "B")
 		line(fmt.Sprintf("mean QUIC packet client->sink direct, %d stream(s)", n), float64(dir.bytes)/float64(dir.packets), "B")
+		l := mib / ld.elapsed.Seconds()
+		line(fmt.Sprintf("goodput %d stream(s) Link direct (e2e TLS, agent, TCP)", n), l, "MiB/s")
+		line(fmt.Sprintf("ratio %d stream(s) Link direct/direct QUIC", n), l/q, "x")
+		line(fmt.Sprintf("ratio %d stream(s) Link direct/relayed", n), l/r, "x")
+		line(fmt.Sprintf("client+sink CPU per GB Link direct, %d stream(s)", n), ld.endsCPU.Seconds()/gb, "s/GB")
+		line(fmt.Sprintf("relay CPU during Link direct, %d stream(s)", n), ld.relayCPU.Seconds()*1000, "ms")
 	}
 
 	// Time to first byte of a new relayed connection, end-to-end TLS
@@ -761,15 +825,16 @@ func BenchmarkLinkReport(b *testing.B) {
 	}
 	ttfb(d)
 	const tries = 21
-	var warm, cold []time.Duration
+	var warm, cold, direct1 []time.Duration
 	for range tries {
 		warm = append(warm, ttfb(d))
-		dd, err := link.NewDialer(link.DialerConfig{Server: server, RelayFingerprint: relayFP, KnownDevices: "-"})
-		if err != nil {
-			b.Fatal(err)
-		}
+		dd := relayDialer()
 		cold = append(cold, ttfb(dd))
 		dd.Close()
+		direct1 = append(direct1, ttfb(dl))
+	}
+	if !dl.PathTo("dev0").Direct {
+		b.Fatal("the direct path went away during the measurements")
 	}
 	median := func(ds []time.Duration) float64 {
 		slices.Sort(ds)
@@ -777,6 +842,8 @@ func BenchmarkLinkReport(b *testing.B) {
 	}
 	line("time to first byte, relay connection open (median)", median(warm), "ms")
 	line("time to first byte, new relay connection (median)", median(cold), "ms")
+	line("time to first byte, Link direct path up (median)", median(direct1), "ms")
+	line("time from the first session to the direct path", float64(timeToDirect.Microseconds())/1000, "ms")
 
 	// Memory of the relay with idle agents.
 	if os.Getenv(noIdleEnv) != "" {

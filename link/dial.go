@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,13 +54,21 @@ type DialerConfig struct {
 	// restart), asking the relay again until it is; zero means Dial
 	// returns ErrOffline at once.
 	WaitOnline time.Duration
+	// Listen is the dialer's UDP socket (to the relay, STUN, and direct
+	// paths to agents); empty means DefaultListen, every interface.
+	Listen string
+	// DisableDirect keeps every session on the relay (--direct never): no
+	// hole punching.
+	DisableDirect bool
 	// Logger receives the dialer's events.
 	Logger zerolog.Logger
 }
 
-// Dialer opens end-to-end encrypted connections to devices' ports through a
-// relay. It keeps one QUIC connection to the relay and opens one stream per
-// connection. It is safe for concurrent use.
+// Dialer opens end-to-end encrypted connections to devices' ports. It keeps
+// one QUIC connection to the relay and opens one stream per connection;
+// after the first session to a device it tries for a direct path in the
+// background (hole punching), and new sessions take the direct path while
+// it works. It is safe for concurrent use.
 type Dialer struct {
 	cfg    DialerConfig
 	relay  *tls.Config
@@ -68,9 +77,16 @@ type Dialer struct {
 	log    zerolog.Logger
 	dialMu sync.Mutex // one QUIC handshake at a time
 
-	mu     sync.Mutex
-	conn   *quic.Conn
-	closed bool
+	ctx    context.Context // ends at Close
+	cancel context.CancelFunc
+	wg     waitGroup // background punches and watchers
+
+	mu        sync.Mutex
+	conn      *quic.Conn
+	ep        *endpoint      // the one UDP socket, from the first connection on
+	relayAddr netip.AddrPort // the relay's address as dialed
+	closed    bool
+	direct    dialerDirect
 }
 
 // NewDialer checks cfg; it connects on the first Dial.
@@ -83,6 +99,8 @@ func NewDialer(cfg DialerConfig) (*Dialer, error) {
 		return nil, err
 	}
 	d := &Dialer{cfg: cfg, relay: rt, pins: map[string]string{}, log: cfg.Logger}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.direct.paths = map[string]*directPath{}
 	d.cfg.HandshakeTimeout = cmp.Or(cfg.HandshakeTimeout, DefaultHandshakeTimeout)
 	d.cfg.KeepAlive = cmp.Or(cfg.KeepAlive, DefaultKeepAlive)
 	for dev, fp := range cfg.Fingerprints {
@@ -128,9 +146,20 @@ func (d *Dialer) connection(ctx context.Context, fresh bool) (*quic.Conn, error)
 	if c != nil {
 		c.CloseWithError(CloseNormal, "reconnecting")
 	}
+	if d.ep == nil {
+		ep, err := newEndpoint(d.cfg.Listen, nil, d.log)
+		if err != nil {
+			return nil, err
+		}
+		d.mu.Lock()
+		d.ep = ep
+		d.mu.Unlock()
+	}
 	hctx, cancel := context.WithTimeout(ctx, d.cfg.HandshakeTimeout)
 	defer cancel()
-	c, err := quic.DialAddr(hctx, d.cfg.Server, d.relay, quicConfig(d.cfg.HandshakeTimeout, d.cfg.KeepAlive, -1))
+	stop := context.AfterFunc(d.ctx, cancel) // Close does not wait for a handshake
+	defer stop()
+	c, to, err := d.ep.dial(hctx, d.cfg.Server, d.relay, quicConfig(d.cfg.HandshakeTimeout, d.cfg.KeepAlive, -1))
 	if err != nil {
 		return nil, fmt.Errorf("connect to relay %s: %w", d.cfg.Server, err)
 	}
@@ -140,20 +169,43 @@ func (d *Dialer) connection(ctx context.Context, fresh bool) (*quic.Conn, error)
 		c.CloseWithError(CloseNormal, "dialer closed")
 		return nil, net.ErrClosed
 	}
-	d.conn = c
+	d.conn, d.relayAddr = c, to
 	return c, nil
 }
 
-// Dial opens a connection to port on device through the relay and runs the
-// end-to-end TLS handshake, checking the device's key. Refusals are
+// Dial opens a connection to port on device and runs the end-to-end TLS
+// handshake, checking the device's key: on the direct path to the device
+// when one is up, else through the relay (and then, unless DisableDirect,
+// it starts trying for a direct path in the background). A direct path that
+// fails is left for the relay within the same call. Refusals are
 // *RefusedError values that match ErrOffline, ErrAccessDenied and the other
 // sentinels with errors.Is; a changed key is a *KeyChangedError that matches
-// ErrKeyChanged. An offline device is waited for up to WaitOnline.
+// ErrKeyChanged. An offline device is waited for up to WaitOnline. PathOf
+// tells which way the connection goes.
 func (d *Dialer) Dial(ctx context.Context, device string, port uint16) (net.Conn, error) {
+	start := time.Now()
+	if p, conn := d.directPath(device); conn != nil {
+		c, err := d.dialDirect(ctx, p, conn, device, port)
+		if !errors.Is(err, errFallback) {
+			return c, err
+		}
+	}
 	sc, err := d.openOnline(ctx, device, port)
 	if err != nil {
 		return nil, err
 	}
+	c, err := d.handshake(ctx, sc, device, port, Path{})
+	if err != nil {
+		return nil, err
+	}
+	if !d.cfg.DisableDirect {
+		d.startPunch(device, c.peerKey(), start)
+	}
+	return c, nil
+}
+
+// handshake runs the end-to-end TLS on a stream the agent has accepted.
+func (d *Dialer) handshake(ctx context.Context, sc *streamConn, device string, port uint16, path Path) (*e2eConn, error) {
 	tc := tls.Client(sc, clientE2E(d.cfg.Server, device, d.pins[device], d.known))
 	hctx, cancel := context.WithTimeout(ctx, d.cfg.HandshakeTimeout)
 	defer cancel()
@@ -162,7 +214,7 @@ func (d *Dialer) Dial(ctx context.Context, device string, port uint16) (net.Conn
 		sc.Close()
 		return nil, fmt.Errorf("%s:%d: end-to-end TLS: %w", device, port, err)
 	}
-	return &e2eConn{Conn: tc, sc: sc}, nil
+	return &e2eConn{Conn: tc, sc: sc, path: path}, nil
 }
 
 // DialCarrier opens the relayed stream to device:port and returns it before
@@ -242,8 +294,8 @@ func (d *Dialer) open(ctx context.Context, device string, port uint16) (*streamC
 	return nil, lastErr
 }
 
-// request writes f on s and reads the Result, within timeout.
-func request(ctx context.Context, s *streamConn, f Frame, timeout time.Duration) (Result, error) {
+// ask writes f on s and reads the answer, within timeout.
+func ask(ctx context.Context, s *streamConn, f Frame, timeout time.Duration) (Frame, error) {
 	deadline := time.Now().Add(timeout)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 		deadline = dl
@@ -253,9 +305,14 @@ func request(ctx context.Context, s *streamConn, f Frame, timeout time.Duration)
 	stop := context.AfterFunc(ctx, func() { s.SetDeadline(time.Now()) })
 	defer stop()
 	if err := WriteFrame(s, f); err != nil {
-		return Result{}, err
+		return nil, err
 	}
-	fr, err := ReadFrame(s, 0)
+	return ReadFrame(s, 0)
+}
+
+// request writes f on s and reads the Result, within timeout.
+func request(ctx context.Context, s *streamConn, f Frame, timeout time.Duration) (Result, error) {
+	fr, err := ask(ctx, s, f, timeout)
 	if err != nil {
 		return Result{}, err
 	}
@@ -306,21 +363,37 @@ func (d *Dialer) Serve(ctx context.Context, ln net.Listener, device string, port
 				d.log.Warn().Err(err).Str("device", device).Uint16("port", port).Msg("cannot open link session")
 				return
 			}
+			path := PathOf(rc)
+			ev := d.log.Info().Str("device", device).Uint16("port", port).Str("path", path.String())
+			if path.Direct {
+				ev = ev.Str("pair", path.Local.String()+">"+path.Remote.String())
+			}
+			ev.Msg("link session")
 			up, down := splice(c, rc)
-			d.log.Debug().Str("device", device).Uint16("port", port).Int64("bytes_up", up).Int64("bytes_down", down).Msg("link session ended")
+			d.log.Debug().Str("device", device).Uint16("port", port).Str("path", path.String()).
+				Int64("bytes_up", up).Int64("bytes_down", down).Msg("link session ended")
 		})
 	}
 }
 
-// Close closes the connection to the relay; open sessions end.
+// Close closes the connections to the relay and to devices on direct
+// paths, and the socket; open sessions end.
 func (d *Dialer) Close() error {
 	d.mu.Lock()
 	d.closed = true
 	c := d.conn
 	d.conn = nil
 	d.mu.Unlock()
+	d.cancel()
 	if c != nil {
 		c.CloseWithError(CloseNormal, "client closed")
+	}
+	d.closeDirect("client closed")
+	d.wg.CloseAndWait()
+	d.dialMu.Lock() // a connection in progress has seen d.closed or the cancel
+	defer d.dialMu.Unlock()
+	if d.ep != nil {
+		return d.ep.close()
 	}
 	return nil
 }

@@ -15,7 +15,7 @@ func TestSetLimitsAppliesToTheNextStreams(t *testing.T) {
 	e := newEnv(t, func(c *linkserver.Config) { c.MaxStreamsPerDevice = 4 })
 	tok := e.addDevice("nas1")
 	e.agent("nas1", tok, map[uint16]string{22: echoServer(t)})
-	d := e.dialer()
+	d := e.dialer(relayOnly) // the relay's limits bound relayed sessions
 	open := openStreams(t, d, "nas1", 22, 2)
 	e.relay.SetLimits(linkserver.Limits{MaxStreamsPerDevice: 1})
 	if _, err := d.Dial(ctx10(t), "nas1", 22); !errors.Is(err, link.ErrTooManyStreams) {

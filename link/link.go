@@ -44,6 +44,8 @@ var (
 	ErrTooManyStreams = errors.New("the device has too many open sessions")
 	ErrTooManyAgents  = errors.New("the relay holds its maximum number of agents")
 	ErrUnavailable    = errors.New("the relay is unavailable")
+	// ErrNoDirect means the relay or the device does not take direct paths.
+	ErrNoDirect = errors.New("direct paths are off for this device or relay")
 	// ErrKeyChanged means the device presented a key other than the pinned one.
 	ErrKeyChanged = errors.New("the device's key does not match the pinned fingerprint")
 )
@@ -53,6 +55,7 @@ var statusErr = map[Status]error{
 	StatusLinkDisabled: ErrLinkDisabled, StatusOffline: ErrOffline, StatusAccessDenied: ErrAccessDenied,
 	StatusPortNotExposed: ErrPortNotExposed, StatusDialFailed: ErrDialFailed, StatusRateLimited: ErrRateLimited,
 	StatusTooManyStreams: ErrTooManyStreams, StatusTooManyAgents: ErrTooManyAgents, StatusUnavailable: ErrUnavailable,
+	StatusNoDirect: ErrNoDirect,
 }
 
 // RefusedError is a Result other than StatusOK.
@@ -238,7 +241,44 @@ func (c *streamConn) Close() error {
 // and then FIN, so that the far end sees EOF (half-close).
 type e2eConn struct {
 	*tls.Conn
-	sc *streamConn
+	sc   *streamConn
+	path Path
+}
+
+// peerKey is the fingerprint of the key the device proved it holds.
+func (c *e2eConn) peerKey() string {
+	cs := c.Conn.ConnectionState()
+	if len(cs.PeerCertificates) == 0 {
+		return ""
+	}
+	return Fingerprint(cs.PeerCertificates[0].RawSubjectPublicKeyInfo)
+}
+
+// Path says which way a connection from Dial travels.
+type Path struct {
+	// Direct is true on a direct (hole-punched) path to the device, false
+	// through the relay.
+	Direct bool
+	// Local and Remote are the kinds of the candidate pair of a direct path:
+	// this end's and the device's.
+	Local, Remote CandidateKind
+}
+
+// String returns "direct" or "relay", as connect logs it (path=...).
+func (p Path) String() string {
+	if p.Direct {
+		return "direct"
+	}
+	return "relay"
+}
+
+// PathOf returns the Path of a connection from Dialer.Dial; any other
+// connection counts as relayed.
+func PathOf(c net.Conn) Path {
+	if ec, ok := c.(*e2eConn); ok {
+		return ec.path
+	}
+	return Path{}
 }
 
 // CloseWrite half-closes the session.

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -26,6 +27,7 @@ import (
 	"github.com/nasreach/nasreach/link"
 	"github.com/nasreach/nasreach/linkserver"
 	"github.com/nasreach/nasreach/store"
+	"github.com/nasreach/nasreach/stun"
 	"github.com/quic-go/quic-go"
 	"github.com/rs/zerolog"
 )
@@ -56,12 +58,15 @@ func (l *eventLog) Log(e connlog.Event) {
 	l.ev = append(l.ev, e)
 }
 
-func (l *eventLog) sessions() []connlog.Event {
+func (l *eventLog) sessions() []connlog.Event { return l.kind("session") }
+
+// kind returns the events of one kind.
+func (l *eventLog) kind(k string) []connlog.Event {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var out []connlog.Event
 	for _, e := range l.ev {
-		if e.Kind == "session" {
+		if e.Kind == k {
 			out = append(out, e)
 		}
 	}
@@ -88,8 +93,17 @@ func newEnv(t *testing.T, mods ...func(*linkserver.Config)) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sock.Close() })
+	// The daemon's STUN server, on every address as in production: the
+	// relay tells agents and clients its port, and they ask it at the
+	// relay's address.
+	ss, err := stun.New(stun.Config{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ss.Shutdown(context.Background()) })
 	e := &env{t: t, st: st, sock: sock, fp: fp, events: &eventLog{}}
-	e.cfg = linkserver.Config{Certificate: cert, Store: st, Events: e.events.Log, Logger: testLogger(t)}
+	e.cfg = linkserver.Config{Certificate: cert, Store: st, Events: e.events.Log, Logger: testLogger(t),
+		STUN: netip.AddrPortFrom(netip.IPv4Unspecified(), ss.Addr().Port())}
 	for _, m := range mods {
 		m(&e.cfg)
 	}
@@ -132,6 +146,7 @@ func (e *env) agentConfig(device, token, stateDir string, expose map[uint16]stri
 	return link.AgentConfig{
 		Server: e.server, RelayFingerprint: e.fp, Device: device, Token: token, Expose: expose,
 		StateDir: stateDir, MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second, Logger: testLogger(e.t),
+		Listen: "127.0.0.1:0",
 	}
 }
 
@@ -159,7 +174,7 @@ func (e *env) startAgent(cfg link.AgentConfig) *link.Agent {
 func (e *env) dialer(mods ...func(*link.DialerConfig)) *link.Dialer {
 	e.t.Helper()
 	cfg := link.DialerConfig{
-		Server: e.server, RelayFingerprint: e.fp, KnownDevices: filepath.Join(e.t.TempDir(), "known_devices"),
+		Server: e.server, RelayFingerprint: e.fp, KnownDevices: filepath.Join(e.t.TempDir(), "known_devices"), Listen: "127.0.0.1:0",
 		Logger: testLogger(e.t),
 	}
 	for _, m := range mods {
@@ -172,6 +187,10 @@ func (e *env) dialer(mods ...func(*link.DialerConfig)) *link.Dialer {
 	e.t.Cleanup(func() { d.Close() })
 	return d
 }
+
+// relayOnly keeps a dialer's sessions on the relay (--direct never), for
+// tests of the relay itself.
+func relayOnly(c *link.DialerConfig) { c.DisableDirect = true }
 
 // forward runs d.Serve on a loopback listener and returns its address.
 func forward(t *testing.T, d *link.Dialer, device string, port uint16) string {
@@ -579,7 +598,7 @@ func TestLimitsCloseOnlyTheOffendingStream(t *testing.T) {
 	e := newEnv(t, func(c *linkserver.Config) { c.MaxStreamsPerDevice = 2; c.StreamBurst = 5; c.StreamRate = 0.001 })
 	tok := e.addDevice("nas1")
 	e.agent("nas1", tok, map[uint16]string{22: echoServer(t)})
-	d := e.dialer()
+	d := e.dialer(relayOnly) // the relay's limits bound relayed sessions
 	open := openStreams(t, d, "nas1", 22, 2)
 	if _, err := d.Dial(ctx10(t), "nas1", 22); !errors.Is(err, link.ErrTooManyStreams) {
 		t.Errorf("third concurrent stream: %v, want ErrTooManyStreams", err)

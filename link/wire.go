@@ -1,10 +1,13 @@
 package link
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 )
 
 // Link wire protocol, version 1.
@@ -43,8 +46,101 @@ import (
 // splices the two streams without reading into them; a FIN is forwarded as a
 // FIN (half-close) and a reset as a reset. Any other status is followed by the
 // end of the stream. Because the end-to-end TLS starts only after the Result,
-// a later direct (hole-punched) path can replace the relay: the client sends
-// Connect straight to the agent and runs the same TLS over that stream.
+// a direct (hole-punched) path can replace the relay: the client sends Open
+// straight to the agent and runs the same TLS over that stream.
+//
+// # Direct paths
+//
+// Agents and clients each own one UDP socket, shared by QUIC (to the relay,
+// and between them), STUN and probes. The relay is the rendezvous; every
+// session still starts on it at once, and moves to a direct path once one
+// works (Tailscale's disco over DERP, iroh's relay, on our own terms).
+//
+//	client                                  relay                      agent
+//	  │── Info ──────────────────────────────▶│◀──────────────── Info ──│ (own streams, kept open)
+//	  │◀─────────────────── RelayInfo ────────│──── RelayInfo ─────────▶│ STUN address, direct on?
+//	  │   STUN Binding to RelayInfo's address through the same socket: srflx candidate
+//	  │── Direct{device, code, id, key, cands} ▶│ authorizes it as Connect, opens a stream ─▶ Punch{id, key, cands}
+//	  │◀────────────── Candidates{agent's} ───│◀────────── Candidates{agent's} ─│ (or a Result refusing)
+//	  │◀═══ Ping/Pong probes, both ends to every candidate at once (UDP) ════════▶│
+//	  │── QUIC handshake straight to the first candidate that answered ─────────▶│ device key, pinned
+//	  │── stream: DirectHello{id, proof} ───────────────────────────────────────▶│ Result
+//	  │── stream per session: Open{port} ───────────────────────────────────────▶│ Result, then e2e TLS
+//	  │── Report{device, outcome, kinds, ms} ─▶│ (own stream; metrics and the connection log)
+//
+// Info is a stream an agent (after its Hello) or a client opens; the relay
+// answers RelayInfo at once and again whenever it changes (the operator
+// turning direct paths off), and the stream stays open. A relay without
+// direct paths resets the stream (agents' connections) or answers
+// StatusBadRequest: no direct paths, nothing else changes.
+//
+// Direct asks the relay to introduce the client to the agent. The relay
+// authorizes it exactly as a Connect (device, Link on, access code, agent
+// online, rate and stream limits) and also refuses with StatusNoDirect when
+// the operator has direct paths off; it forwards the client's candidates to
+// the agent in Punch, and the agent's answer (Candidates, or a Result
+// refusing: StatusNoDirect for an agent with --direct never; an agent that
+// predates direct paths answers StatusBadRequest) back to the client. The relay
+// passes candidates only between the two authenticated ends of an exchange
+// and logs them masked. An empty candidate list from the client renews the
+// authorization of a direct connection already up: no probes follow.
+//
+// The exchange id (8 random bytes) names the exchange in probes; the key
+// (32 random bytes) authenticates them. Both come from the client; the
+// relay sees them, which gives it nothing it does not have: it already
+// chooses who talks to whom, and the end-to-end TLS pins the device key on
+// either path. Off-path third parties cannot forge a probe, so they can
+// neither redirect a session nor get a connection accepted.
+//
+// Probes are UDP datagrams on the same socket as QUIC and STUN, told apart
+// by their first bytes (QUIC sets bit 0x40 of the first byte, STUN carries
+// its magic cookie at offset 4, a probe starts with ProbeMagic):
+//
+//	magic    [4]  ProbeMagic (first byte 0x3e: the top two bits clear, so
+//	              quic-go hands the datagram to ReadNonQUICPacket)
+//	version  u8   1
+//	type     u8   ProbePing or ProbePong
+//	sender   u8   ProbeFromClient or ProbeFromAgent (a reflected probe fails)
+//	zero     u8
+//	exchange [8]  the exchange id
+//	tx       [12] random per ping; a pong repeats its ping's
+//	observed [19] in a pong, the source address of the ping: family u8 (4 or 6) |
+//	              address [16] (IPv4 in the first 4 bytes) | port u16; zero in a ping
+//	mac      [16] HMAC-SHA256(key, "nasreach-probe/1" | all the bytes above), first 16 bytes
+//
+// A probe is ProbeLen (63) bytes. The observed address tells the pinging
+// end which of its candidates the other end saw it from (host, srflx, or
+// another mapping: peer-reflexive).
+//
+// Both ends send a ping to every candidate of the other end, several times
+// over a few seconds (ProbeInterval, ProbeTimeout): the first packets open
+// each end's NAT mapping toward the other (simultaneous open). A valid ping
+// is answered with a pong to its source address, and that address, when it
+// is none of the sender's candidates (a symmetric NAT's new port), is
+// pinged too; a pong counts only from the address its ping went to. The
+// agent keeps an exchange for ExchangeTTL: for that long it answers its
+// pings and accepts direct QUIC handshakes (ALPN "nasreach-direct/1", the
+// device certificate) from the source addresses of its valid pings, and no
+// others. The client dials the candidate whose pong came first, pins the
+// device key in that handshake too, and opens a stream with DirectHello:
+// the exchange id and proof = HMAC-SHA256(key, "nasreach-direct/1" |
+// exchange id). The agent answers StatusOK if the relay introduced that
+// exchange and it has not expired (each is used once), and then serves Open
+// streams on the connection for its DirectLifetime (10 minutes by
+// default); after that it answers an Open with StatusAccessDenied. A
+// client renews the authorization with a new exchange through the relay
+// (no candidates) and a new DirectHello on the same connection, every
+// DirectRenewAfter while it uses the path, or when an Open is refused so;
+// an access code revoked at the relay therefore reaches direct sessions
+// within DirectLifetime. Link off, the device deleted, or direct paths
+// turned off by the operator close the agent's direct connections at once.
+// The relay passes on no link-local candidate, and loopback ones only
+// between two ends that both reach it over loopback (its own machine).
+//
+// Every stream on a direct connection starts with DirectHello (answered by a
+// Result, then the stream ends) or Open (a session, as from the relay).
+// Report tells the relay how an attempt ended, for its metrics; it carries
+// no address.
 //
 // Frame layout (all integers big-endian):
 //
@@ -58,8 +154,29 @@ const (
 	FrameHello   = 0x01 // agent→relay, first stream: version u8 | device str8 | token str8
 	FrameConnect = 0x02 // client→relay, each stream: version u8 | port u16 | device str8 | access code str8 (may be empty)
 	FrameOpen    = 0x03 // relay→agent, each session stream: version u8 | port u16
-	FrameResult  = 0x04 // reply to Hello, Connect or Open: status u8 | message str8 (for people, never parsed)
+	FrameResult  = 0x04 // reply to Hello, Connect, Open, Direct, Punch, DirectHello or Report: status u8 | message str8 (for people, never parsed)
+
+	FrameInfo        = 0x05 // agent or client→relay, own stream kept open: version u8
+	FrameRelayInfo   = 0x06 // relay→Info stream, at once and at every change: version u8 | flags u8 | STUN address
+	FrameDirect      = 0x07 // client→relay, own stream: version u8 | device str8 | access code str8 | exchange id [8] | key [32] | candidates
+	FramePunch       = 0x08 // relay→agent, own stream: version u8 | exchange id [8] | key [32] | candidates (the client's)
+	FrameCandidates  = 0x09 // answer to Punch (agent→relay) and Direct (relay→client): version u8 | candidates (the agent's)
+	FrameDirectHello = 0x0a // client→agent, a stream of a direct connection: version u8 | exchange id [8] | proof [32]
+	FrameReport      = 0x0b // client→relay, own stream: version u8 | device str8 | outcome u8 | local kind u8 | remote kind u8 | milliseconds u32
 )
+
+// Field layouts of the direct-path frames:
+//
+//	flags       u8: bit 0 set when the relay allows direct paths; other bits zero
+//	STUN address: family u8 (0: none, 4 or 6) | address (0, 4 or 16 bytes) | port u16.
+//	            Family 0 with a port: the relay's own address (the one the
+//	            reader dialed) and that port; port 0: the relay runs no STUN.
+//	candidates  count u8 (at most MaxCandidates) | count × (kind u8 | family u8 (4 or 6) | address | port u16)
+//	outcome     a PunchOutcome
+
+// DirectALPN is the QUIC application protocol of a direct connection from a
+// client to an agent; the agent's certificate there is its device key.
+const DirectALPN = "nasreach-direct/1"
 
 // ALPN is the QUIC application protocol between agents or clients and the relay.
 const ALPN = "nasreach-link/1"
@@ -83,6 +200,13 @@ const (
 	MaxSecretLen = 255
 	// MaxMessageLen bounds the human-readable message of a Result.
 	MaxMessageLen = 255
+	// MaxCandidates bounds the candidates in one list.
+	MaxCandidates = 8
+	// ExchangeIDLen, KeyLen and ProofLen are the sizes of an exchange's id,
+	// its probe key and a DirectHello's proof.
+	ExchangeIDLen = 8
+	KeyLen        = 32
+	ProofLen      = 32
 )
 
 // Status is the outcome carried by a Result frame.
@@ -103,6 +227,7 @@ const (
 	StatusTooManyStreams Status = 10 // the device has too many sessions open
 	StatusTooManyAgents  Status = 11 // the relay holds its maximum of agents
 	StatusUnavailable    Status = 12 // relay shutting down or internal error
+	StatusNoDirect       Status = 13 // direct paths are off (the operator, the agent) or not spoken by the agent
 )
 
 var statusText = map[Status]string{
@@ -110,7 +235,7 @@ var statusText = map[Status]string{
 	StatusUnknownDevice: "unknown device", StatusLinkDisabled: "link disabled", StatusOffline: "device offline",
 	StatusAccessDenied: "access denied", StatusPortNotExposed: "port not exposed", StatusDialFailed: "dial failed",
 	StatusRateLimited: "rate limited", StatusTooManyStreams: "too many streams", StatusTooManyAgents: "too many agents",
-	StatusUnavailable: "unavailable",
+	StatusUnavailable: "unavailable", StatusNoDirect: "no direct paths",
 }
 
 // String returns the status in words, e.g. "device offline".
@@ -143,7 +268,8 @@ const (
 	CloseIdle         = 0x7 // no first stream within the handshake timeout
 )
 
-// Frame is one of Hello, Connect, Open or Result.
+// Frame is one of the frames above: Hello, Connect, Open, Result, Info,
+// RelayInfo, Direct, Punch, Candidates, DirectHello or Report.
 type Frame interface {
 	frameType() byte
 	appendBody(b []byte) ([]byte, error)
@@ -173,10 +299,133 @@ type Result struct {
 	Message string
 }
 
-func (Hello) frameType() byte   { return FrameHello }
-func (Connect) frameType() byte { return FrameConnect }
-func (Open) frameType() byte    { return FrameOpen }
-func (Result) frameType() byte  { return FrameResult }
+// Info subscribes to the relay's RelayInfo.
+type Info struct{}
+
+// RelayInfo tells an agent or a client what the relay offers for direct
+// paths.
+type RelayInfo struct {
+	// Direct is true when the relay introduces clients to agents.
+	Direct bool
+	// STUN is the relay's STUN server. An unspecified (zero) address with a
+	// port means the relay's own address and that port; a zero port means
+	// no STUN server.
+	STUN netip.AddrPort
+}
+
+// CandidateKind says where a candidate address comes from.
+type CandidateKind uint8
+
+// The candidate kinds. An unknown kind is carried and tried like any other.
+const (
+	CandidateHost  CandidateKind = 1 // an address of the endpoint's own interfaces
+	CandidateSrflx CandidateKind = 2 // server-reflexive: its NAT's mapping, as STUN saw it
+	// CandidatePrflx is never offered: it is a mapping that is none of an
+	// end's candidates (peer-reflexive), learned from the source of a valid
+	// ping (the other end then probes it too) or from a pong's observed
+	// address.
+	CandidatePrflx CandidateKind = 3
+)
+
+// String returns "host", "srflx" or "kind N".
+func (k CandidateKind) String() string {
+	switch k {
+	case CandidateHost:
+		return "host"
+	case CandidateSrflx:
+		return "srflx"
+	case CandidatePrflx:
+		return "prflx"
+	}
+	return fmt.Sprintf("kind %d", uint8(k))
+}
+
+// Candidate is an address at which an endpoint might be reached directly.
+type Candidate struct {
+	Kind CandidateKind
+	Addr netip.AddrPort
+}
+
+// Direct asks the relay to introduce the client to a device's agent.
+type Direct struct {
+	Device     string
+	AccessCode string
+	Exchange   [ExchangeIDLen]byte
+	Key        [KeyLen]byte
+	Candidates []Candidate
+}
+
+// Punch passes a client's Direct to the agent.
+type Punch struct {
+	Exchange   [ExchangeIDLen]byte
+	Key        [KeyLen]byte
+	Candidates []Candidate
+}
+
+// Candidates is the agent's answer to Punch, passed on to the client.
+type Candidates struct {
+	Candidates []Candidate
+}
+
+// DirectHello authorizes a direct connection with an exchange the relay
+// introduced.
+type DirectHello struct {
+	Exchange [ExchangeIDLen]byte
+	Proof    [ProofLen]byte
+}
+
+// PunchOutcome is how an attempt at a direct path ended, as a client
+// reports it.
+type PunchOutcome uint8
+
+// The outcomes a Report carries. (Refusals are the relay's own: it counts
+// them without a report.)
+const (
+	PunchDirect   PunchOutcome = 1 // a pair answered and the direct connection is up
+	PunchNoAnswer PunchOutcome = 2 // no candidate pair answered the probes
+	PunchFailed   PunchOutcome = 3 // a pair answered, but the direct connection could not be set up
+	PunchLost     PunchOutcome = 4 // a direct path stopped working; new sessions use the relay
+)
+
+// String returns the outcome as metrics and the connection log name it:
+// "direct", "no_answer", "failed" or "lost".
+func (o PunchOutcome) String() string {
+	switch o {
+	case PunchDirect:
+		return "direct"
+	case PunchNoAnswer:
+		return "no_answer"
+	case PunchFailed:
+		return "failed"
+	case PunchLost:
+		return "lost"
+	}
+	return "unknown"
+}
+
+// Report tells the relay how an attempt at a direct path to Device ended.
+type Report struct {
+	Device  string
+	Outcome PunchOutcome
+	// Local and Remote are the kinds of the candidate pair used (zero when
+	// none was).
+	Local, Remote CandidateKind
+	// Millis is the time from the first session to the direct path, for
+	// PunchDirect.
+	Millis uint32
+}
+
+func (Hello) frameType() byte       { return FrameHello }
+func (Connect) frameType() byte     { return FrameConnect }
+func (Open) frameType() byte        { return FrameOpen }
+func (Result) frameType() byte      { return FrameResult }
+func (Info) frameType() byte        { return FrameInfo }
+func (RelayInfo) frameType() byte   { return FrameRelayInfo }
+func (Direct) frameType() byte      { return FrameDirect }
+func (Punch) frameType() byte       { return FramePunch }
+func (Candidates) frameType() byte  { return FrameCandidates }
+func (DirectHello) frameType() byte { return FrameDirectHello }
+func (Report) frameType() byte      { return FrameReport }
 
 // ErrFrame means a frame broke the wire format; the wrapping error says how.
 var ErrFrame = errors.New("malformed link frame")
@@ -216,6 +465,79 @@ func (r Result) appendBody(b []byte) ([]byte, error) {
 		msg = msg[:MaxMessageLen]
 	}
 	return appendStr8(append(b, byte(r.Status)), "message", msg, MaxMessageLen)
+}
+
+func (Info) appendBody(b []byte) ([]byte, error) { return append(b, Version), nil }
+
+func (r RelayInfo) appendBody(b []byte) ([]byte, error) {
+	var flags byte
+	if r.Direct {
+		flags |= 1
+	}
+	b = append(b, Version, flags)
+	a := r.STUN.Addr()
+	switch {
+	case !a.IsValid() || a.IsUnspecified():
+		b = append(b, 0)
+	case a.Is4():
+		b = append(append(b, 4), a.AsSlice()...)
+	case a.Zone() != "":
+		return nil, fmt.Errorf("%w: STUN address %s has a zone", ErrFrame, a)
+	default:
+		b = append(append(b, 6), a.AsSlice()...)
+	}
+	return binary.BigEndian.AppendUint16(b, r.STUN.Port()), nil
+}
+
+func appendCandidates(b []byte, cs []Candidate) ([]byte, error) {
+	if len(cs) > MaxCandidates {
+		return nil, fmt.Errorf("%w: %d candidates, at most %d", ErrFrame, len(cs), MaxCandidates)
+	}
+	b = append(b, byte(len(cs)))
+	for _, c := range cs {
+		a := c.Addr.Addr()
+		switch {
+		case !a.IsValid() || a.Zone() != "":
+			return nil, fmt.Errorf("%w: candidate address %s", ErrFrame, c.Addr)
+		case a.Is4():
+			b = append(append(b, byte(c.Kind), 4), a.AsSlice()...)
+		default:
+			b = append(append(b, byte(c.Kind), 6), a.AsSlice()...)
+		}
+		b = binary.BigEndian.AppendUint16(b, c.Addr.Port())
+	}
+	return b, nil
+}
+
+func (d Direct) appendBody(b []byte) ([]byte, error) {
+	b, err := appendStr8(append(b, Version), "device", d.Device, MaxDeviceLen)
+	if err != nil {
+		return nil, err
+	}
+	if b, err = appendStr8(b, "access code", d.AccessCode, MaxSecretLen); err != nil {
+		return nil, err
+	}
+	return appendCandidates(append(append(b, d.Exchange[:]...), d.Key[:]...), d.Candidates)
+}
+
+func (p Punch) appendBody(b []byte) ([]byte, error) {
+	return appendCandidates(append(append(append(b, Version), p.Exchange[:]...), p.Key[:]...), p.Candidates)
+}
+
+func (c Candidates) appendBody(b []byte) ([]byte, error) {
+	return appendCandidates(append(b, Version), c.Candidates)
+}
+
+func (h DirectHello) appendBody(b []byte) ([]byte, error) {
+	return append(append(append(b, Version), h.Exchange[:]...), h.Proof[:]...), nil
+}
+
+func (r Report) appendBody(b []byte) ([]byte, error) {
+	b, err := appendStr8(append(b, Version), "device", r.Device, MaxDeviceLen)
+	if err != nil {
+		return nil, err
+	}
+	return binary.BigEndian.AppendUint32(append(b, byte(r.Outcome), byte(r.Local), byte(r.Remote)), r.Millis), nil
 }
 
 // AppendFrame appends the encoding of f to b.
@@ -292,31 +614,44 @@ type body struct {
 	err error
 }
 
-func (d *body) u8(field string) uint8 {
+// take returns the next n bytes of the body, or nil once the body has
+// failed.
+func (d *body) take(field string, n int) []byte {
 	if d.err != nil {
-		return 0
+		return nil
 	}
-	if len(d.b) < 1 {
+	if len(d.b) < n {
 		d.err = fmt.Errorf("%w: body ends before %s", ErrFrame, field)
-		return 0
+		return nil
 	}
-	v := d.b[0]
-	d.b = d.b[1:]
+	v := d.b[:n]
+	d.b = d.b[n:]
 	return v
 }
 
-func (d *body) u16(field string) uint16 {
-	if d.err != nil {
-		return 0
+func (d *body) u8(field string) uint8 {
+	if b := d.take(field, 1); b != nil {
+		return b[0]
 	}
-	if len(d.b) < 2 {
-		d.err = fmt.Errorf("%w: body ends before %s", ErrFrame, field)
-		return 0
-	}
-	v := binary.BigEndian.Uint16(d.b)
-	d.b = d.b[2:]
-	return v
+	return 0
 }
+
+func (d *body) u16(field string) uint16 {
+	if b := d.take(field, 2); b != nil {
+		return binary.BigEndian.Uint16(b)
+	}
+	return 0
+}
+
+func (d *body) u32(field string) uint32 {
+	if b := d.take(field, 4); b != nil {
+		return binary.BigEndian.Uint32(b)
+	}
+	return 0
+}
+
+// bytes fills dst from the body.
+func (d *body) bytes(field string, dst []byte) { copy(dst, d.take(field, len(dst))) }
 
 func (d *body) str8(field string, max int) string {
 	n := int(d.u8(field + " length"))
@@ -327,13 +662,44 @@ func (d *body) str8(field string, max int) string {
 		d.err = fmt.Errorf("%w: %s is %d bytes, at most %d", ErrFrame, field, n, max)
 		return ""
 	}
-	if len(d.b) < n {
-		d.err = fmt.Errorf("%w: body ends inside %s", ErrFrame, field)
-		return ""
+	return string(d.take(field, n))
+}
+
+// addr reads a family byte (4 or 6; 0 too when zeroOK) and the address.
+func (d *body) addr(field string, zeroOK bool) netip.Addr {
+	switch fam := d.u8(field + " family"); {
+	case d.err != nil:
+	case fam == 4:
+		var a [4]byte
+		d.bytes(field, a[:])
+		return netip.AddrFrom4(a)
+	case fam == 6:
+		var a [16]byte
+		d.bytes(field, a[:])
+		return netip.AddrFrom16(a)
+	case fam == 0 && zeroOK:
+	default:
+		d.err = fmt.Errorf("%w: %s family %d, want 4 or 6", ErrFrame, field, fam)
 	}
-	s := string(d.b[:n])
-	d.b = d.b[n:]
-	return s
+	return netip.Addr{}
+}
+
+func (d *body) candidates() []Candidate {
+	n := int(d.u8("candidate count"))
+	if d.err == nil && n > MaxCandidates {
+		d.err = fmt.Errorf("%w: %d candidates, at most %d", ErrFrame, n, MaxCandidates)
+	}
+	if d.err != nil || n == 0 {
+		return nil
+	}
+	cs := make([]Candidate, 0, n)
+	for range n {
+		k := CandidateKind(d.u8("candidate kind"))
+		a := d.addr("candidate address", false)
+		p := d.u16("candidate port")
+		cs = append(cs, Candidate{Kind: k, Addr: netip.AddrPortFrom(a, p)})
+	}
+	return cs
 }
 
 func (d *body) version() {
@@ -374,6 +740,65 @@ func parseBody(typ byte, b []byte) (Frame, error) {
 		r.Status = Status(d.u8("status"))
 		r.Message = d.str8("message", MaxMessageLen)
 		f = r
+	case FrameInfo:
+		d.version()
+		f = Info{}
+	case FrameRelayInfo:
+		d.version()
+		var r RelayInfo
+		flags := d.u8("flags")
+		if d.err == nil && flags&^1 != 0 {
+			d.err = fmt.Errorf("%w: unknown flags %#x", ErrFrame, flags)
+		}
+		r.Direct = flags&1 != 0
+		a := d.addr("STUN address", true)
+		port := d.u16("STUN port")
+		if !a.IsValid() {
+			a = netip.IPv4Unspecified()
+			if port == 0 {
+				a = netip.Addr{}
+			}
+		} else if a.IsUnspecified() {
+			d.err = fmt.Errorf("%w: an unspecified STUN address is sent as family 0", ErrFrame)
+		}
+		if a.IsValid() {
+			r.STUN = netip.AddrPortFrom(a, port)
+		}
+		f = r
+	case FrameDirect:
+		d.version()
+		var r Direct
+		r.Device = d.str8("device", MaxDeviceLen)
+		r.AccessCode = d.str8("access code", MaxSecretLen)
+		d.bytes("exchange id", r.Exchange[:])
+		d.bytes("key", r.Key[:])
+		r.Candidates = d.candidates()
+		f = r
+	case FramePunch:
+		d.version()
+		var p Punch
+		d.bytes("exchange id", p.Exchange[:])
+		d.bytes("key", p.Key[:])
+		p.Candidates = d.candidates()
+		f = p
+	case FrameCandidates:
+		d.version()
+		f = Candidates{Candidates: d.candidates()}
+	case FrameDirectHello:
+		d.version()
+		var h DirectHello
+		d.bytes("exchange id", h.Exchange[:])
+		d.bytes("proof", h.Proof[:])
+		f = h
+	case FrameReport:
+		d.version()
+		var r Report
+		r.Device = d.str8("device", MaxDeviceLen)
+		r.Outcome = PunchOutcome(d.u8("outcome"))
+		r.Local = CandidateKind(d.u8("local kind"))
+		r.Remote = CandidateKind(d.u8("remote kind"))
+		r.Millis = d.u32("milliseconds")
+		f = r
 	default:
 		return nil, fmt.Errorf("%w: unknown frame type %#x", ErrFrame, typ)
 	}
@@ -381,4 +806,126 @@ func parseBody(typ byte, b []byte) (Frame, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+// Probe constants (see "Direct paths" above).
+const (
+	// ProbeLen is the size of every probe datagram.
+	ProbeLen = 63
+	// ProbePing and ProbePong are the probe types.
+	ProbePing = 1
+	ProbePong = 2
+	// ProbeFromClient and ProbeFromAgent say who sent a probe.
+	ProbeFromClient = 1
+	ProbeFromAgent  = 2
+
+	probeTxLen       = 12
+	probeObservedOff = 28
+	probeMACOff      = 47
+	probeMACLen      = 16
+)
+
+// ProbeMagic starts every probe.
+var ProbeMagic = [4]byte{0x3e, 'n', 'r', 'p'}
+
+// Domain separation of the exchange key's two uses.
+const (
+	probeLabel = "nasreach-probe/1"
+	proofLabel = "nasreach-direct/1"
+)
+
+// Probe is a ping or a pong between the two ends of an exchange.
+type Probe struct {
+	Type     byte // ProbePing or ProbePong
+	Sender   byte // ProbeFromClient or ProbeFromAgent
+	Exchange [ExchangeIDLen]byte
+	Tx       [probeTxLen]byte
+	// Observed is, in a pong, where the ping came from; zero in a ping.
+	Observed netip.AddrPort
+}
+
+// AppendProbe appends p, authenticated with the exchange's key, to b.
+func AppendProbe(b []byte, p Probe, key *[KeyLen]byte) []byte {
+	start := len(b)
+	b = append(b, ProbeMagic[:]...)
+	b = append(b, Version, p.Type, p.Sender, 0)
+	b = append(b, p.Exchange[:]...)
+	b = append(b, p.Tx[:]...)
+	var obs [19]byte
+	if a := p.Observed.Addr().Unmap(); a.Is4() {
+		obs[0] = 4
+		a4 := a.As4()
+		copy(obs[1:], a4[:])
+	} else if a.IsValid() {
+		obs[0] = 6
+		a16 := a.As16()
+		copy(obs[1:], a16[:])
+	}
+	if obs[0] != 0 {
+		binary.BigEndian.PutUint16(obs[17:], p.Observed.Port())
+	}
+	b = append(b, obs[:]...)
+	mac := probeMAC(key, b[start:])
+	return append(b, mac[:probeMACLen]...)
+}
+
+// IsProbe reports whether b is shaped like a probe (it may still fail
+// ParseProbe's checks): the cheap test a socket's demultiplexer makes.
+func IsProbe(b []byte) bool {
+	return len(b) == ProbeLen && [4]byte(b[:4]) == ProbeMagic
+}
+
+// ParseProbe decodes a probe without checking its MAC, which needs the key
+// of the exchange it names (VerifyProbe).
+func ParseProbe(b []byte) (Probe, error) {
+	var p Probe
+	if !IsProbe(b) {
+		return p, fmt.Errorf("%w: not a probe", ErrFrame)
+	}
+	if b[4] != Version || (b[5] != ProbePing && b[5] != ProbePong) ||
+		(b[6] != ProbeFromClient && b[6] != ProbeFromAgent) || b[7] != 0 {
+		return p, fmt.Errorf("%w: probe header %x", ErrFrame, b[4:8])
+	}
+	p.Type, p.Sender = b[5], b[6]
+	copy(p.Exchange[:], b[8:16])
+	copy(p.Tx[:], b[16:probeObservedOff])
+	obs := b[probeObservedOff:probeMACOff]
+	port := binary.BigEndian.Uint16(obs[17:])
+	switch {
+	case obs[0] == 4 && [12]byte(obs[5:17]) == [12]byte{}:
+		p.Observed = netip.AddrPortFrom(netip.AddrFrom4([4]byte(obs[1:5])), port)
+	case obs[0] == 6 && !netip.AddrFrom16([16]byte(obs[1:17])).Is4In6():
+		p.Observed = netip.AddrPortFrom(netip.AddrFrom16([16]byte(obs[1:17])), port)
+	case obs[0] == 0 && [19]byte(obs) == [19]byte{}:
+	default:
+		return p, fmt.Errorf("%w: probe's observed address %x", ErrFrame, obs)
+	}
+	if (p.Type == ProbePing) == p.Observed.IsValid() {
+		return p, fmt.Errorf("%w: a ping carries no observed address, a pong does", ErrFrame)
+	}
+	return p, nil
+}
+
+// VerifyProbe reports whether the probe b carries a valid MAC for key.
+func VerifyProbe(b []byte, key *[KeyLen]byte) bool {
+	if len(b) != ProbeLen {
+		return false
+	}
+	mac := probeMAC(key, b[:probeMACOff])
+	return hmac.Equal(mac[:probeMACLen], b[probeMACOff:])
+}
+
+func probeMAC(key *[KeyLen]byte, msg []byte) []byte {
+	h := hmac.New(sha256.New, key[:])
+	h.Write([]byte(probeLabel))
+	h.Write(msg)
+	return h.Sum(nil)
+}
+
+// DirectProof is the proof a DirectHello carries for an exchange.
+func DirectProof(exchange [ExchangeIDLen]byte, key *[KeyLen]byte) [ProofLen]byte {
+	h := hmac.New(sha256.New, key[:])
+	h.Write([]byte(proofLabel))
+	h.Write(exchange[:])
+	return [ProofLen]byte(h.Sum(nil))
 }

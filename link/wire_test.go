@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -18,6 +20,20 @@ func TestFramesRoundTrip(t *testing.T) {
 		Open{Port: 22},
 		Result{Status: StatusOK},
 		Result{Status: StatusOffline, Message: "device nas1 is not connected"},
+		Info{},
+		RelayInfo{},
+		RelayInfo{Direct: true, STUN: netip.MustParseAddrPort("0.0.0.0:3478")},
+		RelayInfo{STUN: netip.MustParseAddrPort("203.0.113.53:3478")},
+		RelayInfo{Direct: true, STUN: netip.MustParseAddrPort("[2001:db8::53]:3478")},
+		Direct{Device: "nas1", Exchange: testID, Key: testKey},
+		Direct{Device: strings.Repeat("a", MaxDeviceLen), AccessCode: strings.Repeat("c", MaxSecretLen), Exchange: testID, Key: testKey,
+			Candidates: slices.Repeat([]Candidate{{Kind: CandidateHost, Addr: netip.MustParseAddrPort("[2001:db8::1]:40000")}}, MaxCandidates)},
+		Punch{Exchange: testID, Key: testKey, Candidates: testCandidates},
+		Candidates{},
+		Candidates{Candidates: testCandidates},
+		DirectHello{Exchange: testID, Proof: DirectProof(testID, &testKey)},
+		Report{Device: "nas1", Outcome: PunchDirect, Local: CandidateHost, Remote: CandidateSrflx, Millis: 1234},
+		Report{Device: "nas1", Outcome: PunchNoAnswer},
 	} {
 		b, err := AppendFrame(nil, f)
 		if err != nil {
@@ -38,6 +54,15 @@ func TestFramesRoundTrip(t *testing.T) {
 	}
 }
 
+var (
+	testID         = [ExchangeIDLen]byte{1, 2, 3, 4, 5, 6, 7, 8}
+	testKey        = [KeyLen]byte{9, 9, 9}
+	testCandidates = []Candidate{
+		{Kind: CandidateHost, Addr: netip.MustParseAddrPort("192.168.1.10:40000")},
+		{Kind: CandidateSrflx, Addr: netip.MustParseAddrPort("203.0.113.7:61000")},
+	}
+)
+
 func TestMalformedFramesAreRefused(t *testing.T) {
 	good, _ := AppendFrame(nil, Connect{Device: "nas1", Port: 443})
 	for _, tc := range []struct {
@@ -52,6 +77,12 @@ func TestMalformedFramesAreRefused(t *testing.T) {
 		{"trailing bytes", []byte{FrameOpen, 0, 4, Version, 0, 22, 0}, 0},
 		{"string past the end", []byte{FrameResult, 0, 3, 0, 9, 'x'}, 0},
 		{"device too long", append([]byte{FrameHello, 0, 66, Version, 64}, make([]byte, 65)...), 0},
+		{"unknown relay info flag", []byte{FrameRelayInfo, 0, 5, Version, 2, 0, 0, 0}, 0},
+		{"unspecified STUN address", []byte{FrameRelayInfo, 0, 9, Version, 1, 4, 0, 0, 0, 0, 0x0d, 0x96}, 0},
+		{"candidate family 5", []byte{FrameCandidates, 0, 6, Version, 1, 1, 5, 0, 0}, 0},
+		{"too many candidates", []byte{FrameCandidates, 0, 2, Version, MaxCandidates + 1}, 0},
+		{"candidate cut short", []byte{FrameCandidates, 0, 6, Version, 1, 1, 4, 10, 0}, 0},
+		{"hello cut short", []byte{FrameDirectHello, 0, 9, Version, 1, 2, 3, 4, 5, 6, 7, 8}, 0},
 	} {
 		if _, err := ReadFrame(bytes.NewReader(tc.b), tc.max); !errors.Is(err, ErrFrame) {
 			t.Errorf("%s: err = %v, want ErrFrame", tc.name, err)
@@ -69,7 +100,11 @@ func TestMalformedFramesAreRefused(t *testing.T) {
 // frame that re-encodes to exactly the bytes read, and that the reader never
 // reads past the frame.
 func FuzzReadFrame(f *testing.F) {
-	for _, fr := range []Frame{Hello{"nas1", "tok"}, Connect{"nas1", 443, "code"}, Open{22}, Result{StatusOffline, "offline"}} {
+	for _, fr := range []Frame{Hello{"nas1", "tok"}, Connect{"nas1", 443, "code"}, Open{22}, Result{StatusOffline, "offline"},
+		Info{}, RelayInfo{Direct: true, STUN: netip.MustParseAddrPort("0.0.0.0:3478")},
+		Direct{Device: "nas1", AccessCode: "code", Exchange: testID, Key: testKey, Candidates: testCandidates},
+		Punch{Exchange: testID, Key: testKey, Candidates: testCandidates}, Candidates{Candidates: testCandidates},
+		DirectHello{Exchange: testID}, Report{Device: "nas1", Outcome: PunchDirect, Local: 1, Remote: 2, Millis: 99}} {
 		b, _ := AppendFrame(nil, fr)
 		f.Add(b)
 	}
@@ -89,6 +124,56 @@ func FuzzReadFrame(f *testing.F) {
 		}
 		if fr2, err := ParseFrame(data[:used]); err != nil || !reflect.DeepEqual(fr, fr2) {
 			t.Fatalf("ParseFrame disagrees with ReadFrame: %#v %v", fr2, err)
+		}
+	})
+}
+
+func TestProbesRoundTripAndAuthenticate(t *testing.T) {
+	for _, p := range []Probe{
+		{Type: ProbePing, Sender: ProbeFromClient, Exchange: testID, Tx: [12]byte{1}},
+		{Type: ProbePong, Sender: ProbeFromAgent, Exchange: testID, Tx: [12]byte{2}, Observed: netip.MustParseAddrPort("203.0.113.7:61000")},
+		{Type: ProbePong, Sender: ProbeFromClient, Exchange: testID, Tx: [12]byte{3}, Observed: netip.MustParseAddrPort("[2001:db8::7]:61000")},
+	} {
+		b := AppendProbe(nil, p, &testKey)
+		if len(b) != ProbeLen || b[0]&0xc0 != 0 {
+			t.Fatalf("%+v: %d bytes starting %#x; want %d, the top two bits clear", p, len(b), b[0], ProbeLen)
+		}
+		got, err := ParseProbe(b)
+		if err != nil || got != p {
+			t.Errorf("ParseProbe(%+v) = %+v, %v", p, got, err)
+		}
+		if !VerifyProbe(b, &testKey) {
+			t.Errorf("%+v: its MAC does not verify", p)
+		}
+		other := testKey
+		other[0]++
+		if VerifyProbe(b, &other) {
+			t.Errorf("%+v verifies with another key", p)
+		}
+		b[20] ^= 1
+		if VerifyProbe(b, &testKey) {
+			t.Errorf("%+v verifies after a bit flip", p)
+		}
+	}
+	ping := AppendProbe(nil, Probe{Type: ProbePing, Sender: ProbeFromClient, Observed: netip.MustParseAddrPort("1.2.3.4:5")}, &testKey)
+	if _, err := ParseProbe(ping); !errors.Is(err, ErrFrame) {
+		t.Errorf("a ping with an observed address: %v, want ErrFrame", err)
+	}
+}
+
+// FuzzProbe checks that any datagram either fails cleanly or decodes to a
+// probe that re-encodes to the same bytes (the MAC aside).
+func FuzzProbe(f *testing.F) {
+	f.Add(AppendProbe(nil, Probe{Type: ProbePing, Sender: ProbeFromClient, Exchange: testID}, &testKey))
+	f.Add(AppendProbe(nil, Probe{Type: ProbePong, Sender: ProbeFromAgent, Exchange: testID, Observed: netip.MustParseAddrPort("[2001:db8::7]:1")}, &testKey))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := ParseProbe(data)
+		if err != nil {
+			return
+		}
+		b := AppendProbe(nil, p, &testKey)
+		if !bytes.Equal(b[:probeMACOff], data[:probeMACOff]) {
+			t.Fatalf("read %x, re-encoded %x", data[:probeMACOff], b[:probeMACOff])
 		}
 	})
 }

@@ -108,6 +108,15 @@ type Config struct {
 	// MaxHeaderBytes bounds a frame body the relay reads (at most
 	// link.MaxFrameBody).
 	MaxHeaderBytes int
+	// STUN is the daemon's STUN server, which the relay tells agents and
+	// clients about (RelayInfo) so that they learn their server-reflexive
+	// address. An unspecified address (a server bound to every interface)
+	// means "the relay's own address"; the zero value means none.
+	STUN netip.AddrPort
+	// DisableDirect stops the relay from introducing clients to agents for
+	// direct (hole-punched) paths: every byte then goes through the relay.
+	// SetDirect changes it while the relay runs.
+	DisableDirect bool
 	// Tap, for tests only, sees every chunk of payload the relay forwards.
 	Tap func(device string, fromClient bool, p []byte)
 	// Now is the clock; nil means time.Now.
@@ -135,9 +144,13 @@ type Server struct {
 	// "Shutdown has begun" means.
 	wg workgroup.Group
 
+	// direct is whether the relay introduces clients to agents (SetDirect).
+	direct atomic.Bool
+
 	mu     sync.Mutex
 	agents map[string]*linkAgent
 	conns  map[*quic.Conn]struct{}
+	infos  map[*quic.Conn]*infoStream // each connection's Info stream, told of every change
 }
 
 // linkAgent is one connected agent.
@@ -214,8 +227,9 @@ func New(cfg Config) (*Server, error) {
 	l := &Server{
 		cfg: cfg, log: cfg.Logger, tr: tr, ln: ln, addr: addr,
 		limiter: ratelimit.New(cfg.StreamRate, cfg.StreamBurst, 0), connCaps: conns,
-		agents: map[string]*linkAgent{}, conns: map[*quic.Conn]struct{}{},
+		agents: map[string]*linkAgent{}, conns: map[*quic.Conn]struct{}{}, infos: map[*quic.Conn]*infoStream{},
 	}
+	l.direct.Store(!cfg.DisableDirect)
 	l.maxAgents.Store(int64(cfg.MaxAgents))
 	l.maxStreams.Store(int64(cfg.MaxStreamsPerDevice))
 	l.ctx, l.cancel = context.WithCancel(context.Background())
@@ -402,7 +416,7 @@ func (l *Server) serveConn(c *quic.Conn) {
 	switch f := fr.(type) {
 	case link.Hello:
 		l.serveAgent(c, s, f, src)
-	case link.Connect:
+	case link.Connect, link.Info, link.Direct, link.Report:
 		l.serveClient(c, s, f, src)
 	default:
 		link.WriteFrame(s, link.Result{Status: link.StatusBadRequest, Message: "expected hello or connect"})
@@ -477,16 +491,20 @@ func (l *Server) serveAgent(c *quic.Conn, ctrl *quic.Stream, h link.Hello, src n
 		ctrl.Read(b[:])
 		c.CloseWithError(link.CloseProtocol, "control stream ended")
 	})
-	// Agents do not open streams; refuse any.
+	// Agents open no streams but Info.
 	for {
 		s, err := c.AcceptStream(l.ctx)
 		if err != nil {
 			break
 		}
-		s.CancelRead(link.StreamRefused)
-		s.CancelWrite(link.StreamRefused)
+		if !l.wg.Go(func() { l.serveAgentStream(c, s) }) {
+			s.CancelRead(link.StreamShutdown)
+			s.CancelWrite(link.StreamShutdown)
+			break
+		}
 	}
 	l.drop(a)
+	l.dropInfo(c)
 	c.CloseWithError(link.CloseNormal, "")
 	l.log.Info().Str("device", d.Name).Msg("link agent disconnected")
 	l.event(connlog.Event{Kind: "agent", Outcome: "ok", Device: d.Name, Client: src.Addr(), Start: start, Detail: "disconnected"})

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/nasreach/nasreach/internal/testutil"
+	"github.com/nasreach/nasreach/link"
 	"github.com/nasreach/nasreach/store"
 )
 
@@ -77,4 +79,33 @@ func TestShutdownClosesTheGivenSocket(t *testing.T) {
 	if err := l.Shutdown(context.Background()); err != nil {
 		t.Errorf("second Shutdown: %v", err)
 	}
+}
+
+// An agent's Info stream lives as long as its connection: the relay keeps
+// no state for an agent that left.
+func TestInfoStreamsEndWithTheirConnections(t *testing.T) {
+	cfg := validConfig(t)
+	cfg.Addr = "127.0.0.1:0"
+	l, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Shutdown(context.Background())
+	_, tok, err := cfg.Store.(*store.Store).Create(context.Background(), "nas1", store.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := link.NewAgent(link.AgentConfig{Server: l.Addr().String(), RelayFingerprint: Fingerprint(cfg.Certificate.Leaf),
+		Device: "nas1", Token: tok, Expose: map[uint16]string{22: "127.0.0.1:1"}, StateDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	infos := func() int {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return len(l.infos)
+	}
+	testutil.WaitFor(t, 10*time.Second, "the agent's Info stream", func() bool { return infos() == 1 })
+	a.Close()
+	testutil.WaitFor(t, 10*time.Second, "the Info stream to go with the agent", func() bool { return infos() == 0 && l.Agents() == 0 })
 }

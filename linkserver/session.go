@@ -17,10 +17,11 @@ import (
 	"github.com/quic-go/quic-go"
 )
 
-// serveClient serves a client connection: the first stream's Connect, then
-// every further stream, each a session of its own.
-func (l *Server) serveClient(c *quic.Conn, first *quic.Stream, req link.Connect, src netip.AddrPort) {
-	l.wg.Go(func() { l.session(c, first, req, src) })
+// serveClient serves a client connection: the first stream's request, then
+// every further stream, each a session (or a direct-path request) of its own.
+func (l *Server) serveClient(c *quic.Conn, first *quic.Stream, req link.Frame, src netip.AddrPort) {
+	l.wg.Go(func() { l.serveRequest(c, first, req, src) })
+	defer l.dropInfo(c)
 	for {
 		s, err := c.AcceptStream(l.ctx)
 		if err != nil {
@@ -34,23 +35,39 @@ func (l *Server) serveClient(c *quic.Conn, first *quic.Stream, req link.Connect,
 	}
 }
 
-// readAndServe reads a stream's Connect within the handshake timeout.
+// readAndServe reads a stream's request within the handshake timeout.
 func (l *Server) readAndServe(c *quic.Conn, s *quic.Stream, src netip.AddrPort) {
 	s.SetReadDeadline(l.cfg.Now().Add(l.cfg.HandshakeTimeout))
 	fr, err := link.ReadFrame(s, l.cfg.MaxHeaderBytes)
 	s.SetReadDeadline(time.Time{})
-	req, ok := fr.(link.Connect)
-	if err != nil || !ok {
-		msg := "expected a connect frame"
-		if err != nil {
-			msg = "malformed request: " + err.Error()
-		}
-		link.WriteFrame(s, link.Result{Status: link.StatusBadRequest, Message: msg})
-		s.Close()
-		s.CancelRead(link.StreamRefused)
+	if err != nil {
+		refuseStream(s, "malformed request: "+err.Error())
 		return
 	}
-	l.session(c, s, req, src)
+	l.serveRequest(c, s, fr, src)
+}
+
+// serveRequest serves one client stream by its first frame.
+func (l *Server) serveRequest(c *quic.Conn, s *quic.Stream, fr link.Frame, src netip.AddrPort) {
+	switch req := fr.(type) {
+	case link.Connect:
+		l.session(c, s, req, src)
+	case link.Info:
+		l.serveInfo(c, s)
+	case link.Direct:
+		l.exchange(s, req, src)
+	case link.Report:
+		l.report(s, req, src)
+	default:
+		refuseStream(s, "expected a connect frame")
+	}
+}
+
+// refuseStream answers a malformed or unexpected request and ends the stream.
+func refuseStream(s *quic.Stream, msg string) {
+	link.WriteFrame(s, link.Result{Status: link.StatusBadRequest, Message: msg})
+	s.Close()
+	s.CancelRead(link.StreamRefused)
 }
 
 // session authorizes one Connect, asks the agent for the port and splices.
@@ -59,76 +76,25 @@ func (l *Server) session(c *quic.Conn, cs *quic.Stream, req link.Connect, src ne
 	start := l.cfg.Now()
 	device := strings.ToLower(req.Device)
 	ev := connlog.Event{Kind: "session", Device: device, Client: src.Addr(), Port: req.Port, Start: start}
-	refuse := func(st link.Status, msg string) {
-		link.WriteFrame(cs, link.Result{Status: st, Message: msg})
-		cs.Close()
-		cs.CancelRead(link.StreamRefused)
-		ev.Outcome, ev.Detail = "refused", st.String()
-		l.event(ev)
-		l.log.Debug().Str("device", device).Uint16("port", req.Port).Str("client", anonymize.Addr(src.Addr()).String()).
-			Str("reason", st.String()).Msg("link session refused")
-	}
-	if !l.limiter.Allow(src.Addr(), start) {
-		refuse(link.StatusRateLimited, "too many new connections from your address; slow down")
-		return
-	}
-	d, err := l.cfg.Store.Get(device)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		refuse(link.StatusUnknownDevice, fmt.Sprintf("no device %q on this relay", device))
-		return
-	case err != nil:
-		l.log.Error().Err(err).Msg("link: cannot read the device table")
-		refuse(link.StatusUnavailable, "the relay cannot check the device right now; try again")
-		return
-	case !d.Link:
-		refuse(link.StatusLinkDisabled, fmt.Sprintf("device %s has Link switched off", device))
-		return
-	case d.Access == store.AccessToken && req.AccessCode == "":
-		refuse(link.StatusAccessDenied, fmt.Sprintf("device %s requires an access code", device))
-		return
-	case d.Access == store.AccessToken && !l.cfg.Store.CheckAccessCode(device, req.AccessCode):
-		refuse(link.StatusAccessDenied, fmt.Sprintf("the access code is not valid for device %s", device))
-		return
-	}
-	a := l.agent(device)
-	if a == nil {
-		refuse(link.StatusOffline, fmt.Sprintf("device %s is not connected to the relay", device))
-		return
-	}
-	if n, limit := a.streams.Add(1), l.maxStreams.Load(); n > limit {
-		a.streams.Add(-1)
-		refuse(link.StatusTooManyStreams, fmt.Sprintf("device %s has its maximum of %d sessions open", device, limit))
+	refuse := func(st link.Status, msg string) { l.refuse(cs, ev, st, msg) }
+	a, st, msg := l.authorize(src.Addr(), device, req.AccessCode, start)
+	if st != link.StatusOK {
+		refuse(st, msg)
 		return
 	}
 	defer a.streams.Add(-1)
 	l.sessions.Add(1)
 	defer l.sessions.Add(-1)
 
-	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.HandshakeTimeout)
-	as, err := a.conn.OpenStreamSync(ctx)
-	cancel()
+	as, fr, err := l.ask(a, link.Open{Port: req.Port})
 	if err != nil {
-		refuse(link.StatusOffline, fmt.Sprintf("device %s is not reachable: its agent connection ended", device))
+		refuse(link.StatusOffline, fmt.Sprintf("device %s did not answer", device))
 		return
 	}
-	as.SetDeadline(l.cfg.Now().Add(l.cfg.HandshakeTimeout))
-	var res link.Result
-	err = link.WriteFrame(as, link.Open{Port: req.Port})
-	if err == nil {
-		var fr link.Frame
-		if fr, err = link.ReadFrame(as, l.cfg.MaxHeaderBytes); err == nil {
-			var ok bool
-			if res, ok = fr.(link.Result); !ok {
-				err = errors.New("agent answered open with another frame")
-			}
-		}
-	}
-	as.SetDeadline(time.Time{})
-	if err != nil {
+	res, ok := fr.(link.Result)
+	if !ok {
 		as.CancelRead(link.StreamAborted)
 		as.CancelWrite(link.StreamAborted)
-		l.log.Debug().Err(err).Str("device", device).Msg("link agent did not answer open")
 		refuse(link.StatusOffline, fmt.Sprintf("device %s did not answer", device))
 		return
 	}
@@ -153,6 +119,77 @@ func (l *Server) session(c *quic.Conn, cs *quic.Stream, req link.Connect, src ne
 	l.event(ev)
 	l.log.Debug().Str("device", device).Uint16("port", req.Port).Str("client", anonymize.Addr(src.Addr()).String()).
 		Int64("bytes_in", in).Int64("bytes_out", out).Str("outcome", ev.Outcome).Msg("link session ended")
+}
+
+// refuse answers a client's request with st and msg, ends its stream and
+// logs ev as refused.
+func (l *Server) refuse(cs *quic.Stream, ev connlog.Event, st link.Status, msg string) {
+	link.WriteFrame(cs, link.Result{Status: st, Message: msg})
+	cs.Close()
+	cs.CancelRead(link.StreamRefused)
+	ev.Outcome, ev.Detail = "refused", st.String()
+	l.event(ev)
+	l.log.Debug().Str("device", ev.Device).Str("kind", ev.Kind).Uint16("port", ev.Port).
+		Str("client", anonymize.Addr(ev.Client).String()).Str("reason", st.String()).Msg("link request refused")
+}
+
+// authorize checks a client's request for device as every session and
+// every direct-path exchange is checked: the client address's rate, the
+// device, its Link switch, the access code, its agent and its stream limit.
+// On StatusOK the request counts in the agent's streams until the caller
+// calls a.streams.Add(-1).
+func (l *Server) authorize(src netip.Addr, device, code string, now time.Time) (*linkAgent, link.Status, string) {
+	if !l.limiter.Allow(src, now) {
+		return nil, link.StatusRateLimited, "too many new connections from your address; slow down"
+	}
+	d, err := l.cfg.Store.Get(device)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, link.StatusUnknownDevice, fmt.Sprintf("no device %q on this relay", device)
+	case err != nil:
+		l.log.Error().Err(err).Msg("link: cannot read the device table")
+		return nil, link.StatusUnavailable, "the relay cannot check the device right now; try again"
+	case !d.Link:
+		return nil, link.StatusLinkDisabled, fmt.Sprintf("device %s has Link switched off", device)
+	case d.Access == store.AccessToken && code == "":
+		return nil, link.StatusAccessDenied, fmt.Sprintf("device %s requires an access code", device)
+	case d.Access == store.AccessToken && !l.cfg.Store.CheckAccessCode(device, code):
+		return nil, link.StatusAccessDenied, fmt.Sprintf("the access code is not valid for device %s", device)
+	}
+	a := l.agent(device)
+	if a == nil {
+		return nil, link.StatusOffline, fmt.Sprintf("device %s is not connected to the relay", device)
+	}
+	if n, limit := a.streams.Add(1), l.maxStreams.Load(); n > limit {
+		a.streams.Add(-1)
+		return nil, link.StatusTooManyStreams, fmt.Sprintf("device %s has its maximum of %d sessions open", device, limit)
+	}
+	return a, link.StatusOK, ""
+}
+
+// ask opens a stream on the agent's connection, sends f and reads the
+// agent's answer, within the handshake timeout. On error the stream is
+// gone; otherwise the caller owns it.
+func (l *Server) ask(a *linkAgent, f link.Frame) (*quic.Stream, link.Frame, error) {
+	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.HandshakeTimeout)
+	as, err := a.conn.OpenStreamSync(ctx)
+	cancel()
+	if err != nil {
+		return nil, nil, fmt.Errorf("open a stream to the agent: %w", err)
+	}
+	as.SetDeadline(l.cfg.Now().Add(l.cfg.HandshakeTimeout))
+	var fr link.Frame
+	if err = link.WriteFrame(as, f); err == nil {
+		fr, err = link.ReadFrame(as, l.cfg.MaxHeaderBytes)
+	}
+	as.SetDeadline(time.Time{})
+	if err != nil {
+		as.CancelRead(link.StreamAborted)
+		as.CancelWrite(link.StreamAborted)
+		l.log.Debug().Err(err).Str("device", a.device).Msg("link agent did not answer")
+		return nil, nil, err
+	}
+	return as, fr, nil
 }
 
 func abortReason(err error, a *linkAgent) string {

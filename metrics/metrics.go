@@ -40,7 +40,7 @@ type Config struct {
 	// allocations in progress.
 	Sessions map[string]func() int
 	// TURNRefused returns what the TURN relay refused or dropped so far, by
-	// reason (auth, quota, peer, bandwidth, malformed).
+	// reason (auth, quota, peer, request, bandwidth, malformed).
 	TURNRefused func() map[string]uint64
 	// ConnsRefused returns, per listener ("http", "dns", "stun", "turn",
 	// "turns", "link"), the connections refused so far over a cap.
@@ -76,6 +76,12 @@ type Metrics struct {
 	events  *prometheus.CounterVec
 	updates *prometheus.CounterVec
 	bytes   *prometheus.CounterVec
+	// paths, punches and toDirect follow Link's direct paths (linkPunch).
+	paths    *prometheus.CounterVec
+	punches  *prometheus.CounterVec
+	toDirect prometheus.Histogram
+	xfrs     *prometheus.CounterVec
+	notifys  *prometheus.CounterVec
 	// hot caches the query counter of common (type, rcode) pairs so the DNS
 	// path does no label hashing.
 	hot     [len(hotTypes)][24]atomic.Pointer[prometheus.Counter]
@@ -107,7 +113,23 @@ func New(cfg Config) (*Metrics, error) {
 	m.bytes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nasreach_relayed_bytes_total", Help: "Bytes relayed, by service and direction (in = from the client).",
 	}, []string{"service", "direction"})
-	m.reg.MustRegister(m.queries, m.updates, m.events, m.bytes,
+	m.paths = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nasreach_link_paths_total", Help: "Link clients settling on a path to a device after trying for a direct one: direct, or relay (no direct path, or a direct path lost).",
+	}, []string{"path"})
+	m.punches = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nasreach_link_punch_total", Help: "Link hole-punching attempts, by outcome (direct, no_answer, failed, refused).",
+	}, []string{"outcome"})
+	m.toDirect = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "nasreach_link_time_to_direct_seconds", Help: "Time from a client's first session to a device until its direct path is up.",
+		Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16},
+	})
+	m.xfrs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nasreach_dns_transfers_total", Help: "Zone transfer requests, by kind (axfr, ixfr, ixfr-full: an IXFR answered with the whole zone) and outcome (ok, uptodate, refused, notauth, formerr, udp, failed).",
+	}, []string{"kind", "outcome"})
+	m.notifys = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nasreach_dns_notifies_total", Help: "NOTIFYs sent to secondaries, each try, by outcome (ok, timeout, error, or the secondary's rcode).",
+	}, []string{"outcome"})
+	m.reg.MustRegister(m.queries, m.updates, m.events, m.bytes, m.paths, m.punches, m.toDirect, m.xfrs, m.notifys,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "nasreach_build_info", Help: "Always 1; the version label says which build runs.",
@@ -134,7 +156,7 @@ func New(cfg Config) (*Metrics, error) {
 	if f := cfg.TURNRefused; f != nil {
 		m.reg.MustRegister(labelledCounters{
 			desc: prometheus.NewDesc("nasreach_turn_refused_total",
-				"TURN requests and datagrams refused, by reason (auth, quota, peer, bandwidth, malformed).", []string{"reason"}, nil),
+				"TURN requests and datagrams refused, by reason (auth, quota, peer, request, bandwidth, malformed).", []string{"reason"}, nil),
 			values: func(emit func(uint64, ...string)) {
 				for reason, v := range f() {
 					emit(v, reason)
@@ -196,6 +218,12 @@ func (m *Metrics) ObserveQuery(qtype uint16, rcode int) {
 	m.queries.WithLabelValues(typeName(qtype), RcodeName(rcode)).Inc()
 }
 
+// ObserveTransfer counts one zone transfer request.
+func (m *Metrics) ObserveTransfer(kind, outcome string) { m.xfrs.WithLabelValues(kind, outcome).Inc() }
+
+// ObserveNotify counts one NOTIFY sent.
+func (m *Metrics) ObserveNotify(outcome string) { m.notifys.WithLabelValues(outcome).Inc() }
+
 // typeName bounds the label's values: unknown types share one label.
 func typeName(t uint16) string {
 	if s, ok := dns.TypeToString[t]; ok {
@@ -229,11 +257,40 @@ func (m *Metrics) ObserveEvent(e connlog.Event) {
 		return // counted by ObserveQuery
 	}
 	m.events.WithLabelValues(e.Service, e.Kind, cmpOr(e.Outcome, "unknown")).Inc()
+	if e.Service == "link" {
+		m.linkPunch(e)
+	}
 	if e.BytesIn > 0 {
 		m.bytes.WithLabelValues(e.Service, "in").Add(float64(e.BytesIn))
 	}
 	if e.BytesOut > 0 {
 		m.bytes.WithLabelValues(e.Service, "out").Add(float64(e.BytesOut))
+	}
+}
+
+// linkPunch counts the Link relay's direct-path events: a client's report
+// of an attempt (kind "punch": direct, no_answer, failed; lost when a
+// direct path stopped working) and the relay's own refusals of an
+// exchange (kind "exchange", outcome "refused"). Each ends with the client
+// on a path.
+func (m *Metrics) linkPunch(e connlog.Event) {
+	outcome := e.Outcome
+	switch {
+	case e.Kind == "exchange" && outcome == "refused":
+	case e.Kind == "punch" && (outcome == "direct" || outcome == "no_answer" || outcome == "failed" || outcome == "lost"):
+	default:
+		return
+	}
+	path := "relay"
+	if outcome == "direct" {
+		path = "direct"
+		if !e.Start.IsZero() && !e.Time.Before(e.Start) {
+			m.toDirect.Observe(e.Time.Sub(e.Start).Seconds())
+		}
+	}
+	m.paths.WithLabelValues(path).Inc()
+	if outcome != "lost" {
+		m.punches.WithLabelValues(outcome).Inc()
 	}
 }
 

@@ -6,8 +6,10 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/connlog"
 )
 
 func TestRcodeNameSaysBADVERSForSixteen(t *testing.T) {
@@ -80,4 +82,50 @@ func scrape(t *testing.T, m *Metrics, want ...string) string {
 		}
 	}
 	return string(body)
+}
+
+// Link's direct-path events: every attempt ends with the client on a path,
+// refusals and losses included; time to direct comes from the event's
+// start and end.
+func TestLinkPathsAndPunchesAreCounted(t *testing.T) {
+	m, err := New(Config{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Shutdown(context.Background()) })
+	now := time.Now()
+	for _, e := range []connlog.Event{
+		{Service: "link", Kind: "punch", Outcome: "direct", Start: now.Add(-300 * time.Millisecond), Time: now},
+		{Service: "link", Kind: "punch", Outcome: "no_answer", Time: now},
+		{Service: "link", Kind: "punch", Outcome: "failed", Time: now},
+		{Service: "link", Kind: "punch", Outcome: "lost", Time: now},
+		{Service: "link", Kind: "exchange", Outcome: "refused", Time: now},
+		{Service: "link", Kind: "exchange", Outcome: "ok", Time: now},   // counted by its report
+		{Service: "link", Kind: "renew", Outcome: "refused", Time: now}, // the client reports the loss
+	} {
+		m.ObserveEvent(e)
+	}
+	resp, err := http.Get("http://" + m.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`nasreach_link_paths_total{path="direct"} 1`,
+		`nasreach_link_paths_total{path="relay"} 4`,
+		`nasreach_link_punch_total{outcome="direct"} 1`,
+		`nasreach_link_punch_total{outcome="no_answer"} 1`,
+		`nasreach_link_punch_total{outcome="failed"} 1`,
+		`nasreach_link_punch_total{outcome="refused"} 1`,
+		`nasreach_link_time_to_direct_seconds_bucket{le="0.5"} 1`,
+		`nasreach_link_time_to_direct_seconds_count 1`,
+	} {
+		if !strings.Contains(string(body), want+"\n") {
+			t.Errorf("scrape lacks %s", want)
+		}
+	}
+	if strings.Contains(string(body), `nasreach_link_punch_total{outcome="lost"}`) {
+		t.Error("a lost path is counted as a punch attempt")
+	}
 }

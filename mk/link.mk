@@ -1,7 +1,9 @@
 # bench-link: Link relay figures in one run (docs/BENCHMARKS.md): goodput of 1
 # and 8 streams relayed vs a direct quic-go connection vs loopback TCP between
-# the same two processes, CPU per GB and per CPU-second of each path, time to
-# first byte, relay memory with 1,000 and 10,000 idle agents. Three processes:
+# the same two processes vs Link's own direct (hole-punched) path, CPU per GB
+# and per CPU-second of each path (the relay's during direct sessions), time
+# to first byte and to the direct path, relay memory with 1,000 and 10,000
+# idle agents. Three processes:
 # the client (the benchmark), the relay and the far end (agent, direct QUIC
 # and TCP listeners), the last two children that the benchmark ends (and
 # kills if they linger). Loopback only; timeout(1) bounds the whole run.

@@ -93,7 +93,7 @@ func (s *Store) SetChallenges(ctx context.Context, name string, u ChallengeUpdat
 		nd := *cur
 		nd.ACMEChallenges = next
 		d = nd
-		return outcome{put: &nd, dns: true}, nil
+		return outcome{put: &nd}, nil
 	})
 	return d, err
 }
@@ -146,7 +146,7 @@ func (s *Store) expireChallenges(ctx context.Context, name string) error {
 		}
 		nd := *cur
 		nd.ACMEChallenges = live
-		return outcome{put: &nd, dns: true}, nil
+		return outcome{put: &nd}, nil
 	})
 }
 

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"io"
+	"iter"
 )
 
 // Backend is the device table as the rest of nasreach uses it. *Store keeps
@@ -73,6 +74,10 @@ type Backend interface {
 	// OnChange registers f to be called after every committed change, in the
 	// writer's goroutine, once Lookup shows it. f must not block.
 	OnChange(f func(Change))
+	// ZoneSnapshot calls f with the zone serial and an iterator over the
+	// devices that resolve, both of one committed state, without copying
+	// them first (a zone transfer; for etcd: a range read at one revision).
+	ZoneSnapshot(f func(serial uint32, devices iter.Seq2[string, Record]) error) error
 
 	// Sweep expires uninitialized devices past their TTL, withdraws ACME
 	// challenge values past theirs and ends quarantines, and returns how

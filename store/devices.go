@@ -45,7 +45,7 @@ func (s *Store) Create(ctx context.Context, name string, opts CreateOptions) (De
 		if cur != nil {
 			return outcome{}, fmt.Errorf("%q: %w", name, ErrExists)
 		}
-		return outcome{put: &d, dns: true}, nil
+		return outcome{put: &d}, nil
 	})
 	if err != nil {
 		return Device{}, "", err
@@ -149,7 +149,7 @@ func (s *Store) SetAddress(ctx context.Context, name string, u AddressUpdate) (d
 		}
 		nd.Updated = s.now().UTC()
 		d = nd
-		return outcome{put: &nd, dns: true}, nil
+		return outcome{put: &nd}, nil
 	})
 	return d, changed, err
 }
@@ -183,7 +183,7 @@ func (s *Store) Update(ctx context.Context, name string, p Patch) (Device, error
 		}
 		nd.Updated = s.now().UTC()
 		d = nd
-		return outcome{put: &nd, dns: nd.DDNS != cur.DDNS}, nil
+		return outcome{put: &nd}, nil
 	})
 	return d, err
 }
@@ -220,6 +220,6 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 		if cur == nil {
 			return outcome{}, fmt.Errorf("%q: %w", name, ErrNotFound)
 		}
-		return outcome{del: true, dns: true}, nil
+		return outcome{del: true}, nil
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -43,6 +44,14 @@ const (
 type Change struct {
 	Kind   ChangeKind
 	Device Device // the device after the change (before it, for Deleted and Expired)
+	// Before is the device as the change found it; nil when it created it.
+	Before *Device
+	// Serial is the zone serial this change produced, or 0 when it changed
+	// nothing the zone holds (see Resolvable). Each change to the zone bumps
+	// the serial by one, so a zone transfer can replay changes in serial
+	// order; observers may be called out of that order, by concurrent
+	// writers.
+	Serial uint32
 }
 
 // load fills the index and the serial from the file at Open. Every entry
@@ -104,27 +113,52 @@ func (s *Store) Len() int {
 	return n
 }
 
+// Resolvable returns what the zone holds of d (nil: no device): its record,
+// and whether the name exists at all. It is the one rule of what resolves:
+// a device whose DDNS switch is on, with the addresses it has and the ACME
+// challenge values it publishes; and a device with DDNS off while it
+// publishes challenge values, with those values and no address (its owner
+// is getting a certificate, say for use on the LAN: a CA's resolver that
+// finds <device>.<zone> NXDOMAIN stops there, RFC 8020, and never asks for
+// _acme-challenge below it). The index, the zone serial (bumped exactly when
+// this changes) and zone transfers follow it; a new kind of record per
+// device is added to Record and here.
+func Resolvable(d *Device) (Record, bool) { return resolvable(d) }
+
+func resolvable(d *Device) (Record, bool) {
+	if d == nil {
+		return Record{}, false
+	}
+	rec := Record{ACME: challengeValues(d.ACMEChallenges)}
+	if d.DDNS {
+		rec.IPv4, rec.IPv6 = d.IPv4, d.IPv6
+	}
+	return rec, d.DDNS || len(rec.ACME) > 0
+}
+
+// Equal reports whether r and o hold the same records.
+func (r Record) Equal(o Record) bool {
+	return r.IPv4 == o.IPv4 && r.IPv6 == o.IPv6 && slices.Equal(r.ACME, o.ACME)
+}
+
 // serialNewer compares SOA serials with RFC 1982 arithmetic.
 func serialNewer(a, b uint32) bool { return a != b && int32(a-b) > 0 }
 
 // entryFor is the index entry of d as of revision rev; deleted says that its
-// record is gone. A device with DDNS off publishes no address: its entry is
-// marked hidden, so Lookup reports no such name, the DNS server answers
-// NXDOMAIN and Len does not count it, while Get still returns the device
-// with its addresses. Address updates still bump the zone serial although no
-// answer changes; switching DDNS either way bumps it too. The exception is a
-// DDNS-off device that publishes ACME challenge values (its owner is getting
-// a certificate, say for use on the LAN): while it does, its name exists
-// with the challenge TXT and no address, since a CA's resolver that finds
-// <device>.<zone> NXDOMAIN stops there (RFC 8020) and never asks for
-// _acme-challenge below it. Open builds entries the same way, so DDNS off
-// survives a restart.
+// record is gone. The entry holds d's addresses whether DDNS is on or off. A
+// device that does not resolve (see Resolvable: DDNS off and no ACME
+// challenge value) gets an entry marked hidden: Lookup reports no such name,
+// so the DNS server answers NXDOMAIN, and Len does not count it, while Get
+// still returns the device with its addresses. Address updates still reach
+// the hidden entry but leave the zone serial alone, since no answer and no
+// zone transfer changes; switching DDNS either way bumps it. Open builds
+// entries the same way, so DDNS off survives a restart.
 func entryFor(rev uint64, d Device, deleted bool) entry {
-	rec := Record{IPv4: d.IPv4, IPv6: d.IPv6, ACME: challengeValues(d.ACMEChallenges)}
-	if !d.DDNS {
-		rec.IPv4, rec.IPv6 = netip.Addr{}, netip.Addr{}
+	rec, ok := resolvable(&d)
+	if !ok {
+		rec = Record{IPv4: d.IPv4, IPv6: d.IPv6}
 	}
-	return entry{rev: rev, hidden: deleted || (!d.DDNS && len(rec.ACME) == 0), rec: rec}
+	return entry{rev: rev, hidden: deleted || !ok, rec: rec}
 }
 
 // updateIndex shows a committed write in the index and returns the observers

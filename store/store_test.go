@@ -359,6 +359,9 @@ func TestSerialBumpsOnEveryDNSChangeOnly(t *testing.T) {
 			{"access token", func() error { _, err := s.Update(ctx, "nas1", Patch{Access: ptr(AccessToken)}); return err }, false, true},
 			{"ddns off", func() error { _, err := s.Update(ctx, "nas1", Patch{DDNS: ptr(false)}); return err }, true, false},
 			{"ddns off again", func() error { _, err := s.Update(ctx, "nas1", Patch{DDNS: ptr(false)}); return err }, false, false},
+			// Nothing a resolver or a secondary sees changes: no serial, so
+			// not even the timing of a hidden device's updates shows.
+			{"address while ddns off", func() error { _, _, err := s.SetAddress(ctx, "nas1", AddressUpdate{IPv4: v4b}); return err }, false, false},
 			{"ddns on", func() error { _, err := s.Update(ctx, "nas1", Patch{DDNS: ptr(true)}); return err }, true, true},
 			{"failed create", func() error {
 				if _, _, err := s.Create(ctx, "nas1", CreateOptions{}); !errors.Is(err, ErrExists) {

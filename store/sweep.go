@@ -41,7 +41,7 @@ func (s *Store) Sweep(ctx context.Context) (expired int, err error) {
 			if !gone {
 				return outcome{}, nil // activated or deleted meanwhile
 			}
-			return outcome{del: true, dns: true}, nil
+			return outcome{del: true}, nil
 		})
 		if err != nil {
 			return expired, fmt.Errorf("sweep: expire %q: %w", name, err)

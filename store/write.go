@@ -7,11 +7,11 @@ import (
 )
 
 // outcome is what a mutation decided: store put, delete the record, or (the
-// zero value) change nothing. dns says whether DNS data changes.
+// zero value) change nothing. Whether DNS data changes is not the
+// mutation's to say: commit compares what resolves before and after.
 type outcome struct {
 	put *Device
 	del bool
-	dns bool
 	tx  func(*bolt.Tx) error // more changes in the same transaction (other buckets)
 }
 
@@ -30,6 +30,7 @@ type committed struct {
 	dns     bool   // whether DNS data changed, and serial with it
 	deleted bool   // the device record is gone
 	device  Device // the device after the change (before it, when deleted)
+	before  *Device
 }
 
 // write is the one path every change to a device takes, so the durability
@@ -48,8 +49,12 @@ func (s *Store) write(ctx context.Context, name string, kind ChangeKind, m mutat
 	if err != nil || !wrote {
 		return err
 	}
+	change := Change{Kind: kind, Device: c.device, Before: c.before}
+	if c.dns {
+		change.Serial = c.serial
+	}
 	for _, f := range s.updateIndex(name, c) {
-		f(Change{Kind: kind, Device: c.device})
+		f(change)
 	}
 	return nil
 }
@@ -79,11 +84,16 @@ func (s *Store) commit(name string, kind ChangeKind, m mutation) (c committed, w
 		if err != nil {
 			return err
 		}
-		rev, serial, err := bumpCounters(tx.Bucket(bucketMeta), o.dns)
+		after := &device
+		if o.del {
+			after = nil
+		}
+		dns := dnsChanged(cur, after)
+		rev, serial, err := bumpCounters(tx.Bucket(bucketMeta), dns)
 		if err != nil {
 			return err
 		}
-		c = committed{rev: rev, serial: serial, dns: o.dns, deleted: o.del, device: device}
+		c = committed{rev: rev, serial: serial, dns: dns, deleted: o.del, device: device, before: cur}
 		wrote = true
 		return nil
 	})
@@ -146,6 +156,16 @@ func (s *Store) deleteDevice(tx *bolt.Tx, name string, kind ChangeKind) error {
 		return s.quarantineName(tx, name)
 	}
 	return nil
+}
+
+// dnsChanged reports whether a change from before to after (nil: no record)
+// changes what the zone holds, and so its serial: whether the device
+// resolves, or what it resolves to. An address update of a device with DDNS
+// off changes nothing a resolver or a secondary can see.
+func dnsChanged(before, after *Device) bool {
+	rb, okb := resolvable(before)
+	ra, oka := resolvable(after)
+	return okb != oka || !rb.Equal(ra)
 }
 
 // bumpCounters advances the write revision, and the zone serial when DNS data

@@ -1,12 +1,10 @@
 package turnserver
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,9 +33,11 @@ var errQuota = errors.New("allocation quota reached")
 const maxPeersTracked = 4096
 
 // allocator is pion's RelayAddressGenerator: it opens the relay socket of
-// each UDP allocation, enforces the allocation quotas, and wraps the socket so
-// that bytes are counted, the bandwidth cap applied, the peer policy checked
-// on every datagram sent, and the allocation event emitted when it closes.
+// each UDP allocation (an even one, and the one above held, when the
+// filter marked the request so: reserve.go), enforces the allocation quotas,
+// and wraps the socket so that bytes are counted, the bandwidth cap applied,
+// the peer policy checked on every datagram sent, and the allocation event
+// emitted when it closes.
 // TCP allocations (RFC 6062) are refused: a relay that opens TCP connections
 // on a client's behalf is the riskiest SSRF surface and WebRTC does not use it.
 type allocator struct {
@@ -47,11 +47,13 @@ type allocator struct {
 	bindIPv4  netip.Addr
 	bindIPv6  netip.Addr
 
-	mu      sync.Mutex
-	live    map[netip.AddrPort]*relayConn
-	perUser map[string]int
-	revoked map[string]bool // device names whose allocations are refused
-	closed  bool
+	mu       sync.Mutex
+	live     map[netip.AddrPort]*relayConn
+	perUser  map[string]int          // allocations and held reservations per user
+	held     int                     // reservations not yet taken or released
+	reserved map[string]*reservation // held reservations by token, once pion named them
+	revoked  map[string]bool         // device names whose allocations are refused
+	closed   bool
 }
 
 var _ turn.RelayAddressGenerator = (*allocator)(nil)
@@ -64,28 +66,59 @@ func (a *allocator) Validate() error {
 	return nil
 }
 
-// quotaOK is pion's QuotaHandler: false makes it answer 486.
-func (a *allocator) quotaOK(userID string) bool {
+// quota is pion's QuotaHandler: an error makes it answer 486. realm carries
+// the filter's mark, which says how many relay ports the request takes.
+func (a *allocator) quota(userID, realm string) error {
+	_, in := a.t.marks.split(realm)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.quotaLocked(userID) == nil
+	return a.quotaLocked(userID, in.slots())
 }
 
-func (a *allocator) quotaLocked(userID string) error {
+// quotaLocked says whether userID may take n more relay ports (a port held
+// for a RESERVATION-TOKEN counts as an allocation).
+func (a *allocator) quotaLocked(userID string, n int) error {
 	cfg := &a.t.cfg
-	if len(a.live) >= cfg.MaxAllocations {
-		a.t.stats.quotaTotal.Add(1)
-		return fmt.Errorf("%w: %d allocations in total", errQuota, cfg.MaxAllocations)
+	if have := len(a.live) + a.held; have+n > cfg.MaxAllocations {
+		return fmt.Errorf("%w: %d of %d allocations in total, %d asked", errQuota, have, cfg.MaxAllocations, n)
 	}
-	if a.perUser[userID] >= cfg.MaxAllocationsPerUser {
-		a.t.stats.quotaUser.Add(1)
-		return fmt.Errorf("%w: %d allocations for one user", errQuota, cfg.MaxAllocationsPerUser)
+	if have := a.perUser[userID]; have+n > cfg.MaxAllocationsPerUser {
+		return fmt.Errorf("%w: the user has %d of %d, %d asked", errQuota, have, cfg.MaxAllocationsPerUser, n)
 	}
 	return nil
 }
 
+func (a *allocator) decUserLocked(userID string) {
+	if a.perUser[userID]--; a.perUser[userID] <= 0 {
+		delete(a.perUser, userID)
+	}
+}
+
+// allocRequest is one allocation pion asks for, with the credential kind
+// and name of its user and the filter's intent.
+type allocRequest struct {
+	turn.AllocateListenerConfig
+	kind, name string
+	intent
+}
+
 // AllocatePacketConn implements turn.RelayAddressGenerator.
 func (a *allocator) AllocatePacketConn(c turn.AllocateListenerConfig) (net.PacketConn, net.Addr, error) {
+	if c.UserID == "" {
+		// pion probing for an even port before an EVEN-PORT allocation
+		// (GetRandomEvenPort): port 0 is even, and the allocation that
+		// follows, marked by the filter, binds the even port itself.
+		return probeConn{}, &net.UDPAddr{}, nil
+	}
+	r := allocRequest{AllocateListenerConfig: c}
+	r.kind, r.name = splitUserID(c.UserID)
+	_, r.intent = a.t.marks.split(c.Realm)
+	if r.token != "" {
+		return a.claim(r, r.token)
+	}
+	if c.RequestedPort != 0 {
+		return nil, nil, errPortAsked // pion's own reservation, which the filter never lets through
+	}
 	relayIP, bindIP := a.relayIPv4, a.bindIPv4
 	if c.Network == "udp6" {
 		relayIP, bindIP = a.relayIPv6, a.bindIPv6
@@ -93,62 +126,67 @@ func (a *allocator) AllocatePacketConn(c turn.AllocateListenerConfig) (net.Packe
 	if !relayIP.IsValid() {
 		return nil, nil, fmt.Errorf("no relay address for %s", c.Network)
 	}
-	if c.UserID == "" {
-		// pion probing for a free even port (EVEN-PORT): a bare socket
-		// it closes at once.
-		return listenRelay(c.Network, bindIP, relayIP, c.RequestedPort)
+	if err := a.quota(c.UserID, c.Realm); err != nil { // the cheap check first; pion's QuotaHandler made it too
+		return nil, nil, err
 	}
-	kind, name := splitUserID(c.UserID)
-	if !a.quotaOK(c.UserID) { // the cheap check first; pion's QuotaHandler made it too
-		return nil, nil, errQuota
+	var conn, next net.PacketConn
+	var err error
+	if r.even {
+		conn, next, err = bindEven(c.Network, bindIP, r.reserve)
+	} else {
+		conn, err = bindRelay(c.Network, bindIP, 0)
 	}
-	conn, addr, err := listenRelay(c.Network, bindIP, relayIP, c.RequestedPort)
 	if err != nil {
 		return nil, nil, err
 	}
-	ap := netaddr.AddrPort(addr) // as byRelay looks it up
-	rc := &relayConn{
-		PacketConn: conn, a: a, userID: c.UserID, kind: kind, name: name,
-		relay: ap, start: a.t.now(), peers: map[netip.Addr]struct{}{},
-	}
-	if bw := a.t.cfg.BandwidthPerAllocation; bw > 0 {
-		burst := max(int(bw), 2*inboundMTU) // at least one datagram of each size
-		rc.toPeer = rate.NewLimiter(rate.Limit(bw), burst)
-		rc.fromPeer = rate.NewLimiter(rate.Limit(bw), burst)
-	}
+	ap := netip.AddrPortFrom(relayIP, netaddr.AddrPort(conn.LocalAddr()).Port()) // as byRelay looks it up
 	// Checked and registered under one lock: revokeDevice and closeAll
 	// either see this allocation or it sees their flags.
 	a.mu.Lock()
 	switch {
 	case a.closed:
 		err = net.ErrClosed
-	case kind == CredentialDevice && a.revoked[name]:
+	case r.kind == CredentialDevice && a.revoked[r.name]:
 		err = errBadCredentials
 	default:
-		err = a.quotaLocked(c.UserID)
+		err = a.quotaLocked(c.UserID, r.slots())
 	}
 	if err != nil {
 		a.mu.Unlock()
 		conn.Close()
+		if next != nil {
+			next.Close()
+		}
 		return nil, nil, err
 	}
 	a.perUser[c.UserID]++
-	a.live[ap] = rc
+	rc := a.newRelayConnLocked(conn, r, ap)
+	if next != nil {
+		a.perUser[c.UserID]++
+		a.holdLocked(rc, next)
+	}
+	a.mu.Unlock()
+	return rc, net.UDPAddrFromAddrPort(ap), nil
+}
+
+// newRelayConnLocked registers conn as the relay socket of a new allocation
+// at relay, whose quota slot is counted already. a.mu is held.
+func (a *allocator) newRelayConnLocked(conn net.PacketConn, r allocRequest, relay netip.AddrPort) *relayConn {
+	rc := &relayConn{
+		PacketConn: conn, a: a, userID: r.UserID, kind: r.kind, name: r.name,
+		relay: relay, start: a.t.now(), peers: map[netip.Addr]struct{}{},
+	}
+	if bw := a.t.cfg.BandwidthPerAllocation; bw > 0 {
+		burst := max(int(bw), 2*inboundMTU) // at least one datagram of each size
+		rc.toPeer = rate.NewLimiter(rate.Limit(bw), burst)
+		rc.fromPeer = rate.NewLimiter(rate.Limit(bw), burst)
+	}
+	a.live[relay] = rc
 	a.t.readers.Add(1) // pion's relay loop reads until the socket closes
 	if capd := a.t.cfg.MaxLifetime; capd > 0 {
 		rc.capTimer = time.AfterFunc(capd, func() { rc.end(EndCapped) })
 	}
-	a.mu.Unlock()
-	return rc, addr, nil
-}
-
-func listenRelay(network string, bindIP, relayIP netip.Addr, port int) (net.PacketConn, net.Addr, error) {
-	conn, err := (&net.ListenConfig{}).ListenPacket(context.Background(), network, net.JoinHostPort(bindIP.String(), strconv.Itoa(port)))
-	if err != nil {
-		return nil, nil, fmt.Errorf("open relay socket: %w", err)
-	}
-	local := conn.LocalAddr().(*net.UDPAddr)
-	return conn, &net.UDPAddr{IP: relayIP.AsSlice(), Port: local.Port}, nil
+	return rc
 }
 
 // AllocateListener implements turn.RelayAddressGenerator: TCP allocations are
@@ -178,10 +216,11 @@ func (a *allocator) byRelay(addr net.Addr) *relayConn {
 	return a.live[ap]
 }
 
-func (a *allocator) count() int {
+// count returns the live allocations and the reservations held.
+func (a *allocator) count() (allocations, held int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return len(a.live)
+	return len(a.live), a.held
 }
 
 // revokeDevice refuses new allocations for a device and ends its live ones
@@ -229,6 +268,7 @@ type relayConn struct {
 	start            time.Time
 	toPeer, fromPeer *rate.Limiter
 	capTimer         *time.Timer
+	res              *reservation // the port it holds for a RESERVATION-TOKEN; guarded by a.mu
 
 	fromClient, toClient atomic.Uint64
 
@@ -318,8 +358,9 @@ func (rc *relayConn) Close() error {
 			rc.capTimer.Stop()
 		}
 		delete(a.live, rc.relay)
-		if a.perUser[rc.userID]--; a.perUser[rc.userID] <= 0 {
-			delete(a.perUser, rc.userID)
+		a.decUserLocked(rc.userID)
+		if rc.res != nil { // half a pair is of no use to the client
+			a.releaseLocked(rc.res)
 		}
 		a.mu.Unlock()
 		shutdown := a.t.isClosed()

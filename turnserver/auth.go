@@ -96,16 +96,38 @@ func redactPassword(p string) string {
 	return p
 }
 
-// errBadCredentials is returned for every refusal so that nothing tells an
-// unknown user from a wrong password.
+// errBadCredentials is what every credential refusal wraps: the client gets
+// the same 401 for each, so that nothing tells it an unknown user from a
+// wrong password; the operator's log tells them apart.
 var errBadCredentials = errors.New("bad credentials")
+
+// Credential refusals, as the log names them.
+var (
+	errWrongRealm    = fmt.Errorf("%w: wrong realm", errBadCredentials)
+	errUnknownUser   = fmt.Errorf("%w: unknown user", errBadCredentials)
+	errExpired       = fmt.Errorf("%w: expired REST credentials", errBadCredentials)
+	errWrongPassword = fmt.Errorf("%w: wrong password", errBadCredentials)
+)
+
+// authDetail is the log's word for a credential refusal.
+func authDetail(err error) string {
+	for _, e := range []error{errWrongRealm, errUnknownUser, errExpired, errWrongPassword} {
+		if errors.Is(err, e) {
+			return strings.TrimPrefix(e.Error(), errBadCredentials.Error()+": ")
+		}
+	}
+	return "bad credentials"
+}
 
 // lookup returns the key and user ID for username in realm. Static users come
 // first, then REST credentials (when a secret is set and the username starts
 // with a Unix time), then devices.
 func (c *credentials) lookup(username, realm string) (userID string, key []byte, err error) {
-	if realm != c.realm || username == "" || len(username) > maxUsernameLen {
-		return "", nil, errBadCredentials
+	if realm != c.realm {
+		return "", nil, errWrongRealm
+	}
+	if username == "" || len(username) > maxUsernameLen {
+		return "", nil, errUnknownUser
 	}
 	if k, ok := (*c.static.Load())[username]; ok {
 		return CredentialStatic + ":" + username, k, nil
@@ -114,7 +136,7 @@ func (c *credentials) lookup(username, realm string) (userID string, key []byte,
 		ts, name, _ := strings.Cut(username, ":")
 		if exp, perr := strconv.ParseInt(ts, 10, 64); perr == nil {
 			if c.now().Unix() > exp {
-				return "", nil, errBadCredentials // expired: 401 like any bad credential
+				return "", nil, errExpired // 401 like any bad credential
 			}
 			if name == "" {
 				name = ts
@@ -126,11 +148,11 @@ func (c *credentials) lookup(username, realm string) (userID string, key []byte,
 	if c.devices != nil {
 		d, gerr := c.devices.Get(username)
 		if gerr != nil || !d.Link || d.TokenSHA256 == "" {
-			return "", nil, errBadCredentials
+			return "", nil, errUnknownUser // a device with Link off has no TURN credentials
 		}
 		return deviceUserID(d), longTermKey(username, realm, d.TokenSHA256), nil
 	}
-	return "", nil, errBadCredentials
+	return "", nil, errUnknownUser
 }
 
 func deviceUserID(d store.Device) string {

@@ -36,21 +36,28 @@ import (
 //     handler stays set on every listener as the backstop.
 //   - An Allocate for a TCP relay (RFC 6062) is answered 442 Unsupported
 //     Transport Protocol, authenticated the same way.
+//   - An Allocate with EVEN-PORT or RESERVATION-TOKEN is served by the
+//     relay, not pion (reserve.go): the filter checks a token and answers
+//     508 to one that names no reservation of this user, 400 to one beside
+//     EVEN-PORT or REQUESTED-ADDRESS-FAMILY; otherwise it passes pion the
+//     request rewritten (rewriteAllocate) and signed again.
 //
 // Send indications and ChannelData are checked where they
 // leave, in relayConn.WriteTo. Bad credentials are answered 401 by pion v5 and
-// quota refusals 486 by pion's QuotaHandler.
+// quota refusals 486 by pion's QuotaHandler. Every refusal, pion's or the
+// filter's, is counted and logged as its answer leaves (refuse.go), which is
+// why the filter notes who sent each request.
 //
 // Anything that is neither STUN nor ChannelData is dropped without a reply;
 // over TCP it ends the connection, as the stream cannot be resynchronised.
 
-// STUN message types and attributes the filter reads (RFC 8489, RFC 8656).
+// STUN methods, attributes and codes the filter reads (RFC 8489, RFC 8656).
 const (
 	magicCookie          = 0x2112A442
-	typeAllocateRequest  = 0x0003
-	typeChannelBindReq   = 0x0009
-	typeCreatePermReq    = 0x0008
 	methodBinding        = 0x0001
+	methodAllocate       = 0x0003
+	methodCreatePerm     = 0x0008
+	methodChannelBind    = 0x0009
 	attrRequestedTransp  = 0x0019
 	protoTCP             = 6
 	codeForbidden        = 403
@@ -68,78 +75,77 @@ func stunMethodClass(typ uint16) (method uint16, class uint16) {
 }
 
 // inspect decides the fate of one message from a client before pion sees it:
-// true passes it to pion; false means the filter answered it (through reply)
-// or dropped it.
-func (t *Server) inspect(b []byte, from netip.AddrPort, reply func([]byte)) bool {
+// it returns the message to pass to pion (b, or the filter's rewrite of it),
+// or nil when the filter answered it (through reply) or dropped it.
+func (t *Server) inspect(b []byte, from netip.AddrPort, reply func([]byte)) []byte {
 	if len(b) >= 4 && b[0]&0xC0 == 0x40 {
 		if 4+int(binary.BigEndian.Uint16(b[2:4])) > len(b) {
 			t.stats.malformed.Add(1)
-			return false
+			return nil
 		}
-		return true // ChannelData: the channel's peer was checked at ChannelBind
+		return b // ChannelData: the channel's peer was checked at ChannelBind
 	}
 	if len(b) < 20 || b[0]&0xC0 != 0 {
 		t.stats.malformed.Add(1)
-		return false
+		return nil
 	}
-	typ := binary.BigEndian.Uint16(b[0:2])
-	if method, class := stunMethodClass(typ); method == methodBinding {
-		if class != 0 { // indications (keepalives) and stray responses
-			return false
+	method, class := stunMethodClass(binary.BigEndian.Uint16(b[0:2]))
+	if method == methodBinding {
+		if class != classRequest { // indications (keepalives) and stray responses
+			return nil
 		}
 		if t.cfg.Binding == nil {
-			return true // pion answers with XOR-MAPPED-ADDRESS
+			return b // pion answers with XOR-MAPPED-ADDRESS
 		}
 		if r := t.cfg.Binding(b, from); r != nil {
 			reply(r)
 		}
-		return false
+		return nil
 	}
 	if binary.BigEndian.Uint32(b[4:8]) != magicCookie {
 		t.stats.malformed.Add(1)
-		return false
+		return nil
 	}
-	switch typ {
-	case typeChannelBindReq:
-		return t.filterChannelBind(b, reply)
-	case typeCreatePermReq:
-		return t.filterCreatePermission(b, reply)
-	case typeAllocateRequest:
-		return t.filterAllocate(b, reply)
+	if class != classRequest {
+		return b // Send indications are checked where they leave
 	}
-	return true
-}
-
-func (t *Server) filterChannelBind(b []byte, reply func([]byte)) bool {
 	m := &pion.Message{Raw: append([]byte(nil), b...)}
 	if m.Decode() != nil {
-		return true // pion drops it
+		return b // pion drops it
 	}
+	t.asked.note(m)
+	switch method {
+	case methodChannelBind:
+		return t.filterChannelBind(b, m, reply)
+	case methodCreatePerm:
+		return t.filterCreatePermission(b, m, reply)
+	case methodAllocate:
+		return t.filterAllocate(b, m, reply)
+	}
+	return b
+}
+
+func (t *Server) filterChannelBind(b []byte, m *pion.Message, reply func([]byte)) []byte {
 	var peer pion.XORMappedAddress
 	if peer.GetFromAs(m, pion.AttrXORPeerAddress) != nil {
-		return true // pion answers 400
+		return b // pion answers 400
 	}
 	ip, ok := netip.AddrFromSlice(peer.IP)
 	if !ok || peer.Port < 0 || peer.Port > 0xffff {
-		return true
+		return b
 	}
 	if t.policy.Check(netip.AddrPortFrom(ip, uint16(peer.Port))).OK() {
-		return true
+		return b
 	}
-	key, ok := t.authenticated(m)
+	cred, ok := t.authenticated(m)
 	if !ok {
-		return true // pion challenges; its permission handler refuses later
+		return b // pion challenges; its permission handler refuses later
 	}
-	t.stats.peerRefused.Add(1)
-	t.answerError(m, key, codeForbidden, "Forbidden", reply)
-	return false
+	t.answerError(m, cred.key, codeForbidden, "Forbidden", "channel to a peer the policy refuses", reply)
+	return nil
 }
 
-func (t *Server) filterCreatePermission(b []byte, reply func([]byte)) bool {
-	m := &pion.Message{Raw: append([]byte(nil), b...)}
-	if m.Decode() != nil {
-		return true
-	}
+func (t *Server) filterCreatePermission(b []byte, m *pion.Message, reply func([]byte)) []byte {
 	refused := false
 	m.ForEach(pion.AttrXORPeerAddress, func(m *pion.Message) error { //nolint:errcheck // the callback never fails
 		var peer pion.XORMappedAddress
@@ -152,53 +158,135 @@ func (t *Server) filterCreatePermission(b []byte, reply func([]byte)) bool {
 		return nil
 	})
 	if !refused {
-		return true
+		return b
 	}
-	key, ok := t.authenticated(m)
+	cred, ok := t.authenticated(m)
 	if !ok {
-		return true
+		return b
 	}
-	t.stats.peerRefused.Add(1)
-	t.answerError(m, key, codeForbidden, "Forbidden", reply)
-	return false
+	t.answerError(m, cred.key, codeForbidden, "Forbidden", "permission for a peer the policy refuses", reply)
+	return nil
 }
 
-func (t *Server) filterAllocate(b []byte, reply func([]byte)) bool {
-	m := &pion.Message{Raw: append([]byte(nil), b...)}
-	if m.Decode() != nil {
-		return true
+// filterAllocate refuses TCP relays and serves EVEN-PORT and
+// RESERVATION-TOKEN (reserve.go) for authenticated requests; pion
+// challenges the others.
+func (t *Server) filterAllocate(b []byte, m *pion.Message, reply func([]byte)) []byte {
+	tcp := false
+	if v, err := m.Get(attrRequestedTransp); err == nil && len(v) >= 1 && v[0] == protoTCP {
+		tcp = true
 	}
-	v, err := m.Get(attrRequestedTransp)
-	if err != nil || len(v) < 1 || v[0] != protoTCP {
-		return true
+	even, errEven := m.Get(pion.AttrEvenPort)
+	token, errToken := m.Get(pion.AttrReservationToken)
+	hasEven, hasToken := errEven == nil, errToken == nil
+	if !tcp && !hasEven && !hasToken {
+		return b
 	}
-	key, ok := t.authenticated(m)
+	cred, ok := t.authenticated(m)
 	if !ok {
-		return true
+		return b
 	}
-	t.answerError(m, key, codeUnsupportedTrans, "Unsupported Transport Protocol", reply)
-	return false
+	bad := func(detail string) []byte {
+		t.answerError(m, cred.key, codeBadRequest, "Bad Request", detail, reply)
+		return nil
+	}
+	var in intent
+	drop := []pion.AttrType{pion.AttrReservationToken}
+	switch {
+	case tcp:
+		t.answerError(m, cred.key, codeUnsupportedTrans, "Unsupported Transport Protocol", "relaying over TCP (RFC 6062) is not supported", reply)
+		return nil
+	case hasToken && hasEven:
+		return bad("RESERVATION-TOKEN with EVEN-PORT")
+	case hasToken && m.Contains(pion.AttrRequestedAddressFamily):
+		return bad("RESERVATION-TOKEN with REQUESTED-ADDRESS-FAMILY")
+	case hasToken && len(token) != tokenSize:
+		return bad("malformed RESERVATION-TOKEN")
+	case hasEven && len(even) < 1:
+		return bad("malformed EVEN-PORT")
+	case hasToken:
+		if !t.alloc.reservedFor(string(token), cred.userID) {
+			t.answerError(m, cred.key, codeCapacity, "Insufficient Capacity", "reservation token unknown, expired or used", reply)
+			return nil
+		}
+		in.token = string(token)
+	case even[0]&0x80 != 0:
+		// R: pion answers with the RESERVATION-TOKEN the relay then files
+		// the held port under, so EVEN-PORT stays.
+		in = intent{even: true, reserve: true}
+	default:
+		in = intent{even: true}
+		drop = append(drop, pion.AttrEvenPort)
+	}
+	out, err := rewriteAllocate(m, cred.key, t.marks.mark(cred.realm, in), drop)
+	if err != nil || len(out) >= inboundMTU {
+		t.stats.malformed.Add(1)
+		return nil // too large to mark
+	}
+	return out
 }
 
-// authenticated checks MESSAGE-INTEGRITY against the credentials pion uses
-// and returns the key. The nonce is not checked: the filter only ever refuses.
-func (t *Server) authenticated(m *pion.Message) ([]byte, bool) {
+// rewriteAllocate returns the Allocate request m, whose MESSAGE-INTEGRITY
+// checked out with key, with realm as its REALM and without the attributes
+// in drop, signed again with key, with a FINGERPRINT if it had one. What
+// followed MESSAGE-INTEGRITY, not covered by it, is left out.
+func rewriteAllocate(m *pion.Message, key []byte, realm string, drop []pion.AttrType) ([]byte, error) {
+	out := &pion.Message{Type: m.Type, TransactionID: m.TransactionID}
+	out.WriteHeader()
+	for _, a := range m.Attributes {
+		if a.Type == pion.AttrMessageIntegrity {
+			break
+		}
+		switch {
+		case a.Type == pion.AttrRealm:
+			out.Add(pion.AttrRealm, []byte(realm))
+		case a.Type == pion.AttrMessageIntegritySHA256 || a.Type == pion.AttrFingerprint || slices.Contains(drop, a.Type):
+		default:
+			out.Add(a.Type, a.Value)
+		}
+	}
+	if err := pion.MessageIntegrity(key).AddTo(out); err != nil {
+		return nil, err
+	}
+	if m.Contains(pion.AttrFingerprint) {
+		if err := pion.Fingerprint.AddTo(out); err != nil {
+			return nil, err
+		}
+	}
+	return out.Raw, nil
+}
+
+// credential is what the filter learnt from a request's valid
+// MESSAGE-INTEGRITY.
+type credential struct {
+	key    []byte
+	userID string
+	realm  string
+}
+
+// authenticated checks MESSAGE-INTEGRITY against the credentials pion uses.
+// The nonce is not checked: pion checks it before it acts on the request,
+// and the filter's own answers are refusals.
+func (t *Server) authenticated(m *pion.Message) (credential, bool) {
 	if !m.Contains(pion.AttrMessageIntegrity) {
-		return nil, false
+		return credential{}, false
 	}
 	var user pion.Username
 	var realm pion.Realm
 	if user.GetFrom(m) != nil || realm.GetFrom(m) != nil {
-		return nil, false
+		return credential{}, false
 	}
-	_, key, err := t.creds.lookup(user.String(), realm.String())
+	userID, key, err := t.creds.lookup(user.String(), realm.String())
 	if err != nil || pion.MessageIntegrity(key).Check(m) != nil {
-		return nil, false
+		return credential{}, false
 	}
-	return key, true
+	return credential{key: key, userID: userID, realm: realm.String()}, true
 }
 
-func (t *Server) answerError(req *pion.Message, key []byte, code pion.ErrorCode, reason string, reply func([]byte)) {
+// answerError answers req with an error signed with key; detail is the
+// log's reason for the refusal.
+func (t *Server) answerError(req *pion.Message, key []byte, code pion.ErrorCode, reason, detail string, reply func([]byte)) {
+	t.asked.explain(req.TransactionID, detail)
 	resp, err := pion.Build(
 		&pion.Message{TransactionID: req.TransactionID},
 		pion.NewType(req.Type.Method, pion.ClassErrorResponse),
@@ -245,12 +333,27 @@ func (f *udpFilter) ReadFrom(p []byte) (int, net.Addr, error) {
 		if !from.IsValid() {
 			continue
 		}
-		if f.t.inspect(p[:n], from, func(b []byte) {
-			f.PacketConn.WriteTo(b, addr) //nolint:errcheck // UDP: best effort
-		}) {
-			return n, addr, nil
+		out := f.t.inspect(p[:n], from, func(b []byte) {
+			f.WriteTo(b, addr) //nolint:errcheck // UDP: best effort
+		})
+		if out == nil || len(out) > len(p) {
+			continue
 		}
+		if &out[0] != &p[0] { // rewritten
+			n = copy(p, out)
+		}
+		return n, addr, nil
 	}
+}
+
+// WriteTo sends b to a client: pion's answers, Data indications and
+// ChannelData, and the filter's answers. Responses are looked at on their
+// way (observeAnswer).
+func (f *udpFilter) WriteTo(b []byte, addr net.Addr) (int, error) {
+	if wantsLook(b) {
+		f.t.observeAnswer(b, netaddr.AddrPort(addr), "udp")
+	}
+	return f.PacketConn.WriteTo(b, addr)
 }
 
 // streamListener hands pion filtered TCP (or TLS) connections.
@@ -396,8 +499,15 @@ func (s *streamFilter) Read(p []byte) (int, error) {
 			frame := s.buf[s.start : s.start+size]
 			s.start += size
 			s.started = true
-			if size < inboundMTU && s.t.inspect(frame, s.from, s.reply) {
-				if size > len(p) {
+			if size >= inboundMTU {
+				continue
+			}
+			if frame = s.t.inspect(frame, s.from, s.reply); frame != nil {
+				if n > 0 && n+len(frame) > len(p) { // a rewrite grew it
+					s.out, s.outPos = frame, 0
+					return n, nil
+				}
+				if len(frame) > len(p) {
 					s.out, s.outPos = frame, 0 // valid until buf is refilled, after it is out
 					continue
 				}
@@ -475,8 +585,12 @@ func (s *streamFilter) reply(b []byte) {
 }
 
 // Write queues one whole message for the connection; concurrent writers'
-// messages never interleave.
+// messages never interleave. Responses are looked at on their way
+// (observeAnswer).
 func (s *streamFilter) Write(b []byte) (int, error) {
+	if wantsLook(b) {
+		s.t.observeAnswer(b, s.from, s.transport)
+	}
 	return s.w.write(b)
 }
 

@@ -1,6 +1,7 @@
 package turnserver
 
 import (
+	"bytes"
 	"context"
 	"net/netip"
 	"testing"
@@ -24,6 +25,8 @@ func fuzzSeeds(tb testing.TB) map[string][]byte {
 	return map[string][]byte{
 		"allocate-udp":       build(append([]pion.Setter{pion.NewType(pion.MethodAllocate, pion.ClassRequest), requestedTransport(17)}, auth...)...),
 		"allocate-tcp":       build(append([]pion.Setter{pion.NewType(pion.MethodAllocate, pion.ClassRequest), requestedTransport(6)}, auth...)...),
+		"allocate-even-port": build(append([]pion.Setter{pion.NewType(pion.MethodAllocate, pion.ClassRequest), requestedTransport(17), evenPort(true)}, append(auth, pion.Fingerprint)...)...),
+		"allocate-token":     build(append([]pion.Setter{pion.NewType(pion.MethodAllocate, pion.ClassRequest), requestedTransport(17), reservationToken([]byte("12345678"))}, auth...)...),
 		"permission-denied":  build(append([]pion.Setter{pion.NewType(pion.MethodCreatePermission, pion.ClassRequest), peerAddr(public), peerAddr(denied)}, auth...)...),
 		"channelbind-denied": build(append([]pion.Setter{pion.NewType(pion.MethodChannelBind, pion.ClassRequest), channelNumber(0x4000), peerAddr(denied)}, auth...)...),
 		"send-indication":    build(pion.NewType(pion.MethodSend, pion.ClassIndication), peerAddr(public), setterFunc(func(m *pion.Message) error { m.Add(pion.AttrData, []byte("x")); return nil })),
@@ -35,8 +38,10 @@ func fuzzSeeds(tb testing.TB) map[string][]byte {
 
 // FuzzInspect feeds arbitrary client messages to the filter in front of pion
 // (the STUN/TURN parse path: header, attributes, XOR-PEER-ADDRESS,
-// MESSAGE-INTEGRITY) and to the stream framer. Nothing may panic; an answer
-// must be a STUN error response for the same transaction, signed.
+// MESSAGE-INTEGRITY, EVEN-PORT, RESERVATION-TOKEN) and to the stream framer.
+// Nothing may panic; an answer must be a STUN error response for the same
+// transaction, signed; a request passed on rewritten must be a request for
+// the same transaction signed with the same key, its realm marked.
 func FuzzInspect(f *testing.F) {
 	for _, b := range fuzzSeeds(f) {
 		f.Add(b)
@@ -50,7 +55,19 @@ func FuzzInspect(f *testing.F) {
 	key := pion.NewLongTermIntegrity(testUser, DefaultRealm, testPass)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var answers [][]byte
-		srv.inspect(b, from, func(r []byte) { answers = append(answers, r) })
+		in := append([]byte(nil), b...)
+		out := srv.inspect(in, from, func(r []byte) { answers = append(answers, r) })
+		if out != nil && !bytes.Equal(out, b) {
+			m := &pion.Message{Raw: out}
+			var realm pion.Realm
+			if err := m.Decode(); err != nil || realm.GetFrom(m) != nil || key.Check(m) != nil || string(out[8:20]) != string(b[8:20]) {
+				t.Fatalf("rewritten request does not decode, has no realm, is not signed or is for another transaction: %v", err)
+			}
+			if base, mark := srv.marks.split(realm.String()); base != DefaultRealm || mark == (intent{}) {
+				t.Fatalf("rewritten realm %q is not the relay's, marked", realm)
+			}
+		}
+		srv.marks.split(string(b))
 		for _, r := range answers {
 			m := &pion.Message{Raw: r}
 			if err := m.Decode(); err != nil {

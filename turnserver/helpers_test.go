@@ -31,24 +31,35 @@ const (
 
 var loopbackOnly = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 
-// testTURN is a relay on 127.0.0.1:0 whose allocation events are collected.
+// testTURN is a relay on 127.0.0.1:0 whose allocation events and refusal
+// events are collected apart.
 type testTURN struct {
 	*Server
-	events chan connlog.Event
+	events   chan connlog.Event // allocations
+	refusals chan connlog.Event // refused requests
 }
 
 // startTURN starts a relay with one static user and loopback allow-listed
 // (tests run their peers on 127.0.0.1); mods adjust the config first.
 func startTURN(t *testing.T, mods ...func(*Config)) *testTURN {
 	t.Helper()
-	tt := &testTURN{events: make(chan connlog.Event, 64)}
+	tt := &testTURN{events: make(chan connlog.Event, 64), refusals: make(chan connlog.Event, 256)}
 	cfg := Config{
 		Addr:       "127.0.0.1:0",
 		Users:      []string{testUser + ":" + testPass},
 		AllowPeers: loopbackOnly,
 		Sockets:    2,
-		Events:     func(ev connlog.Event) { tt.events <- ev },
-		Logger:     zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
+		Events: func(ev connlog.Event) {
+			ch := tt.events
+			if ev.Kind == "request" {
+				ch = tt.refusals
+			}
+			select { // Events must not block; a test that wants them reads them
+			case ch <- ev:
+			default:
+			}
+		},
+		Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
 	}
 	for _, m := range mods {
 		m(&cfg)
@@ -69,11 +80,22 @@ func startTURN(t *testing.T, mods ...func(*Config)) *testTURN {
 // nextEvent waits for the next allocation event.
 func (tt *testTURN) nextEvent(t *testing.T) connlog.Event {
 	t.Helper()
+	return waitEvent(t, tt.events, "allocation")
+}
+
+// nextRefusal waits for the next refusal event.
+func (tt *testTURN) nextRefusal(t *testing.T) connlog.Event {
+	t.Helper()
+	return waitEvent(t, tt.refusals, "refusal")
+}
+
+func waitEvent(t *testing.T, events chan connlog.Event, what string) connlog.Event {
+	t.Helper()
 	select {
-	case ev := <-tt.events:
+	case ev := <-events:
 		return ev
 	case <-time.After(5 * time.Second):
-		t.Fatal("no allocation event within 5s")
+		t.Fatalf("no %s event within 5s", what)
 		return connlog.Event{}
 	}
 }
@@ -216,6 +238,9 @@ type rawClient struct {
 	realm string
 	nonce string
 	key   pion.MessageIntegrity
+	// fingerprint ends each authenticated request with FINGERPRINT, as
+	// coturn's client does.
+	fingerprint bool
 }
 
 func newRawClient(t *testing.T, network string, srv netip.AddrPort, user, pass string) *rawClient {
@@ -236,6 +261,9 @@ func (r *rawClient) request(typ pion.MessageType, attrs ...pion.Setter) *pion.Me
 		setters := append([]pion.Setter{pion.TransactionID, typ}, attrs...)
 		if r.nonce != "" {
 			setters = append(setters, pion.NewUsername(r.user), pion.NewRealm(r.realm), pion.NewNonce(r.nonce), r.key)
+			if r.fingerprint {
+				setters = append(setters, pion.Fingerprint)
+			}
 		}
 		req, err := pion.Build(setters...)
 		if err != nil {
@@ -258,6 +286,24 @@ func (r *rawClient) request(typ pion.MessageType, attrs ...pion.Setter) *pion.Me
 	}
 	r.t.Fatal("still challenged after answering the challenge")
 	return nil
+}
+
+// challenge sends an Allocate without credentials and keeps the nonce and
+// realm of the 401 that answers it.
+func (r *rawClient) challenge() {
+	r.t.Helper()
+	req, err := pion.Build(pion.TransactionID, pion.NewType(pion.MethodAllocate, pion.ClassRequest), requestedTransport(17))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	resp := r.roundTrip(req)
+	var nonce pion.Nonce
+	var realm pion.Realm
+	if errorCode(resp) != 401 || nonce.GetFrom(resp) != nil || realm.GetFrom(resp) != nil {
+		r.t.Fatalf("no challenge: error %d", errorCode(resp))
+	}
+	r.nonce, r.realm = nonce.String(), realm.String()
+	r.key = pion.NewLongTermIntegrity(r.user, r.realm, r.pass)
 }
 
 // roundTrip sends req and returns the response with its transaction ID,
@@ -313,6 +359,12 @@ func (r *rawClient) allocate() netip.AddrPort {
 	}
 	ip, _ := netip.AddrFromSlice(relayed.IP)
 	return netip.AddrPortFrom(ip.Unmap(), uint16(relayed.Port))
+}
+
+// allocateWith sends a UDP Allocate with attrs and returns the answer.
+func (r *rawClient) allocateWith(attrs ...pion.Setter) *pion.Message {
+	r.t.Helper()
+	return r.request(pion.NewType(pion.MethodAllocate, pion.ClassRequest), append([]pion.Setter{requestedTransport(17)}, attrs...)...)
 }
 
 type requestedTransport byte

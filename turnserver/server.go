@@ -21,9 +21,14 @@
 // and other special ranges, their IPv4-mapped, NAT64, 6to4 and Teredo forms,
 // and the server's own addresses are refused (403) unless allow-listed.
 //
-// Quotas: allocations per user and in total (486 when reached), a cap on an
-// allocation's total lifetime, and an optional bandwidth cap per allocation.
-// One connection-log record is emitted per allocation when it ends.
+// Quotas: allocations per user and in total (486 when reached; a port held
+// for a RESERVATION-TOKEN counts as one), a cap on an allocation's total
+// lifetime, and an optional bandwidth cap per allocation. EVEN-PORT and
+// RESERVATION-TOKEN (RTP/RTCP port pairs) are served by the relay itself
+// (reserve.go).
+//
+// One connection-log record is emitted per allocation when it ends, and one
+// per refused request (refuse.go), which is also counted and logged.
 package turnserver
 
 import (
@@ -46,6 +51,7 @@ import (
 	"github.com/nasreach/nasreach/store"
 	"github.com/pion/turn/v5"
 	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
 )
 
 // Defaults for Config.
@@ -63,6 +69,10 @@ const (
 	// long; longer than the longest allocation lifetime (1 h) a client can
 	// request, so that a refreshing client is never cut off.
 	DefaultTCPIdleTimeout = 61 * time.Minute
+	// DefaultReservationLifetime is how long a port reserved by EVEN-PORT
+	// with R set is held for its RESERVATION-TOKEN (RFC 8656 §7.2: about
+	// 30 seconds).
+	DefaultReservationLifetime = 30 * time.Second
 	// udpSocketBuffer is the receive and send buffer asked for each
 	// listening UDP socket: room for bursts from many clients.
 	udpSocketBuffer = 4 << 20
@@ -103,14 +113,19 @@ type Config struct {
 	// public address that a 1:1 NAT maps to this host.
 	OwnAddrs []netip.Addr
 	// MaxAllocations bounds allocations in total; zero means
-	// DefaultMaxAllocations.
+	// DefaultMaxAllocations. A port held for a RESERVATION-TOKEN counts as
+	// an allocation until it is taken or released.
 	MaxAllocations int
-	// MaxAllocationsPerUser bounds allocations per user; zero means
-	// DefaultMaxAllocationsPerUser.
+	// MaxAllocationsPerUser bounds allocations per user, held ports
+	// counted likewise; zero means DefaultMaxAllocationsPerUser.
 	MaxAllocationsPerUser int
 	// MaxLifetime caps an allocation's total lifetime; zero means
 	// DefaultMaxLifetime, negative means no cap.
 	MaxLifetime time.Duration
+	// ReservationLifetime is how long a port reserved by EVEN-PORT with R
+	// set is held for its RESERVATION-TOKEN; zero means
+	// DefaultReservationLifetime.
+	ReservationLifetime time.Duration
 	// BandwidthPerAllocation, when positive, caps each direction of an
 	// allocation at this many bytes per second; excess datagrams are
 	// dropped.
@@ -142,9 +157,12 @@ type Config struct {
 	// Events receives one connection-log record per allocation when it
 	// ends (Service "turn", Kind "allocation"; Detail names the credential
 	// kind, the client's transport and why it ended, e.g. "device over udp,
-	// revoked"). It holds no payload and no peer address; the client address
-	// is masked. It must not block. Nil logs the record at info level to
-	// Logger.
+	// revoked") and one per refused request (Kind "request", Outcome
+	// "badauth" for credentials, else "refused"; Detail the method, code
+	// and reason, e.g. "allocate: 486 allocation quota reached"). It holds
+	// no payload and no peer address; the client address is masked. It must
+	// not block. Nil logs allocation records at info level to Logger
+	// (refusals are logged there anyway).
 	Events func(connlog.Event)
 	// Logger receives lifecycle records and pion's warnings (addresses
 	// masked). The zero value logs nothing.
@@ -168,6 +186,13 @@ type Server struct {
 	// tcpConns and tlsConns cap and count the client connections of each
 	// kind of listener.
 	tcpConns, tlsConns *connlimit.Limiter
+	marks              realmMarks // the filter's notes to the allocator (reserve.go)
+	asked              askedTable // who sent the requests in flight (refuse.go)
+	// notes say why pion refuses a request, for the log (refuse.go).
+	notes answerNotes
+
+	refusalLogs *rate.Limiter // refusal log lines
+	unlogged    atomic.Uint64 // refusals not logged since the last line
 
 	// readers counts the socket readers pion runs: listening sockets,
 	// listeners, client connections and relay sockets. Shutdown waits for
@@ -181,23 +206,33 @@ type Server struct {
 
 type turnCounters struct {
 	malformed, peerRefused, bandwidthDropped atomic.Uint64
-	quotaUser, quotaTotal, authFailed        atomic.Uint64
+	quotaRefused, authFailed, requestRefused atomic.Uint64
 }
 
 // Stats are counters of a running relay.
 type Stats struct {
 	// Allocations is the number of live allocations.
 	Allocations int
+	// Reserved is the number of relay ports held for a RESERVATION-TOKEN.
+	Reserved int
 	// Malformed counts messages dropped as neither STUN nor ChannelData.
 	Malformed uint64
-	// PeerRefused counts requests and datagrams refused by the peer policy.
+	// PeerRefused counts requests refused (403) and datagrams dropped by
+	// the peer policy.
 	PeerRefused uint64
 	// BandwidthDropped counts datagrams dropped by the bandwidth cap.
 	BandwidthDropped uint64
-	// QuotaRefused counts allocations refused by a quota.
+	// QuotaRefused counts allocations refused with 486 (a quota) or 508
+	// (no port, or no reservation for the token).
 	QuotaRefused uint64
-	// AuthFailed counts requests with bad or expired credentials.
+	// AuthFailed counts requests refused for their credentials: a wrong
+	// password, an unknown user, expired REST credentials or a wrong realm.
+	// The 401 that challenges a request without credentials, and 438 for a
+	// stale nonce, are not refusals.
 	AuthFailed uint64
+	// RequestRefused counts requests refused with any other error (400,
+	// 420, 437, 440, 442, 443, 447).
+	RequestRefused uint64
 }
 
 // New validates cfg, binds every socket (or takes Config's) and relays in
@@ -239,10 +274,15 @@ func New(cfg Config) (_ *Server, err error) {
 	t := &Server{
 		cfg: cfg, log: cfg.Logger, now: cfg.Now, conns: map[*streamFilter]struct{}{},
 		tcpConns: connlimit.New(cfg.TCPConns), tlsConns: connlimit.New(cfg.TLSConns),
-		creds: &credentials{realm: cfg.Realm, secret: []byte(cfg.Secret), devices: cfg.Devices, now: cfg.Now},
+		creds:       &credentials{realm: cfg.Realm, secret: []byte(cfg.Secret), devices: cfg.Devices, now: cfg.Now},
+		marks:       newRealmMarks(),
+		refusalLogs: rate.NewLimiter(refusalLogRate, refusalLogBurst),
 	}
 	t.creds.static.Store(&static)
-	t.alloc = &allocator{t: t, live: map[netip.AddrPort]*relayConn{}, perUser: map[string]int{}, revoked: map[string]bool{}}
+	t.alloc = &allocator{
+		t: t, live: map[netip.AddrPort]*relayConn{}, perUser: map[string]int{},
+		reserved: map[string]*reservation{}, revoked: map[string]bool{},
+	}
 	if relayIP.Is4() {
 		t.alloc.relayIPv4, t.alloc.bindIPv4 = relayIP, bindIP
 		if !bindIP.Is4() {
@@ -279,10 +319,17 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	t.addr = netaddr.AddrPort(udps[0].LocalAddr())
 	sc := turn.ServerConfig{
-		Realm:        cfg.Realm,
-		AuthHandler:  t.authenticate,
-		QuotaHandler: func(userID, _ string, _ net.Addr) bool { return t.alloc.quotaOK(userID) },
+		Realm:       cfg.Realm,
+		AuthHandler: t.authenticate,
+		QuotaHandler: func(userID, realm string, src net.Addr) bool {
+			err := t.alloc.quota(userID, realm)
+			if err != nil {
+				t.notes.note(netaddr.AddrPort(src), err)
+			}
+			return err == nil
+		},
 		EventHandler: turn.EventHandler{
+			OnAuth:              t.onAuth,
 			OnAllocationCreated: t.onAllocationCreated,
 			OnPermissionCreated: func(_, _ net.Addr, _, _, _ string, relayAddr net.Addr, peer net.IP) {
 				if rc := t.alloc.byRelay(relayAddr); rc != nil {
@@ -365,6 +412,9 @@ func (cfg *Config) setDefaults() error {
 	if cfg.MaxLifetime == 0 {
 		cfg.MaxLifetime = DefaultMaxLifetime
 	}
+	if cfg.ReservationLifetime <= 0 {
+		cfg.ReservationLifetime = DefaultReservationLifetime
+	}
 	if cfg.Sockets <= 0 {
 		cfg.Sockets = runtime.NumCPU()
 	}
@@ -407,10 +457,12 @@ func (t *Server) TLSAddr() netip.AddrPort { return t.tlsAddr }
 
 // Stats returns the relay's counters.
 func (t *Server) Stats() Stats {
+	allocs, held := t.alloc.count()
 	return Stats{
-		Allocations: t.alloc.count(), Malformed: t.stats.malformed.Load(),
+		Allocations: allocs, Reserved: held, Malformed: t.stats.malformed.Load(),
 		PeerRefused: t.stats.peerRefused.Load(), BandwidthDropped: t.stats.bandwidthDropped.Load(),
-		QuotaRefused: t.stats.quotaUser.Load() + t.stats.quotaTotal.Load(), AuthFailed: t.stats.authFailed.Load(),
+		QuotaRefused: t.stats.quotaRefused.Load(), AuthFailed: t.stats.authFailed.Load(),
+		RequestRefused: t.stats.requestRefused.Load(),
 	}
 }
 
@@ -459,7 +511,8 @@ func (t *Server) Shutdown(ctx context.Context) error {
 	if first {
 		st := t.Stats()
 		t.log.Info().Uint64("malformed", st.Malformed).Uint64("peer_refused", st.PeerRefused).
-			Uint64("quota_refused", st.QuotaRefused).Uint64("auth_failed", st.AuthFailed).Msg("turn stopped")
+			Uint64("quota_refused", st.QuotaRefused).Uint64("auth_failed", st.AuthFailed).
+			Uint64("request_refused", st.RequestRefused).Msg("turn stopped")
 	}
 	if err != nil {
 		return fmt.Errorf("turn shutdown: %w", err)
@@ -523,23 +576,32 @@ func (t *Server) untrackConn(s *streamFilter) {
 }
 
 // permit is pion's PermissionHandler (CreatePermission, ChannelBind, Connect).
+// Its refusals are counted as their answers leave (observeAnswer).
 func (t *Server) permit(_ net.Addr, peer net.IP) bool {
 	a, ok := netip.AddrFromSlice(peer)
-	if ok && t.policy.CheckIP(a).OK() {
-		return true
-	}
-	t.stats.peerRefused.Add(1)
-	return false
+	return ok && t.policy.CheckIP(a).OK()
 }
 
-// authenticate is pion's AuthHandler.
+// authenticate is pion's AuthHandler. It is called once the nonce is
+// fresh, so a refusal here is a refusal of the credentials. The realm may
+// carry the filter's mark (reserve.go).
 func (t *Server) authenticate(ra *turn.RequestAttributes) (string, []byte, bool) {
-	userID, key, err := t.creds.lookup(ra.Username, ra.Realm)
+	realm, _ := t.marks.split(ra.Realm)
+	userID, key, err := t.creds.lookup(ra.Username, realm)
 	if err != nil {
-		t.stats.authFailed.Add(1)
+		t.notes.note(netaddr.AddrPort(ra.SrcAddr), err)
 		return "", nil, false
 	}
 	return userID, key, true
+}
+
+// onAuth is pion's report of each credential check; a false verdict means
+// the key authenticate returned did not verify MESSAGE-INTEGRITY: a wrong
+// password.
+func (t *Server) onAuth(src, _ net.Addr, _, _, _, _ string, verdict bool) {
+	if !verdict {
+		t.notes.note(netaddr.AddrPort(src), errWrongPassword)
+	}
 }
 
 func (t *Server) onAllocationCreated(src, dst net.Addr, _, _, _ string, relayAddr net.Addr, _ int) {

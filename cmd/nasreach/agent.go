@@ -20,6 +20,19 @@ func linkClientFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "server", Value: defaultLinkAddr, Usage: "the Link relay, HOST:PORT (UDP)", Sources: cli.EnvVars("NASREACH_LINK_SERVER")},
 		&cli.StringFlag{Name: "relay-fingerprint", Usage: "pin the relay's key (sha256:..., printed by serve); default: verify its certificate against the system roots", Sources: cli.EnvVars("NASREACH_RELAY_FINGERPRINT")},
+		&cli.StringFlag{Name: "direct", Value: "auto", Usage: "auto: sessions move to a direct (hole-punched) path when one works, the relay as fallback; never: every byte through the relay", Sources: cli.EnvVars("NASREACH_DIRECT")},
+	}
+}
+
+// disableDirect reads --direct.
+func disableDirect(cmd *cli.Command) (bool, error) {
+	switch v := cmd.String("direct"); v {
+	case "auto":
+		return false, nil
+	case "never":
+		return true, nil
+	default:
+		return false, fmt.Errorf("--direct %q: want auto or never", v)
 	}
 }
 
@@ -71,10 +84,14 @@ func agentConfigFromFlags(cmd *cli.Command) (link.AgentConfig, error) {
 		}
 		state = filepath.Join(dir, "nasreach", "agent")
 	}
+	noDirect, err := disableDirect(cmd)
+	if err != nil {
+		return link.AgentConfig{}, err
+	}
 	return link.AgentConfig{
 		Server: cmd.String("server"), RelayFingerprint: cmd.String("relay-fingerprint"),
 		Device: cmd.String("device"), Token: cmd.String("token"), Expose: expose,
-		StateDir: state, API: cmd.String("api"),
+		StateDir: state, API: cmd.String("api"), DisableDirect: noDirect,
 	}, nil
 }
 

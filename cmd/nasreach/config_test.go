@@ -241,8 +241,8 @@ func TestReloadReportsEveryOtherSettingAsNeedingARestart(t *testing.T) {
 	}
 	applied, restart := td.Daemon.Reload(next)
 	// The test daemon's Link limits are zero (the defaults), so all four
-	// change together.
-	wantApplied := []string{"exact-names", "link-max-agents", "link-max-streams", "link-stream-burst", "link-stream-rate",
+	// change together; it runs no relay, with direct paths off.
+	wantApplied := []string{"exact-names", "link-direct", "link-max-agents", "link-max-streams", "link-stream-burst", "link-stream-rate",
 		"log-level", "log-queries", "open-registration", "trusted-proxy", "ttl", "turn-user"}
 	if !slices.Equal(applied, wantApplied) {
 		t.Errorf("applied %v, want %v", applied, wantApplied)

@@ -50,10 +50,15 @@ func parseTarget(s string) (string, uint16, error) {
 }
 
 func dialerConfigFromFlags(cmd *cli.Command, device string) (link.DialerConfig, error) {
+	noDirect, err := disableDirect(cmd)
+	if err != nil {
+		return link.DialerConfig{}, err
+	}
 	cfg := link.DialerConfig{
 		Server: cmd.String("server"), RelayFingerprint: cmd.String("relay-fingerprint"),
 		AccessCode: cmd.String("access-code"), KnownDevices: cmd.String("known-devices"),
-		WaitOnline: cmd.Duration("wait-online"),
+		WaitOnline:    cmd.Duration("wait-online"),
+		DisableDirect: noDirect,
 	}
 	if fp := cmd.String("fingerprint"); fp != "" {
 		cfg.Fingerprints = map[string]string{device: fp}

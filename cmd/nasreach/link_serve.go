@@ -23,6 +23,7 @@ func linkFlags() []cli.Flag {
 		&cli.IntFlag{Name: "link-max-streams", Value: linkserver.DefaultMaxStreamsPerDevice, Usage: "Link sessions open to one device at once", Sources: cli.EnvVars("NASREACH_LINK_MAX_STREAMS")},
 		&cli.FloatFlag{Name: "link-stream-rate", Value: linkserver.DefaultStreamRate, Usage: "new Link sessions per second per client address (burst: --link-stream-burst)", Sources: cli.EnvVars("NASREACH_LINK_STREAM_RATE")},
 		&cli.IntFlag{Name: "link-stream-burst", Value: linkserver.DefaultStreamBurst, Usage: "new Link sessions a client address may open at once", Sources: cli.EnvVars("NASREACH_LINK_STREAM_BURST")},
+		&cli.BoolFlag{Name: "link-direct", Value: true, Usage: "introduce Link clients to agents for direct (hole-punched) paths; false keeps every byte on the relay", Sources: cli.EnvVars("NASREACH_LINK_DIRECT")},
 		&cli.DurationFlag{Name: "link-idle-timeout", Value: linkserver.DefaultIdleTimeout, Usage: "close a Link connection silent this long (agents and clients send keep-alives well within it)", Sources: cli.EnvVars("NASREACH_LINK_IDLE_TIMEOUT")},
 	}
 }
@@ -33,7 +34,7 @@ func linkConfigFromFlags(cmd *cli.Command) (daemon.LinkConfig, error) {
 		Addr:      cmd.String("link"),
 		MaxAgents: cmd.Int("link-max-agents"), MaxStreams: cmd.Int("link-max-streams"),
 		StreamRate: cmd.Float("link-stream-rate"), StreamBurst: cmd.Int("link-stream-burst"),
-		IdleTimeout: cmd.Duration("link-idle-timeout"),
+		IdleTimeout: cmd.Duration("link-idle-timeout"), Direct: cmd.Bool("link-direct"),
 	}
 	if c.MaxAgents < 1 || c.MaxStreams < 1 || c.StreamBurst < 1 || c.StreamRate <= 0 {
 		return c, fmt.Errorf("--link-max-agents, --link-max-streams, --link-stream-burst and --link-stream-rate must be positive")

@@ -48,7 +48,7 @@ func runLinkCLI(t *testing.T, args ...string) *testutil.Buffer {
 }
 
 func TestAgentAndConnectCommandsServeHTTPThroughTheDaemonsRelay(t *testing.T) {
-	td := daemontest.Start(t, daemontest.WithLink)
+	td := daemontest.Start(t, daemontest.WithLink, daemontest.WithTURN)
 	tl := td.LinkRelay()
 	tok := td.AddDevice("nas1")
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -80,7 +80,7 @@ func TestAgentAndConnectCommandsServeHTTPThroughTheDaemonsRelay(t *testing.T) {
 		"--listen", "127.0.0.1:0", "--known-devices", known, "--log-level", "info", "--log-format", "json")
 	listen := logField(t, connectLog, "forwarding connections", "listen")
 	var body string
-	testutil.WaitFor(t, 10*time.Second, "a GET through connect", func() bool {
+	get := func() bool {
 		resp, err := (&http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}).Get("http://" + listen + "/")
 		if err != nil {
 			return false
@@ -89,9 +89,23 @@ func TestAgentAndConnectCommandsServeHTTPThroughTheDaemonsRelay(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		body = string(b)
 		return true
-	})
+	}
+	testutil.WaitFor(t, 10*time.Second, "a GET through connect", get)
 	if body != "hello from the NAS" {
 		t.Fatalf("body = %q", body)
+	}
+	if path := logField(t, connectLog, "link session", "path"); path != "relay" {
+		t.Errorf("the first session took path=%s, want relay (at once, while punching starts)", path)
+	}
+	// The next sessions go straight to the agent on this machine, and
+	// connect says so, with the candidate kinds but no address.
+	testutil.WaitFor(t, 10*time.Second, "a session with path=direct in connect's log", func() bool {
+		return get() && body == "hello from the NAS" && strings.Contains(connectLog.String(), `"path":"direct"`)
+	})
+	for _, line := range strings.Split(connectLog.String(), "\n") {
+		if strings.Contains(line, `"path":"direct"`) && (!strings.Contains(line, `"pair":"host>host"`) || strings.Contains(line, "127.0.0.1")) {
+			t.Errorf("connect logged %s; want the pair's kinds and no address", line)
+		}
 	}
 	// The key the client pinned on first use is the one the agent published.
 	der, _ := base64.StdEncoding.DecodeString(dev.PublicKey)
@@ -132,5 +146,23 @@ func TestLinkFlagsAreChecked(t *testing.T) {
 	}
 	if d, p, err := parseTarget("NAS1:443"); err != nil || d != "nas1" || p != 443 {
 		t.Errorf("parseTarget(NAS1:443) = %s %d %v", d, p, err)
+	}
+}
+
+func TestDirectFlagTakesAutoOrNever(t *testing.T) {
+	for arg, want := range map[string]string{"auto": "false", "never": "true", "sometimes": `--direct "sometimes": want auto or never`} {
+		var got string
+		cmd := &cli.Command{Name: "connect", Flags: linkClientFlags(), Writer: io.Discard, ErrWriter: io.Discard,
+			Action: func(_ context.Context, cmd *cli.Command) error {
+				off, err := disableDirect(cmd)
+				got = fmt.Sprint(off)
+				return err
+			}}
+		if err := cmd.Run(context.Background(), []string{"connect", "--direct", arg}); err != nil {
+			got = err.Error()
+		}
+		if got != want {
+			t.Errorf("--direct %s: %s, want %s", arg, got, want)
+		}
 	}
 }

@@ -94,7 +94,7 @@ func writeMan(w io.Writer, root *cli.Command) error {
 		}
 	}
 	walk("nasreach", root)
-	b.WriteString(manSTUNTURN + manLink)
+	b.WriteString(manSTUNTURN + manLink + manSecondaries)
 	b.WriteString(".SH EXAMPLES\n")
 	for _, e := range manExamples {
 		fmt.Fprintf(&b, ".PP\n%s\n.PP\n.RS\n.nf\n", roff(e.text))
@@ -138,8 +138,13 @@ TURN REST API ephemeral credentials, as coturn's static-auth-secret: username \f
 Peers on loopback, private, shared, link-local and other special-purpose addresses, and the server's own, are refused (403);
 \fB\-\-turn\-allow\-peer\fR \fICIDR\fR opens a range.
 Quotas: \fB\-\-turn\-max\-allocations\fR, \fB\-\-turn\-user\-quota\fR, \fB\-\-turn\-max\-lifetime\fR, \fB\-\-turn\-bandwidth\fR.
+EVEN-PORT and RESERVATION-TOKEN (RFC 8656) are served as RTP/RTCP clients such as coturn's turnutils_uclient expect:
+an even relayed port, and with the R bit the port above held for 30 s for the same user's allocation that names its token;
+a held port counts towards \fB\-\-turn\-user\-quota\fR until taken.
 A device deleted, or with Link switched off, loses its TURN credentials and allocations at once.
 The relay never stores or logs payload; the connection log gets one record per allocation.
+Every refused request (a wrong password or unknown user, a quota, a refused peer, any other error answer) is counted in
+\fBnasreach_turn_refused_total\fR by reason, logged with the client address masked, and recorded in the connection log.
 `
 	manLink = `.SH LINK
 Link reaches a NAS behind CGNAT or a firewall with no port forward.
@@ -151,6 +156,11 @@ Inside every relayed stream client and NAS speak TLS 1.3 with the device's own k
 The relay's certificate is \fB\-\-tls\-cert\fR and \fB\-\-tls\-key\fR, shared with TURN over TLS; agents and clients check it against the system roots.
 Without them serve generates a self-signed one in the data directory once and logs its fingerprint, which agents and clients pin with \fB\-\-relay\-fingerprint\fR.
 Limits: \fB\-\-link\-max\-agents\fR, \fB\-\-link\-max\-streams\fR, \fB\-\-link\-stream\-rate\fR, \fB\-\-link\-stream\-burst\fR, \fB\-\-link\-idle\-timeout\fR.
+.PP
+Sessions move to a direct path when one works: the relay introduces client and agent (their STUN and interface addresses), both punch a hole through their NATs with authenticated UDP probes, and the client opens QUIC straight to the agent, pinning the same device key.
+The first session goes through the relay at once; a direct path that fails sends the next ones back through it.
+\fBconnect\fR logs \fBpath=direct\fR or \fBpath=relay\fR for each session.
+\fB\-\-direct never\fR on \fBagent\fR or \fBconnect\fR, or \fB\-\-link\-direct=false\fR on \fBserve\fR (live on reload), keeps every byte on the relay.
 .PP
 \fBnasreach device set \-\-link=false\fR \fINAME\fR ends a device's sessions at once and refuses new ones;
 \fB\-\-access token\fR makes clients present an access code (\fBnasreach device code add\fR \fINAME\fR, then \fBconnect \-\-access\-code\fR).

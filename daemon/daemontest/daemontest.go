@@ -89,7 +89,7 @@ func WithTURN(c *daemon.Config) {
 }
 
 // WithLink runs the Link relay on a free loopback port with its defaults.
-func WithLink(c *daemon.Config) { c.Link = daemon.LinkConfig{Addr: "127.0.0.1:0"} }
+func WithLink(c *daemon.Config) { c.Link = daemon.LinkConfig{Addr: "127.0.0.1:0", Direct: true} }
 
 // Stop shuts the daemon down cleanly; calling it twice is harmless.
 func (td *Daemon) Stop() {

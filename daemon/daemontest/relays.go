@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strconv"
 	"testing"
 	"time"
 
@@ -37,7 +38,8 @@ func (td *Daemon) LinkRelay() *LinkRelay {
 
 // EchoDevice runs an agent for device (token tok) exposing a TCP echo
 // service as port 22, waits until it is online and returns a dialer for the
-// relay; all of it stops when the test ends.
+// relay (direct paths on, as by default; both ends on 127.0.0.1); all of it
+// stops when the test ends.
 func (l *LinkRelay) EchoDevice(t *testing.T, device, tok string) *link.Dialer {
 	t.Helper()
 	echo, err := net.Listen("tcp", "127.0.0.1:0")
@@ -55,7 +57,7 @@ func (l *LinkRelay) EchoDevice(t *testing.T, device, tok string) *link.Dialer {
 		}
 	}()
 	a, err := link.NewAgent(link.AgentConfig{Server: l.Relay.Addr().String(), RelayFingerprint: l.Fingerprint, Device: device, Token: tok,
-		Expose: map[uint16]string{22: echo.Addr().String()}, StateDir: t.TempDir()})
+		Expose: map[uint16]string{22: echo.Addr().String()}, StateDir: t.TempDir(), Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +67,8 @@ func (l *LinkRelay) EchoDevice(t *testing.T, device, tok string) *link.Dialer {
 	if err := a.WaitOnline(ctx); err != nil {
 		t.Fatal(err)
 	}
-	d, err := link.NewDialer(link.DialerConfig{Server: l.Relay.Addr().String(), RelayFingerprint: l.Fingerprint, KnownDevices: "-"})
+	d, err := link.NewDialer(link.DialerConfig{Server: l.Relay.Addr().String(), RelayFingerprint: l.Fingerprint, KnownDevices: "-",
+		Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,6 +101,41 @@ func UDPEcho(t *testing.T) net.Addr {
 	if err != nil {
 		t.Fatal(err)
 	}
+	echo(t, c)
+	return c.LocalAddr()
+}
+
+// UDPEchoPair runs UDP echo peers on 127.0.0.1 on an even port and the
+// port above it until the test ends, and returns the even one: an RTP and
+// RTCP client such as coturn's turnutils_uclient sends RTP to the peer port
+// it is given and RTCP to the next.
+func UDPEchoPair(t *testing.T) int {
+	t.Helper()
+	for range 64 {
+		even, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := even.LocalAddr().(*net.UDPAddr).Port
+		odd, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p+1)))
+		if p%2 != 0 || err != nil {
+			even.Close()
+			if odd != nil {
+				odd.Close()
+			}
+			continue
+		}
+		echo(t, even)
+		echo(t, odd)
+		return p
+	}
+	t.Fatal("no free pair of ports for the echo peers")
+	return 0
+}
+
+// echo sends every datagram c receives back to its sender until the test
+// ends.
+func echo(t *testing.T, c net.PacketConn) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -111,7 +149,6 @@ func UDPEcho(t *testing.T) net.Addr {
 		}
 	}()
 	t.Cleanup(func() { c.Close(); <-done })
-	return c.LocalAddr()
 }
 
 // EchoThrough sends "ping" to the echo peer through a TURN allocation and

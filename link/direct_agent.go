@@ -1,0 +1,405 @@
+package link
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// The agent's side of direct paths (wire.go, "Direct paths"): it asks the
+// relay for its STUN server, keeps its server-reflexive address fresh,
+// answers Punch with its candidates and probes, and accepts direct QUIC
+// connections on its one socket from the addresses a valid ping came from,
+// serving them for DirectLifetime after a DirectHello.
+
+// Agent direct-path defaults.
+const (
+	// DefaultDirectLifetime is how long a DirectHello authorizes new
+	// sessions on a direct connection; the client renews it through the
+	// relay, which checks the device and the access code again.
+	DefaultDirectLifetime = 10 * time.Minute
+	// DefaultSTUNEvery is how often the agent refreshes its
+	// server-reflexive address: a NAT may rebind it, and the DDNS address
+	// follows it.
+	DefaultSTUNEvery = time.Minute
+	// maxExchanges bounds an agent's exchanges in progress.
+	maxExchanges = 256
+	// maxDirectConns bounds an agent's direct connections.
+	maxDirectConns = 256
+	// maxAllowed bounds the source addresses an agent remembers from pings.
+	maxAllowed = 1024
+	// directKeepAlive and directIdleTimeout detect a dead direct path
+	// sooner than the relay's timers do: its sessions go back to the relay.
+	directKeepAlive   = 5 * time.Second
+	directIdleTimeout = 15 * time.Second
+	// stunTimeout bounds one STUN Binding (with its retransmissions).
+	stunTimeout = 3 * time.Second
+	// maxDirectStreams is how many sessions a direct connection may have open.
+	maxDirectStreams = 256
+)
+
+// agentDirect is the agent's direct-path state.
+type agentDirect struct {
+	ln *quic.Listener // nil with direct paths off
+
+	mu        sync.Mutex
+	info      RelayInfo
+	relayAddr netip.AddrPort // the relay's address as dialed
+	srflx     netip.AddrPort // the NAT mapping STUN last reported
+	srflxAt   time.Time
+	grants    map[[ExchangeIDLen]byte]*exchange // exchanges awaiting their DirectHello
+	allowed   map[netip.AddrPort]time.Time      // sources of valid pings, until when
+	conns     map[*quic.Conn]*directConn
+	stunKick  chan struct{}
+}
+
+// directConn is a direct connection from a client.
+type directConn struct {
+	conn *quic.Conn
+	mu   sync.Mutex
+	// until is when its authorization to open sessions ends; zero before
+	// the first DirectHello.
+	until time.Time
+}
+
+func (dc *directConn) authorizedAt(t time.Time) bool {
+	dc.mu.Lock()
+	defer dc.mu.Unlock()
+	return t.Before(dc.until)
+}
+
+// directServerTLS is the agent's TLS config for direct connections: the device
+// certificate, the key clients pin.
+func directServerTLS(cert tls.Certificate) *tls.Config {
+	return &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{DirectALPN}, Certificates: []tls.Certificate{cert}}
+}
+
+// directQUIC is the QUIC configuration of direct connections, both ends.
+func directQUIC(handshake time.Duration) *quic.Config {
+	return &quic.Config{
+		HandshakeIdleTimeout: handshake, MaxIdleTimeout: directIdleTimeout, KeepAlivePeriod: directKeepAlive,
+		MaxIncomingStreams: maxDirectStreams, MaxIncomingUniStreams: -1,
+	}
+}
+
+// allowSource is the endpoint's question for each new direct connection:
+// did a valid ping come from that address lately?
+func (a *Agent) allowSource(from netip.AddrPort) bool {
+	a.direct.mu.Lock()
+	defer a.direct.mu.Unlock()
+	until, ok := a.direct.allowed[from]
+	return ok && time.Now().Before(until)
+}
+
+// allow lets from start a direct handshake for ExchangeTTL.
+func (a *Agent) allow(from netip.AddrPort) {
+	now := time.Now()
+	ad := &a.direct
+	ad.mu.Lock()
+	defer ad.mu.Unlock()
+	if _, ok := ad.allowed[from]; !ok && len(ad.allowed) >= maxAllowed {
+		for k, until := range ad.allowed {
+			if !now.Before(until) {
+				delete(ad.allowed, k)
+			}
+		}
+		if len(ad.allowed) >= maxAllowed {
+			return
+		}
+	}
+	ad.allowed[from] = now.Add(ExchangeTTL)
+}
+
+// watchInfo asks the relay for its RelayInfo on a stream of c and follows
+// its changes until the stream or c ends. A relay that predates direct
+// paths resets the stream: then there is no STUN and no direct path.
+func (a *Agent) watchInfo(c *quic.Conn) {
+	s, err := c.OpenStreamSync(a.ctx)
+	if err != nil {
+		return
+	}
+	sc := newStreamConn(s, c)
+	defer sc.Close()
+	if err := WriteFrame(sc, Info{}); err != nil {
+		return
+	}
+	followRelayInfo(sc, func(info RelayInfo, first bool) {
+		ad := &a.direct
+		ad.mu.Lock()
+		was := ad.info
+		ad.info = info
+		ad.mu.Unlock()
+		if was.Direct && !info.Direct {
+			a.closeDirect(CloseNormal, "the relay's operator turned direct paths off")
+		}
+		// A new relay connection may come from a new mapping: ask STUN at once.
+		if info.STUN.Port() != 0 && (first || was.STUN != info.STUN) {
+			select {
+			case ad.stunKick <- struct{}{}:
+			default:
+			}
+		}
+	})
+}
+
+// followRelayInfo hands f every RelayInfo read from an Info stream until
+// the stream ends (first: the answer to Info).
+func followRelayInfo(sc *streamConn, f func(info RelayInfo, first bool)) {
+	for first := true; ; first = false {
+		fr, err := ReadFrame(sc, 0)
+		if err != nil {
+			return
+		}
+		info, ok := fr.(RelayInfo)
+		if !ok {
+			return
+		}
+		f(info, first)
+	}
+}
+
+// stunServer is where the relay's STUN server is, if it runs one.
+func stunServer(info RelayInfo, relay netip.AddrPort) (netip.AddrPort, bool) {
+	if info.STUN.Port() == 0 || !relay.IsValid() {
+		return netip.AddrPort{}, false
+	}
+	if info.STUN.Addr().IsUnspecified() {
+		return netip.AddrPortFrom(relay.Addr(), info.STUN.Port()), true
+	}
+	return info.STUN, true
+}
+
+// stunLoop keeps the agent's server-reflexive address fresh: at once when
+// the relay names its STUN server, then every STUNEvery. A new address
+// nudges the API loop, which publishes it as the DDNS address.
+func (a *Agent) stunLoop() {
+	t := time.NewTicker(a.cfg.STUNEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-t.C:
+		case <-a.direct.stunKick:
+		}
+		ad := &a.direct
+		ad.mu.Lock()
+		server, ok := stunServer(ad.info, ad.relayAddr)
+		ad.mu.Unlock()
+		if !ok {
+			continue
+		}
+		mapped, err := a.ep.discover(a.ctx, server, stunTimeout)
+		if err != nil {
+			a.log.Debug().Err(err).Msg("stun binding failed")
+			continue
+		}
+		ad.mu.Lock()
+		changed := ad.srflx.Addr() != mapped.Addr()
+		ad.srflx, ad.srflxAt = mapped, time.Now()
+		ad.mu.Unlock()
+		if changed {
+			a.log.Debug().Stringer("srflx", mapped).Msg("server-reflexive address learned")
+			select {
+			case a.kick <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// wanAddress is the server-reflexive address if STUN reported it lately.
+func (a *Agent) wanAddress() (netip.Addr, bool) {
+	ad := &a.direct
+	ad.mu.Lock()
+	defer ad.mu.Unlock()
+	if ad.srflx.IsValid() && time.Since(ad.srflxAt) < 3*a.cfg.STUNEvery {
+		return ad.srflx.Addr(), true
+	}
+	return netip.Addr{}, false
+}
+
+// candidates are the agent's host and server-reflexive candidates.
+func (a *Agent) candidates() []Candidate {
+	ad := &a.direct
+	ad.mu.Lock()
+	relay, srflx := ad.relayAddr.Addr(), ad.srflx
+	ad.mu.Unlock()
+	ifaces, _ := net.InterfaceAddrs()
+	return withSrflx(hostCandidates(a.ep.local, relay, ifaces), srflx, relay)
+}
+
+// punch answers the relay's Punch: the agent's candidates, then pings to
+// the client's while it keeps the exchange for its DirectHello.
+func (a *Agent) punch(sc *streamConn, p Punch) {
+	if a.direct.ln == nil {
+		WriteFrame(sc, Result{Status: StatusNoDirect, Message: fmt.Sprintf("device %s has direct paths off", a.cfg.Device)})
+		return
+	}
+	x := &exchange{id: p.Exchange, key: p.Key, self: ProbeFromAgent, ep: a.ep, expires: time.Now().Add(ExchangeTTL), pinged: a.allow}
+	x.init()
+	ad := &a.direct
+	ad.mu.Lock()
+	if len(ad.grants) >= maxExchanges {
+		ad.mu.Unlock()
+		WriteFrame(sc, Result{Status: StatusUnavailable, Message: "too many direct-path exchanges in progress; try later"})
+		return
+	}
+	if _, dup := ad.grants[x.id]; dup {
+		ad.mu.Unlock()
+		WriteFrame(sc, Result{Status: StatusBadRequest, Message: "exchange id in use"})
+		return
+	}
+	ad.grants[x.id] = x
+	relay := ad.relayAddr.Addr()
+	ad.mu.Unlock()
+	a.ep.register(x)
+	defer func() {
+		a.ep.unregister(x)
+		ad.mu.Lock()
+		if ad.grants[x.id] == x {
+			delete(ad.grants, x.id)
+		}
+		ad.mu.Unlock()
+	}()
+	if err := WriteFrame(sc, Candidates{Candidates: a.candidates()}); err != nil {
+		return
+	}
+	sc.Close()
+	// The exchange is kept until it expires (or the agent stops): pongs
+	// are answered, and its DirectHello accepted, until then.
+	ctx, cancel := context.WithDeadline(a.ctx, x.expires)
+	defer cancel()
+	if remote := reachable(p.Candidates, a.ep.local, relay); len(remote) > 0 {
+		x.probe(ctx, remote, false)
+	}
+	<-ctx.Done()
+}
+
+// acceptDirect accepts direct connections until the agent closes.
+func (a *Agent) acceptDirect() {
+	for {
+		c, err := a.direct.ln.Accept(a.ctx)
+		if err != nil {
+			return
+		}
+		dc := &directConn{conn: c}
+		ad := &a.direct
+		ad.mu.Lock()
+		full := len(ad.conns) >= maxDirectConns
+		if !full {
+			ad.conns[c] = dc
+		}
+		ad.mu.Unlock()
+		if full {
+			c.CloseWithError(CloseRefused, "too many direct connections")
+			continue
+		}
+		if !a.wg.Go(func() { a.serveDirect(dc) }) {
+			c.CloseWithError(CloseNormal, "agent stopped")
+			return
+		}
+	}
+}
+
+// serveDirect serves a direct connection's streams: DirectHello, then
+// sessions. A connection not authorized within the handshake timeout is
+// closed.
+func (a *Agent) serveDirect(dc *directConn) {
+	c := dc.conn
+	defer func() {
+		a.direct.mu.Lock()
+		delete(a.direct.conns, c)
+		a.direct.mu.Unlock()
+	}()
+	t := time.AfterFunc(a.cfg.HandshakeTimeout, func() {
+		if !dc.authorizedAt(time.Now()) {
+			c.CloseWithError(CloseRefused, "no valid direct hello")
+		}
+	})
+	defer t.Stop()
+	a.log.Debug().Msg("direct connection from a client")
+	for {
+		s, err := c.AcceptStream(a.ctx)
+		if err != nil {
+			c.CloseWithError(CloseNormal, "")
+			return
+		}
+		if !a.wg.Go(func() { a.serveStream(c, s, dc) }) {
+			s.CancelRead(StreamShutdown)
+			s.CancelWrite(StreamShutdown)
+			c.CloseWithError(CloseNormal, "agent stopped")
+			return
+		}
+	}
+}
+
+// hello authorizes dc with an exchange the relay introduced; the exchange
+// is used up.
+func (a *Agent) hello(sc *streamConn, dc *directConn, h DirectHello) {
+	ad := &a.direct
+	ad.mu.Lock()
+	x := ad.grants[h.Exchange]
+	valid := x != nil && time.Now().Before(x.expires)
+	if valid {
+		want := DirectProof(x.id, &x.key)
+		valid = hmac.Equal(want[:], h.Proof[:])
+	}
+	if valid {
+		delete(ad.grants, h.Exchange)
+	}
+	ad.mu.Unlock()
+	if !valid {
+		WriteFrame(sc, Result{Status: StatusAccessDenied, Message: "unknown or expired exchange"})
+		return
+	}
+	dc.mu.Lock()
+	dc.until = time.Now().Add(a.cfg.DirectLifetime)
+	dc.mu.Unlock()
+	WriteFrame(sc, Result{Status: StatusOK})
+	a.log.Debug().Msg("direct connection authorized")
+}
+
+// closeDirect ends every direct connection and forgets every exchange:
+// Link off, the device deleted, or direct paths turned off.
+func (a *Agent) closeDirect(code quic.ApplicationErrorCode, msg string) {
+	ad := &a.direct
+	ad.mu.Lock()
+	conns := make([]*quic.Conn, 0, len(ad.conns))
+	for c := range ad.conns {
+		conns = append(conns, c)
+	}
+	clear(ad.grants)
+	clear(ad.allowed)
+	ad.mu.Unlock()
+	if len(conns) > 0 {
+		a.log.Info().Int("connections", len(conns)).Str("reason", msg).Msg("closing direct connections")
+	}
+	for _, c := range conns {
+		c.CloseWithError(code, msg)
+	}
+}
+
+// closeDirectFor closes the direct connections when err says that the
+// relay ended or refused the agent for a reason the owner gave: Link off or
+// the device gone (the same reasons end its relayed sessions).
+func (a *Agent) closeDirectFor(err error) {
+	var ae *quic.ApplicationError
+	var re *RefusedError
+	switch {
+	case errors.As(err, &ae) && ae.Remote && ae.ErrorCode == CloseLinkDisabled,
+		errors.As(err, &re) && re.Status == StatusLinkDisabled:
+		a.closeDirect(CloseLinkDisabled, "link was switched off for this device")
+	case errors.As(err, &ae) && ae.Remote && ae.ErrorCode == CloseDeviceGone,
+		errors.As(err, &re) && re.Status == StatusBadCredentials:
+		a.closeDirect(CloseDeviceGone, "the device was deleted")
+	}
+}

@@ -1,0 +1,30 @@
+package linkserver
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/nasreach/nasreach/link"
+)
+
+// The relay passes on no link-local candidate, and loopback ones only
+// between two ends on its own machine.
+func TestRelayPassesOnlyOfferableCandidates(t *testing.T) {
+	c := func(s string) link.Candidate {
+		return link.Candidate{Kind: link.CandidateHost, Addr: netip.MustParseAddrPort(s)}
+	}
+	all := []link.Candidate{c("127.0.0.1:1"), c("[::1]:1"), c("169.254.1.1:1"), c("[fe80::1]:1"), c("192.168.1.2:1"), c("[2001:db8::2]:1")}
+	for _, tc := range []struct {
+		to   string
+		want []link.Candidate
+	}{
+		{"127.0.0.1", []link.Candidate{c("127.0.0.1:1"), c("[::1]:1"), c("192.168.1.2:1"), c("[2001:db8::2]:1")}},
+		{"::ffff:127.0.0.1", []link.Candidate{c("127.0.0.1:1"), c("[::1]:1"), c("192.168.1.2:1"), c("[2001:db8::2]:1")}},
+		{"203.0.113.9", []link.Candidate{c("192.168.1.2:1"), c("[2001:db8::2]:1")}},
+	} {
+		if got := offerable(all, netip.MustParseAddr(tc.to)); !slices.Equal(got, tc.want) {
+			t.Errorf("to %s: %v, want %v", tc.to, got, tc.want)
+		}
+	}
+}
