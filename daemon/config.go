@@ -39,6 +39,7 @@ type Config struct {
 	CertFile string `setting:"tls-cert"`
 	KeyFile  string `setting:"tls-key"`
 	Transfer TransferConfig
+	RRL      RRLConfig
 	TURN     TURNConfig
 	Link     LinkConfig
 	Privacy  PrivacyConfig
@@ -69,6 +70,31 @@ type TransferConfig struct {
 	// TSIGKeys may sign transfers from any address, and NOTIFYs to a
 	// secondary that names one.
 	TSIGKeys []dnsserver.Key `setting:"tsig-key"`
+}
+
+// RRLConfig is response rate limiting of the DNS server's UDP answers
+// (dnsserver.RRL). The zero value is off; a zero rate leaves its class of
+// answers unlimited.
+type RRLConfig struct {
+	// Rate is answers (and NODATA) per second to one client network (IPv4
+	// /24, IPv6 /56) for one name and type.
+	Rate int `setting:"rrl-rate"`
+	// NXDomainRate is NXDOMAIN answers per second to one client network,
+	// every name of the zone together.
+	NXDomainRate int `setting:"rrl-nxdomain-rate"`
+	// ErrorRate is error answers (REFUSED, FORMERR…) per second to one
+	// client network.
+	ErrorRate int `setting:"rrl-error-rate"`
+	// Slip: every Slip-th limited answer is sent empty with TC set, the
+	// others dropped (0: drop all).
+	Slip int `setting:"rrl-slip"`
+	// Exempt are the client networks never limited.
+	Exempt []netip.Prefix `setting:"rrl-exempt"`
+}
+
+// dns is c as the DNS server takes it.
+func (c RRLConfig) dns() dnsserver.RRL {
+	return dnsserver.RRL{Rate: c.Rate, NXDomainRate: c.NXDomainRate, ErrorRate: c.ErrorRate, Slip: c.Slip, Exempt: c.Exempt}
 }
 
 // TURNConfig is the STUN binding service and the TURN relay on its port.

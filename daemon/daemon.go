@@ -104,6 +104,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 		Devices: d.store.Len, StoreBytes: d.store.Size, Online: d.linkAgents,
 		Sessions:    map[string]func() int{"link": d.linkSessions, "turn": d.turnAllocations},
 		TURNRefused: d.turnRefused,
+		DNSLimited:  map[string]func() uint64{"dropped": d.dnsDropped, "slipped": d.dnsSlipped},
 		LogWritten:  d.connlog.Written, LogDropped: d.connlog.Dropped,
 		Ready: d.Ready, ConnsRefused: d.connsRefused, Listeners: d.listeners, Logger: d.component("metrics"),
 	}); err != nil {
@@ -112,7 +113,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 	d.onStop("metrics", d.metrics.Shutdown)
 	if d.dns, err = dnsserver.New(dnsserver.Config{
 		Addr: cfg.DNSAddr, Zone: cfg.Zone, NameServers: cfg.NameServers, TTL: cfg.TTL,
-		ExactNamesOnly: cfg.ExactNames, CAA: cfg.CAA, Source: d.store, OnQuery: d.observeQuery,
+		ExactNamesOnly: cfg.ExactNames, CAA: cfg.CAA, RRL: cfg.RRL.dns(), Source: d.store, OnQuery: d.observeQuery,
 		TCPConns: d.caps.dns, Transfer: d.transferConfig(cfg.Transfer), Logger: d.component("dns"),
 	}); err != nil {
 		return nil, err

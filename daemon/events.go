@@ -53,3 +53,20 @@ func (d *Daemon) transferConfig(c TransferConfig) dnsserver.TransferConfig {
 		OnNotify:   func(e dnsserver.NotifyEvent) { d.metrics.ObserveNotify(e.Outcome) },
 	}
 }
+
+// dnsDropped and dnsSlipped are what DNS rate limiting held back, for the
+// metrics; nothing until the daemon is ready (the DNS server starts after
+// the metrics).
+func (d *Daemon) dnsDropped() uint64 {
+	if !d.ready.Load() {
+		return 0
+	}
+	return d.dns.RRLStats().Dropped
+}
+
+func (d *Daemon) dnsSlipped() uint64 {
+	if !d.ready.Load() {
+		return 0
+	}
+	return d.dns.RRLStats().Slipped
+}

@@ -32,6 +32,15 @@ var live = []liveSetting{
 		d.cfg.ExactNames = n.ExactNames
 		return nil
 	}},
+	// DNS rate limiting changes as a whole, from the next answer on; the
+	// buckets keep what they counted.
+	{[]string{"rrl-rate", "rrl-nxdomain-rate", "rrl-error-rate", "rrl-slip", "rrl-exempt"}, func(d *Daemon, n *Config) error {
+		if err := d.dns.SetRRL(n.RRL.dns()); err != nil {
+			return err
+		}
+		d.cfg.RRL = n.RRL
+		return nil
+	}},
 	{[]string{"open-registration"}, func(d *Daemon, n *Config) error {
 		d.api.SetOpenRegistration(n.OpenRegistration)
 		d.cfg.OpenRegistration = n.OpenRegistration

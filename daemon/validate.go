@@ -60,6 +60,16 @@ func (c Config) Validate() error {
 	keys, err := dnsserver.NewStaticKeys(c.Transfer.TSIGKeys)
 	add("tsig-key", err)
 	add("secondary", dnsserver.Config{Transfer: dnsserver.TransferConfig{Secondaries: c.Transfer.Secondaries, Keys: keys}}.Validate())
+	for _, r := range []struct {
+		setting string
+		rrl     dnsserver.RRL
+	}{
+		{"rrl-rate", dnsserver.RRL{Rate: c.RRL.Rate}}, {"rrl-nxdomain-rate", dnsserver.RRL{NXDomainRate: c.RRL.NXDomainRate}},
+		{"rrl-error-rate", dnsserver.RRL{ErrorRate: c.RRL.ErrorRate}}, {"rrl-slip", dnsserver.RRL{Slip: c.RRL.Slip}},
+		{"rrl-exempt", dnsserver.RRL{Exempt: c.RRL.Exempt}},
+	} {
+		add(r.setting, r.rrl.Validate())
+	}
 	if (c.CertFile == "") != (c.KeyFile == "") {
 		add("tls-cert", errors.New("tls-cert and tls-key go together (the key may be the systemd credential tls-key): give both, or neither"))
 	} else if c.CertFile != "" {

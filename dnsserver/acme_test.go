@@ -58,6 +58,16 @@ func TestChallengeAndCAAAnswersOverUDPAndTCP(t *testing.T) {
 		}}),
 		srvLowTTL: startServer(t, Config{Source: st, TTL: 5 * time.Second}),
 	}
+	// A device with as many values as it may publish.
+	addDevice(t, st, "full", "198.51.100.6", "")
+	var fullValues, fullAnswer []string
+	for i := range store.MaxChallenges {
+		fullValues = append(fullValues, testutil.ChallengeValue(10+i))
+		fullAnswer = append(fullAnswer, `_acme-challenge.full.myqnapcloud.com. 10 IN TXT "`+testutil.ChallengeValue(10+i)+`"`)
+	}
+	if err := setChallenges(ctx, st, "full", store.ChallengeUpdate{Add: fullValues}); err != nil {
+		t.Fatal(err)
+	}
 	const ch = "_acme-challenge.nas1.myqnapcloud.com."
 	txtA := ch + ` 10 IN TXT "` + valA + `"`
 	txtB := ch + ` 10 IN TXT "` + valB + `"`
@@ -88,6 +98,9 @@ func TestChallengeAndCAAAnswersOverUDPAndTCP(t *testing.T) {
 				ch + ` 5 IN TXT "` + valB + `"`,
 			}},
 
+		{name: "the most values a device publishes fit 512 bytes over UDP, over 3 times the query", qname: "_acme-challenge.full.myqnapcloud.com.", qtype: dns.TypeTXT, aa: true,
+			answer: fullAnswer},
+
 		// DDNS off.
 		{name: "ddns off with a value: the value is published", qname: "_acme-challenge.sleepy.myqnapcloud.com.", qtype: dns.TypeTXT, aa: true,
 			answer: []string{`_acme-challenge.sleepy.myqnapcloud.com. 10 IN TXT "` + valC + `"`}},
@@ -113,7 +126,7 @@ func TestChallengeAndCAAAnswersOverUDPAndTCP(t *testing.T) {
 				`myqnapcloud.com. 3600 IN CAA 0 issue "letsencrypt.org"`,
 				`myqnapcloud.com. 3600 IN CAA 128 issuewild "pki.example.net; accounturi=https://pki.example.net/acct/1"`,
 				`myqnapcloud.com. 3600 IN CAA 0 iodef "mailto:hostmaster@example.net"`,
-			}},
+			}, truncatedOverUDP: true},
 		{name: "CAA at a device is NODATA: the CA climbs to the apex", server: srvCAA, qname: "nas1.myqnapcloud.com.", qtype: dns.TypeCAA, aa: true,
 			ns: []string{soaNegative}},
 		{name: "CAA at the apex without --caa is NODATA", qname: "myqnapcloud.com.", qtype: dns.TypeCAA, aa: true,

@@ -2,6 +2,7 @@ package dnsserver
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -105,15 +106,23 @@ func (s *Server) answer(r *dns.Msg) (m *dns.Msg, maxSize int) {
 }
 
 // answerAddrs answers q with those of addrs (unmapped; invalid ones are
-// skipped) that match its type, or NODATA.
+// skipped) that match its type, or NODATA. ANY gets one RRset, as RFC 8482
+// allows: the A records if there are any, else the AAAA.
 func (s *Server) answerAddrs(m *dns.Msg, q dns.Question, ttl uint32, addrs ...netip.Addr) {
+	qtype := q.Qtype
+	if qtype == dns.TypeANY {
+		qtype = dns.TypeAAAA
+		if slices.ContainsFunc(addrs, netip.Addr.Is4) {
+			qtype = dns.TypeA
+		}
+	}
 	for _, a := range addrs {
 		h := dns.RR_Header{Name: q.Name, Class: dns.ClassINET, Ttl: ttl}
 		switch {
-		case a.Is4() && (q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY):
+		case a.Is4() && qtype == dns.TypeA:
 			h.Rrtype = dns.TypeA
 			m.Answer = append(m.Answer, &dns.A{Hdr: h, A: a.AsSlice()})
-		case a.Is6() && (q.Qtype == dns.TypeAAAA || q.Qtype == dns.TypeANY):
+		case a.Is6() && qtype == dns.TypeAAAA:
 			h.Rrtype = dns.TypeAAAA
 			m.Answer = append(m.Answer, &dns.AAAA{Hdr: h, AAAA: a.AsSlice()})
 		}
@@ -134,9 +143,8 @@ func (s *Server) answerApex(m *dns.Msg, q dns.Question) {
 	case dns.TypeNS:
 		m.Answer = append(m.Answer, s.nsRecords(q.Name)...)
 		m.Extra = append(s.glueRecords(), m.Extra...)
-	case dns.TypeANY:
+	case dns.TypeANY: // RFC 8482: one RRset, not every one
 		m.Answer = append(m.Answer, s.soa(q.Name, s.soaTTL))
-		m.Answer = append(m.Answer, s.nsRecords(q.Name)...)
 	default:
 		m.Ns = append(m.Ns, s.negativeSOA())
 	}

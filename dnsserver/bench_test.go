@@ -8,7 +8,10 @@ package dnsserver
 //
 // BenchmarkServeDNSUDP is the server on a real loopback socket; BenchmarkAnswer
 // is the per-query work without sockets. Both print figures; neither asserts a
-// timing.
+// timing. Cases ending in +rrl-on run every answer through response rate
+// limiting (rates no query reaches, nobody exempt): the cost of RRL on the
+// ordinary answer path; +rrl-exempt is the daemon's default seen from
+// loopback (what make bench-dns measures).
 
 import (
 	"context"
@@ -27,6 +30,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/store"
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -163,9 +167,17 @@ func (fx *benchFixture) queries(b *testing.B, n int, kinds ...benchKind) []bench
 // benchMix is make bench-dns's mix: 80 % A hits, 10 % AAAA hits, 10 % NXDOMAIN.
 var benchMix = []benchKind{benchA, benchA, benchA, benchA, benchA, benchA, benchA, benchA, benchAAAA, benchNX}
 
-func newBenchServer(b *testing.B, fx *benchFixture) *Server {
+// Rate limiting in the benchmarks: rrlOn limits every answer's class at a
+// rate no query reaches, so each goes through the whole decision (hash, set,
+// bucket) and is sent; rrlExempt is the daemon's default for a loopback client.
+var (
+	rrlOn     = RRL{Rate: rrlMaxRate, NXDomainRate: rrlMaxRate, ErrorRate: rrlMaxRate, Slip: DefaultRRLSlip}
+	rrlExempt = RRL{Rate: DefaultRRLRate, NXDomainRate: DefaultRRLNXDomainRate, ErrorRate: DefaultRRLErrorRate, Slip: DefaultRRLSlip, Exempt: DefaultRRLExempt()}
+)
+
+func newBenchServer(b *testing.B, fx *benchFixture, rrl RRL) *Server {
 	b.Helper()
-	s, err := New(Config{Addr: "127.0.0.1:0", Zone: benchZone, Source: fx.st, Logger: zerolog.Nop()})
+	s, err := New(Config{Addr: "127.0.0.1:0", Zone: benchZone, Source: fx.st, Logger: zerolog.Nop(), RRL: rrl})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -187,10 +199,17 @@ func newBenchServer(b *testing.B, fx *benchFixture) *Server {
 // apart.
 func BenchmarkServeDNSUDP(b *testing.B) {
 	fx := newBenchFixture(b)
-	s := newBenchServer(b, fx)
 	qs := fx.queries(b, 1<<14, benchMix...)
-	addr := s.Addr().String()
-	b.Run("mix", func(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		rrl  RRL
+	}{{"mix", RRL{}}, {"mix+rrl-on", rrlOn}} {
+		benchServeDNSUDP(b, c.name, newBenchServer(b, fx, c.rrl).Addr().String(), qs)
+	}
+}
+
+func benchServeDNSUDP(b *testing.B, name, addr string, qs []benchQuery) {
+	b.Run(name, func(b *testing.B) {
 		b.ReportAllocs()
 		b.SetParallelism(8)
 		var lost, worker atomic.Int64
@@ -263,12 +282,21 @@ func readReply(conn net.Conn, buf []byte, id uint16, kind benchKind) (ok bool, e
 
 // discardWriter is the ResponseWriter of BenchmarkAnswer: it packs the reply,
 // as miekg/dns's UDP writer does, counts its bytes and drops it.
-type discardWriter struct{ replies, bytes int }
+// Its client is remote, or 127.0.0.1 when remote is nil.
+type discardWriter struct {
+	replies, bytes int
+	remote         net.Addr
+}
 
 var benchLocal = &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 53}
 
-func (w *discardWriter) LocalAddr() net.Addr  { return benchLocal }
-func (w *discardWriter) RemoteAddr() net.Addr { return benchLocal }
+func (w *discardWriter) LocalAddr() net.Addr { return benchLocal }
+func (w *discardWriter) RemoteAddr() net.Addr {
+	if w.remote != nil {
+		return w.remote
+	}
+	return benchLocal
+}
 func (w *discardWriter) WriteMsg(m *dns.Msg) error {
 	data, err := m.Pack()
 	w.replies++
@@ -287,19 +315,23 @@ func (w *discardWriter) Hijack()                     {}
 // allocs/op is the garbage each query leaves for the collector.
 func BenchmarkAnswer(b *testing.B) {
 	fx := newBenchFixture(b)
-	s := newBenchServer(b, fx)
+	servers := map[string]*Server{"off": newBenchServer(b, fx, RRL{}), "exempt": newBenchServer(b, fx, rrlExempt), "on": newBenchServer(b, fx, rrlOn)}
 	cases := []struct {
 		name   string
 		kinds  []benchKind
 		unpack bool
+		rrl    string
 	}{
-		{"A", []benchKind{benchA}, false},
-		{"AAAA", []benchKind{benchAAAA}, false},
-		{"NXDOMAIN", []benchKind{benchNX}, false},
-		{"mix", benchMix, false},
-		{"mix+unpack", benchMix, true},
+		{"A", []benchKind{benchA}, false, "off"},
+		{"AAAA", []benchKind{benchAAAA}, false, "off"},
+		{"NXDOMAIN", []benchKind{benchNX}, false, "off"},
+		{"mix", benchMix, false, "off"},
+		{"mix+unpack", benchMix, true, "off"},
+		{"mix+rrl-exempt", benchMix, false, "exempt"},
+		{"mix+rrl-on", benchMix, false, "on"},
 	}
 	for _, c := range cases {
+		s := servers[c.rrl]
 		qs := fx.queries(b, 1<<14, c.kinds...)
 		b.Run(c.name, func(b *testing.B) {
 			w := new(discardWriter)
@@ -320,4 +352,73 @@ func BenchmarkAnswer(b *testing.B) {
 			b.ReportMetric(float64(w.bytes)/float64(w.replies), "resp_bytes")
 		})
 	}
+}
+
+// BenchmarkRRLOverhead is what rate limiting costs the ordinary answer path,
+// measured so that other processes on a shared machine stay out of it:
+// ServeDNS answers the bench-dns mix on three servers in turn, 512 queries
+// at a time, each its own queries and each first in turn, and each server's
+// share is counted in CPU time of the one OS thread the loop is locked to
+// (not wall time). "off" is the zero RRL,
+// "exempt" the daemon's default seen from loopback (what make bench-dns
+// measures), "on" limits every answer at a rate none reaches, from 256
+// client networks. It reports CPU ns per query and each ratio to "off".
+func BenchmarkRRLOverhead(b *testing.B) {
+	fx := newBenchFixture(b)
+	qs := fx.queries(b, 1<<14, benchMix...)
+	remotes := make([]net.Addr, 256)
+	for i := range remotes {
+		remotes[i] = &net.UDPAddr{IP: net.IPv4(192, 0, byte(i), 1), Port: 5353}
+	}
+	variants := []struct {
+		name    string
+		s       *Server
+		remotes []net.Addr
+		cpu     time.Duration
+		n       int
+	}{
+		{name: "off", s: newBenchServer(b, fx, RRL{}), remotes: remotes},
+		{name: "exempt", s: newBenchServer(b, fx, rrlExempt), remotes: []net.Addr{benchLocal}},
+		{name: "on", s: newBenchServer(b, fx, rrlOn), remotes: remotes},
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	const block = 512
+	w := new(discardWriter)
+	i, round := 0, 0
+	for b.Loop() {
+		// Each server answers its own block and goes first in turn: the one
+		// after another on the same queries would find them in the cache.
+		for k := range variants {
+			v := (round + k) % len(variants)
+			vr := &variants[v]
+			start := i + v*len(qs)/len(variants)
+			t0 := threadCPU(b)
+			for j := range block {
+				w.remote = vr.remotes[(start+j)%len(vr.remotes)]
+				vr.s.ServeDNS(w, qs[(start+j)%len(qs)].msg)
+			}
+			vr.cpu += threadCPU(b) - t0
+			vr.n += block
+		}
+		i += block
+		round++
+	}
+	off := float64(variants[0].cpu) / float64(variants[0].n)
+	for _, vr := range variants {
+		perQuery := float64(vr.cpu) / float64(vr.n)
+		b.ReportMetric(perQuery, "cpu-ns/query-"+vr.name)
+		if vr.name != "off" {
+			b.ReportMetric(perQuery/off, "ratio-"+vr.name)
+		}
+	}
+}
+
+// threadCPU is the CPU time of the calling OS thread.
+func threadCPU(b *testing.B) time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ts.Nano())
 }

@@ -12,8 +12,9 @@ import (
 // FuzzAnswer feeds raw packets through what the server does with a datagram or
 // a TCP message: the header check, the unpack, the answer and the truncation.
 // Packets miekg/dns replies to on its own (bad header, failed unpack) are
-// skipped. Whatever comes in, the reply must pack, fit the transport and be a
-// well-formed response to the query.
+// skipped. Whatever comes in, the reply must pack, fit the transport (over UDP
+// at most maxAmplification times the query) and be a well-formed response to
+// the query.
 func FuzzAnswer(f *testing.F) {
 	st := openStore(f)
 	addDevice(f, st, "nas1", "198.51.100.1", "2001:db8:1::1")
@@ -59,13 +60,16 @@ func FuzzAnswer(f *testing.F) {
 			if tcp {
 				size = dns.MaxMsgSize
 			}
-			m.Truncate(size) // as ServeDNS does
+			fit(r, m, size, tcp) // as ServeDNS does
 			b, err := m.Pack()
 			if err != nil {
 				t.Fatalf("reply does not pack (tcp=%v): %v\n%v", tcp, err, m)
 			}
 			if len(b) > size {
 				t.Fatalf("reply is %d bytes, the limit is %d (tcp=%v)\n%v", len(b), size, tcp, m)
+			}
+			if !tcp && len(b) > max(maxAmplification*len(raw), challengeAnswerLimit(m)) {
+				t.Fatalf("UDP reply is %d bytes for a %d-byte query, more than %d times\n%v", len(b), len(raw), maxAmplification, m)
 			}
 			got := new(dns.Msg)
 			if err := got.Unpack(b); err != nil {

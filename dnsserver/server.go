@@ -2,7 +2,9 @@
 // answers SOA, NS and CAA at the apex, A/AAAA for devices and their ACME
 // challenge TXT straight from a read-only view of the store, over UDP and
 // TCP, and keeps secondaries in step with zone transfers and NOTIFY (xfr.go,
-// notify.go, tsig.go).
+// notify.go, tsig.go). UDP answers, whose client address is not proven, are
+// rate-limited per client network (rrl.go) and never more than 3 times their
+// query (amplification.go).
 package dnsserver
 
 import (
@@ -109,6 +111,9 @@ type Config struct {
 	OnQuery func(Query)
 	// Transfer says who may transfer the zone and who gets NOTIFYs.
 	Transfer TransferConfig
+	// RRL is response rate limiting of UDP answers (rrl.go); the zero value
+	// is off.
+	RRL RRL
 }
 
 // Query describes one answered query for OnQuery.
@@ -139,6 +144,7 @@ type Server struct {
 	src        Source
 	log        zerolog.Logger
 	onQuery    func(Query)
+	rrl        *limiter
 	addr       string
 	tcpConns   *connlimit.Limiter
 
@@ -244,7 +250,7 @@ func newServer(cfg Config) (*Server, error) {
 	if cfg.Addr == "" && cfg.PacketConn == nil {
 		return nil, errors.New("dnsserver: Config.Addr is required")
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := errors.Join(cfg.Validate(), cfg.RRL.Validate()); err != nil {
 		return nil, fmt.Errorf("dnsserver: %w", err)
 	}
 	zone := dns.Fqdn(strings.ToLower(cmpOr(cfg.Zone, DefaultZone)))
@@ -262,6 +268,9 @@ func newServer(cfg Config) (*Server, error) {
 		tcpConns:   connlimit.New(cfg.TCPConns),
 	}
 	s.initTransfers(cfg.Transfer, cfg.Source.Serial())
+	s.rrl = newLimiter(cfg.RRL, time.Now(), func(dropped, slipped uint64) {
+		s.log.Info().Uint64("dropped_total", dropped).Uint64("slipped_total", slipped).Msg("dns rate limiting udp answers")
+	})
 	s.SetTTL(cfg.TTL) //nolint:errcheck // Validate checked the range
 	s.exact.Store(cfg.ExactNamesOnly)
 	s.caa, _ = parseCAA(cfg.CAA) // Validate checked them
@@ -415,18 +424,17 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 		return
 	}
 	m, size := s.answer(r)
-	if _, tcp := w.LocalAddr().(*net.TCPAddr); tcp {
+	_, tcp := w.LocalAddr().(*net.TCPAddr)
+	if tcp {
 		size = dns.MaxMsgSize
+	} else if m = s.limit(w.RemoteAddr(), r, m); m == nil {
+		return // dropped by rate limiting
 	}
-	m.Truncate(size)
-	// Truncate turns name compression off when the answer fits; compress
-	// anyway, as Knot and NSD do: answers a third smaller (less
-	// amplification, more room under the 1232-byte cap).
-	m.Compress = true
+	fit(r, m, size, tcp)
 	if err := w.WriteMsg(m); err != nil {
 		s.log.Debug().Err(err).Msg("dns write failed")
 	}
 	if s.onQuery != nil && len(r.Question) == 1 {
-		s.onQuery(Query{Remote: w.RemoteAddr(), Name: r.Question[0].Name, Type: r.Question[0].Qtype, Rcode: m.Rcode, TCP: size == dns.MaxMsgSize})
+		s.onQuery(Query{Remote: w.RemoteAddr(), Name: r.Question[0].Name, Type: r.Question[0].Qtype, Rcode: m.Rcode, TCP: tcp})
 	}
 }

@@ -45,6 +45,9 @@ type Config struct {
 	// ConnsRefused returns, per listener ("http", "dns", "stun", "turn",
 	// "turns", "link"), the connections refused so far over a cap.
 	ConnsRefused func() map[string]ConnsRefused
+	// DNSLimited return, per action ("dropped", "slipped"), the UDP answers
+	// DNS rate limiting held back so far.
+	DNSLimited map[string]func() uint64
 	// StoreBytes returns the size of the store file.
 	StoreBytes func() int64
 	// LogWritten and LogDropped return the connection log's counters.
@@ -176,6 +179,12 @@ func New(cfg Config) (*Metrics, error) {
 				}
 			},
 		})
+	}
+	for action, f := range cfg.DNSLimited {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "nasreach_dns_rrl_total", Help: "UDP answers held back by response rate limiting, by action (dropped; slipped: sent empty with TC).",
+			ConstLabels: prometheus.Labels{"action": action},
+		}, func() float64 { return float64(f()) }))
 	}
 	if f := cfg.StoreBytes; f != nil {
 		gauge("nasreach_store_bytes", "Size of the store file.", func() float64 { return float64(f()) })

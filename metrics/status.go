@@ -87,6 +87,7 @@ func (m *Metrics) handleStatus(w http.ResponseWriter, _ *http.Request) {
 	count("Link sessions in progress", total("nasreach_sessions_active", "service", "link"))
 	count("TURN allocations in progress", total("nasreach_sessions_active", "service", "turn"))
 	count("DNS queries answered", total("nasreach_dns_queries_total"))
+	count("DNS answers rate-limited (dropped or slipped)", total("nasreach_dns_rrl_total"))
 	count("address updates accepted", total("nasreach_updates_total", "outcome", "ok"))
 	count("bytes relayed", total("nasreach_relayed_bytes_total"))
 	count("TURN requests refused", total("nasreach_turn_refused_total"))

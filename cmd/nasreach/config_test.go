@@ -241,9 +241,12 @@ func TestReloadReportsEveryOtherSettingAsNeedingARestart(t *testing.T) {
 	}
 	applied, restart := td.Daemon.Reload(next)
 	// The test daemon's Link limits are zero (the defaults), so all four
-	// change together; it runs no relay, with direct paths off.
+	// change together; it runs no relay, with direct paths off; so does its
+	// rate limiting (off) against serve's defaults.
 	wantApplied := []string{"exact-names", "link-direct", "link-max-agents", "link-max-streams", "link-stream-burst", "link-stream-rate",
-		"log-level", "log-queries", "open-registration", "trusted-proxy", "ttl", "turn-user"}
+		"log-level", "log-queries", "open-registration",
+		"rrl-error-rate", "rrl-exempt", "rrl-nxdomain-rate", "rrl-rate", "rrl-slip",
+		"trusted-proxy", "ttl", "turn-user"}
 	if !slices.Equal(applied, wantApplied) {
 		t.Errorf("applied %v, want %v", applied, wantApplied)
 	}

@@ -94,7 +94,7 @@ func writeMan(w io.Writer, root *cli.Command) error {
 		}
 	}
 	walk("nasreach", root)
-	b.WriteString(manSTUNTURN + manLink + manSecondaries)
+	b.WriteString(manRRL + manSTUNTURN + manLink + manSecondaries)
 	b.WriteString(".SH EXAMPLES\n")
 	for _, e := range manExamples {
 		fmt.Fprintf(&b, ".PP\n%s\n.PP\n.RS\n.nf\n", roff(e.text))
@@ -115,9 +115,20 @@ func writeMan(w io.Writer, root *cli.Command) error {
 	return err
 }
 
-// manSTUNTURN and manLink describe the two relays: what they are for and
-// the options that matter.
+// manRRL describes DNS rate limiting; manSTUNTURN and manLink describe the
+// two relays: what they are for and the options that matter.
 const (
+	manRRL = `.SH "DNS RATE LIMITING"
+A UDP query's source address is not proven, so an attacker can have answers sent to a victim.
+As Knot and BIND do, serve limits UDP answers per client network (IPv4 /24, IPv6 /56):
+\fB\-\-rrl\-rate\fR answers per second for one name and type, \fB\-\-rrl\-nxdomain\-rate\fR NXDOMAIN answers for the whole zone,
+\fB\-\-rrl\-error\-rate\fR error answers; 0 lifts a limit.
+Every \fB\-\-rrl\-slip\fR\-th limited answer is sent empty with TC set, so that a real resolver behind a limited network asks again over TCP, which is never limited; the others are dropped.
+\fB\-\-rrl\-exempt\fR networks (loopback unless told otherwise) are never limited.
+Whatever the limits, a UDP answer is at most 3 times the size of its query: ANY gets one RRset (RFC 8482),
+UDP answers carry no glue, and a bigger answer is sent empty with TC set.
+\fBnasreach_dns_rrl_total\fR counts the answers dropped and slipped.
+`
 	manSTUNTURN = `.SH "STUN AND TURN"
 On \fB\-\-stun\fR (UDP and TCP; 0.0.0.0:3478 in production) the daemon answers STUN Binding requests (RFC 8489):
 a client learns the address and port it is seen from, and nothing is stored.

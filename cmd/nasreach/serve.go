@@ -58,7 +58,7 @@ func serveLikeCommand(action func(context.Context, *cli.Command, daemon.Config) 
 			&cli.StringSliceFlag{Name: "trusted-proxy", Usage: "CIDR of a reverse proxy whose X-Forwarded-For is believed (repeatable)", Sources: cli.EnvVars("NASREACH_TRUSTED_PROXY")},
 			&cli.BoolFlag{Name: "exact-names", Usage: "answer NXDOMAIN for names below a device instead of the device's address", Sources: cli.EnvVars("NASREACH_EXACT_NAMES")},
 			&cli.StringSliceFlag{Name: "caa", Usage: `CAA record at the zone's apex, FLAGS TAG "VALUE", e.g. 0 issue "letsencrypt.org"; devices inherit it (repeatable)`, Sources: cli.EnvVars("NASREACH_CAA")},
-		}, slices.Concat(transferFlags(), turnFlags(), linkFlags(), privacyFlags(), logFlags())...),
+		}, slices.Concat(transferFlags(), rrlFlags(), turnFlags(), linkFlags(), privacyFlags(), logFlags())...),
 		Before: src.apply,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			cfg, err := daemonConfigFromFlags(cmd)
@@ -112,6 +112,8 @@ func daemonConfigFromFlags(cmd *cli.Command) (daemon.Config, error) {
 	add("tls-key", err)
 	cfg.Transfer, err = transferConfigFromFlags(cmd)
 	add("", err)
+	cfg.RRL, err = rrlConfigFromFlags(cmd)
+	add("rrl-exempt", err)
 	cfg.TURN, err = turnConfigFromFlags(cmd)
 	add("", err)
 	cfg.Link, err = linkConfigFromFlags(cmd)
