@@ -19,11 +19,8 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
-	"fmt"
 	"log"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -48,80 +45,6 @@ const acmeTimeout = 2 * time.Minute
 
 // certNames are the names every client asks a certificate for.
 var certNames = []string{"nas1." + daemontest.Zone, "*.nas1." + daemontest.Zone}
-
-// pebble is a running Pebble whose DNS-01 checks ask the test daemon.
-type pebble struct {
-	directory string // the ACME directory URL, https://127.0.0.1:port/dir
-	caFile    string // Pebble's HTTPS certificate (self-signed), which the clients trust
-}
-
-// startPebble runs Pebble with a fresh self-signed HTTPS certificate
-// (Debian's pebble ships no test certificates) on free loopback ports and
-// -dnsserver pointed at td's DNS port, and kills it when the test ends.
-func startPebble(t *testing.T, td *daemontest.Daemon) *pebble {
-	t.Helper()
-	bin := testutil.NeedTool(t, "pebble")
-	dir := t.TempDir()
-	crt, key := filepath.Join(dir, "pebble.crt"), filepath.Join(dir, "pebble.key")
-	testutil.WriteCert(t, crt, key, "pebble")
-	// Pebble binds the ports its configuration names; one freed by freePort
-	// can be taken by someone else before Pebble binds it, so try again.
-	for range 3 {
-		port, mgmt := freePort(t), freePort(t)
-		cfg := fmt.Sprintf(`{"pebble": {"listenAddress": "127.0.0.1:%d", "managementListenAddress": "127.0.0.1:%d",
-  "certificate": %q, "privateKey": %q, "httpPort": 5002, "tlsPort": 5001, "ocspResponderURL": "",
-  "externalAccountBindingRequired": false}}`, port, mgmt, crt, key)
-		cfgFile := writePrivateFile(t, filepath.Join(dir, "pebble.json"), cfg)
-		var out testutil.Buffer
-		cmd := exec.Command(bin, "-config", cfgFile, "-dnsserver", td.DNS)
-		// No random sleep before validating, no nonce refused at random, no
-		// authorization reused: every run validates its own challenges.
-		cmd.Env = append(toolEnv(), "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0")
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("start pebble: %v", err)
-		}
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); close(exited) }() //nolint:errcheck // killed at cleanup
-		t.Cleanup(func() {
-			cmd.Process.Kill() //nolint:errcheck // may have exited
-			<-exited
-			if t.Failed() {
-				t.Logf("pebble's output:\n%s", out.String())
-			}
-		})
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-			select {
-			case <-exited:
-			default:
-				if c, err := net.Dial("tcp", addr); err == nil {
-					c.Close()
-					return &pebble{directory: "https://" + addr + "/dir", caFile: crt}
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("pebble does not accept connections on %s after 20 s:\n%s", addr, out.String())
-				}
-				continue
-			}
-			break // exited: try other ports
-		}
-	}
-	t.Fatal("pebble exited at start three times (its ports taken?)")
-	return nil
-}
-
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago, for
-// a program that takes its port in its configuration.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
 
 // wantCertificateFor fails the test unless pemData starts with a
 // certificate naming exactly names.
@@ -164,7 +87,7 @@ func (u *acmeUser) GetPrivateKey() crypto.PrivateKey        { return u.key }
 // `--dns acme-dns --dns.resolvers <daemon> --dns.disable-cp`: its acme-dns
 // provider, configured by ACME_DNS_API_BASE and ACME_DNS_STORAGE_PATH, the
 // CA trusted through LEGO_CA_CERTIFICATES.
-func legoAcmeDNS(t *testing.T, td *daemontest.Daemon, p *pebble, storage string, names []string) (*certificate.Resource, error) {
+func legoAcmeDNS(t *testing.T, td *daemontest.Daemon, p *testutil.Pebble, storage string, names []string) (*certificate.Resource, error) {
 	t.Helper()
 	var logs testutil.Buffer
 	legolog.Logger = log.New(&logs, "lego ", log.LstdFlags)
@@ -174,7 +97,7 @@ func legoAcmeDNS(t *testing.T, td *daemontest.Daemon, p *pebble, storage string,
 			t.Logf("lego's log:\n%s", logs.String())
 		}
 	})
-	t.Setenv("LEGO_CA_CERTIFICATES", p.caFile)
+	t.Setenv("LEGO_CA_CERTIFICATES", p.CAFile)
 	t.Setenv("ACME_DNS_API_BASE", td.HTTP)
 	t.Setenv("ACME_DNS_STORAGE_PATH", storage)
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -183,7 +106,7 @@ func legoAcmeDNS(t *testing.T, td *daemontest.Daemon, p *pebble, storage string,
 	}
 	user := &acmeUser{key: key}
 	cfg := lego.NewConfig(user)
-	cfg.CADirURL = p.directory
+	cfg.CADirURL = p.Directory
 	cfg.Certificate.KeyType = certcrypto.EC256
 	client, err := lego.NewClient(cfg)
 	if err != nil {
@@ -235,7 +158,7 @@ func TestACMELegosAcmeDNSProviderGetsACertificate(t *testing.T) {
 	testutil.NeedTool(t, "pebble")
 	td := daemontest.Start(t)
 	tok := td.AddDevice("nas1")
-	p := startPebble(t, td)
+	p := testutil.StartPebble(t, td.DNS)
 	res, err := legoAcmeDNS(t, td, p, acmeDNSStorage(t, "nas1", tok), certNames)
 	if err != nil {
 		t.Fatalf("lego with the acme-dns provider: %v", err)
@@ -252,7 +175,7 @@ func TestACMEAnotherDevicesAccountGetsNoCertificate(t *testing.T) {
 	td := daemontest.Start(t)
 	td.AddDevice("nas1")
 	other := td.AddDevice("nas2")
-	p := startPebble(t, td)
+	p := testutil.StartPebble(t, td.DNS)
 	// nas2's own account, used for nas1's name: the daemon refuses it.
 	_, err := legoAcmeDNS(t, td, p, acmeDNSStorage(t, "nas2", other), certNames)
 	if err == nil || !strings.Contains(err.Error(), "403") {
@@ -299,7 +222,7 @@ func writeHook(t *testing.T, dir, name, script string) string {
 // legoExec runs Debian's lego binary with the exec provider, whose script
 // calls the REST API with token, and returns the certificate file it writes
 // when it succeeds, its output and its exit error.
-func legoExec(t *testing.T, td *daemontest.Daemon, p *pebble, token string) (certFile, out string, err error) {
+func legoExec(t *testing.T, td *daemontest.Daemon, p *testutil.Pebble, token string) (certFile, out string, err error) {
 	t.Helper()
 	bin := testutil.NeedTool(t, "lego")
 	testutil.NeedTool(t, "curl")
@@ -307,13 +230,13 @@ func legoExec(t *testing.T, td *daemontest.Daemon, p *pebble, token string) (cer
 	// lego's exec provider calls `EXEC_PATH present|cleanup FQDN VALUE`.
 	hook := writeHook(t, dir, "lego-hook", "#!/bin/sh\nexec \"$(dirname \"$0\")/challenge-hook\" \"$1\" \"$3\"\n")
 	writeHook(t, dir, "challenge-hook", challengeHook)
-	args := []string{"--server", p.directory, "--accept-tos", "--email", "nas1@example.net", "--path", filepath.Join(dir, "lego"),
+	args := []string{"--server", p.Directory, "--accept-tos", "--email", "nas1@example.net", "--path", filepath.Join(dir, "lego"),
 		"--dns", "exec", "--dns.resolvers", td.DNS, "--dns.disable-cp"}
 	for _, n := range certNames {
 		args = append(args, "-d", n)
 	}
 	out, err = runToolEnv(t, acmeTimeout, []string{
-		"LEGO_CA_CERTIFICATES=" + p.caFile, "EXEC_PATH=" + hook,
+		"LEGO_CA_CERTIFICATES=" + p.CAFile, "EXEC_PATH=" + hook,
 		// The exec provider solves one challenge at a time, a minute apart
 		// by default, and polls every 2 s.
 		"EXEC_SEQUENCE_INTERVAL=1", "EXEC_POLLING_INTERVAL=1", "EXEC_PROPAGATION_TIMEOUT=30",
@@ -326,7 +249,7 @@ func TestACMELegoExecWithTheRESTAPIGetsACertificate(t *testing.T) {
 	testutil.NeedTool(t, "pebble")
 	td := daemontest.Start(t)
 	tok := td.AddDevice("nas1")
-	p := startPebble(t, td)
+	p := testutil.StartPebble(t, td.DNS)
 	certFile, out, err := legoExec(t, td, p, tok)
 	if err != nil {
 		t.Fatalf("lego exec: %v\n%s", err, out)
@@ -345,20 +268,20 @@ func TestACMECertbotWithManualHooksGetsACertificate(t *testing.T) {
 	testutil.NeedTool(t, "curl")
 	td := daemontest.Start(t)
 	tok := td.AddDevice("nas1")
-	p := startPebble(t, td)
+	p := testutil.StartPebble(t, td.DNS)
 	dir := t.TempDir()
 	writeHook(t, dir, "challenge-hook", challengeHook)
 	auth := writeHook(t, dir, "certbot-auth", "#!/bin/sh\nexec \"$(dirname \"$0\")/challenge-hook\" present \"$CERTBOT_VALIDATION\"\n")
 	cleanup := writeHook(t, dir, "certbot-cleanup", "#!/bin/sh\nexec \"$(dirname \"$0\")/challenge-hook\" cleanup \"$CERTBOT_VALIDATION\"\n")
 	args := []string{"certonly", "--non-interactive", "--agree-tos", "--register-unsafely-without-email",
-		"--server", p.directory, "--config-dir", filepath.Join(dir, "config"), "--work-dir", filepath.Join(dir, "work"),
+		"--server", p.Directory, "--config-dir", filepath.Join(dir, "config"), "--work-dir", filepath.Join(dir, "work"),
 		"--logs-dir", filepath.Join(dir, "logs"), "--manual", "--preferred-challenges", "dns",
 		"--manual-auth-hook", auth, "--manual-cleanup-hook", cleanup, "--cert-name", "nas1"}
 	for _, n := range certNames {
 		args = append(args, "-d", n)
 	}
 	out, err := runToolEnv(t, acmeTimeout, []string{
-		"REQUESTS_CA_BUNDLE=" + p.caFile, "NASREACH_TOKEN=" + tok, "NASREACH_API=" + td.HTTP,
+		"REQUESTS_CA_BUNDLE=" + p.CAFile, "NASREACH_TOKEN=" + tok, "NASREACH_API=" + td.HTTP,
 	}, bin, args...)
 	if err != nil {
 		t.Fatalf("certbot: %v\n%s", err, out)

@@ -98,17 +98,7 @@ func exitStatus(err error) string {
 
 // toolEnv is the environment for external clients: ours without proxy
 // settings, so nothing is sent anywhere but to the daemon on 127.0.0.1.
-func toolEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasSuffix(strings.ToLower(k), "_proxy") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	return env
-}
+func toolEnv() []string { return testutil.ToolEnv() }
 
 // portOf returns the port of a host:port or http://host:port address.
 func portOf(t *testing.T, addr string) string {
