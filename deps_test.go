@@ -30,9 +30,10 @@ var allowed = map[string][]string{
 		"github.com/rs/zerolog"},
 	"turnserver": {"store", "connlog", "anonymize", "internal/connlimit", "internal/listen", "internal/netaddr", "internal/workgroup",
 		"github.com/pion/turn/v5", "github.com/pion/stun/v4", "github.com/pion/logging", "github.com/rs/zerolog", "golang.org/x/time"},
-	"linkserver": {"store", "connlog", "anonymize", "link", "internal/connlimit", "internal/netaddr", "internal/ratelimit", "internal/workgroup",
+	"linkserver": {"store", "connlog", "anonymize", "link", "stun", "internal/connlimit", "internal/netaddr", "internal/ratelimit", "internal/workgroup",
 		"github.com/quic-go/quic-go", "github.com/rs/zerolog"},
-	"link":     {"stun", "api/client", "internal/netaddr", "internal/workgroup", "github.com/quic-go/quic-go", "github.com/rs/zerolog"},
+	"link": {"stun", "api/client", "internal/netaddr", "internal/workgroup", "github.com/quic-go/quic-go", "github.com/libp2p/go-yamux/v5",
+		"github.com/rs/zerolog"},
 	"sdnotify": {},
 	// The agent's certificate for its own name, by ACME DNS-01 through the
 	// API: the agent's side of the binary, so no store.

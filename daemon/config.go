@@ -124,7 +124,10 @@ type TURNConfig struct {
 // LinkConfig is the Link relay.
 type LinkConfig struct {
 	// Addr is the relay's UDP address; "" runs no Link relay.
-	Addr        string        `setting:"link"`
+	Addr string `setting:"link"`
+	// TCPAddr is the relay's TCP address (TLS, for agents and clients
+	// whose UDP is blocked); "" runs none.
+	TCPAddr     string        `setting:"link-tcp"`
 	MaxAgents   int           `setting:"link-max-agents"`
 	MaxStreams  int           `setting:"link-max-streams"`
 	StreamRate  float64       `setting:"link-stream-rate"`

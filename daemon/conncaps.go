@@ -12,7 +12,7 @@ import (
 // The connection caps, sized here and nowhere else.
 //
 // Every TCP connection holds a file descriptor, and HTTP, DNS over TCP,
-// STUN/TURN over TCP and TURN over TLS share the process's limit
+// STUN/TURN over TCP, TURN over TLS and Link over TCP share the process's limit
 // (RLIMIT_NOFILE, which the systemd unit sets with LimitNOFILE=) with the
 // store, the logs, the UDP sockets and TURN's relay sockets. Out of
 // descriptors, every accept fails (EMFILE) and an owner's update waits
@@ -20,16 +20,16 @@ import (
 //
 //	reserved  = reservedFDs (512)
 //	          + turn-max-allocations when TURN runs (a relay socket each)
-//	per TCP listener that runs (http, dns, stun or turn, turns):
+//	per TCP listener that runs (http, dns, stun or turn, turns, link-tcp):
 //	  total cap    = (L - reserved) / number of those listeners
 //	  per source   = total / 100, at least 8 (connlimit.PerSource)
 //
 // The totals add up to no more than L - reserved, so no listener can take
 // another's descriptors, and no source network (an IPv4 address, an IPv6
 // /64) more than a hundredth of one listener's. With the unit's
-// LimitNOFILE=65536 and the defaults (TURN with 10,000 allocations, and
-// TLS): 13,756 connections per listener, 137 per source; without TLS
-// 18,341 and 183. A trusted proxy (trusted-proxy) is not capped per
+// LimitNOFILE=65536 and the defaults (TURN with 10,000 allocations, TLS and
+// link-tcp): 11,004 connections per listener, 110 per source; without TLS
+// 13,756 and 137. A trusted proxy (trusted-proxy) is not capped per
 // source on the HTTP listener: it carries every client's connections.
 //
 // Link's QUIC connections hold no descriptor but memory (about 64 KiB
@@ -67,6 +67,9 @@ type connCaps struct {
 	// server's with TURN off), turns TURN over TLS.
 	stream, turns connlimit.Config
 	link          connlimit.Config
+	// linkTCP is the Link relay's TCP carrier (agents and clients whose
+	// UDP is blocked), a TCP listener like the others.
+	linkTCP connlimit.Config
 	// short is how many descriptors short the file limit is of giving
 	// each TCP listener minListenerConns; zero when it is not.
 	short uint64
@@ -93,6 +96,9 @@ func sizeConnCaps(fileLimit uint64, cfg Config) connCaps {
 	}
 	if turn && cfg.CertFile != "" {
 		listeners = append(listeners, &c.turns)
+	}
+	if cfg.Link.Addr != "" && cfg.Link.TCPAddr != "" {
+		listeners = append(listeners, &c.linkTCP)
 	}
 	n := uint64(max(len(listeners), 1))
 	need := reserved + n*minListenerConns
@@ -122,7 +128,7 @@ func (d *Daemon) logConnCaps() {
 	for _, l := range []struct {
 		name string
 		cfg  connlimit.Config
-	}{{"http", c.http}, {"dns", c.dns}, {"stun_turn", c.stream}, {"turns", c.turns}, {"link", c.link}} {
+	}{{"http", c.http}, {"dns", c.dns}, {"stun_turn", c.stream}, {"turns", c.turns}, {"link", c.link}, {"link_tcp", c.linkTCP}} {
 		if l.cfg.Max > 0 {
 			ev = ev.Int(l.name, l.cfg.Max).Int(l.name+"_per_source", connlimit.PerSource(l.cfg.Max))
 		}
@@ -160,6 +166,9 @@ func (d *Daemon) connsRefused() map[string]metrics.ConnsRefused {
 	}
 	if r.link != nil {
 		add("link", r.link.ConnStats())
+		if r.link.TCPAddr().IsValid() {
+			add("link_tcp", r.link.TCPConnStats())
+		}
 	}
 	return out
 }

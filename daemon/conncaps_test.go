@@ -17,7 +17,7 @@ var production = Config{
 	HTTPAddr: "127.0.0.1:10080", DNSAddr: "0.0.0.0:53",
 	TURN:     TURNConfig{Addr: "0.0.0.0:3478", Enabled: true},
 	CertFile: "/etc/nasreach/fullchain.pem", KeyFile: "/etc/nasreach/privkey.pem",
-	Link: LinkConfig{Addr: "0.0.0.0:7443"},
+	Link: LinkConfig{Addr: "0.0.0.0:7443", TCPAddr: "0.0.0.0:443"},
 }
 
 func TestConnCapsAreSizedFromTheFileLimit(t *testing.T) {
@@ -31,29 +31,29 @@ func TestConnCapsAreSizedFromTheFileLimit(t *testing.T) {
 	manyAgents := bare
 	manyAgents.Link.MaxAgents = 5000
 	for _, tc := range []struct {
-		name                        string
-		limit                       uint64
-		cfg                         Config
-		http, dns, stream, tls, lnk int
-		short                       uint64
+		name                                 string
+		limit                                uint64
+		cfg                                  Config
+		http, dns, stream, tls, lnk, linkTCP int
+		short                                uint64
 	}{
-		// (65536 - 512 - 10000) / 4 listeners
-		{"the unit's limit, production", 65536, production, 13756, 13756, 13756, 13756, 4000, 0},
-		{"without TLS", 65536, noTLS, 18341, 18341, 18341, 0, 4000, 0},
-		{"STUN without TURN: no relay sockets", 65536, stunOnly, 21674, 21674, 21674, 0, 4000, 0},
-		{"the issue's limit", 20000, production, 2372, 2372, 2372, 2372, 4000, 0},
-		{"fewer allocations leave more", 20000, fewAllocations, 4847, 4847, 4847, 4847, 4000, 0},
-		{"HTTP and DNS only", 1024, bare, 256, 256, 0, 0, 4000, 0},
-		{"Link follows its agent limit", 1024, manyAgents, 256, 256, 0, 0, 20000, 0},
-		// 512 + 10000 + 4 * 64 = 10768 needed
-		{"a limit too low for TURN's allocations", 4096, production, 64, 64, 64, 64, 4000, 10768 - 4096},
-		{"an unlimited limit is bounded", ^uint64(0), bare, (1<<20 - 512) / 2, (1<<20 - 512) / 2, 0, 0, 4000, 0},
+		// (65536 - 512 - 10000) / 5 listeners
+		{"the unit's limit, production", 65536, production, 11004, 11004, 11004, 11004, 4000, 11004, 0},
+		{"without TLS", 65536, noTLS, 13756, 13756, 13756, 0, 4000, 13756, 0},
+		{"STUN without TURN: no relay sockets", 65536, stunOnly, 16256, 16256, 16256, 0, 4000, 16256, 0},
+		{"the issue's limit", 20000, production, 1897, 1897, 1897, 1897, 4000, 1897, 0},
+		{"fewer allocations leave more", 20000, fewAllocations, 3877, 3877, 3877, 3877, 4000, 3877, 0},
+		{"HTTP and DNS only", 1024, bare, 256, 256, 0, 0, 4000, 0, 0},
+		{"Link follows its agent limit", 1024, manyAgents, 256, 256, 0, 0, 20000, 0, 0},
+		// 512 + 10000 + 5 * 64 = 10832 needed
+		{"a limit too low for TURN's allocations", 4096, production, 64, 64, 64, 64, 4000, 64, 10832 - 4096},
+		{"an unlimited limit is bounded", ^uint64(0), bare, (1<<20 - 512) / 2, (1<<20 - 512) / 2, 0, 0, 4000, 0, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := sizeConnCaps(tc.limit, tc.cfg)
-			got := []int{c.http.Max, c.dns.Max, c.stream.Max, c.turns.Max, c.link.Max}
-			want := []int{tc.http, tc.dns, tc.stream, tc.tls, tc.lnk}
-			for i, name := range []string{"http", "dns", "stun/turn", "turns", "link"} {
+			got := []int{c.http.Max, c.dns.Max, c.stream.Max, c.turns.Max, c.link.Max, c.linkTCP.Max}
+			want := []int{tc.http, tc.dns, tc.stream, tc.tls, tc.lnk, tc.linkTCP}
+			for i, name := range []string{"http", "dns", "stun/turn", "turns", "link", "link-tcp"} {
 				if got[i] != want[i] {
 					t.Errorf("%s cap %d, want %d", name, got[i], want[i])
 				}
@@ -63,7 +63,7 @@ func TestConnCapsAreSizedFromTheFileLimit(t *testing.T) {
 			}
 			// What the caps may hold, with TURN's relay sockets and the
 			// reserve, never exceeds the limit unless the daemon warns.
-			sum := uint64(c.http.Max + c.dns.Max + c.stream.Max + c.turns.Max + reservedFDs)
+			sum := uint64(c.http.Max + c.dns.Max + c.stream.Max + c.turns.Max + c.linkTCP.Max + reservedFDs)
 			if tc.cfg.TURN.Enabled && tc.cfg.TURN.Addr != "" {
 				sum += uint64(max(tc.cfg.TURN.MaxAllocations, 0))
 				if tc.cfg.TURN.MaxAllocations == 0 {
@@ -104,8 +104,8 @@ func TestUnitFileLimitGivesEveryListenerItsShare(t *testing.T) {
 		t.Fatal("the unit sets no LimitNOFILE=: the caps would be sized from systemd's default hard limit (524288), far beyond the figures documented")
 	}
 	c := sizeConnCaps(limit, production)
-	if c.short != 0 || c.http.Max != 13756 || connlimit.PerSource(c.http.Max) != 137 {
-		t.Errorf("LimitNOFILE=%d gives %d connections per listener, %d per source (short %d); conncaps.go and the README say 13,756 and 137 for 65536",
+	if c.short != 0 || c.http.Max != 11004 || connlimit.PerSource(c.http.Max) != 110 {
+		t.Errorf("LimitNOFILE=%d gives %d connections per listener, %d per source (short %d); conncaps.go and the README say 11,004 and 110 for 65536",
 			limit, c.http.Max, connlimit.PerSource(c.http.Max), c.short)
 	}
 }

@@ -103,6 +103,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 		Addr: cmp.Or(cfg.MetricsAddr, "127.0.0.1:0"), Version: cfg.Version,
 		Devices: d.store.Len, StoreBytes: d.store.Size, Online: d.linkAgents,
 		Sessions:    map[string]func() int{"link": d.linkSessions, "turn": d.turnAllocations},
+		LinkConns:   d.linkCarriers,
 		TURNRefused: d.turnRefused,
 		DNSLimited:  map[string]func() uint64{"dropped": d.dnsDropped, "slipped": d.dnsSlipped},
 		LogWritten:  d.connlog.Written, LogDropped: d.connlog.Dropped,
@@ -166,7 +167,8 @@ type Addrs struct {
 	DNS, HTTP, Metrics netip.AddrPort
 	// STUN is the STUN (and TURN) address, UDP and TCP; TURNS TURN over TLS.
 	STUN, TURNS netip.AddrPort
-	Link        netip.AddrPort
+	// Link is the Link relay's UDP address, LinkTCP its TCP one.
+	Link, LinkTCP netip.AddrPort
 	// Socket is the local operator's socket, or "" without one.
 	Socket string
 }
@@ -182,7 +184,7 @@ func (d *Daemon) Addrs() Addrs {
 	if r := d.relays; r != nil {
 		a.STUN, a.TURNS = r.stunAddr, r.turnsAddr
 		if r.link != nil {
-			a.Link = r.link.Addr()
+			a.Link, a.LinkTCP = r.link.Addr(), r.link.TCPAddr()
 		}
 	}
 	return a
@@ -215,6 +217,9 @@ func (d *Daemon) listeners() []metrics.Listener {
 	}
 	if a.Link.IsValid() {
 		ls = append(ls, metrics.Listener{Name: "Link relay (QUIC)", Addr: a.Link.String()})
+	}
+	if a.LinkTCP.IsValid() {
+		ls = append(ls, metrics.Listener{Name: "Link relay (TLS over TCP, where UDP is blocked)", Addr: a.LinkTCP.String()})
 	}
 	return ls
 }
@@ -274,6 +279,9 @@ func (d *Daemon) Run(ctx context.Context, sd sdnotify.Notifier) error {
 	}
 	if a.Link.IsValid() {
 		ev = ev.Str("link", a.Link.String())
+	}
+	if a.LinkTCP.IsValid() {
+		ev = ev.Str("link_tcp", a.LinkTCP.String())
 	}
 	if d.tokenFile != "" {
 		ev = ev.Str("admin_token_file", d.tokenFile)

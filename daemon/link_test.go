@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nasreach/nasreach/daemon/daemontest"
+	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/link"
 	"github.com/quic-go/quic-go"
 )
@@ -43,4 +44,24 @@ func TestLinkSwitchedOffThroughTheAPIEndsTheSession(t *testing.T) {
 	if _, err := d.Dial(ctx, "nas1", 22); !errors.Is(err, link.ErrUnknownDevice) {
 		t.Errorf("after delete: %v, want ErrUnknownDevice", err)
 	}
+}
+
+// An agent whose UDP is blocked reaches the daemon's relay over TCP: the
+// connections are counted by transport, and the TCP listener's refusals
+// under its own name.
+func TestLinkAgentOverTCPIsCountedByTransport(t *testing.T) {
+	td := daemontest.Start(t, daemontest.WithLinkTCP)
+	tl := td.LinkRelay()
+	tok := td.AddDevice("nas1")
+	blackHole := testutil.ListenUDP(t) // reads nothing: QUIC gets no answer
+	tl.StartAgent(t, link.AgentConfig{Server: blackHole.LocalAddr().String(), ServerTCP: td.LinkTCP,
+		Device: "nas1", Token: tok, Expose: map[uint16]string{22: "127.0.0.1:9"}})
+	fams, _ := scrape(t, td)
+	if v := value(t, fams, "nasreach_link_connections", map[string]string{"transport": "tcp"}); v != 1 {
+		t.Errorf("nasreach_link_connections{transport=tcp} = %v, want 1", v)
+	}
+	if v := value(t, fams, "nasreach_link_connections", map[string]string{"transport": "quic"}); v != 0 {
+		t.Errorf("nasreach_link_connections{transport=quic} = %v, want 0", v)
+	}
+	value(t, fams, "nasreach_connections_refused_total", map[string]string{"listener": "link_tcp", "reason": "source"})
 }

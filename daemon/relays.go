@@ -101,7 +101,7 @@ func (d *Daemon) startLink(cfg Config, cert *certfile.Watcher) error {
 		return nil
 	}
 	c := linkserver.Config{
-		Addr: lc.Addr, Store: d.store,
+		Addr: lc.Addr, TCPAddr: lc.TCPAddr, TCPConns: d.caps.linkTCP, Store: d.store,
 		MaxAgents: lc.MaxAgents, MaxStreamsPerDevice: lc.MaxStreams,
 		StreamRate: lc.StreamRate, StreamBurst: lc.StreamBurst, IdleTimeout: lc.IdleTimeout,
 		STUN: r.stunAddr, DisableDirect: !lc.Direct,
@@ -122,7 +122,11 @@ func (d *Daemon) startLink(cfg Config, cert *certfile.Watcher) error {
 	}
 	d.onStop("link relay", l.Shutdown)
 	r.link = l
-	d.log.Info().Str("link", l.Addr().String()).Str("relay_fingerprint", r.linkFingerprint).Bool("direct", lc.Direct).
+	ev := d.log.Info().Str("link", l.Addr().String())
+	if l.TCPAddr().IsValid() {
+		ev = ev.Str("link_tcp", l.TCPAddr().String())
+	}
+	ev.Str("relay_fingerprint", r.linkFingerprint).Bool("direct", lc.Direct).
 		Msg("link relay ready; agents and clients pin it with --relay-fingerprint")
 	return nil
 }
@@ -133,6 +137,14 @@ func (d *Daemon) linkAgents() int {
 		return 0
 	}
 	return d.relays.link.Agents()
+}
+
+// linkCarriers is the Link relay's connections by transport.
+func (d *Daemon) linkCarriers() map[string]int {
+	if !d.ready.Load() || d.relays.link == nil {
+		return nil
+	}
+	return d.relays.link.Carriers()
 }
 
 // linkSessions is the sessions_active gauge of the Link relay.

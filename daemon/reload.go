@@ -103,7 +103,7 @@ var live = []liveSetting{
 		nl := n.Link
 		if l := d.relays.link; l != nil {
 			l.SetLimits(linkserver.Limits{MaxAgents: nl.MaxAgents, MaxStreamsPerDevice: nl.MaxStreams,
-				StreamRate: nl.StreamRate, StreamBurst: nl.StreamBurst, Conns: linkCaps(nl)})
+				StreamRate: nl.StreamRate, StreamBurst: nl.StreamBurst, Conns: linkCaps(nl), TCPConns: d.caps.linkTCP})
 		}
 		d.cfg.Link.MaxAgents, d.cfg.Link.MaxStreams = nl.MaxAgents, nl.MaxStreams
 		d.cfg.Link.StreamRate, d.cfg.Link.StreamBurst = nl.StreamRate, nl.StreamBurst

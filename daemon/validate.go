@@ -41,7 +41,7 @@ func (c Config) Validate() error {
 	add("zone", dnsserver.Config{Zone: c.Zone}.Validate())
 	for _, a := range []struct{ setting, addr string }{
 		{"dns", c.DNSAddr}, {"http", c.HTTPAddr}, {"metrics", c.MetricsAddr},
-		{"stun", c.TURN.Addr}, {"turns", c.TURN.TLSAddr}, {"link", c.Link.Addr},
+		{"stun", c.TURN.Addr}, {"turns", c.TURN.TLSAddr}, {"link", c.Link.Addr}, {"link-tcp", c.Link.TCPAddr},
 	} {
 		if a.addr != "" {
 			add(a.setting, prefix(a.setting, listen.CheckAddr(a.addr)))

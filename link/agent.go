@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -32,6 +33,17 @@ const (
 type AgentConfig struct {
 	// Server is the relay's UDP address, HOST:PORT. Required.
 	Server string
+	// ServerTCP is the relay's TCP address, HOST:PORT, tried when QUIC to
+	// Server gets no answer (UDP blocked); empty means Server's host and
+	// port, "-" no TCP.
+	ServerTCP string
+	// QUICHeadStart is how long QUIC has to answer before TCP is tried;
+	// zero means DefaultQUICHeadStart.
+	QUICHeadStart time.Duration
+	// QUICRetry is how often an agent on TCP probes QUIC, moving back to
+	// it when it answers and no session is open; zero means
+	// DefaultQUICRetry.
+	QUICRetry time.Duration
 	// RelayFingerprint pins the relay's key; empty means the system roots.
 	RelayFingerprint string
 	// Device and Token authenticate the agent. Required.
@@ -65,6 +77,11 @@ type AgentConfig struct {
 	// Listen is the agent's UDP socket (to the relay, STUN, and direct
 	// paths from clients); empty means DefaultListen, every interface.
 	Listen string
+	// ListenUDP opens the UDP sockets: the one at Listen and, for birthday
+	// probing against a symmetric NAT, up to BirthdaySockets more for a few
+	// seconds (wire.go); nil means net.ListenUDP. Tests open them in a
+	// network namespace.
+	ListenUDP func(network string, laddr *net.UDPAddr) (*net.UDPConn, error)
 	// DisableDirect refuses direct paths (--direct never): every session
 	// goes through the relay.
 	DisableDirect bool
@@ -78,12 +95,12 @@ type AgentConfig struct {
 	Logger zerolog.Logger
 }
 
-// Agent is the NAS side of Link: it holds one QUIC connection to the relay,
-// reconnecting after any failure, and serves the exposed ports over
-// end-to-end TLS with the device key.
+// Agent is the NAS side of Link: it holds one connection to the relay (QUIC,
+// or TCP where UDP is blocked), reconnecting after any failure, and serves
+// the exposed ports over end-to-end TLS with the device key.
 type Agent struct {
 	cfg         AgentConfig
-	relay       *tls.Config
+	relay       *relayDialer
 	e2e         *tls.Config
 	fingerprint string
 	spki        []byte
@@ -99,7 +116,8 @@ type Agent struct {
 	mu       sync.Mutex
 	online   bool
 	onlineCh chan struct{} // closed when online becomes true
-	conn     *quic.Conn
+	conn     Carrier
+	sessions atomic.Int64 // sessions open through the relay
 	lastErr  error
 	kick     chan struct{} // nudges the API loop after each login
 }
@@ -121,10 +139,6 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 			return nil, fmt.Errorf("expose %d=%s: want PORT=HOST:PORT: %v", p, target, err)
 		}
 	}
-	rt, err := relayTLS(cfg.Server, cfg.RelayFingerprint)
-	if err != nil {
-		return nil, err
-	}
 	key, created, err := LoadOrCreateKey(filepath.Join(cfg.StateDir, KeyFileName))
 	if err != nil {
 		return nil, err
@@ -141,26 +155,34 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	cfg.AddressEvery = cmp.Or(cfg.AddressEvery, DefaultAddressEvery)
 	cfg.DirectLifetime = cmp.Or(cfg.DirectLifetime, DefaultDirectLifetime)
 	cfg.STUNEvery = cmp.Or(cfg.STUNEvery, DefaultSTUNEvery)
+	cfg.QUICHeadStart = cmp.Or(cfg.QUICHeadStart, DefaultQUICHeadStart)
+	cfg.QUICRetry = cmp.Or(cfg.QUICRetry, DefaultQUICRetry)
+	log := cfg.Logger.With().Str("device", cfg.Device).Logger()
+	rd, err := newRelayDialer(cfg.Server, cfg.ServerTCP, cfg.RelayFingerprint, cfg.KeepAlive, cfg.QUICHeadStart, cfg.QUICRetry, log)
+	if err != nil {
+		return nil, err
+	}
 	a := &Agent{
-		cfg: cfg, relay: rt, e2e: serverE2E(cert), spki: cert.Leaf.RawSubjectPublicKeyInfo,
+		cfg: cfg, relay: rd, e2e: serverE2E(cert), spki: cert.Leaf.RawSubjectPublicKeyInfo,
 		fingerprint: Fingerprint(cert.Leaf.RawSubjectPublicKeyInfo),
-		log:         cfg.Logger.With().Str("device", cfg.Device).Logger(),
+		log:         log,
 		http:        cmp.Or(cfg.HTTPClient, &http.Client{Timeout: 10 * time.Second}),
 		onlineCh:    make(chan struct{}), kick: make(chan struct{}, 1),
 	}
 	a.direct = agentDirect{
 		grants: map[[ExchangeIDLen]byte]*exchange{}, allowed: map[netip.AddrPort]time.Time{},
-		conns: map[*quic.Conn]*directConn{}, stunKick: make(chan struct{}, 1),
+		conns: map[*quic.Conn]*directConn{}, stunKick: make(chan struct{}, 1), birthdays: make(chan struct{}, maxBirthdays),
 	}
 	var accept func(netip.AddrPort) bool
 	if !cfg.DisableDirect {
 		accept = a.allowSource
 	}
-	if a.ep, err = newEndpoint(cfg.Listen, accept, a.log); err != nil {
+	if a.ep, err = newEndpoint(cfg.Listen, cfg.ListenUDP, accept, a.log); err != nil {
 		return nil, err
 	}
 	if !cfg.DisableDirect {
-		if a.direct.ln, err = a.ep.tr.Listen(directServerTLS(cert), directQUIC(cfg.HandshakeTimeout)); err != nil {
+		a.direct.tls = directServerTLS(cert)
+		if a.direct.ln, err = a.ep.tr.Listen(a.direct.tls, directQUIC(cfg.HandshakeTimeout)); err != nil {
 			a.ep.close()
 			return nil, fmt.Errorf("listen for direct paths: %w", err)
 		}
@@ -196,7 +218,7 @@ func (a *Agent) WaitOnline(ctx context.Context) error {
 	}
 }
 
-func (a *Agent) setOnline(c *quic.Conn) {
+func (a *Agent) setOnline(c Carrier) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.conn = c
@@ -291,13 +313,16 @@ func min2(a, b time.Duration) time.Duration {
 func (a *Agent) session() (served bool, err error) {
 	hctx, cancel := context.WithTimeout(a.ctx, a.cfg.HandshakeTimeout)
 	defer cancel()
-	c, relayAddr, err := a.ep.dial(hctx, a.cfg.Server, a.relay, quicConfig(a.cfg.HandshakeTimeout, a.cfg.KeepAlive, MaxAgentStreams))
+	qc := quicConfig(a.cfg.HandshakeTimeout, a.cfg.KeepAlive, MaxAgentStreams)
+	c, relayAddr, err := a.relay.dial(hctx, a.ep, qc)
 	if err != nil {
 		return false, fmt.Errorf("connect to relay %s: %w", a.cfg.Server, err)
 	}
 	defer c.CloseWithError(CloseNormal, "agent reconnecting")
+	overTCP := c.Transport() == TransportTCP
 	a.direct.mu.Lock()
 	a.direct.relayAddr = relayAddr // before any Punch: it decides whether loopback is offered
+	a.direct.overTCP = overTCP
 	a.direct.mu.Unlock()
 	ctrl, err := c.OpenStreamSync(hctx)
 	if err != nil {
@@ -313,7 +338,7 @@ func (a *Agent) session() (served bool, err error) {
 	}
 	a.setOnline(c)
 	defer a.setOnline(nil)
-	a.log.Info().Str("relay", a.cfg.Server).Msg("connected to link relay")
+	a.log.Info().Str("relay", a.cfg.Server).Str("transport", c.Transport()).Msg("connected to link relay")
 	select {
 	case a.kick <- struct{}{}:
 	default:
@@ -324,7 +349,9 @@ func (a *Agent) session() (served bool, err error) {
 		_, _ = ctrl.Read(b[:])
 		c.CloseWithError(CloseProtocol, "control stream ended")
 	})
-	if a.direct.ln != nil || a.cfg.API != "" { // STUN serves both
+	if overTCP { // direct paths need UDP, and so does STUN
+		a.wg.Go(func() { a.relay.returnToQUIC(a.ctx, c, a.ep, qc, func() bool { return a.sessions.Load() == 0 }) })
+	} else if a.direct.ln != nil || a.cfg.API != "" { // STUN serves both
 		a.wg.Go(func() { a.watchInfo(c) })
 	}
 	for {
@@ -361,7 +388,11 @@ func describeClose(err error) error {
 // serveStream answers one request on a stream: from the relay (dc nil) an
 // Open or a Punch, on a direct connection a DirectHello or an Open, which it
 // serves as a session.
-func (a *Agent) serveStream(c *quic.Conn, s *quic.Stream, dc *directConn) {
+func (a *Agent) serveStream(c addrs, s Stream, dc *directConn) {
+	if dc == nil { // a relay's session keeps the agent on its carrier
+		a.sessions.Add(1)
+		defer a.sessions.Add(-1)
+	}
 	sc := newStreamConn(s, c)
 	defer sc.Close()
 	sc.SetDeadline(time.Now().Add(a.cfg.HandshakeTimeout))

@@ -6,8 +6,8 @@ package link_test
 // to the relay, a direct QUIC listener and a TCP listener. The relay and the
 // sink are this test binary re-executed as TestLinkBenchChild, so that each
 // process's CPU time and memory are its own and the relayed path (client →
-// relay → sink) is compared with direct paths between the same two
-// processes (client → sink). The idle agents of the memory figures log in
+// relay → sink, the client over QUIC or over the TCP carrier) is compared
+// with direct paths between the same two processes (client → sink). The idle agents of the memory figures log in
 // from the benchmark process. Everything is on 127.0.0.1.
 
 import (
@@ -98,17 +98,18 @@ func relayChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	r, err := linkserver.New(linkserver.Config{
-		PacketConn: pc, Certificate: cert, Store: st, Logger: zerolog.Nop(),
+		PacketConn: pc, TCPAddr: "127.0.0.1:0", Certificate: cert, Store: st, Logger: zerolog.Nop(),
 		MaxAgents: 20000, MaxStreamsPerDevice: 1000, StreamRate: 1e6, StreamBurst: 1e6,
 		// Every benchmark agent and client comes from 127.0.0.1.
-		Conns: connlimit.Config{Max: 1 << 16, MaxPerSource: 1 << 16},
+		Conns:    connlimit.Config{Max: 1 << 16, MaxPerSource: 1 << 16},
+		TCPConns: connlimit.Config{Max: 1 << 10, MaxPerSource: 1 << 10},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Shutdown(context.Background())
 	rcv, snd := socketBuffers(pc)
-	fmt.Printf("%s %s %d %d\n", r.Addr(), fp, rcv, snd)
+	fmt.Printf("%s %s %d %d %s\n", r.Addr(), fp, rcv, snd, r.TCPAddr())
 	serveCommands(func(cmd string) string {
 		switch cmd {
 		case "cpu":
@@ -614,8 +615,8 @@ func BenchmarkLinkReport(b *testing.B) {
 	wg.Wait()
 	st.Close()
 
-	relayP := startChild(b, "relay", 4, childDirEnv+"="+dir)
-	server, relayFP := relayP.first[0], relayP.first[1]
+	relayP := startChild(b, "relay", 5, childDirEnv+"="+dir)
+	server, relayFP, relayTCP := relayP.first[0], relayP.first[1], relayP.first[4]
 	sinkDev := fmt.Sprintf("dev%d", len(tokens)-1)
 	sinkP := startChild(b, "sink", 4,
 		childRelayEnv+"="+server+" "+relayFP,
@@ -649,6 +650,23 @@ func BenchmarkLinkReport(b *testing.B) {
 	}
 	d := relayDialer()
 	defer d.Close()
+	// dt is a client whose UDP is blocked: QUIC goes to a socket that never
+	// answers, and it reaches the relay over TCP after the head start.
+	blackHole, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer blackHole.Close()
+	tcpDialer := func() *link.Dialer {
+		d, err := link.NewDialer(link.DialerConfig{Server: blackHole.LocalAddr().String(), ServerTCP: relayTCP, RelayFingerprint: relayFP,
+			KnownDevices: "-", Listen: "127.0.0.1:0", DisableDirect: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return d
+	}
+	dt := tcpDialer()
+	defer dt.Close()
 	dl, err := link.NewDialer(link.DialerConfig{Server: server, RelayFingerprint: relayFP, KnownDevices: "-", Listen: "127.0.0.1:0"})
 	if err != nil {
 		b.Fatal(err)
@@ -671,6 +689,13 @@ func BenchmarkLinkReport(b *testing.B) {
 	const total = 512 << 20
 	openRelay := func() (io.ReadWriter, func() error, error) {
 		c, err := d.DialCarrier(ctx, sinkDev, 1)
+		if err != nil {
+			return nil, nil, err
+		}
+		return c, c.(interface{ CloseWrite() error }).CloseWrite, nil
+	}
+	openRelayTCP := func() (io.ReadWriter, func() error, error) {
+		c, err := dt.DialCarrier(ctx, sinkDev, 1)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -702,6 +727,7 @@ func BenchmarkLinkReport(b *testing.B) {
 		return c, c.(*net.TCPConn).CloseWrite, nil
 	}
 	send(b, 1, 32<<20, openRelay) // warm up connections and windows
+	send(b, 1, 32<<20, openRelayTCP)
 	send(b, 1, 32<<20, openDirect)
 	send(b, 1, 32<<20, openLinkDirect)
 	// The UDP sockets of each path, for their drop counters.
@@ -746,7 +772,7 @@ func BenchmarkLinkReport(b *testing.B) {
 	const rounds = 4
 	for _, n := range []int{1, 8} {
 		stop := profile(b, prof, fmt.Sprintf("%dstreams", n), relayP, sinkP)
-		var rel, dir, tcp, ld pathRun
+		var rel, relTCP, dir, tcp, ld pathRun
 		for range rounds {
 			r0, c0, dr0 := relayCPU(), selfCPU(), udpDrops(relayedPorts...)
 			s0, p0, b0 := sinkCPU()
@@ -757,6 +783,12 @@ func BenchmarkLinkReport(b *testing.B) {
 			rel.endsCPU += c1 - c0 + s1 - s0
 			rel.drops += dr1 - dr0
 			rel.packets, rel.bytes = rel.packets+p1-p0, rel.bytes+b1-b0
+
+			r5 := relayCPU()
+			relTCP.elapsed += send(b, n, total/rounds, openRelayTCP)
+			relTCP.relayCPU += relayCPU() - r5
+			c1 = selfCPU() // the direct path's ends start here
+			s1, _, _ = sinkCPU()
 
 			q0, dd0 := direct.ConnectionStats(), udpDrops(directPorts...)
 			dir.elapsed += send(b, n, total/rounds, openDirect)
@@ -784,6 +816,10 @@ func BenchmarkLinkReport(b *testing.B) {
 		line(fmt.Sprintf("goodput %d stream(s) direct QUIC", n), q, "MiB/s")
 		line(fmt.Sprintf("goodput %d stream(s) loopback TCP", n), t, "MiB/s")
 		line(fmt.Sprintf("ratio %d stream(s) relayed/direct", n), r/q, "x")
+		rt := mib / relTCP.elapsed.Seconds()
+		line(fmt.Sprintf("goodput %d stream(s) relayed, client over TCP", n), rt, "MiB/s")
+		line(fmt.Sprintf("ratio %d stream(s) relayed client over TCP/over QUIC", n), rt/r, "x")
+		line(fmt.Sprintf("relay CPU per GB relayed, client over TCP, %d stream(s)", n), relTCP.relayCPU.Seconds()/gb, "s/GB")
 		relCPU := rel.relayCPU + rel.endsCPU
 		line(fmt.Sprintf("relay CPU per GB relayed, %d stream(s)", n), rel.relayCPU.Seconds()/gb, "s/GB")
 		line(fmt.Sprintf("client+sink CPU per GB relayed, %d stream(s)", n), rel.endsCPU.Seconds()/gb, "s/GB")
@@ -825,13 +861,17 @@ func BenchmarkLinkReport(b *testing.B) {
 	}
 	ttfb(d)
 	const tries = 21
-	var warm, cold, direct1 []time.Duration
+	var warm, cold, direct1, warmTCP, coldTCP []time.Duration
 	for range tries {
 		warm = append(warm, ttfb(d))
 		dd := relayDialer()
 		cold = append(cold, ttfb(dd))
 		dd.Close()
 		direct1 = append(direct1, ttfb(dl))
+		warmTCP = append(warmTCP, ttfb(dt))
+		dd = tcpDialer()
+		coldTCP = append(coldTCP, ttfb(dd))
+		dd.Close()
 	}
 	if !dl.PathTo("dev0").Direct {
 		b.Fatal("the direct path went away during the measurements")
@@ -843,6 +883,8 @@ func BenchmarkLinkReport(b *testing.B) {
 	line("time to first byte, relay connection open (median)", median(warm), "ms")
 	line("time to first byte, new relay connection (median)", median(cold), "ms")
 	line("time to first byte, Link direct path up (median)", median(direct1), "ms")
+	line("time to first byte over TCP, relay connection open (median)", median(warmTCP), "ms")
+	line("time to first byte over TCP, UDP blocked, new relay connection (median)", median(coldTCP), "ms")
 	line("time from the first session to the direct path", float64(timeToDirect.Microseconds())/1000, "ms")
 
 	// Memory of the relay with idle agents.

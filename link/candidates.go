@@ -7,8 +7,9 @@ import (
 	"slices"
 )
 
-// maxHostCandidates leaves room in a list for the server-reflexive one.
-const maxHostCandidates = MaxCandidates - 1
+// maxHostCandidates leaves room in a list for the server-reflexive one and
+// the NAT's mapping (CandidateNAT).
+const maxHostCandidates = MaxCandidates - 2
 
 // hostCandidates are the socket's own addresses with its port: the bound
 // address, or every interface address when the socket is bound to all of
@@ -87,12 +88,13 @@ func withSrflx(cs []Candidate, srflx netip.AddrPort, relay netip.Addr) []Candida
 }
 
 // reachable keeps the peer's candidates this socket may probe: offerable
-// ones of a family it can send to.
+// ones of a family it can send to, and no CandidateNAT (a note, not an
+// address).
 func reachable(cs []Candidate, local netip.AddrPort, relay netip.Addr) []Candidate {
 	var out []Candidate
 	for _, c := range cs {
 		a := c.Addr.Addr().Unmap()
-		if !offerable(a, relay) || c.Addr.Port() == 0 || (local.Addr().Is4() && !a.Is4()) {
+		if c.Kind == CandidateNAT || !offerable(a, relay) || c.Addr.Port() == 0 || (local.Addr().Is4() && !a.Is4()) {
 			continue
 		}
 		c.Addr = netip.AddrPortFrom(a, c.Addr.Port())

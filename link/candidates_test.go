@@ -51,8 +51,8 @@ func TestHostCandidates(t *testing.T) {
 	for i := range many {
 		many[i] = ipnet(netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)}).String() + "/8")
 	}
-	if got := hostCandidates(netip.MustParseAddrPort("0.0.0.0:1"), public, many); len(got) != MaxCandidates-1 {
-		t.Errorf("%d host candidates of 20 addresses, want %d (room for the srflx one)", len(got), MaxCandidates-1)
+	if got := hostCandidates(netip.MustParseAddrPort("0.0.0.0:1"), public, many); len(got) != MaxCandidates-2 {
+		t.Errorf("%d host candidates of 20 addresses, want %d (room for the srflx and nat ones)", len(got), MaxCandidates-2)
 	}
 }
 

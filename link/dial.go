@@ -32,6 +32,17 @@ const (
 type DialerConfig struct {
 	// Server is the relay's UDP address, HOST:PORT. Required.
 	Server string
+	// ServerTCP is the relay's TCP address, HOST:PORT, tried when QUIC to
+	// Server gets no answer (UDP blocked); empty means Server's host and
+	// port, "-" no TCP.
+	ServerTCP string
+	// QUICHeadStart is how long QUIC has to answer before TCP is tried;
+	// zero means DefaultQUICHeadStart.
+	QUICHeadStart time.Duration
+	// QUICRetry is how long the Dialer goes to TCP first after QUIC got no
+	// answer, and how often it probes QUIC while on TCP, moving back when
+	// it answers and no session is open; zero means DefaultQUICRetry.
+	QUICRetry time.Duration
 	// RelayFingerprint pins the relay's key (as the relay printed it); empty
 	// means the relay's certificate must verify against the system roots.
 	RelayFingerprint string
@@ -57,6 +68,11 @@ type DialerConfig struct {
 	// Listen is the dialer's UDP socket (to the relay, STUN, and direct
 	// paths to agents); empty means DefaultListen, every interface.
 	Listen string
+	// ListenUDP opens the UDP sockets: the one at Listen and, for birthday
+	// probing against a symmetric NAT, up to BirthdaySockets more for a few
+	// seconds (wire.go); nil means net.ListenUDP. Tests open them in a
+	// network namespace.
+	ListenUDP func(network string, laddr *net.UDPAddr) (*net.UDPConn, error)
 	// DisableDirect keeps every session on the relay (--direct never): no
 	// hole punching.
 	DisableDirect bool
@@ -65,13 +81,14 @@ type DialerConfig struct {
 }
 
 // Dialer opens end-to-end encrypted connections to devices' ports. It keeps
-// one QUIC connection to the relay and opens one stream per connection;
+// one connection to the relay (QUIC, or TCP where UDP is blocked) and opens
+// one stream per connection;
 // after the first session to a device it tries for a direct path in the
 // background (hole punching), and new sessions take the direct path while
 // it works. It is safe for concurrent use.
 type Dialer struct {
 	cfg    DialerConfig
-	relay  *tls.Config
+	relay  *relayDialer
 	pins   map[string]string
 	known  *knownDevices
 	log    zerolog.Logger
@@ -82,7 +99,7 @@ type Dialer struct {
 	wg     waitGroup // background punches and watchers
 
 	mu        sync.Mutex
-	conn      *quic.Conn
+	conn      Carrier
 	ep        *endpoint      // the one UDP socket, from the first connection on
 	relayAddr netip.AddrPort // the relay's address as dialed
 	closed    bool
@@ -94,15 +111,17 @@ func NewDialer(cfg DialerConfig) (*Dialer, error) {
 	if cfg.Server == "" {
 		return nil, errors.New("link: DialerConfig.Server is required")
 	}
-	rt, err := relayTLS(cfg.Server, cfg.RelayFingerprint)
-	if err != nil {
-		return nil, err
-	}
-	d := &Dialer{cfg: cfg, relay: rt, pins: map[string]string{}, log: cfg.Logger}
-	d.ctx, d.cancel = context.WithCancel(context.Background())
-	d.direct.paths = map[string]*directPath{}
+	d := &Dialer{cfg: cfg, pins: map[string]string{}, log: cfg.Logger}
 	d.cfg.HandshakeTimeout = cmp.Or(cfg.HandshakeTimeout, DefaultHandshakeTimeout)
 	d.cfg.KeepAlive = cmp.Or(cfg.KeepAlive, DefaultKeepAlive)
+	d.cfg.QUICHeadStart = cmp.Or(cfg.QUICHeadStart, DefaultQUICHeadStart)
+	d.cfg.QUICRetry = cmp.Or(cfg.QUICRetry, DefaultQUICRetry)
+	var err error
+	if d.relay, err = newRelayDialer(cfg.Server, cfg.ServerTCP, cfg.RelayFingerprint, d.cfg.KeepAlive, d.cfg.QUICHeadStart, d.cfg.QUICRetry, cfg.Logger); err != nil {
+		return nil, err
+	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.direct.paths, d.direct.birthdays = map[string]*directPath{}, make(chan struct{}, maxBirthdays)
 	for dev, fp := range cfg.Fingerprints {
 		if d.pins[dev], err = ParseFingerprint(fp); err != nil {
 			return nil, fmt.Errorf("device %s: %w", dev, err)
@@ -130,8 +149,8 @@ func quicConfig(handshake, keepAlive time.Duration, incoming int64) *quic.Config
 	}
 }
 
-// connection returns the live QUIC connection to the relay, dialing if needed.
-func (d *Dialer) connection(ctx context.Context, fresh bool) (*quic.Conn, error) {
+// connection returns the live connection to the relay, dialing if needed.
+func (d *Dialer) connection(ctx context.Context, fresh bool) (Carrier, error) {
 	d.dialMu.Lock()
 	defer d.dialMu.Unlock()
 	d.mu.Lock()
@@ -147,7 +166,7 @@ func (d *Dialer) connection(ctx context.Context, fresh bool) (*quic.Conn, error)
 		c.CloseWithError(CloseNormal, "reconnecting")
 	}
 	if d.ep == nil {
-		ep, err := newEndpoint(d.cfg.Listen, nil, d.log)
+		ep, err := newEndpoint(d.cfg.Listen, d.cfg.ListenUDP, nil, d.log)
 		if err != nil {
 			return nil, err
 		}
@@ -159,7 +178,8 @@ func (d *Dialer) connection(ctx context.Context, fresh bool) (*quic.Conn, error)
 	defer cancel()
 	stop := context.AfterFunc(d.ctx, cancel) // Close does not wait for a handshake
 	defer stop()
-	c, to, err := d.ep.dial(hctx, d.cfg.Server, d.relay, quicConfig(d.cfg.HandshakeTimeout, d.cfg.KeepAlive, -1))
+	qc := quicConfig(d.cfg.HandshakeTimeout, d.cfg.KeepAlive, -1)
+	c, to, err := d.relay.dial(hctx, d.ep, qc)
 	if err != nil {
 		return nil, fmt.Errorf("connect to relay %s: %w", d.cfg.Server, err)
 	}
@@ -170,6 +190,9 @@ func (d *Dialer) connection(ctx context.Context, fresh bool) (*quic.Conn, error)
 		return nil, net.ErrClosed
 	}
 	d.conn, d.relayAddr = c, to
+	if c.Transport() == TransportTCP {
+		d.wg.Go(func() { d.relay.returnToQUIC(d.ctx, c, d.ep, qc, func() bool { return openStreams(c) == 0 }) })
+	}
 	return c, nil
 }
 
@@ -198,7 +221,7 @@ func (d *Dialer) Dial(ctx context.Context, device string, port uint16) (net.Conn
 	if err != nil {
 		return nil, err
 	}
-	if !d.cfg.DisableDirect {
+	if !d.cfg.DisableDirect && sc.transport != TransportTCP { // direct paths need UDP
 		d.startPunch(device, c.peerKey(), start)
 	}
 	return c, nil
@@ -279,7 +302,7 @@ func (d *Dialer) open(ctx context.Context, device string, port uint16) (*streamC
 			sc.Close()
 			var ae *quic.ApplicationError
 			var ie *quic.IdleTimeoutError
-			if ctx.Err() == nil && (errors.As(err, &ae) || errors.As(err, &ie)) {
+			if ctx.Err() == nil && (errors.As(err, &ae) || errors.As(err, &ie) || errors.Is(err, errCarrierLost)) {
 				lastErr = fmt.Errorf("relay %s: %w", d.cfg.Server, err)
 				continue
 			}
@@ -364,7 +387,7 @@ func (d *Dialer) Serve(ctx context.Context, ln net.Listener, device string, port
 				return
 			}
 			path := PathOf(rc)
-			ev := d.log.Info().Str("device", device).Uint16("port", port).Str("path", path.String())
+			ev := d.log.Info().Str("device", device).Uint16("port", port).Str("path", path.String()).Str("transport", TransportOf(rc))
 			if path.Direct {
 				ev = ev.Str("pair", path.Local.String()+">"+path.Remote.String())
 			}

@@ -48,17 +48,21 @@ const (
 
 // agentDirect is the agent's direct-path state.
 type agentDirect struct {
-	ln *quic.Listener // nil with direct paths off
+	ln  *quic.Listener // nil with direct paths off
+	tls *tls.Config    // of ln, and of the sockets birthday probing adopts
 
 	mu        sync.Mutex
 	info      RelayInfo
 	relayAddr netip.AddrPort // the relay's address as dialed
+	overTCP   bool           // the relay is reached over TCP: UDP is blocked
 	srflx     netip.AddrPort // the NAT mapping STUN last reported
+	mapping   natMapping     // how the NAT maps (srflx compared with the relay's answer)
 	srflxAt   time.Time
 	grants    map[[ExchangeIDLen]byte]*exchange // exchanges awaiting their DirectHello
 	allowed   map[netip.AddrPort]time.Time      // sources of valid pings, until when
 	conns     map[*quic.Conn]*directConn
 	stunKick  chan struct{}
+	birthdays chan struct{} // a slot per birthday probing in progress (maxBirthdays)
 }
 
 // directConn is a direct connection from a client.
@@ -121,7 +125,7 @@ func (a *Agent) allow(from netip.AddrPort) {
 // watchInfo asks the relay for its RelayInfo on a stream of c and follows
 // its changes until the stream or c ends. A relay that predates direct
 // paths resets the stream: then there is no STUN and no direct path.
-func (a *Agent) watchInfo(c *quic.Conn) {
+func (a *Agent) watchInfo(c Carrier) {
 	s, err := c.OpenStreamSync(a.ctx)
 	if err != nil {
 		return
@@ -197,15 +201,22 @@ func (a *Agent) stunLoop() {
 		if !ok {
 			continue
 		}
-		mapped, err := a.ep.discover(a.ctx, server, stunTimeout)
+		ad.mu.Lock()
+		relay := ad.relayAddr
+		ad.mu.Unlock()
+		mapped, m, err := a.ep.discoverMapping(a.ctx, server, relay)
 		if err != nil {
 			a.log.Debug().Err(err).Msg("stun binding failed")
 			continue
 		}
 		ad.mu.Lock()
 		changed := ad.srflx.Addr() != mapped.Addr()
-		ad.srflx, ad.srflxAt = mapped, time.Now()
+		classified := ad.mapping.kind != m.kind
+		ad.srflx, ad.mapping, ad.srflxAt = mapped, m, time.Now()
 		ad.mu.Unlock()
+		if classified {
+			a.log.Info().Str("nat", m.String()).Msg("nat mapping classified")
+		}
 		if changed {
 			a.log.Debug().Stringer("srflx", mapped).Msg("server-reflexive address learned")
 			select {
@@ -231,10 +242,10 @@ func (a *Agent) wanAddress() (netip.Addr, bool) {
 func (a *Agent) candidates() []Candidate {
 	ad := &a.direct
 	ad.mu.Lock()
-	relay, srflx := ad.relayAddr.Addr(), ad.srflx
+	relay, srflx, m := ad.relayAddr.Addr(), ad.srflx, ad.mapping
 	ad.mu.Unlock()
 	ifaces, _ := net.InterfaceAddrs()
-	return withSrflx(hostCandidates(a.ep.local, relay, ifaces), srflx, relay)
+	return withMapping(withSrflx(hostCandidates(a.ep.local, relay, ifaces), srflx, relay), m, relay)
 }
 
 // punch answers the relay's Punch: the agent's candidates, then pings to
@@ -242,6 +253,13 @@ func (a *Agent) candidates() []Candidate {
 func (a *Agent) punch(sc *streamConn, p Punch) {
 	if a.direct.ln == nil {
 		WriteFrame(sc, Result{Status: StatusNoDirect, Message: fmt.Sprintf("device %s has direct paths off", a.cfg.Device)})
+		return
+	}
+	a.direct.mu.Lock()
+	overTCP := a.direct.overTCP
+	a.direct.mu.Unlock()
+	if overTCP {
+		WriteFrame(sc, Result{Status: StatusNoDirect, Message: fmt.Sprintf("device %s reaches the relay over TCP: no UDP for a direct path", a.cfg.Device)})
 		return
 	}
 	x := &exchange{id: p.Exchange, key: p.Key, self: ProbeFromAgent, ep: a.ep, expires: time.Now().Add(ExchangeTTL), pinged: a.allow}
@@ -259,7 +277,7 @@ func (a *Agent) punch(sc *streamConn, p Punch) {
 		return
 	}
 	ad.grants[x.id] = x
-	relay := ad.relayAddr.Addr()
+	relay, self := ad.relayAddr.Addr(), ad.mapping
 	ad.mu.Unlock()
 	a.ep.register(x)
 	defer func() {
@@ -278,8 +296,20 @@ func (a *Agent) punch(sc *streamConn, p Punch) {
 	// are answered, and its DirectHello accepted, until then.
 	ctx, cancel := context.WithDeadline(a.ctx, x.expires)
 	defer cancel()
-	if remote := reachable(p.Candidates, a.ep.local, relay); len(remote) > 0 {
-		x.probe(ctx, remote, false)
+	remote := reachable(p.Candidates, a.ep.local, relay)
+	b := planBirthday(self, peerMapping(p.Candidates), a.ep.local, relay)
+	if b != nil && !takeSlot(ad.birthdays) {
+		a.log.Info().Msg("too many birthday probings at once; probing the candidates only")
+		b = nil
+	}
+	if b != nil {
+		b.listen, b.adopt = a.cfg.ListenUDP, a.adoptSocket
+	}
+	if len(remote) > 0 || b != nil {
+		x.probe(ctx, remote, false, b)
+	}
+	if b != nil {
+		<-ad.birthdays
 	}
 	<-ctx.Done()
 }
@@ -291,16 +321,8 @@ func (a *Agent) acceptDirect() {
 		if err != nil {
 			return
 		}
-		dc := &directConn{conn: c}
-		ad := &a.direct
-		ad.mu.Lock()
-		full := len(ad.conns) >= maxDirectConns
-		if !full {
-			ad.conns[c] = dc
-		}
-		ad.mu.Unlock()
-		if full {
-			c.CloseWithError(CloseRefused, "too many direct connections")
+		dc := a.trackDirect(c)
+		if dc == nil {
 			continue
 		}
 		if !a.wg.Go(func() { a.serveDirect(dc) }) {
@@ -308,6 +330,24 @@ func (a *Agent) acceptDirect() {
 			return
 		}
 	}
+}
+
+// trackDirect counts c among the agent's direct connections, or closes it
+// over maxDirectConns and returns nil.
+func (a *Agent) trackDirect(c *quic.Conn) *directConn {
+	dc := &directConn{conn: c}
+	ad := &a.direct
+	ad.mu.Lock()
+	full := len(ad.conns) >= maxDirectConns
+	if !full {
+		ad.conns[c] = dc
+	}
+	ad.mu.Unlock()
+	if full {
+		c.CloseWithError(CloseRefused, "too many direct connections")
+		return nil
+	}
+	return dc
 }
 
 // serveDirect serves a direct connection's streams: DirectHello, then
@@ -355,6 +395,7 @@ func (a *Agent) hello(sc *streamConn, dc *directConn, h DirectHello) {
 	}
 	if valid {
 		delete(ad.grants, h.Exchange)
+		close(x.used) // its probing is done
 	}
 	ad.mu.Unlock()
 	if !valid {

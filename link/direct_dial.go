@@ -49,10 +49,13 @@ var errFallback = errors.New("direct path unavailable")
 type dialerDirect struct {
 	paths    map[string]*directPath // by device
 	info     RelayInfo
-	infoConn *quic.Conn // the relay connection info came from
+	infoConn Carrier // the relay connection info came from
 	srflx    netip.AddrPort
+	mapping  natMapping // of srflx's socket, from the STUN server's and the relay's answers
 	srflxAt  time.Time
 	infoMu   sync.Mutex // one Info request at a time
+	// birthdays holds a slot per birthday probing in progress (maxBirthdays).
+	birthdays chan struct{}
 }
 
 // directPath is the direct path to one device.
@@ -195,7 +198,12 @@ type punchResult struct {
 	outcome PunchOutcome // zero: the relay refused (it counted that itself)
 	path    Path
 	conn    *quic.Conn
+	ep      *endpoint // conn's own, from birthday probing; nil on the Dialer's socket
 	err     error
+	// For the log: the two ends' NAT mappings, and whether they called
+	// for birthday probing.
+	self, peer natMapping
+	birthday   bool
 }
 
 // punch makes one attempt, records it, reports it to the relay and, when it
@@ -219,16 +227,21 @@ func (d *Dialer) punch(p *directPath, start time.Time) {
 	if closed {
 		if r.conn != nil {
 			r.conn.CloseWithError(CloseNormal, "client closed")
+			r.ep.closeIfSet()
 		}
 		return
 	}
-	log := d.log.With().Str("device", p.device).Logger()
+	log := d.log.With().Str("device", p.device).Str("nat", r.self.String()).Str("peer_nat", r.peer.String()).
+		Bool("birthday", r.birthday).Logger()
 	if r.conn == nil {
 		log.Info().Str("path", "relay").AnErr("reason", r.err).Msg("no direct path; sessions stay on the relay")
 	} else {
 		log.Info().Str("path", "direct").Str("pair", r.path.Local.String()+">"+r.path.Remote.String()).
 			Int64("after_ms", elapsed.Milliseconds()).Msg("direct path up; new sessions take it")
-		d.wg.Go(func() { d.watch(p, r.conn) })
+		if !d.wg.Go(func() { d.watch(p, r.conn, r.ep) }) {
+			r.conn.CloseWithError(CloseNormal, "client closed")
+			r.ep.closeIfSet()
+		}
 	}
 	if r.outcome != 0 {
 		d.report(Report{Device: p.device, Outcome: r.outcome, Local: r.path.Local, Remote: r.path.Remote,
@@ -254,34 +267,60 @@ func (d *Dialer) tryDirect(ctx context.Context, p *directPath) punchResult {
 	ep := d.ep
 	d.mu.Unlock()
 	ifaces, _ := net.InterfaceAddrs()
-	cands := withSrflx(hostCandidates(ep.local, relay.Addr(), ifaces), d.srflx(ctx, ep, info, relay), relay.Addr())
+	srflx, self := d.srflx(ctx, ep, info, relay)
+	cands := withMapping(withSrflx(hostCandidates(ep.local, relay.Addr(), ifaces), srflx, relay.Addr()), self, relay.Addr())
 	x := newExchange(ep)
 	ep.register(x)
 	defer ep.unregister(x)
 	answer, err := d.introduce(ctx, c, Direct{Device: p.device, AccessCode: d.cfg.AccessCode, Exchange: x.id, Key: x.key, Candidates: cands})
 	if err != nil {
-		return punchResult{err: err}
+		return punchResult{err: err, self: self}
 	}
+	peer := peerMapping(answer)
 	remote := reachable(answer, ep.local, relay.Addr())
-	win, observed, err := x.probe(ctx, remote, true)
-	if err != nil {
-		return punchResult{outcome: PunchNoAnswer, err: fmt.Errorf("%d candidates probed: %w", len(remote), err)}
+	b := planBirthday(self, peer, ep.local, relay.Addr())
+	if b != nil && takeSlot(d.direct.birthdays) {
+		defer func() { <-d.direct.birthdays }()
+		b.listen = d.cfg.ListenUDP
+	} else if b != nil {
+		d.log.Info().Str("device", p.device).Msg("too many birthday probings at once; probing the candidates only")
+		b = nil
 	}
-	path := Path{Direct: true, Local: CandidatePrflx, Remote: win.Kind}
-	if i := slices.IndexFunc(cands, func(c Candidate) bool { return c.Addr == observed }); i >= 0 {
-		path.Local = cands[i].Kind
+	res := punchResult{self: self, peer: peer, birthday: b != nil}
+	won, err := x.probe(ctx, remote, true, b)
+	if err != nil {
+		res.outcome, res.err = PunchNoAnswer, fmt.Errorf("%d candidates probed: %w", len(remote), err)
+		if b == nil && self.kind == mappingVaries && peer.kind == mappingVaries {
+			res.err = fmt.Errorf("%w (both NATs are symmetric: no birthday probing)", res.err)
+		}
+		return res
+	}
+	res.path = Path{Direct: true, Local: CandidatePrflx, Remote: won.win.Kind}
+	if i := slices.IndexFunc(cands, func(c Candidate) bool { return c.Addr == won.observed }); i >= 0 {
+		res.path.Local = cands[i].Kind
+	}
+	tr := ep.tr
+	if won.sock != nil { // a birthday socket won: the connection runs on it
+		res.ep = endpointOn(won.sock, nil, d.log)
+		tr = res.ep.tr
 	}
 	hctx, cancel := context.WithTimeout(ctx, d.cfg.HandshakeTimeout)
 	defer cancel()
-	conn, err := ep.tr.Dial(hctx, net.UDPAddrFromAddrPort(win.Addr), directClientTLS(p.device, p.key), directQUIC(d.cfg.HandshakeTimeout))
+	conn, err := tr.Dial(hctx, net.UDPAddrFromAddrPort(won.win.Addr), directClientTLS(p.device, p.key), directQUIC(d.cfg.HandshakeTimeout))
+	if err == nil {
+		if err = d.hello(hctx, conn, x); err != nil {
+			conn.CloseWithError(CloseNormal, "direct hello failed")
+		}
+	} else {
+		err = fmt.Errorf("direct handshake: %w", err)
+	}
 	if err != nil {
-		return punchResult{outcome: PunchFailed, path: path, err: fmt.Errorf("direct handshake: %w", err)}
+		res.ep.closeIfSet()
+		res.outcome, res.err, res.ep = PunchFailed, err, nil
+		return res
 	}
-	if err := d.hello(hctx, conn, x); err != nil {
-		conn.CloseWithError(CloseNormal, "direct hello failed")
-		return punchResult{outcome: PunchFailed, path: path, err: err}
-	}
-	return punchResult{outcome: PunchDirect, path: path, conn: conn}
+	res.outcome, res.conn = PunchDirect, conn
+	return res
 }
 
 // directClientTLS pins the device key the relayed session verified.
@@ -295,7 +334,7 @@ func directClientTLS(device, key string) *tls.Config {
 
 // relayInfo returns the relay's RelayInfo from an Info stream on c, opening
 // it the first time; the stream then follows the relay's changes.
-func (d *Dialer) relayInfo(ctx context.Context, c *quic.Conn) (RelayInfo, netip.AddrPort, error) {
+func (d *Dialer) relayInfo(ctx context.Context, c Carrier) (RelayInfo, netip.AddrPort, error) {
 	d.direct.infoMu.Lock()
 	defer d.direct.infoMu.Unlock()
 	d.mu.Lock()
@@ -330,7 +369,7 @@ func (d *Dialer) relayInfo(ctx context.Context, c *quic.Conn) (RelayInfo, netip.
 
 // followInfo reads the relay's later RelayInfo frames: direct paths turned
 // off close the direct connections (the agents close theirs too).
-func (d *Dialer) followInfo(sc *streamConn, c *quic.Conn) {
+func (d *Dialer) followInfo(sc *streamConn, c Carrier) {
 	defer sc.Close()
 	stop := context.AfterFunc(d.ctx, func() { sc.CancelRead(StreamAborted) })
 	defer stop()
@@ -352,31 +391,32 @@ func (d *Dialer) followInfo(sc *streamConn, c *quic.Conn) {
 }
 
 // srflx returns this socket's server-reflexive address from the relay's
-// STUN server (cached for a minute), or the zero value.
-func (d *Dialer) srflx(ctx context.Context, ep *endpoint, info RelayInfo, relay netip.AddrPort) netip.AddrPort {
+// STUN server and its NAT's mapping, comparing that answer with the
+// relay's own (cached for a minute), or zero values.
+func (d *Dialer) srflx(ctx context.Context, ep *endpoint, info RelayInfo, relay netip.AddrPort) (netip.AddrPort, natMapping) {
 	server, ok := stunServer(info, relay)
 	if !ok {
-		return netip.AddrPort{}
+		return netip.AddrPort{}, natMapping{}
 	}
 	d.mu.Lock()
-	cached, at := d.direct.srflx, d.direct.srflxAt
+	cached, m, at := d.direct.srflx, d.direct.mapping, d.direct.srflxAt
 	d.mu.Unlock()
 	if cached.IsValid() && time.Since(at) < srflxFresh {
-		return cached
+		return cached, m
 	}
-	mapped, err := ep.discover(ctx, server, stunTimeout)
+	mapped, m, err := ep.discoverMapping(ctx, server, relay)
 	if err != nil {
 		d.log.Debug().Err(err).Msg("stun binding failed; offering host candidates only")
-		return netip.AddrPort{}
+		return netip.AddrPort{}, natMapping{}
 	}
 	d.mu.Lock()
-	d.direct.srflx, d.direct.srflxAt = mapped, time.Now()
+	d.direct.srflx, d.direct.mapping, d.direct.srflxAt = mapped, m, time.Now()
 	d.mu.Unlock()
-	return mapped
+	return mapped, m
 }
 
 // introduce sends Direct to the relay and returns the agent's candidates.
-func (d *Dialer) introduce(ctx context.Context, c *quic.Conn, req Direct) ([]Candidate, error) {
+func (d *Dialer) introduce(ctx context.Context, c Carrier, req Direct) ([]Candidate, error) {
 	s, err := c.OpenStreamSync(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("open a stream to the relay: %w", err)
@@ -450,9 +490,10 @@ func (d *Dialer) renew(ctx context.Context, p *directPath, conn *quic.Conn) erro
 // watch waits for a direct connection to end; if it was still the
 // device's path, the path is lost: new sessions use the relay, the relay
 // hears of it, and punching is tried again after a while.
-func (d *Dialer) watch(p *directPath, conn *quic.Conn) {
+func (d *Dialer) watch(p *directPath, conn *quic.Conn, ep *endpoint) {
 	t := time.NewTicker(DirectRenewAfter)
 	defer t.Stop()
+	defer ep.closeIfSet()
 	for done := false; !done; {
 		select {
 		case <-conn.Context().Done():

@@ -56,18 +56,28 @@ const stunQueue = 8
 // one of its addresses.
 const DefaultListen = ":0"
 
-// newEndpoint binds listen and starts reading. accept, when not nil, makes
-// the endpoint able to listen for direct connections: it is asked about each
-// new connection's source address before any handshake work.
-func newEndpoint(listen string, accept func(netip.AddrPort) bool, log zerolog.Logger) (*endpoint, error) {
+// newEndpoint binds listen with open (nil: net.ListenUDP) and starts
+// reading. accept, when not nil, makes the endpoint able to listen for
+// direct connections: it is asked about each new connection's source
+// address before any handshake work.
+func newEndpoint(listen string, open listenUDP, accept func(netip.AddrPort) bool, log zerolog.Logger) (*endpoint, error) {
 	ua, err := net.ResolveUDPAddr("udp", cmpStr(listen, DefaultListen))
 	if err != nil {
 		return nil, fmt.Errorf("link socket %q: %w", listen, err)
 	}
-	conn, err := net.ListenUDP("udp", ua)
+	if open == nil {
+		open = net.ListenUDP
+	}
+	conn, err := open("udp", ua)
 	if err != nil {
 		return nil, fmt.Errorf("link socket %s: %w", listen, err)
 	}
+	return endpointOn(conn, accept, log), nil
+}
+
+// endpointOn is an endpoint on a socket already open: newEndpoint's, or
+// one of birthday probing's that won.
+func endpointOn(conn *net.UDPConn, accept func(netip.AddrPort) bool, log zerolog.Logger) *endpoint {
 	e := &endpoint{
 		conn: conn, local: netaddr.AddrPort(conn.LocalAddr()), log: log,
 		stunIn: make(chan stunPacket, stunQueue), done: make(chan struct{}),
@@ -84,7 +94,7 @@ func newEndpoint(listen string, accept func(netip.AddrPort) bool, log zerolog.Lo
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	go e.read()
-	return e, nil
+	return e
 }
 
 func cmpStr(a, b string) string {
@@ -126,7 +136,7 @@ func (e *endpoint) onProbe(b []byte, from netip.AddrPort) {
 	x := e.exchanges[p.Exchange]
 	e.mu.Unlock()
 	if x != nil {
-		x.onProbe(p, b, from)
+		x.onProbe(p, b, from, e)
 	}
 }
 

@@ -26,7 +26,6 @@ import (
 	"time"
 
 	"github.com/nasreach/nasreach/internal/workgroup"
-	"github.com/quic-go/quic-go"
 )
 
 // Errors a Dial or an agent login returns; each matches a Result status
@@ -217,14 +216,27 @@ func relayTLS(server, fingerprint string) (*tls.Config, error) {
 	return cfg, nil
 }
 
-// streamConn is a QUIC stream as a net.Conn whose CloseWrite sends FIN.
+// streamConn is a stream of a carrier as a net.Conn whose CloseWrite
+// sends FIN.
 type streamConn struct {
-	*quic.Stream
+	Stream
 	local, remote net.Addr
+	transport     string
 }
 
-func newStreamConn(s *quic.Stream, c *quic.Conn) *streamConn {
-	return &streamConn{Stream: s, local: c.LocalAddr(), remote: c.RemoteAddr()}
+// addrs is what streamConn takes from its connection: a Carrier, or a
+// direct path's *quic.Conn.
+type addrs interface {
+	LocalAddr() net.Addr
+	RemoteAddr() net.Addr
+}
+
+func newStreamConn(s Stream, c addrs) *streamConn {
+	sc := &streamConn{Stream: s, local: c.LocalAddr(), remote: c.RemoteAddr(), transport: TransportQUIC}
+	if cr, ok := c.(Carrier); ok {
+		sc.transport = cr.Transport()
+	}
+	return sc
 }
 
 func (c *streamConn) LocalAddr() net.Addr  { return c.local }

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/internal/listen"
 	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/link"
 	"github.com/nasreach/nasreach/linkserver"
@@ -37,9 +38,11 @@ import (
 type env struct {
 	t  *testing.T
 	st *store.Store
-	// sock is the relay's UDP socket, held by the test for its whole run:
-	// each relay started serves a descriptor of its own for it.
+	// sock and tcp are the relay's UDP socket and its TCP carrier's
+	// listener on the same port, held by the test for its whole run: each
+	// relay started serves descriptors of its own for them.
 	sock   *net.UDPConn
+	tcp    *net.TCPListener
 	relay  *linkserver.Server
 	cfg    linkserver.Config
 	fp     string
@@ -88,11 +91,12 @@ func newEnv(t *testing.T, mods ...func(*linkserver.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sock, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	socks, err := listen.Bind(listen.Config{Addr: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { sock.Close() })
+	t.Cleanup(func() { socks.Close() })
+	sock, tcp := socks.UDP[0].(*net.UDPConn), socks.TCP[0].(*net.TCPListener)
 	// The daemon's STUN server, on every address as in production: the
 	// relay tells agents and clients its port, and they ask it at the
 	// relay's address.
@@ -101,7 +105,7 @@ func newEnv(t *testing.T, mods ...func(*linkserver.Config)) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ss.Shutdown(context.Background()) })
-	e := &env{t: t, st: st, sock: sock, fp: fp, events: &eventLog{}}
+	e := &env{t: t, st: st, sock: sock, tcp: tcp, fp: fp, events: &eventLog{}}
 	e.cfg = linkserver.Config{Certificate: cert, Store: st, Events: e.events.Log, Logger: testLogger(t),
 		STUN: netip.AddrPortFrom(netip.IPv4Unspecified(), ss.Addr().Port())}
 	for _, m := range mods {
@@ -112,7 +116,7 @@ func newEnv(t *testing.T, mods ...func(*linkserver.Config)) *env {
 	return e
 }
 
-// start starts a relay on a new descriptor of e.sock, as systemd's socket
+// start starts a relay on new descriptors of e.sock and e.tcp, as systemd's socket
 // activation would: the relay closes its descriptor at Shutdown, the socket
 // stays bound, and a restarted relay serves the same port without another
 // program being able to take it in between.
@@ -124,6 +128,14 @@ func (e *env) start() {
 	}
 	defer f.Close()
 	if e.cfg.PacketConn, err = net.FilePacketConn(f); err != nil {
+		e.t.Fatal(err)
+	}
+	tf, err := e.tcp.File()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer tf.Close()
+	if e.cfg.TCPListener, err = net.FileListener(tf); err != nil {
 		e.t.Fatal(err)
 	}
 	r, err := linkserver.New(e.cfg)
@@ -298,10 +310,18 @@ func TestHTTPGetThroughTunnelIsEncryptedEndToEnd(t *testing.T) {
 }
 
 func TestHundredConcurrentStreams(t *testing.T) {
-	e := newEnv(t)
-	tok := e.addDevice("nas1")
-	e.agent("nas1", tok, map[uint16]string{443: echoServer(t)})
-	d := e.dialer()
+	for i, name := range []string{link.TransportQUIC, link.TransportTCP} {
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t)
+			cr := e.carriers()[i]
+			e.agentVia(cr, "nas1", e.addDevice("nas1"), map[uint16]string{443: echoServer(t)})
+			hundredStreams(t, e.dialer(cr.dialer))
+		})
+	}
+}
+
+// hundredStreams echoes 100 messages over as many concurrent sessions.
+func hundredStreams(t *testing.T, d *link.Dialer) {
 	var wg sync.WaitGroup
 	errs := make(chan error, 100)
 	for i := range 100 {
@@ -366,8 +386,14 @@ func transfer(t *testing.T, n int64) {
 	e := newEnv(t)
 	tok := e.addDevice("nas1")
 	e.agent("nas1", tok, map[uint16]string{9: hashServer(t)})
-	d := e.dialer()
-	c, err := d.Dial(ctx10(t), "nas1", 9)
+	sendHashed(t, e.dialer(), "nas1", n)
+}
+
+// sendHashed sends n pseudo-random bytes to device's port 9, a
+// hashServer, and checks the SHA-256 it answers.
+func sendHashed(t *testing.T, d *link.Dialer, device string, n int64) net.Conn {
+	t.Helper()
+	c, err := d.Dial(ctx10(t), device, 9)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,7 +413,8 @@ func transfer(t *testing.T, n int64) {
 		t.Fatalf("far end got SHA-256 %s, sent %s", got, want)
 	}
 	el := time.Since(start)
-	t.Logf("%d MiB in %v (%.0f MiB/s)", n>>20, el.Round(time.Millisecond), float64(n>>20)/el.Seconds())
+	t.Logf("%d MiB in %v (%.0f MiB/s) over %s", n>>20, el.Round(time.Millisecond), float64(n>>20)/el.Seconds(), link.TransportOf(c))
+	return c
 }
 
 func TestTransfer64MiBArrivesIntact(t *testing.T) { transfer(t, 64<<20) }
@@ -632,6 +659,14 @@ func TestLimitsCloseOnlyTheOffendingStream(t *testing.T) {
 }
 
 func TestShutdownStopsEveryGoroutine(t *testing.T) {
+	for _, transport := range []string{link.TransportQUIC, link.TransportTCP} {
+		t.Run(transport, func(t *testing.T) { shutdownStopsEveryGoroutine(t, transport) })
+	}
+}
+
+// shutdownStopsEveryGoroutine runs a relay, an agent and a client with a
+// session open over transport, then stops them all and counts goroutines.
+func shutdownStopsEveryGoroutine(t *testing.T, transport string) {
 	before := runtime.NumGoroutine()
 	func() {
 		st, err := store.Open(store.Config{Dir: t.TempDir(), SweepEvery: -1})
@@ -640,15 +675,24 @@ func TestShutdownStopsEveryGoroutine(t *testing.T) {
 		}
 		defer st.Close()
 		cert, fp, _ := linkserver.LoadCert(t.TempDir())
-		r, err := linkserver.New(linkserver.Config{Addr: "127.0.0.1:0", Certificate: cert, Store: st, Logger: testLogger(t)})
+		r, err := linkserver.New(linkserver.Config{Addr: "127.0.0.1:0", TCPAddr: "127.0.0.1:0", Certificate: cert, Store: st, Logger: testLogger(t)})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer r.Shutdown(context.Background())
+		server, serverTCP := r.Addr().String(), r.TCPAddr().String()
+		if transport == link.TransportTCP { // UDP to a socket that never answers
+			blackHole, err := net.ListenPacket("udp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer blackHole.Close()
+			server = blackHole.LocalAddr().String()
+		}
 		_, tok, _ := st.Create(context.Background(), "nas1", store.CreateOptions{})
 		backend, stopBackend := loopbackEcho(t)
 		defer stopBackend()
-		a, err := link.NewAgent(link.AgentConfig{Server: r.Addr().String(), RelayFingerprint: fp, Device: "nas1", Token: tok,
+		a, err := link.NewAgent(link.AgentConfig{Server: server, ServerTCP: serverTCP, RelayFingerprint: fp, Device: "nas1", Token: tok,
 			Expose: map[uint16]string{22: backend}, StateDir: t.TempDir(), Logger: testLogger(t)})
 		if err != nil {
 			t.Fatal(err)
@@ -657,11 +701,14 @@ func TestShutdownStopsEveryGoroutine(t *testing.T) {
 		if err := a.WaitOnline(ctx10(t)); err != nil {
 			t.Fatal(err)
 		}
-		d, _ := link.NewDialer(link.DialerConfig{Server: r.Addr().String(), RelayFingerprint: fp, KnownDevices: "-"})
+		d, _ := link.NewDialer(link.DialerConfig{Server: server, ServerTCP: serverTCP, RelayFingerprint: fp, KnownDevices: "-"})
 		defer d.Close()
 		c, err := d.Dial(ctx10(t), "nas1", 22)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if tr := link.TransportOf(c); tr != transport {
+			t.Fatalf("session over %s, want %s", tr, transport)
 		}
 		c.Write([]byte("hi"))
 		io.ReadFull(c, make([]byte, 2))

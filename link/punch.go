@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -21,8 +22,10 @@ const (
 	// valid pings came from may start a direct handshake, and its
 	// DirectHello is accepted, within it.
 	ExchangeTTL = 30 * time.Second
-	// maxSentPings bounds the pings an exchange remembers awaiting a pong.
-	maxSentPings = 512
+	// maxSentPings bounds the pings an exchange remembers awaiting a pong:
+	// room for birthday probing's (BirthdayProbes, or four rounds of
+	// BirthdaySockets) beside the candidates'.
+	maxSentPings = 4096
 )
 
 // errNoAnswer means no candidate of the other end answered a ping.
@@ -48,6 +51,9 @@ type exchange struct {
 	// end's NAT that is none of its candidates (peer-reflexive), e.g. a
 	// symmetric NAT's new port, which probe tries too.
 	pingedFrom chan netip.AddrPort
+	// used is closed when the agent's DirectHello uses the exchange up:
+	// its probing, birthday probing included, has done its job.
+	used chan struct{}
 }
 
 // pong is a valid answer to one of our pings: who answered and where it
@@ -69,12 +75,13 @@ func (x *exchange) init() {
 	x.sent = map[[probeTxLen]byte]netip.AddrPort{}
 	x.answered = make(chan pong, MaxCandidates)
 	x.pingedFrom = make(chan netip.AddrPort, MaxCandidates)
+	x.used = make(chan struct{})
 }
 
-// onProbe answers a valid ping with a pong and passes on a valid pong to
-// one of our pings. Everything else, a probe this end sent reflected back
-// included, is dropped.
-func (x *exchange) onProbe(p Probe, raw []byte, from netip.AddrPort) {
+// onProbe answers a valid ping with a pong, through via (the endpoint it
+// came in on), and passes on a valid pong to one of our pings. Everything
+// else, a probe this end sent reflected back included, is dropped.
+func (x *exchange) onProbe(p Probe, raw []byte, from netip.AddrPort, via *endpoint) {
 	if p.Sender == x.self || !VerifyProbe(raw, &x.key) {
 		return
 	}
@@ -83,17 +90,13 @@ func (x *exchange) onProbe(p Probe, raw []byte, from netip.AddrPort) {
 		if x.pinged != nil { // before the pong: a handshake may follow it at once
 			x.pinged(from)
 		}
-		b := AppendProbe(make([]byte, 0, ProbeLen), Probe{Type: ProbePong, Sender: x.self, Exchange: x.id, Tx: p.Tx, Observed: from}, &x.key)
-		x.ep.writeTo(b, from)
+		via.writeTo(x.pongFor(p, from), from)
 		select {
 		case x.pingedFrom <- from:
 		default:
 		}
 	case ProbePong:
-		x.mu.Lock()
-		to, ok := x.sent[p.Tx]
-		x.mu.Unlock()
-		if ok && to == from {
+		if x.pingedTo(p.Tx) == from {
 			select {
 			case x.answered <- pong{from: from, observed: p.Observed}:
 			default:
@@ -102,37 +105,93 @@ func (x *exchange) onProbe(p Probe, raw []byte, from netip.AddrPort) {
 	}
 }
 
+// pongFor is the answer to the valid ping p from from.
+func (x *exchange) pongFor(p Probe, from netip.AddrPort) []byte {
+	return AppendProbe(make([]byte, 0, ProbeLen), Probe{Type: ProbePong, Sender: x.self, Exchange: x.id, Tx: p.Tx, Observed: from}, &x.key)
+}
+
+// pingedTo returns where the ping with transaction tx went, if this
+// exchange sent it.
+func (x *exchange) pingedTo(tx [probeTxLen]byte) netip.AddrPort {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.sent[tx]
+}
+
+// newPing returns a new ping to to, remembered for its pong.
+func (x *exchange) newPing(to netip.AddrPort) []byte {
+	p := Probe{Type: ProbePing, Sender: x.self, Exchange: x.id}
+	rand.Read(p.Tx[:])
+	x.mu.Lock()
+	if len(x.sent) < maxSentPings {
+		x.sent[p.Tx] = to
+	}
+	x.mu.Unlock()
+	return AppendProbe(make([]byte, 0, ProbeLen), p, &x.key)
+}
+
 // ping sends one ping to every candidate.
 func (x *exchange) ping(cands []Candidate) {
 	for _, c := range cands {
-		p := Probe{Type: ProbePing, Sender: x.self, Exchange: x.id}
-		rand.Read(p.Tx[:])
-		x.mu.Lock()
-		if len(x.sent) < maxSentPings {
-			x.sent[p.Tx] = c.Addr
-		}
-		x.mu.Unlock()
-		x.ep.writeTo(AppendProbe(make([]byte, 0, ProbeLen), p, &x.key), c.Addr)
+		x.ep.writeTo(x.newPing(c.Addr), c.Addr)
 	}
 }
 
+// probeResult is the pair that answered first: the other end's address,
+// where it saw this end, and the birthday socket the pong reached (nil
+// when it was the endpoint's own).
+type probeResult struct {
+	win      Candidate
+	observed netip.AddrPort
+	sock     *net.UDPConn
+}
+
 // probe pings every candidate each ProbeInterval until one answers with a
-// pong (returned: the candidate, and where it saw this end), ctx ends or
-// ProbeTimeout passes. A valid ping from an address that is no candidate
-// adds it (peer-reflexive). With wait false it only pings, for the agent,
-// which opens its NAT's mappings toward the client this way.
-func (x *exchange) probe(ctx context.Context, cands []Candidate, wait bool) (Candidate, netip.AddrPort, error) {
-	if len(cands) == 0 {
-		return Candidate{}, netip.AddrPort{}, errNoAnswer
+// pong (returned), ctx ends or ProbeTimeout passes. A valid ping from an
+// address that is no candidate adds it (peer-reflexive). With b, birthday
+// probing starts after BirthdayAfter without an answer, and the exchange
+// probes for BirthdayWindow more. With wait false it only pings (and plays
+// its part in b), for the agent, which opens its NAT's mappings toward the
+// client this way; it returns when the time is up or the exchange is used.
+func (x *exchange) probe(ctx context.Context, cands []Candidate, wait bool, b *birthday) (probeResult, error) {
+	if len(cands) == 0 && b == nil {
+		return probeResult{}, errNoAnswer
 	}
-	ctx, cancel := context.WithTimeout(ctx, ProbeTimeout)
+	timeout := ProbeTimeout
+	var start <-chan time.Time
+	if b != nil {
+		timeout = BirthdayAfter + BirthdayWindow
+		t := time.NewTimer(BirthdayAfter)
+		defer t.Stop()
+		start = t.C
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tick := time.NewTicker(ProbeInterval)
 	defer tick.Stop()
 	x.ping(cands)
 	learned := 0
+	won := make(chan probeResult, 1)
+	var keep *net.UDPConn
+	if b != nil {
+		defer func() {
+			sent, adopted := b.stop(x, keep)
+			x.ep.log.Debug().Stringer("role", b.role).Int("probes", sent).Bool("won", keep != nil || adopted > 0).
+				Msg("birthday probing ended")
+		}()
+	}
+	bctx, bcancel := context.WithCancel(ctx)
+	defer bcancel()
 	for {
 		select {
+		case <-start:
+			x.ep.log.Debug().Stringer("role", b.role).Msg("no answer yet: birthday probing")
+			b.wg.Go(func() { b.run(bctx, x, won) })
+		case r := <-won:
+			// The pong came from the other end's mapped address: its
+			// srflx candidate.
+			keep, r.win = r.sock, candidateAt(cands, r.win.Addr)
+			return r, nil
 		case from := <-x.pingedFrom:
 			if learned < MaxCandidates && !slices.ContainsFunc(cands, func(c Candidate) bool { return c.Addr == from }) {
 				learned++
@@ -141,18 +200,30 @@ func (x *exchange) probe(ctx context.Context, cands []Candidate, wait bool) (Can
 				x.ping([]Candidate{c})
 			}
 		case p := <-x.answered:
-			for _, c := range cands {
-				if wait && c.Addr == p.from {
-					return c, p.observed, nil
-				}
+			if !wait {
+				continue
 			}
+			// A candidate, a learned address, or a port birthday
+			// probing sprayed.
+			return probeResult{win: candidateAt(cands, p.from), observed: p.observed}, nil
 		case <-tick.C:
 			x.ping(cands)
+		case <-x.used:
+			return probeResult{}, nil
 		case <-ctx.Done():
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return Candidate{}, netip.AddrPort{}, errNoAnswer
+				return probeResult{}, errNoAnswer
 			}
-			return Candidate{}, netip.AddrPort{}, ctx.Err()
+			return probeResult{}, ctx.Err()
 		}
 	}
+}
+
+// candidateAt is the candidate at addr, or a peer-reflexive one when none
+// is (a port birthday probing sprayed).
+func candidateAt(cands []Candidate, addr netip.AddrPort) Candidate {
+	if i := slices.IndexFunc(cands, func(c Candidate) bool { return c.Addr == addr }); i >= 0 {
+		return cands[i]
+	}
+	return Candidate{Kind: CandidatePrflx, Addr: addr}
 }

@@ -13,8 +13,9 @@ import (
 // Link wire protocol, version 1.
 //
 // Link carries TCP connections between a client and a NAS that both dial out
-// to a relay. It runs over QUIC (RFC 9000) with ALPN "nasreach-link/1"; the
-// relay authenticates itself with its TLS certificate (pinned by the SHA-256
+// to a relay. It runs over QUIC (RFC 9000) with ALPN "nasreach-link/1", or
+// where UDP is blocked over TLS and TCP with the same streams ("Over TCP"
+// below); the relay authenticates itself with its TLS certificate (pinned by the SHA-256
 // of its SubjectPublicKeyInfo, or verified against the system roots).
 //
 // Agent connection (the NAS side, one per device):
@@ -60,9 +61,11 @@ import (
 //	  │── Info ──────────────────────────────▶│◀──────────────── Info ──│ (own streams, kept open)
 //	  │◀─────────────────── RelayInfo ────────│──── RelayInfo ─────────▶│ STUN address, direct on?
 //	  │   STUN Binding to RelayInfo's address through the same socket: srflx candidate
+//	  │   STUN Binding to the relay's own port too: the NAT's mapping (nat candidate)
 //	  │── Direct{device, code, id, key, cands} ▶│ authorizes it as Connect, opens a stream ─▶ Punch{id, key, cands}
 //	  │◀────────────── Candidates{agent's} ───│◀────────── Candidates{agent's} ─│ (or a Result refusing)
 //	  │◀═══ Ping/Pong probes, both ends to every candidate at once (UDP) ════════▶│
+//	  │◀═══ no pong in 1 s, one NAT symmetric: birthday probing (see below) ═════▶│
 //	  │── QUIC handshake straight to the first candidate that answered ─────────▶│ device key, pinned
 //	  │── stream: DirectHello{id, proof} ───────────────────────────────────────▶│ Result
 //	  │── stream per session: Open{port} ───────────────────────────────────────▶│ Result, then e2e TLS
@@ -142,6 +145,82 @@ import (
 // Report tells the relay how an attempt ended, for its metrics; it carries
 // no address.
 //
+// # Over TCP
+//
+// Where UDP is blocked (some corporate, hotel and mobile networks), agents
+// and clients reach the relay over TCP instead, at its TCP address (by
+// default the host and port number of its UDP one): TLS 1.3 with ALPN
+// "nasreach-link-tcp/1" and the relay's certificate, pinned alike, then
+// yamux (version 0, as github.com/libp2p/go-yamux/v5 speaks it; the agent or
+// client is yamux's client, the relay its server) carrying streams. A
+// yamux stream stands for a QUIC stream: the same frames in the same
+// order, the same end-to-end TLS after an OK Result. A FIN is yamux's FIN;
+// a reset is yamux's RST, whose length field carries the stream error code
+// and which ends both directions (every reset here cancels both); a
+// STOP_SENDING while the write side is open is sent as an RST right after
+// the FIN. Closing the connection sends a GoAway whose code is 0x100 plus
+// the connection close code (yamux keeps 0 to 2 for itself). A stream's
+// window starts at yamux's 256 KiB and grows, while its reader keeps up,
+// to 6 MiB; the growth of one connection's streams is bounded by 16 MiB.
+// A stream over the receiver's limit of open streams is reset with code 0
+// (QUIC would make the opener wait). Keep-alives are yamux pings; one
+// unanswered for 10 s ends the connection. The relay applies the same
+// authentication, limits and logs as on QUIC (its logs say "over tcp"),
+// caps TCP connections per source, and bounds the TCP and TLS handshakes
+// plus the first frame by its handshake timeout.
+//
+// Direct paths need UDP: a client on TCP asks for none, and an agent on
+// TCP answers Punch with StatusNoDirect. Agents and clients try QUIC
+// first and dial TCP beside it when QUIC has not answered within a head
+// start (a second); after TCP won they dial TCP first for a while, probe
+// QUIC meanwhile, and move back to it when it answers and no session of
+// theirs is open (link/fallback.go).
+//
+// # NAT mapping and birthday probing
+//
+// Probing the candidates fails between a NAT that maps each destination to
+// a new port ("symmetric": RFC 4787 address-and-port-dependent mapping) and
+// one that filters by address and port: the symmetric side's pings leave
+// from a port the other side never sent to. So each end learns how its NAT
+// maps its socket: a STUN Binding to RelayInfo's STUN server and another to
+// the relay's own QUIC port (the relay answers STUN there too), both
+// through the one socket. The same address and port in both answers is
+// endpoint-independent mapping; one address with two ports, symmetric;
+// anything else (no answer from a relay that predates this, two addresses)
+// unknown. An end that knows offers it as a candidate of kind CandidateNAT:
+// its NAT's public address with the port both answers gave, or with port 0
+// when symmetric. It is a note, never probed; an end that predates it
+// skips a port-0 candidate and pings the other like its srflx twin. The
+// relay passes a CandidateNAT on only when its address is the one it sees
+// the sender at: the other end aims up to BirthdayProbes pings at it.
+//
+// When one end is symmetric and the other endpoint-independent, and no
+// candidate has answered within BirthdayAfter (1 s), both probe for up to
+// BirthdayWindow (4 s) more with the exchange's pings and pongs, at most
+// BirthdayRate (1000) probes a second each:
+//
+//   - the symmetric end opens BirthdaySockets (256) new UDP sockets, each
+//     pinging the other end's CandidateNAT address, again every second:
+//     256 mappings at random ports of its NAT, each open to that address
+//     only; a valid ping reaching one is answered (and, on the client,
+//     pinged back);
+//   - the endpoint-independent end pings up to BirthdayProbes (2048)
+//     distinct random ports in 1024–65535 of the symmetric NAT's address
+//     from its one socket, whose mapping does not move: each ping opens its
+//     own NAT's filter to that port.
+//
+// A port in both sets is a pair: the ping reaches that socket, or that
+// socket's next ping gets through the filter the ping opened. With 256
+// mappings among 64,512 ports, 2048 probes all miss with probability 0.03%,
+// and half the attempts match within 174. A symmetric client dials QUIC
+// from the socket a pong reached (its direct connection keeps that socket);
+// a symmetric agent accepts the direct handshake, from the addresses of
+// valid pings, on each socket a valid ping reached, within ExchangeTTL. The
+// pair then has a prflx side. Two symmetric NATs would need some 65,000
+// probes a side: that pair, and any with a mapping unknown, stays on the
+// relay. An end runs at most two birthday probings at once; more exchanges
+// probe their candidates only.
+//
 // Frame layout (all integers big-endian):
 //
 //	type   uint8
@@ -171,7 +250,8 @@ const (
 //	STUN address: family u8 (0: none, 4 or 6) | address (0, 4 or 16 bytes) | port u16.
 //	            Family 0 with a port: the relay's own address (the one the
 //	            reader dialed) and that port; port 0: the relay runs no STUN.
-//	candidates  count u8 (at most MaxCandidates) | count × (kind u8 | family u8 (4 or 6) | address | port u16)
+//	candidates  count u8 (at most MaxCandidates) | count × (kind u8 | family u8 (4 or 6) | address | port u16);
+//	            kind a CandidateKind (host, srflx, or nat: a NAT mapping, never probed)
 //	outcome     a PunchOutcome
 
 // DirectALPN is the QUIC application protocol of a direct connection from a
@@ -325,9 +405,14 @@ const (
 	// ping (the other end then probes it too) or from a pong's observed
 	// address.
 	CandidatePrflx CandidateKind = 3
+	// CandidateNAT is no address to probe but how the end's NAT maps its
+	// socket, from two STUN answers ("NAT mapping and birthday probing"):
+	// the NAT's public address, with port 0 when it maps each destination
+	// to a new port (symmetric), else with the one port both saw.
+	CandidateNAT CandidateKind = 4
 )
 
-// String returns "host", "srflx" or "kind N".
+// String returns "host", "srflx", "prflx", "nat" or "kind N".
 func (k CandidateKind) String() string {
 	switch k {
 	case CandidateHost:
@@ -336,6 +421,8 @@ func (k CandidateKind) String() string {
 		return "srflx"
 	case CandidatePrflx:
 		return "prflx"
+	case CandidateNAT:
+		return "nat"
 	}
 	return fmt.Sprintf("kind %d", uint8(k))
 }

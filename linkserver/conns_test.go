@@ -42,11 +42,7 @@ func TestQUICConnectionsArePerSourceCapped(t *testing.T) {
 	cfg := validConfig(t)
 	cfg.PacketConn = testutil.ListenUDP(t)
 	cfg.Conns = connlimit.Config{Max: 10, MaxPerSource: 2}
-	l, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Shutdown(context.Background()) })
+	l := start(t, cfg)
 	addr := cfg.PacketConn.LocalAddr()
 	var first []*quic.Conn
 	for range 2 {
@@ -56,7 +52,7 @@ func TestQUICConnectionsArePerSourceCapped(t *testing.T) {
 		}
 		first = append(first, c)
 	}
-	_, err = dialFrom(t, "127.0.0.2", addr)
+	_, err := dialFrom(t, "127.0.0.2", addr)
 	var te *quic.TransportError
 	if !errors.As(err, &te) || te.ErrorCode != quic.ConnectionRefused {
 		t.Fatalf("third connection from 127.0.0.2: %v, want CONNECTION_REFUSED", err)
@@ -80,4 +76,46 @@ func TestQUICConnectionsArePerSourceCapped(t *testing.T) {
 	if st := l.ConnStats(); st.RefusedTotal == 0 {
 		t.Errorf("stats %+v, want the refusal over the total counted", st)
 	}
+}
+
+// The TCP carrier's listener caps connections per source like every TCP
+// listener: the (cap+1)-th from one source is closed before its TLS
+// handshake, and a closed connection frees its slot.
+func TestTCPConnectionsArePerSourceCapped(t *testing.T) {
+	cfg := withTCP(t)
+	cfg.TCPConns = connlimit.Config{Max: 10, MaxPerSource: 2}
+	l := start(t, cfg)
+	testutil.CheckSourceCap(t, l.TCPAddr().String(), 2, func() int { return l.TCPConnStats().Live })
+	if st := l.TCPConnStats(); st.RefusedSource == 0 {
+		t.Errorf("stats %+v, want the refusal per source counted", st)
+	}
+}
+
+// A TLS handshake that trickles in is cut at the handshake timeout, as
+// every TCP server bounds how long a request may take to arrive.
+func TestSlowTLSHandshakeIsCut(t *testing.T) {
+	cfg := withTCP(t)
+	cfg.HandshakeTimeout = 500 * time.Millisecond
+	l := start(t, cfg)
+	hello := []byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc} // a ClientHello's first bytes
+	testutil.CheckSlowClientIsCut(t, l.TCPAddr().String(), hello, 100*time.Millisecond, 3*time.Second)
+}
+
+// start starts a relay on cfg, shut down when the test ends.
+func start(t *testing.T, cfg Config) *Server {
+	t.Helper()
+	l, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Shutdown(context.Background()) })
+	return l
+}
+
+// withTCP is a valid Config with sockets for QUIC and for the TCP carrier.
+func withTCP(t *testing.T) Config {
+	cfg := validConfig(t)
+	cfg.PacketConn = testutil.ListenUDP(t)
+	cfg.TCPListener = testutil.ListenTCP(t)
+	return cfg
 }

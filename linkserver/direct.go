@@ -11,7 +11,6 @@ import (
 	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/internal/netaddr"
 	"github.com/nasreach/nasreach/link"
-	"github.com/quic-go/quic-go"
 )
 
 // The relay's part in direct paths (link/wire.go, "Direct paths"): it tells
@@ -25,7 +24,7 @@ const infoWriteTimeout = 5 * time.Second
 
 // infoStream is an open Info stream.
 type infoStream struct {
-	s  *quic.Stream
+	s  link.Stream
 	mu sync.Mutex // one RelayInfo written at a time
 }
 
@@ -66,7 +65,7 @@ func (l *Server) sendInfo(is *infoStream) {
 // serveInfo answers an Info request with RelayInfo, now and at every
 // change until c ends (dropInfo). It starts no goroutine: the stream is
 // kept with its connection, one per connection, a newer one replacing it.
-func (l *Server) serveInfo(c *quic.Conn, s *quic.Stream) {
+func (l *Server) serveInfo(c link.Carrier, s link.Stream) {
 	is := &infoStream{s: s}
 	l.mu.Lock()
 	old := l.infos[c]
@@ -84,14 +83,14 @@ func (l *Server) serveInfo(c *quic.Conn, s *quic.Stream) {
 }
 
 // dropInfo forgets c's Info stream when c has ended.
-func (l *Server) dropInfo(c *quic.Conn) {
+func (l *Server) dropInfo(c link.Carrier) {
 	l.mu.Lock()
 	delete(l.infos, c)
 	l.mu.Unlock()
 }
 
 // serveAgentStream serves a stream an agent opened: Info only.
-func (l *Server) serveAgentStream(c *quic.Conn, s *quic.Stream) {
+func (l *Server) serveAgentStream(c link.Carrier, s link.Stream) {
 	s.SetReadDeadline(l.cfg.Now().Add(l.cfg.HandshakeTimeout))
 	fr, err := link.ReadFrame(s, l.cfg.MaxHeaderBytes)
 	s.SetReadDeadline(time.Time{})
@@ -106,7 +105,7 @@ func (l *Server) serveAgentStream(c *quic.Conn, s *quic.Stream) {
 // exchange introduces a client to a device's agent: it authorizes the
 // request as a session, passes the client's candidates to the agent and the
 // agent's answer back, and logs the exchange with every address masked.
-func (l *Server) exchange(cs *quic.Stream, req link.Direct, src netip.AddrPort) {
+func (l *Server) exchange(cs link.Stream, req link.Direct, src netip.AddrPort) {
 	start := l.cfg.Now()
 	device := strings.ToLower(req.Device)
 	kind := "exchange"
@@ -114,7 +113,7 @@ func (l *Server) exchange(cs *quic.Stream, req link.Direct, src netip.AddrPort) 
 		kind = "renew" // an authorization renewed: no probes follow
 	}
 	ev := connlog.Event{Kind: kind, Device: device, Client: src.Addr(), Start: start}
-	refuse := func(st link.Status, msg string) { l.refuse(cs, ev, st, msg) }
+	refuse := func(st link.Status, msg string) { l.refuse(cs, ev, st, msg, link.TransportQUIC) }
 	if !l.direct.Load() {
 		refuse(link.StatusNoDirect, "direct paths are off on this relay")
 		return
@@ -126,7 +125,7 @@ func (l *Server) exchange(cs *quic.Stream, req link.Direct, src netip.AddrPort) 
 	}
 	defer a.streams.Add(-1)
 	agentAddr := netaddr.AddrPort(a.conn.RemoteAddr())
-	as, fr, err := l.ask(a, link.Punch{Exchange: req.Exchange, Key: req.Key, Candidates: offerable(req.Candidates, agentAddr.Addr())})
+	as, fr, err := l.ask(a, link.Punch{Exchange: req.Exchange, Key: req.Key, Candidates: offerable(req.Candidates, src.Addr(), agentAddr.Addr())})
 	if err != nil {
 		refuse(link.StatusOffline, fmt.Sprintf("device %s did not answer", device))
 		return
@@ -136,7 +135,7 @@ func (l *Server) exchange(cs *quic.Stream, req link.Direct, src netip.AddrPort) 
 	var answer link.Candidates
 	switch f := fr.(type) {
 	case link.Candidates:
-		answer = link.Candidates{Candidates: offerable(f.Candidates, src.Addr())}
+		answer = link.Candidates{Candidates: offerable(f.Candidates, agentAddr.Addr(), src.Addr())}
 	case link.Result:
 		st := f.Status
 		if st == link.StatusOK || st == link.StatusBadRequest { // an agent that predates direct paths
@@ -162,16 +161,20 @@ func (l *Server) exchange(cs *quic.Stream, req link.Direct, src netip.AddrPort) 
 	l.event(ev)
 }
 
-// offerable keeps the candidates that may go to a peer at address to: never
-// a link-local one, and a loopback one only to a peer that reaches the
-// relay over loopback (on the relay's machine, as the sender then is too).
-// The ends filter what they offer and probe the same way; the relay makes
-// sure of it.
-func offerable(cs []link.Candidate, to netip.Addr) []link.Candidate {
+// offerable keeps the candidates from the peer at address from that may
+// go to the peer at address to: never a link-local one, a loopback one only
+// to a peer that reaches the relay over loopback (on the relay's machine,
+// as the sender then is too), and a NAT mapping (link.CandidateNAT) only
+// when its address is from, the one the relay sees: the other end sprays
+// up to link.BirthdayProbes pings at it, which must not be aimed at a third
+// party. The ends filter what they offer and probe the same way; the relay
+// makes sure of it.
+func offerable(cs []link.Candidate, from, to netip.Addr) []link.Candidate {
 	var out []link.Candidate
 	for _, c := range cs {
 		a := c.Addr.Addr().Unmap()
-		if a.IsLinkLocalUnicast() || (a.IsLoopback() && !to.Unmap().IsLoopback()) {
+		if a.IsLinkLocalUnicast() || (a.IsLoopback() && !to.Unmap().IsLoopback()) ||
+			(c.Kind == link.CandidateNAT && a != from.Unmap()) {
 			continue
 		}
 		out = append(out, c)
@@ -196,7 +199,7 @@ func maskedCandidates(cs []link.Candidate) string {
 // connection-log event (Kind "punch", the outcome, the pair's kinds; for a
 // direct path Start is when the client started, so that the metrics see
 // the time to direct).
-func (l *Server) report(s *quic.Stream, r link.Report, src netip.AddrPort) {
+func (l *Server) report(s link.Stream, r link.Report, src netip.AddrPort) {
 	defer func() {
 		s.Close()
 		s.CancelRead(link.StreamAborted)

@@ -1,6 +1,6 @@
 // Package linkserver is the Link relay, the server side of Link: NAS agents
-// hold one QUIC connection each; clients open one stream per TCP connection
-// naming a device and port; the relay checks the device, opens a stream on
+// hold one connection each (QUIC, or TLS over TCP where UDP is blocked);
+// clients open one stream per TCP connection naming a device and port; the relay checks the device, opens a stream on
 // its agent's connection and splices the two. It forwards end-to-end-encrypted
 // bytes and never stores, inspects or logs payload. The wire format and its
 // limits are in link/wire.go; the agent and the dialer are in link.
@@ -67,7 +67,14 @@ type Config struct {
 	// socket activation, tests). The relay owns it from the call to New on:
 	// it closes it at Shutdown, or before New returns an error.
 	PacketConn net.PacketConn
-	// Certificate is the relay's TLS certificate. Required unless
+	// TCPAddr is the TCP address of the TCP carrier (TLS, for agents and
+	// clients whose UDP is blocked), e.g. "0.0.0.0:443"; empty (and no
+	// TCPListener) runs none.
+	TCPAddr string
+	// TCPListener, when set, is served instead of binding TCPAddr; the
+	// relay owns it as it owns PacketConn.
+	TCPListener net.Listener
+	// Certificate is the relay's TLS certificate, on both transports. Required unless
 	// GetCertificate is set.
 	Certificate tls.Certificate
 	// GetCertificate, when set, is asked for the certificate at every
@@ -99,8 +106,12 @@ type Config struct {
 	// Retry, one round trip), so that spoofed packets cannot take a
 	// source's slots.
 	Conns connlimit.Config
-	// HandshakeTimeout bounds the QUIC handshake plus the first frame, and
-	// each stream's header.
+	// TCPConns caps the TCP carrier's connections likewise (each holds a
+	// file descriptor); a connection over a cap is closed before its TLS
+	// handshake.
+	TCPConns connlimit.Config
+	// HandshakeTimeout bounds the QUIC (or TCP and TLS) handshake plus the
+	// first frame, and each stream's header.
 	HandshakeTimeout time.Duration
 	// IdleTimeout closes a connection with no traffic at all (agents and
 	// clients send keep-alives well within it).
@@ -130,9 +141,13 @@ type Server struct {
 	tr      *quic.Transport
 	ln      *quic.Listener
 	addr    netip.AddrPort
+	tcpLn   net.Listener // nil without the TCP carrier
+	tcpTLS  *tls.Config
+	tcpAddr netip.AddrPort
 	limiter *ratelimit.Limiter
-	// connCaps caps and counts the QUIC connections.
-	connCaps *connlimit.Limiter
+	// connCaps caps and counts the QUIC connections, tcpCaps the TCP
+	// carrier's.
+	connCaps, tcpCaps *connlimit.Limiter
 	// sessions counts sessions admitted and not yet ended, on any agent.
 	sessions atomic.Int64
 	// maxAgents and maxStreams are cfg's limits, changed live by SetLimits.
@@ -149,14 +164,14 @@ type Server struct {
 
 	mu     sync.Mutex
 	agents map[string]*linkAgent
-	conns  map[*quic.Conn]struct{}
-	infos  map[*quic.Conn]*infoStream // each connection's Info stream, told of every change
+	conns  map[link.Carrier]struct{}
+	infos  map[link.Carrier]*infoStream // each connection's Info stream, told of every change
 }
 
 // linkAgent is one connected agent.
 type linkAgent struct {
 	device  string
-	conn    *quic.Conn
+	conn    link.Carrier
 	streams atomic.Int64
 	reason  atomic.Uint64 // the stream error code for sessions when the agent is closed
 }
@@ -174,6 +189,9 @@ func New(cfg Config) (*Server, error) {
 		if cfg.PacketConn != nil {
 			cfg.PacketConn.Close()
 		}
+		if cfg.TCPListener != nil {
+			cfg.TCPListener.Close()
+		}
 		return nil, err
 	}
 	cfg.MaxAgents = cmp.Or(cfg.MaxAgents, DefaultMaxAgents)
@@ -186,10 +204,23 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	tcpLn := cfg.TCPListener
+	if tcpLn == nil && cfg.TCPAddr != "" {
+		var err error
+		if tcpLn, err = net.Listen("tcp", cfg.TCPAddr); err != nil {
+			if cfg.PacketConn != nil {
+				cfg.PacketConn.Close()
+			}
+			return nil, fmt.Errorf("link listen tcp %s: %w", cfg.TCPAddr, err)
+		}
+	}
 	pc := cfg.PacketConn
 	if pc == nil {
 		var err error
 		if pc, err = net.ListenPacket("udp", cfg.Addr); err != nil {
+			if tcpLn != nil {
+				tcpLn.Close()
+			}
 			return nil, fmt.Errorf("link listen %s: %w", cfg.Addr, err)
 		}
 	}
@@ -222,12 +253,21 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		tr.Close()
 		pc.Close()
+		if tcpLn != nil {
+			tcpLn.Close()
+		}
 		return nil, fmt.Errorf("link listen %s: %w", addr, err)
 	}
 	l := &Server{
 		cfg: cfg, log: cfg.Logger, tr: tr, ln: ln, addr: addr,
-		limiter: ratelimit.New(cfg.StreamRate, cfg.StreamBurst, 0), connCaps: conns,
-		agents: map[string]*linkAgent{}, conns: map[*quic.Conn]struct{}{}, infos: map[*quic.Conn]*infoStream{},
+		limiter: ratelimit.New(cfg.StreamRate, cfg.StreamBurst, 0), connCaps: conns, tcpCaps: connlimit.New(cfg.TCPConns),
+		agents: map[string]*linkAgent{}, conns: map[link.Carrier]struct{}{}, infos: map[link.Carrier]*infoStream{},
+	}
+	if tcpLn != nil {
+		l.tcpAddr = netaddr.AddrPort(tcpLn.Addr())
+		l.tcpLn = l.tcpCaps.Listener(tcpLn)
+		l.tcpTLS = tlsConf.Clone()
+		l.tcpTLS.NextProtos = []string{link.TCPALPN}
 	}
 	l.direct.Store(!cfg.DisableDirect)
 	l.maxAgents.Store(int64(cfg.MaxAgents))
@@ -235,6 +275,10 @@ func New(cfg Config) (*Server, error) {
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	cfg.Store.OnChange(l.onChange)
 	l.wg.Go(l.accept)
+	if l.tcpLn != nil {
+		l.wg.Go(l.acceptTCP)
+	}
+	l.wg.Go(l.serveSTUN)
 	return l, nil
 }
 
@@ -256,6 +300,10 @@ func (cfg *Config) validate() error {
 // Addr returns the UDP address the relay listens on.
 func (l *Server) Addr() netip.AddrPort { return l.addr }
 
+// TCPAddr returns the TCP carrier's address, or the zero value when it
+// runs none.
+func (l *Server) TCPAddr() netip.AddrPort { return l.tcpAddr }
+
 // Agents returns how many agents are connected.
 func (l *Server) Agents() int {
 	l.mu.Lock()
@@ -271,6 +319,7 @@ type Limits struct {
 	StreamRate          float64
 	StreamBurst         int
 	Conns               connlimit.Config // its Exempt is ignored
+	TCPConns            connlimit.Config // likewise
 }
 
 // SetLimits changes the relay's limits while it runs, as a configuration
@@ -281,12 +330,29 @@ func (l *Server) SetLimits(lim Limits) {
 	l.maxStreams.Store(int64(cmp.Or(lim.MaxStreamsPerDevice, DefaultMaxStreamsPerDevice)))
 	l.limiter.Set(cmp.Or(lim.StreamRate, DefaultStreamRate), cmp.Or(lim.StreamBurst, DefaultStreamBurst))
 	l.connCaps.SetCaps(lim.Conns)
+	l.tcpCaps.SetCaps(lim.TCPConns)
 }
 
 // ConnStats returns the QUIC connections held now and those refused over a
 // cap. A refusal is counted per first packet refused: a client whose
 // ClientHello takes two packets (a post-quantum key share) counts twice.
 func (l *Server) ConnStats() connlimit.Stats { return l.connCaps.Stats() }
+
+// TCPConnStats returns the TCP carrier's connections held now and those
+// refused over a cap.
+func (l *Server) TCPConnStats() connlimit.Stats { return l.tcpCaps.Stats() }
+
+// Carriers returns the connections held now by transport
+// (link.TransportQUIC, link.TransportTCP), handshakes in progress left out.
+func (l *Server) Carriers() map[string]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := map[string]int{link.TransportQUIC: 0, link.TransportTCP: 0}
+	for c := range l.conns {
+		n[c.Transport()]++
+	}
+	return n
+}
 
 // Sessions returns how many client sessions are in progress (admitted and
 // not yet ended).
@@ -317,7 +383,7 @@ func (l *Server) stop() error {
 		l.mu.Unlock()
 		return nil
 	}
-	conns := make([]*quic.Conn, 0, len(l.conns))
+	conns := make([]link.Carrier, 0, len(l.conns))
 	for c := range l.conns {
 		conns = append(conns, c)
 	}
@@ -330,6 +396,9 @@ func (l *Server) stop() error {
 		c.CloseWithError(link.CloseShutdown, "relay shutting down")
 	}
 	l.ln.Close()
+	if l.tcpLn != nil {
+		l.tcpLn.Close()
+	}
 	// The transport does not close a socket it was given; it returns once
 	// it has stopped reading it, and then the socket can go.
 	err := l.tr.Close()
@@ -371,32 +440,82 @@ func (l *Server) accept() {
 		if err != nil {
 			return
 		}
-		// Under l.mu, as stop closes wg and lists conns: either stop
-		// finds c to close or Go refuses it.
-		l.mu.Lock()
-		l.conns[c] = struct{}{}
-		ok := l.wg.Go(func() {
-			defer func() {
-				l.mu.Lock()
-				delete(l.conns, c)
-				l.mu.Unlock()
-			}()
-			l.serveConn(c)
-		})
-		if !ok {
-			delete(l.conns, c)
-		}
-		l.mu.Unlock()
-		if !ok {
-			c.CloseWithError(link.CloseShutdown, "relay shutting down")
+		if !l.serve(link.QUICCarrier(c)) {
 			return
 		}
 	}
 }
 
+// acceptTCP accepts the TCP carrier's connections; each gets the TLS
+// handshake and yamux in a goroutine of its own.
+func (l *Server) acceptTCP() {
+	for {
+		conn, err := l.tcpLn.Accept()
+		if err != nil {
+			return
+		}
+		if !l.wg.Go(func() { l.handshakeTCP(conn) }) {
+			conn.Close()
+			return
+		}
+	}
+}
+
+// handshakeTCP runs the TLS handshake of a TCP connection within the
+// handshake timeout, then serves it as a carrier.
+func (l *Server) handshakeTCP(conn net.Conn) {
+	tc := tls.Server(conn, l.tcpTLS)
+	tc.SetDeadline(l.cfg.Now().Add(l.cfg.HandshakeTimeout))
+	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.HandshakeTimeout)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		l.log.Debug().Err(err).Str("client", anonymize.Addr(netaddr.Addr(conn.RemoteAddr())).String()).Msg("link tls handshake failed")
+		conn.Close()
+		return
+	}
+	if tc.ConnectionState().NegotiatedProtocol != link.TCPALPN {
+		conn.Close()
+		return
+	}
+	tc.SetDeadline(time.Time{})
+	c, err := link.NewTCPCarrier(tc, link.TCPCarrierConfig{
+		Server: true, KeepAlive: l.cfg.IdleTimeout / 2, MaxIncomingStreams: linkMaxClientStreams,
+	})
+	if err != nil {
+		return
+	}
+	l.serve(c)
+}
+
+// serve serves a new connection until it ends, or closes it and returns
+// false when the relay is shutting down.
+func (l *Server) serve(c link.Carrier) bool {
+	// Under l.mu, as stop closes wg and lists conns: either stop
+	// finds c to close or Go refuses it.
+	l.mu.Lock()
+	l.conns[c] = struct{}{}
+	ok := l.wg.Go(func() {
+		defer func() {
+			l.mu.Lock()
+			delete(l.conns, c)
+			l.mu.Unlock()
+		}()
+		l.serveConn(c)
+	})
+	if !ok {
+		delete(l.conns, c)
+	}
+	l.mu.Unlock()
+	if !ok {
+		c.CloseWithError(link.CloseShutdown, "relay shutting down")
+	}
+	return ok
+}
+
 // serveConn reads the first frame of a new connection, which says whether it
 // is an agent (Hello) or a client (Connect).
-func (l *Server) serveConn(c *quic.Conn) {
+func (l *Server) serveConn(c link.Carrier) {
 	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.HandshakeTimeout)
 	s, err := c.AcceptStream(ctx)
 	cancel()
@@ -427,7 +546,7 @@ func (l *Server) serveConn(c *quic.Conn) {
 // closeAfterAnswer ends s after a refusal and gives the peer a moment to read
 // the Result and close the connection itself, so that it learns the precise
 // reason; then it closes the connection with code.
-func (l *Server) closeAfterAnswer(c *quic.Conn, s *quic.Stream, code quic.ApplicationErrorCode, msg string) {
+func (l *Server) closeAfterAnswer(c link.Carrier, s link.Stream, code quic.ApplicationErrorCode, msg string) {
 	s.Close()
 	t := time.NewTimer(linkRefusalGrace)
 	defer t.Stop()
@@ -440,10 +559,10 @@ func (l *Server) closeAfterAnswer(c *quic.Conn, s *quic.Stream, code quic.Applic
 }
 
 // serveAgent logs an agent in and holds its connection until it ends.
-func (l *Server) serveAgent(c *quic.Conn, ctrl *quic.Stream, h link.Hello, src netip.AddrPort) {
+func (l *Server) serveAgent(c link.Carrier, ctrl link.Stream, h link.Hello, src netip.AddrPort) {
 	refuse := func(st link.Status, msg string) {
 		l.log.Info().Str("device", h.Device).Str("client", anonymize.Addr(src.Addr()).String()).Str("reason", st.String()).Msg("link agent refused")
-		l.event(connlog.Event{Kind: "agent", Outcome: "refused", Device: h.Device, Client: src.Addr(), Detail: st.String()})
+		l.event(connlog.Event{Kind: "agent", Outcome: "refused", Device: h.Device, Client: src.Addr(), Detail: over(c.Transport(), st.String())})
 		link.WriteFrame(ctrl, link.Result{Status: st, Message: msg})
 		l.closeAfterAnswer(c, ctrl, link.CloseRefused, msg)
 	}
@@ -481,8 +600,8 @@ func (l *Server) serveAgent(c *quic.Conn, ctrl *quic.Stream, h link.Hello, src n
 		l.drop(a)
 		return
 	}
-	l.log.Info().Str("device", d.Name).Msg("link agent connected")
-	l.event(connlog.Event{Kind: "agent", Outcome: "ok", Device: d.Name, Client: src.Addr(), Detail: "connected"})
+	l.log.Info().Str("device", d.Name).Str("transport", c.Transport()).Msg("link agent connected")
+	l.event(connlog.Event{Kind: "agent", Outcome: "ok", Device: d.Name, Client: src.Addr(), Detail: over(c.Transport(), "connected")})
 	start := l.cfg.Now()
 	// The control stream carries nothing after the login; its end (or any
 	// byte on it) ends the agent.
@@ -507,7 +626,7 @@ func (l *Server) serveAgent(c *quic.Conn, ctrl *quic.Stream, h link.Hello, src n
 	l.dropInfo(c)
 	c.CloseWithError(link.CloseNormal, "")
 	l.log.Info().Str("device", d.Name).Msg("link agent disconnected")
-	l.event(connlog.Event{Kind: "agent", Outcome: "ok", Device: d.Name, Client: src.Addr(), Start: start, Detail: "disconnected"})
+	l.event(connlog.Event{Kind: "agent", Outcome: "ok", Device: d.Name, Client: src.Addr(), Start: start, Detail: over(c.Transport(), "disconnected")})
 }
 
 // drop removes a from the agent table if it is still the registered one.
@@ -523,6 +642,18 @@ func (l *Server) agent(device string) *linkAgent {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.agents[device]
+}
+
+// over notes the TCP carrier in an event's detail: "connected over tcp";
+// QUIC, the usual transport, goes unsaid.
+func over(transport, detail string) string {
+	switch {
+	case transport != link.TransportTCP:
+		return detail
+	case detail == "":
+		return "over " + link.TransportTCP
+	}
+	return detail + " over " + link.TransportTCP
 }
 
 func (l *Server) event(e connlog.Event) {

@@ -10,6 +10,7 @@ import (
 	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/link"
 	"github.com/nasreach/nasreach/store"
+	"github.com/nasreach/nasreach/stun"
 )
 
 // validConfig is a Config New accepts but for a socket: a store and a
@@ -28,8 +29,8 @@ func validConfig(t *testing.T) Config {
 	return Config{Certificate: cert, Store: st}
 }
 
-// The socket handed to New belongs to the relay from the call on: when New
-// fails, it has closed it.
+// The sockets handed to New belong to the relay from the call on: when New
+// fails, it has closed them.
 func TestNewClosesTheGivenSocketOnError(t *testing.T) {
 	valid := validConfig(t)
 	for _, tc := range []struct {
@@ -43,6 +44,8 @@ func TestNewClosesTheGivenSocketOnError(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := valid
 			cfg.PacketConn = testutil.ListenUDP(t)
+			tcp := testutil.ListenTCP(t)
+			cfg.TCPListener = tcp
 			tc.mod(&cfg)
 			if l, err := New(cfg); err == nil {
 				l.Shutdown(context.Background())
@@ -50,6 +53,9 @@ func TestNewClosesTheGivenSocketOnError(t *testing.T) {
 			}
 			if !testutil.Closed(cfg.PacketConn) {
 				t.Error("the given PacketConn is still open after New failed")
+			}
+			if !testutil.Closed(tcp) {
+				t.Error("the given TCPListener is still open after New failed")
 			}
 		})
 	}
@@ -81,16 +87,24 @@ func TestShutdownClosesTheGivenSocket(t *testing.T) {
 	}
 }
 
-// An agent's Info stream lives as long as its connection: the relay keeps
-// no state for an agent that left.
-func TestInfoStreamsEndWithTheirConnections(t *testing.T) {
+// startRelay starts a relay of validConfig on 127.0.0.1, until the test
+// ends.
+func startRelay(t *testing.T) (*Server, Config) {
+	t.Helper()
 	cfg := validConfig(t)
 	cfg.Addr = "127.0.0.1:0"
 	l, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Shutdown(context.Background())
+	t.Cleanup(func() { l.Shutdown(context.Background()) })
+	return l, cfg
+}
+
+// An agent's Info stream lives as long as its connection: the relay keeps
+// no state for an agent that left.
+func TestInfoStreamsEndWithTheirConnections(t *testing.T) {
+	l, cfg := startRelay(t)
 	_, tok, err := cfg.Store.(*store.Store).Create(context.Background(), "nas1", store.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -108,4 +122,24 @@ func TestInfoStreamsEndWithTheirConnections(t *testing.T) {
 	testutil.WaitFor(t, 10*time.Second, "the agent's Info stream", func() bool { return infos() == 1 })
 	a.Close()
 	testutil.WaitFor(t, 10*time.Second, "the Info stream to go with the agent", func() bool { return infos() == 0 && l.Agents() == 0 })
+}
+
+// The relay answers STUN Binding on its own port, beside QUIC: the second
+// destination an agent or client compares its mapping across.
+func TestRelayAnswersSTUNBindingOnItsPort(t *testing.T) {
+	l, _ := startRelay(t)
+	conn := testutil.ListenUDP(t)
+	c, err := stun.NewClient(stun.ClientConfig{RTO: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	mapped, err := c.Discover(ctx, conn, l.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := conn.LocalAddr().(*net.UDPAddr).AddrPort(); mapped != want {
+		t.Errorf("mapped address %v, want the socket's %v", mapped, want)
+	}
 }

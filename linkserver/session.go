@@ -19,7 +19,7 @@ import (
 
 // serveClient serves a client connection: the first stream's request, then
 // every further stream, each a session (or a direct-path request) of its own.
-func (l *Server) serveClient(c *quic.Conn, first *quic.Stream, req link.Frame, src netip.AddrPort) {
+func (l *Server) serveClient(c link.Carrier, first link.Stream, req link.Frame, src netip.AddrPort) {
 	l.wg.Go(func() { l.serveRequest(c, first, req, src) })
 	defer l.dropInfo(c)
 	for {
@@ -36,7 +36,7 @@ func (l *Server) serveClient(c *quic.Conn, first *quic.Stream, req link.Frame, s
 }
 
 // readAndServe reads a stream's request within the handshake timeout.
-func (l *Server) readAndServe(c *quic.Conn, s *quic.Stream, src netip.AddrPort) {
+func (l *Server) readAndServe(c link.Carrier, s link.Stream, src netip.AddrPort) {
 	s.SetReadDeadline(l.cfg.Now().Add(l.cfg.HandshakeTimeout))
 	fr, err := link.ReadFrame(s, l.cfg.MaxHeaderBytes)
 	s.SetReadDeadline(time.Time{})
@@ -48,7 +48,7 @@ func (l *Server) readAndServe(c *quic.Conn, s *quic.Stream, src netip.AddrPort) 
 }
 
 // serveRequest serves one client stream by its first frame.
-func (l *Server) serveRequest(c *quic.Conn, s *quic.Stream, fr link.Frame, src netip.AddrPort) {
+func (l *Server) serveRequest(c link.Carrier, s link.Stream, fr link.Frame, src netip.AddrPort) {
 	switch req := fr.(type) {
 	case link.Connect:
 		l.session(c, s, req, src)
@@ -64,7 +64,7 @@ func (l *Server) serveRequest(c *quic.Conn, s *quic.Stream, fr link.Frame, src n
 }
 
 // refuseStream answers a malformed or unexpected request and ends the stream.
-func refuseStream(s *quic.Stream, msg string) {
+func refuseStream(s link.Stream, msg string) {
 	link.WriteFrame(s, link.Result{Status: link.StatusBadRequest, Message: msg})
 	s.Close()
 	s.CancelRead(link.StreamRefused)
@@ -72,11 +72,11 @@ func refuseStream(s *quic.Stream, msg string) {
 
 // session authorizes one Connect, asks the agent for the port and splices.
 // It logs one connection-log record however it ends.
-func (l *Server) session(c *quic.Conn, cs *quic.Stream, req link.Connect, src netip.AddrPort) {
+func (l *Server) session(c link.Carrier, cs link.Stream, req link.Connect, src netip.AddrPort) {
 	start := l.cfg.Now()
 	device := strings.ToLower(req.Device)
 	ev := connlog.Event{Kind: "session", Device: device, Client: src.Addr(), Port: req.Port, Start: start}
-	refuse := func(st link.Status, msg string) { l.refuse(cs, ev, st, msg) }
+	refuse := func(st link.Status, msg string) { l.refuse(cs, ev, st, msg, c.Transport()) }
 	a, st, msg := l.authorize(src.Addr(), device, req.AccessCode, start)
 	if st != link.StatusOK {
 		refuse(st, msg)
@@ -116,18 +116,19 @@ func (l *Server) session(c *quic.Conn, cs *quic.Stream, req link.Connect, src ne
 	if err != nil {
 		ev.Outcome, ev.Detail = "aborted", abortReason(err, a)
 	}
+	ev.Detail = over(c.Transport(), ev.Detail)
 	l.event(ev)
 	l.log.Debug().Str("device", device).Uint16("port", req.Port).Str("client", anonymize.Addr(src.Addr()).String()).
 		Int64("bytes_in", in).Int64("bytes_out", out).Str("outcome", ev.Outcome).Msg("link session ended")
 }
 
 // refuse answers a client's request with st and msg, ends its stream and
-// logs ev as refused.
-func (l *Server) refuse(cs *quic.Stream, ev connlog.Event, st link.Status, msg string) {
+// logs ev as refused, noting the client's transport.
+func (l *Server) refuse(cs link.Stream, ev connlog.Event, st link.Status, msg, transport string) {
 	link.WriteFrame(cs, link.Result{Status: st, Message: msg})
 	cs.Close()
 	cs.CancelRead(link.StreamRefused)
-	ev.Outcome, ev.Detail = "refused", st.String()
+	ev.Outcome, ev.Detail = "refused", over(transport, st.String())
 	l.event(ev)
 	l.log.Debug().Str("device", ev.Device).Str("kind", ev.Kind).Uint16("port", ev.Port).
 		Str("client", anonymize.Addr(ev.Client).String()).Str("reason", st.String()).Msg("link request refused")
@@ -170,7 +171,7 @@ func (l *Server) authorize(src netip.Addr, device, code string, now time.Time) (
 // ask opens a stream on the agent's connection, sends f and reads the
 // agent's answer, within the handshake timeout. On error the stream is
 // gone; otherwise the caller owns it.
-func (l *Server) ask(a *linkAgent, f link.Frame) (*quic.Stream, link.Frame, error) {
+func (l *Server) ask(a *linkAgent, f link.Frame) (link.Stream, link.Frame, error) {
 	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.HandshakeTimeout)
 	as, err := a.conn.OpenStreamSync(ctx)
 	cancel()
@@ -218,7 +219,7 @@ var linkBuffers = sync.Pool{New: func() any { b := make([]byte, linkCopyBuffer);
 // A FIN is passed on as a FIN; a reset or error on either side resets all
 // four halves, with the agent's close reason when it has one. Flow control
 // gives backpressure: the relay reads only as fast as the other side takes.
-func (l *Server) splice(cs, as *quic.Stream, a *linkAgent, device string) (in, out int64, err error) {
+func (l *Server) splice(cs, as link.Stream, a *linkAgent, device string) (in, out int64, err error) {
 	var once sync.Once
 	abort := func() {
 		once.Do(func() {
@@ -232,7 +233,7 @@ func (l *Server) splice(cs, as *quic.Stream, a *linkAgent, device string) (in, o
 			as.CancelWrite(code)
 		})
 	}
-	half := func(dst, src *quic.Stream, fromClient bool, n *int64) error {
+	half := func(dst, src link.Stream, fromClient bool, n *int64) error {
 		bp := linkBuffers.Get().(*[]byte)
 		defer linkBuffers.Put(bp)
 		buf := *bp

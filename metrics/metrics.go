@@ -39,11 +39,14 @@ type Config struct {
 	// Sessions return, per service ("link", "turn"), the relay sessions or
 	// allocations in progress.
 	Sessions map[string]func() int
+	// LinkConns returns the Link relay's connections held now, by transport
+	// ("quic", "tcp").
+	LinkConns func() map[string]int
 	// TURNRefused returns what the TURN relay refused or dropped so far, by
 	// reason (auth, quota, peer, request, bandwidth, malformed).
 	TURNRefused func() map[string]uint64
 	// ConnsRefused returns, per listener ("http", "dns", "stun", "turn",
-	// "turns", "link"), the connections refused so far over a cap.
+	// "turns", "link", "link_tcp"), the connections refused so far over a cap.
 	ConnsRefused func() map[string]ConnsRefused
 	// DNSLimited return, per action ("dropped", "slipped"), the UDP answers
 	// DNS rate limiting held back so far.
@@ -156,26 +159,40 @@ func New(cfg Config) (*Metrics, error) {
 			ConstLabels: prometheus.Labels{"service": service},
 		}, func() float64 { return float64(f()) }))
 	}
+	if f := cfg.LinkConns; f != nil {
+		m.reg.MustRegister(labelled{
+			kind: prometheus.GaugeValue,
+			desc: prometheus.NewDesc("nasreach_link_connections",
+				"Connections of agents and clients to the Link relay, by transport: quic, or tcp where UDP is blocked.", []string{"transport"}, nil),
+			values: func(emit func(float64, ...string)) {
+				for transport, n := range f() {
+					emit(float64(n), transport)
+				}
+			},
+		})
+	}
 	if f := cfg.TURNRefused; f != nil {
-		m.reg.MustRegister(labelledCounters{
+		m.reg.MustRegister(labelled{
+			kind: prometheus.CounterValue,
 			desc: prometheus.NewDesc("nasreach_turn_refused_total",
 				"TURN requests and datagrams refused, by reason (auth, quota, peer, request, bandwidth, malformed).", []string{"reason"}, nil),
-			values: func(emit func(uint64, ...string)) {
+			values: func(emit func(float64, ...string)) {
 				for reason, v := range f() {
-					emit(v, reason)
+					emit(float64(v), reason)
 				}
 			},
 		})
 	}
 	if f := cfg.ConnsRefused; f != nil {
-		m.reg.MustRegister(labelledCounters{
+		m.reg.MustRegister(labelled{
+			kind: prometheus.CounterValue,
 			desc: prometheus.NewDesc("nasreach_connections_refused_total",
 				"Connections refused over a cap, by listener and by reason: total (the listener's cap) or source (the cap per source address, IPv6 /64).",
 				[]string{"listener", "reason"}, nil),
-			values: func(emit func(uint64, ...string)) {
+			values: func(emit func(float64, ...string)) {
 				for listener, v := range f() {
-					emit(v.Total, listener, "total")
-					emit(v.Source, listener, "source")
+					emit(float64(v.Total), listener, "total")
+					emit(float64(v.Source), listener, "source")
 				}
 			},
 		})
@@ -303,20 +320,21 @@ func (m *Metrics) linkPunch(e connlog.Event) {
 	}
 }
 
-// labelledCounters is a counter family read at scrape time: values reports
-// each series through emit, its count and its label values.
-type labelledCounters struct {
+// labelled is a counter or gauge family read at scrape time: values
+// reports each series through emit, its value and its label values.
+type labelled struct {
 	desc   *prometheus.Desc
-	values func(emit func(v uint64, labels ...string))
+	kind   prometheus.ValueType
+	values func(emit func(v float64, labels ...string))
 }
 
 // Describe implements prometheus.Collector.
-func (c labelledCounters) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c labelled) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 // Collect implements prometheus.Collector.
-func (c labelledCounters) Collect(ch chan<- prometheus.Metric) {
-	c.values(func(v uint64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), labels...)
+func (c labelled) Collect(ch chan<- prometheus.Metric) {
+	c.values(func(v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(c.desc, c.kind, v, labels...)
 	})
 }
 

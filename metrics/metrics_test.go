@@ -10,6 +10,7 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/connlog"
+	"github.com/nasreach/nasreach/internal/testutil"
 )
 
 func TestRcodeNameSaysBADVERSForSixteen(t *testing.T) {
@@ -67,21 +68,7 @@ func start(t *testing.T, cfg Config) *Metrics {
 // every line of want.
 func scrape(t *testing.T, m *Metrics, want ...string) string {
 	t.Helper()
-	resp, err := http.Get("http://" + m.Addr().String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, w := range want {
-		if !strings.Contains(string(body), w+"\n") {
-			t.Errorf("scrape lacks %s", w)
-		}
-	}
-	return string(body)
+	return testutil.Scrape(t, "http://"+m.Addr().String()+"/metrics", want...)
 }
 
 // Link's direct-path events: every attempt ends with the client on a path,

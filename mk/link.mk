@@ -1,5 +1,6 @@
 # bench-link: Link relay figures in one run (docs/BENCHMARKS.md): goodput of 1
-# and 8 streams relayed vs a direct quic-go connection vs loopback TCP between
+# and 8 streams relayed (the client over QUIC, and over the TCP carrier as where
+# UDP is blocked) vs a direct quic-go connection vs loopback TCP between
 # the same two processes vs Link's own direct (hole-punched) path, CPU per GB
 # and per CPU-second of each path (the relay's during direct sessions), time
 # to first byte and to the direct path, relay memory with 1,000 and 10,000

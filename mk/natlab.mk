@@ -2,3 +2,19 @@
 # network namespaces with ip(8) and nftables' nft(8). Run as root, as CI does;
 # without root those tests skip.
 TEST_DEBS += iproute2 nftables
+
+# bench-birthday: birthday probing in the NAT lab (docs/BENCHMARKS.md): a new
+# client reaches an agent across a symmetric NAT and a masquerading one,
+# BENCH_BIRTHDAY_RUNS times (half with the symmetric NAT on the agent's
+# side), four at a time; prints the share that went direct, the time to the
+# direct path and the ports sprayed. Root only; timeout(1) bounds the run.
+#
+#   make bench-birthday
+#   make bench-birthday BENCH_BIRTHDAY_RUNS=1000
+BENCH_BIRTHDAY_RUNS ?= 200
+
+.PHONY: bench-birthday
+bench-birthday:
+	@./scripts/need-debs.sh iproute2 nftables
+	timeout --foreground --kill-after=15s 900s \
+		$(GO) test -count=1 -run '^$$' -bench '^BenchmarkBirthdayProbing$$' -benchtime $(BENCH_BIRTHDAY_RUNS)x -timeout 14m ./internal/natlab

@@ -26,6 +26,7 @@ import (
 func linkClientFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "server", Value: defaultLinkAddr, Usage: "the Link relay, HOST:PORT (UDP)", Sources: cli.EnvVars("NASREACH_LINK_SERVER")},
+		&cli.StringFlag{Name: "server-tcp", Usage: "the Link relay's TCP address, HOST:PORT, tried when QUIC gets no answer (UDP blocked); default: --server's host and port; - for none", Sources: cli.EnvVars("NASREACH_LINK_SERVER_TCP")},
 		&cli.StringFlag{Name: "relay-fingerprint", Usage: "pin the relay's key (sha256:..., printed by serve); default: verify its certificate against the system roots", Sources: cli.EnvVars("NASREACH_RELAY_FINGERPRINT")},
 		&cli.StringFlag{Name: "direct", Value: "auto", Usage: "auto: sessions move to a direct (hole-punched) path when one works, the relay as fallback; never: every byte through the relay", Sources: cli.EnvVars("NASREACH_DIRECT")},
 	}
@@ -102,7 +103,7 @@ func agentConfigFromFlags(cmd *cli.Command) (link.AgentConfig, error) {
 		return link.AgentConfig{}, err
 	}
 	return link.AgentConfig{
-		Server: cmd.String("server"), RelayFingerprint: cmd.String("relay-fingerprint"),
+		Server: cmd.String("server"), ServerTCP: cmd.String("server-tcp"), RelayFingerprint: cmd.String("relay-fingerprint"),
 		Device: cmd.String("device"), Token: cmd.String("token"), Expose: expose,
 		StateDir: state, API: cmd.String("api"), DisableDirect: noDirect,
 	}, nil

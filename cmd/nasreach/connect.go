@@ -55,7 +55,7 @@ func dialerConfigFromFlags(cmd *cli.Command, device string) (link.DialerConfig, 
 		return link.DialerConfig{}, err
 	}
 	cfg := link.DialerConfig{
-		Server: cmd.String("server"), RelayFingerprint: cmd.String("relay-fingerprint"),
+		Server: cmd.String("server"), ServerTCP: cmd.String("server-tcp"), RelayFingerprint: cmd.String("relay-fingerprint"),
 		AccessCode: cmd.String("access-code"), KnownDevices: cmd.String("known-devices"),
 		WaitOnline:    cmd.Duration("wait-online"),
 		DisableDirect: noDirect,

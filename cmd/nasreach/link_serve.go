@@ -10,7 +10,8 @@ import (
 )
 
 // defaultLinkAddr is the development default of the Link relay: loopback, an
-// unprivileged UDP port. In production --link is 0.0.0.0:7443.
+// unprivileged port, UDP for QUIC and TCP for the TCP carrier. In production
+// --link is 0.0.0.0:7443 and --link-tcp 0.0.0.0:443.
 const defaultLinkAddr = "127.0.0.1:17443"
 
 // linkFlags are serve's flags for the Link relay. Its certificate comes from
@@ -19,6 +20,7 @@ const defaultLinkAddr = "127.0.0.1:17443"
 func linkFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "link", Value: defaultLinkAddr, Usage: `Link relay UDP listen address for QUIC ("" disables it; production: 0.0.0.0:7443)`, Sources: cli.EnvVars("NASREACH_LINK")},
+		&cli.StringFlag{Name: "link-tcp", Value: defaultLinkAddr, Usage: `Link relay TCP listen address: TLS for agents and clients whose UDP is blocked ("" disables it; production: 0.0.0.0:443)`, Sources: cli.EnvVars("NASREACH_LINK_TCP")},
 		&cli.IntFlag{Name: "link-max-agents", Value: linkserver.DefaultMaxAgents, Usage: "NAS agents connected at once", Sources: cli.EnvVars("NASREACH_LINK_MAX_AGENTS")},
 		&cli.IntFlag{Name: "link-max-streams", Value: linkserver.DefaultMaxStreamsPerDevice, Usage: "Link sessions open to one device at once", Sources: cli.EnvVars("NASREACH_LINK_MAX_STREAMS")},
 		&cli.FloatFlag{Name: "link-stream-rate", Value: linkserver.DefaultStreamRate, Usage: "new Link sessions per second per client address (burst: --link-stream-burst)", Sources: cli.EnvVars("NASREACH_LINK_STREAM_RATE")},
@@ -31,7 +33,7 @@ func linkFlags() []cli.Flag {
 // linkConfigFromFlags reads linkFlags.
 func linkConfigFromFlags(cmd *cli.Command) (daemon.LinkConfig, error) {
 	c := daemon.LinkConfig{
-		Addr:      cmd.String("link"),
+		Addr: cmd.String("link"), TCPAddr: cmd.String("link-tcp"),
 		MaxAgents: cmd.Int("link-max-agents"), MaxStreams: cmd.Int("link-max-streams"),
 		StreamRate: cmd.Float("link-stream-rate"), StreamBurst: cmd.Int("link-stream-burst"),
 		IdleTimeout: cmd.Duration("link-idle-timeout"), Direct: cmd.Bool("link-direct"),

@@ -35,6 +35,7 @@ type Daemon struct {
 	Metrics string // base URL of /metrics, /healthz, /readyz
 	STUN    string // STUN/TURN host:port (UDP and TCP) with WithTURN
 	Link    string // Link relay host:port (UDP) with WithLink
+	LinkTCP string // its TCP carrier's host:port with WithLinkTCP
 	Admin   string // admin token
 	Dir     string // data directory
 }
@@ -78,6 +79,9 @@ func (td *Daemon) start() {
 	if a.Link.IsValid() {
 		td.Link = a.Link.String()
 	}
+	if a.LinkTCP.IsValid() {
+		td.LinkTCP = a.LinkTCP.String()
+	}
 }
 
 // WithTURN runs STUN and TURN on a free loopback port, with peers on
@@ -90,6 +94,12 @@ func WithTURN(c *daemon.Config) {
 
 // WithLink runs the Link relay on a free loopback port with its defaults.
 func WithLink(c *daemon.Config) { c.Link = daemon.LinkConfig{Addr: "127.0.0.1:0", Direct: true} }
+
+// WithLinkTCP is WithLink with the TCP carrier on a free loopback port too.
+func WithLinkTCP(c *daemon.Config) {
+	WithLink(c)
+	c.Link.TCPAddr = "127.0.0.1:0"
+}
 
 // Stop shuts the daemon down cleanly; calling it twice is harmless.
 func (td *Daemon) Stop() {

@@ -56,8 +56,26 @@ func (l *LinkRelay) EchoDevice(t *testing.T, device, tok string) *link.Dialer {
 			go func() { io.Copy(c, c); c.Close() }()
 		}
 	}()
-	a, err := link.NewAgent(link.AgentConfig{Server: l.Relay.Addr().String(), RelayFingerprint: l.Fingerprint, Device: device, Token: tok,
-		Expose: map[uint16]string{22: echo.Addr().String()}, StateDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	l.StartAgent(t, link.AgentConfig{Device: device, Token: tok, Expose: map[uint16]string{22: echo.Addr().String()}})
+	d, err := link.NewDialer(link.DialerConfig{Server: l.Relay.Addr().String(), RelayFingerprint: l.Fingerprint, KnownDevices: "-",
+		Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// StartAgent starts an agent with cfg, its relay (unless set), relay
+// fingerprint, state directory and socket (127.0.0.1) filled in, and waits
+// until it is online; it stops when the test ends.
+func (l *LinkRelay) StartAgent(t *testing.T, cfg link.AgentConfig) *link.Agent {
+	t.Helper()
+	if cfg.Server == "" {
+		cfg.Server = l.Relay.Addr().String()
+	}
+	cfg.RelayFingerprint, cfg.StateDir, cfg.Listen = l.Fingerprint, t.TempDir(), "127.0.0.1:0"
+	a, err := link.NewAgent(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,13 +85,7 @@ func (l *LinkRelay) EchoDevice(t *testing.T, device, tok string) *link.Dialer {
 	if err := a.WaitOnline(ctx); err != nil {
 		t.Fatal(err)
 	}
-	d, err := link.NewDialer(link.DialerConfig{Server: l.Relay.Addr().String(), RelayFingerprint: l.Fingerprint, KnownDevices: "-",
-		Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	return d
+	return a
 }
 
 // TURNClient is a TURN client on conn for the server srv, listening; it and

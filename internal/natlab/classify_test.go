@@ -58,10 +58,12 @@ func startSTUN(t *testing.T, lab *natlab.Lab) stunServers {
 }
 
 // discover asks server for the address it sees conn's packets come from.
-// The lab loses nothing, so a short timeout and one retransmission keep a
-// blocked path's answer quick (300 ms).
+// The lab loses nothing, but a loaded machine may be slow to forward the
+// first packets through fresh namespaces: three transmissions over 1.4 s
+// keep that from failing the test while a blocked path still answers
+// quickly.
 func discover(conn net.PacketConn, server netip.AddrPort) (netip.AddrPort, error) {
-	c, err := stun.NewClient(stun.ClientConfig{RTO: 100 * time.Millisecond, Rc: 2, Rm: 2})
+	c, err := stun.NewClient(stun.ClientConfig{RTO: 200 * time.Millisecond, Rc: 3, Rm: 2})
 	if err != nil {
 		return netip.AddrPort{}, err
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/netip"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -26,28 +25,8 @@ func TestDaemonInTheInternetSeesTheHomesPublicAddress(t *testing.T) {
 
 	// DNS, HTTP and metrics keep their loopback defaults: the namespace
 	// has a loopback of its own.
-	var out testutil.Buffer
-	cmd := lab.Internet.Command(bin, "serve", "--data", t.TempDir(), "--log-format", "json",
-		"--stun", stunAddr.String(), "--link", linkAddr.String())
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Errorf("nasreach serve ended with %v after SIGTERM\n%s", err, out.String())
-			}
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-			t.Errorf("nasreach serve did not stop within 10 s of SIGTERM\n%s", out.String())
-		}
-	})
+	out, exited := run(t, lab.Internet.Command(bin, "serve", "--data", t.TempDir(), "--log-format", "json",
+		"--stun", stunAddr.String(), "--link", linkAddr.String()))
 
 	// The client retransmits until the daemon has bound its port.
 	host := home.Host()

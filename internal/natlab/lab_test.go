@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,6 +57,15 @@ func TestCleanupRemovesEverything(t *testing.T) {
 			t.Fatal(err)
 		}
 		go func() { sleep.Wait(); close(exited) }()
+		// Until ip has entered the namespace, the process is not in it:
+		// a cleanup in that moment neither sees it nor keeps it out (ip
+		// holds the namespace open and enters it, unnamed, afterwards).
+		ip := testutil.NeedTool(t, "ip")
+		pid := strconv.Itoa(sleep.Process.Pid)
+		testutil.WaitFor(t, 5*time.Second, "the process to run in the host's namespace", func() bool {
+			out, _ := exec.Command(ip, "netns", "pids", home.Host().Name).Output()
+			return slices.Contains(strings.Fields(string(out)), pid)
+		})
 	})
 	if len(names) == 0 {
 		t.Skip("the lab could not be built (see the subtest)")
