@@ -17,8 +17,10 @@ const module = "github.com/nasreach/nasreach/"
 var allowed = map[string][]string{
 	"anonymize": {},
 	// The device record, shared by the store and the API client.
-	"record":  {},
-	"store":   {"record", "go.etcd.io/bbolt", "github.com/rs/zerolog", "golang.org/x/net/idna"},
+	"record": {},
+	// The device table: bbolt embedded, or an etcd cluster (etcd*.go).
+	"store": {"record", "go.etcd.io/bbolt", "github.com/rs/zerolog", "golang.org/x/net/idna",
+		"go.etcd.io/etcd/client/v3", "go.etcd.io/etcd/api/v3", "go.uber.org/zap"},
 	"connlog": {"anonymize", "github.com/rs/zerolog", "filippo.io/age"},
 	"api": {"store", "connlog", "anonymize", "api/client", "internal/connlimit", "internal/netaddr", "internal/ratelimit",
 		"github.com/rs/zerolog"},
@@ -58,6 +60,10 @@ var allowed = map[string][]string{
 	"internal/testutil":  {},
 	"cmd/":               {"*"}, // the binary: flags, environment and config file into daemon.Config, signals
 	"bench/":             {"*"},
+
+	// A real etcd cluster on Unix sockets for the tests of the store on
+	// etcd; only tests import it.
+	"internal/etcdtest": {"go.etcd.io/etcd/client/v3", "go.uber.org/zap"},
 
 	// An Internet of network namespaces for tests (docs/NATLAB.md); only
 	// tests import it.

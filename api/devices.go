@@ -59,6 +59,9 @@ func (a *API) storeError(w http.ResponseWriter, err error) {
 		a.fail(w, http.StatusConflict, "%v", err)
 	case errors.Is(err, store.ErrInvalidName), errors.Is(err, store.ErrReserved), errors.Is(err, store.ErrInvalid):
 		a.fail(w, http.StatusBadRequest, "%v", err)
+	case errors.Is(err, store.ErrUnavailable):
+		a.log.Error().Err(err).Msg("store unavailable")
+		a.fail(w, http.StatusServiceUnavailable, "the device table is unavailable; try again later")
 	default:
 		a.log.Error().Err(err).Msg("store error")
 		a.fail(w, http.StatusInternalServerError, "the server could not save the change; try again")
@@ -100,7 +103,10 @@ func (a *API) authorizeToken(w http.ResponseWriter, r *http.Request, name, token
 		a.fail(w, http.StatusUnauthorized, "this call needs the device token or the admin token")
 		return false, false
 	}
-	if _, err := a.st.Authenticate(name, token); err != nil {
+	if _, err := a.st.Authenticate(name, token); errors.Is(err, store.ErrUnavailable) {
+		a.storeError(w, err)
+		return false, false
+	} else if err != nil {
 		a.fails.add(src)
 		a.event(connlog.Event{Service: "api", Kind: "auth", Outcome: "badauth", Client: src})
 		a.log.Info().Str("client", masked(src)).Msg("device authentication failed")

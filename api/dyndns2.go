@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -29,7 +30,7 @@ import (
 //	badauth          wrong or missing credentials (HTTP 401, one line)
 //	abuse            too many failed logins from this address (HTTP 429, one line)
 //	badagent         a method other than GET or POST (HTTP 405, one line)
-//	911              the server failed; retry later (HTTP 500)
+//	911              the server failed; retry later (HTTP 500; 503 while the device table is unavailable)
 //
 // myip holds an IPv4 address, an IPv6 address or one of each, separated by
 // commas; white space around each and empty entries are skipped (a router
@@ -178,6 +179,11 @@ func (a *API) handleDyndns2(w http.ResponseWriter, r *http.Request) {
 		user = d // some routers send the full hostname as the user name
 	}
 	dev, err := a.st.Authenticate(user, token)
+	if errors.Is(err, store.ErrUnavailable) {
+		a.log.Error().Err(err).Msg("dyndns2: store unavailable")
+		reply(http.StatusServiceUnavailable, "911")
+		return
+	}
 	if err != nil {
 		a.fails.add(src)
 		a.log.Info().Str("client", masked(src)).Msg("dyndns2 authentication failed")
@@ -208,6 +214,9 @@ func (a *API) handleDyndns2(w http.ResponseWriter, r *http.Request) {
 			a.log.Error().Err(err).Str("device", name).Msg("dyndns2 update failed")
 			lines = append(lines, "911")
 			status = http.StatusInternalServerError
+			if errors.Is(err, store.ErrUnavailable) {
+				status = http.StatusServiceUnavailable
+			}
 			continue
 		}
 		var ips []string

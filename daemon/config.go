@@ -16,8 +16,10 @@ import (
 // unless Reload is taught to apply it live. Fields tagged "-" are wiring,
 // not settings.
 type Config struct {
-	DataDir     string `setting:"data"`
-	StoreCheck  bool   `setting:"store-check"` // store.Config.FullCheck; the quick checks always run
+	DataDir    string `setting:"data"`
+	StoreCheck bool   `setting:"store-check"` // store.Config.FullCheck; the quick checks always run
+	// Store says where the device table is kept (bbolt in DataDir, or etcd).
+	Store       StoreConfig
 	Zone        string `setting:"zone"`
 	DNSAddr     string `setting:"dns"`
 	HTTPAddr    string `setting:"http"`

@@ -35,7 +35,7 @@ const ShutdownTimeout = 10 * time.Second
 // Daemon is a running nasreach.
 type Daemon struct {
 	log     zerolog.Logger
-	store   *store.Store
+	store   store.Backend
 	connlog *connlog.Log
 	metrics *metrics.Metrics
 	dns     *dnsserver.Server
@@ -83,7 +83,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if d.token, d.tokenFile, err = ensureAdminToken(cfg.DataDir, cfg.AdminToken); err != nil {
 		return nil, err
 	}
-	if d.store, err = store.Open(store.Config{
+	if d.store, err = openStore(cfg, store.Config{
 		Dir: cfg.DataDir, Reserved: append(cfg.Reserved, nameServerLabels(cfg.NameServers)...), Now: cfg.Now,
 		Quarantine: cfg.Privacy.Quarantine, UninitializedTTL: cfg.Privacy.UninitializedTTL,
 		FullCheck: cfg.StoreCheck, Logger: d.component("store"),
@@ -229,7 +229,7 @@ func (d *Daemon) listeners() []metrics.Listener {
 func (d *Daemon) AdminTokenValue() string { return d.token }
 
 // Store returns the device table (for tests and the daemon's own tools).
-func (d *Daemon) Store() *store.Store { return d.store }
+func (d *Daemon) Store() store.Backend { return d.store }
 
 // LinkRelay returns the running Link relay, or nil.
 func (d *Daemon) LinkRelay() *linkserver.Server { return d.relays.link }

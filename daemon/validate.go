@@ -77,6 +77,7 @@ func (c Config) Validate() error {
 			add("tls-cert", fmt.Errorf("tls-cert %s with tls-key %s: %w", c.CertFile, c.KeyFile, err))
 		}
 	}
+	c.Store.validate(add)
 	if c.TURN.Addr != "" && c.TURN.Enabled {
 		if _, err := turnserver.RelayAddr(c.TURN.Addr, c.TURN.RelayIP); err != nil {
 			add("turn-relay-ip", fmt.Errorf("stun: %w", err))

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -14,19 +15,11 @@ import (
 // AddAccessCode issues a new Link access code for a device and returns its
 // id and the code, which is not stored and cannot be shown again.
 func (s *Store) AddAccessCode(ctx context.Context, name string) (id, code string, err error) {
-	if code, err = NewToken(); err != nil {
-		return "", "", err
-	}
-	idTok, err := NewToken()
+	ac, buf, code, err := newAccessCode(s.now())
 	if err != nil {
 		return "", "", err
 	}
 	name = NormalizeName(name)
-	ac := AccessCode{ID: idTok[:8], SHA256: HashToken(code), Created: s.now().UTC()}
-	buf, err := json.Marshal(ac)
-	if err != nil {
-		return "", "", err
-	}
 	err = s.write(ctx, name, Updated, func(cur *Device) (outcome, error) {
 		if cur == nil {
 			return outcome{}, fmt.Errorf("%q: %w", name, ErrNotFound)
@@ -43,6 +36,21 @@ func (s *Store) AddAccessCode(ctx context.Context, name string) (id, code string
 		return "", "", err
 	}
 	return ac.ID, code, nil
+}
+
+// newAccessCode makes a new access code created at now, and returns it with
+// its stored form and the code itself, which is not stored.
+func newAccessCode(now time.Time) (ac AccessCode, stored []byte, code string, err error) {
+	if code, err = NewToken(); err != nil {
+		return ac, nil, "", err
+	}
+	idTok, err := NewToken()
+	if err != nil {
+		return ac, nil, "", err
+	}
+	ac = AccessCode{ID: idTok[:8], SHA256: HashToken(code), Created: now.UTC()}
+	stored, err = json.Marshal(ac)
+	return ac, stored, code, err
 }
 
 // AccessCodes lists a device's access codes (hashes only), oldest first.
@@ -86,7 +94,11 @@ func (s *Store) RevokeAccessCode(ctx context.Context, name, id string) error {
 // CheckAccessCode reports whether code is one of the device's access codes,
 // comparing in constant time against each.
 func (s *Store) CheckAccessCode(name, code string) bool {
-	codes, err := s.AccessCodes(name)
+	return checkAccessCode(s.AccessCodes, name, code)
+}
+
+func checkAccessCode(list func(string) ([]AccessCode, error), name, code string) bool {
+	codes, err := list(name)
 	if err != nil {
 		return false
 	}

@@ -67,6 +67,10 @@ type ChallengeUpdate struct {
 // the next DNS answer when it returns; a change to nothing writes nothing.
 // Setting values does not move the device's Updated time.
 func (s *Store) SetChallenges(ctx context.Context, name string, u ChallengeUpdate) (Device, error) {
+	return s.rules().setChallenges(ctx, name, u)
+}
+
+func (w writeRules) setChallenges(ctx context.Context, name string, u ChallengeUpdate) (Device, error) {
 	for _, v := range slices.Concat(u.Add, u.Remove) {
 		if err := ValidateChallenge(v); err != nil {
 			return Device{}, err
@@ -77,11 +81,11 @@ func (s *Store) SetChallenges(ctx context.Context, name string, u ChallengeUpdat
 	}
 	name = NormalizeName(name)
 	var d Device
-	err := s.write(ctx, name, Updated, func(cur *Device) (outcome, error) {
+	err := w.write(ctx, name, Updated, func(cur *Device) (outcome, error) {
 		if cur == nil {
 			return outcome{}, fmt.Errorf("%q: %w", name, ErrNotFound)
 		}
-		now := s.now().UTC()
+		now := w.now().UTC()
 		next := u.apply(liveChallenges(cur.ACMEChallenges, now), now)
 		if len(next) > MaxChallenges {
 			return outcome{}, fmt.Errorf("challenge values of %q: %w: at most %d are published at once; withdraw some (DELETE) or wait for them to expire", name, ErrInvalid, MaxChallenges)
@@ -133,21 +137,27 @@ func hasExpiredChallenge(d Device, now time.Time) bool {
 	return slices.ContainsFunc(d.ACMEChallenges, func(c ACMEChallenge) bool { return !now.Before(c.Expires) })
 }
 
-// expireChallenges withdraws device name's values that have expired; Sweep
-// calls it.
-func (s *Store) expireChallenges(ctx context.Context, name string) error {
-	return s.write(ctx, name, Updated, func(cur *Device) (outcome, error) {
-		if cur == nil {
-			return outcome{}, nil // deleted meanwhile
+// expireChallenges withdraws the named devices' values that have expired
+// when the change commits; each backend's Sweep calls it.
+func (w writeRules) expireChallenges(ctx context.Context, names []string) error {
+	for _, name := range names {
+		err := w.write(ctx, name, Updated, func(cur *Device) (outcome, error) {
+			if cur == nil {
+				return outcome{}, nil // deleted meanwhile
+			}
+			live := liveChallenges(cur.ACMEChallenges, w.now().UTC())
+			if len(live) == len(cur.ACMEChallenges) {
+				return outcome{}, nil
+			}
+			nd := *cur
+			nd.ACMEChallenges = live
+			return outcome{put: &nd}, nil
+		})
+		if err != nil {
+			return fmt.Errorf("sweep: expire the acme challenges of %q: %w", name, err)
 		}
-		live := liveChallenges(cur.ACMEChallenges, s.now().UTC())
-		if len(live) == len(cur.ACMEChallenges) {
-			return outcome{}, nil
-		}
-		nd := *cur
-		nd.ACMEChallenges = live
-		return outcome{put: &nd}, nil
-	})
+	}
+	return nil
 }
 
 // challengeValues are the values of cs, in order, for the index.

@@ -59,6 +59,10 @@ var (
 	ErrQuarantined = errors.New("name was deleted recently and is quarantined")
 	// ErrInvalid means a field value was refused; the wrapping error names it.
 	ErrInvalid = errors.New("invalid value")
+	// ErrUnavailable means the store could not read or commit now (etcd has
+	// no quorum or cannot be reached); nothing was changed unless the error
+	// says the change is committed. The API answers it with 503.
+	ErrUnavailable = errors.New("the device table is unavailable")
 )
 
 // DefaultReserved are the labels no device may take whatever the

@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -21,8 +23,12 @@ type CreateOptions struct {
 // stored and cannot be shown again. A name deleted less than the quarantine
 // ago is refused with ErrQuarantined.
 func (s *Store) Create(ctx context.Context, name string, opts CreateOptions) (Device, string, error) {
+	return s.rules().create(ctx, name, opts)
+}
+
+func (w writeRules) create(ctx context.Context, name string, opts CreateOptions) (Device, string, error) {
 	name = NormalizeName(name)
-	if err := ValidateName(name, s.reserved); err != nil {
+	if err := ValidateName(name, w.reserved); err != nil {
 		return Device{}, "", err
 	}
 	if opts.State == "" {
@@ -35,13 +41,13 @@ func (s *Store) Create(ctx context.Context, name string, opts CreateOptions) (De
 	if err != nil {
 		return Device{}, "", err
 	}
-	now := s.now().UTC()
+	now := w.now().UTC()
 	d := Device{
 		Name: name, TokenSHA256: HashToken(token),
 		DDNS: true, Link: true, Access: AccessPublic, State: opts.State,
 		Created: now, Updated: now,
 	}
-	err = s.write(ctx, name, Created, func(cur *Device) (outcome, error) {
+	err = w.write(ctx, name, Created, func(cur *Device) (outcome, error) {
 		if cur != nil {
 			return outcome{}, fmt.Errorf("%q: %w", name, ErrExists)
 		}
@@ -94,7 +100,14 @@ var dummyHash = HashToken("nasreach-no-such-device")
 // Authenticate checks a device token in constant time and returns the device.
 // Unknown devices and wrong tokens give the same ErrBadCredentials.
 func (s *Store) Authenticate(name, token string) (Device, error) {
-	d, err := s.Get(name)
+	return authenticate(s.Get, name, token)
+}
+
+func authenticate(get func(string) (Device, error), name, token string) (Device, error) {
+	d, err := get(name)
+	if errors.Is(err, ErrUnavailable) {
+		return Device{}, err // not the client's fault: no badauth for it
+	}
 	want := d.TokenSHA256
 	if err != nil {
 		want = dummyHash
@@ -111,6 +124,10 @@ func (s *Store) Authenticate(name, token string) (Device, error) {
 // wrong family or one ValidateAddress refuses is an ErrInvalid error, and
 // then nothing is written.
 func (s *Store) SetAddress(ctx context.Context, name string, u AddressUpdate) (d Device, changed bool, err error) {
+	return s.rules().setAddress(ctx, name, u)
+}
+
+func (w writeRules) setAddress(ctx context.Context, name string, u AddressUpdate) (d Device, changed bool, err error) {
 	if u.IPv4.IsValid() && !u.IPv4.Unmap().Is4() {
 		return Device{}, false, fmt.Errorf("ipv4 %s: %w: not an IPv4 address", u.IPv4, ErrInvalid)
 	}
@@ -125,7 +142,7 @@ func (s *Store) SetAddress(ctx context.Context, name string, u AddressUpdate) (d
 			}
 		}
 	}
-	err = s.write(ctx, NormalizeName(name), Updated, func(cur *Device) (outcome, error) {
+	err = w.write(ctx, NormalizeName(name), Updated, func(cur *Device) (outcome, error) {
 		if cur == nil {
 			return outcome{}, fmt.Errorf("%q: %w", name, ErrNotFound)
 		}
@@ -147,7 +164,7 @@ func (s *Store) SetAddress(ctx context.Context, name string, u AddressUpdate) (d
 		if !changed {
 			return outcome{}, nil
 		}
-		nd.Updated = s.now().UTC()
+		nd.Updated = w.now().UTC()
 		d = nd
 		return outcome{put: &nd}, nil
 	})
@@ -156,11 +173,15 @@ func (s *Store) SetAddress(ctx context.Context, name string, u AddressUpdate) (d
 
 // Update applies p to a device and returns the result.
 func (s *Store) Update(ctx context.Context, name string, p Patch) (Device, error) {
+	return s.rules().update(ctx, name, p)
+}
+
+func (w writeRules) update(ctx context.Context, name string, p Patch) (Device, error) {
 	if err := p.validate(); err != nil {
 		return Device{}, err
 	}
 	var d Device
-	err := s.write(ctx, NormalizeName(name), Updated, func(cur *Device) (outcome, error) {
+	err := w.write(ctx, NormalizeName(name), Updated, func(cur *Device) (outcome, error) {
 		if cur == nil {
 			return outcome{}, fmt.Errorf("%q: %w", name, ErrNotFound)
 		}
@@ -181,7 +202,7 @@ func (s *Store) Update(ctx context.Context, name string, p Patch) (Device, error
 		if nd.DDNS == cur.DDNS && nd.Link == cur.Link && nd.Access == cur.Access && nd.State == cur.State {
 			return outcome{}, nil
 		}
-		nd.Updated = s.now().UTC()
+		nd.Updated = w.now().UTC()
 		d = nd
 		return outcome{put: &nd}, nil
 	})
@@ -191,11 +212,15 @@ func (s *Store) Update(ctx context.Context, name string, p Patch) (Device, error
 // SetPublicKey records the device's public key (base64 DER, as published by
 // the agent). An unchanged key writes nothing.
 func (s *Store) SetPublicKey(ctx context.Context, name, key string) (Device, error) {
+	return s.rules().setPublicKey(ctx, name, key)
+}
+
+func (w writeRules) setPublicKey(ctx context.Context, name, key string) (Device, error) {
 	if key == "" || len(key) > MaxPublicKeyLen {
 		return Device{}, fmt.Errorf("public key: %w: must be 1 to %d characters", ErrInvalid, MaxPublicKeyLen)
 	}
 	var d Device
-	err := s.write(ctx, NormalizeName(name), Updated, func(cur *Device) (outcome, error) {
+	err := w.write(ctx, NormalizeName(name), Updated, func(cur *Device) (outcome, error) {
 		if cur == nil {
 			return outcome{}, fmt.Errorf("%q: %w", name, ErrNotFound)
 		}
@@ -204,7 +229,7 @@ func (s *Store) SetPublicKey(ctx context.Context, name, key string) (Device, err
 			return outcome{}, nil
 		}
 		nd := *cur
-		nd.PublicKey, nd.Updated = key, s.now().UTC()
+		nd.PublicKey, nd.Updated = key, w.now().UTC()
 		d = nd
 		return outcome{put: &nd}, nil
 	})
@@ -215,11 +240,26 @@ func (s *Store) SetPublicKey(ctx context.Context, name, key string) (Device, err
 // and quarantines its name (only the name and the time are kept, until the
 // quarantine ends). The name stops resolving before Delete returns.
 func (s *Store) Delete(ctx context.Context, name string) error {
+	return s.rules().delete(ctx, name)
+}
+
+func (w writeRules) delete(ctx context.Context, name string) error {
 	name = NormalizeName(name)
-	return s.write(ctx, name, Deleted, func(cur *Device) (outcome, error) {
+	return w.write(ctx, name, Deleted, func(cur *Device) (outcome, error) {
 		if cur == nil {
 			return outcome{}, fmt.Errorf("%q: %w", name, ErrNotFound)
 		}
 		return outcome{del: true}, nil
 	})
 }
+
+// writeRules are the device changes as mutations, shared by every Backend:
+// validation, what each change does to a record and when it changes
+// nothing. Each implementation supplies its one write path.
+type writeRules struct {
+	reserved []string
+	now      func() time.Time
+	write    func(ctx context.Context, name string, kind ChangeKind, m mutation) error
+}
+
+func (s *Store) rules() writeRules { return writeRules{s.reserved, s.now, s.write} }

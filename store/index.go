@@ -5,9 +5,20 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 
 	bolt "go.etcd.io/bbolt"
 )
+
+// memIndex is the in-memory view of the devices and the zone serial that
+// the DNS hot path reads, and the observers of changes, shared by every
+// Backend: each feeds it with updateIndex as its changes commit.
+type memIndex struct {
+	mu        sync.RWMutex
+	entries   map[string]entry
+	serial    uint32
+	observers []func(Change)
+}
 
 // entry is the in-memory view of one device for the DNS hot path. A hidden
 // entry is one Lookup does not return and Len does not count: a deleted device
@@ -66,7 +77,7 @@ func (s *Store) load() error {
 			if err := json.Unmarshal(v, &d); err != nil {
 				return fmt.Errorf("device %q: %w", k, err)
 			}
-			s.index[d.Name] = entryFor(rev, d, false)
+			s.entries[d.Name] = entryFor(rev, d, false)
 			return nil
 		})
 	})
@@ -74,18 +85,18 @@ func (s *Store) load() error {
 
 // OnChange registers f to be called after every committed change, in the
 // writer's goroutine, once the index shows it. f must not block.
-func (s *Store) OnChange(f func(Change)) {
+func (s *memIndex) OnChange(f func(Change)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.observers = append(s.observers, f)
 }
 
 // Lookup returns the DNS record of a device whose DDNS switch is on, or
-// which publishes ACME challenge values (see entryFor). name must be lower
+// which publishes ACME challenge values (see Resolvable). name must be lower
 // case. It reads only memory.
-func (s *Store) Lookup(name string) (Record, bool) {
+func (s *memIndex) Lookup(name string) (Record, bool) {
 	s.mu.RLock()
-	e, ok := s.index[name]
+	e, ok := s.entries[name]
 	s.mu.RUnlock()
 	if !ok || e.hidden {
 		return Record{}, false
@@ -94,18 +105,18 @@ func (s *Store) Lookup(name string) (Record, bool) {
 }
 
 // Serial returns the zone's SOA serial, bumped by every change to DNS data.
-func (s *Store) Serial() uint32 {
+func (s *memIndex) Serial() uint32 {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.serial
 }
 
 // Len returns the number of devices that currently resolve.
-func (s *Store) Len() int {
+func (s *memIndex) Len() int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	n := 0
-	for _, e := range s.index {
+	for _, e := range s.entries {
 		if !e.hidden {
 			n++
 		}
@@ -164,11 +175,11 @@ func entryFor(rev uint64, d Device, deleted bool) entry {
 // updateIndex shows a committed write in the index and returns the observers
 // to notify once the lock is released. Writers get here after their commits
 // but not necessarily in commit order, so an entry only replaces an older one.
-func (s *Store) updateIndex(name string, c committed) []func(Change) {
+func (s *memIndex) updateIndex(name string, c committed) []func(Change) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e, ok := s.index[name]; !ok || e.rev < c.rev {
-		s.index[name] = entryFor(c.rev, c.device, c.deleted)
+	if e, ok := s.entries[name]; !ok || e.rev < c.rev {
+		s.entries[name] = entryFor(c.rev, c.device, c.deleted)
 	}
 	if c.dns && serialNewer(c.serial, s.serial) {
 		s.serial = c.serial

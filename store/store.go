@@ -59,6 +59,21 @@ type Config struct {
 	ProbeEvery time.Duration
 }
 
+// withDefaults returns c with the clock and the lifecycle durations that
+// mean "the default" (see Config) set to it: every Backend reads them so.
+func (c Config) withDefaults() Config {
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Quarantine == 0 {
+		c.Quarantine = DefaultQuarantine
+	}
+	if c.UninitializedTTL <= 0 {
+		c.UninitializedTTL = DefaultUninitializedTTL
+	}
+	return c
+}
+
 // Lifecycle defaults.
 const (
 	DefaultQuarantine       = 24 * time.Hour
@@ -79,10 +94,7 @@ type Store struct {
 
 	failure atomic.Pointer[commitFailure] // the failed commit Ping reports, until a probe succeeds
 
-	mu        sync.RWMutex
-	index     map[string]entry
-	serial    uint32
-	observers []func(Change)
+	memIndex
 }
 
 // Open opens the database in cfg.Dir, migrates it to SchemaVersion and loads
@@ -104,18 +116,10 @@ func Open(cfg Config) (*Store, error) {
 	if _, err := Check(path, cfg.FullCheck); err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	s := &Store{
-		reserved: cfg.Reserved, now: cfg.Now, log: cfg.Logger, index: map[string]entry{},
+		reserved: cfg.Reserved, now: cfg.Now, log: cfg.Logger, memIndex: memIndex{entries: map[string]entry{}},
 		quarantine: cfg.Quarantine, uninitTTL: cfg.UninitializedTTL, stop: make(chan struct{}),
-	}
-	if s.now == nil {
-		s.now = time.Now
-	}
-	if s.quarantine == 0 {
-		s.quarantine = DefaultQuarantine
-	}
-	if s.uninitTTL <= 0 {
-		s.uninitTTL = DefaultUninitializedTTL
 	}
 	if err := guard(func() error { return s.open(path, cmp.Or(cfg.MaxBatchDelay, 2*time.Millisecond)) }); err != nil {
 		if s.db != nil {

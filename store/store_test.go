@@ -49,6 +49,7 @@ var backends = []struct {
 	open openFunc
 }{
 	{"bbolt", func(t *testing.T, cfg Config) Backend { return openStore(t, cfg) }},
+	{"etcd", openEtcd}, // etcd_test.go: a real etcd, skipped without one
 }
 
 // forEachBackend runs test against every implementation, each as a subtest

@@ -6,13 +6,15 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	bolt "go.etcd.io/bbolt"
 )
 
 // Sweep removes uninitialized devices older than the uninitialized TTL (with
 // all their data, and without quarantine: they never had an owner), ACME
-// challenge values past their expiry and quarantine entries that have ended. The background sweeper calls it; tests
-// call it with a fake clock.
+// challenge values past their expiry and quarantine entries that have
+// ended. The background sweeper calls it; tests call it with a fake clock.
 func (s *Store) Sweep(ctx context.Context) (expired int, err error) {
 	now := s.now()
 	var names, challenged []string
@@ -34,10 +36,33 @@ func (s *Store) Sweep(ctx context.Context) (expired int, err error) {
 	if err != nil {
 		return 0, fmt.Errorf("sweep: %w", err)
 	}
+	expired, err = s.rules().expire(ctx, names, s.uninitTTL, s.log)
+	if err != nil {
+		return expired, err
+	}
+	if err := s.rules().expireChallenges(ctx, challenged); err != nil {
+		return expired, err
+	}
+	if err := s.endQuarantines(now); err != nil {
+		return expired, fmt.Errorf("sweep quarantine: %w", err)
+	}
+	return expired, nil
+}
+
+func (s *Store) expired(d Device, now time.Time) bool { return expiredAt(d, now, s.uninitTTL) }
+
+// expiredAt reports whether d is an uninitialized device past its ttl at now.
+func expiredAt(d Device, now time.Time, ttl time.Duration) bool {
+	return d.State == StateUninitialized && !now.Before(d.Created.Add(ttl))
+}
+
+// expire deletes the named devices that are still uninitialized and past
+// ttl when their deletion commits, and returns how many it deleted.
+func (w writeRules) expire(ctx context.Context, names []string, ttl time.Duration, log zerolog.Logger) (expired int, err error) {
 	for _, name := range names {
 		var gone bool // decided by the mutation's last run, the committed one
-		err := s.write(ctx, name, Expired, func(cur *Device) (outcome, error) {
-			gone = cur != nil && s.expired(*cur, s.now())
+		err := w.write(ctx, name, Expired, func(cur *Device) (outcome, error) {
+			gone = cur != nil && expiredAt(*cur, w.now(), ttl)
 			if !gone {
 				return outcome{}, nil // activated or deleted meanwhile
 			}
@@ -50,21 +75,9 @@ func (s *Store) Sweep(ctx context.Context) (expired int, err error) {
 			continue
 		}
 		expired++
-		s.log.Info().Str("device", name).Msg("uninitialized device expired; its data is deleted")
-	}
-	for _, name := range challenged {
-		if err := s.expireChallenges(ctx, name); err != nil {
-			return expired, fmt.Errorf("sweep: expire the acme challenges of %q: %w", name, err)
-		}
-	}
-	if err := s.endQuarantines(now); err != nil {
-		return expired, fmt.Errorf("sweep quarantine: %w", err)
+		log.Info().Str("device", name).Msg("uninitialized device expired; its data is deleted")
 	}
 	return expired, nil
-}
-
-func (s *Store) expired(d Device, now time.Time) bool {
-	return d.State == StateUninitialized && !now.Before(d.Created.Add(s.uninitTTL))
 }
 
 // sweep is the background sweeper's run.

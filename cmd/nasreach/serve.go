@@ -58,7 +58,7 @@ func serveLikeCommand(action func(context.Context, *cli.Command, daemon.Config) 
 			&cli.StringSliceFlag{Name: "trusted-proxy", Usage: "CIDR of a reverse proxy whose X-Forwarded-For is believed (repeatable)", Sources: cli.EnvVars("NASREACH_TRUSTED_PROXY")},
 			&cli.BoolFlag{Name: "exact-names", Usage: "answer NXDOMAIN for names below a device instead of the device's address", Sources: cli.EnvVars("NASREACH_EXACT_NAMES")},
 			&cli.StringSliceFlag{Name: "caa", Usage: `CAA record at the zone's apex, FLAGS TAG "VALUE", e.g. 0 issue "letsencrypt.org"; devices inherit it (repeatable)`, Sources: cli.EnvVars("NASREACH_CAA")},
-		}, slices.Concat(transferFlags(), rrlFlags(), turnFlags(), linkFlags(), privacyFlags(), logFlags())...),
+		}, slices.Concat(storeFlags(), transferFlags(), rrlFlags(), turnFlags(), linkFlags(), privacyFlags(), logFlags())...),
 		Before: src.apply,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			cfg, err := daemonConfigFromFlags(cmd)
@@ -102,6 +102,7 @@ func daemonConfigFromFlags(cmd *cli.Command) (daemon.Config, error) {
 	var err error
 	cfg.LogLevel, err = parseLogLevel(cmd.String("log-level"))
 	add("log-level", err)
+	cfg.Store = storeConfigFromFlags(cmd)
 	cfg.Privacy, err = privacyConfigFromFlags(cmd, cfg.DataDir)
 	add("", err)
 	if cfg.AdminToken == "" {

@@ -1,0 +1,256 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"iter"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+type (
+	etcdResponseOp = etcdserverpb.ResponseOp
+	etcdKV         = mvccpb.KeyValue
+)
+
+// reload reads the whole table at one revision into the index, replacing
+// what it held, and returns that revision: at Open, and when the watch
+// finds the revisions it needs compacted away, so that the index never has
+// a silent gap.
+func (s *Etcd) reload(ctx context.Context) (int64, error) {
+	rctx, cancel := s.request(ctx)
+	defer cancel()
+	resp, err := s.cli.Txn(rctx).Then(
+		clientv3.OpGet(s.prefix+etcdDevices, clientv3.WithPrefix()), clientv3.OpGet(s.prefix+etcdSerial)).Commit()
+	if err != nil {
+		return 0, s.unavailable("read", err)
+	}
+	rev := resp.Header.Revision
+	entries := map[string]entry{}
+	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+		var d Device
+		if err := json.Unmarshal(kv.Value, &d); err != nil {
+			return 0, fmt.Errorf("device %q is unreadable: %w", kv.Key, err)
+		}
+		entries[d.Name] = entryFor(uint64(rev), d, false)
+	}
+	s.mu.Lock()
+	s.entries = entries
+	s.serial = parseSerial(first(resp.Responses[1]))
+	s.mu.Unlock()
+	s.markSeen(rev)
+	return rev, nil
+}
+
+// markSeen records that the index reflects revision rev and wakes the
+// writers waiting for it.
+func (s *Etcd) markSeen(rev int64) {
+	s.seenMu.Lock()
+	defer s.seenMu.Unlock()
+	if rev > s.seen {
+		s.seen = rev
+		close(s.seenCh)
+		s.seenCh = make(chan struct{})
+	}
+}
+
+// watch feeds the index with every change under the prefix after revision
+// rev, this node's and other nodes' alike, until ctx ends. A broken watch
+// (no leader, a lost connection) is resumed from the last revision seen; a
+// compacted one reloads the table.
+func (s *Etcd) watch(ctx context.Context, rev int64) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		for wr := range s.cli.Watch(wctx, s.prefix+"/", clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithPrevKV()) {
+			if err := wr.Err(); err != nil {
+				if errors.Is(err, rpctypes.ErrCompacted) || wr.CompactRevision != 0 {
+					s.log.Warn().Int64("revision", rev).Msg("store watch fell behind an etcd compaction; reloading the device table")
+					if r, err := s.reload(ctx); err == nil {
+						rev = r
+					}
+				} else if ctx.Err() == nil {
+					s.log.Warn().Err(err).Msg("store watch broken; resuming")
+				}
+				break
+			}
+			backoff = 100 * time.Millisecond
+			for len(wr.Events) > 0 {
+				n := 1
+				r := wr.Events[0].Kv.ModRevision
+				for n < len(wr.Events) && wr.Events[n].Kv.ModRevision == r {
+					n++
+				}
+				s.apply(r, wr.Events[:n])
+				wr.Events = wr.Events[n:]
+				rev = r
+			}
+		}
+		cancel()
+		select {
+		case <-ctx.Done():
+		case <-s.kick: // a commit succeeded: the cluster is back
+		case <-time.After(backoff):
+			backoff = min(2*backoff, 2*time.Second)
+		}
+	}
+}
+
+// apply shows the events of one revision (one transaction) in the index,
+// calls the observers (or, for this node's own transaction, leaves that to
+// its writer), and then marks the revision seen, releasing the writer that
+// committed it.
+func (s *Etcd) apply(rev int64, events []*clientv3.Event) {
+	serialKey, devices, quarantine := s.prefix+etcdSerial, s.prefix+etcdDevices, s.prefix+etcdQuarantine
+	var serial uint32
+	local := false
+	deleted := map[string]bool{}
+	for _, ev := range events {
+		key := string(ev.Kv.Key)
+		switch {
+		case key == serialKey && ev.Type == clientv3.EventTypePut:
+			serial = parseSerial(ev.Kv)
+		case key == s.prefix+etcdWriter && ev.Type == clientv3.EventTypePut:
+			local = string(ev.Kv.Value) == s.id
+		case strings.HasPrefix(key, quarantine) && ev.Type == clientv3.EventTypePut:
+			deleted[strings.TrimPrefix(key, quarantine)] = true
+		}
+	}
+	var changes []Change
+	var observers []func(Change)
+	for _, ev := range events {
+		key := string(ev.Kv.Key)
+		if !strings.HasPrefix(key, devices) {
+			continue
+		}
+		name := strings.TrimPrefix(key, devices)
+		var before, after *Device
+		if ev.PrevKv != nil {
+			before = new(Device)
+			if err := json.Unmarshal(ev.PrevKv.Value, before); err != nil {
+				before = &Device{Name: name}
+			}
+		}
+		c := committed{rev: uint64(rev)}
+		change := Change{Before: before}
+		switch {
+		case ev.Type == clientv3.EventTypeDelete:
+			c.deleted, change.Kind = true, Expired
+			if deleted[name] {
+				change.Kind = Deleted
+			}
+			if before == nil {
+				before = &Device{Name: name}
+			}
+			c.device = *before
+		default:
+			after = new(Device)
+			if err := json.Unmarshal(ev.Kv.Value, after); err != nil {
+				s.log.Error().Str("device", name).Err(err).Msg("device record from etcd is unreadable; left out of DNS")
+				continue
+			}
+			c.device, change.Kind = *after, Updated
+			if ev.IsCreate() {
+				change.Kind, change.Before = Created, nil
+				before = nil
+			}
+		}
+		c.before = before
+		if c.dns = dnsChanged(before, after); c.dns {
+			c.serial, change.Serial = serial, serial
+		}
+		change.Device = c.device
+		observers = s.updateIndex(name, c)
+		changes = append(changes, change)
+	}
+	if serial != 0 {
+		s.mu.Lock()
+		if serialNewer(serial, s.serial) {
+			s.serial = serial
+		}
+		s.mu.Unlock()
+	}
+	if local {
+		s.seenMu.Lock()
+		s.handoff[rev] = handoff{changes, observers}
+		s.seenMu.Unlock()
+	} else {
+		for _, change := range changes {
+			for _, f := range observers {
+				f(change)
+			}
+		}
+	}
+	s.markSeen(rev)
+}
+
+// ZoneSnapshot calls f with the zone serial and the devices that resolve,
+// by name, both read at one etcd revision. The devices are read whole
+// before f is called.
+func (s *Etcd) ZoneSnapshot(f func(serial uint32, devices iter.Seq2[string, Record]) error) error {
+	ctx, cancel := s.request(context.Background())
+	resp, err := s.cli.Txn(ctx).Then(
+		clientv3.OpGet(s.prefix+etcdDevices, clientv3.WithPrefix()), clientv3.OpGet(s.prefix+etcdSerial)).Commit()
+	cancel()
+	if err != nil {
+		return fmt.Errorf("zone snapshot: %w", s.unavailable("read", err))
+	}
+	var bad error
+	devices := func(yield func(string, Record) bool) {
+		for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+			var d Device
+			if err := json.Unmarshal(kv.Value, &d); err != nil {
+				bad = fmt.Errorf("zone snapshot: device %q is unreadable: %w", kv.Key, err)
+				return
+			}
+			if rec, ok := resolvable(&d); ok && !yield(d.Name, rec) {
+				return
+			}
+		}
+	}
+	if err := f(parseSerial(first(resp.Responses[1])), devices); err != nil {
+		return err
+	}
+	return bad
+}
+
+// Ping returns an error unless a quorum of the cluster answers a
+// linearizable read of the table within the timeout: what a commit needs.
+func (s *Etcd) Ping() error {
+	ctx, cancel := s.request(context.Background())
+	defer cancel()
+	if _, err := s.cli.Get(ctx, s.prefix+etcdSerial); err != nil {
+		return s.unavailable("read", err)
+	}
+	return nil
+}
+
+// Size returns the bytes the table's keys and values take in etcd (not the
+// size of the members' database files, which hold other data and history).
+func (s *Etcd) Size() int64 {
+	ctx, cancel := s.request(context.Background())
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.prefix+"/", clientv3.WithPrefix())
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, kv := range resp.Kvs {
+		n += int64(len(kv.Key) + len(kv.Value))
+	}
+	return n
+}
+
+// Backup is not implemented for etcd yet: take a snapshot of the cluster
+// with etcdctl snapshot save.
+func (s *Etcd) Backup(io.Writer) (int64, error) {
+	return 0, errors.New("backup of a device table on etcd is not supported yet; use etcdctl snapshot save")
+}
