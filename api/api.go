@@ -204,11 +204,16 @@ func (a *API) routes() {
 	a.mux.HandleFunc("PUT /v1/devices/{name}/key", a.handleKey)
 	a.mux.HandleFunc("POST /v1/devices/{name}/access-codes", a.handleAddAccessCode)
 	a.mux.HandleFunc("DELETE /v1/devices/{name}/access-codes/{id}", a.handleRevokeAccessCode)
+	a.mux.HandleFunc("PUT /v1/devices/{name}/acme-challenge", a.handleChallengePut)
+	a.mux.HandleFunc("DELETE /v1/devices/{name}/acme-challenge", a.handleChallengeDelete)
+	a.mux.HandleFunc("GET /v1/devices/{name}/acme-challenge", a.handleChallengeGet)
 	a.mux.HandleFunc("POST /v1/devices/{name}/tsig", a.handleIssueTSIGKey)
 	a.mux.HandleFunc("DELETE /v1/devices/{name}/tsig", a.handleRevokeTSIGKey)
 	a.mux.HandleFunc("GET /v1/admin/backup", a.handleBackup)
 	a.mux.HandleFunc("/nic/update", a.handleDyndns2)
 	a.mux.HandleFunc("/update", a.handleDyndns2)
+	a.mux.HandleFunc("POST /update", a.handleUpdatePost) // acme-dns, or dyndns2 by POST
+	a.mux.HandleFunc("POST /register", a.handleRegister)
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, http.StatusNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
 	})
@@ -359,7 +364,12 @@ func (a *API) isAdmin(r *http.Request) bool {
 		return true
 	}
 	tok, ok := bearer(r)
-	return ok && subtle.ConstantTimeCompare([]byte(tok), a.admin) == 1
+	return ok && a.isAdminToken(tok)
+}
+
+// isAdminToken reports, in constant time, whether tok is the admin token.
+func (a *API) isAdminToken(tok string) bool {
+	return subtle.ConstantTimeCompare([]byte(tok), a.admin) == 1
 }
 
 func bearer(r *http.Request) (string, bool) {

@@ -78,6 +78,20 @@ func (a *API) storeError(w http.ResponseWriter, err error) {
 // the token of device name (as a bearer token or Basic password). On failure
 // it has answered already. Unknown devices and wrong tokens look the same.
 func (a *API) authorizeDevice(w http.ResponseWriter, r *http.Request, name string) (admin, ok bool) {
+	token, hasBearer := bearer(r)
+	if !hasBearer {
+		if _, pw, basic := r.BasicAuth(); basic {
+			token = pw
+		}
+	}
+	return a.authorizeToken(w, r, name, token, a.isAdmin(r))
+}
+
+// authorizeToken lets the request through if isAdmin, or if token is the
+// token of device name, however the request carried it. A source blocked
+// for failed logins is refused first, and a wrong token counts as a failed
+// login. On failure it has answered already.
+func (a *API) authorizeToken(w http.ResponseWriter, r *http.Request, name, token string, isAdmin bool) (admin, ok bool) {
 	if isLocal(r) {
 		return true, true
 	}
@@ -87,14 +101,8 @@ func (a *API) authorizeDevice(w http.ResponseWriter, r *http.Request, name strin
 		a.fail(w, http.StatusTooManyRequests, "too many failed logins from your address; try again later")
 		return false, false
 	}
-	if a.isAdmin(r) {
+	if isAdmin {
 		return true, true
-	}
-	token, hasBearer := bearer(r)
-	if !hasBearer {
-		if _, pw, basic := r.BasicAuth(); basic {
-			token = pw
-		}
 	}
 	if token == "" {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="nasreach"`)

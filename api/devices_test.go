@@ -185,8 +185,9 @@ func TestDeviceJSONIsTheStoredRecordAndItsFQDN(t *testing.T) {
 		Name: "nas1", TokenSHA256: "5e88", IPv4: netip.MustParseAddr("203.0.113.7"), IPv6: netip.MustParseAddr("2001:db8::7"),
 		DDNS: true, Link: true, Access: store.AccessToken, State: store.StateUninitialized,
 		Created: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), Updated: time.Date(2026, 3, 2, 12, 0, 0, 5, time.UTC),
-		PublicKey: "MCowBQYDK2VwAyEA",
-		TSIGKey:   &store.TSIGKey{Algorithm: "hmac-sha256", Secret: []byte("never sent"), Created: time.Date(2026, 3, 3, 12, 0, 0, 0, time.UTC)},
+		PublicKey:      "MCowBQYDK2VwAyEA",
+		ACMEChallenges: []store.ACMEChallenge{{Value: "abc", Expires: time.Date(2026, 3, 2, 13, 0, 0, 0, time.UTC)}},
+		TSIGKey:        &store.TSIGKey{Algorithm: "hmac-sha256", Secret: []byte("never sent"), Created: time.Date(2026, 3, 3, 12, 0, 0, 0, time.UTC)},
 	}
 	v := reflect.ValueOf(d)
 	for i := range v.NumField() {
@@ -197,7 +198,8 @@ func TestDeviceJSONIsTheStoredRecordAndItsFQDN(t *testing.T) {
 	const want = `{"name":"nas1","token_sha256":"5e88","ipv4":"203.0.113.7","ipv6":"2001:db8::7",` +
 		`"ddns":true,"link":true,"access":"token","state":"uninitialized",` +
 		`"created":"2026-03-01T12:00:00Z","updated":"2026-03-02T12:00:00.000000005Z",` +
-		`"public_key":"MCowBQYDK2VwAyEA","tsig_key":{"algorithm":"hmac-sha256","created":"2026-03-03T12:00:00Z"},` +
+		`"public_key":"MCowBQYDK2VwAyEA","acme_challenges":[{"value":"abc","expires":"2026-03-02T13:00:00Z"}],` +
+		`"tsig_key":{"algorithm":"hmac-sha256","created":"2026-03-03T12:00:00Z"},` +
 		`"fqdn":"nas1.example.com"}`
 	got, err := json.Marshal((&API{zone: "example.com"}).deviceJSON(d))
 	if err != nil {

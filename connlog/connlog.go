@@ -46,7 +46,7 @@ const (
 // scrubbed of addresses and e-mail. Payload is never an Event field.
 type Event struct {
 	Time     time.Time  // when it happened (the end, for a session); zero means now
-	Service  string     // "ddns", "dns", "link" or "turn"
+	Service  string     // "ddns", "acme", "api", "dns", "link" or "turn"
 	Kind     string     // "update", "query", "session", "allocation", ...
 	Outcome  string     // "ok", "refused", "badauth", "error", ...
 	Device   string     // the device concerned, if known

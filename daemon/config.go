@@ -32,6 +32,9 @@ type Config struct {
 	Reserved         []string               `setting:"reserved"`
 	TrustedProxies   []netip.Prefix         `setting:"trusted-proxy"`
 	ExactNames       bool                   `setting:"exact-names"`
+	// CAA are the zone's CAA records (dnsserver.Config.CAA), served at the
+	// apex and inherited by every device.
+	CAA []string `setting:"caa"`
 	// CertFile and KeyFile are the operator's TLS certificate, served by
 	// TURN over TLS and the Link relay and re-read when renewed; empty: no
 	// TURN over TLS, and a self-signed Link certificate in DataDir.

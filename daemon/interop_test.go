@@ -68,14 +68,21 @@ func recordCommand(t *testing.T, s string) {
 // output and exit error; both are logged if the test fails.
 func runTool(t *testing.T, bin string, args ...string) (string, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), toolTimeout)
+	return runToolEnv(t, toolTimeout, nil, bin, args...)
+}
+
+// runToolEnv is runTool with a timeout of its own and env added to the
+// environment.
+func runToolEnv(t *testing.T, timeout time.Duration, env []string, bin string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = toolEnv()
+	cmd.Env = append(toolEnv(), env...)
 	cmd.WaitDelay = 5 * time.Second
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {
-		err = fmt.Errorf("%s timed out after %v: %w", filepath.Base(bin), toolTimeout, err)
+		err = fmt.Errorf("%s timed out after %v: %w", filepath.Base(bin), timeout, err)
 	}
 	recordCommand(t, fmt.Sprintf("$ %s\n%s(exit: %v)\n", strings.Join(append([]string{filepath.Base(bin)}, args...), " "), out, exitStatus(err)))
 	return string(out), err
@@ -91,17 +98,7 @@ func exitStatus(err error) string {
 
 // toolEnv is the environment for external clients: ours without proxy
 // settings, so nothing is sent anywhere but to the daemon on 127.0.0.1.
-func toolEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasSuffix(strings.ToLower(k), "_proxy") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	return env
-}
+func toolEnv() []string { return testutil.ToolEnv() }
 
 // portOf returns the port of a host:port or http://host:port address.
 func portOf(t *testing.T, addr string) string {

@@ -81,6 +81,10 @@ func TestUnregisterDeletesEverythingAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	challenge := strings.Repeat("G", 43)
+	if code, body := td.Do(http.MethodPut, "/v1/devices/gone/acme-challenge", token, map[string][]string{"values": {challenge}}); code != http.StatusOK {
+		t.Fatalf("acme challenge: %d %s", code, body)
+	}
 	key := td.IssueTSIGKey("gone", token)
 	if code, _ := td.Do(http.MethodDelete, "/v1/devices/gone", token, nil); code != http.StatusNoContent {
 		t.Fatalf("delete: HTTP %d", code)
@@ -89,6 +93,9 @@ func TestUnregisterDeletesEverythingAtOnce(t *testing.T) {
 	if r := td.Query("udp", "gone.myqnapcloud.com", dns.TypeA); r.Rcode != dns.RcodeNameError {
 		t.Errorf("deleted device answers %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
 	}
+	if r := td.Query("udp", "_acme-challenge.gone.myqnapcloud.com", dns.TypeTXT); r.Rcode != dns.RcodeNameError {
+		t.Errorf("deleted device's acme challenge answers %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
+	}
 	if code, _ := td.Do(http.MethodGet, "/v1/devices/gone", td.Admin, nil); code != http.StatusNotFound {
 		t.Errorf("admin GET of deleted device: HTTP %d, want 404", code)
 	}
@@ -96,7 +103,7 @@ func TestUnregisterDeletesEverythingAtOnce(t *testing.T) {
 		t.Errorf("deleted device's token still works: HTTP %d", code)
 	}
 	dump := dumpStore(t, td)
-	for _, needle := range []string{"198.51.100.23", "2001:db8:77::23", store.HashToken(token), "gonekey", store.HashToken(code), key.Secret} {
+	for _, needle := range []string{"198.51.100.23", "2001:db8:77::23", store.HashToken(token), "gonekey", store.HashToken(code), challenge, key.Secret} {
 		if w := mentions(dump, needle); len(w) > 0 {
 			t.Errorf("%q still stored at %v", needle, w)
 		}
@@ -187,6 +194,7 @@ func TestExportHoldsEverythingStored(t *testing.T) {
 	if _, _, err := td.Daemon.Store().AddAccessCode(context.Background(), "nas1"); err != nil {
 		t.Fatal(err)
 	}
+	td.Do(http.MethodPut, "/v1/devices/nas1/acme-challenge", token, map[string][]string{"values": {strings.Repeat("E", 43)}})
 	key := td.IssueTSIGKey("nas1", token)
 	code, body := td.Do(http.MethodGet, "/v1/devices/nas1", token, nil)
 	if code != http.StatusOK {
@@ -198,6 +206,9 @@ func TestExportHoldsEverythingStored(t *testing.T) {
 	var raw map[string]any
 	if err := json.Unmarshal(dump["devices"]["nas1"], &raw); err != nil {
 		t.Fatal(err)
+	}
+	if _, ok := raw["acme_challenges"]; !ok {
+		t.Error("the acme challenge value was not stored: this test no longer covers it")
 	}
 	// The one exception: the TSIG key's secret, which the owner was shown
 	// when it was issued, as the device token (whose hash is exported).
@@ -288,6 +299,7 @@ func TestStoreHoldsOnlyDocumentedFields(t *testing.T) {
 		t.Fatal(err)
 	}
 	td.IssueTSIGKey("nas1", token)
+	td.Do(http.MethodPut, "/v1/devices/nas1/acme-challenge", token, map[string][]string{"values": {strings.Repeat("D", 43)}})
 	td.Do(http.MethodPut, "/v1/devices/nas2/address", other, nil)
 	td.Do(http.MethodDelete, "/v1/devices/nas2", other, nil)
 

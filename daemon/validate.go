@@ -56,6 +56,7 @@ func (c Config) Validate() error {
 		add("ns", dnsserver.Config{Zone: c.Zone, NameServers: c.NameServers}.Validate())
 	}
 	add("ttl", dnsserver.Config{TTL: c.TTL}.Validate())
+	add("caa", dnsserver.Config{CAA: c.CAA}.Validate())
 	keys, err := dnsserver.NewStaticKeys(c.Transfer.TSIGKeys)
 	add("tsig-key", err)
 	add("secondary", dnsserver.Config{Transfer: dnsserver.TransferConfig{Secondaries: c.Transfer.Secondaries, Keys: keys}}.Validate())

@@ -84,6 +84,10 @@ func (s *Server) answer(r *dns.Msg) (m *dns.Msg, maxSize int) {
 		s.answerAddrs(m, q, s.soaTTL, addrs...)
 		return m, maxSize
 	}
+	if device, ok := challengeDevice(label); ok {
+		s.answerChallenge(m, q, device)
+		return m, maxSize
+	}
 	device := label
 	if i := strings.LastIndexByte(label, '.'); i >= 0 {
 		if s.exact.Load() {
@@ -130,6 +134,10 @@ func (s *Server) answerAddrs(m *dns.Msg, q dns.Question, ttl uint32, addrs ...ne
 
 func (s *Server) answerApex(m *dns.Msg, q dns.Question) {
 	switch q.Qtype {
+	case dns.TypeCAA:
+		if m.Answer = append(m.Answer, s.caaRecords(q.Name)...); len(m.Answer) == 0 {
+			m.Ns = append(m.Ns, s.negativeSOA())
+		}
 	case dns.TypeSOA:
 		m.Answer = append(m.Answer, s.soa(q.Name, s.soaTTL))
 	case dns.TypeNS:

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/store"
 )
 
 // FuzzAnswer feeds raw packets through what the server does with a datagram or
@@ -18,8 +19,11 @@ func FuzzAnswer(f *testing.F) {
 	st := openStore(f)
 	addDevice(f, st, "nas1", "198.51.100.1", "2001:db8:1::1")
 	addDevice(f, st, "cam", "198.51.100.2", "")
+	if err := setChallenges(context.Background(), st, "nas1", store.ChallengeUpdate{Add: []string{valA, valB}}); err != nil {
+		f.Fatal(err)
+	}
 	// Twenty nameservers with glue make the apex NS answer exceed every UDP size.
-	s, err := New(Config{Addr: "127.0.0.1:0", Source: st, NameServers: manyNameServers(20)})
+	s, err := New(Config{Addr: "127.0.0.1:0", Source: st, NameServers: manyNameServers(20), CAA: []string{`0 issue "letsencrypt.org"`}})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -64,7 +68,7 @@ func FuzzAnswer(f *testing.F) {
 			if len(b) > size {
 				t.Fatalf("reply is %d bytes, the limit is %d (tcp=%v)\n%v", len(b), size, tcp, m)
 			}
-			if !tcp && len(b) > maxAmplification*len(raw) {
+			if !tcp && len(b) > max(maxAmplification*len(raw), challengeAnswerLimit(m)) {
 				t.Fatalf("UDP reply is %d bytes for a %d-byte query, more than %d times\n%v", len(b), len(raw), maxAmplification, m)
 			}
 			got := new(dns.Msg)

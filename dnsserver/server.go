@@ -1,11 +1,11 @@
 // Package dnsserver is the authoritative DNS server for the device zone: it
-// answers SOA and NS at the apex and A/AAAA for devices straight from a
-// read-only view of the store, over UDP and TCP, keeps secondaries in step
-// with zone transfers and NOTIFY (xfr.go, notify.go, tsig.go), and takes
-// each device's dynamic updates signed with its own key (update.go). UDP
-// answers, whose client address is not proven, are rate-limited per client
-// network (rrl.go) and never more than 3 times their query
-// (amplification.go).
+// answers SOA, NS and CAA at the apex, A/AAAA for devices and their ACME
+// challenge TXT straight from a read-only view of the store, over UDP and
+// TCP, keeps secondaries in step with zone transfers and NOTIFY (xfr.go,
+// notify.go, tsig.go), and takes each device's dynamic updates signed with
+// its own key (update.go). UDP answers, whose client address is not proven,
+// are rate-limited per client network (rrl.go) and never more than 3 times
+// their query (amplification.go).
 package dnsserver
 
 import (
@@ -85,6 +85,10 @@ type Config struct {
 	NameServers []NameServer
 	// Hostmaster is the SOA RNAME; default hostmaster.<zone>.
 	Hostmaster string
+	// CAA are the apex's CAA records (RFC 8659), each FLAGS TAG "VALUE",
+	// e.g. `0 issue "letsencrypt.org"`; devices inherit them. None: no CAA,
+	// any CA may issue.
+	CAA []string
 	// TTL is the TTL of device answers (and the negative-caching TTL); default 60s.
 	TTL time.Duration
 	// UDPSize caps the UDP response size whatever the client advertises; default 1232.
@@ -136,6 +140,7 @@ type Server struct {
 	ns         []NameServer
 	glue       map[string][]netip.Addr // in-zone nameserver label → its addresses
 	hostmaster string
+	caa        []*dns.CAA
 	ttl        atomic.Uint32 // device TTL and negative-caching TTL; SetTTL changes it live
 	soaTTL     uint32
 	udpSize    uint16
@@ -185,7 +190,7 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Validate checks the settings in cfg (zone, nameservers, TTL, UDP size),
+// Validate checks the settings in cfg (zone, nameservers, TTL, CAA, UDP size),
 // not its sockets or Source, and returns every problem at once, worded for
 // the operator. New calls it; a daemon calls it before it touches the disk.
 func (cfg Config) Validate() error {
@@ -197,6 +202,9 @@ func (cfg Config) Validate() error {
 	}
 	if cfg.TTL < 0 || cfg.TTL > maxTTL {
 		errs = append(errs, fmt.Errorf("TTL %s out of range (0 to 7 days)", cfg.TTL))
+	}
+	if _, err := parseCAA(cfg.CAA); err != nil {
+		errs = append(errs, err)
 	}
 	if cfg.UDPSize != 0 && cfg.UDPSize < dns.MinMsgSize {
 		errs = append(errs, fmt.Errorf("UDP payload size %d is below %d", cfg.UDPSize, dns.MinMsgSize))
@@ -274,6 +282,7 @@ func newServer(cfg Config) (*Server, error) {
 	})
 	s.SetTTL(cfg.TTL) //nolint:errcheck // Validate checked the range
 	s.exact.Store(cfg.ExactNamesOnly)
+	s.caa, _ = parseCAA(cfg.CAA) // Validate checked them
 	nss := cfg.NameServers
 	if len(nss) == 0 {
 		nss = []NameServer{{Name: defaultNSSuffix, Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}}

@@ -358,6 +358,7 @@ func (s *Server) sendFullZone(w dns.ResponseWriter, r *dns.Msg, kind, who string
 		soa := s.soaAt(serial)
 		out.add(soa)
 		out.add(s.nsRecords(s.zone)...)
+		out.add(s.caaRecords(s.zone)...)
 		out.add(s.glueRecords()...)
 		ttl := s.ttl.Load()
 		for name, rec := range devices {
@@ -424,7 +425,7 @@ func deviceRecords(owner string, rec store.Record, ttl uint32) []dns.RR {
 		h.Rrtype = dns.TypeAAAA
 		out = append(out, &dns.AAAA{Hdr: h, AAAA: a.AsSlice()})
 	}
-	return out
+	return append(out, challengeRecords(owner, rec, ttl)...)
 }
 
 // transferDone logs and counts a finished transfer.

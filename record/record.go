@@ -59,9 +59,22 @@ type Device struct {
 	// PublicKey is the device's public key as the agent published it
 	// (base64 of the DER SubjectPublicKeyInfo); Link clients pin it.
 	PublicKey string `json:"public_key,omitempty"`
+	// ACMEChallenges are the values the device publishes as TXT at
+	// _acme-challenge.<name>.<zone> for ACME DNS-01 validations, oldest
+	// first, each until it expires. Setting or expiring them leaves
+	// Updated alone: they are transient, not a change of the device.
+	ACMEChallenges []ACMEChallenge `json:"acme_challenges,omitempty"`
 	// TSIGKey is the key the device signs its DNS dynamic updates (RFC
 	// 2136) with, or nil; one at a time, a new one replaces it.
 	TSIGKey *TSIGKey `json:"tsig_key,omitempty"`
+}
+
+// ACMEChallenge is one ACME DNS-01 challenge value a device published (the
+// unpadded base64url SHA-256 digest of a key authorization, RFC 8555 section
+// 8.4), public in DNS until Expires.
+type ACMEChallenge struct {
+	Value   string    `json:"value"`
+	Expires time.Time `json:"expires"`
 }
 
 // TSIGKey is a device's TSIG key (RFC 8945). Its name is not stored: it is

@@ -71,8 +71,14 @@ type Backend interface {
 	// it for every signed message.
 	TSIGKey(name string) (TSIGKey, bool)
 
-	// Lookup returns the DNS record of a device that resolves, from memory:
-	// the DNS server calls it for every query.
+	// SetChallenges changes the ACME DNS-01 challenge values the device
+	// publishes at _acme-challenge.<name>; each expires ChallengeLifetime
+	// after it was set (Sweep withdraws it).
+	SetChallenges(ctx context.Context, name string, u ChallengeUpdate) (Device, error)
+
+	// Lookup returns the DNS record of a device that resolves (its
+	// addresses and ACME challenge values), from memory: the DNS server
+	// calls it for every query.
 	Lookup(name string) (Record, bool)
 	// Serial returns the zone's SOA serial, bumped by every change to DNS data.
 	Serial() uint32
@@ -86,8 +92,9 @@ type Backend interface {
 	// them first (a zone transfer; for etcd: a range read at one revision).
 	ZoneSnapshot(f func(serial uint32, devices iter.Seq2[string, Record]) error) error
 
-	// Sweep expires uninitialized devices past their TTL and ends
-	// quarantines, and returns how many devices it expired.
+	// Sweep expires uninitialized devices past their TTL, withdraws ACME
+	// challenge values past theirs and ends quarantines, and returns how
+	// many devices it expired.
 	Sweep(ctx context.Context) (expired int, err error)
 	// Size returns the bytes the stored data takes.
 	Size() int64

@@ -24,6 +24,8 @@ type (
 	State = record.State
 	// AccessCode is one Link access code a device issued; only its hash is kept.
 	AccessCode = record.AccessCode
+	// ACMEChallenge is one ACME DNS-01 challenge value a device publishes.
+	ACMEChallenge = record.ACMEChallenge
 )
 
 // The access modes and states, as in package record.

@@ -214,7 +214,7 @@ func (w writeRules) update(ctx context.Context, name string, p Patch) (Device, e
 			nd.State = *p.State
 		}
 		d = nd
-		if nd == *cur {
+		if nd.DDNS == cur.DDNS && nd.Link == cur.Link && nd.Access == cur.Access && nd.State == cur.State {
 			return outcome{}, nil
 		}
 		nd.Updated = w.now().UTC()

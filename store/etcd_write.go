@@ -224,6 +224,12 @@ func (s *Etcd) SetPublicKey(ctx context.Context, name, key string) (Device, erro
 	return s.rules().setPublicKey(ctx, name, key)
 }
 
+// SetChallenges changes the device's ACME challenge values; see
+// Store.SetChallenges.
+func (s *Etcd) SetChallenges(ctx context.Context, name string, u ChallengeUpdate) (Device, error) {
+	return s.rules().setChallenges(ctx, name, u)
+}
+
 // Delete removes a device, its access codes and quarantines its name, in
 // one transaction; see Store.Delete.
 func (s *Etcd) Delete(ctx context.Context, name string) error {
@@ -376,13 +382,19 @@ func (s *Etcd) Sweep(ctx context.Context) (expired int, err error) {
 	if err != nil {
 		return 0, fmt.Errorf("sweep: %w", err)
 	}
-	var names []string
+	var names, challenged []string
 	for _, d := range devices {
-		if expiredAt(d, now, s.uninitTTL) {
+		switch {
+		case expiredAt(d, now, s.uninitTTL):
 			names = append(names, d.Name)
+		case hasExpiredChallenge(d, now):
+			challenged = append(challenged, d.Name)
 		}
 	}
 	if expired, err = s.rules().expire(ctx, names, s.uninitTTL, s.log); err != nil {
+		return expired, err
+	}
+	if err := s.rules().expireChallenges(ctx, challenged); err != nil {
 		return expired, err
 	}
 	rctx, cancel := s.request(ctx)

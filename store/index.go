@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 
 	bolt "go.etcd.io/bbolt"
@@ -30,9 +31,14 @@ type entry struct {
 	key    *TSIGKey // the device's TSIG key; nil without one, and once deleted
 }
 
-// Record is what the DNS server needs to answer for a device.
+// Record is what the DNS server needs to answer for a device: its addresses
+// (none while its DDNS switch is off) and the ACME challenge values it
+// publishes as TXT at _acme-challenge.<device>, oldest first. The index is
+// the zone: a zone transfer that walks it finds every record an answer
+// gives. A Record's slices are shared and must not be modified.
 type Record struct {
 	IPv4, IPv6 netip.Addr
+	ACME       []string
 }
 
 // ChangeKind says what happened to a device.
@@ -86,8 +92,9 @@ func (s *memIndex) OnChange(f func(Change)) {
 	s.observers = append(s.observers, f)
 }
 
-// Lookup returns the DNS record of a device whose DDNS switch is on. name must
-// be lower case. It reads only memory.
+// Lookup returns the DNS record of a device whose DDNS switch is on, or
+// which publishes ACME challenge values (see Resolvable). name must be lower
+// case. It reads only memory.
 func (s *memIndex) Lookup(name string) (Record, bool) {
 	s.mu.RLock()
 	e, ok := s.entries[name]
@@ -120,16 +127,30 @@ func (s *memIndex) Len() int {
 
 // Resolvable returns what the zone holds of d (nil: no device): its record,
 // and whether the name exists at all. It is the one rule of what resolves:
-// a device whose DDNS switch is on, with the addresses it has. The index,
-// the zone serial (bumped exactly when this changes) and zone transfers
-// follow it; a new kind of record per device is added to Record and here.
+// a device whose DDNS switch is on, with the addresses it has and the ACME
+// challenge values it publishes; and a device with DDNS off while it
+// publishes challenge values, with those values and no address (its owner
+// is getting a certificate, say for use on the LAN: a CA's resolver that
+// finds <device>.<zone> NXDOMAIN stops there, RFC 8020, and never asks for
+// _acme-challenge below it). The index, the zone serial (bumped exactly when
+// this changes) and zone transfers follow it; a new kind of record per
+// device is added to Record and here.
 func Resolvable(d *Device) (Record, bool) { return resolvable(d) }
 
 func resolvable(d *Device) (Record, bool) {
-	if d == nil || !d.DDNS {
+	if d == nil {
 		return Record{}, false
 	}
-	return Record{IPv4: d.IPv4, IPv6: d.IPv6}, true
+	rec := Record{ACME: challengeValues(d.ACMEChallenges)}
+	if d.DDNS {
+		rec.IPv4, rec.IPv6 = d.IPv4, d.IPv6
+	}
+	return rec, d.DDNS || len(rec.ACME) > 0
+}
+
+// Equal reports whether r and o hold the same records.
+func (r Record) Equal(o Record) bool {
+	return r.IPv4 == o.IPv4 && r.IPv6 == o.IPv6 && slices.Equal(r.ACME, o.ACME)
 }
 
 // serialNewer compares SOA serials with RFC 1982 arithmetic.
@@ -137,12 +158,13 @@ func serialNewer(a, b uint32) bool { return a != b && int32(a-b) > 0 }
 
 // entryFor is the index entry of d as of revision rev; deleted says that its
 // record is gone. The entry holds d's addresses whether DDNS is on or off. A
-// device with DDNS off gets an entry marked hidden: Lookup reports no such
-// name, so the DNS server answers NXDOMAIN, and Len does not count it, while
-// Get still returns the device with its addresses. Address updates still
-// reach the hidden entry but leave the zone serial alone, since no answer
-// and no zone transfer changes; switching DDNS either way bumps it. Open
-// builds entries the same way, so DDNS off survives a restart.
+// device that does not resolve (see Resolvable: DDNS off and no ACME
+// challenge value) gets an entry marked hidden: Lookup reports no such name,
+// so the DNS server answers NXDOMAIN, and Len does not count it, while Get
+// still returns the device with its addresses. Address updates still reach
+// the hidden entry but leave the zone serial alone, since no answer and no
+// zone transfer changes; switching DDNS either way bumps it. Open builds
+// entries the same way, so DDNS off survives a restart.
 func entryFor(rev uint64, d Device, deleted bool) entry {
 	rec, ok := resolvable(&d)
 	if !ok {

@@ -96,7 +96,7 @@ func TestCreatedDeviceResolvesAtOnceWithDefaults(t *testing.T) {
 		if got, err := s.Get("nas1"); err != nil || !reflect.DeepEqual(got, want) {
 			t.Fatalf("Get = %+v, %v; want %+v", got, err, want)
 		}
-		if rec, ok := s.Lookup("nas1"); !ok || rec != (Record{}) {
+		if rec, ok := s.Lookup("nas1"); !ok || !reflect.DeepEqual(rec, Record{}) {
 			t.Fatalf("Lookup right after Create = %+v, %v; want an empty record that resolves", rec, ok)
 		}
 		if s.Len() != 1 {
@@ -515,7 +515,7 @@ func TestDeletedNameIsQuarantinedThenFreeWithNothingInherited(t *testing.T) {
 				if _, err := s.Authenticate("nas1", tok); err != ErrBadCredentials {
 					t.Fatalf("the old token works on the re-created device: %v", err)
 				}
-				if rec, ok := s.Lookup("nas1"); !ok || rec != (Record{}) {
+				if rec, ok := s.Lookup("nas1"); !ok || !reflect.DeepEqual(rec, Record{}) {
 					t.Fatalf("re-created nas1: Lookup = %+v, %v", rec, ok)
 				}
 			})

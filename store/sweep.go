@@ -12,20 +12,23 @@ import (
 )
 
 // Sweep removes uninitialized devices older than the uninitialized TTL (with
-// all their data, and without quarantine: they never had an owner) and
-// quarantine entries that have ended. The background sweeper calls it; tests
-// call it with a fake clock.
+// all their data, and without quarantine: they never had an owner), ACME
+// challenge values past their expiry and quarantine entries that have
+// ended. The background sweeper calls it; tests call it with a fake clock.
 func (s *Store) Sweep(ctx context.Context) (expired int, err error) {
 	now := s.now()
-	var names []string
+	var names, challenged []string
 	err = s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
 			var d Device
 			if err := json.Unmarshal(v, &d); err != nil {
 				return fmt.Errorf("device %q is unreadable: %w", k, err)
 			}
-			if s.expired(d, now) {
+			switch {
+			case s.expired(d, now):
 				names = append(names, d.Name)
+			case hasExpiredChallenge(d, now):
+				challenged = append(challenged, d.Name)
 			}
 			return nil
 		})
@@ -35,6 +38,9 @@ func (s *Store) Sweep(ctx context.Context) (expired int, err error) {
 	}
 	expired, err = s.rules().expire(ctx, names, s.uninitTTL, s.log)
 	if err != nil {
+		return expired, err
+	}
+	if err := s.rules().expireChallenges(ctx, challenged); err != nil {
 		return expired, err
 	}
 	if err := s.endQuarantines(now); err != nil {

@@ -165,7 +165,7 @@ func (s *Store) deleteDevice(tx *bolt.Tx, name string, kind ChangeKind) error {
 func dnsChanged(before, after *Device) bool {
 	rb, okb := resolvable(before)
 	ra, oka := resolvable(after)
-	return okb != oka || rb != ra
+	return okb != oka || !rb.Equal(ra)
 }
 
 // bumpCounters advances the write revision, and the zone serial when DNS data

@@ -179,6 +179,26 @@ func (c *Client) RevokeAccessCode(ctx context.Context, name, id string) error {
 	return c.do(ctx, http.MethodDelete, devicePath(name, "/access-codes/"+url.PathEscape(id)), nil, nil, maxAnswer)
 }
 
+// SetACMEChallenges publishes ACME DNS-01 challenge values at
+// _acme-challenge.<name>.<zone> (PUT /v1/devices/{name}/acme-challenge),
+// each for an hour; a value already published is renewed. They are in the
+// next DNS answer when this returns.
+func (c *Client) SetACMEChallenges(ctx context.Context, name string, values ...string) (ACMEChallenges, error) {
+	var out ACMEChallenges
+	err := c.do(ctx, http.MethodPut, devicePath(name, "/acme-challenge"), ACMEChallengeValues{Values: values}, &out, maxAnswer)
+	return out, err
+}
+
+// DeleteACMEChallenges withdraws the given challenge values, or every one
+// when none is given (DELETE /v1/devices/{name}/acme-challenge).
+func (c *Client) DeleteACMEChallenges(ctx context.Context, name string, values ...string) error {
+	var in any
+	if len(values) > 0 {
+		in = ACMEChallengeValues{Values: values}
+	}
+	return c.do(ctx, http.MethodDelete, devicePath(name, "/acme-challenge"), in, nil, maxAnswer)
+}
+
 // IssueTSIGKey issues a new TSIG key for device name's DNS dynamic updates
 // (POST /v1/devices/{name}/tsig), which replaces its old one; the secret is
 // in this answer only.

@@ -23,6 +23,9 @@ type (
 	// export: only the hash is kept, the code was shown once in
 	// IssuedAccessCode.
 	AccessCode = record.AccessCode
+	// ACMEChallenge is one ACME DNS-01 challenge value a device publishes,
+	// with the time it expires.
+	ACMEChallenge = record.ACMEChallenge
 	// TSIGKey is a device's TSIG key as its export shows it: the algorithm
 	// and when it was issued; the secret was shown once in IssuedTSIGKey.
 	TSIGKey = record.TSIGKey
@@ -96,6 +99,21 @@ type PublicKeyUpdate struct {
 type IssuedAccessCode struct {
 	ID   string `json:"id"`
 	Code string `json:"code"`
+}
+
+// ACMEChallengeValues is the body of PUT /v1/devices/{name}/acme-challenge
+// (the values to publish) and of DELETE on it (the values to withdraw; no
+// body withdraws every one).
+type ACMEChallengeValues struct {
+	Values []string `json:"values"`
+}
+
+// ACMEChallenges is the answer to PUT and GET
+// /v1/devices/{name}/acme-challenge: the TXT name and every value the device
+// publishes there now, oldest first, each with its expiry.
+type ACMEChallenges struct {
+	FQDN       string          `json:"fqdn"`
+	Challenges []ACMEChallenge `json:"challenges"`
 }
 
 // IssuedTSIGKey is the answer to POST /v1/devices/{name}/tsig: the device's

@@ -2,16 +2,23 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
+	"github.com/nasreach/nasreach/api/client"
+	"github.com/nasreach/nasreach/devicecert"
 	"github.com/nasreach/nasreach/link"
+	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v3"
 )
 
@@ -42,14 +49,20 @@ func agentCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "agent",
 		Usage: "connect this NAS to a Link relay and serve the exposed ports through it",
-		Description: describe("",
-			"NASREACH_TOKEN=$TOKEN nasreach agent --server relay.example.net:7443 --device nas1 --expose 443=127.0.0.1:443 --api https://ddns.example.net"),
+		Description: describe("With --cert the agent also keeps a certificate for the device's name and its wildcard in DIR "+
+			"(cert.pem, key.pem; ACME DNS-01 through the API, renewed at two-thirds of its lifetime), for the NAS's own HTTPS.",
+			"NASREACH_TOKEN=$TOKEN nasreach agent --server relay.example.net:7443 --device nas1 --expose 443=127.0.0.1:443 --api https://ddns.example.net",
+			"NASREACH_TOKEN=$TOKEN nasreach agent --server relay.example.net:7443 --device nas1 --expose 443=127.0.0.1:443 --api https://ddns.example.net --cert /var/lib/nasreach-agent/cert"),
 		Flags: append(append(linkClientFlags(),
 			&cli.StringFlag{Name: "device", Usage: "device name", Required: true, Sources: cli.EnvVars("NASREACH_DEVICE")},
 			&cli.StringFlag{Name: "token", Usage: "device token (prefer the environment variable: arguments are visible to other users)", Required: true, Sources: cli.EnvVars("NASREACH_TOKEN")},
 			&cli.StringSliceFlag{Name: "expose", Usage: "PORT=HOST:PORT: serve device port PORT from the local service HOST:PORT (repeatable; nothing else is reachable)", Required: true, Sources: cli.EnvVars("NASREACH_EXPOSE")},
 			&cli.StringFlag{Name: "api", Usage: "the daemon's HTTP API URL: publish the device key and keep the DDNS address current", Sources: cli.EnvVars("NASREACH_API")},
 			&cli.StringFlag{Name: "state", Usage: "directory of the device key (default: $STATE_DIRECTORY, else <user config dir>/nasreach/agent)", Sources: cli.EnvVars("NASREACH_AGENT_STATE", "STATE_DIRECTORY")},
+			&cli.StringFlag{Name: "cert", Usage: "keep a certificate for <device>.<zone> and *.<device>.<zone> in this directory (cert.pem, key.pem; needs --api)", Sources: cli.EnvVars("NASREACH_CERT")},
+			&cli.StringFlag{Name: "acme-directory", Value: devicecert.DefaultDirectory, Usage: "the ACME CA's directory URL, for --cert", Sources: cli.EnvVars("NASREACH_ACME_DIRECTORY")},
+			&cli.StringFlag{Name: "acme-email", Usage: "contact address of the ACME account, for the CA's expiry notices (optional)", Sources: cli.EnvVars("NASREACH_ACME_EMAIL")},
+			&cli.StringFlag{Name: "acme-ca-file", Usage: "PEM certificates to trust for the ACME CA besides the system's (a private CA such as step-ca)", Sources: cli.EnvVars("NASREACH_ACME_CA_FILE")},
 		), logFlags()...),
 		Action: runAgent,
 	}
@@ -108,16 +121,77 @@ func runAgent(ctx context.Context, cmd *cli.Command) error {
 	cfg.Logger = log.With().Str("component", "agent").Logger()
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	keeper, err := certKeeper(cmd, cfg, log)
+	if err != nil {
+		return err
+	}
 	a, err := link.NewAgent(cfg)
 	if err != nil {
 		return err
 	}
 	log.Info().Str("device", cfg.Device).Str("relay", cfg.Server).Str("fingerprint", a.Fingerprint()).
 		Int("exposed_ports", len(cfg.Expose)).Msg("agent started; clients pin this device with --fingerprint")
+	var certDone chan struct{}
+	if keeper != nil {
+		certDone = make(chan struct{})
+		go func() {
+			defer close(certDone)
+			keeper.Run(ctx) //nolint:errcheck // returns ctx's error when the agent stops
+		}()
+	}
 	<-ctx.Done()
 	log.Info().Msg("agent stopping")
+	if certDone != nil {
+		<-certDone
+	}
 	if err := a.Close(); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return nil
+}
+
+// certKeeper is the keeper of the device's certificate that --cert asks
+// for, or nil without --cert.
+func certKeeper(cmd *cli.Command, cfg link.AgentConfig, log zerolog.Logger) (*devicecert.Keeper, error) {
+	dir := cmd.String("cert")
+	if dir == "" {
+		return nil, nil
+	}
+	if cfg.API == "" {
+		return nil, errors.New("--cert needs --api: the challenge values are published through the daemon's API")
+	}
+	api, err := client.New(client.Config{Server: cfg.API, Token: cfg.Token})
+	if err != nil {
+		return nil, fmt.Errorf("--api: %w", err)
+	}
+	var hc *http.Client
+	if file := cmd.String("acme-ca-file"); file != "" {
+		if hc, err = trustingClient(file); err != nil {
+			return nil, fmt.Errorf("--acme-ca-file: %w", err)
+		}
+	}
+	return devicecert.New(devicecert.Config{
+		Dir: dir, Device: cfg.Device, API: api, HTTPClient: hc,
+		Directory: cmd.String("acme-directory"), Email: cmd.String("acme-email"),
+		Logger: log.With().Str("component", "cert").Logger(),
+	})
+}
+
+// trustingClient is an HTTP client that trusts the system's roots and the
+// PEM certificates in file.
+func trustingClient(file string) (*http.Client, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", file)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool}
+	return &http.Client{Transport: tr, Timeout: time.Minute}, nil
 }

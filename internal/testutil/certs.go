@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -46,6 +47,19 @@ func WriteCertOnly(t testing.TB, certFile, cn string) {
 		t.Fatal(err)
 	}
 	Touch(t, certFile, 30*time.Second)
+}
+
+// certPool is a pool of the certificates in the PEM file path.
+func certPool(path string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return pool, nil
 }
 
 // Touch moves a file's modification time d into the future, so that a
