@@ -45,7 +45,8 @@ func ValidateChallenge(v string) error {
 
 // ChallengeUpdate changes the challenge values a device publishes. It is
 // applied in field order: RemoveAll, Remove, Add, Keep. The REST API, the
-// acme-dns endpoint and (later) RFC 2136 UPDATE all come down to one.
+// acme-dns endpoint and RFC 2136 UPDATE (through EditRecords) all come down
+// to one.
 type ChallengeUpdate struct {
 	// RemoveAll withdraws every value (DELETE without a body; RFC 2136's
 	// "delete an RRset").
@@ -71,13 +72,8 @@ func (s *Store) SetChallenges(ctx context.Context, name string, u ChallengeUpdat
 }
 
 func (w writeRules) setChallenges(ctx context.Context, name string, u ChallengeUpdate) (Device, error) {
-	for _, v := range slices.Concat(u.Add, u.Remove) {
-		if err := ValidateChallenge(v); err != nil {
-			return Device{}, err
-		}
-	}
-	if len(u.Add) > MaxChallenges {
-		return Device{}, fmt.Errorf("challenge values: %w: at most %d at once", ErrInvalid, MaxChallenges)
+	if err := u.check(); err != nil {
+		return Device{}, err
 	}
 	name = NormalizeName(name)
 	var d Device
@@ -85,21 +81,47 @@ func (w writeRules) setChallenges(ctx context.Context, name string, u ChallengeU
 		if cur == nil {
 			return outcome{}, fmt.Errorf("%q: %w", name, ErrNotFound)
 		}
-		now := w.now().UTC()
-		next := u.apply(liveChallenges(cur.ACMEChallenges, now), now)
-		if len(next) > MaxChallenges {
-			return outcome{}, fmt.Errorf("challenge values of %q: %w: at most %d are published at once; withdraw some (DELETE) or wait for them to expire", name, ErrInvalid, MaxChallenges)
-		}
-		d = *cur
-		if slices.Equal(next, cur.ACMEChallenges) {
-			return outcome{}, nil
-		}
-		nd := *cur
-		nd.ACMEChallenges = next
-		d = nd
-		return outcome{put: &nd}, nil
+		var o outcome
+		var err error
+		d, o, err = w.applyChallenges(*cur, u)
+		return o, err
 	})
 	return d, err
+}
+
+// check refuses an update with a value ValidateChallenge refuses or with
+// more than MaxChallenges values to add.
+func (u ChallengeUpdate) check() error {
+	for _, v := range slices.Concat(u.Add, u.Remove) {
+		if err := ValidateChallenge(v); err != nil {
+			return err
+		}
+	}
+	if len(u.Add) > MaxChallenges {
+		return fmt.Errorf("challenge values: %w: at most %d at once", ErrInvalid, MaxChallenges)
+	}
+	return nil
+}
+
+// empty reports whether u changes nothing by itself (expired values aside).
+func (u ChallengeUpdate) empty() bool { return !u.RemoveAll && len(u.Remove) == 0 && len(u.Add) == 0 }
+
+// applyChallenges returns cur with the checked update u applied to its
+// challenge values (expired ones dropped), and the outcome that stores it:
+// none when they stay as they were. More than MaxChallenges values in the
+// end is an ErrInvalid error.
+func (w writeRules) applyChallenges(cur Device, u ChallengeUpdate) (Device, outcome, error) {
+	now := w.now().UTC()
+	next := u.apply(liveChallenges(cur.ACMEChallenges, now), now)
+	if len(next) > MaxChallenges {
+		return cur, outcome{}, fmt.Errorf("challenge values of %q: %w: at most %d are published at once; withdraw some (DELETE) or wait for them to expire", cur.Name, ErrInvalid, MaxChallenges)
+	}
+	if slices.Equal(next, cur.ACMEChallenges) {
+		return cur, outcome{}, nil
+	}
+	nd := cur
+	nd.ACMEChallenges = next
+	return nd, outcome{put: &nd}, nil
 }
 
 // apply returns cur changed by u, as of now; cur is not modified.

@@ -10,14 +10,17 @@ import (
 type RecordEdit struct {
 	// Address sets or clears the device's addresses, as SetAddress does.
 	Address AddressUpdate
+	// Challenges changes the device's ACME challenge values, as
+	// SetChallenges does.
+	Challenges ChallengeUpdate
 }
 
 // EditRecords changes what device name publishes in one transaction, as
 // decide says: decide gets the device as stored at that moment and returns
 // the edit, so that whatever it checks first (an update's prerequisites)
 // still holds when the edit commits. An error from decide is returned as it
-// is, and nothing changes; so does an edit SetAddress would refuse
-// (ErrInvalid). decide may be called more than once (a check before the
+// is, and nothing changes; so does an edit SetAddress or SetChallenges
+// would refuse (ErrInvalid). decide may be called more than once (a check before the
 // commit, and the commit again when writes are batched) and must have no
 // effect besides its result. changed reports whether anything differs from
 // before; an edit that changes nothing writes nothing. The durability
@@ -46,8 +49,20 @@ func (w writeRules) editRecords(ctx context.Context, name string, decide func(cu
 		if err != nil {
 			return outcome{}, err
 		}
+		if err := e.Challenges.check(); err != nil {
+			return outcome{}, err
+		}
 		var o outcome
 		d, o = w.applyAddress(*cur, u)
+		if !e.Challenges.empty() {
+			var oc outcome
+			if d, oc, err = w.applyChallenges(d, e.Challenges); err != nil {
+				return outcome{}, err
+			}
+			if oc.put != nil {
+				o = oc
+			}
+		}
 		changed = o.put != nil
 		return o, nil
 	})

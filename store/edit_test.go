@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/nasreach/nasreach/internal/testutil"
 )
 
 func TestEditRecordsCommitsWhatDecideSaysAndNothingOnError(t *testing.T) {
@@ -96,6 +100,54 @@ func TestEditRecordsDecidesOnTheCommittedState(t *testing.T) {
 		}
 		if d, _ := s.Get("nas1"); d.IPv4 != want {
 			t.Fatalf("after %d increments the address is %s, want %s: an edit decided on a stale record", n, d.IPv4, want)
+		}
+	})
+}
+
+// An edit changes addresses and ACME challenge values in one commit, by
+// the rules SetChallenges keeps: valid values only, at most MaxChallenges,
+// and Updated moved by the addresses alone.
+func TestEditRecordsChangesAddressesAndChallengesTogether(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, open openFunc) {
+		clk := newClock()
+		s := open(t, Config{Now: clk.Now})
+		ctx := context.Background()
+		mustCreate(t, s, "nas1")
+		a, b := testutil.ChallengeValue(0), testutil.ChallengeValue(1)
+		clk.Advance(time.Minute)
+		d, changed, err := s.EditRecords(ctx, "nas1", func(Device) (RecordEdit, error) {
+			return RecordEdit{Address: AddressUpdate{IPv4: v4a}, Challenges: ChallengeUpdate{Add: []string{a, b}}}, nil
+		})
+		if err != nil || !changed || d.IPv4 != v4a || len(d.ACMEChallenges) != 2 || !d.Updated.Equal(clk.Now()) {
+			t.Fatalf("EditRecords = %+v, %v, %v", d, changed, err)
+		}
+		if rec, ok := s.Lookup("nas1"); !ok || rec.IPv4 != v4a || !slices.Equal(rec.ACME, []string{a, b}) {
+			t.Fatalf("Lookup = %+v, %v", rec, ok)
+		}
+		clk.Advance(time.Minute)
+		d, changed, err = s.EditRecords(ctx, "nas1", func(Device) (RecordEdit, error) {
+			return RecordEdit{Challenges: ChallengeUpdate{Remove: []string{a}}}, nil
+		})
+		if err != nil || !changed || d.Updated.Equal(clk.Now()) {
+			t.Fatalf("removing a value: %+v, %v, %v; want a change that leaves Updated", d, changed, err)
+		}
+		if rec, _ := s.Lookup("nas1"); !slices.Equal(rec.ACME, []string{b}) {
+			t.Fatalf("after removing %s: %q", a, rec.ACME)
+		}
+		for _, bad := range []ChallengeUpdate{
+			{Add: []string{"not a challenge value"}},
+			{Add: []string{testutil.ChallengeValue(2), testutil.ChallengeValue(3), testutil.ChallengeValue(4), testutil.ChallengeValue(5),
+				testutil.ChallengeValue(6), testutil.ChallengeValue(7), testutil.ChallengeValue(8), testutil.ChallengeValue(9)}}, // 9 in all
+		} {
+			_, _, err := s.EditRecords(ctx, "nas1", func(Device) (RecordEdit, error) {
+				return RecordEdit{Address: AddressUpdate{IPv4: v4b}, Challenges: bad}, nil
+			})
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("EditRecords(%+v) = %v, want ErrInvalid", bad, err)
+			}
+		}
+		if rec, _ := s.Lookup("nas1"); rec.IPv4 != v4a || !slices.Equal(rec.ACME, []string{b}) {
+			t.Fatalf("a refused edit changed the record to %+v", rec)
 		}
 	})
 }
