@@ -108,10 +108,20 @@ func TestInteropNsupdateAddsDeletesAndChecksPrerequisites(t *testing.T) {
 	wantNsupdateFailure(t, out, err, "NOTAUTH")
 	wantDig(td, host, "A", "203.0.113.21")
 
+	// The ACME challenge value, at the challenge name only.
+	challenge := testutil.ChallengeValue(0)
+	if out, err := nsupdate(td, nsupdateKey(key), "update add _acme-challenge."+host+` 60 TXT "`+challenge+`"`); err != nil {
+		t.Fatalf("nsupdate TXT: %v\n%s", err, out)
+	}
+	wantDig(td, "_acme-challenge."+host, "TXT", `"`+challenge+`"`)
+	out, err = nsupdate(td, nsupdateKey(key), "update add "+host+` 60 TXT "`+challenge+`"`)
+	wantNsupdateFailure(t, out, err, "REFUSED")
+
 	// An acknowledged update is committed: it survives a restart.
 	td.Restart()
 	wantDig(td, host, "A", "203.0.113.21")
 	wantDig(td, host, "AAAA", "2001:db8::20")
+	wantDig(td, "_acme-challenge."+host, "TXT", `"`+challenge+`"`)
 
 	// Deleting every record at the name leaves it without addresses.
 	if out, err := nsupdate(td, nsupdateKey(key), "update delete "+host); err != nil {

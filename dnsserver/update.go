@@ -22,10 +22,13 @@ import (
 // (issued through the API, held by the store, found by DeviceKeys), may add
 // and delete
 //
-//	<device>.<zone>   A, AAAA   at most one address of each family
+//	<device>.<zone>                  A, AAAA   at most one address of each family
+//	_acme-challenge.<device>.<zone>  TXT       ACME DNS-01 values (acme.go), one
+//	                                           string each, as the REST API takes them
 //
-// and nothing else, as BIND's "update-policy { grant * self * A AAAA; }"
-// would allow: any other name or type is REFUSED, and so is every update
+// and nothing else, as BIND's "update-policy { grant * self * A AAAA;
+// grant * selfsub * TXT; }" would allow (narrower: TXT at the challenge
+// name only): any other name or type is REFUSED, and so is every update
 // signed with a key of the configuration (a secondary's). An unsigned
 // UPDATE is NOTAUTH, as Knot answers one its ACL does not admit; a badly
 // signed one is NOTAUTH with the TSIG error (BADKEY, BADSIG, BADTIME).
@@ -44,9 +47,13 @@ import (
 //     → NXDOMAIN, YXDOMAIN, NXRRSET, YXRRSET; then the updates are applied
 //     in order (class IN adds, class ANY deletes an RRset or, with type
 //     ANY, every RRset at the name, class NONE deletes one record). A
-//     result with two addresses of one family, or an address that may not
-//     be published (store.ValidateAddress, the API's rule) → REFUSED. All
-//     of it commits, or none.
+//     result with two addresses of one family, an address that may not be
+//     published (store.ValidateAddress, the API's rule), or a challenge
+//     value the API would refuse (store.ValidateChallenge, more than
+//     store.MaxChallenges) → REFUSED. All of it commits, or none: the
+//     addresses and the challenge values are one record's, written as
+//     SetAddress and SetChallenges write them (each value published for
+//     store.ChallengeLifetime).
 //  6. NOERROR, signed with the request's key, is sent once the change is
 //     committed and in the next answer, as dyndns2's "good" is.
 //
@@ -56,7 +63,7 @@ import (
 // see them. Prerequisites about any other name see the zone as a query
 // would. The TTL of an added record is not kept: every device record is
 // served with the zone's TTL (--ttl), as every other way of setting an
-// address does.
+// address does, and challenge values with ChallengeTTL.
 
 // UpdateConfig turns on dynamic update. The zero value leaves it off: UPDATE
 // is answered NOTIMP.
@@ -294,12 +301,14 @@ func (s *Server) checkUpdate(rr dns.RR) *updateError {
 
 // ownNames are the names a device's key may update.
 type ownNames struct {
-	device string // the device's label
-	name   string // <device>.<zone>., canonical
+	device    string // the device's label
+	name      string // <device>.<zone>., canonical
+	challenge string // _acme-challenge.<device>.<zone>., canonical
 }
 
 func (s *Server) ownNames(device string) ownNames {
-	return ownNames{device: device, name: device + "." + s.zone}
+	name := device + "." + s.zone
+	return ownNames{device: device, name: name, challenge: challengeLabel + "." + name}
 }
 
 // permits returns nil if the device's key may make update rr (its form
@@ -307,24 +316,39 @@ func (s *Server) ownNames(device string) ownNames {
 func (o ownNames) permits(rr dns.RR) *updateError {
 	h := rr.Header()
 	name := dns.CanonicalName(h.Name)
-	if name == o.name && (h.Rrtype == dns.TypeA || h.Rrtype == dns.TypeAAAA || (h.Class == dns.ClassANY && h.Rrtype == dns.TypeANY)) {
+	deleteAll := h.Class == dns.ClassANY && h.Rrtype == dns.TypeANY
+	switch {
+	case name == o.name && (h.Rrtype == dns.TypeA || h.Rrtype == dns.TypeAAAA || deleteAll):
+		return nil
+	case name == o.challenge && (h.Rrtype == dns.TypeTXT || deleteAll):
 		return nil
 	}
 	what := dns.TypeToString[h.Rrtype]
 	if what == "" {
 		what = fmt.Sprintf("TYPE%d", h.Rrtype)
 	}
-	return refuse(dns.RcodeRefused, "%s at %s is not for the key of %s to change: it may change A and AAAA at %s",
-		what, strings.TrimSuffix(name, "."), o.device, strings.TrimSuffix(o.name, "."))
+	return refuse(dns.RcodeRefused, "%s at %s is not for the key of %s to change: it may change A and AAAA at %s and TXT at %s",
+		what, strings.TrimSuffix(name, "."), o.device, strings.TrimSuffix(o.name, "."), strings.TrimSuffix(o.challenge, "."))
 }
 
 // records returns the device's own records at name (canonical) as the store
 // holds them, and whether name is one of its own names.
 func (o ownNames) records(cur store.Device, name string) ([]dns.RR, bool) {
-	if name != o.name {
+	if name != o.name && name != o.challenge {
 		return nil, false
 	}
-	return deviceRecords(o.name, store.Record{IPv4: cur.IPv4, IPv6: cur.IPv6}, 0), true
+	all := deviceRecords(o.name, store.Record{IPv4: cur.IPv4, IPv6: cur.IPv6, ACME: challengeValues(cur)}, 0)
+	return slices.DeleteFunc(all, func(rr dns.RR) bool { return rr.Header().Name != name }), true
+}
+
+// challengeValues are the values cur publishes at its challenge name, in
+// order.
+func challengeValues(cur store.Device) []string {
+	var out []string
+	for _, c := range cur.ACMEChallenges {
+		out = append(out, c.Value)
+	}
+	return out
 }
 
 // published returns the records of type t at name (canonical) that a query
@@ -415,8 +439,16 @@ func (o ownNames) apply(cur store.Device, updates []dns.RR) (store.RecordEdit, e
 	if cur.IPv6.IsValid() {
 		v6 = append(v6, cur.IPv6)
 	}
+	before := challengeValues(cur)
+	txt := slices.Clone(before)
 	for _, rr := range updates {
 		h := rr.Header()
+		if dns.CanonicalName(h.Name) == o.challenge {
+			if err := applyTXT(&txt, rr); err != nil {
+				return store.RecordEdit{}, err
+			}
+			continue
+		}
 		set := &v4
 		if h.Rrtype == dns.TypeAAAA {
 			set = &v6
@@ -455,7 +487,42 @@ func (o ownNames) apply(cur store.Device, updates []dns.RR) (store.RecordEdit, e
 	} else {
 		e.Address.ClearIPv6 = true
 	}
+	// The values that went and those that came; those that stayed keep
+	// their expiry.
+	for _, v := range before {
+		if !slices.Contains(txt, v) {
+			e.Challenges.Remove = append(e.Challenges.Remove, v)
+		}
+	}
+	for _, v := range txt {
+		if !slices.Contains(before, v) {
+			e.Challenges.Add = append(e.Challenges.Add, v)
+		}
+	}
 	return e, nil
+}
+
+// applyTXT applies one update at the challenge name (TXT, or the deletion
+// of every RRset there) to the values in txt.
+func applyTXT(txt *[]string, rr dns.RR) error {
+	h := rr.Header()
+	if h.Class == dns.ClassANY { // the TXT RRset, or every RRset: the same here
+		*txt = nil
+		return nil
+	}
+	t, ok := rr.(*dns.TXT)
+	if !ok || len(t.Txt) != 1 {
+		return refuse(dns.RcodeRefused, "a challenge value is one TXT string, as an ACME client computes it")
+	}
+	v := t.Txt[0]
+	if h.Class == dns.ClassNONE {
+		*txt = slices.DeleteFunc(*txt, func(o string) bool { return o == v })
+		return nil
+	}
+	if !slices.Contains(*txt, v) {
+		*txt = append(*txt, v)
+	}
+	return nil
 }
 
 // rdataAddr is the address of an A or AAAA record, false when it has none.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/store"
 )
 
@@ -41,6 +42,7 @@ func FuzzServeUpdate(f *testing.F) {
 		{rrs(nas1 + " 0 IN A 198.51.100.1"), rrs(nas1+" 0 NONE A 198.51.100.1", nas1+" 60 IN AAAA 2001:db8::9")},
 		{rrs(nas1+" 0 ANY ANY", "nosuch."+updZone+" 0 NONE ANY"), rrs(nas1 + " 0 ANY ANY")},
 		{nil, rrs("nas2."+updZone+" 60 IN A 203.0.113.9", nas1+" 60 IN TXT \"x\"")},
+		{rrs("_acme-challenge." + nas1 + " 0 NONE TXT"), rrs("_acme-challenge."+nas1+" 0 ANY TXT", "_acme-challenge."+nas1+" 60 IN TXT \""+testutil.ChallengeValue(0)+"\"")},
 	} {
 		for _, sign := range []bool{true, false} {
 			m := new(dns.Msg).SetUpdate(updZone)

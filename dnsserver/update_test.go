@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -414,5 +415,74 @@ func TestStaleSignatureIsBadTime(t *testing.T) {
 	}
 	if v4, _ := fx.addrs(t, "nas1"); v4 != "198.51.100.1" {
 		t.Fatalf("a stale update changed nas1 to %q", v4)
+	}
+}
+
+// The device's key keeps its ACME challenge values at _acme-challenge.<device>
+// as certbot-dns-rfc2136 (add, then delete each value) and lego's rfc2136
+// provider (delete the TXT RRset and add, in one update) do, by the rules
+// of the REST API; each step's result is the next query's answer.
+func TestDynamicUpdateOfChallengeValues(t *testing.T) {
+	fx := startUpdateServer(t)
+	ch := "_acme-challenge." + nas1
+	const orig = "198.51.100.1"
+	a, b, c := testutil.ChallengeValue(0), testutil.ChallengeValue(1), testutil.ChallengeValue(2)
+	txt := func(v string) string { return ch + ` 60 IN TXT "` + v + `"` }
+	nine := []dns.RR{rrs(ch + " 0 ANY TXT")[0]}
+	for i := range 9 {
+		nine = append(nine, rrs(txt(testutil.ChallengeValue(10+i)))...)
+	}
+	steps := []struct {
+		name           string
+		prereq, update []dns.RR
+		rcode          int
+		values         []string // afterwards
+		v4             string   // nas1's address afterwards, "" for none
+	}{
+		{name: "certbot adds a value", update: rrs(txt(a)), values: []string{a}, v4: orig},
+		{name: "and the wildcard's", update: rrs(txt(b)), values: []string{a, b}, v4: orig},
+		{name: "a value it has", update: rrs(txt(a)), values: []string{a, b}, v4: orig},
+		{name: "the RRset is exactly these values", prereq: rrs(ch+` 0 IN TXT "`+b+`"`, ch+` 0 IN TXT "`+a+`"`), update: rrs(ch + ` 0 NONE TXT "` + a + `"`), values: []string{b}, v4: orig},
+		{name: "lego replaces the RRset", prereq: rrs(ch + " 0 ANY TXT"), update: rrs(ch+" 0 ANY TXT", txt(c)), values: []string{c}, v4: orig},
+		{name: "a value that is not a DNS-01 value", update: rrs(ch + ` 60 IN TXT "hello"`), rcode: dns.RcodeRefused, values: []string{c}, v4: orig},
+		{name: "two strings in one record", update: rrs(ch + ` 60 IN TXT "` + a + `" "` + b + `"`), rcode: dns.RcodeRefused, values: []string{c}, v4: orig},
+		{name: "more values than a device may publish", update: nine, rcode: dns.RcodeRefused, values: []string{c}, v4: orig},
+		{name: "TXT does not exist: it does", prereq: rrs(ch + " 0 NONE TXT"), update: rrs(txt(a)), rcode: dns.RcodeYXRrset, values: []string{c}, v4: orig},
+		{name: "an address and a refused value: neither", update: rrs(nas1+" 0 ANY A", nas1+" 60 IN A 203.0.113.7", ch+` 60 IN TXT "x"`), rcode: dns.RcodeRefused, values: []string{c}, v4: orig},
+		{name: "an address and a value together", update: rrs(nas1+" 0 ANY A", nas1+" 60 IN A 203.0.113.7", txt(a)), values: []string{c, a}, v4: "203.0.113.7"},
+		{name: "deleting the device name's RRsets leaves the challenge name's", update: rrs(nas1 + " 0 ANY ANY"), values: []string{c, a}, v4: ""},
+		{name: "another record type at the challenge name", update: rrs(ch + " 60 IN A 203.0.113.8"), rcode: dns.RcodeRefused, values: []string{c, a}, v4: ""},
+		{name: "another device's challenge name", update: rrs(`_acme-challenge.nas2.` + updZone + ` 60 IN TXT "` + a + `"`), rcode: dns.RcodeRefused, values: []string{c, a}, v4: ""},
+		{name: "every RRset at the challenge name", prereq: rrs(ch + " 0 ANY ANY"), update: rrs(ch + " 0 ANY ANY"), values: nil, v4: ""},
+	}
+	for _, network := range []string{"udp", "tcp"} {
+		if _, err := fx.st.SetChallenges(context.Background(), "nas1", store.ChallengeUpdate{RemoveAll: true}); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := fx.st.SetAddress(context.Background(), "nas1", store.AddressUpdate{IPv4: netip.MustParseAddr(orig)}); err != nil {
+			t.Fatal(err)
+		}
+		for _, st := range steps {
+			m := new(dns.Msg).SetUpdate(updZone)
+			m.Answer, m.Ns = st.prereq, st.update
+			r, err := fx.send(t, network, m, key1, "")
+			if r.Rcode != st.rcode || err != nil {
+				t.Fatalf("%s/%s: rcode %s (%v), want %s", network, st.name, dns.RcodeToString[r.Rcode], err, dns.RcodeToString[st.rcode])
+			}
+			q, _, err := (&dns.Client{Net: network, Timeout: 2 * time.Second}).Exchange(new(dns.Msg).SetQuestion(ch, dns.TypeTXT), fx.srv.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, rr := range q.Answer {
+				got = append(got, rr.(*dns.TXT).Txt...)
+			}
+			if !slices.Equal(got, st.values) {
+				t.Fatalf("%s/%s: the next query answers TXT %q, want %q", network, st.name, got, st.values)
+			}
+			if got, _ := fx.addrs(t, "nas1"); got != st.v4 {
+				t.Fatalf("%s/%s: nas1 holds %q, want %q", network, st.name, got, st.v4)
+			}
+		}
 	}
 }

@@ -1,7 +1,9 @@
 # Dynamic update (RFC 2136): daemon/rfc2136_test.go and the README drive
 # BIND's nsupdate (bind9-dnsutils) directly and through ddclient's nsupdate
-# protocol (ddclient is in TEST_DEBS already).
-TEST_DEBS += bind9-dnsutils
+# protocol (ddclient is in TEST_DEBS already); daemon/acme_rfc2136_test.go
+# has certbot's RFC 2136 plugin and lego's rfc2136 provider (lego, certbot
+# and pebble come with mk/acme.mk) obtain certificates through it.
+TEST_DEBS += bind9-dnsutils python3-certbot-dns-rfc2136
 
 # bench-update: durable address updates a second (docs/BENCHMARKS.md), the
 # same daemon taking them by dyndns2 and by RFC 2136 UPDATE from 200

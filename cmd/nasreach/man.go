@@ -227,8 +227,9 @@ func writeManFlag(b *strings.Builder, f cli.Flag) {
 
 // manDynamicUpdate is the man page's section on RFC 2136 updates.
 const manDynamicUpdate = `.SH "DYNAMIC UPDATE"
-A device may change its own A and AAAA records with DNS UPDATE (RFC 2136) signed with its TSIG key, as
-\fBnsupdate\fR and ddclient's nsupdate protocol send it, over UDP or TCP.
+A device may change its own A and AAAA records, and its ACME challenge TXT at _acme\-challenge.\fINAME\fR, with DNS UPDATE (RFC 2136)
+signed with its TSIG key, as \fBnsupdate\fR, ddclient's nsupdate protocol, certbot's dns\-rfc2136 plugin and lego's rfc2136 provider send it,
+over UDP or TCP.
 \fBPOST /v1/devices/\fR\fINAME\fR\fB/tsig\fR (device token or admin) issues the key, named after the device's FQDN,
 hmac\-sha256, the secret shown once; calling it again replaces the key, \fBDELETE\fR revokes it.
 Any other name or type is REFUSED, an unsigned or badly signed update NOTAUTH; prerequisites are evaluated
