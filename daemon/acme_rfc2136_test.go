@@ -16,12 +16,19 @@ import (
 	"github.com/nasreach/nasreach/internal/testutil"
 )
 
-func TestACMECertbotDNSRFC2136GetsACertificate(t *testing.T) {
+// startRFC2136ACME starts a daemon with device nas1 and its TSIG key, and
+// a Pebble that resolves through it; bin is the path of the ACME client.
+func startRFC2136ACME(t *testing.T, client string) (td *daemontest.Daemon, key daemontest.TSIGKey, p *testutil.Pebble, bin string) {
+	t.Helper()
 	testutil.NeedTool(t, "pebble")
-	bin := testutil.NeedTool(t, "certbot")
-	td := daemontest.Start(t)
-	key := td.IssueTSIGKey("nas1", td.AddDevice("nas1"))
-	p := testutil.StartPebble(t, td.DNS)
+	bin = testutil.NeedTool(t, client)
+	td = daemontest.Start(t)
+	key = td.IssueTSIGKey("nas1", td.AddDevice("nas1"))
+	return td, key, testutil.StartPebble(t, td.DNS), bin
+}
+
+func TestACMECertbotDNSRFC2136GetsACertificate(t *testing.T) {
+	td, key, p, bin := startRFC2136ACME(t, "certbot")
 	dir := t.TempDir()
 	// certbot-dns-rfc2136's credentials, as its documentation writes them.
 	creds := writePrivateFile(t, filepath.Join(dir, "rfc2136.ini"), fmt.Sprintf(`dns_rfc2136_server = 127.0.0.1
@@ -50,11 +57,7 @@ dns_rfc2136_algorithm = HMAC-SHA256
 }
 
 func TestACMELegoRFC2136GetsACertificate(t *testing.T) {
-	testutil.NeedTool(t, "pebble")
-	bin := testutil.NeedTool(t, "lego")
-	td := daemontest.Start(t)
-	key := td.IssueTSIGKey("nas1", td.AddDevice("nas1"))
-	p := testutil.StartPebble(t, td.DNS)
+	td, key, p, bin := startRFC2136ACME(t, "lego")
 	dir := t.TempDir()
 	args := []string{"--server", p.Directory, "--accept-tos", "--email", "nas1@example.net", "--path", filepath.Join(dir, "lego"),
 		"--dns", "rfc2136", "--dns.resolvers", td.DNS, "--dns.disable-cp"}

@@ -16,17 +16,7 @@ import (
 // in etcd; a device registered and updated through one resolves on the
 // other, which learns of it through its watch.
 func TestTwoNodesOnEtcdAnswerForEachOther(t *testing.T) {
-	bin := testutil.NeedTool(t, "etcd")
-	cluster, err := etcdtest.Start(bin, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cluster.Stop() }) // after both daemons stop
-	onEtcd := func(c *daemon.Config) {
-		c.Store = daemon.StoreConfig{Backend: "etcd", EtcdEndpoints: cluster.Endpoints, EtcdPrefix: "/twonodes"}
-	}
-	a := daemontest.Start(t, onEtcd)
-	b := daemontest.Start(t, onEtcd)
+	a, b := startTwoNodesOnEtcd(t)
 	tok := a.AddDevice("nas1")
 	a.DynDNS2("nas1", tok, daemontest.FQDN("nas1"), "203.0.113.1", "good 203.0.113.1")
 	want := netip.MustParseAddr("203.0.113.1")
@@ -41,4 +31,20 @@ func TestTwoNodesOnEtcdAnswerForEachOther(t *testing.T) {
 	testutil.WaitFor(t, 5*time.Second, "node a to answer with the address node b took", func() bool {
 		return daemontest.CheckAnswer(a.Query("udp", daemontest.FQDN("nas1"), dns.TypeA), dns.TypeA, netip.MustParseAddr("198.51.100.2")) == nil
 	})
+}
+
+// startTwoNodesOnEtcd starts a one-member etcd cluster and two daemons
+// sharing their device table in it; the cluster stops after them.
+func startTwoNodesOnEtcd(t *testing.T) (a, b *daemontest.Daemon) {
+	t.Helper()
+	bin := testutil.NeedTool(t, "etcd")
+	cluster, err := etcdtest.Start(bin, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cluster.Stop() }) // after both daemons stop
+	onEtcd := func(c *daemon.Config) {
+		c.Store = daemon.StoreConfig{Backend: "etcd", EtcdEndpoints: cluster.Endpoints, EtcdPrefix: "/twonodes"}
+	}
+	return daemontest.Start(t, onEtcd), daemontest.Start(t, onEtcd)
 }

@@ -16,9 +16,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"github.com/nasreach/nasreach/daemon"
 	"github.com/nasreach/nasreach/daemon/daemontest"
-	"github.com/nasreach/nasreach/internal/etcdtest"
 	"github.com/nasreach/nasreach/internal/testutil"
 )
 
@@ -270,17 +268,7 @@ func TestDynamicUpdatesAreCountedAndLoggedMasked(t *testing.T) {
 // learns it through its watch), and an update taken by one node is
 // answered by the others.
 func TestDynamicUpdateOnEtcdWorksOnEveryNode(t *testing.T) {
-	bin := testutil.NeedTool(t, "etcd")
-	cluster, err := etcdtest.Start(bin, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cluster.Stop() }) // after both daemons stop
-	onEtcd := func(c *daemon.Config) {
-		c.Store = daemon.StoreConfig{Backend: "etcd", EtcdEndpoints: cluster.Endpoints, EtcdPrefix: "/rfc2136"}
-	}
-	a := daemontest.Start(t, onEtcd)
-	b := daemontest.Start(t, onEtcd)
+	a, b := startTwoNodesOnEtcd(t)
 	key := a.IssueTSIGKey("nas1", a.AddDevice("nas1"))
 	host := dns.Fqdn(daemontest.FQDN("nas1"))
 	add, err := dns.NewRR(host + " 60 IN A 203.0.113.50")
