@@ -3,10 +3,13 @@ package store
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/subtle"
+	"encoding/base32"
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -44,11 +47,14 @@ func newAccessCode(now time.Time) (ac AccessCode, stored []byte, code string, er
 	if code, err = NewToken(); err != nil {
 		return ac, nil, "", err
 	}
-	idTok, err := NewToken()
-	if err != nil {
-		return ac, nil, "", err
+	// The id is lower-case base32 (a–z, 2–7): it never starts with '-',
+	// which a command line would take for a flag (nasreach device code rm).
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return ac, nil, "", fmt.Errorf("make access code id: %w", err)
 	}
-	ac = AccessCode{ID: idTok[:8], SHA256: HashToken(code), Created: now.UTC()}
+	id := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))[:10]
+	ac = AccessCode{ID: id, SHA256: HashToken(code), Created: now.UTC()}
 	stored, err = json.Marshal(ac)
 	return ac, stored, code, err
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -839,4 +840,19 @@ func TestDeleteIsNotUndoneByConcurrentWrites(t *testing.T) {
 			t.Fatalf("Len = %d after deleting everything", s.Len())
 		}
 	})
+}
+
+// TestAccessCodeIDsAreSafeOnACommandLine: an id starting with '-' was read
+// as a flag by `nasreach device code rm NAME ID` (about one code in 32).
+func TestAccessCodeIDsAreSafeOnACommandLine(t *testing.T) {
+	ok := regexp.MustCompile(`^[a-z2-7]{10}$`)
+	for range 2000 {
+		ac, _, _, err := newAccessCode(time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok.MatchString(ac.ID) {
+			t.Fatalf("access code id %q: want 10 characters of a-z and 2-7", ac.ID)
+		}
+	}
 }

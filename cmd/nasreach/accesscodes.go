@@ -23,7 +23,7 @@ func accessCodeCommand() *cli.Command {
 			"the daemon keeps only its hash.",
 			"nasreach device code add nas1",
 			"nasreach device code list nas1",
-			"nasreach device code rm nas1 Xk3v9QzA"),
+			"nasreach device code rm nas1 k3v9qzaxm2"),
 		Commands: []*cli.Command{
 			{
 				Name: "add", Usage: "issue an access code and print it (shown once) with its id", ArgsUsage: "NAME",
@@ -37,7 +37,7 @@ func accessCodeCommand() *cli.Command {
 			},
 			{
 				Name: "rm", Usage: "revoke an access code; it stops working at once", ArgsUsage: "NAME ID",
-				Description: describe("", "nasreach device code rm nas1 Xk3v9QzA"),
+				Description: describe("", "nasreach device code rm nas1 k3v9qzaxm2"),
 				Action:      accessCodeRm,
 			},
 		},

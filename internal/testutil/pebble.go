@@ -37,7 +37,13 @@ func StartPebble(t testing.TB, dnsAddr string) *Pebble {
 	// Pebble binds the ports its configuration names; one free a moment ago
 	// can be taken before Pebble binds it, so try again.
 	for range 3 {
+		// Two ports free a moment ago may be one and the same (the first is
+		// closed before the second is asked for); Pebble then serves ACME
+		// and dies binding its management port after it.
 		port, mgmt := freePort(t), freePort(t)
+		for mgmt == port {
+			mgmt = freePort(t)
+		}
 		cfg := fmt.Sprintf(`{"pebble": {"listenAddress": "127.0.0.1:%d", "managementListenAddress": "127.0.0.1:%d",
   "certificate": %q, "privateKey": %q, "httpPort": 5002, "tlsPort": 5001, "ocspResponderURL": "",
   "externalAccountBindingRequired": false}}`, port, mgmt, crt, key)
