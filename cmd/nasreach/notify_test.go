@@ -141,7 +141,7 @@ func startNasreach(t *testing.T, bin string, env ...string) *nasreachProcess {
 	t.Helper()
 	cmd := exec.Command(bin, "serve", "--data", filepath.Join(t.TempDir(), "data"),
 		"--dns", "127.0.0.1:0", "--http", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
-		"--stun", "127.0.0.1:0", "--link", "127.0.0.1:0", "--log-format", "json")
+		"--stun", "127.0.0.1:0", "--link", "127.0.0.1:0", "--link-tcp", "127.0.0.1:0", "--log-format", "json")
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
 		if strings.HasPrefix(k, "NASREACH_") || contains(systemdEnv, k) {

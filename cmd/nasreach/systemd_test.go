@@ -378,7 +378,7 @@ func TestUnitStartsUnderSystemd(t *testing.T) {
 	}
 	loop := fmt.Sprintf("127.%d.%d.%d", rnd[4]%254+1, rnd[5]%254+1, rnd[6]%253+2)
 	unit := unitCopy(t, t.TempDir(), bin, "--dns", loop+":53", "--http", loop+":0", "--metrics", loop+":0",
-		"--stun", loop+":0", "--link", loop+":0")
+		"--stun", loop+":0", "--link", loop+":0", "--link-tcp", loop+":0")
 	text, _ := os.ReadFile(unit)
 	// A unique name, and its own state directory, so nothing of a real
 	// installation is touched.
