@@ -8,14 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
 // EtcdConfig says where the device table is kept in etcd (see OpenEtcd).
@@ -75,6 +73,7 @@ type Etcd struct {
 	cli      *clientv3.Client
 	prefix   string
 	timeout  time.Duration
+	dir      string // the data directory, for Backup's scratch file; may be empty
 	reserved []string
 	now      func() time.Time
 	log      zerolog.Logger
@@ -111,33 +110,18 @@ type handoff struct {
 }
 
 // OpenEtcd connects to the cluster, loads the index from the table under
-// ec.Prefix and starts watching it. cfg.Dir is not used; the lifecycle
-// settings of cfg (Reserved, Now, Logger, Quarantine, UninitializedTTL,
+// ec.Prefix and starts watching it. cfg.Dir, when set, holds Backup's
+// scratch file; the lifecycle settings of cfg (Reserved, Now, Logger, Quarantine, UninitializedTTL,
 // SweepEvery) mean what they mean for Open; the background sweeps run on
 // one node elected among those sharing the table (see sweepWhenElected).
 func OpenEtcd(cfg Config, ec EtcdConfig) (*Etcd, error) {
-	if len(ec.Endpoints) == 0 {
-		return nil, errors.New("store: EtcdConfig.Endpoints is required")
-	}
-	prefix := cmp.Or(ec.Prefix, "/nasreach")
-	if strings.HasSuffix(prefix, "/") {
-		return nil, fmt.Errorf("store: EtcdConfig.Prefix %q must not end with '/'", prefix)
-	}
-	tlsConf, err := etcdTLS(ec)
+	prefix, cli, timeout, err := dialEtcd(ec)
 	if err != nil {
 		return nil, err
 	}
-	timeout := cmp.Or(ec.DialTimeout, 5*time.Second)
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints: ec.Endpoints, DialTimeout: timeout, TLS: tlsConf,
-		Logger: zap.NewNop(),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("connect to etcd %v: %w", ec.Endpoints, err)
-	}
 	cfg = cfg.withDefaults()
 	s := &Etcd{
-		cli: cli, prefix: prefix, timeout: timeout, reserved: cfg.Reserved, now: cfg.Now, log: cfg.Logger,
+		cli: cli, prefix: prefix, timeout: timeout, dir: cfg.Dir, reserved: cfg.Reserved, now: cfg.Now, log: cfg.Logger,
 		quarantine: cfg.Quarantine, uninitTTL: cfg.UninitializedTTL, seenCh: make(chan struct{}),
 		memIndex: memIndex{entries: map[string]entry{}}, handoff: map[int64]handoff{}, kick: make(chan struct{}, 1),
 	}

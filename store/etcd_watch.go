@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"iter"
 	"strings"
 	"time"
@@ -247,10 +246,4 @@ func (s *Etcd) Size() int64 {
 		n += int64(len(kv.Key) + len(kv.Value))
 	}
 	return n
-}
-
-// Backup is not implemented for etcd yet: take a snapshot of the cluster
-// with etcdctl snapshot save.
-func (s *Etcd) Backup(io.Writer) (int64, error) {
-	return 0, errors.New("backup of a device table on etcd is not supported yet; use etcdctl snapshot save")
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -16,7 +17,7 @@ import (
 func storeCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "store",
-		Usage: "inspect the store file while the daemon is stopped",
+		Usage: "inspect the store file while the daemon is stopped, or import it into etcd",
 		Description: describe("",
 			"systemctl stop nasreach && nasreach store check --data /var/lib/nasreach",
 			"nasreach store check --db /var/backups/nasreach/nasreach-2026-12-01.db"),
@@ -34,6 +35,19 @@ func storeCommand() *cli.Command {
 					"nasreach store check --data /var/lib/nasreach",
 					"nasreach store check --db /var/backups/nasreach/nasreach-2026-12-01.db"),
 				Action: storeCheck,
+			},
+			{
+				Name: "import",
+				Usage: "copy a store file (a snapshot from nasreach backup, or a stopped node's nasreach.db) " +
+					"into an empty etcd prefix: move from bbolt to etcd, or restore an etcd table",
+				Flags: append([]cli.Flag{
+					&cli.StringFlag{Name: "db", Required: true, Usage: "the store file to import; it is checked first and only read"},
+				}, storeFlags()[1:]...),
+				Description: describe("The prefix must hold no device table yet; the file is checked in full first. "+
+					"Start (or restart) the nodes with --store etcd on the same prefix afterwards; "+
+					"nodes already running on it see the devices appear.",
+					"nasreach store import --db /var/backups/nasreach/nasreach-2026-12-01.db --etcd-endpoints https://etcd1:2379 --etcd-prefix /nasreach"),
+				Action: storeImport,
 			},
 		},
 	}
@@ -54,5 +68,21 @@ func storeCheck(_ context.Context, cmd *cli.Command) error {
 	fmt.Fprintf(cmd.Root().Writer, "store %s is sound: %d devices, %d access codes, %d quarantined names; "+
 		"schema %d, %d bytes in %d pages of %d (%d free), transaction %d\n",
 		r.Path, r.Devices, r.AccessCodes, r.Quarantined, r.Schema, r.Bytes, r.Pages, r.PageSize, r.FreePages, r.TxID)
+	return nil
+}
+
+func storeImport(ctx context.Context, cmd *cli.Command) error {
+	sc := storeConfigFromFlags(cmd)
+	if len(sc.EtcdEndpoints) == 0 {
+		return errors.New("etcd-endpoints: give the client URLs of the cluster to import into")
+	}
+	rep, err := store.ImportEtcd(ctx, cmd.String("db"), store.EtcdConfig{
+		Endpoints: sc.EtcdEndpoints, Prefix: sc.EtcdPrefix, CertFile: sc.EtcdCert, KeyFile: sc.EtcdKey, CAFile: sc.EtcdCA,
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.Root().Writer, "imported %s into etcd prefix %s: %d devices, %d access codes, %d quarantined names; serial %d\n",
+		cmd.String("db"), cmp.Or(sc.EtcdPrefix, "/nasreach"), rep.Devices, rep.AccessCodes, rep.Quarantined, rep.Serial)
 	return nil
 }
