@@ -122,6 +122,9 @@ func New(cfg Config) (_ *Daemon, err error) {
 	}
 	d.onStop("dns", d.dns.Shutdown)
 	d.store.OnChange(d.dns.ZoneChanged) // IXFR history and NOTIFYs
+	if r, ok := d.store.(interface{ OnReload(func()) }); ok {
+		r.OnReload(d.dns.ZoneReloaded) // etcd: a reload skipped changes the history cannot hold
+	}
 	local, err := listenLocal(cfg.DataDir, d.component("api"))
 	if err != nil {
 		return nil, err

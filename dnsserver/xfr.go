@@ -205,6 +205,20 @@ func (s *Server) ZoneChanged(c store.Change) {
 	}
 }
 
+// ZoneReloaded takes word that the store reloaded the zone whole, without
+// the changes in between (an etcd watch that fell behind a compaction of
+// the cluster's history): no delta describes them, so the IXFR history
+// starts afresh (an IXFR from before is answered with the whole zone) and
+// the secondaries are sent a NOTIFY of the serial now. Register it with the
+// store's OnReload; it does not block.
+func (s *Server) ZoneReloaded() {
+	if !s.journaling.Load() {
+		return
+	}
+	s.journal.reset()
+	s.notifyAll()
+}
+
 // serveSpecial handles what the plain answer path does not: zone transfers
 // and TSIG-signed requests. It reports whether it answered r.
 func (s *Server) serveSpecial(w dns.ResponseWriter, r *dns.Msg) bool {

@@ -97,6 +97,9 @@ type Etcd struct {
 
 	sweeping atomic.Bool // this node is the elected sweeper (etcd_sweeper.go)
 
+	reloadMu sync.Mutex
+	onReload []func() // see OnReload
+
 	stop       context.CancelFunc
 	background sync.WaitGroup
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -259,7 +260,10 @@ func TestSweepsRunOnOneElectedNodeAndMoveWhenItStops(t *testing.T) {
 
 // TestNodeBehindACompactionReloads: a node cut off from the cluster while
 // the others change the table and compact its history cannot resume its
-// watch where it stopped; it reloads the table rather than miss changes.
+// watch where it stopped; it reloads the table rather than miss changes,
+// tells its observers each change the reload found (so Link and TURN drop
+// a deleted device) and then its reload hooks (so the IXFR history starts
+// afresh).
 func TestNodeBehindACompactionReloads(t *testing.T) {
 	bin := testutil.NeedTool(t, "etcd")
 	c, err := etcdtest.Start(bin, 3)
@@ -281,6 +285,20 @@ func TestNodeBehindACompactionReloads(t *testing.T) {
 	mustCreate(t, a, "nas1")
 	mustCreate(t, a, "gone")
 	testutil.WaitFor(t, 5*time.Second, "node b to see both devices", func() bool { return b.Len() == 2 })
+	var mu sync.Mutex
+	var seen []string
+	reloads := 0
+	b.OnChange(func(c Change) {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, fmt.Sprintf("%d %s %v", c.Kind, c.Device.Name, c.Device.IPv4))
+	})
+	b.OnReload(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		reloads++
+		seen = append(seen, "reload")
+	})
 
 	if err := c.StopMember(2); err != nil {
 		t.Fatal(err)
@@ -308,5 +326,23 @@ func TestNodeBehindACompactionReloads(t *testing.T) {
 	})
 	if !strings.Contains(logs.String(), "compaction") {
 		t.Errorf("node b caught up without a reload; log:\n%s", logs.String())
+	}
+	testutil.WaitFor(t, 5*time.Second, "node b's reload hook", func() bool { mu.Lock(); defer mu.Unlock(); return reloads > 0 })
+	mu.Lock()
+	defer mu.Unlock()
+	// Either the watch reloads, or it resumes across the compaction with
+	// events that lack the values they replaced; either way the observers
+	// learn both changes, and a reload hook follows them.
+	want := []string{fmt.Sprintf("%d nas1 %v", Updated, v4a), fmt.Sprintf("%d gone invalid IP", Deleted)}
+	last := -1
+	for _, w := range want {
+		i := slices.Index(seen, w)
+		if i < 0 {
+			t.Errorf("node b's observers saw %q, without %q", seen, w)
+		}
+		last = max(last, i)
+	}
+	if !slices.Contains(seen[last+1:], "reload") {
+		t.Errorf("node b's observers saw %q: no reload hook after the changes", seen)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"slices"
 	"strings"
 	"time"
 
@@ -23,30 +24,112 @@ type (
 // reload reads the whole table at one revision into the index, replacing
 // what it held, and returns that revision: at Open, and when the watch
 // finds the revisions it needs compacted away, so that the index never has
-// a silent gap.
+// a silent gap. After the first load it tells the observers what the
+// reload changed (see reloaded), since no watch event will.
 func (s *Etcd) reload(ctx context.Context) (int64, error) {
 	rctx, cancel := s.request(ctx)
 	defer cancel()
 	resp, err := s.cli.Txn(rctx).Then(
-		clientv3.OpGet(s.prefix+etcdDevices, clientv3.WithPrefix()), clientv3.OpGet(s.prefix+etcdSerial)).Commit()
+		clientv3.OpGet(s.prefix+etcdDevices, clientv3.WithPrefix()), clientv3.OpGet(s.prefix+etcdSerial),
+		clientv3.OpGet(s.prefix+etcdQuarantine, clientv3.WithPrefix(), clientv3.WithKeysOnly())).Commit()
 	if err != nil {
 		return 0, s.unavailable("read", err)
 	}
 	rev := resp.Header.Revision
 	entries := map[string]entry{}
+	devices := map[string]Device{}
 	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
 		var d Device
 		if err := json.Unmarshal(kv.Value, &d); err != nil {
 			return 0, fmt.Errorf("device %q is unreadable: %w", kv.Key, err)
 		}
-		entries[d.Name] = entryFor(uint64(rev), d, false)
+		// The record's own revision, which the next watch event of the
+		// device exceeds, and which tells the next reload whether the
+		// device changed in between.
+		entries[d.Name] = entryFor(uint64(kv.ModRevision), d, false)
+		devices[d.Name] = d
 	}
+	quarantined := map[string]bool{}
+	for _, kv := range resp.Responses[2].GetResponseRange().Kvs {
+		quarantined[strings.TrimPrefix(string(kv.Key), s.prefix+etcdQuarantine)] = true
+	}
+	serial := parseSerial(first(resp.Responses[1]))
 	s.mu.Lock()
-	s.entries = entries
-	s.serial = parseSerial(first(resp.Responses[1]))
+	old, observers := s.entries, s.observers
+	s.entries, s.serial = entries, serial
 	s.mu.Unlock()
+	s.seenMu.Lock()
+	initial := s.seen == 0
+	s.seenMu.Unlock()
+	if !initial {
+		s.reloaded(old, entries, devices, quarantined, observers)
+	}
 	s.markSeen(rev)
 	return rev, nil
+}
+
+// reloaded tells the observers what a reload changed, which the watch
+// events it skipped would have told them: a Created or Updated change for
+// every device whose record is new or other than the index had it, a
+// Deleted (its name is quarantined) or Expired change for every device
+// gone. These changes carry no Before and no Serial: the serials in
+// between are lost with the history, so the reload observers (OnReload)
+// are called last, and a zone's change history (IXFR) must start afresh.
+func (s *Etcd) reloaded(old, now map[string]entry, devices map[string]Device, quarantined map[string]bool, observers []func(Change)) {
+	var changes []Change
+	for name, d := range devices {
+		e, had := old[name]
+		switch {
+		case !had:
+			changes = append(changes, Change{Kind: Created, Device: d})
+		case e.rev != now[name].rev:
+			changes = append(changes, Change{Kind: Updated, Device: d})
+		}
+	}
+	// A device deleted before the one reload is told again (the index
+	// keeps deleted devices): harmless to every observer.
+	for name := range old {
+		if _, ok := devices[name]; ok {
+			continue
+		}
+		kind := Expired
+		if quarantined[name] {
+			kind = Deleted
+		}
+		changes = append(changes, Change{Kind: kind, Device: Device{Name: name}})
+	}
+	s.log.Info().Int("changes", len(changes)).Msg("store reloaded from etcd; telling the observers what changed")
+	for _, c := range changes {
+		for _, f := range observers {
+			f(c)
+		}
+	}
+	s.historyLost()
+}
+
+// historyLost calls the reload hooks (OnReload): the index moved past
+// changes it cannot describe one by one.
+func (s *Etcd) historyLost() {
+	s.reloadMu.Lock()
+	hooks := slices.Clone(s.onReload)
+	s.reloadMu.Unlock()
+	for _, f := range hooks {
+		f()
+	}
+}
+
+// OnReload registers f to be called after the index was reloaded whole
+// (the watch fell behind a compaction of etcd's history), once the
+// observers have had a change for each device the reload changed, and
+// after a watch resumed across a compaction delivered a change without
+// the value it replaced (that change has no Serial): what
+// keeps a history of the zone's changes (the IXFR journal) must start it
+// afresh and tell its secondaries. f runs in the watch goroutine and must
+// not block.
+func (s *Etcd) OnReload(f func()) {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	s.onReload = append(s.onReload, f)
 }
 
 // markSeen records that the index reflects revision rev and wakes the
@@ -125,6 +208,7 @@ func (s *Etcd) apply(rev int64, events []*clientv3.Event) {
 	}
 	var changes []Change
 	var observers []func(Change)
+	lost := false // an event whose previous value was compacted away
 	for _, ev := range events {
 		key := string(ev.Kv.Key)
 		if !strings.HasPrefix(key, devices) {
@@ -166,6 +250,15 @@ func (s *Etcd) apply(rev int64, events []*clientv3.Event) {
 		if c.dns = dnsChanged(before, after); c.dns {
 			c.serial, change.Serial = serial, serial
 		}
+		if ev.PrevKv == nil && !ev.IsCreate() {
+			// A watch resumed across a compaction may deliver the event
+			// without the value it replaced: what the device resolved to
+			// before is unknown, so no delta of the zone can be made of
+			// it (a secondary would keep the old address beside the new).
+			// The change goes to the observers without a serial, and the
+			// reload hooks start the zone's history afresh.
+			lost, change.Serial = true, 0
+		}
 		change.Device = c.device
 		observers = s.updateIndex(name, c)
 		changes = append(changes, change)
@@ -187,6 +280,10 @@ func (s *Etcd) apply(rev int64, events []*clientv3.Event) {
 				f(change)
 			}
 		}
+	}
+	if lost {
+		s.log.Warn().Int64("revision", rev).Msg("store watch resumed across an etcd compaction; the zone's change history starts afresh")
+		s.historyLost()
 	}
 	s.markSeen(rev)
 }
