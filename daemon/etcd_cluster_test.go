@@ -16,6 +16,7 @@ import (
 	"github.com/nasreach/nasreach/dnsserver"
 	"github.com/nasreach/nasreach/internal/etcdtest"
 	"github.com/nasreach/nasreach/internal/testutil"
+	"github.com/nasreach/nasreach/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -102,4 +103,33 @@ func TestSecondaryOfANodeBehindACompactionIsNotLeftStale(t *testing.T) {
 	if got, want := knot.serial(), a.Daemon.Store().Serial(); got != want {
 		t.Errorf("Knot's serial %d, the cluster's %d", got, want)
 	}
+}
+
+// TestNodesShareATLSClusterWithClientCertificates: the members serve
+// clients over TLS and accept only certificates their CA signed; two
+// nodes given --etcd-cert, --etcd-key and --etcd-ca share the table, and
+// a client without a certificate is refused.
+func TestNodesShareATLSClusterWithClientCertificates(t *testing.T) {
+	c, err := etcdtest.StartTLS(testutil.NeedTool(t, "etcd"), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Stop() })
+	withCerts := func(cfg *daemon.Config) {
+		cfg.Store = daemon.StoreConfig{Backend: "etcd", EtcdEndpoints: c.Endpoints, EtcdPrefix: "/tls",
+			EtcdCert: c.TLS.ClientCert, EtcdKey: c.TLS.ClientKey, EtcdCA: c.TLS.CA}
+	}
+	a, b := daemontest.Start(t, withCerts), daemontest.Start(t, withCerts)
+	tok := a.AddDevice("nas1")
+	a.DynDNS2("nas1", tok, daemontest.FQDN("nas1"), "203.0.113.21", "good 203.0.113.21")
+	want := netip.MustParseAddr("203.0.113.21")
+	testutil.WaitFor(t, 5*time.Second, "node b to answer over the TLS cluster", func() bool {
+		return daemontest.CheckAnswer(b.Query("udp", daemontest.FQDN("nas1"), dns.TypeA), dns.TypeA, want) == nil
+	})
+
+	_, err = store.OpenEtcd(store.Config{SweepEvery: -1}, store.EtcdConfig{Endpoints: c.Endpoints, Prefix: "/tls", CAFile: c.TLS.CA, DialTimeout: time.Second})
+	if err == nil {
+		t.Fatal("a client without a certificate opened the table")
+	}
+	t.Logf("without a client certificate: %v", err)
 }

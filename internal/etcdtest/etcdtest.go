@@ -27,18 +27,44 @@ type Cluster struct {
 	members []*exec.Cmd
 	// Endpoints are the client URLs of the members, in member order.
 	Endpoints []string
+	// TLS is set for a cluster started by StartTLS: the files a client
+	// needs, in the cluster's directory.
+	TLS *TLSFiles
+}
+
+// TLSFiles are the PEM files of a cluster that wants TLS and client
+// certificates: the CA that signed the members' and the client's
+// certificates, and the client's certificate and key.
+type TLSFiles struct {
+	CA, ClientCert, ClientKey string
 }
 
 // Start starts a cluster of n members from the etcd program at bin, with
 // their data and sockets in a new directory under os.TempDir (short, since
 // a socket path is limited to 107 bytes), and returns once every member
 // answers a read. Stop stops it and removes the directory.
-func Start(bin string, n int) (*Cluster, error) {
+func Start(bin string, n int) (*Cluster, error) { return start(bin, n, false) }
+
+// StartTLS is Start for a cluster whose members serve clients over TLS
+// (unixs:// endpoints) and accept only clients with a certificate signed
+// by the CA in c.TLS, which it makes, with the members' certificates, in
+// the cluster's directory.
+func StartTLS(bin string, n int) (*Cluster, error) { return start(bin, n, true) }
+
+func start(bin string, n int, withTLS bool) (*Cluster, error) {
 	dir, err := os.MkdirTemp("", "etcd")
 	if err != nil {
 		return nil, err
 	}
 	c := &Cluster{bin: bin, dir: dir}
+	scheme := "unix"
+	if withTLS {
+		if c.TLS, err = writeCerts(dir, n); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		scheme = "unixs"
+	}
 	var initial []string
 	for i := range n {
 		initial = append(initial, fmt.Sprintf("m%d=unix://p%d:2", i, i))
@@ -47,19 +73,24 @@ func Start(bin string, n int) (*Cluster, error) {
 		// etcd wants host:port even in a unix URL; it binds the socket
 		// "c0:1" in its working directory, which clients reach by the
 		// absolute path.
-		client := fmt.Sprintf("unix://c%d:1", i)
+		client := fmt.Sprintf("%s://c%d:1", scheme, i)
 		peer := fmt.Sprintf("unix://p%d:2", i)
-		c.args = append(c.args, []string{"--name", fmt.Sprintf("m%d", i), "--data-dir", fmt.Sprintf("m%d.data", i),
+		args := []string{"--name", fmt.Sprintf("m%d", i), "--data-dir", fmt.Sprintf("m%d.data", i),
 			"--listen-client-urls", client, "--advertise-client-urls", client,
 			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
 			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
-			"--initial-cluster-token", "etcdtest", "--heartbeat-interval", "50", "--election-timeout", "500"})
+			"--initial-cluster-token", "etcdtest", "--heartbeat-interval", "50", "--election-timeout", "500"}
+		if withTLS {
+			args = append(args, "--cert-file", "member.pem", "--key-file", "member.key",
+				"--client-cert-auth", "--trusted-ca-file", "ca.pem")
+		}
+		c.args = append(c.args, args)
 		c.members = append(c.members, nil)
 		if err := c.StartMember(i); err != nil {
 			c.Stop()
 			return nil, err
 		}
-		c.Endpoints = append(c.Endpoints, "unix://"+filepath.Join(dir, fmt.Sprintf("c%d:1", i)))
+		c.Endpoints = append(c.Endpoints, scheme+"://"+filepath.Join(dir, fmt.Sprintf("c%d:1", i)))
 	}
 	if err := c.waitReady(30 * time.Second); err != nil {
 		c.Stop()
@@ -110,7 +141,7 @@ func (c *Cluster) waitReady(within time.Duration) error {
 	deadline := time.Now().Add(within)
 	for _, ep := range c.Endpoints {
 		for {
-			err := ping(ep)
+			err := c.ping(ep)
 			if err == nil {
 				break
 			}
@@ -123,8 +154,15 @@ func (c *Cluster) waitReady(within time.Duration) error {
 	return nil
 }
 
-func ping(endpoint string) error {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: time.Second, Logger: zap.NewNop()})
+func (c *Cluster) ping(endpoint string) error {
+	conf := clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: time.Second, Logger: zap.NewNop()}
+	if c.TLS != nil {
+		var err error
+		if conf.TLS, err = c.TLS.Config(); err != nil {
+			return err
+		}
+	}
+	cli, err := clientv3.New(conf)
 	if err != nil {
 		return err
 	}
