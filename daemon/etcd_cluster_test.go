@@ -6,7 +6,13 @@ package daemon_test
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
+	"os"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -132,4 +138,171 @@ func TestNodesShareATLSClusterWithClientCertificates(t *testing.T) {
 		t.Fatal("a client without a certificate opened the table")
 	}
 	t.Logf("without a client certificate: %v", err)
+}
+
+// startNodes starts n daemons on cluster c, node i talking to member i
+// first (the endpoints rotated), as nodes spread over a cluster do.
+func startNodes(t *testing.T, c *etcdtest.Cluster, n int, mods ...func(*daemon.Config)) []*daemontest.Daemon {
+	t.Helper()
+	var nodes []*daemontest.Daemon
+	for i := range n {
+		k := i % len(c.Endpoints)
+		eps := append(slices.Clone(c.Endpoints[k:]), c.Endpoints[:k]...)
+		nodes = append(nodes, daemontest.Start(t, append([]func(*daemon.Config){onEtcd(eps...)}, mods...)...))
+	}
+	return nodes
+}
+
+// answers reports whether td answers name's A query with want, or with
+// NXDOMAIN when want is not valid.
+func answers(td *daemontest.Daemon, name string, want netip.Addr) bool {
+	m := new(dns.Msg).SetQuestion(dns.Fqdn(name), dns.TypeA)
+	r, _, err := (&dns.Client{Net: "udp", Timeout: time.Second}).Exchange(m, td.DNS)
+	if err != nil {
+		return false
+	}
+	if !want.IsValid() {
+		return r.Rcode == dns.RcodeNameError
+	}
+	return daemontest.CheckAnswer(r, dns.TypeA, want) == nil
+}
+
+// within polls cond until it holds and returns how long that took from
+// since; it fails the test after limit.
+func within(t *testing.T, since time.Time, limit time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	for !cond() {
+		if time.Since(since) > limit {
+			t.Fatalf("%s: not within %v", what, limit)
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+	return time.Since(since)
+}
+
+// percentile is the p-th percentile (0–100) of sorted durations.
+func percentile(sorted []time.Duration, p int) time.Duration {
+	return sorted[min(len(sorted)-1, (len(sorted)*p+99)/100-1)]
+}
+
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	return strings.TrimSpace(string(b))
+}
+
+// TestThreeNodesAnswerWhatAnotherChanged: a device registered on node 1
+// and updated by dyndns2 on node 2 resolves to the new address on node 3,
+// and a delete on node 3 makes it NXDOMAIN on nodes 1 and 2. The test
+// logs the update-to-answer times (the figures in docs/BENCHMARKS.md,
+// where p99 is expected under 100 ms); it fails only when an answer takes
+// over five seconds, since a loaded machine is no measure of nasreach.
+func TestThreeNodesAnswerWhatAnotherChanged(t *testing.T) {
+	c := startEtcd(t, 3)
+	nodes := startNodes(t, c, 3)
+	host := daemontest.FQDN("nas1")
+	tok := nodes[0].AddDevice("nas1")
+	const updates = 200
+	var took []time.Duration
+	for i := range updates {
+		ip := netip.AddrFrom4([4]byte{203, 0, byte(113 + i/250), byte(1 + i%250)})
+		start := time.Now()
+		nodes[1].DynDNS2("nas1", tok, host, ip.String(), "good "+ip.String())
+		took = append(took, within(t, start, 5*time.Second, "node 3 to answer "+ip.String(), func() bool { return answers(nodes[2], host, ip) }))
+	}
+	slices.Sort(took)
+	t.Logf("dyndns2 update on node 2 to answer on node 3, %d updates: p50 %v, p99 %v, max %v (load %s)",
+		updates, percentile(took, 50), percentile(took, 99), took[len(took)-1], loadavg())
+
+	start := time.Now()
+	if code, body := nodes[2].Do(http.MethodDelete, "/v1/devices/nas1", tok, nil); code != http.StatusOK && code != http.StatusNoContent {
+		t.Fatalf("delete on node 3: HTTP %d %s", code, body)
+	}
+	for i, n := range nodes[:2] {
+		d := within(t, start, 5*time.Second, fmt.Sprintf("NXDOMAIN on node %d", i+1), func() bool { return answers(n, host, netip.Addr{}) })
+		t.Logf("delete on node 3 to NXDOMAIN on node %d: %v", i+1, d)
+	}
+}
+
+// TestQuorumLossRefusesChangesCleanlyWhileDNSAnswers: with one of three
+// etcd members down the nodes still take changes; with two down a change
+// is refused (dyndns2 911 with HTTP 503, the API 503), every node still
+// answers DNS with the last address, and /readyz says why; when the
+// members return, changes are taken again and every node catches up.
+func TestQuorumLossRefusesChangesCleanlyWhileDNSAnswers(t *testing.T) {
+	c := startEtcd(t, 3)
+	nodes := startNodes(t, c, 3)
+	host := daemontest.FQDN("nas1")
+	tok := nodes[0].AddDevice("nas1")
+	nodes[0].DynDNS2("nas1", tok, host, "192.0.2.1", "good 192.0.2.1")
+
+	if err := c.StopMember(2); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range nodes {
+		ip := fmt.Sprintf("192.0.2.%d", 10+i)
+		n.DynDNS2("nas1", tok, host, ip, "good "+ip) // node 3 talked to member 2 first
+	}
+	last := netip.MustParseAddr("192.0.2.12")
+
+	if err := c.StopMember(1); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range nodes {
+		start := time.Now()
+		code, body, err := daemontest.DynDNS2Update(context.Background(), http.DefaultClient, n.HTTP, "nas1", tok, host, "192.0.2.99")
+		if err != nil || code != http.StatusServiceUnavailable || body != "911\n" {
+			t.Errorf("dyndns2 on node %d without quorum: HTTP %d %q %v, want 503 \"911\"", i+1, code, body, err)
+		}
+		t.Logf("dyndns2 refused by node %d without quorum in %v", i+1, time.Since(start))
+		if code, body := n.Do(http.MethodPut, "/v1/devices/nas1/address", tok, map[string]string{"ipv4": "192.0.2.98"}); code != http.StatusServiceUnavailable {
+			t.Errorf("API address update on node %d without quorum: HTTP %d %s, want 503", i+1, code, body)
+		}
+		if !answers(n, host, last) {
+			t.Errorf("node %d does not answer the last address without quorum", i+1)
+		}
+		resp, err := http.Get(n.Metrics + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(b), "no quorum") {
+			t.Errorf("/readyz on node %d without quorum: HTTP %d %q, want 503 naming the lost quorum", i+1, resp.StatusCode, b)
+		}
+	}
+
+	for _, m := range []int{1, 2} {
+		if err := c.StartMember(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.WaitFor(t, 30*time.Second, "node 1 to be ready again", func() bool { return nodes[0].Daemon.Ready() == nil })
+	nodes[0].DynDNS2("nas1", tok, host, "192.0.2.30", "good 192.0.2.30")
+	want := netip.MustParseAddr("192.0.2.30")
+	for i, n := range nodes {
+		testutil.WaitFor(t, 20*time.Second, fmt.Sprintf("node %d to catch up", i+1), func() bool { return answers(n, host, want) })
+	}
+}
+
+// TestHousekeepingMovesWhenItsNodeStops: of three nodes exactly one runs
+// the housekeeping; when that node stops, another takes it over.
+func TestHousekeepingMovesWhenItsNodeStops(t *testing.T) {
+	c := startEtcd(t, 3)
+	nodes := startNodes(t, c, 3)
+	sweeping := func() []int {
+		var out []int
+		for i, n := range nodes {
+			if n.Daemon != nil && n.Daemon.Store().(interface{ Sweeping() bool }).Sweeping() {
+				out = append(out, i)
+			}
+		}
+		return out
+	}
+	testutil.WaitFor(t, 10*time.Second, "one node to run the housekeeping", func() bool { return len(sweeping()) == 1 })
+	leader := sweeping()[0]
+	nodes[leader].Stop()
+	testutil.WaitFor(t, 10*time.Second, "another node to take the housekeeping over", func() bool {
+		s := sweeping()
+		return len(s) == 1 && s[0] != leader
+	})
 }

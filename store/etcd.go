@@ -193,9 +193,11 @@ func (s *Etcd) Close() error {
 }
 
 // request returns a context for one request to the cluster, bounded by the
-// configured timeout.
+// configured timeout. It requires a leader: a member cut off from the
+// others (no quorum) refuses at once, rather than when the timeout ends,
+// so a write without quorum is refused in about an election timeout.
 func (s *Etcd) request(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, s.timeout)
+	return context.WithTimeout(clientv3.WithRequireLeader(ctx), s.timeout)
 }
 
 func (s *Etcd) key(kind, name string) string { return s.prefix + kind + name }

@@ -324,7 +324,8 @@ func (s *Etcd) Ping() error {
 	ctx, cancel := s.request(context.Background())
 	defer cancel()
 	if _, err := s.cli.Get(ctx, s.prefix+etcdSerial); err != nil {
-		return s.unavailable("read", err)
+		return fmt.Errorf("%w: the etcd cluster has no quorum or cannot be reached (%w); "+
+			"changes are refused, DNS answers from memory", ErrUnavailable, err)
 	}
 	return nil
 }
