@@ -101,7 +101,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 	// the daemon is ready, which orders their reads after start-up.
 	if d.metrics, err = metrics.New(metrics.Config{
 		Addr: cmp.Or(cfg.MetricsAddr, "127.0.0.1:0"), Version: cfg.Version,
-		Devices: d.store.Len, StoreBytes: d.store.Size, Online: d.linkAgents,
+		Devices: d.store.Len, StoreBytes: d.store.Size, StoreBackend: cfg.Store.Backend, Cluster: d.cluster(), Online: d.linkAgents,
 		Sessions:    map[string]func() int{"link": d.linkSessions, "turn": d.turnAllocations},
 		LinkConns:   d.linkCarriers,
 		TURNRefused: d.turnRefused,

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -305,4 +306,64 @@ func TestHousekeepingMovesWhenItsNodeStops(t *testing.T) {
 		s := sweeping()
 		return len(s) == 1 && s[0] != leader
 	})
+}
+
+// metricValue is the value of the sample line that starts with name (with
+// its labels, if any) on a Prometheus page, or -1 when there is none.
+func metricValue(page, name string) float64 {
+	for line := range strings.SplitSeq(page, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err == nil {
+				return f
+			}
+		}
+	}
+	return -1
+}
+
+// TestClusterMetricsShowBackendLatencyLagAndLeader: a node on etcd reports
+// its backend, the round trips of its requests to the cluster, its watch
+// lag (small while the cluster is whole, growing while it has no quorum)
+// and whether it runs the housekeeping, which exactly one node does.
+func TestClusterMetricsShowBackendLatencyLagAndLeader(t *testing.T) {
+	c := startEtcd(t, 3)
+	nodes := startNodes(t, c, 3)
+	tok := nodes[0].AddDevice("nas1")
+	nodes[1].DynDNS2("nas1", tok, daemontest.FQDN("nas1"), "192.0.2.5", "good 192.0.2.5")
+	testutil.WaitFor(t, 10*time.Second, "one node to lead housekeeping and every watch lag to be measured", func() bool {
+		leaders := 0
+		for _, n := range nodes {
+			page := testutil.Scrape(t, n.Metrics+"/metrics", `nasreach_store_backend{backend="etcd"} 1`)
+			if metricValue(page, "nasreach_store_housekeeping_leader") == 1 {
+				leaders++
+			}
+			if lag := metricValue(page, "nasreach_store_watch_lag_seconds"); lag <= 0 || lag > 1 {
+				return false
+			}
+		}
+		return leaders == 1
+	})
+	page := testutil.Scrape(t, nodes[1].Metrics+"/metrics")
+	n := metricValue(page, "nasreach_store_etcd_request_seconds_count")
+	sum := metricValue(page, "nasreach_store_etcd_request_seconds_sum")
+	if n <= 0 || sum <= 0 {
+		t.Fatalf("node 2 reports %v etcd requests taking %v s in all", n, sum)
+	}
+	t.Logf("node 2: %v requests to etcd, %.2f ms each on average; watch lag %v s (load %s)",
+		n, 1000*sum/n, metricValue(page, "nasreach_store_watch_lag_seconds"), loadavg())
+
+	for _, m := range []int{1, 2} {
+		if err := c.StopMember(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.WaitFor(t, 20*time.Second, "node 1's watch lag to grow without quorum", func() bool {
+		return metricValue(testutil.Scrape(t, nodes[0].Metrics+"/metrics"), "nasreach_store_watch_lag_seconds") > 3
+	})
+	for i, n := range nodes {
+		start := time.Now()
+		n.Stop() // it does not wait for a cluster without quorum
+		t.Logf("node %d stopped without quorum in %v", i+1, time.Since(start))
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/nasreach/nasreach/metrics"
 	"github.com/nasreach/nasreach/store"
 )
 
@@ -56,4 +57,22 @@ func openStore(cfg Config, sc store.Config) (store.Backend, error) {
 		Endpoints: cfg.Store.EtcdEndpoints, Prefix: cfg.Store.EtcdPrefix,
 		CertFile: cfg.Store.EtcdCert, KeyFile: cfg.Store.EtcdKey, CAFile: cfg.Store.EtcdCA,
 	})
+}
+
+// cluster returns what the metrics report of a store shared by several
+// nodes, or nil for a store of this node's own.
+func (d *Daemon) cluster() func() metrics.Cluster {
+	e, ok := d.store.(*store.Etcd)
+	if !ok {
+		return nil
+	}
+	return func() metrics.Cluster {
+		s := e.Stats()
+		return metrics.Cluster{
+			Buckets:      store.EtcdLatencyBuckets,
+			RoundTrips:   metrics.Histogram{Count: s.RoundTrips.Count, Sum: s.RoundTrips.Sum, Buckets: s.RoundTrips.Buckets},
+			WatchLag:     s.WatchLag,
+			Housekeeping: s.Housekeeping,
+		}
+	}
 }

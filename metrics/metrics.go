@@ -53,6 +53,12 @@ type Config struct {
 	DNSLimited map[string]func() uint64
 	// StoreBytes returns the size of the store file.
 	StoreBytes func() int64
+	// StoreBackend names where the device table is kept ("bbolt" when
+	// empty, "etcd"), for nasreach_store_backend.
+	StoreBackend string
+	// Cluster reports, for a store shared by several nodes, what this node
+	// sees of the cluster; nil for a store of its own.
+	Cluster func() Cluster
 	// LogWritten and LogDropped return the connection log's counters.
 	LogWritten, LogDropped func() uint64
 	// Ready returns nil when the daemon is ready to serve, else the reason.
@@ -206,6 +212,7 @@ func New(cfg Config) (*Metrics, error) {
 	if f := cfg.StoreBytes; f != nil {
 		gauge("nasreach_store_bytes", "Size of the store file.", func() float64 { return float64(f()) })
 	}
+	m.registerStore(cmpOr(cfg.StoreBackend, "bbolt"), cfg.Cluster)
 	if f := cfg.LogWritten; f != nil {
 		counter("nasreach_connlog_written_total", "Connection log events written.", func() float64 { return float64(f()) })
 	}

@@ -100,6 +100,9 @@ type Etcd struct {
 	reloadMu sync.Mutex
 	onReload []func() // see OnReload
 
+	latencies latencies // round trips of requests to the cluster (etcd_stats.go)
+	progress  progress  // the watch's lag
+
 	stop       context.CancelFunc
 	background sync.WaitGroup
 }
@@ -114,12 +117,18 @@ type handoff struct {
 
 // OpenEtcd connects to the cluster, loads the index from the table under
 // ec.Prefix and starts watching it. cfg.Dir, when set, holds Backup's
-// scratch file; the lifecycle settings of cfg (Reserved, Now, Logger, Quarantine, UninitializedTTL,
-// SweepEvery) mean what they mean for Open; the background sweeps run on
-// one node elected among those sharing the table (see sweepWhenElected).
+// scratch file; the lifecycle settings of cfg (Reserved, Now, Logger,
+// Quarantine, UninitializedTTL, SweepEvery) mean what they mean for Open;
+// the background sweeps run on one node elected among those sharing the
+// table (see sweepWhenElected).
 func OpenEtcd(cfg Config, ec EtcdConfig) (*Etcd, error) {
-	prefix, cli, timeout, err := dialEtcd(ec)
+	// ctx is the client's too: what the client does on its own (the
+	// election's clean-up when a campaign is cancelled) ends with Close
+	// rather than waiting for a cluster without quorum to answer.
+	ctx, stop := context.WithCancel(context.Background())
+	prefix, cli, timeout, err := dialEtcd(ctx, ec)
 	if err != nil {
+		stop()
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
@@ -128,11 +137,12 @@ func OpenEtcd(cfg Config, ec EtcdConfig) (*Etcd, error) {
 		quarantine: cfg.Quarantine, uninitTTL: cfg.UninitializedTTL, seenCh: make(chan struct{}),
 		memIndex: memIndex{entries: map[string]entry{}}, handoff: map[int64]handoff{}, kick: make(chan struct{}, 1),
 	}
+	cli.KV = timedKV{cli.KV, &s.latencies}
 	if s.id, err = NewToken(); err != nil {
+		stop()
 		cli.Close()
 		return nil, err
 	}
-	ctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
 	rev, err := s.reload(ctx)
 	if err != nil {
@@ -141,6 +151,7 @@ func OpenEtcd(cfg Config, ec EtcdConfig) (*Etcd, error) {
 		return nil, fmt.Errorf("load the device table from etcd %v%s: %w", ec.Endpoints, prefix, err)
 	}
 	s.background.Go(func() { s.watch(ctx, rev) })
+	s.background.Go(func() { s.askProgress(ctx) })
 	if cfg.SweepEvery >= 0 {
 		s.background.Go(func() { s.sweepWhenElected(ctx, cmp.Or(cfg.SweepEvery, time.Minute)) })
 	}

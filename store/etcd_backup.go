@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -121,7 +122,7 @@ func ImportEtcd(ctx context.Context, path string, ec EtcdConfig) (ImportReport, 
 		return rep, fmt.Errorf("open store %s: %w", path, err)
 	}
 	defer db.Close()
-	prefix, cli, timeout, err := dialEtcd(ec)
+	prefix, cli, timeout, err := dialEtcd(ctx, ec)
 	if err != nil {
 		return rep, err
 	}
@@ -197,16 +198,13 @@ func ImportEtcd(ctx context.Context, path string, ec EtcdConfig) (ImportReport, 
 	return rep, nil
 }
 
-// dialEtcd checks ec and connects to its cluster; it returns the prefix
-// and the timeout ec means.
-func dialEtcd(ec EtcdConfig) (string, *clientv3.Client, time.Duration, error) {
+// dialEtcd checks ec and connects to its cluster, with ctx as the client's
+// own context; it returns the prefix and the timeout ec means.
+func dialEtcd(ctx context.Context, ec EtcdConfig) (string, *clientv3.Client, time.Duration, error) {
 	if len(ec.Endpoints) == 0 {
 		return "", nil, 0, errors.New("store: EtcdConfig.Endpoints is required")
 	}
-	prefix := ec.Prefix
-	if prefix == "" {
-		prefix = "/nasreach"
-	}
+	prefix := cmp.Or(ec.Prefix, "/nasreach")
 	if strings.HasSuffix(prefix, "/") {
 		return "", nil, 0, fmt.Errorf("store: EtcdConfig.Prefix %q must not end with '/'", prefix)
 	}
@@ -214,12 +212,9 @@ func dialEtcd(ec EtcdConfig) (string, *clientv3.Client, time.Duration, error) {
 	if err != nil {
 		return "", nil, 0, err
 	}
-	timeout := ec.DialTimeout
-	if timeout == 0 {
-		timeout = 5 * time.Second
-	}
+	timeout := cmp.Or(ec.DialTimeout, 5*time.Second)
 	cli, err := clientv3.New(clientv3.Config{
-		Endpoints: ec.Endpoints, DialTimeout: timeout, TLS: tlsConf,
+		Endpoints: ec.Endpoints, DialTimeout: timeout, TLS: tlsConf, Context: ctx,
 		Logger: zap.NewNop(),
 	})
 	if err != nil {

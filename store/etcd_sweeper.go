@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
@@ -36,13 +37,15 @@ func (s *Etcd) sweepWhenElected(ctx context.Context, interval time.Duration) {
 // leadSweeps campaigns, and sweeps while elected, until ctx ends or the
 // session's lease is lost.
 func (s *Etcd) leadSweeps(ctx context.Context, interval time.Duration) error {
-	// The session outlives ctx so that Close can revoke its lease, which
-	// hands the sweeps over at once instead of after sweeperTTL.
-	sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(sweeperTTL))
+	// The session ends with ctx (a Close does not wait for a lease grant
+	// that a cluster without quorum never answers); endSession then
+	// revokes its lease, which hands the sweeps over at once instead of
+	// after sweeperTTL.
+	sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(sweeperTTL), concurrency.WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("etcd session: %w", err)
 	}
-	defer sess.Close()
+	defer s.endSession(sess)
 	e := concurrency.NewElection(sess, s.prefix+etcdSweeper)
 	if err := e.Campaign(ctx, s.id); err != nil {
 		return fmt.Errorf("campaign: %w", err)
@@ -68,3 +71,14 @@ func (s *Etcd) leadSweeps(ctx context.Context, interval time.Duration) error {
 
 // Sweeping reports whether this node is the elected sweeper now.
 func (s *Etcd) Sweeping() bool { return s.sweeping.Load() }
+
+// endSession revokes the session's lease, which hands the sweeps over at
+// once, waiting at most a second and not at all without a leader (a
+// cluster without quorum cannot revoke it; it then expires after
+// sweeperTTL), so that Close is quick either way.
+func (s *Etcd) endSession(sess *concurrency.Session) {
+	sess.Orphan()
+	ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.Background()), time.Second)
+	defer cancel()
+	_, _ = s.cli.Revoke(ctx, sess.Lease())
+}

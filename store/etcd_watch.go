@@ -150,6 +150,7 @@ func (s *Etcd) markSeen(rev int64) {
 // compacted one reloads the table.
 func (s *Etcd) watch(ctx context.Context, rev int64) {
 	backoff := 100 * time.Millisecond
+	broken := false
 	for ctx.Err() == nil {
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		for wr := range s.cli.Watch(wctx, s.prefix+"/", clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithPrevKV()) {
@@ -160,11 +161,24 @@ func (s *Etcd) watch(ctx context.Context, rev int64) {
 						rev = r
 					}
 				} else if ctx.Err() == nil {
-					s.log.Warn().Err(err).Msg("store watch broken; resuming")
+					// Once per outage, not once per try (every 2 s).
+					ev := s.log.Debug()
+					if !broken {
+						ev = s.log.Warn()
+					}
+					broken = true
+					ev.Err(err).Msg("store watch broken; resuming")
 				}
 				break
 			}
 			backoff = 100 * time.Millisecond
+			if broken {
+				broken = false
+				s.log.Info().Msg("store watch resumed")
+			}
+			if wr.IsProgressNotify() {
+				s.progress.confirmed()
+			}
 			for len(wr.Events) > 0 {
 				n := 1
 				r := wr.Events[0].Kv.ModRevision
