@@ -100,6 +100,8 @@ type Etcd struct {
 	reloadMu sync.Mutex
 	onReload []func() // see OnReload
 
+	writeMu sync.Mutex // one read-decide-commit round at a time (tryCommit)
+
 	latencies latencies // round trips of requests to the cluster (etcd_stats.go)
 	progress  progress  // the watch's lag
 

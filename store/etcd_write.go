@@ -94,12 +94,8 @@ func (s *Etcd) casLoop(ctx context.Context, name string, try func() ([]clientv3.
 		return err
 	}
 	for range maxConflicts {
-		cmps, ops, err := try()
-		if err != nil || ops == nil {
-			return err
-		}
-		committed, rev, err := s.commit(ctx, cmps, append(ops, s.writerOp()))
-		if err != nil {
+		committed, rev, err := s.tryCommit(ctx, try)
+		if err != nil || rev == 0 {
 			return err
 		}
 		if committed {
@@ -107,6 +103,22 @@ func (s *Etcd) casLoop(ctx context.Context, name string, try func() ([]clientv3.
 		}
 	}
 	return fmt.Errorf("%q: changed by others %d times while this change was tried; try again", name, maxConflicts)
+}
+
+// tryCommit reads and decides with try and commits what it decided, one
+// such round at a time on this node: every change to the zone also
+// changes the serial, so concurrent writers of one node would only make
+// each other's compare-and-swap fail and retry, unfairly (one could lose
+// every race until its client gives up). Serialized, a node's writers
+// conflict only with other nodes'. rev is 0 when try decided nothing.
+func (s *Etcd) tryCommit(ctx context.Context, try func() ([]clientv3.Cmp, []clientv3.Op, error)) (bool, int64, error) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	cmps, ops, err := try()
+	if err != nil || ops == nil {
+		return false, 0, err
+	}
+	return s.commit(ctx, cmps, append(ops, s.writerOp()))
 }
 
 // commit runs one compare-and-swap transaction and reports whether it
