@@ -13,7 +13,8 @@ import (
 )
 
 // Pebble is a running Pebble, Let's Encrypt's ACME test server (Debian's
-// pebble), whose DNS-01 checks ask one DNS server.
+// pebble), whose DNS-01 checks ask a zone's authoritative server through a
+// recursive resolver.
 type Pebble struct {
 	// Directory is the ACME directory URL, https://127.0.0.1:PORT/dir.
 	Directory string
@@ -23,14 +24,20 @@ type Pebble struct {
 }
 
 // StartPebble runs Pebble on free loopback ports with a fresh HTTPS
-// certificate (Debian's pebble ships no test certificates) and
-// -dnsserver dnsAddr, and kills it when the test ends. Pebble validates at
+// certificate (Debian's pebble ships no test certificates), and kills it
+// when the test ends. Its DNS-01 checks go to Unbound (StartUnbound), which
+// asks the authoritative server at dnsAddr: Let's Encrypt's validation
+// resolves through Unbound too, and Pebble's own DNS client would not ask
+// again over TCP when an answer comes truncated (it sends no EDNS, and a
+// name and its wildcard's two challenge values are over three times such a
+// query: more than an authoritative server should send over UDP). Pebble validates at
 // once (no random sleep), refuses no nonce at random and reuses no
 // authorization, so every order validates its own challenges. The test is
 // skipped, or fails under CI, when pebble is not installed (NeedTool).
 func StartPebble(t testing.TB, dnsAddr string) *Pebble {
 	t.Helper()
 	bin := NeedTool(t, "pebble")
+	resolver := StartUnbound(t, dnsAddr)
 	dir := t.TempDir()
 	crt, key := filepath.Join(dir, "pebble.crt"), filepath.Join(dir, "pebble.key")
 	WriteCert(t, crt, key, "pebble")
@@ -52,7 +59,7 @@ func StartPebble(t testing.TB, dnsAddr string) *Pebble {
 			t.Fatal(err)
 		}
 		var out Buffer
-		cmd := exec.Command(bin, "-config", cfgFile, "-dnsserver", dnsAddr)
+		cmd := exec.Command(bin, "-config", cfgFile, "-dnsserver", resolver)
 		cmd.Env = append(ToolEnv(), "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0")
 		cmd.Stdout, cmd.Stderr = &out, &out
 		if err := cmd.Start(); err != nil {
