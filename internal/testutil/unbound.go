@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
-	"time"
 )
 
 // StartUnbound runs Unbound (Debian's unbound) as a recursive resolver on a
@@ -29,9 +28,7 @@ func StartUnbound(t testing.TB, authAddr string) string {
 		t.Fatalf("unbound upstream %q: %v", authAddr, err)
 	}
 	dir := t.TempDir()
-	for range 3 {
-		own := freePort(t)
-		addr := fmt.Sprintf("127.0.0.1:%d", own)
+	own := startOnFreePort(t, "unbound", func(own int) *exec.Cmd {
 		// The directives are unbound.conf(5)'s. No chroot, no user change,
 		// no DNSSEC validation (the test zone is unsigned), no cache (a
 		// challenge value set a moment ago must be seen), queries to
@@ -65,31 +62,9 @@ forward-zone:
 		if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		var out Buffer
 		cmd := exec.Command(bin, "-d", "-c", cfgFile)
 		cmd.Env = ToolEnv()
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("start unbound: %v", err)
-		}
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); close(exited) }() //nolint:errcheck // killed at cleanup
-		t.Cleanup(func() {
-			cmd.Process.Kill() //nolint:errcheck // may have exited
-			<-exited
-			if t.Failed() {
-				t.Logf("unbound's output:\n%s", out.String())
-			}
-		})
-		if waitListening(addr, exited, 20*time.Second) {
-			return addr
-		}
-		select {
-		case <-exited: // its port was taken: try another
-		default:
-			t.Fatalf("unbound does not answer on %s after 20 s:\n%s", addr, out.String())
-		}
-	}
-	t.Fatal("unbound exited at start three times (its port taken?)")
-	return ""
+		return cmd
+	})
+	return fmt.Sprintf("127.0.0.1:%d", own)
 }
