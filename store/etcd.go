@@ -105,6 +105,8 @@ type Etcd struct {
 	latencies latencies // round trips of requests to the cluster (etcd_stats.go)
 	progress  progress  // the watch's lag
 
+	zonePage int // devices per read of ZoneSnapshot
+
 	stop       context.CancelFunc
 	background sync.WaitGroup
 }
@@ -138,6 +140,7 @@ func OpenEtcd(cfg Config, ec EtcdConfig) (*Etcd, error) {
 		cli: cli, prefix: prefix, timeout: timeout, dir: cfg.Dir, reserved: cfg.Reserved, now: cfg.Now, log: cfg.Logger,
 		quarantine: cfg.Quarantine, uninitTTL: cfg.UninitializedTTL, seenCh: make(chan struct{}),
 		memIndex: memIndex{entries: map[string]entry{}}, handoff: map[int64]handoff{}, kick: make(chan struct{}, 1),
+		zonePage: 1000,
 	}
 	cli.KV = timedKV{cli.KV, &s.latencies}
 	if s.id, err = NewToken(); err != nil {
