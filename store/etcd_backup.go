@@ -19,16 +19,14 @@ import (
 // Backup writes the table as a bbolt store file, the same kind of file the
 // bbolt store's Backup writes and Open and Check accept: every device,
 // access code and quarantine and the zone serial, read from the cluster at
-// one revision (one range read of the prefix), so the snapshot is
-// consistent while other nodes write. The file is built in a temporary
+// one revision (read a page at a time), so the snapshot is consistent
+// while other nodes write. The file is built in a temporary
 // file in the data directory (the system's temporary directory without
 // one), which is removed afterwards, and then copied to w.
 func (s *Etcd) Backup(w io.Writer) (int64, error) {
-	ctx, cancel := s.request(context.Background())
-	resp, err := s.cli.Get(ctx, s.prefix+"/", clientv3.WithPrefix())
-	cancel()
+	kvs, rev, err := s.readAll()
 	if err != nil {
-		return 0, fmt.Errorf("backup: %w", s.unavailable("read", err))
+		return 0, fmt.Errorf("backup: %w", err)
 	}
 	f, err := os.CreateTemp(s.dir, ".etcd-backup-*")
 	if err != nil {
@@ -46,7 +44,7 @@ func (s *Etcd) Backup(w io.Writer) (int64, error) {
 		return 0, fmt.Errorf("backup: temporary store %s: %w", path, err)
 	}
 	defer db.Close()
-	if err := db.Update(func(tx *bolt.Tx) error { return s.fillSnapshot(tx, resp.Header.Revision, resp.Kvs) }); err != nil {
+	if err := db.Update(func(tx *bolt.Tx) error { return s.fillSnapshot(tx, rev, kvs) }); err != nil {
 		return 0, fmt.Errorf("backup: %w", err)
 	}
 	var n int64
@@ -58,6 +56,35 @@ func (s *Etcd) Backup(w io.Writer) (int64, error) {
 		return n, fmt.Errorf("backup: %w", err)
 	}
 	return n, nil
+}
+
+// readAll reads every key under the prefix at one revision, a page of
+// zonePage keys at a time (as ZoneSnapshot does), so that no one response
+// holds the whole table.
+func (s *Etcd) readAll() ([]*etcdKV, int64, error) {
+	var kvs []*etcdKV
+	var rev int64
+	from, end := s.prefix+"/", clientv3.GetPrefixRangeEnd(s.prefix+"/")
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(s.zonePage))}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		ctx, cancel := s.request(context.Background())
+		page, err := s.cli.Get(ctx, from, opts...)
+		cancel()
+		if err != nil {
+			return nil, 0, s.unavailable("read", err)
+		}
+		if rev == 0 {
+			rev = page.Header.Revision
+		}
+		kvs = append(kvs, page.Kvs...)
+		if !page.More || len(page.Kvs) == 0 {
+			return kvs, rev, nil
+		}
+		from = string(page.Kvs[len(page.Kvs)-1].Key) + "\x00"
+	}
 }
 
 // fillSnapshot lays the table's keys, read at revision rev, out in a new
