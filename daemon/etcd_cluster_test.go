@@ -226,7 +226,7 @@ func TestThreeNodesAnswerWhatAnotherChanged(t *testing.T) {
 
 // TestQuorumLossRefusesChangesCleanlyWhileDNSAnswers: with one of three
 // etcd members down the nodes still take changes; with two down a change
-// is refused (dyndns2 911 with HTTP 503, the API 503), every node still
+// is refused (dyndns2 911 with HTTP 503, the API 503, RFC 2136 SERVFAIL), every node still
 // answers DNS with the last address, and /readyz says why; when the
 // members return, changes are taken again and every node catches up.
 func TestQuorumLossRefusesChangesCleanlyWhileDNSAnswers(t *testing.T) {
@@ -235,6 +235,7 @@ func TestQuorumLossRefusesChangesCleanlyWhileDNSAnswers(t *testing.T) {
 	host := daemontest.FQDN("nas1")
 	tok := nodes[0].AddDevice("nas1")
 	nodes[0].DynDNS2("nas1", tok, host, "192.0.2.1", "good 192.0.2.1")
+	key := nodes[0].IssueTSIGKey("nas1", tok)
 
 	if err := c.StopMember(2); err != nil {
 		t.Fatal(err)
@@ -257,6 +258,11 @@ func TestQuorumLossRefusesChangesCleanlyWhileDNSAnswers(t *testing.T) {
 		t.Logf("dyndns2 refused by node %d without quorum in %v", i+1, time.Since(start))
 		if code, body := n.Do(http.MethodPut, "/v1/devices/nas1/address", tok, map[string]string{"ipv4": "192.0.2.98"}); code != http.StatusServiceUnavailable {
 			t.Errorf("API address update on node %d without quorum: HTTP %d %s, want 503", i+1, code, body)
+		}
+		m := new(dns.Msg).SetUpdate(dns.Fqdn(daemontest.Zone))
+		m.Insert([]dns.RR{&dns.A{Hdr: dns.RR_Header{Name: dns.Fqdn(host), Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: netip.MustParseAddr("192.0.2.97").AsSlice()}})
+		if r, _ := n.Update("tcp", key, m); r.Rcode != dns.RcodeServerFailure {
+			t.Errorf("RFC 2136 UPDATE on node %d without quorum: %s, want SERVFAIL", i+1, dns.RcodeToString[r.Rcode])
 		}
 		if !answers(n, host, last) {
 			t.Errorf("node %d does not answer the last address without quorum", i+1)
