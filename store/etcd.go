@@ -105,7 +105,11 @@ type Etcd struct {
 	latencies latencies // round trips of requests to the cluster (etcd_stats.go)
 	progress  progress  // the watch's lag
 
-	zonePage int // devices per read of ZoneSnapshot
+	zonePage int // devices per read of ZoneSnapshot, Backup and Size
+
+	sizeMu sync.Mutex // Size's last reading
+	size   int64
+	sizeAt time.Time
 
 	stop       context.CancelFunc
 	background sync.WaitGroup

@@ -19,15 +19,11 @@ import (
 // Backup writes the table as a bbolt store file, the same kind of file the
 // bbolt store's Backup writes and Open and Check accept: every device,
 // access code and quarantine and the zone serial, read from the cluster at
-// one revision (read a page at a time), so the snapshot is consistent
-// while other nodes write. The file is built in a temporary
-// file in the data directory (the system's temporary directory without
-// one), which is removed afterwards, and then copied to w.
+// one revision (a page at a time), so the snapshot is consistent while
+// other nodes write. The file is built in a temporary file in the data
+// directory (the system's temporary directory without one), copied to w
+// and removed.
 func (s *Etcd) Backup(w io.Writer) (int64, error) {
-	kvs, rev, err := s.readAll()
-	if err != nil {
-		return 0, fmt.Errorf("backup: %w", err)
-	}
 	f, err := os.CreateTemp(s.dir, ".etcd-backup-*")
 	if err != nil {
 		return 0, fmt.Errorf("backup: temporary file: %w", err)
@@ -44,7 +40,17 @@ func (s *Etcd) Backup(w io.Writer) (int64, error) {
 		return 0, fmt.Errorf("backup: temporary store %s: %w", path, err)
 	}
 	defer db.Close()
-	if err := db.Update(func(tx *bolt.Tx) error { return s.fillSnapshot(tx, rev, kvs) }); err != nil {
+	err = db.Update(func(tx *bolt.Tx) error {
+		if err := (*Store)(nil).migrate(tx); err != nil {
+			return err
+		}
+		rev, err := s.eachPage(func(kvs []*etcdKV) error { return s.fillSnapshot(tx, kvs) })
+		if err != nil {
+			return err
+		}
+		return putUint(tx.Bucket(bucketMeta), keyRev, uint64(rev))
+	})
+	if err != nil {
 		return 0, fmt.Errorf("backup: %w", err)
 	}
 	var n int64
@@ -58,11 +64,10 @@ func (s *Etcd) Backup(w io.Writer) (int64, error) {
 	return n, nil
 }
 
-// readAll reads every key under the prefix at one revision, a page of
-// zonePage keys at a time (as ZoneSnapshot does), so that no one response
-// holds the whole table.
-func (s *Etcd) readAll() ([]*etcdKV, int64, error) {
-	var kvs []*etcdKV
+// eachPage calls f with every key under the prefix, read at one revision
+// (which it returns) a page of zonePage keys at a time, as ZoneSnapshot
+// does, so that no one response, and no one slice, holds the whole table.
+func (s *Etcd) eachPage(f func(kvs []*etcdKV) error) (int64, error) {
 	var rev int64
 	from, end := s.prefix+"/", clientv3.GetPrefixRangeEnd(s.prefix+"/")
 	for {
@@ -74,30 +79,26 @@ func (s *Etcd) readAll() ([]*etcdKV, int64, error) {
 		page, err := s.cli.Get(ctx, from, opts...)
 		cancel()
 		if err != nil {
-			return nil, 0, s.unavailable("read", err)
+			return 0, s.unavailable("read", err)
 		}
 		if rev == 0 {
 			rev = page.Header.Revision
 		}
-		kvs = append(kvs, page.Kvs...)
+		if err := f(page.Kvs); err != nil {
+			return 0, err
+		}
 		if !page.More || len(page.Kvs) == 0 {
-			return kvs, rev, nil
+			return rev, nil
 		}
 		from = string(page.Kvs[len(page.Kvs)-1].Key) + "\x00"
 	}
 }
 
-// fillSnapshot lays the table's keys, read at revision rev, out in a new
-// bbolt file as the bbolt store keeps them (schema.go). Keys that are not
+// fillSnapshot lays keys of the table out in a new bbolt file (made by
+// migrate) as the bbolt store keeps them (schema.go). Keys that are not
 // data (the writer mark, the sweeper election) are left out.
-func (s *Etcd) fillSnapshot(tx *bolt.Tx, rev int64, kvs []*etcdKV) error {
-	if err := (*Store)(nil).migrate(tx); err != nil {
-		return err
-	}
+func (s *Etcd) fillSnapshot(tx *bolt.Tx, kvs []*etcdKV) error {
 	meta := tx.Bucket(bucketMeta)
-	if err := putUint(meta, keyRev, uint64(rev)); err != nil {
-		return err
-	}
 	for _, kv := range kvs {
 		key := strings.TrimPrefix(string(kv.Key), s.prefix)
 		var err error

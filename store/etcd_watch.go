@@ -367,16 +367,27 @@ func (s *Etcd) Ping() error {
 
 // Size returns the bytes the table's keys and values take in etcd (not the
 // size of the members' database files, which hold other data and history).
+// It reads the whole table, a page at a time, at most once every
+// sizeEvery: the metrics ask for it at every scrape.
 func (s *Etcd) Size() int64 {
-	ctx, cancel := s.request(context.Background())
-	defer cancel()
-	resp, err := s.cli.Get(ctx, s.prefix+"/", clientv3.WithPrefix())
-	if err != nil {
-		return 0
+	s.sizeMu.Lock()
+	defer s.sizeMu.Unlock()
+	if !s.sizeAt.IsZero() && time.Since(s.sizeAt) < sizeEvery {
+		return s.size
 	}
 	var n int64
-	for _, kv := range resp.Kvs {
-		n += int64(len(kv.Key) + len(kv.Value))
+	_, err := s.eachPage(func(kvs []*etcdKV) error {
+		for _, kv := range kvs {
+			n += int64(len(kv.Key) + len(kv.Value))
+		}
+		return nil
+	})
+	if err != nil {
+		return s.size
 	}
+	s.size, s.sizeAt = n, time.Now()
 	return n
 }
+
+// sizeEvery is how long Size reports what it last read.
+const sizeEvery = time.Minute
