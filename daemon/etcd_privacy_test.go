@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
-	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -136,18 +135,9 @@ func TestDDNSOffHidesTheNameOnEveryNode(t *testing.T) {
 // keeps: the first path segment after the prefix of each key it lists.
 func documentedEtcdKeys(t *testing.T) map[string]bool {
 	t.Helper()
-	readme, err := os.ReadFile("../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, section, ok := strings.Cut(string(readme), "## What we store")
-	if !ok {
-		t.Fatal(`README.md has no "## What we store" section`)
-	}
-	section, _, _ = strings.Cut(section, "\n## ")
 	out := map[string]bool{}
 	key := regexp.MustCompile("^\\| `<prefix>/([a-z]+)")
-	for _, line := range strings.Split(section, "\n") {
+	for _, line := range strings.Split(whatWeStore(t), "\n") {
 		if m := key.FindStringSubmatch(line); m != nil {
 			out[m[1]] = true
 		}

@@ -250,15 +250,7 @@ func jsonEqual(a, b any) bool {
 // column holds `bucket` or `bucket.field` names in backquotes.
 func documentedFields(t *testing.T) map[string]bool {
 	t.Helper()
-	readme, err := os.ReadFile("../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, section, ok := strings.Cut(string(readme), "## What we store")
-	if !ok {
-		t.Fatal(`README.md has no "## What we store" section`)
-	}
-	section, _, _ = strings.Cut(section, "\n## ")
+	section := whatWeStore(t)
 	out := map[string]bool{}
 	name := regexp.MustCompile("`([a-z0-9_.]+)`")
 	for _, line := range strings.Split(section, "\n") {
@@ -271,6 +263,21 @@ func documentedFields(t *testing.T) map[string]bool {
 		}
 	}
 	return out
+}
+
+// whatWeStore returns the README's "What we store" section.
+func whatWeStore(t *testing.T) string {
+	t.Helper()
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "## What we store")
+	if !ok {
+		t.Fatal(`README.md has no "## What we store" section`)
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	return section
 }
 
 func TestStoreHoldsOnlyDocumentedFields(t *testing.T) {
