@@ -678,3 +678,37 @@ func TestNoHistoryIsKeptWhenNobodyMayTransfer(t *testing.T) {
 		t.Errorf("IXFR across the change after the reload: %v %v, want the difference", strs(rrs), err)
 	}
 }
+
+// TestZoneReloadedStartsTheHistoryAfreshAndNotifies: after the store says
+// it reloaded the zone without the changes in between (etcd's watch behind
+// a compaction), an IXFR from a serial before is answered with the whole
+// zone, never with a difference that misses those changes, and the
+// secondaries get a NOTIFY of the serial now.
+func TestZoneReloadedStartsTheHistoryAfreshAndNotifies(t *testing.T) {
+	st := openStore(t)
+	addDevice(t, st, "nas1", "198.51.100.1", "")
+	nl := listenNotify(t, func(int) bool { return true }, nil)
+	s := startXFRServer(t, st, TransferConfig{Secondaries: []Secondary{nl.secondary("")}})
+	testutil.WaitFor(t, 5*time.Second, "the NOTIFY at start", func() bool { return lastSerial(nl.got()) == st.Serial() })
+	start := st.Serial()
+	if err := setAddr(t.Context(), st, "nas1", "203.0.113.1"); err != nil {
+		t.Fatal(err)
+	}
+	isFull := func(rrs []dns.RR) bool {
+		return slices.Contains(strs(rrs), "ns1.myqnapcloud.com. 3600 IN A 192.0.2.53")
+	}
+	if rrs, _, err := transfer(t, s, ixfrQuery(start), nil); err != nil || isFull(rrs) {
+		t.Fatalf("IXFR one change back: %v %v, want the difference", strs(rrs), err)
+	}
+	testutil.WaitFor(t, 5*time.Second, "the NOTIFY of the change", func() bool { return lastSerial(nl.got()) == st.Serial() })
+	sent := len(nl.got())
+
+	s.ZoneReloaded()
+	testutil.WaitFor(t, 5*time.Second, "a NOTIFY after the reload", func() bool {
+		return len(nl.got()) > sent && lastSerial(nl.got()) == st.Serial()
+	})
+	rrs, _, err := transfer(t, s, ixfrQuery(start), nil)
+	if err != nil || !isFull(rrs) || !slices.Contains(strs(rrs), "nas1.myqnapcloud.com. 60 IN A 203.0.113.1") {
+		t.Errorf("IXFR from before the reload: %v %v, want the whole zone", strs(rrs), err)
+	}
+}

@@ -135,11 +135,11 @@ const importBatch = 64
 // quarantine or serial yet: the way to move from bbolt to etcd, and to
 // restore an etcd table from a backup. The file is checked first (Check,
 // in full) and only read. The keys are written in transactions of
-// importBatch, each committing only if none of its keys exists; the serial
-// goes last, so nodes watching the prefix see a table whose serial is the
-// file's once every device is there. On an error part of the table may
-// have been written: delete the prefix (etcdctl del --prefix) and import
-// again.
+// importBatch, each committing only if none of its keys exists, the
+// serial last. Start the nodes on the prefix afterwards (restart those
+// running on it): a running node would show the devices, but its IXFR
+// history would not hold them. On an error part of the table may have been
+// written: delete the prefix (etcdctl del --prefix) and import again.
 func ImportEtcd(ctx context.Context, path string, ec EtcdConfig) (ImportReport, error) {
 	var rep ImportReport
 	if _, err := Check(path, true); err != nil {

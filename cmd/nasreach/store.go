@@ -44,8 +44,7 @@ func storeCommand() *cli.Command {
 					&cli.StringFlag{Name: "db", Required: true, Usage: "the store file to import; it is checked first and only read"},
 				}, storeFlags()[1:]...),
 				Description: describe("The prefix must hold no device table yet; the file is checked in full first. "+
-					"Start (or restart) the nodes with --store etcd on the same prefix afterwards; "+
-					"nodes already running on it see the devices appear.",
+					"Start the nodes with --store etcd on the prefix afterwards (restart any already running on it).",
 					"nasreach store import --db /var/backups/nasreach/nasreach-2026-12-01.db --etcd-endpoints https://etcd1:2379 --etcd-prefix /nasreach"),
 				Action: storeImport,
 			},
