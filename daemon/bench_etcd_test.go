@@ -6,10 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -121,42 +118,19 @@ func TestBenchEtcd(t *testing.T) {
 	}
 	httpc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: clients}, Timeout: 30 * time.Second}
 	run := func(label string, bases []string, tokens []string) float64 {
-		var next atomic.Int64
-		took := make([][]time.Duration, clients)
-		var failed atomic.Value
-		start := time.Now()
-		var wg sync.WaitGroup
-		for cl := range clients {
-			wg.Go(func() {
-				for {
-					n := int(next.Add(1)) - 1
-					if n >= updates {
-						return
-					}
-					d := n % devices
-					name := fmt.Sprintf("bench%d", d)
-					ip := fmt.Sprintf("10.%d.%d.%d", n/62500, n/250%250, 1+n%250)
-					t0 := time.Now()
-					code, body, err := daemontest.DynDNS2Update(context.Background(), httpc, bases[cl%len(bases)], name, tokens[d], daemontest.FQDN(name), ip)
-					if err != nil || code != http.StatusOK || body != "good "+ip+"\n" {
-						failed.Store(fmt.Errorf("dyndns2 update of %s: HTTP %d %q %v", name, code, body, err))
-						return
-					}
-					took[cl] = append(took[cl], time.Since(t0))
-				}
-			})
-		}
-		wg.Wait()
-		elapsed := time.Since(start)
-		if err, _ := failed.Load().(error); err != nil {
-			t.Fatal(err)
-		}
-		all := slices.Sorted(slices.Values(slices.Concat(took...)))
-		pct := func(p float64) float64 { return all[min(len(all)-1, int(p*float64(len(all))))].Seconds() * 1000 }
-		rate := float64(updates) / elapsed.Seconds()
+		r := driveUpdates(t, clients, updates, func(client, n int) error {
+			d := n % devices
+			name := fmt.Sprintf("bench%d", d)
+			ip := fmt.Sprintf("10.%d.%d.%d", n/62500, n/250%250, 1+n%250)
+			code, body, err := daemontest.DynDNS2Update(context.Background(), httpc, bases[client%len(bases)], name, tokens[d], daemontest.FQDN(name), ip)
+			if err != nil || code != http.StatusOK || body != "good "+ip+"\n" {
+				return fmt.Errorf("dyndns2 update of %s: HTTP %d %q %v", name, code, body, err)
+			}
+			return nil
+		})
 		fmt.Printf("etcd update store=%s durable_updates_per_s=%.0f clients=%d updates=%d p50_ms=%.1f p99_ms=%.1f\n",
-			label, rate, clients, updates, pct(0.50), pct(0.99))
-		return rate
+			label, r.rate, clients, updates, r.p50ms, r.p99ms)
+		return r.rate
 	}
 	var bases []string
 	for _, n := range nodes {
