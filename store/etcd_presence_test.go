@@ -1,0 +1,69 @@
+package store
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/nasreach/nasreach/internal/testutil"
+)
+
+// TestPresenceFollowsAgentsAcrossNodes: an agent recorded on node a is seen
+// by node b; recorded on b since, a's withdrawal leaves b's record alone;
+// and when a node dies without withdrawing, its records expire with its
+// lease.
+func TestPresenceFollowsAgentsAcrossNodes(t *testing.T) {
+	prefix := etcdPrefix(t, "")
+	a := openEtcdAt(t, Config{}, prefix)
+	b := openEtcdAt(t, Config{}, prefix)
+	selfA := Holder{Node: "a", Addrs: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:7443"), netip.MustParseAddrPort("[2001:db8::1]:7443")}}
+	selfB := Holder{Node: "b", Addrs: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.2:7443")}}
+	pa, err := a.NewPresence(PresenceConfig{Self: selfA, TTL: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pa.Close()
+	pb, err := b.NewPresence(PresenceConfig{Self: selfB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pb.Close()
+	holder := func(p *Presence, device string) string {
+		h, ok := p.Holder(device)
+		if !ok {
+			return ""
+		}
+		return h.Node
+	}
+
+	pa.Online("nas1")
+	testutil.WaitFor(t, 5*time.Second, "node b to see nas1 on node a", func() bool { return holder(pb, "nas1") == "a" })
+	if h, _ := pb.Holder("nas1"); len(h.Addrs) != 2 || h.Addrs[1] != selfA.Addrs[1] {
+		t.Errorf("node b sees nas1 at %v, want node a's addresses %v", h.Addrs, selfA.Addrs)
+	}
+	pa.Offline("nas1")
+	testutil.WaitFor(t, 5*time.Second, "nas1 to be offline everywhere", func() bool {
+		return holder(pa, "nas1") == "" && holder(pb, "nas1") == ""
+	})
+
+	// The agent moves: a's late withdrawal must not remove b's record.
+	pa.Online("nas2")
+	testutil.WaitFor(t, 5*time.Second, "nas2 on node a", func() bool { return holder(pb, "nas2") == "a" })
+	pb.Online("nas2")
+	testutil.WaitFor(t, 5*time.Second, "nas2 on node b", func() bool { return holder(pa, "nas2") == "b" })
+	pa.Offline("nas2")
+	pa.Online("nas3") // a write after the withdrawal, to know it was made
+	testutil.WaitFor(t, 5*time.Second, "nas3 on node a", func() bool { return holder(pb, "nas3") == "a" })
+	if got := holder(pb, "nas2"); got != "b" {
+		t.Errorf("after node a withdrew its old record nas2 is on %q, want b", got)
+	}
+
+	// Node a dies: its lease is no longer renewed and its records go.
+	start := time.Now()
+	a.Close() // the client goes; the presence cannot renew or revoke
+	testutil.WaitFor(t, 10*time.Second, "node a's records to expire", func() bool { return holder(pb, "nas3") == "" })
+	t.Logf("a dead node's agent left the presence %v after it died (lease 2s)", time.Since(start).Round(10*time.Millisecond))
+	if holder(pb, "nas2") != "b" {
+		t.Error("node b's own record went with node a's lease")
+	}
+}
