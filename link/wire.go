@@ -221,6 +221,30 @@ import (
 // relay. An end runs at most two birthday probings at once; more exchanges
 // probe their candidates only.
 //
+// # Across nodes
+//
+// Several relays ("nodes") can serve one zone from one device table on
+// etcd. Each node records which agents it holds; DNS steers a client to
+// the node holding the device (nasreach connect looks up the SRV
+// _nasreach-link._udp.<device>.<zone>), and a node asked for a device
+// whose agent is on another node forwards the session there, over one
+// QUIC connection per pair of nodes (the mesh, like DERP's):
+//
+//	node B (client's)                        node A (agent's)
+//	  │── QUIC handshake (the cluster's certificate) ─▶│
+//	  │── stream 0: MeshHello{node, mesh key} ─────────▶│ key compared in constant time
+//	  │◀──────────────────────── Result{status} ────────│ (stream 0 stays open)
+//	  │── stream per session: Forward{device, port, code, client} ─▶│ as a Connect from client
+//	  │◀──────────────────────── Result{status} ────────│◀── Open/Result with the agent
+//	  │◀═══════ end-to-end TLS bytes, spliced by B and by A ═══════▶│
+//
+// Node B checks the client's request as for a local agent (rate, device,
+// Link switch, access code); node A checks it again but for the rate
+// (the client's address is B's to limit) and logs the session with the
+// client's address, masked, as any relayed session. Either node may open
+// Forward streams on a mesh connection, whichever dialed it. The mesh key
+// is a secret every node of the cluster is configured with.
+//
 // Frame layout (all integers big-endian):
 //
 //	type   uint8
@@ -242,6 +266,8 @@ const (
 	FrameCandidates  = 0x09 // answer to Punch (agent→relay) and Direct (relay→client): version u8 | candidates (the agent's)
 	FrameDirectHello = 0x0a // client→agent, a stream of a direct connection: version u8 | exchange id [8] | proof [32]
 	FrameReport      = 0x0b // client→relay, own stream: version u8 | device str8 | outcome u8 | local kind u8 | remote kind u8 | milliseconds u32
+	FrameMeshHello   = 0x0c // node→node, first stream of a mesh connection: version u8 | node str8 | mesh key str8
+	FrameForward     = 0x0d // node→node, each mesh stream: version u8 | port u16 | device str8 | access code str8 | client address (family u8 | address | port u16)
 )
 
 // Field layouts of the direct-path frames:
@@ -349,7 +375,8 @@ const (
 )
 
 // Frame is one of the frames above: Hello, Connect, Open, Result, Info,
-// RelayInfo, Direct, Punch, Candidates, DirectHello or Report.
+// RelayInfo, Direct, Punch, Candidates, DirectHello, Report, MeshHello or
+// Forward.
 type Frame interface {
 	frameType() byte
 	appendBody(b []byte) ([]byte, error)
@@ -377,6 +404,22 @@ type Open struct {
 type Result struct {
 	Status  Status
 	Message string
+}
+
+// MeshHello opens a mesh connection from one node to another.
+type MeshHello struct {
+	Node string
+	Key  string
+}
+
+// Forward passes a client's Connect to the node that holds the agent.
+type Forward struct {
+	Device     string
+	Port       uint16
+	AccessCode string
+	// Client is the client's address as the first node saw it, for the
+	// holding node's (masked) connection log.
+	Client netip.AddrPort
 }
 
 // Info subscribes to the relay's RelayInfo.
@@ -513,6 +556,8 @@ func (Punch) frameType() byte       { return FramePunch }
 func (Candidates) frameType() byte  { return FrameCandidates }
 func (DirectHello) frameType() byte { return FrameDirectHello }
 func (Report) frameType() byte      { return FrameReport }
+func (MeshHello) frameType() byte   { return FrameMeshHello }
+func (Forward) frameType() byte     { return FrameForward }
 
 // ErrFrame means a frame broke the wire format; the wrapping error says how.
 var ErrFrame = errors.New("malformed link frame")
@@ -625,6 +670,30 @@ func (r Report) appendBody(b []byte) ([]byte, error) {
 		return nil, err
 	}
 	return binary.BigEndian.AppendUint32(append(b, byte(r.Outcome), byte(r.Local), byte(r.Remote)), r.Millis), nil
+}
+
+func (h MeshHello) appendBody(b []byte) ([]byte, error) {
+	b, err := appendStr8(append(b, Version), "node", h.Node, MaxDeviceLen)
+	if err != nil {
+		return nil, err
+	}
+	return appendStr8(b, "mesh key", h.Key, MaxSecretLen)
+}
+
+func (f Forward) appendBody(b []byte) ([]byte, error) {
+	b, err := Connect{Device: f.Device, Port: f.Port, AccessCode: f.AccessCode}.appendBody(b)
+	if err != nil {
+		return nil, err
+	}
+	switch a := f.Client.Addr(); {
+	case !a.IsValid() || a.Zone() != "":
+		return nil, fmt.Errorf("%w: client address %s", ErrFrame, f.Client)
+	case a.Is4():
+		b = append(append(b, 4), a.AsSlice()...)
+	default:
+		b = append(append(b, 6), a.AsSlice()...)
+	}
+	return binary.BigEndian.AppendUint16(b, f.Client.Port()), nil
 }
 
 // AppendFrame appends the encoding of f to b.
@@ -885,6 +954,21 @@ func parseBody(typ byte, b []byte) (Frame, error) {
 		r.Local = CandidateKind(d.u8("local kind"))
 		r.Remote = CandidateKind(d.u8("remote kind"))
 		r.Millis = d.u32("milliseconds")
+		f = r
+	case FrameMeshHello:
+		d.version()
+		var h MeshHello
+		h.Node = d.str8("node", MaxDeviceLen)
+		h.Key = d.str8("mesh key", MaxSecretLen)
+		f = h
+	case FrameForward:
+		d.version()
+		var r Forward
+		r.Port = d.u16("port")
+		r.Device = d.str8("device", MaxDeviceLen)
+		r.AccessCode = d.str8("access code", MaxSecretLen)
+		a := d.addr("client address", false)
+		r.Client = netip.AddrPortFrom(a, d.u16("client port"))
 		f = r
 	default:
 		return nil, fmt.Errorf("%w: unknown frame type %#x", ErrFrame, typ)

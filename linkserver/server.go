@@ -128,6 +128,16 @@ type Config struct {
 	// direct (hole-punched) paths: every byte then goes through the relay.
 	// SetDirect changes it while the relay runs.
 	DisableDirect bool
+	// Presence, when set, makes the relay a node of a cluster sharing one
+	// device table (store.Presence on etcd): it records the agents this
+	// node holds, and says which node holds the others.
+	Presence Presence
+	// MeshKey is the secret every node of the cluster shares: with
+	// Presence, a client asking for a device whose agent is on another
+	// node is forwarded there over one QUIC connection per pair of nodes
+	// (mesh.go), which both ends authenticate with it. Empty: no
+	// forwarding (clients must be steered to the right node by DNS).
+	MeshKey string
 	// Tap, for tests only, sees every chunk of payload the relay forwards.
 	Tap func(device string, fromClient bool, p []byte)
 	// Now is the clock; nil means time.Now.
@@ -166,6 +176,8 @@ type Server struct {
 	agents map[string]*linkAgent
 	conns  map[link.Carrier]struct{}
 	infos  map[link.Carrier]*infoStream // each connection's Info stream, told of every change
+
+	mesh mesh
 }
 
 // linkAgent is one connected agent.
@@ -262,6 +274,7 @@ func New(cfg Config) (*Server, error) {
 		cfg: cfg, log: cfg.Logger, tr: tr, ln: ln, addr: addr,
 		limiter: ratelimit.New(cfg.StreamRate, cfg.StreamBurst, 0), connCaps: conns, tcpCaps: connlimit.New(cfg.TCPConns),
 		agents: map[string]*linkAgent{}, conns: map[link.Carrier]struct{}{}, infos: map[link.Carrier]*infoStream{},
+		mesh: mesh{conns: map[string]link.Carrier{}},
 	}
 	if tcpLn != nil {
 		l.tcpAddr = netaddr.AddrPort(tcpLn.Addr())
@@ -291,6 +304,8 @@ func (cfg *Config) validate() error {
 		return errors.New("linkserver: Config.Certificate (or GetCertificate) is required")
 	case cfg.Store == nil:
 		return errors.New("linkserver: Config.Store is required")
+	case cfg.MeshKey != "" && cfg.Presence == nil:
+		return errors.New("linkserver: Config.MeshKey needs Config.Presence (a cluster)")
 	case cfg.MaxHeaderBytes > link.MaxFrameBody:
 		return fmt.Errorf("linkserver: Config.MaxHeaderBytes %d exceeds the wire format's %d", cfg.MaxHeaderBytes, link.MaxFrameBody)
 	}
@@ -428,6 +443,7 @@ func (l *Server) onChange(ch store.Change) {
 	}
 	l.mu.Unlock()
 	if a != nil {
+		l.offline(a.device)
 		l.log.Info().Str("device", a.device).Str("reason", msg).Msg("closing link agent")
 		a.reason.CompareAndSwap(0, uint64(stream))
 		l.wg.Go(func() { a.close(code, stream, msg) }) // CloseWithError waits; the store's writer must not
@@ -537,6 +553,8 @@ func (l *Server) serveConn(c link.Carrier) {
 		l.serveAgent(c, s, f, src)
 	case link.Connect, link.Info, link.Direct, link.Report:
 		l.serveClient(c, s, f, src)
+	case link.MeshHello:
+		l.serveMesh(c, s, f, src)
 	default:
 		link.WriteFrame(s, link.Result{Status: link.StatusBadRequest, Message: "expected hello or connect"})
 		l.closeAfterAnswer(c, s, link.CloseProtocol, "unexpected first frame")
@@ -600,6 +618,7 @@ func (l *Server) serveAgent(c link.Carrier, ctrl link.Stream, h link.Hello, src 
 		l.drop(a)
 		return
 	}
+	l.online(d.Name)
 	l.log.Info().Str("device", d.Name).Str("transport", c.Transport()).Msg("link agent connected")
 	l.event(connlog.Event{Kind: "agent", Outcome: "ok", Device: d.Name, Client: src.Addr(), Detail: over(c.Transport(), "connected")})
 	start := l.cfg.Now()
@@ -632,10 +651,14 @@ func (l *Server) serveAgent(c link.Carrier, ctrl link.Stream, h link.Hello, src 
 // drop removes a from the agent table if it is still the registered one.
 func (l *Server) drop(a *linkAgent) {
 	l.mu.Lock()
-	if l.agents[a.device] == a {
+	gone := l.agents[a.device] == a
+	if gone {
 		delete(l.agents, a.device)
 	}
 	l.mu.Unlock()
+	if gone {
+		l.offline(a.device)
+	}
 }
 
 func (l *Server) agent(device string) *linkAgent {
