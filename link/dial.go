@@ -76,6 +76,10 @@ type DialerConfig struct {
 	// DisableDirect keeps every session on the relay (--direct never): no
 	// hole punching.
 	DisableDirect bool
+	// Steer, when set, looks up in DNS which node of a relay cluster holds
+	// the device before connecting, and connects to that node (steer.go);
+	// Server stays the fallback. Nil: always Server.
+	Steer *Steer
 	// Logger receives the dialer's events.
 	Logger zerolog.Logger
 }
@@ -151,6 +155,12 @@ func quicConfig(handshake, keepAlive time.Duration, incoming int64) *quic.Config
 
 // connection returns the live connection to the relay, dialing if needed.
 func (d *Dialer) connection(ctx context.Context, fresh bool) (Carrier, error) {
+	return d.connectionFor(ctx, "", fresh)
+}
+
+// connectionFor is connection for a session to device: a new connection
+// goes to the node DNS names for device, when steering.
+func (d *Dialer) connectionFor(ctx context.Context, device string, fresh bool) (Carrier, error) {
 	d.dialMu.Lock()
 	defer d.dialMu.Unlock()
 	d.mu.Lock()
@@ -179,9 +189,15 @@ func (d *Dialer) connection(ctx context.Context, fresh bool) (Carrier, error) {
 	stop := context.AfterFunc(d.ctx, cancel) // Close does not wait for a handshake
 	defer stop()
 	qc := quicConfig(d.cfg.HandshakeTimeout, d.cfg.KeepAlive, -1)
-	c, to, err := d.relay.dial(hctx, d.ep, qc)
+	rd, server := d.steer(hctx, device)
+	c, to, err := rd.dial(hctx, d.ep, qc)
+	if err != nil && rd != d.relay {
+		d.log.Warn().Err(err).Str("device", device).Str("relay", server).Msg("the relay node DNS names does not answer; trying --server")
+		rd, server = d.relay, d.cfg.Server
+		c, to, err = rd.dial(hctx, d.ep, qc)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("connect to relay %s: %w", d.cfg.Server, err)
+		return nil, fmt.Errorf("connect to relay %s: %w", server, err)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -191,7 +207,7 @@ func (d *Dialer) connection(ctx context.Context, fresh bool) (Carrier, error) {
 	}
 	d.conn, d.relayAddr = c, to
 	if c.Transport() == TransportTCP {
-		d.wg.Go(func() { d.relay.returnToQUIC(d.ctx, c, d.ep, qc, func() bool { return openStreams(c) == 0 }) })
+		d.wg.Go(func() { rd.returnToQUIC(d.ctx, c, d.ep, qc, func() bool { return openStreams(c) == 0 }) })
 	}
 	return c, nil
 }
@@ -281,7 +297,7 @@ func (d *Dialer) openOnline(ctx context.Context, device string, port uint16) (*s
 func (d *Dialer) open(ctx context.Context, device string, port uint16) (*streamConn, error) {
 	var lastErr error
 	for attempt := 0; attempt < 2; attempt++ { // a dead cached connection gets one fresh try
-		c, err := d.connection(ctx, attempt > 0)
+		c, err := d.connectionFor(ctx, device, attempt > 0)
 		if err != nil {
 			return nil, err
 		}
