@@ -283,15 +283,49 @@ func TestLinkAcrossNodesSteersForwardsAndFollowsTheAgent(t *testing.T) {
 	followed := time.Since(killed)
 	t.Logf("node 1 killed: the agent reconnected to node 2 and DNS named node 2 on nodes 2 and 3 after %v (agent idle timeout 1.5 s)",
 		followed.Round(10*time.Millisecond))
-	// A new client, steered, lands on node 2 (its fallback, node 3, does
-	// not hold the agent: it would forward).
-	c, err = dialer(n3.link, true).Dial(ctx, "nas1", 443)
+	// `nasreach connect` steered by the zone's DNS lands on node 2 (its
+	// --server, node 3, does not hold the agent: it would forward).
+	conn := exec.Command(bin, "connect", "--server", n3.link, "--server-tcp", "-", "--relay-fingerprint", fp,
+		"--known-devices", "-", "--direct", "never", "--zone", "myqnapcloud.com", "--dns", n3.dns,
+		"--listen", "127.0.0.1:0", "--log-format", "json", "nas1:443")
+	connLog := &testutil.Buffer{}
+	conn.Stderr = connLog
+	if err := conn.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Process.Kill()
+		conn.Wait()
+		if t.Failed() {
+			t.Logf("connect log:\n%s", connLog)
+		}
+	})
+	var listen string
+	testutil.WaitFor(t, 10*time.Second, "connect to listen", func() bool {
+		sc := bufio.NewScanner(bytes.NewReader(connLog.Bytes()))
+		for sc.Scan() {
+			var line struct{ Message, Listen string }
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Message == "forwarding connections" {
+				listen = line.Listen
+				return true
+			}
+		}
+		return false
+	})
+	c, err = net.Dial("tcp", listen)
 	if err != nil {
 		t.Fatal(err)
 	}
 	roundTrip(c, 1024)
 	if a, b := n2.metric(t, sessions), n3.metric(t, sessions); a != 1 || b != 0 {
 		t.Errorf("after the failover: node 2 relays %v sessions, node 3 %v; want 1 and 0", a, b)
+	}
+	steered := false
+	for line := range strings.SplitSeq(connLog.String(), "\n") {
+		steered = steered || strings.Contains(line, `"relay":"`+n2.link+`"`) && strings.Contains(line, "DNS steers to the relay node holding the device")
+	}
+	if !steered {
+		t.Errorf("connect's log does not say DNS steered it to node 2 at %s", n2.link)
 	}
 	c.Close()
 }
