@@ -115,22 +115,7 @@ func (l *Server) meshUp(node string, c link.Carrier, ctrl link.Stream) {
 	l.mesh.conns[node] = c
 	l.mesh.mu.Unlock()
 	l.log.Info().Str("node", node).Msg("link mesh connection up")
-	l.wg.Go(func() {
-		var b [1]byte
-		ctrl.Read(b[:])
-		c.CloseWithError(link.CloseNormal, "mesh control stream ended")
-	})
-	for {
-		s, err := c.AcceptStream(l.ctx)
-		if err != nil {
-			break
-		}
-		if !l.wg.Go(func() { l.serveForwardStream(c, s) }) {
-			s.CancelRead(link.StreamShutdown)
-			s.CancelWrite(link.StreamShutdown)
-			break
-		}
-	}
+	l.hold(c, ctrl, link.CloseNormal, func(s link.Stream) { l.serveForwardStream(c, s) })
 	l.mesh.mu.Lock()
 	if l.mesh.conns[node] == c {
 		delete(l.mesh.conns, node)

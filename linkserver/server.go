@@ -623,29 +623,35 @@ func (l *Server) serveAgent(c link.Carrier, ctrl link.Stream, h link.Hello, src 
 	l.event(connlog.Event{Kind: "agent", Outcome: "ok", Device: d.Name, Client: src.Addr(), Detail: over(c.Transport(), "connected")})
 	start := l.cfg.Now()
 	// The control stream carries nothing after the login; its end (or any
-	// byte on it) ends the agent.
-	l.wg.Go(func() {
-		var b [1]byte
-		ctrl.Read(b[:])
-		c.CloseWithError(link.CloseProtocol, "control stream ended")
-	})
-	// Agents open no streams but Info.
-	for {
-		s, err := c.AcceptStream(l.ctx)
-		if err != nil {
-			break
-		}
-		if !l.wg.Go(func() { l.serveAgentStream(c, s) }) {
-			s.CancelRead(link.StreamShutdown)
-			s.CancelWrite(link.StreamShutdown)
-			break
-		}
-	}
+	// byte on it) ends the agent. Agents open no streams but Info.
+	l.hold(c, ctrl, link.CloseProtocol, func(s link.Stream) { l.serveAgentStream(c, s) })
 	l.drop(a)
 	l.dropInfo(c)
 	c.CloseWithError(link.CloseNormal, "")
 	l.log.Info().Str("device", d.Name).Msg("link agent disconnected")
 	l.event(connlog.Event{Kind: "agent", Outcome: "ok", Device: d.Name, Client: src.Addr(), Start: start, Detail: over(c.Transport(), "disconnected")})
+}
+
+// hold serves the streams the peer of c opens, each with serve in a
+// goroutine of its own, until c ends; the end of its control stream ctrl
+// (or any byte on it) closes c with code.
+func (l *Server) hold(c link.Carrier, ctrl link.Stream, code quic.ApplicationErrorCode, serve func(link.Stream)) {
+	l.wg.Go(func() {
+		var b [1]byte
+		ctrl.Read(b[:])
+		c.CloseWithError(code, "control stream ended")
+	})
+	for {
+		s, err := c.AcceptStream(l.ctx)
+		if err != nil {
+			return
+		}
+		if !l.wg.Go(func() { serve(s) }) {
+			s.CancelRead(link.StreamShutdown)
+			s.CancelWrite(link.StreamShutdown)
+			return
+		}
+	}
 }
 
 // drop removes a from the agent table if it is still the registered one.

@@ -1,0 +1,114 @@
+package daemon_test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/daemon"
+	"github.com/nasreach/nasreach/daemon/daemontest"
+	"github.com/nasreach/nasreach/internal/etcdtest"
+	"github.com/nasreach/nasreach/internal/testutil"
+	"github.com/nasreach/nasreach/link"
+	"github.com/nasreach/nasreach/linkserver"
+)
+
+// TestForwardingNeedsTheMeshKeyLogsMaskedAndACleanStopLeavesDNSAtOnce:
+// three nodes on etcd sharing one certificate, two with the cluster's mesh
+// key. A client at node b reaches the agent on node a through the mesh and
+// both nodes log the session with the client's address masked; node c,
+// with another key, is refused by node a and its client is told the device
+// is offline; node a stopped cleanly withdraws its agent from the other
+// nodes' DNS at once, not after its lease.
+func TestForwardingNeedsTheMeshKeyLogsMaskedAndACleanStopLeavesDNSAtOnce(t *testing.T) {
+	bin := testutil.NeedTool(t, "etcd")
+	cluster, err := etcdtest.Start(bin, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cluster.Stop() })
+	certDir := t.TempDir()
+	certFile, keyFile := filepath.Join(certDir, "relay.crt"), filepath.Join(certDir, "relay.key")
+	testutil.WriteCert(t, certFile, keyFile, "relay.example.net")
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := linkserver.Fingerprint(cert.Leaf)
+	node := func(name, meshKey string) *daemontest.Daemon {
+		return daemontest.Start(t, daemontest.WithLink, func(c *daemon.Config) {
+			c.Store = daemon.StoreConfig{Backend: "etcd", EtcdEndpoints: cluster.Endpoints, EtcdPrefix: "/mesh"}
+			c.Cluster = daemon.ClusterConfig{NodeName: name, MeshKey: meshKey}
+			c.CertFile, c.KeyFile = certFile, keyFile
+		})
+	}
+	const key = "the-mesh-key-of-this-cluster"
+	a, b, c := node("a", key), node("b", key), node("c", "another-mesh-key-entirely")
+	tok := a.AddDevice("nas1")
+	echo := testutil.ListenTCP(t)
+	testutil.Serve(t, echo, func(c net.Conn) { io.Copy(c, c) })
+	relay := &daemontest.LinkRelay{Relay: a.Daemon.LinkRelay(), Fingerprint: fp}
+	relay.StartAgent(t, link.AgentConfig{Device: "nas1", Token: tok, Expose: map[uint16]string{22: echo.Addr().String()},
+		ServerTCP: "-", DisableDirect: true})
+	linkName := "_link." + daemontest.FQDN("nas1")
+	testutil.WaitFor(t, 5*time.Second, "node b's DNS to name node a", func() bool {
+		return len(b.Query("udp", linkName, dns.TypeA).Answer) == 1
+	})
+
+	dial := func(td *daemontest.Daemon) (net.Conn, error) {
+		d, err := link.NewDialer(link.DialerConfig{Server: td.Link, ServerTCP: "-", RelayFingerprint: fp, KnownDevices: "-",
+			Listen: "127.0.0.1:0", DisableDirect: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return d.Dial(ctx, "nas1", 22)
+	}
+	conn, err := dial(b)
+	if err != nil {
+		t.Fatalf("through node b: %v", err)
+	}
+	if _, err := conn.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(conn, got); err != nil || string(got) != "ping" {
+		t.Fatalf("echo through node b: %q, %v", got, err)
+	}
+	conn.Close()
+
+	if _, err := dial(c); !errors.Is(err, link.ErrOffline) {
+		t.Errorf("through node c, whose mesh key node a refuses: %v, want the device offline", err)
+	}
+
+	start := time.Now()
+	a.Stop()
+	testutil.WaitFor(t, 3*time.Second, "node b's DNS to drop node a's agent", func() bool {
+		r := b.Query("udp", linkName, dns.TypeA)
+		return r.Rcode == dns.RcodeSuccess && len(r.Answer) == 0
+	})
+	t.Logf("node a stopped cleanly: its agent left node b's DNS after %v (the lease is %v)", time.Since(start).Round(time.Millisecond), "5s")
+	b.Stop()
+	c.Stop()
+	logA, logB := connlogText(t, a), connlogText(t, b)
+	if !strings.Contains(logA, `"kind":"session","outcome":"ok","device":"nas1","client":"127.0.0.0"`) {
+		t.Errorf("node a (the agent's) logged no masked session for the forwarded client:\n%s", logA)
+	}
+	if !strings.Contains(logB, `"client":"127.0.0.0"`) || !strings.Contains(logB, "forwarded to node a") {
+		t.Errorf("node b logged no masked session forwarded to node a:\n%s", logB)
+	}
+	for name, l := range map[string]string{"a": logA, "b": logB, "c": connlogText(t, c)} {
+		if strings.Contains(l, "127.0.0.1") {
+			t.Errorf("node %s's connection log holds an unmasked address:\n%s", name, l)
+		}
+	}
+}
