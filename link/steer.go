@@ -169,7 +169,6 @@ func (rr *relayRing) advance() {
 	rr.mu.Unlock()
 }
 
-
 // steer returns the relay to dial for a session to device: the node DNS
 // names for it when the Dialer steers (and DNS names one), else Server.
 func (d *Dialer) steer(ctx context.Context, device string) (*relayDialer, string) {
