@@ -137,7 +137,6 @@ func (l *Server) serveForwardStream(c link.Carrier, s link.Stream) {
 		refuseStream(s, "expected a forward frame")
 		return
 	}
-	l.mesh.received.Add(1)
 	start := l.cfg.Now()
 	device := strings.ToLower(f.Device)
 	ev := connlog.Event{Kind: "session", Device: device, Client: f.Client.Addr(), Port: f.Port, Start: start}
@@ -146,6 +145,7 @@ func (l *Server) serveForwardStream(c link.Carrier, s link.Stream) {
 		l.refuse(s, ev, st, msg, c.Transport())
 		return
 	}
+	l.mesh.received.Add(1)
 	l.relaySession(s, a, ev, f.Port, c.Transport(), "forwarded by another node")
 }
 
