@@ -23,7 +23,9 @@ import (
 // TestForwardingNeedsTheMeshKeyLogsMaskedAndACleanStopLeavesDNSAtOnce:
 // three nodes on etcd sharing one certificate, two with the cluster's mesh
 // key. A client at node b reaches the agent on node a through the mesh and
-// both nodes log the session with the client's address masked; node c,
+// both nodes log the session with the client's address masked; with DDNS
+// off the steering names are NXDOMAIN and a steered client falls back to
+// its --server, which forwards; node c,
 // with another key, is refused by node a and its client is told the device
 // is offline; node a stopped cleanly withdraws its agent from the other
 // nodes' DNS at once, not after its lease.
@@ -62,9 +64,9 @@ func TestForwardingNeedsTheMeshKeyLogsMaskedAndACleanStopLeavesDNSAtOnce(t *test
 		return len(b.Query("udp", linkName, dns.TypeA).Answer) == 1
 	})
 
-	dial := func(td *daemontest.Daemon) (net.Conn, error) {
+	dialSteered := func(td *daemontest.Daemon, steer *link.Steer) (net.Conn, error) {
 		d, err := link.NewDialer(link.DialerConfig{Server: td.Link, ServerTCP: "-", RelayFingerprint: fp, KnownDevices: "-",
-			Listen: "127.0.0.1:0", DisableDirect: true})
+			Listen: "127.0.0.1:0", DisableDirect: true, Steer: steer})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -73,18 +75,45 @@ func TestForwardingNeedsTheMeshKeyLogsMaskedAndACleanStopLeavesDNSAtOnce(t *test
 		defer cancel()
 		return d.Dial(ctx, "nas1", 22)
 	}
+	dial := func(td *daemontest.Daemon) (net.Conn, error) { return dialSteered(td, nil) }
+	echoes := func(conn net.Conn) {
+		t.Helper()
+		if _, err := conn.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 4)
+		if _, err := io.ReadFull(conn, got); err != nil || string(got) != "ping" {
+			t.Fatalf("echo: %q, %v", got, err)
+		}
+		conn.Close()
+	}
 	conn, err := dial(b)
 	if err != nil {
 		t.Fatalf("through node b: %v", err)
 	}
-	if _, err := conn.Write([]byte("ping")); err != nil {
-		t.Fatal(err)
+	echoes(conn)
+	testutil.Scrape(t, b.Metrics+"/metrics", "nasreach_link_forwarded_sessions_total 1", "nasreach_link_mesh_connections 1")
+
+	// DDNS off: the steering names are NXDOMAIN too, and a steered client
+	// falls back to its --server, which forwards.
+	if code, body := b.Do("PATCH", "/v1/devices/nas1", tok, map[string]bool{"ddns": false}); code != 200 {
+		t.Fatalf("ddns off: %d %s", code, body)
 	}
-	got := make([]byte, 4)
-	if _, err := io.ReadFull(conn, got); err != nil || string(got) != "ping" {
-		t.Fatalf("echo through node b: %q, %v", got, err)
+	testutil.WaitFor(t, 5*time.Second, "the steering name to be NXDOMAIN with DDNS off", func() bool {
+		return b.Query("udp", linkName, dns.TypeA).Rcode == dns.RcodeNameError
+	})
+	conn, err = dialSteered(b, &link.Steer{Zone: daemontest.Zone, Resolver: b.DNS})
+	if err != nil {
+		t.Fatalf("steered, DDNS off, through node b: %v", err)
 	}
-	conn.Close()
+	echoes(conn)
+	testutil.Scrape(t, b.Metrics+"/metrics", "nasreach_link_forwarded_sessions_total 2")
+	if code, body := b.Do("PATCH", "/v1/devices/nas1", tok, map[string]bool{"ddns": true}); code != 200 {
+		t.Fatalf("ddns on: %d %s", code, body)
+	}
+	testutil.WaitFor(t, 5*time.Second, "the steering name to answer again", func() bool {
+		return len(b.Query("udp", linkName, dns.TypeA).Answer) == 1
+	})
 
 	if _, err := dial(c); !errors.Is(err, link.ErrOffline) {
 		t.Errorf("through node c, whose mesh key node a refuses: %v, want the device offline", err)
