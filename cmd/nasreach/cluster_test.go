@@ -286,7 +286,7 @@ func TestLinkAcrossNodesSteersForwardsAndFollowsTheAgent(t *testing.T) {
 	// `nasreach connect` steered by the zone's DNS lands on node 2 (its
 	// --server, node 3, does not hold the agent: it would forward).
 	conn := exec.Command(bin, "connect", "--server", n3.link, "--server-tcp", "-", "--relay-fingerprint", fp,
-		"--known-devices", "-", "--direct", "never", "--zone", "myqnapcloud.com", "--dns", n3.dns,
+		"--known-devices", "-", "--direct", "never", "--zone", "myqnapcloud.com", "--resolver", n3.dns,
 		"--listen", "127.0.0.1:0", "--log-format", "json", "nas1:443")
 	connLog := &testutil.Buffer{}
 	conn.Stderr = connLog
