@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -30,27 +31,7 @@ import (
 // is offline; node a stopped cleanly withdraws its agent from the other
 // nodes' DNS at once, not after its lease.
 func TestForwardingNeedsTheMeshKeyLogsMaskedAndACleanStopLeavesDNSAtOnce(t *testing.T) {
-	bin := testutil.NeedTool(t, "etcd")
-	cluster, err := etcdtest.Start(bin, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cluster.Stop() })
-	certDir := t.TempDir()
-	certFile, keyFile := filepath.Join(certDir, "relay.crt"), filepath.Join(certDir, "relay.key")
-	testutil.WriteCert(t, certFile, keyFile, "relay.example.net")
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fp := linkserver.Fingerprint(cert.Leaf)
-	node := func(name, meshKey string) *daemontest.Daemon {
-		return daemontest.Start(t, daemontest.WithLink, func(c *daemon.Config) {
-			c.Store = daemon.StoreConfig{Backend: "etcd", EtcdEndpoints: cluster.Endpoints, EtcdPrefix: "/mesh"}
-			c.Cluster = daemon.ClusterConfig{NodeName: name, MeshKey: meshKey}
-			c.CertFile, c.KeyFile = certFile, keyFile
-		})
-	}
+	node, fp := linkCluster(t)
 	const key = "the-mesh-key-of-this-cluster"
 	a, b, c := node("a", key), node("b", key), node("c", "another-mesh-key-entirely")
 	tok := a.AddDevice("nas1")
@@ -150,5 +131,66 @@ func TestForwardingNeedsTheMeshKeyLogsMaskedAndACleanStopLeavesDNSAtOnce(t *test
 		if strings.Contains(l, "127.0.0.1") {
 			t.Errorf("node %s's connection log holds an unmasked address:\n%s", name, l)
 		}
+	}
+}
+
+// linkCluster starts a one-member etcd and returns how to start a node of
+// a Link cluster on it (in process, sharing one certificate, with the mesh
+// key given) and the fingerprint clients pin.
+func linkCluster(t *testing.T) (node func(name, meshKey string) *daemontest.Daemon, fp string) {
+	t.Helper()
+	bin := testutil.NeedTool(t, "etcd")
+	cluster, err := etcdtest.Start(bin, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cluster.Stop() })
+	certDir := t.TempDir()
+	certFile, keyFile := filepath.Join(certDir, "relay.crt"), filepath.Join(certDir, "relay.key")
+	testutil.WriteCert(t, certFile, keyFile, "relay.example.net")
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(name, meshKey string) *daemontest.Daemon {
+		return daemontest.Start(t, daemontest.WithLink, func(c *daemon.Config) {
+			c.Store = daemon.StoreConfig{Backend: "etcd", EtcdEndpoints: cluster.Endpoints, EtcdPrefix: "/mesh"}
+			c.Cluster = daemon.ClusterConfig{NodeName: name, MeshKey: meshKey}
+			c.CertFile, c.KeyFile = certFile, keyFile
+		})
+	}, linkserver.Fingerprint(cert.Leaf)
+}
+
+// TestAnAgentThatMovedIsClosedOnItsOldNode: an agent whose NAS reconnected
+// to another node (its old connection still up, as after a network change)
+// is closed on the old node, as a newer agent on one relay closes the
+// older, so that clients reaching the old node are forwarded to the new.
+func TestAnAgentThatMovedIsClosedOnItsOldNode(t *testing.T) {
+	node, fp := linkCluster(t)
+	a, b := node("a", "the-mesh-key-of-this-cluster"), node("b", "the-mesh-key-of-this-cluster")
+	tok := a.AddDevice("nas1")
+	expose := map[uint16]string{22: "127.0.0.1:9"}
+	old := (&daemontest.LinkRelay{Relay: a.Daemon.LinkRelay(), Fingerprint: fp}).StartAgent(t, link.AgentConfig{
+		Device: "nas1", Token: tok, Expose: expose, ServerTCP: "-", DisableDirect: true,
+		MinBackoff: time.Minute, MaxBackoff: time.Minute, // it must not come back during the test
+	})
+	port := func(td *daemontest.Daemon) string { _, p, _ := net.SplitHostPort(td.Link); return p }
+	named := func(on, holder *daemontest.Daemon) bool {
+		r := on.Query("tcp", "_nasreach-link._udp."+daemontest.FQDN("nas1"), dns.TypeSRV)
+		return len(r.Answer) == 1 && strconv.Itoa(int(r.Answer[0].(*dns.SRV).Port)) == port(holder)
+	}
+	testutil.WaitFor(t, 5*time.Second, "DNS to name node a", func() bool { return named(b, a) })
+	(&daemontest.LinkRelay{Relay: b.Daemon.LinkRelay(), Fingerprint: fp}).StartAgent(t, link.AgentConfig{
+		Device: "nas1", Token: tok, Expose: expose, ServerTCP: "-", DisableDirect: true,
+	})
+	testutil.WaitFor(t, 5*time.Second, "node a to close the older agent", func() bool {
+		return a.Daemon.LinkRelay().Agents() == 0
+	})
+	if err := old.LastError(); err == nil || !strings.Contains(err.Error(), "another agent for this device connected") {
+		t.Errorf("the older agent's connection ended with %v, want replaced", err)
+	}
+	testutil.WaitFor(t, 5*time.Second, "DNS on both nodes to name node b", func() bool { return named(a, b) && named(b, b) })
+	if n := b.Daemon.LinkRelay().Agents(); n != 1 {
+		t.Errorf("node b holds %d agents, want the newer one", n)
 	}
 }

@@ -34,6 +34,9 @@ type Presence interface {
 	Holder(device string) (store.Holder, bool)
 	// Self is this node.
 	Self() store.Holder
+	// OnChange registers f, called in commit order with each change of a
+	// device's holder, this node's records included.
+	OnChange(f func(device string, h store.Holder, ok bool))
 }
 
 // MeshStats counts the forwarding between the nodes of a cluster.
@@ -77,6 +80,40 @@ func (l *Server) offline(device string) {
 	if l.cfg.Presence != nil {
 		l.cfg.Presence.Offline(device)
 	}
+}
+
+// presenceChanged closes this node's agent for device once another node
+// has recorded a newer agent for it (the cross-node CloseReplaced): the
+// record came after this node's own for that agent, so the agent
+// reconnected there and the connection here is stale (its NAS changed
+// networks, say) and would only fail the clients that reach this node.
+// A record of another node seen before this node's own lands is older and
+// is overwritten by ours.
+func (l *Server) presenceChanged(device string, h store.Holder, ok bool) {
+	if !ok {
+		return
+	}
+	a := l.agent(device)
+	if a == nil {
+		return
+	}
+	if h.Node == l.cfg.Presence.Self().Node {
+		a.recorded.Store(true)
+		return
+	}
+	if !a.recorded.Load() {
+		return
+	}
+	l.mu.Lock()
+	if l.agents[device] == a {
+		delete(l.agents, device)
+	}
+	l.mu.Unlock()
+	l.log.Info().Str("device", device).Str("node", h.Node).Msg("the agent connected to another node; closing its older connection here")
+	a.reason.CompareAndSwap(0, link.StreamDeviceGone)
+	l.wg.Go(func() {
+		a.close(link.CloseReplaced, link.StreamDeviceGone, "replaced by a newer agent for this device on another node")
+	})
 }
 
 // holder returns the other node that holds device's agent, when this relay

@@ -186,6 +186,9 @@ type linkAgent struct {
 	conn    link.Carrier
 	streams atomic.Int64
 	reason  atomic.Uint64 // the stream error code for sessions when the agent is closed
+	// recorded is set once the cluster's presence shows this agent's
+	// record (mesh.go, presenceChanged).
+	recorded atomic.Bool
 }
 
 func (a *linkAgent) close(code quic.ApplicationErrorCode, stream quic.StreamErrorCode, msg string) {
@@ -287,6 +290,9 @@ func New(cfg Config) (*Server, error) {
 	l.maxStreams.Store(int64(cfg.MaxStreamsPerDevice))
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	cfg.Store.OnChange(l.onChange)
+	if cfg.Presence != nil {
+		cfg.Presence.OnChange(l.presenceChanged)
+	}
 	l.wg.Go(l.accept)
 	if l.tcpLn != nil {
 		l.wg.Go(l.acceptTCP)

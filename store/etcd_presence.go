@@ -53,11 +53,8 @@ type PresenceConfig struct {
 	// advertised addresses. Node is required.
 	Self Holder
 	// TTL is the lease of this node's keys; zero means DefaultPresenceTTL.
-	TTL time.Duration
-	// OnChange, when set, is called by the watch after each change of a
-	// device's holder (ok false: no agent online anywhere).
-	OnChange func(device string, h Holder, ok bool)
-	Logger   zerolog.Logger
+	TTL    time.Duration
+	Logger zerolog.Logger
 }
 
 // Presence is one node's view of Link presence in the cluster: it records
@@ -70,12 +67,13 @@ type Presence struct {
 	self []byte // the JSON of cfg.Self
 	log  zerolog.Logger
 
-	mu      sync.Mutex
-	local   map[string]bool // devices whose agent this node holds: want the key
-	dirty   map[string]bool // devices whose key is to be put or deleted
-	lease   clientv3.LeaseID
-	holders map[string]Holder
-	wake    chan struct{}
+	mu        sync.Mutex
+	local     map[string]bool // devices whose agent this node holds: want the key
+	dirty     map[string]bool // devices whose key is to be put or deleted
+	lease     clientv3.LeaseID
+	holders   map[string]Holder
+	observers []func(device string, h Holder, ok bool)
+	wake      chan struct{}
 
 	stop context.CancelFunc
 	wg   sync.WaitGroup
@@ -139,6 +137,24 @@ func (p *Presence) Holder(device string) (Holder, bool) {
 	return h, ok
 }
 
+// OnChange registers f to be called, by the watch in revision order, with
+// each change of a device's holder: every node's records, this node's own
+// included (ok false: no agent online anywhere). f must not block.
+func (p *Presence) OnChange(f func(device string, h Holder, ok bool)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.observers = append(p.observers, f)
+}
+
+func (p *Presence) notify(device string, h Holder, ok bool) {
+	p.mu.Lock()
+	obs := p.observers
+	p.mu.Unlock()
+	for _, f := range obs {
+		f(device, h, ok)
+	}
+}
+
 // Len returns how many devices have an agent online on any node.
 func (p *Presence) Len() int {
 	p.mu.Lock()
@@ -193,15 +209,13 @@ func (p *Presence) load(ctx context.Context) (int64, error) {
 	old := p.holders
 	p.holders = holders
 	p.mu.Unlock()
-	if p.cfg.OnChange != nil {
-		for d := range old {
-			if _, ok := holders[d]; !ok {
-				p.cfg.OnChange(d, Holder{}, false)
-			}
+	for d := range old {
+		if _, ok := holders[d]; !ok {
+			p.notify(d, Holder{}, false)
 		}
-		for d, h := range holders {
-			p.cfg.OnChange(d, h, true)
-		}
+	}
+	for d, h := range holders {
+		p.notify(d, h, true)
 	}
 	return resp.Header.Revision, nil
 }
@@ -233,9 +247,7 @@ func (p *Presence) watch(ctx context.Context, rev int64) {
 					delete(p.holders, device)
 				}
 				p.mu.Unlock()
-				if p.cfg.OnChange != nil {
-					p.cfg.OnChange(device, h, ok)
-				}
+				p.notify(device, h, ok)
 				rev = ev.Kv.ModRevision
 			}
 		}
