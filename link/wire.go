@@ -30,7 +30,8 @@ import (
 //	  │◀═══════ end-to-end TLS bytes, spliced ═══▶│
 //
 // A second agent for the same device replaces the first: the relay closes the
-// older connection with CloseReplaced. Link switched off or the device deleted
+// older connection with CloseReplaced (in a cluster, also when the second
+// connected to another node: "Across nodes"). Link switched off or the device deleted
 // closes the agent connection at once (CloseLinkDisabled, CloseDeviceGone).
 //
 // Client connection (one per client process, any number of sessions):
