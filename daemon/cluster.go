@@ -36,8 +36,14 @@ type ClusterConfig struct {
 // MinMeshKeyLen is the shortest mesh key accepted: 128 bits of base64.
 const MinMeshKeyLen = 22
 
-// validate checks the cluster settings, each error naming its setting.
-func (c ClusterConfig) validate(backend string, add func(setting string, err error)) {
+// validate checks the cluster settings, each error naming its setting;
+// linkAddr is the Link relay's listen address.
+func (c ClusterConfig) validate(backend, linkAddr string, add func(setting string, err error)) {
+	if host, _, err := net.SplitHostPort(linkAddr); backend == "etcd" && err == nil && len(c.Advertise) == 0 {
+		if ip, err := netip.ParseAddr(host); host == "" || (err == nil && ip.IsUnspecified()) {
+			add("link-advertise", fmt.Errorf("link-advertise: the Link relay listens on every address (link = %q); say which addresses clients reach this node at", linkAddr))
+		}
+	}
 	if backend != "etcd" {
 		if len(c.Advertise) > 0 {
 			add("link-advertise", errors.New("link-advertise: set only with store = \"etcd\" (a cluster of nodes)"))

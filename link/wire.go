@@ -242,9 +242,9 @@ import (
 // Node B checks the client's request as for a local agent (rate, device,
 // Link switch, access code); node A checks it again but for the rate
 // (the client's address is B's to limit) and logs the session with the
-// client's address, masked, as any relayed session. Either node may open
-// Forward streams on a mesh connection, whichever dialed it. The mesh key
-// is a secret every node of the cluster is configured with.
+// client's address, which B sends masked, as any relayed session. Either
+// node may open Forward streams on a mesh connection, whichever dialed it.
+// The mesh key is a secret every node of the cluster is configured with.
 //
 // Frame layout (all integers big-endian):
 //
@@ -418,8 +418,9 @@ type Forward struct {
 	Device     string
 	Port       uint16
 	AccessCode string
-	// Client is the client's address as the first node saw it, for the
-	// holding node's (masked) connection log.
+	// Client is the client's address as the first node saw it, masked
+	// (anonymize.Addr; port 0), for the holding node's connection log:
+	// the unmasked address never leaves the node the client reached.
 	Client netip.AddrPort
 }
 

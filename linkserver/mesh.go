@@ -206,7 +206,10 @@ func (l *Server) forward(c link.Carrier, cs link.Stream, req link.Connect, src n
 	}
 	ms.SetDeadline(l.cfg.Now().Add(l.cfg.HandshakeTimeout))
 	var fr link.Frame
-	if err = link.WriteFrame(ms, link.Forward{Device: ev.Device, Port: req.Port, AccessCode: req.AccessCode, Client: src}); err == nil {
+	if err = link.WriteFrame(ms, link.Forward{Device: ev.Device, Port: req.Port, AccessCode: req.AccessCode,
+		// Masked: the client's address goes no further than the node it
+		// reached; the other node needs it only for its connection log.
+		Client: netip.AddrPortFrom(anonymize.Addr(src.Addr()), 0)}); err == nil {
 		fr, err = link.ReadFrame(ms, l.cfg.MaxHeaderBytes)
 	}
 	ms.SetDeadline(time.Time{})
