@@ -323,40 +323,61 @@ func (p *Presence) grant(ctx context.Context) (clientv3.LeaseID, <-chan *clientv
 	return g.ID, alive, nil
 }
 
+// presenceBatch is how many records one transaction puts: below etcd's
+// default limit of 128 operations per transaction, so that a node taking
+// over many agents at once (its peer died) writes them in few round trips.
+const presenceBatch = 100
+
 // flush writes every marked device's record under lease; it reports
 // whether all succeeded (the failed ones stay marked).
 func (p *Presence) flush(ctx context.Context, lease clientv3.LeaseID) bool {
 	p.mu.Lock()
-	todo := make(map[string]bool, len(p.dirty))
+	var puts, deletes []string
 	for d := range p.dirty {
-		todo[d] = p.local[d]
+		if p.local[d] {
+			puts = append(puts, d)
+		} else {
+			deletes = append(deletes, d)
+		}
 	}
 	clear(p.dirty)
 	p.mu.Unlock()
 	ok := true
-	for device, on := range todo {
-		key := p.s.prefix + etcdLink + device
-		rctx, cancel := p.s.request(ctx)
-		var err error
-		if on {
-			_, err = p.s.cli.Put(rctx, key, string(p.self), clientv3.WithLease(lease))
-		} else {
-			// Only our own record: an agent that moved to another node
-			// has been recorded there since.
-			_, err = p.s.cli.Txn(rctx).If(clientv3.Compare(clientv3.LeaseValue(key), "=", lease)).
-				Then(clientv3.OpDelete(key)).Commit()
+	failed := func(err error, devices ...string) {
+		if !errors.Is(err, context.Canceled) {
+			p.log.Warn().Err(err).Int("devices", len(devices)).Msg("link presence: cannot record agents in etcd; retrying")
 		}
+		p.mu.Lock()
+		for _, d := range devices {
+			p.dirty[d] = true
+		}
+		p.mu.Unlock()
+		ok = false
+	}
+	for len(puts) > 0 {
+		batch := puts[:min(len(puts), presenceBatch)]
+		puts = puts[len(batch):]
+		ops := make([]clientv3.Op, 0, len(batch))
+		for _, d := range batch {
+			ops = append(ops, clientv3.OpPut(p.s.prefix+etcdLink+d, string(p.self), clientv3.WithLease(lease)))
+		}
+		rctx, cancel := p.s.request(ctx)
+		_, err := p.s.cli.Txn(rctx).Then(ops...).Commit()
 		cancel()
 		if err != nil {
-			if !errors.Is(err, context.Canceled) {
-				p.log.Warn().Err(err).Str("device", device).Msg("link presence: cannot record the agent in etcd; retrying")
-			}
-			p.mu.Lock()
-			if _, again := p.dirty[device]; !again {
-				p.dirty[device] = true
-			}
-			p.mu.Unlock()
-			ok = false
+			failed(err, batch...)
+		}
+	}
+	for _, d := range deletes {
+		// Only our own record: an agent that moved to another node has
+		// been recorded there since.
+		key := p.s.prefix + etcdLink + d
+		rctx, cancel := p.s.request(ctx)
+		_, err := p.s.cli.Txn(rctx).If(clientv3.Compare(clientv3.LeaseValue(key), "=", lease)).
+			Then(clientv3.OpDelete(key)).Commit()
+		cancel()
+		if err != nil {
+			failed(err, d)
 		}
 	}
 	return ok

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -66,4 +67,33 @@ func TestPresenceFollowsAgentsAcrossNodes(t *testing.T) {
 	if holder(pb, "nas2") != "b" {
 		t.Error("node b's own record went with node a's lease")
 	}
+}
+
+// TestPresenceRecordsManyAgentsAtOnce: a node taking over more agents than
+// one transaction holds (its peer died) records them all, and withdraws
+// them all.
+func TestPresenceRecordsManyAgentsAtOnce(t *testing.T) {
+	prefix := etcdPrefix(t, "")
+	a, b := openEtcdAt(t, Config{}, prefix), openEtcdAt(t, Config{}, prefix)
+	pa, err := a.NewPresence(PresenceConfig{Self: Holder{Node: "a", Addrs: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:7443")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pa.Close()
+	pb, err := b.NewPresence(PresenceConfig{Self: Holder{Node: "b"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pb.Close()
+	const n = 2*presenceBatch + 50
+	start := time.Now()
+	for i := range n {
+		pa.Online(fmt.Sprintf("nas%d", i))
+	}
+	testutil.WaitFor(t, 10*time.Second, "node b to see every agent on node a", func() bool { return pb.Len() == n })
+	t.Logf("%d agents recorded and seen on the other node in %v", n, time.Since(start).Round(time.Millisecond))
+	for i := range n {
+		pa.Offline(fmt.Sprintf("nas%d", i))
+	}
+	testutil.WaitFor(t, 10*time.Second, "node b to see them all gone", func() bool { return pb.Len() == 0 })
 }
