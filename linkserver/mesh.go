@@ -327,22 +327,8 @@ func (l *Server) dialMesh(node string, to netip.AddrPort) (link.Carrier, error) 
 	}
 	// Served like an accepted connection: closed at Shutdown, its streams
 	// (forwards the other node opens) served.
-	l.mu.Lock()
-	l.conns[c] = struct{}{}
-	ok := l.wg.Go(func() {
-		defer func() {
-			l.mu.Lock()
-			delete(l.conns, c)
-			l.mu.Unlock()
-		}()
-		l.meshUp(node, c, ctrl)
-	})
-	if !ok {
-		delete(l.conns, c)
-	}
-	l.mu.Unlock()
-	if !ok {
-		return fail(errors.New("relay shutting down"))
+	if !l.track(c, func() { l.meshUp(node, c, ctrl) }) {
+		return nil, fmt.Errorf("mesh to node %s: relay shutting down", node)
 	}
 	l.mesh.mu.Lock()
 	l.mesh.conns[node] = c // meshUp may not have run yet

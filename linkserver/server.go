@@ -512,7 +512,12 @@ func (l *Server) handshakeTCP(conn net.Conn) {
 
 // serve serves a new connection until it ends, or closes it and returns
 // false when the relay is shutting down.
-func (l *Server) serve(c link.Carrier) bool {
+func (l *Server) serve(c link.Carrier) bool { return l.track(c, func() { l.serveConn(c) }) }
+
+// track runs f, which serves c, in a goroutine of the relay, with c among
+// the connections Shutdown closes until f returns; when the relay is
+// shutting down it closes c instead and returns false.
+func (l *Server) track(c link.Carrier, f func()) bool {
 	// Under l.mu, as stop closes wg and lists conns: either stop
 	// finds c to close or Go refuses it.
 	l.mu.Lock()
@@ -523,7 +528,7 @@ func (l *Server) serve(c link.Carrier) bool {
 			delete(l.conns, c)
 			l.mu.Unlock()
 		}()
-		l.serveConn(c)
+		f()
 	})
 	if !ok {
 		delete(l.conns, c)
