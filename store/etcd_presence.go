@@ -289,6 +289,9 @@ func (p *Presence) sync(ctx context.Context) {
 		case <-p.wake:
 		case <-retry.C:
 		case _, ok := <-alive:
+			if !ok && ctx.Err() != nil {
+				return // closed because we are stopping
+			}
 			if !ok {
 				// The lease expired or the keep-alive broke: etcd has
 				// deleted (or will delete) every key on it. Start over.
