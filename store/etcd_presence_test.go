@@ -97,3 +97,37 @@ func TestPresenceRecordsManyAgentsAtOnce(t *testing.T) {
 	}
 	testutil.WaitFor(t, 10*time.Second, "node b to see them all gone", func() bool { return pb.Len() == 0 })
 }
+
+// TestPresenceRecordsAgainAfterItsLeaseIsLost: a lease that expired while
+// the node lived (etcd out of reach for longer than the TTL) took the
+// node's records with it; the node takes a new lease and records its
+// agents again.
+func TestPresenceRecordsAgainAfterItsLeaseIsLost(t *testing.T) {
+	prefix := etcdPrefix(t, "")
+	a, b := openEtcdAt(t, Config{}, prefix), openEtcdAt(t, Config{}, prefix)
+	pa, err := a.NewPresence(PresenceConfig{Self: Holder{Node: "a"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pa.Close()
+	pb, err := b.NewPresence(PresenceConfig{Self: Holder{Node: "b"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pb.Close()
+	pa.Online("nas1")
+	testutil.WaitFor(t, 5*time.Second, "nas1 on node a", func() bool { _, ok := pb.Holder("nas1"); return ok })
+	pa.mu.Lock()
+	lease := pa.lease
+	pa.mu.Unlock()
+	if _, err := b.cli.Revoke(t.Context(), lease); err != nil { // as its expiry would
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 10*time.Second, "node a to record nas1 again under a new lease", func() bool {
+		pa.mu.Lock()
+		renewed := pa.lease != 0 && pa.lease != lease
+		pa.mu.Unlock()
+		h, ok := pb.Holder("nas1")
+		return renewed && ok && h.Node == "a"
+	})
+}
