@@ -125,9 +125,10 @@ func TestPresenceRecordsAgainAfterItsLeaseIsLost(t *testing.T) {
 	}
 	testutil.WaitFor(t, 10*time.Second, "node a to record nas1 again under a new lease", func() bool {
 		pa.mu.Lock()
-		renewed := pa.lease != 0 && pa.lease != lease
+		now := pa.lease
 		pa.mu.Unlock()
-		h, ok := pb.Holder("nas1")
-		return renewed && ok && h.Node == "a"
+		resp, err := b.cli.Get(t.Context(), prefix+etcdLink+"nas1")
+		return err == nil && now != lease && len(resp.Kvs) == 1 && resp.Kvs[0].Lease == int64(now)
 	})
+	testutil.WaitFor(t, 5*time.Second, "node b to see nas1 on node a", func() bool { h, ok := pb.Holder("nas1"); return ok && h.Node == "a" })
 }
