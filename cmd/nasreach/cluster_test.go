@@ -23,7 +23,6 @@ import (
 	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/link"
 	"github.com/nasreach/nasreach/linkserver"
-	"github.com/rs/zerolog"
 )
 
 // clusterNode is a `nasreach serve` process, one node of a cluster on etcd.
@@ -177,26 +176,28 @@ func TestLinkAcrossNodesSteersForwardsAndFollowsTheAgent(t *testing.T) {
 	}
 	echo := testutil.ListenTCP(t)
 	testutil.Serve(t, echo, func(c net.Conn) { io.Copy(c, c) })
-	agent, err := link.NewAgent(link.AgentConfig{
-		Server: n1.link, Servers: []string{n2.link, n3.link}, ServerTCP: "-", RelayFingerprint: fp,
-		Device: "nas1", Token: reg.Token, Expose: map[uint16]string{443: echo.Addr().String()}, StateDir: t.TempDir(),
-		Listen: "127.0.0.1:0", DisableDirect: true,
-		// A dead node is noticed when it has been silent this long.
-		KeepAlive: 300 * time.Millisecond, IdleTimeout: 1500 * time.Millisecond,
-		MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
-		Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel),
+	// The real agent, told of all three nodes; a dead node is noticed when
+	// it has been silent for the idle timeout.
+	agent := exec.Command(bin, "agent", "--server", n1.link, "--cluster-server", n2.link, "--cluster-server", n3.link,
+		"--server-tcp", "-", "--relay-fingerprint", fp, "--device", "nas1", "--expose", "443="+echo.Addr().String(),
+		"--state", t.TempDir(), "--direct", "never", "--idle-timeout", "2s", "--log-format", "json")
+	agent.Env = append(os.Environ(), "NASREACH_TOKEN="+reg.Token)
+	agentLog := &testutil.Buffer{}
+	agent.Stderr = agentLog
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		agent.Process.Kill()
+		agent.Wait()
+		if t.Failed() {
+			t.Logf("agent log:\n%s", agentLog)
+		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer agent.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := agent.WaitOnline(ctx); err != nil {
-		t.Fatal(err)
-	}
 	for _, n := range nodes {
-		testutil.WaitFor(t, 5*time.Second, "node "+n.name+"'s DNS to name node 1 for nas1", func() bool {
+		testutil.WaitFor(t, 20*time.Second, "node "+n.name+"'s DNS to name node 1 for nas1", func() bool {
 			return n.steeredPort(t, "nas1") == portOf(n1)
 		})
 	}
@@ -281,7 +282,7 @@ func TestLinkAcrossNodesSteersForwardsAndFollowsTheAgent(t *testing.T) {
 		})
 	}
 	followed := time.Since(killed)
-	t.Logf("node 1 killed: the agent reconnected to node 2 and DNS named node 2 on nodes 2 and 3 after %v (agent idle timeout 1.5 s)",
+	t.Logf("node 1 killed: the agent reconnected to node 2 and DNS named node 2 on nodes 2 and 3 after %v (agent --idle-timeout 2s)",
 		followed.Round(10*time.Millisecond))
 	// `nasreach connect` steered by the zone's DNS lands on node 2 (its
 	// --server, node 3, does not hold the agent: it would forward).
