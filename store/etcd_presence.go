@@ -26,11 +26,14 @@ import (
 // (only while the key still bears its lease: a node the agent moved to
 // has written its own). A node that dies stops renewing its lease, and
 // etcd deletes every key of the lease when it expires, so its agents drop
-// out of every node's answers within DefaultPresenceTTL. Nothing else is
-// stored: no address of the agent, only the node's public relay addresses
-// the operator configured.
+// out of every node's answers within DefaultPresenceTTL. The node also
+// holds <prefix>/nodes/<name> under the same lease, so that two nodes
+// never run under one name (their records would be taken for each
+// other's). Nothing else is stored: no address of the agent, only the
+// node's public relay addresses the operator configured.
 const (
-	etcdLink = "/link/"
+	etcdLink  = "/link/"
+	etcdNodes = "/nodes/" // <prefix>/nodes/<name>: the node's Holder, under its lease: one node a name
 	// DefaultPresenceTTL is the lease of a node's presence keys. 5 s: etcd
 	// renews at a third of it, so two lost renewals in a row (a busy
 	// member, a leader election, which takes about a second with etcd's
@@ -96,14 +99,62 @@ func (s *Etcd) NewPresence(cfg PresenceConfig) (*Presence, error) {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	p.stop = stop
+	lease, alive, err := p.grant(ctx)
+	if err != nil {
+		stop()
+		return nil, fmt.Errorf("link presence: %w", s.unavailable("grant a lease", err))
+	}
+	if err := p.claim(ctx, lease, cfg.TTL+2*time.Second); err != nil {
+		stop()
+		p.revoke(lease)
+		return nil, err
+	}
 	rev, err := p.load(ctx)
 	if err != nil {
 		stop()
+		p.revoke(lease)
 		return nil, err
 	}
 	p.wg.Go(func() { p.watch(ctx, rev) })
-	p.wg.Go(func() { p.sync(ctx) })
+	p.wg.Go(func() { p.sync(ctx, alive) })
 	return p, nil
+}
+
+// claim takes this node's name for lease, waiting up to wait for a node
+// of that name that died (this one, restarted) to let its lease expire.
+func (p *Presence) claim(ctx context.Context, lease clientv3.LeaseID, wait time.Duration) error {
+	key := p.s.prefix + etcdNodes + p.cfg.Self.Node
+	deadline := time.Now().Add(wait)
+	for logged := false; ; {
+		rctx, cancel := p.s.request(ctx)
+		resp, err := p.s.cli.Txn(rctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, string(p.self), clientv3.WithLease(lease))).Commit()
+		cancel()
+		switch {
+		case err != nil:
+			return fmt.Errorf("link presence: claim node name %q: %w", p.cfg.Self.Node, p.s.unavailable("commit", err))
+		case resp.Succeeded:
+			return nil
+		case time.Now().After(deadline):
+			return fmt.Errorf("node-name %q is in use by a running node: give every node its own name", p.cfg.Self.Node)
+		case !logged:
+			p.log.Info().Str("node", p.cfg.Self.Node).Msg("link presence: this node name is held, by this node before a crash or by another; waiting for its lease to expire")
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// revoke gives lease back (its keys go at once).
+func (p *Presence) revoke(lease clientv3.LeaseID) error {
+	ctx, cancel := p.s.request(context.Background())
+	defer cancel()
+	_, err := p.s.cli.Revoke(ctx, lease)
+	return err
 }
 
 // Online records that this node now holds device's agent. It returns at
@@ -181,9 +232,7 @@ func (p *Presence) Close() error {
 	if lease == 0 {
 		return nil
 	}
-	ctx, cancel := p.s.request(context.Background())
-	defer cancel()
-	if _, err := p.s.cli.Revoke(ctx, lease); err != nil {
+	if err := p.revoke(lease); err != nil {
 		return fmt.Errorf("withdraw link presence: %w", p.s.unavailable("revoke lease", err))
 	}
 	return nil
@@ -263,24 +312,26 @@ func (p *Presence) watch(ctx context.Context, rev int64) {
 // sync writes this node's records: it holds the lease (granting a new one,
 // and marking every local device to be written again, when it is lost) and
 // puts or deletes the key of each device marked, retrying what failed.
-func (p *Presence) sync(ctx context.Context) {
-	var alive <-chan *clientv3.LeaseKeepAliveResponse
+func (p *Presence) sync(ctx context.Context, alive <-chan *clientv3.LeaseKeepAliveResponse) {
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
 	for ctx.Err() == nil {
 		p.mu.Lock()
-		lease, pending := p.lease, len(p.dirty) > 0
+		lease := p.lease
 		p.mu.Unlock()
-		if lease == 0 && pending {
+		if lease == 0 {
 			var err error
-			if lease, alive, err = p.grant(ctx); err != nil {
+			if lease, alive, err = p.grant(ctx); err == nil {
+				// The name went with the old lease; a node that took it
+				// meanwhile is a configuration error worth saying.
+				if err = p.claim(ctx, lease, 0); err != nil {
+					p.log.Error().Err(err).Msg("link presence: cannot take this node's name back")
+				}
+			} else {
 				p.log.Warn().Err(err).Msg("link presence: cannot get a lease from etcd; retrying")
 			}
 		}
-		if lease != 0 && !p.flush(ctx, lease) {
-			retry.Reset(time.Second)
-		}
-		if lease == 0 && pending {
+		if lease == 0 || !p.flush(ctx, lease) {
 			retry.Reset(time.Second)
 		}
 		select {

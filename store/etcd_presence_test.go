@@ -3,6 +3,7 @@ package store
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -131,4 +132,28 @@ func TestPresenceRecordsAgainAfterItsLeaseIsLost(t *testing.T) {
 		return err == nil && now != lease && len(resp.Kvs) == 1 && resp.Kvs[0].Lease == int64(now)
 	})
 	testutil.WaitFor(t, 5*time.Second, "node b to see nas1 on node a", func() bool { h, ok := pb.Holder("nas1"); return ok && h.Node == "a" })
+}
+
+// TestPresenceRefusesANodeNameInUse: a second node under a running node's
+// name is refused, naming the setting; once that node has died (its lease
+// expired) the name can be taken, as by the same node restarted.
+func TestPresenceRefusesANodeNameInUse(t *testing.T) {
+	prefix := etcdPrefix(t, "")
+	a, b := openEtcdAt(t, Config{}, prefix), openEtcdAt(t, Config{}, prefix)
+	pa, err := a.NewPresence(PresenceConfig{Self: Holder{Node: "fra1"}, TTL: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pa.Close()
+	if _, err := b.NewPresence(PresenceConfig{Self: Holder{Node: "fra1"}, TTL: 2 * time.Second}); err == nil || !strings.Contains(err.Error(), `node-name "fra1" is in use`) {
+		t.Fatalf("a second node named fra1: %v, want refused", err)
+	}
+	a.Close() // node a dies: nothing renews or revokes its lease
+	start := time.Now()
+	pb, err := b.NewPresence(PresenceConfig{Self: Holder{Node: "fra1"}, TTL: 2 * time.Second})
+	if err != nil {
+		t.Fatalf("fra1 again after the first died: %v", err)
+	}
+	defer pb.Close()
+	t.Logf("the name of a dead node was free again after %v (lease 2s)", time.Since(start).Round(10*time.Millisecond))
 }
