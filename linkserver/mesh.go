@@ -53,10 +53,12 @@ type MeshStats struct {
 // mesh is a relay's connections to the other nodes of its cluster, one
 // per node (whichever end dialed it), by node name.
 type mesh struct {
-	dialMu sync.Mutex // one dial at a time: no two connections to one node
-
 	mu    sync.Mutex
 	conns map[string]link.Carrier
+	// dialing holds a lock per node: one dial to a node at a time, so no
+	// two connections to one node, while a dead node's dial (until the
+	// handshake timeout) holds up no forwarding to the others.
+	dialing map[string]*sync.Mutex
 
 	sessions, bytes, received atomic.Uint64
 }
@@ -255,8 +257,15 @@ func (l *Server) meshConn(h store.Holder) (link.Carrier, error) {
 	if c := l.meshLookup(h.Node); c != nil {
 		return c, nil
 	}
-	l.mesh.dialMu.Lock()
-	defer l.mesh.dialMu.Unlock()
+	l.mesh.mu.Lock()
+	dial := l.mesh.dialing[h.Node]
+	if dial == nil {
+		dial = new(sync.Mutex)
+		l.mesh.dialing[h.Node] = dial
+	}
+	l.mesh.mu.Unlock()
+	dial.Lock()
+	defer dial.Unlock()
 	if c := l.meshLookup(h.Node); c != nil {
 		return c, nil
 	}

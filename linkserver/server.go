@@ -277,7 +277,7 @@ func New(cfg Config) (*Server, error) {
 		cfg: cfg, log: cfg.Logger, tr: tr, ln: ln, addr: addr,
 		limiter: ratelimit.New(cfg.StreamRate, cfg.StreamBurst, 0), connCaps: conns, tcpCaps: connlimit.New(cfg.TCPConns),
 		agents: map[string]*linkAgent{}, conns: map[link.Carrier]struct{}{}, infos: map[link.Carrier]*infoStream{},
-		mesh: mesh{conns: map[string]link.Carrier{}},
+		mesh: mesh{conns: map[string]link.Carrier{}, dialing: map[string]*sync.Mutex{}},
 	}
 	if tcpLn != nil {
 		l.tcpAddr = netaddr.AddrPort(tcpLn.Addr())
