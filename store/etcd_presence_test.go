@@ -74,18 +74,7 @@ func TestPresenceFollowsAgentsAcrossNodes(t *testing.T) {
 // one transaction holds (its peer died) records them all, and withdraws
 // them all.
 func TestPresenceRecordsManyAgentsAtOnce(t *testing.T) {
-	prefix := etcdPrefix(t, "")
-	a, b := openEtcdAt(t, Config{}, prefix), openEtcdAt(t, Config{}, prefix)
-	pa, err := a.NewPresence(PresenceConfig{Self: Holder{Node: "a", Addrs: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:7443")}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pa.Close()
-	pb, err := b.NewPresence(PresenceConfig{Self: Holder{Node: "b"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pb.Close()
+	_, _, pa, pb := twoNodes(t)
 	const n = 2*presenceBatch + 50
 	start := time.Now()
 	for i := range n {
@@ -104,18 +93,8 @@ func TestPresenceRecordsManyAgentsAtOnce(t *testing.T) {
 // node's records with it; the node takes a new lease and records its
 // agents again.
 func TestPresenceRecordsAgainAfterItsLeaseIsLost(t *testing.T) {
-	prefix := etcdPrefix(t, "")
-	a, b := openEtcdAt(t, Config{}, prefix), openEtcdAt(t, Config{}, prefix)
-	pa, err := a.NewPresence(PresenceConfig{Self: Holder{Node: "a"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pa.Close()
-	pb, err := b.NewPresence(PresenceConfig{Self: Holder{Node: "b"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pb.Close()
+	_, b, pa, pb := twoNodes(t)
+	prefix := b.prefix
 	pa.Online("nas1")
 	testutil.WaitFor(t, 5*time.Second, "nas1 on node a", func() bool { _, ok := pb.Holder("nas1"); return ok })
 	pa.mu.Lock()
@@ -156,4 +135,25 @@ func TestPresenceRefusesANodeNameInUse(t *testing.T) {
 	}
 	defer pb.Close()
 	t.Logf("the name of a dead node was free again after %v (lease 2s)", time.Since(start).Round(10*time.Millisecond))
+}
+
+// twoNodes opens two nodes on one table, each with its presence (a, b),
+// closed when the test ends.
+func twoNodes(t *testing.T) (a, b *Etcd, pa, pb *Presence) {
+	t.Helper()
+	prefix := etcdPrefix(t, "")
+	a, b = openEtcdAt(t, Config{}, prefix), openEtcdAt(t, Config{}, prefix)
+	for _, n := range []struct {
+		s    *Etcd
+		p    **Presence
+		name string
+	}{{a, &pa, "a"}, {b, &pb, "b"}} {
+		p, err := n.s.NewPresence(PresenceConfig{Self: Holder{Node: n.name, Addrs: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:7443")}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
+		*n.p = p
+	}
+	return a, b, pa, pb
 }
