@@ -70,7 +70,7 @@ type AgentConfig struct {
 	KeepAlive time.Duration
 	// IdleTimeout is how long the relay may be silent before the agent
 	// takes it for dead and reconnects (to the next relay); zero means
-	// DefaultIdleTimeout.
+	// DefaultAgentIdleTimeout.
 	IdleTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the reconnect delay, which doubles after
 	// each failure (with jitter); zero means the defaults.
@@ -157,6 +157,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		return nil, err
 	}
 	cfg.KeepAlive = cmp.Or(cfg.KeepAlive, DefaultKeepAlive)
+	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, DefaultAgentIdleTimeout)
 	cfg.MinBackoff = cmp.Or(cfg.MinBackoff, DefaultMinBackoff)
 	cfg.MaxBackoff = cmp.Or(cfg.MaxBackoff, DefaultMaxBackoff)
 	cfg.HandshakeTimeout = cmp.Or(cfg.HandshakeTimeout, DefaultHandshakeTimeout)
@@ -325,7 +326,7 @@ func (a *Agent) session() (served bool, err error) {
 	hctx, cancel := context.WithTimeout(a.ctx, a.cfg.HandshakeTimeout)
 	defer cancel()
 	qc := quicConfig(a.cfg.HandshakeTimeout, a.cfg.KeepAlive, MaxAgentStreams)
-	qc.MaxIdleTimeout = cmp.Or(a.cfg.IdleTimeout, qc.MaxIdleTimeout)
+	qc.MaxIdleTimeout = a.cfg.IdleTimeout
 	rd, server, err := a.ring.pick(hctx)
 	if err != nil {
 		return false, err

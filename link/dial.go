@@ -21,6 +21,14 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultKeepAlive        = 10 * time.Second // well under the 30 s many NATs keep a UDP mapping
 	DefaultIdleTimeout      = 30 * time.Second
+	// DefaultAgentIdleTimeout is how long an agent waits on a silent relay
+	// before it takes it for dead and reconnects. A relay node that dies
+	// sends nothing (QUIC ignores the ICMP errors that follow), so this is
+	// how long a NAS stays unreachable before it moves to another node:
+	// short, yet two lost keep-alives long (QUIC sends them at half the
+	// idle timeout, so every 5 s, 0.2 packets a second per agent). Clients
+	// keep DefaultIdleTimeout: no one's reachability waits on them.
+	DefaultAgentIdleTimeout = 10 * time.Second
 	// maxOnlinePoll caps the delay between asking the relay again for a
 	// device that is offline (DialerConfig.WaitOnline); the delay starts at
 	// a tenth of a second and doubles, well under the relay's per-address

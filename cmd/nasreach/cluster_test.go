@@ -176,11 +176,11 @@ func TestLinkAcrossNodesSteersForwardsAndFollowsTheAgent(t *testing.T) {
 	}
 	echo := testutil.ListenTCP(t)
 	testutil.Serve(t, echo, func(c net.Conn) { io.Copy(c, c) })
-	// The real agent, told of all three nodes; a dead node is noticed when
-	// it has been silent for the idle timeout.
+	// The real agent, told of all three nodes, with its defaults; a dead
+	// node is noticed when it has been silent for the idle timeout (10 s).
 	agent := exec.Command(bin, "agent", "--server", n1.link, "--cluster-server", n2.link, "--cluster-server", n3.link,
 		"--server-tcp", "-", "--relay-fingerprint", fp, "--device", "nas1", "--expose", "443="+echo.Addr().String(),
-		"--state", t.TempDir(), "--direct", "never", "--idle-timeout", "2s", "--log-format", "json")
+		"--state", t.TempDir(), "--direct", "never", "--log-format", "json")
 	agent.Env = append(os.Environ(), "NASREACH_TOKEN="+reg.Token)
 	agentLog := &testutil.Buffer{}
 	agent.Stderr = agentLog
@@ -282,8 +282,8 @@ func TestLinkAcrossNodesSteersForwardsAndFollowsTheAgent(t *testing.T) {
 		})
 	}
 	followed := time.Since(killed)
-	t.Logf("node 1 killed: the agent reconnected to node 2 and DNS named node 2 on nodes 2 and 3 after %v (agent --idle-timeout 2s)",
-		followed.Round(10*time.Millisecond))
+	t.Logf("node 1 killed: the agent reconnected to node 2 and DNS named node 2 on nodes 2 and 3 after %v (the agent's default --idle-timeout, %v)",
+		followed.Round(10*time.Millisecond), link.DefaultAgentIdleTimeout)
 	// `nasreach connect` steered by the zone's DNS lands on node 2 (its
 	// --server, node 3, does not hold the agent: it would forward).
 	conn := exec.Command(bin, "connect", "--server", n3.link, "--server-tcp", "-", "--relay-fingerprint", fp,
