@@ -82,6 +82,9 @@ type AgentConfig struct {
 	// seconds (wire.go); nil means net.ListenUDP. Tests open them in a
 	// network namespace.
 	ListenUDP func(network string, laddr *net.UDPAddr) (*net.UDPConn, error)
+	// DialTCP opens the TCP connection to the relay's TCP carrier; nil
+	// means a net.Dialer. Tests dial in a network namespace.
+	DialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
 	// DisableDirect refuses direct paths (--direct never): every session
 	// goes through the relay.
 	DisableDirect bool
@@ -162,6 +165,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	rd.dialTCP = cfg.DialTCP
 	a := &Agent{
 		cfg: cfg, relay: rd, e2e: serverE2E(cert), spki: cert.Leaf.RawSubjectPublicKeyInfo,
 		fingerprint: Fingerprint(cert.Leaf.RawSubjectPublicKeyInfo),

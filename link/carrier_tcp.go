@@ -89,17 +89,26 @@ func NewTCPCarrier(conn net.Conn, cfg TCPCarrierConfig) (Carrier, error) {
 	return c, nil
 }
 
-// dialTCP opens a TCP carrier to addr, HOST:PORT, with the relay's TLS
-// configuration tc (its ALPN replaced by TCPALPN), taking up to
-// maxIncoming streams from the relay at once.
-func dialTCP(ctx context.Context, addr string, tc *tls.Config, keepAlive time.Duration, maxIncoming int) (Carrier, error) {
+// dialTCP opens a TCP carrier to addr, HOST:PORT, over a connection from
+// dial (nil: a net.Dialer) with the relay's TLS configuration tc (its ALPN
+// replaced by TCPALPN), taking up to maxIncoming streams from the relay at
+// once.
+func dialTCP(ctx context.Context, dial func(ctx context.Context, network, addr string) (net.Conn, error), addr string, tc *tls.Config, keepAlive time.Duration, maxIncoming int) (Carrier, error) {
 	tc = tc.Clone()
 	tc.NextProtos = []string{TCPALPN}
-	conn, err := (&tls.Dialer{Config: tc}).DialContext(ctx, "tcp", addr)
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	raw, err := dial(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	if p := conn.(*tls.Conn).ConnectionState().NegotiatedProtocol; p != TCPALPN {
+	conn := tls.Client(raw, tc)
+	if err := conn.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	if p := conn.ConnectionState().NegotiatedProtocol; p != TCPALPN {
 		conn.Close()
 		return nil, fmt.Errorf("%s does not speak %s (ALPN %q)", addr, TCPALPN, p)
 	}

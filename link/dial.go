@@ -73,6 +73,9 @@ type DialerConfig struct {
 	// seconds (wire.go); nil means net.ListenUDP. Tests open them in a
 	// network namespace.
 	ListenUDP func(network string, laddr *net.UDPAddr) (*net.UDPConn, error)
+	// DialTCP opens the TCP connection to the relay's TCP carrier; nil
+	// means a net.Dialer. Tests dial in a network namespace.
+	DialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
 	// DisableDirect keeps every session on the relay (--direct never): no
 	// hole punching.
 	DisableDirect bool
@@ -120,6 +123,7 @@ func NewDialer(cfg DialerConfig) (*Dialer, error) {
 	if d.relay, err = newRelayDialer(cfg.Server, cfg.ServerTCP, cfg.RelayFingerprint, d.cfg.KeepAlive, d.cfg.QUICHeadStart, d.cfg.QUICRetry, cfg.Logger); err != nil {
 		return nil, err
 	}
+	d.relay.dialTCP = cfg.DialTCP
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.direct.paths, d.direct.birthdays = map[string]*directPath{}, make(chan struct{}, maxBirthdays)
 	for dev, fp := range cfg.Fingerprints {

@@ -32,11 +32,7 @@ const transferSize = 16 << 20
 // Bounds of the matrix's waits. Every case runs at once, so the whole
 // matrix takes about as long as its slowest case.
 const (
-	onlineWait = 10 * time.Second // an agent logging in at the relay
-	// blockedWait is how long an agent behind a UDP-blocked router is given
-	// to reach the relay (it cannot), and the handshake timeout of a client
-	// there.
-	blockedWait = 2 * time.Second
+	onlineWait  = 10 * time.Second // an agent logging in at the relay (over TCP after a second of QUIC)
 	settleWait  = 15 * time.Second // from the first session to the client's report of its attempt
 	transferMax = 60 * time.Second
 	// transfersAtOnce keeps the transfers from starving each other (and
@@ -50,15 +46,14 @@ type outcome int
 const (
 	direct outcome = iota + 1
 	relayed
-	// udpBlocked: one end's router drops all UDP, and the relay speaks QUIC
-	// only, so that end never reaches it: the agent stays offline, the
-	// client cannot connect. Issue 12 §3 (the relay over TCP/TLS) changes
-	// this to relayed; see expectedPath.
-	udpBlocked
+	// overTCP: one end's router drops all UDP; that end reaches the relay
+	// over its TCP carrier (TLS) after QUIC got no answer, and every
+	// session goes through the relay (issue 12 §3).
+	overTCP
 )
 
 func (o outcome) String() string {
-	return map[outcome]string{direct: "direct", relayed: "relay", udpBlocked: "no path (UDP blocked)"}[o]
+	return map[outcome]string{direct: "direct", relayed: "relay", overTCP: "relay over TCP"}[o]
 }
 
 // expectation is a pair's path and, when direct, its candidate pair as the
@@ -71,13 +66,12 @@ type expectation struct {
 // expectedPath is issue 12's rule for a client in a home of kind client
 // reaching an agent in a home of kind agent: direct wherever one side maps
 // endpoint-independently (every kind but Symmetric; UDPBlocked aside),
-// the relay where both are symmetric.
+// the relay where both are symmetric, the relay over TCP where either end's
+// UDP is blocked.
 func expectedPath(agent, client natlab.Kind) expectation {
 	switch {
 	case agent == natlab.UDPBlocked || client == natlab.UDPBlocked:
-		// Issue 12 §3: once the relay has its TCP/TLS carrier, these
-		// pairs get the relay over TCP: {path: relayed}.
-		return expectation{path: udpBlocked}
+		return expectation{path: overTCP}
 	case agent == natlab.Symmetric && client == natlab.Symmetric:
 		return expectation{path: relayed}
 	case agent == natlab.SameLAN && client == natlab.SameLAN:
@@ -154,16 +148,23 @@ func TestLinkPathMatrix(t *testing.T) {
 	// The relay's metrics count every client's attempt by the path it
 	// settled on. Counted now: a relayed client tries again at a session
 	// after DirectRetryMin, which a slow transfer phase may reach.
+	// A client over TCP does not try (a direct path needs UDP); one whose
+	// agent is over TCP does, and the relay's refusal counts as relay.
 	counts := map[outcome]int{}
 	for _, c := range cases {
-		counts[c.want.path]++
+		switch {
+		case c.want.path != overTCP:
+			counts[c.want.path]++
+		case c.client != natlab.UDPBlocked:
+			counts[relayed]++
+		}
 	}
 	testutil.Scrape(t, "http://"+r.metrics.Addr().String()+"/metrics", fmt.Sprintf(`nasreach_link_paths_total{path="direct"} %d`, counts[direct]),
 		fmt.Sprintf(`nasreach_link_paths_total{path="relay"} %d`, counts[relayed]))
 	// The transfers, a few at a time.
 	sem := make(chan struct{}, transfersAtOnce)
 	for _, c := range cases {
-		if c.err != nil || c.want.path == udpBlocked {
+		if c.err != nil {
 			continue
 		}
 		wg.Go(func() {
@@ -187,7 +188,7 @@ func TestLinkPathMatrix(t *testing.T) {
 		t.Run(c.name(), func(t *testing.T) {
 			t.Logf("path %s %v>%v after %v; %s %s (%s); 16 MiB in %v", c.path, c.path.Local, c.path.Remote,
 				c.settled.Round(time.Millisecond), c.reported.Kind, c.reported.Outcome, c.reported.Detail, c.moved.Round(time.Millisecond))
-			c.check(t)
+			c.check(t, r)
 		})
 	}
 	t.Log("matrix (agent's home ↓, client's home →):\n" + matrixTable(cases))
@@ -205,44 +206,37 @@ func (c *matrixCase) settle(t *testing.T, r *linkRelay, sink string) error {
 	c.a, err = link.NewAgent(link.AgentConfig{
 		Server: r.addr.String(), RelayFingerprint: r.fp, Device: c.device, Token: tok,
 		Expose: map[uint16]string{22: sink}, StateDir: t.TempDir(),
-		Listen: netip.AddrPortFrom(c.agentHost.Addr, 0).String(), ListenUDP: listenIn(c.agentHost),
+		Listen: netip.AddrPortFrom(c.agentHost.Addr, 0).String(), ListenUDP: listenIn(c.agentHost), DialTCP: dialIn(c.agentHost),
 		Logger: log.With().Str("end", "agent").Logger(),
 	})
 	if err != nil {
 		return fmt.Errorf("start agent: %w", err)
 	}
-	handshake := time.Duration(0)
-	if c.client == natlab.UDPBlocked {
-		handshake = blockedWait
-	}
 	c.d, err = link.NewDialer(link.DialerConfig{
-		Server: r.addr.String(), RelayFingerprint: r.fp, KnownDevices: "-", HandshakeTimeout: handshake,
-		Listen: netip.AddrPortFrom(c.clientHost.Addr, 0).String(), ListenUDP: listenIn(c.clientHost),
+		Server: r.addr.String(), RelayFingerprint: r.fp, KnownDevices: "-",
+		Listen: netip.AddrPortFrom(c.clientHost.Addr, 0).String(), ListenUDP: listenIn(c.clientHost), DialTCP: dialIn(c.clientHost),
 		Logger: log.With().Str("end", "client").Logger(),
 	})
 	if err != nil {
 		return err
 	}
-	online := onlineWait
-	if c.agent == natlab.UDPBlocked {
-		online = blockedWait
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), online)
+	ctx, cancel := context.WithTimeout(context.Background(), onlineWait)
 	defer cancel()
-	onlineErr := c.a.WaitOnline(ctx)
-	if c.want.path == udpBlocked {
-		return c.blocked(r, onlineErr)
-	}
-	if onlineErr != nil {
-		return onlineErr
+	if err := c.a.WaitOnline(ctx); err != nil {
+		return err
 	}
 	start := time.Now()
-	conn, err := c.d.Dial(ctx, c.device, 22)
-	if err == nil {
-		conn.Close()
-	}
+	dctx, cancel := context.WithTimeout(context.Background(), settleWait)
+	defer cancel()
+	conn, err := c.d.Dial(dctx, c.device, 22)
 	if err != nil {
 		return fmt.Errorf("first session, through the relay: %w", err)
+	}
+	conn.Close()
+	if c.want.path == overTCP {
+		err = c.viaTCP(r)
+		c.settled = time.Since(start)
+		return err
 	}
 	ev, ok := r.events.wait(settleWait, func(e connlog.Event) bool { return e.Kind == "punch" && e.Device == c.device })
 	if !ok {
@@ -252,37 +246,31 @@ func (c *matrixCase) settle(t *testing.T, r *linkRelay, sink string) error {
 	return nil
 }
 
-// blocked checks a pair with UDP blocked on one side: that side never
-// reaches the relay. Issue 12 §3 replaces this with the relay over TCP.
-func (c *matrixCase) blocked(r *linkRelay, onlineErr error) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*blockedWait)
-	defer cancel()
-	conn, err := c.d.Dial(ctx, c.device, 22)
-	if err == nil {
-		conn.Close()
-	}
-	switch {
-	case err == nil:
-		return errors.New("a session opened although UDP is blocked: update expectedPath (issue 12 §3)")
-	case c.client == natlab.UDPBlocked:
-		// The client's QUIC handshake with the relay times out.
-		if !strings.Contains(err.Error(), "connect to relay") {
-			return fmt.Errorf("dial from behind a UDP-blocked router: %w, want a failure to connect to the relay", err)
-		}
-		c.reported = connlog.Event{Kind: "none", Outcome: "client cannot reach the relay"}
-	default:
-		// The agent never logged in: the relay refuses the session.
-		if onlineErr == nil {
-			return errors.New("an agent behind a UDP-blocked router logged in at the relay")
-		}
-		if !errors.Is(err, link.ErrOffline) {
-			return fmt.Errorf("dial a device whose agent is behind a UDP-blocked router: %w, want %v", err, link.ErrOffline)
-		}
-		ev, ok := r.events.wait(time.Second, func(e connlog.Event) bool { return e.Kind == "session" && e.Device == c.device })
-		if !ok || ev.Outcome != "refused" {
-			return fmt.Errorf("the relay's event for the refused session: %+v", ev)
+// viaTCP checks, from the relay's events, a pair with UDP blocked on one
+// side: that side reached the relay over TCP, and no direct path was
+// tried (a client over TCP does not ask; an agent over TCP declines, and
+// the relay refuses the exchange and counts it as relay).
+func (c *matrixCase) viaTCP(r *linkRelay) error {
+	if c.agent == natlab.UDPBlocked {
+		ev, ok := r.events.wait(settleWait, func(e connlog.Event) bool { return e.Kind == "agent" && e.Device == c.device })
+		if !ok || ev.Outcome != "ok" || ev.Detail != "connected over tcp" {
+			return fmt.Errorf("the relay's event for the agent behind a UDP-blocked router: %+v, want ok, connected over tcp", ev)
 		}
 		c.reported = ev
+	}
+	if c.client == natlab.UDPBlocked {
+		// The first session's record, when it ended (closed unread: the
+		// client reset it).
+		ev, ok := r.events.wait(settleWait, func(e connlog.Event) bool { return e.Kind == "session" && e.Device == c.device })
+		if !ok || ev.Outcome == "refused" || !strings.HasSuffix(ev.Detail, "over tcp") {
+			return fmt.Errorf("the relay's event for the session of a client behind a UDP-blocked router: %+v, want one over tcp", ev)
+		}
+		c.reported = ev
+		return nil
+	}
+	ev, ok := r.events.wait(settleWait, func(e connlog.Event) bool { return e.Kind == "exchange" && e.Device == c.device })
+	if !ok || ev.Outcome != "refused" || ev.Detail != link.StatusNoDirect.String() {
+		return fmt.Errorf("the relay's event for the exchange with an agent over TCP: %+v, want refused, %s", ev, link.StatusNoDirect)
 	}
 	return nil
 }
@@ -326,13 +314,27 @@ func (c *matrixCase) transfer() error {
 }
 
 // check asserts what the case saw against its expectation.
-func (c *matrixCase) check(t *testing.T) {
+func (c *matrixCase) check(t *testing.T, r *linkRelay) {
 	if c.err != nil {
 		t.Fatal(c.err)
 	}
 	switch c.want.path {
-	case udpBlocked:
-		return // blocked checked it
+	case overTCP:
+		// viaTCP checked the TCP end(s) at the relay; the transfer's own
+		// record shows the relay carried its 16 MiB.
+		if c.path.Direct {
+			t.Errorf("the transfer went direct (%v>%v), want the relay over TCP", c.path.Local, c.path.Remote)
+		}
+		ev, ok := r.events.wait(time.Second, func(e connlog.Event) bool {
+			return e.Kind == "session" && e.Device == c.device && e.BytesIn >= transferSize
+		})
+		over := "over tcp"
+		if c.client != natlab.UDPBlocked {
+			over = "" // the client's own leg is QUIC
+		}
+		if !ok || ev.Outcome != "ok" || ev.Detail != over {
+			t.Errorf("the relay's record of the transfer: %+v, want ok, %d bytes in, detail %q", ev, transferSize, over)
+		}
 	case direct:
 		if c.reported.Outcome != "direct" || c.reported.Detail != c.want.pair {
 			t.Errorf("relay heard %s %q, want direct %q", c.reported.Outcome, c.reported.Detail, c.want.pair)
@@ -366,8 +368,8 @@ func matrixTable(cases []*matrixCase) string {
 		switch {
 		case c.err != nil:
 			got = "ERROR"
-		case c.want.path == udpBlocked:
-			got = "no UDP"
+		case c.want.path == overTCP && !c.path.Direct:
+			got = "relay (TCP)"
 		case c.path.Direct:
 			got = "direct"
 		}
@@ -386,7 +388,7 @@ type linkRelay struct {
 	metrics *metrics.Metrics
 }
 
-// startLinkRelay starts the relay at InternetA:7443 and STUN at
+// startLinkRelay starts the relay at InternetA:7443, UDP and TCP, and STUN at
 // InternetA:3478 (which the relay tells agents and clients about), until
 // the test ends.
 func startLinkRelay(t testing.TB, lab *natlab.Lab) *linkRelay {
@@ -413,7 +415,7 @@ func startLinkRelay(t testing.TB, lab *natlab.Lab) *linkRelay {
 	}
 	r := &linkRelay{addr: netip.AddrPortFrom(natlab.InternetA, 7443), fp: fp, store: st, events: &eventLog{}, metrics: m}
 	srv, err := linkserver.New(linkserver.Config{
-		PacketConn: lab.Internet.ListenUDP(t, r.addr), Certificate: cert, Store: st,
+		PacketConn: lab.Internet.ListenUDP(t, r.addr), TCPListener: lab.Internet.ListenTCP(t, r.addr), Certificate: cert, Store: st,
 		STUN:   netip.AddrPortFrom(netip.IPv4Unspecified(), stunAddr.Port()),
 		Events: func(e connlog.Event) { m.ObserveEvent(e); r.events.add(e) },
 		Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
@@ -462,6 +464,18 @@ func listenIn(ns *natlab.Namespace) func(string, *net.UDPAddr) (*net.UDPConn, er
 	return func(network string, laddr *net.UDPAddr) (c *net.UDPConn, err error) {
 		err = ns.Do(func() error {
 			c, err = net.ListenUDP(network, laddr)
+			return err
+		})
+		return c, err
+	}
+}
+
+// dialIn opens an agent's or a client's TCP connections to the relay in
+// ns (its own goroutines would open them outside it).
+func dialIn(ns *natlab.Namespace) func(context.Context, string, string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+		err = ns.Do(func() error {
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
 			return err
 		})
 		return c, err
