@@ -347,10 +347,17 @@ func (a *Agent) session() (served bool, err error) {
 	case a.kick <- struct{}{}:
 	default:
 	}
-	// The control stream carries nothing more; its end ends the agent.
+	// The control stream carries Revoke frames from the relay; its end, or
+	// anything else on it, ends the agent.
 	a.wg.Go(func() {
-		var b [1]byte
-		_, _ = ctrl.Read(b[:])
+		for {
+			fr, err := ReadFrame(ctrl, 0)
+			rv, ok := fr.(Revoke)
+			if err != nil || !ok {
+				break
+			}
+			a.revoke(rv.Exchanges)
+		}
 		c.CloseWithError(CloseProtocol, "control stream ended")
 	})
 	if overTCP { // direct paths need UDP, and so does STUN

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -26,6 +27,11 @@ const (
 	// sessions on a direct connection; the client renews it through the
 	// relay, which checks the device and the access code again.
 	DefaultDirectLifetime = 10 * time.Minute
+	// DirectGrantTTL is how long the relay remembers the access code of an
+	// exchange it introduced, to revoke its direct connection at once when
+	// the code is revoked (wire.go): a DirectHello within ExchangeTTL,
+	// then DefaultDirectLifetime.
+	DirectGrantTTL = DefaultDirectLifetime + ExchangeTTL
 	// DefaultSTUNEvery is how often the agent refreshes its
 	// server-reflexive address: a NAT may rebind it, and the DDNS address
 	// follows it.
@@ -72,6 +78,9 @@ type directConn struct {
 	// until is when its authorization to open sessions ends; zero before
 	// the first DirectHello.
 	until time.Time
+	// exchange is the one its latest DirectHello used: the relay names it
+	// in Revoke.
+	exchange [ExchangeIDLen]byte
 }
 
 func (dc *directConn) authorizedAt(t time.Time) bool {
@@ -404,6 +413,7 @@ func (a *Agent) hello(sc *streamConn, dc *directConn, h DirectHello) {
 	}
 	dc.mu.Lock()
 	dc.until = time.Now().Add(a.cfg.DirectLifetime)
+	dc.exchange = h.Exchange
 	dc.mu.Unlock()
 	WriteFrame(sc, Result{Status: StatusOK})
 	a.log.Debug().Msg("direct connection authorized")
@@ -426,6 +436,31 @@ func (a *Agent) closeDirect(code quic.ApplicationErrorCode, msg string) {
 	}
 	for _, c := range conns {
 		c.CloseWithError(code, msg)
+	}
+}
+
+// revoke closes the direct connections whose latest DirectHello used one
+// of ids, and forgets those exchanges: the relay no longer admits their
+// clients (an access code revoked).
+func (a *Agent) revoke(ids [][ExchangeIDLen]byte) {
+	ad := &a.direct
+	ad.mu.Lock()
+	for _, id := range ids {
+		delete(ad.grants, id)
+	}
+	var conns []*quic.Conn
+	for c, dc := range ad.conns {
+		dc.mu.Lock()
+		hit := slices.Contains(ids, dc.exchange) && !dc.until.IsZero()
+		dc.mu.Unlock()
+		if hit {
+			conns = append(conns, c)
+		}
+	}
+	ad.mu.Unlock()
+	a.log.Info().Int("exchanges", len(ids)).Int("connections", len(conns)).Msg("the relay revoked direct paths (access code revoked); closing their connections")
+	for _, c := range conns {
+		c.CloseWithError(CloseRevoked, "access revoked")
 	}
 }
 

@@ -24,7 +24,8 @@ import (
 //	  │── QUIC handshake ─────────────────────▶│
 //	  │── open stream 0: Hello{device, token} ─▶│ store.Authenticate, link on?
 //	  │◀──────────────────── Result{status} ────│ StatusOK, or refused and closed
-//	  │   (stream 0 stays open: the control stream; its end ends the agent)
+//	  │   (stream 0 stays open: the control stream; its end ends the agent;
+//	  │    the relay writes Revoke frames on it, nothing else is sent)
 //	  │◀── relay opens a stream per session: Open{port}
 //	  │── Result{status} ──────────────────────▶│ StatusOK if the port is exposed
 //	  │◀═══════ end-to-end TLS bytes, spliced ═══▶│
@@ -134,9 +135,21 @@ import (
 // client renews the authorization with a new exchange through the relay
 // (no candidates) and a new DirectHello on the same connection, every
 // DirectRenewAfter while it uses the path, or when an Open is refused so;
-// an access code revoked at the relay therefore reaches direct sessions
-// within DirectLifetime. Link off, the device deleted, or direct paths
-// turned off by the operator close the agent's direct connections at once.
+// an access code revoked at the relay is refused at the next renewal.
+// Link off, the device deleted, or direct paths turned off by the
+// operator close the agent's direct connections at once; so does an
+// access code revoked (or the device's access changed so that an
+// exchange's code no longer admits it): the relay remembers the access
+// code of each exchange it introduced for DirectGrantTTL, checks them
+// again at every change to the device (and when its agent logs in), and
+// writes Revoke, listing the exchanges no longer admitted, on the agent's
+// control stream. The agent closes each direct connection whose latest
+// DirectHello used one of them (CloseRevoked), and forgets those
+// exchanges. DirectGrantTTL is DefaultDirectLifetime plus ExchangeTTL: an
+// agent configured with a longer DirectLifetime keeps connections
+// authorized beyond what the relay remembers. An agent that predates Revoke takes any byte on its
+// control stream for its end and reconnects; its direct connections then
+// last until their authorization runs out, as before.
 // The relay passes on no link-local candidate, and loopback ones only
 // between two ends that both reach it over loopback (its own machine).
 //
@@ -242,6 +255,7 @@ const (
 	FrameCandidates  = 0x09 // answer to Punch (agent→relay) and Direct (relay→client): version u8 | candidates (the agent's)
 	FrameDirectHello = 0x0a // client→agent, a stream of a direct connection: version u8 | exchange id [8] | proof [32]
 	FrameReport      = 0x0b // client→relay, own stream: version u8 | device str8 | outcome u8 | local kind u8 | remote kind u8 | milliseconds u32
+	FrameRevoke      = 0x0c // relay→agent, on the control stream: version u8 | count u8 (1 to MaxRevoke) | count × exchange id [8]
 )
 
 // Field layouts of the direct-path frames:
@@ -282,6 +296,9 @@ const (
 	MaxMessageLen = 255
 	// MaxCandidates bounds the candidates in one list.
 	MaxCandidates = 8
+	// MaxRevoke bounds the exchange ids in one Revoke; more go in more
+	// frames.
+	MaxRevoke = 64
 	// ExchangeIDLen, KeyLen and ProofLen are the sizes of an exchange's id,
 	// its probe key and a DirectHello's proof.
 	ExchangeIDLen = 8
@@ -346,10 +363,11 @@ const (
 	CloseRefused      = 0x5 // authentication or a limit refused the connection
 	CloseProtocol     = 0x6 // the peer broke this protocol
 	CloseIdle         = 0x7 // no first stream within the handshake timeout
+	CloseRevoked      = 0x8 // a direct connection whose client the relay no longer admits (access code revoked)
 )
 
 // Frame is one of the frames above: Hello, Connect, Open, Result, Info,
-// RelayInfo, Direct, Punch, Candidates, DirectHello or Report.
+// RelayInfo, Direct, Punch, Candidates, DirectHello, Report or Revoke.
 type Frame interface {
 	frameType() byte
 	appendBody(b []byte) ([]byte, error)
@@ -490,6 +508,13 @@ func (o PunchOutcome) String() string {
 	return "unknown"
 }
 
+// Revoke tells an agent, on its control stream, that the relay no longer
+// admits the clients of these exchanges (their access code was revoked):
+// the direct connections they authorized must close.
+type Revoke struct {
+	Exchanges [][ExchangeIDLen]byte
+}
+
 // Report tells the relay how an attempt at a direct path to Device ended.
 type Report struct {
 	Device  string
@@ -513,6 +538,7 @@ func (Punch) frameType() byte       { return FramePunch }
 func (Candidates) frameType() byte  { return FrameCandidates }
 func (DirectHello) frameType() byte { return FrameDirectHello }
 func (Report) frameType() byte      { return FrameReport }
+func (Revoke) frameType() byte      { return FrameRevoke }
 
 // ErrFrame means a frame broke the wire format; the wrapping error says how.
 var ErrFrame = errors.New("malformed link frame")
@@ -625,6 +651,17 @@ func (r Report) appendBody(b []byte) ([]byte, error) {
 		return nil, err
 	}
 	return binary.BigEndian.AppendUint32(append(b, byte(r.Outcome), byte(r.Local), byte(r.Remote)), r.Millis), nil
+}
+
+func (r Revoke) appendBody(b []byte) ([]byte, error) {
+	if len(r.Exchanges) == 0 || len(r.Exchanges) > MaxRevoke {
+		return nil, fmt.Errorf("%w: %d exchanges revoked, 1 to %d", ErrFrame, len(r.Exchanges), MaxRevoke)
+	}
+	b = append(b, Version, byte(len(r.Exchanges)))
+	for _, x := range r.Exchanges {
+		b = append(b, x[:]...)
+	}
+	return b, nil
 }
 
 // AppendFrame appends the encoding of f to b.
@@ -885,6 +922,19 @@ func parseBody(typ byte, b []byte) (Frame, error) {
 		r.Local = CandidateKind(d.u8("local kind"))
 		r.Remote = CandidateKind(d.u8("remote kind"))
 		r.Millis = d.u32("milliseconds")
+		f = r
+	case FrameRevoke:
+		d.version()
+		n := int(d.u8("count"))
+		if d.err == nil && (n == 0 || n > MaxRevoke) {
+			d.err = fmt.Errorf("%w: %d exchanges revoked, 1 to %d", ErrFrame, n, MaxRevoke)
+		}
+		var r Revoke
+		for i := 0; i < n && d.err == nil; i++ {
+			var x [ExchangeIDLen]byte
+			d.bytes("exchange id", x[:])
+			r.Exchanges = append(r.Exchanges, x)
+		}
 		f = r
 	default:
 		return nil, fmt.Errorf("%w: unknown frame type %#x", ErrFrame, typ)

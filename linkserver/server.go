@@ -166,6 +166,9 @@ type Server struct {
 	agents map[string]*linkAgent
 	conns  map[link.Carrier]struct{}
 	infos  map[link.Carrier]*infoStream // each connection's Info stream, told of every change
+	// grants are the exchanges introduced to each device's agent, by id
+	// (revoke.go).
+	grants map[string]map[[link.ExchangeIDLen]byte]*grant
 }
 
 // linkAgent is one connected agent.
@@ -174,6 +177,10 @@ type linkAgent struct {
 	conn    link.Carrier
 	streams atomic.Int64
 	reason  atomic.Uint64 // the stream error code for sessions when the agent is closed
+	// ctrl is the control stream, on which the relay writes Revoke frames
+	// (one at a time: ctrlMu).
+	ctrl   link.Stream
+	ctrlMu sync.Mutex
 }
 
 func (a *linkAgent) close(code quic.ApplicationErrorCode, stream quic.StreamErrorCode, msg string) {
@@ -262,6 +269,7 @@ func New(cfg Config) (*Server, error) {
 		cfg: cfg, log: cfg.Logger, tr: tr, ln: ln, addr: addr,
 		limiter: ratelimit.New(cfg.StreamRate, cfg.StreamBurst, 0), connCaps: conns, tcpCaps: connlimit.New(cfg.TCPConns),
 		agents: map[string]*linkAgent{}, conns: map[link.Carrier]struct{}{}, infos: map[link.Carrier]*infoStream{},
+		grants: map[string]map[[link.ExchangeIDLen]byte]*grant{},
 	}
 	if tcpLn != nil {
 		l.tcpAddr = netaddr.AddrPort(tcpLn.Addr())
@@ -418,9 +426,16 @@ func (l *Server) onChange(ch store.Change) {
 		code, stream, msg = link.CloseDeviceGone, link.StreamDeviceGone, "device deleted"
 	case ch.Kind == store.Updated && !ch.Device.Link:
 		code, stream, msg = link.CloseLinkDisabled, link.StreamLinkDisabled, "link switched off for this device"
+	case ch.Kind == store.Updated:
+		// An access code revoked, or access changed: direct paths whose
+		// code no longer admits their client end (revoke.go). Not on the
+		// store's writer.
+		l.wg.Go(func() { l.recheck(ch.Device.Name) })
+		return
 	default:
 		return
 	}
+	l.forget(ch.Device.Name)
 	l.mu.Lock()
 	a := l.agents[ch.Device.Name]
 	if a != nil {
@@ -575,7 +590,7 @@ func (l *Server) serveAgent(c link.Carrier, ctrl link.Stream, h link.Hello, src 
 		refuse(link.StatusLinkDisabled, "link is switched off for device "+d.Name)
 		return
 	}
-	a := &linkAgent{device: d.Name, conn: c}
+	a := &linkAgent{device: d.Name, conn: c, ctrl: ctrl}
 	l.mu.Lock()
 	old := l.agents[d.Name]
 	if limit := l.maxAgents.Load(); old == nil && int64(len(l.agents)) >= limit {
@@ -603,8 +618,10 @@ func (l *Server) serveAgent(c link.Carrier, ctrl link.Stream, h link.Hello, src 
 	l.log.Info().Str("device", d.Name).Str("transport", c.Transport()).Msg("link agent connected")
 	l.event(connlog.Event{Kind: "agent", Outcome: "ok", Device: d.Name, Client: src.Addr(), Detail: over(c.Transport(), "connected")})
 	start := l.cfg.Now()
-	// The control stream carries nothing after the login; its end (or any
-	// byte on it) ends the agent.
+	// Revocations made while no agent was connected.
+	l.wg.Go(func() { l.recheck(d.Name) })
+	// The control stream carries nothing from the agent after the login;
+	// its end (or any byte on it) ends the agent.
 	l.wg.Go(func() {
 		var b [1]byte
 		ctrl.Read(b[:])
