@@ -79,6 +79,10 @@ type DialerConfig struct {
 	// DisableDirect keeps every session on the relay (--direct never): no
 	// hole punching.
 	DisableDirect bool
+	// DirectRetry is the first wait before punching again after a failed
+	// attempt or a lost direct path (it doubles up to DirectRetryMax);
+	// zero means DirectRetryMin.
+	DirectRetry time.Duration
 	// Logger receives the dialer's events.
 	Logger zerolog.Logger
 }
@@ -119,6 +123,7 @@ func NewDialer(cfg DialerConfig) (*Dialer, error) {
 	d.cfg.KeepAlive = cmp.Or(cfg.KeepAlive, DefaultKeepAlive)
 	d.cfg.QUICHeadStart = cmp.Or(cfg.QUICHeadStart, DefaultQUICHeadStart)
 	d.cfg.QUICRetry = cmp.Or(cfg.QUICRetry, DefaultQUICRetry)
+	d.cfg.DirectRetry = cmp.Or(cfg.DirectRetry, DirectRetryMin)
 	var err error
 	if d.relay, err = newRelayDialer(cfg.Server, cfg.ServerTCP, cfg.RelayFingerprint, d.cfg.KeepAlive, d.cfg.QUICHeadStart, d.cfg.QUICRetry, cfg.Logger); err != nil {
 		return nil, err

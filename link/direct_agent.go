@@ -46,6 +46,12 @@ const (
 	// sooner than the relay's timers do: its sessions go back to the relay.
 	directKeepAlive   = 5 * time.Second
 	directIdleTimeout = 15 * time.Second
+	// punchFresh is the age beyond which the agent asks STUN again before
+	// answering a Punch with its candidates: in effect at every exchange
+	// (one round trip to the STUN server more), since a mapping may have
+	// moved at any moment, and a client repairing a silent direct path
+	// needs the current one.
+	punchFresh = time.Second
 	// stunTimeout bounds one STUN Binding (with its retransmissions).
 	stunTimeout = 3 * time.Second
 	// maxDirectStreams is how many sessions a direct connection may have open.
@@ -203,35 +209,39 @@ func (a *Agent) stunLoop() {
 		case <-t.C:
 		case <-a.direct.stunKick:
 		}
-		ad := &a.direct
-		ad.mu.Lock()
-		server, ok := stunServer(ad.info, ad.relayAddr)
-		ad.mu.Unlock()
-		if !ok {
-			continue
-		}
-		ad.mu.Lock()
-		relay := ad.relayAddr
-		ad.mu.Unlock()
-		mapped, m, err := a.ep.discoverMapping(a.ctx, server, relay)
-		if err != nil {
-			a.log.Debug().Err(err).Msg("stun binding failed")
-			continue
-		}
-		ad.mu.Lock()
-		changed := ad.srflx.Addr() != mapped.Addr()
-		classified := ad.mapping.kind != m.kind
-		ad.srflx, ad.mapping, ad.srflxAt = mapped, m, time.Now()
-		ad.mu.Unlock()
-		if classified {
-			a.log.Info().Str("nat", m.String()).Msg("nat mapping classified")
-		}
-		if changed {
-			a.log.Debug().Stringer("srflx", mapped).Msg("server-reflexive address learned")
-			select {
-			case a.kick <- struct{}{}:
-			default:
-			}
+		a.refreshSTUN()
+	}
+}
+
+// refreshSTUN asks the STUN server (and the relay) for the agent's
+// server-reflexive address and NAT mapping now.
+func (a *Agent) refreshSTUN() {
+	ad := &a.direct
+	ad.mu.Lock()
+	server, ok := stunServer(ad.info, ad.relayAddr)
+	relay := ad.relayAddr
+	ad.mu.Unlock()
+	if !ok {
+		return
+	}
+	mapped, m, err := a.ep.discoverMapping(a.ctx, server, relay)
+	if err != nil {
+		a.log.Debug().Err(err).Msg("stun binding failed")
+		return
+	}
+	ad.mu.Lock()
+	changed := ad.srflx.Addr() != mapped.Addr()
+	classified := ad.mapping.kind != m.kind
+	ad.srflx, ad.mapping, ad.srflxAt = mapped, m, time.Now()
+	ad.mu.Unlock()
+	if classified {
+		a.log.Info().Str("nat", m.String()).Msg("nat mapping classified")
+	}
+	if changed {
+		a.log.Debug().Stringer("srflx", mapped).Msg("server-reflexive address learned")
+		select {
+		case a.kick <- struct{}{}:
+		default:
 		}
 	}
 }
@@ -270,6 +280,14 @@ func (a *Agent) punch(sc *streamConn, p Punch) {
 	if overTCP {
 		WriteFrame(sc, Result{Status: StatusNoDirect, Message: fmt.Sprintf("device %s reaches the relay over TCP: no UDP for a direct path", a.cfg.Device)})
 		return
+	}
+	// A mapping learned a while ago may have changed (a new address from
+	// the provider, a NAT that rebound): the candidates must be current.
+	a.direct.mu.Lock()
+	stale := time.Since(a.direct.srflxAt) > punchFresh
+	a.direct.mu.Unlock()
+	if stale && len(p.Candidates) > 0 {
+		a.refreshSTUN()
 	}
 	x := &exchange{id: p.Exchange, key: p.Key, self: ProbeFromAgent, ep: a.ep, expires: time.Now().Add(ExchangeTTL), pinged: a.allow}
 	x.init()

@@ -153,6 +153,17 @@ import (
 // The relay passes on no link-local candidate, and loopback ones only
 // between two ends that both reach it over loopback (its own machine).
 //
+// A direct connection that receives nothing for a few seconds (more than
+// its keep-alive period), or on which an Open got no answer, may have lost
+// its path to an address change. The client then makes a new exchange
+// through the relay (the agent asks STUN again first, so that its
+// candidates are current) and probes: the agent's pings open its NAT to
+// the client's new mapping, QUIC moves the connection to it, and a
+// DirectHello on the connection renews its authorization. When the agent
+// answers at another address than the connection's, QUIC cannot follow
+// (a server does not migrate): the client closes the connection and
+// punches a new one at once.
+//
 // Every stream on a direct connection starts with DirectHello (answered by a
 // Result, then the stream ends) or Open (a session, as from the relay).
 // Report tells the relay how an attempt ended, for its metrics; it carries

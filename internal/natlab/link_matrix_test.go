@@ -306,6 +306,10 @@ func (c *matrixCase) transfer() error {
 	if _, err := io.ReadFull(conn, sum[:]); err != nil {
 		return fmt.Errorf("read the sink's hash: %w", err)
 	}
+	// To the sink's end, so that the session ends cleanly both ways.
+	if n, err := io.Copy(io.Discard, conn); err != nil || n != 0 {
+		return fmt.Errorf("after the sink's hash: %d bytes more, %v", n, err)
+	}
 	c.moved = time.Since(start)
 	if [sha256.Size]byte(h.Sum(nil)) != sum {
 		return errors.New("the 16 MiB arrived altered: the hashes differ")
