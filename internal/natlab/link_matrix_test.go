@@ -101,6 +101,7 @@ type matrixCase struct {
 	// What the case saw.
 	err      error         // setting up, dialing or transferring
 	path     link.Path     // of the session that carried the transfer
+	carrier  string        // the client's carrier to the relay for it: link.TransportQUIC or TCP
 	settled  time.Duration // from the first session to the client's report
 	moved    time.Duration // the transfer
 	reported connlog.Event // the relay's event for the attempt (kind punch), or the refusal
@@ -171,6 +172,10 @@ func TestLinkPathMatrix(t *testing.T) {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			c.err = c.transfer()
+			if c.err != nil && c.want.path == overTCP {
+				// What TCP looked like at both ends when it stalled.
+				c.err = fmt.Errorf("%w\nagent's host: %s\nclient's host: %s", c.err, tcpInfo(c.agentHost), tcpInfo(c.clientHost))
+			}
 		})
 	}
 	wg.Wait()
@@ -199,26 +204,9 @@ func TestLinkPathMatrix(t *testing.T) {
 // to end, as the relay hears of it.
 func (c *matrixCase) settle(t *testing.T, r *linkRelay, sink string) error {
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel).With().Str("case", c.name()).Logger()
-	_, tok, err := r.store.Create(context.Background(), c.device, store.CreateOptions{})
-	if err != nil {
-		return err
-	}
-	c.a, err = link.NewAgent(link.AgentConfig{
-		Server: r.addr.String(), RelayFingerprint: r.fp, Device: c.device, Token: tok,
-		Expose: map[uint16]string{22: sink}, StateDir: t.TempDir(),
-		Listen: netip.AddrPortFrom(c.agentHost.Addr, 0).String(), ListenUDP: listenIn(c.agentHost), DialTCP: dialIn(c.agentHost),
-		Logger: log.With().Str("end", "agent").Logger(),
-	})
-	if err != nil {
-		return fmt.Errorf("start agent: %w", err)
-	}
-	c.d, err = link.NewDialer(link.DialerConfig{
-		Server: r.addr.String(), RelayFingerprint: r.fp, KnownDevices: "-",
-		Listen: netip.AddrPortFrom(c.clientHost.Addr, 0).String(), ListenUDP: listenIn(c.clientHost), DialTCP: dialIn(c.clientHost),
-		Logger: log.With().Str("end", "client").Logger(),
-	})
-	if err != nil {
-		return err
+	var err error
+	if c.a, c.d, err = startEnds(t, r, c.device, c.agentHost, c.clientHost, sink, log); err != nil {
+		return fmt.Errorf("start agent and client: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), onlineWait)
 	defer cancel()
@@ -286,7 +274,7 @@ func (c *matrixCase) transfer() error {
 		return fmt.Errorf("session for the transfer: %w", err)
 	}
 	defer conn.Close()
-	c.path = link.PathOf(conn)
+	c.path, c.carrier = link.PathOf(conn), link.TransportOf(conn)
 	conn.SetDeadline(time.Now().Add(transferMax))
 	start := time.Now()
 	h := sha256.New()
@@ -332,9 +320,12 @@ func (c *matrixCase) check(t *testing.T, r *linkRelay) {
 		ev, ok := r.events.wait(time.Second, func(e connlog.Event) bool {
 			return e.Kind == "session" && e.Device == c.device && e.BytesIn >= transferSize
 		})
-		over := "over tcp"
+		over, carrier := "over tcp", link.TransportTCP
 		if c.client != natlab.UDPBlocked {
-			over = "" // the client's own leg is QUIC
+			over, carrier = "", link.TransportQUIC // the client's own leg is QUIC
+		}
+		if c.carrier != carrier {
+			t.Errorf("the client reached the relay over %s, want %s", c.carrier, carrier)
 		}
 		if !ok || ev.Outcome != "ok" || ev.Detail != over {
 			t.Errorf("the relay's record of the transfer: %+v, want ok, %d bytes in, detail %q", ev, transferSize, over)
@@ -472,6 +463,16 @@ func listenIn(ns *natlab.Namespace) func(string, *net.UDPAddr) (*net.UDPConn, er
 		})
 		return c, err
 	}
+}
+
+// tcpInfo is ss(8)'s account of ns's TCP connections: queues, windows,
+// retransmissions.
+func tcpInfo(ns *natlab.Namespace) string {
+	out, err := ns.Command("ss", "-tin").CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("ss: %v", err)
+	}
+	return string(out)
 }
 
 // dialIn opens an agent's or a client's TCP connections to the relay in
