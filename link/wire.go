@@ -184,8 +184,8 @@ import (
 // STOP_SENDING while the write side is open is sent as an RST right after
 // the FIN. Closing the connection sends a GoAway whose code is 0x100 plus
 // the connection close code (yamux keeps 0 to 2 for itself). A stream's
-// window starts at yamux's 256 KiB and grows, while its reader keeps up,
-// to 6 MiB; the growth of one connection's streams is bounded by 16 MiB.
+// window is yamux's 256 KiB and does not grow (link/carrier_tcp.go,
+// tcpStreamWindow: go-yamux's growth loses window updates).
 // A stream over the receiver's limit of open streams is reset with code 0
 // (QUIC would make the opener wait). Keep-alives are yamux pings; one
 // unanswered for 10 s ends the connection. The relay applies the same
