@@ -32,8 +32,8 @@ const transferSize = 16 << 20
 // Bounds of the matrix's waits. Every case runs at once, so the whole
 // matrix takes about as long as its slowest case.
 const (
-	onlineWait  = 10 * time.Second // an agent logging in at the relay (over TCP after a second of QUIC)
-	settleWait  = 15 * time.Second // from the first session to the client's report of its attempt
+	onlineWait  = 20 * time.Second // an agent logging in at the relay (over TCP after labQUICHeadStart of QUIC)
+	settleWait  = 20 * time.Second // from the first session to the client's report of its attempt
 	transferMax = 60 * time.Second
 	// transfersAtOnce keeps the transfers from starving each other (and
 	// the lab's timers) of the machine's CPUs.

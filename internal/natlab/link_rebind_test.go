@@ -138,6 +138,14 @@ func TestLinkDirectPathFollowsAnAddressChange(t *testing.T) {
 	}
 }
 
+// labQUICHeadStart is how long agents and clients in the lab give QUIC to
+// the relay before they dial TCP beside it (link.DefaultQUICHeadStart, a
+// second, in production): the matrix starts 36 of each at once under the
+// race detector, often beside other test packages, and a QUIC handshake
+// then takes more than a second; one that lost to TCP would take no direct
+// path. Ends behind a UDP-blocked router reach the relay over TCP after it.
+const labQUICHeadStart = 5 * time.Second
+
 // startEnds starts an agent for a new device in agentHost, exposing port
 // 22 as target, and a Dialer in clientHost, both toward the lab's relay.
 func startEnds(t testing.TB, r *linkRelay, device string, agentHost, clientHost *natlab.Namespace, target string, log zerolog.Logger, dmods ...func(*link.DialerConfig)) (*link.Agent, *link.Dialer, error) {
@@ -149,6 +157,7 @@ func startEnds(t testing.TB, r *linkRelay, device string, agentHost, clientHost 
 		Server: r.addr.String(), RelayFingerprint: r.fp, Device: device, Token: tok,
 		Expose: map[uint16]string{22: target}, StateDir: t.TempDir(),
 		Listen: netip.AddrPortFrom(agentHost.Addr, 0).String(), ListenUDP: listenIn(agentHost), DialTCP: dialIn(agentHost),
+		QUICHeadStart: labQUICHeadStart,
 		Logger: log.With().Str("end", "agent").Logger(),
 	})
 	if err != nil {
@@ -157,6 +166,7 @@ func startEnds(t testing.TB, r *linkRelay, device string, agentHost, clientHost 
 	cfg := link.DialerConfig{
 		Server: r.addr.String(), RelayFingerprint: r.fp, KnownDevices: "-",
 		Listen: netip.AddrPortFrom(clientHost.Addr, 0).String(), ListenUDP: listenIn(clientHost), DialTCP: dialIn(clientHost),
+		QUICHeadStart: labQUICHeadStart,
 		Logger: log.With().Str("end", "client").Logger(),
 	}
 	for _, m := range dmods {
