@@ -158,7 +158,7 @@ func startEnds(t testing.TB, r *linkRelay, device string, agentHost, clientHost 
 		Expose: map[uint16]string{22: target}, StateDir: t.TempDir(),
 		Listen: netip.AddrPortFrom(agentHost.Addr, 0).String(), ListenUDP: listenIn(agentHost), DialTCP: dialIn(agentHost),
 		QUICHeadStart: labQUICHeadStart,
-		Logger: log.With().Str("end", "agent").Logger(),
+		Logger:        log.With().Str("end", "agent").Logger(),
 	})
 	if err != nil {
 		return nil, nil, err
@@ -167,7 +167,7 @@ func startEnds(t testing.TB, r *linkRelay, device string, agentHost, clientHost 
 		Server: r.addr.String(), RelayFingerprint: r.fp, KnownDevices: "-",
 		Listen: netip.AddrPortFrom(clientHost.Addr, 0).String(), ListenUDP: listenIn(clientHost), DialTCP: dialIn(clientHost),
 		QUICHeadStart: labQUICHeadStart,
-		Logger: log.With().Str("end", "client").Logger(),
+		Logger:        log.With().Str("end", "client").Logger(),
 	}
 	for _, m := range dmods {
 		m(&cfg)
