@@ -91,6 +91,9 @@ type AgentConfig struct {
 	// seconds (wire.go); nil means net.ListenUDP. Tests open them in a
 	// network namespace.
 	ListenUDP func(network string, laddr *net.UDPAddr) (*net.UDPConn, error)
+	// DialTCP opens the TCP connection to the relay's TCP carrier; nil
+	// means a net.Dialer. Tests dial in a network namespace.
+	DialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
 	// DisableDirect refuses direct paths (--direct never): every session
 	// goes through the relay.
 	DisableDirect bool
@@ -172,6 +175,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	rd.dialTCP = cfg.DialTCP
 	a := &Agent{
 		cfg: cfg, ring: &relayRing{base: rd, servers: append([]string{cfg.Server}, cfg.Servers...), dialers: map[string]*relayDialer{}},
 		e2e: serverE2E(cert), spki: cert.Leaf.RawSubjectPublicKeyInfo,
@@ -360,10 +364,17 @@ func (a *Agent) session() (served bool, err error) {
 	case a.kick <- struct{}{}:
 	default:
 	}
-	// The control stream carries nothing more; its end ends the agent.
+	// The control stream carries Revoke frames from the relay; its end, or
+	// anything else on it, ends the agent.
 	a.wg.Go(func() {
-		var b [1]byte
-		_, _ = ctrl.Read(b[:])
+		for {
+			fr, err := ReadFrame(ctrl, 0)
+			rv, ok := fr.(Revoke)
+			if err != nil || !ok {
+				break
+			}
+			a.revoke(rv.Exchanges)
+		}
 		c.CloseWithError(CloseProtocol, "control stream ended")
 	})
 	if overTCP { // direct paths need UDP, and so does STUN

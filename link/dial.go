@@ -81,6 +81,9 @@ type DialerConfig struct {
 	// seconds (wire.go); nil means net.ListenUDP. Tests open them in a
 	// network namespace.
 	ListenUDP func(network string, laddr *net.UDPAddr) (*net.UDPConn, error)
+	// DialTCP opens the TCP connection to the relay's TCP carrier; nil
+	// means a net.Dialer. Tests dial in a network namespace.
+	DialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
 	// DisableDirect keeps every session on the relay (--direct never): no
 	// hole punching.
 	DisableDirect bool
@@ -88,6 +91,10 @@ type DialerConfig struct {
 	// the device before connecting, and connects to that node (steer.go);
 	// Server stays the fallback. Nil: always Server.
 	Steer *Steer
+	// DirectRetry is the first wait before punching again after a failed
+	// attempt or a lost direct path (it doubles up to DirectRetryMax);
+	// zero means DirectRetryMin.
+	DirectRetry time.Duration
 	// Logger receives the dialer's events.
 	Logger zerolog.Logger
 }
@@ -128,10 +135,12 @@ func NewDialer(cfg DialerConfig) (*Dialer, error) {
 	d.cfg.KeepAlive = cmp.Or(cfg.KeepAlive, DefaultKeepAlive)
 	d.cfg.QUICHeadStart = cmp.Or(cfg.QUICHeadStart, DefaultQUICHeadStart)
 	d.cfg.QUICRetry = cmp.Or(cfg.QUICRetry, DefaultQUICRetry)
+	d.cfg.DirectRetry = cmp.Or(cfg.DirectRetry, DirectRetryMin)
 	var err error
 	if d.relay, err = newRelayDialer(cfg.Server, cfg.ServerTCP, cfg.RelayFingerprint, d.cfg.KeepAlive, d.cfg.QUICHeadStart, d.cfg.QUICRetry, cfg.Logger); err != nil {
 		return nil, err
 	}
+	d.relay.dialTCP = cfg.DialTCP
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.direct.paths, d.direct.birthdays = map[string]*directPath{}, make(chan struct{}, maxBirthdays)
 	for dev, fp := range cfg.Fingerprints {

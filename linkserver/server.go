@@ -178,6 +178,9 @@ type Server struct {
 	infos  map[link.Carrier]*infoStream // each connection's Info stream, told of every change
 
 	mesh mesh
+	// grants are the exchanges introduced to each device's agent, by id
+	// (revoke.go).
+	grants map[string]map[[link.ExchangeIDLen]byte]*grant
 }
 
 // linkAgent is one connected agent.
@@ -189,6 +192,10 @@ type linkAgent struct {
 	// recorded is set once the cluster's presence shows this agent's
 	// record (mesh.go, presenceChanged).
 	recorded atomic.Bool
+	// ctrl is the control stream, on which the relay writes Revoke frames
+	// (one at a time: ctrlMu).
+	ctrl   link.Stream
+	ctrlMu sync.Mutex
 }
 
 func (a *linkAgent) close(code quic.ApplicationErrorCode, stream quic.StreamErrorCode, msg string) {
@@ -277,7 +284,8 @@ func New(cfg Config) (*Server, error) {
 		cfg: cfg, log: cfg.Logger, tr: tr, ln: ln, addr: addr,
 		limiter: ratelimit.New(cfg.StreamRate, cfg.StreamBurst, 0), connCaps: conns, tcpCaps: connlimit.New(cfg.TCPConns),
 		agents: map[string]*linkAgent{}, conns: map[link.Carrier]struct{}{}, infos: map[link.Carrier]*infoStream{},
-		mesh: mesh{conns: map[string]link.Carrier{}, dialing: map[string]*sync.Mutex{}},
+		mesh:   mesh{conns: map[string]link.Carrier{}, dialing: map[string]*sync.Mutex{}},
+		grants: map[string]map[[link.ExchangeIDLen]byte]*grant{},
 	}
 	if tcpLn != nil {
 		l.tcpAddr = netaddr.AddrPort(tcpLn.Addr())
@@ -439,9 +447,16 @@ func (l *Server) onChange(ch store.Change) {
 		code, stream, msg = link.CloseDeviceGone, link.StreamDeviceGone, "device deleted"
 	case ch.Kind == store.Updated && !ch.Device.Link:
 		code, stream, msg = link.CloseLinkDisabled, link.StreamLinkDisabled, "link switched off for this device"
+	case ch.Kind == store.Updated:
+		// An access code revoked, or access changed: direct paths whose
+		// code no longer admits their client end (revoke.go). Not on the
+		// store's writer.
+		l.wg.Go(func() { l.recheck(ch.Device.Name) })
+		return
 	default:
 		return
 	}
+	l.forget(ch.Device.Name)
 	l.mu.Lock()
 	a := l.agents[ch.Device.Name]
 	if a != nil {
@@ -604,7 +619,7 @@ func (l *Server) serveAgent(c link.Carrier, ctrl link.Stream, h link.Hello, src 
 		refuse(link.StatusLinkDisabled, "link is switched off for device "+d.Name)
 		return
 	}
-	a := &linkAgent{device: d.Name, conn: c}
+	a := &linkAgent{device: d.Name, conn: c, ctrl: ctrl}
 	l.mu.Lock()
 	old := l.agents[d.Name]
 	if limit := l.maxAgents.Load(); old == nil && int64(len(l.agents)) >= limit {
@@ -633,6 +648,8 @@ func (l *Server) serveAgent(c link.Carrier, ctrl link.Stream, h link.Hello, src 
 	l.log.Info().Str("device", d.Name).Str("transport", c.Transport()).Msg("link agent connected")
 	l.event(connlog.Event{Kind: "agent", Outcome: "ok", Device: d.Name, Client: src.Addr(), Detail: over(c.Transport(), "connected")})
 	start := l.cfg.Now()
+	// Revocations made while no agent was connected.
+	l.wg.Go(func() { l.recheck(d.Name) })
 	// The control stream carries nothing after the login; its end (or any
 	// byte on it) ends the agent. Agents open no streams but Info.
 	l.hold(c, ctrl, link.CloseProtocol, func(s link.Stream) { l.serveAgentStream(c, s) })
