@@ -59,16 +59,16 @@ func openStore(cfg Config, sc store.Config) (store.Backend, error) {
 	})
 }
 
-// cluster returns what the metrics report of a store shared by several
+// storeCluster returns what the metrics report of a store shared by several
 // nodes, or nil for a store of this node's own.
-func (d *Daemon) cluster() func() metrics.Cluster {
+func (d *Daemon) storeCluster() func() metrics.StoreCluster {
 	e, ok := d.store.(*store.Etcd)
 	if !ok {
 		return nil
 	}
-	return func() metrics.Cluster {
+	return func() metrics.StoreCluster {
 		s := e.Stats()
-		return metrics.Cluster{
+		return metrics.StoreCluster{
 			Buckets:      store.EtcdLatencyBuckets,
 			RoundTrips:   metrics.Histogram{Count: s.RoundTrips.Count, Sum: s.RoundTrips.Sum, Buckets: s.RoundTrips.Buckets},
 			WatchLag:     s.WatchLag,

@@ -1,79 +1,44 @@
 package metrics
 
-import (
-	"time"
+import "github.com/prometheus/client_golang/prometheus"
 
-	"github.com/prometheus/client_golang/prometheus"
-)
-
-// Cluster is what a node whose store is shared with other nodes (etcd)
-// sees of the cluster, read at scrape time.
-type Cluster struct {
-	// Buckets are the upper bounds, in seconds, of RoundTrips' buckets.
-	Buckets []float64
-	// RoundTrips is the histogram of the requests to the cluster.
-	RoundTrips Histogram
-	// WatchLag is how far the node's view may be behind the cluster.
-	WatchLag time.Duration
-	// Housekeeping says this node is the one elected to run housekeeping.
-	Housekeeping bool
+// LinkCluster is what a node of a cluster reports about Link across
+// nodes (Config.LinkCluster).
+type LinkCluster struct {
+	// Present is how many devices have an agent online on any node.
+	Present int
+	// MeshConns are the mesh connections to other nodes up now.
+	MeshConns int
+	// Forwarded counts the sessions this node forwarded to the node
+	// holding the agent, ForwardedBytes their bytes both ways; Received
+	// the sessions other nodes forwarded here.
+	Forwarded, ForwardedBytes, Received uint64
 }
 
-// Histogram is a latency histogram: Buckets[i] is the cumulative count of
-// observations of at most Cluster.Buckets[i] seconds.
-type Histogram struct {
-	Count   uint64
-	Sum     float64
-	Buckets []uint64
-}
-
-// registerStore registers nasreach_store_backend and, for a cluster, the
-// cluster's metrics.
-func (m *Metrics) registerStore(backend string, cluster func() Cluster) {
-	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "nasreach_store_backend", Help: "Always 1; the backend label says where the device table is kept (bbolt or etcd).",
-		ConstLabels: prometheus.Labels{"backend": backend},
-	}, func() float64 { return 1 }))
-	if cluster == nil {
+// registerCluster registers the Link cluster metrics when f is set.
+func (m *Metrics) registerCluster(f func() LinkCluster) {
+	if f == nil {
 		return
 	}
-	m.reg.MustRegister(clusterCollector{
-		roundTrips: prometheus.NewDesc("nasreach_store_etcd_request_seconds",
-			"Round trips of this node's requests to the etcd cluster (reads and transactions).", nil, nil),
-		lag: prometheus.NewDesc("nasreach_store_watch_lag_seconds",
-			"How far this node's in-memory table may be behind etcd: the time the cluster took to confirm the watch's progress, or how long an unconfirmed request has waited.", nil, nil),
-		leader: prometheus.NewDesc("nasreach_store_housekeeping_leader",
-			"1 on the one node elected to run housekeeping (expiry, quarantine ends), else 0.", nil, nil),
-		read: cluster,
-	})
-}
-
-type clusterCollector struct {
-	roundTrips, lag, leader *prometheus.Desc
-	read                    func() Cluster
-}
-
-// Describe implements prometheus.Collector.
-func (c clusterCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- c.roundTrips
-	ch <- c.lag
-	ch <- c.leader
-}
-
-// Collect implements prometheus.Collector.
-func (c clusterCollector) Collect(ch chan<- prometheus.Metric) {
-	s := c.read()
-	buckets := make(map[float64]uint64, len(s.Buckets))
-	for i, b := range s.Buckets {
-		if i < len(s.RoundTrips.Buckets) {
-			buckets[b] = s.RoundTrips.Buckets[i]
-		}
+	for _, c := range []struct {
+		name, help string
+		kind       prometheus.ValueType
+		value      func(LinkCluster) float64
+	}{
+		{"nasreach_link_present_devices", "Devices whose Link agent is online on any node of the cluster (presence in etcd).",
+			prometheus.GaugeValue, func(s LinkCluster) float64 { return float64(s.Present) }},
+		{"nasreach_link_mesh_connections", "Mesh connections from this node to other nodes of the cluster, up now.",
+			prometheus.GaugeValue, func(s LinkCluster) float64 { return float64(s.MeshConns) }},
+		{"nasreach_link_forwarded_sessions_total", "Link sessions this node forwarded to the node holding the agent.",
+			prometheus.CounterValue, func(s LinkCluster) float64 { return float64(s.Forwarded) }},
+		{"nasreach_link_forwarded_bytes_total", "Bytes of the Link sessions this node forwarded to another node, both ways.",
+			prometheus.CounterValue, func(s LinkCluster) float64 { return float64(s.ForwardedBytes) }},
+		{"nasreach_link_forward_received_total", "Link sessions other nodes forwarded to this node's agents.",
+			prometheus.CounterValue, func(s LinkCluster) float64 { return float64(s.Received) }},
+	} {
+		m.reg.MustRegister(labelled{
+			kind: c.kind, desc: prometheus.NewDesc(c.name, c.help, nil, nil),
+			values: func(emit func(float64, ...string)) { emit(c.value(f())) },
+		})
 	}
-	ch <- prometheus.MustNewConstHistogram(c.roundTrips, s.RoundTrips.Count, s.RoundTrips.Sum, buckets)
-	ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, s.WatchLag.Seconds())
-	leader := 0.0
-	if s.Housekeeping {
-		leader = 1
-	}
-	ch <- prometheus.MustNewConstMetric(c.leader, prometheus.GaugeValue, leader)
 }

@@ -42,6 +42,9 @@ type Config struct {
 	// LinkConns returns the Link relay's connections held now, by transport
 	// ("quic", "tcp").
 	LinkConns func() map[string]int
+	// LinkCluster returns a cluster node's Link presence and forwarding
+	// counters (cluster.go); nil on a node on its own.
+	LinkCluster func() LinkCluster
 	// TURNRefused returns what the TURN relay refused or dropped so far, by
 	// reason (auth, quota, peer, request, bandwidth, malformed).
 	TURNRefused func() map[string]uint64
@@ -56,9 +59,9 @@ type Config struct {
 	// StoreBackend names where the device table is kept ("bbolt" when
 	// empty, "etcd"), for nasreach_store_backend.
 	StoreBackend string
-	// Cluster reports, for a store shared by several nodes, what this node
-	// sees of the cluster; nil for a store of its own.
-	Cluster func() Cluster
+	// StoreCluster reports, for a store shared by several nodes, what this
+	// node sees of the cluster; nil for a store of its own.
+	StoreCluster func() StoreCluster
 	// LogWritten and LogDropped return the connection log's counters.
 	LogWritten, LogDropped func() uint64
 	// Ready returns nil when the daemon is ready to serve, else the reason.
@@ -177,6 +180,7 @@ func New(cfg Config) (*Metrics, error) {
 			},
 		})
 	}
+	m.registerCluster(cfg.LinkCluster)
 	if f := cfg.TURNRefused; f != nil {
 		m.reg.MustRegister(labelled{
 			kind: prometheus.CounterValue,
@@ -212,7 +216,7 @@ func New(cfg Config) (*Metrics, error) {
 	if f := cfg.StoreBytes; f != nil {
 		gauge("nasreach_store_bytes", "Size of the store file.", func() float64 { return float64(f()) })
 	}
-	m.registerStore(cmpOr(cfg.StoreBackend, "bbolt"), cfg.Cluster)
+	m.registerStore(cmpOr(cfg.StoreBackend, "bbolt"), cfg.StoreCluster)
 	if f := cfg.LogWritten; f != nil {
 		counter("nasreach_connlog_written_total", "Connection log events written.", func() float64 { return float64(f()) })
 	}
