@@ -8,7 +8,6 @@ import (
 	"github.com/miekg/dns"
 	"github.com/nasreach/nasreach/daemon"
 	"github.com/nasreach/nasreach/daemon/daemontest"
-	"github.com/nasreach/nasreach/internal/etcdtest"
 	"github.com/nasreach/nasreach/internal/testutil"
 )
 
@@ -37,12 +36,7 @@ func TestTwoNodesOnEtcdAnswerForEachOther(t *testing.T) {
 // sharing their device table in it; the cluster stops after them.
 func startTwoNodesOnEtcd(t *testing.T) (a, b *daemontest.Daemon) {
 	t.Helper()
-	bin := testutil.NeedTool(t, "etcd")
-	cluster, err := etcdtest.Start(bin, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cluster.Stop() }) // after both daemons stop
+	cluster := startEtcd(t, 1) // stopped after both daemons
 	onEtcd := func(c *daemon.Config) {
 		c.Store = daemon.StoreConfig{Backend: "etcd", EtcdEndpoints: cluster.Endpoints, EtcdPrefix: "/twonodes"}
 	}
