@@ -32,6 +32,9 @@ type Config struct {
 	Copies int
 	// TCPOnly opens TCP listeners only (a TLS port).
 	TCPOnly bool
+	// OneTCP opens one TCP listener whatever Copies says: Copies then
+	// applies to UDP only (a DNS server, whose TCP side is light).
+	OneTCP bool
 	// UDPBuffer, when positive, is the receive and send buffer asked for
 	// each UDP socket. With CAP_NET_ADMIN it is granted whatever
 	// net.core.rmem_max says; otherwise the kernel caps it there.
@@ -157,11 +160,15 @@ func bindOnce(host, port string, n int, cfg Config) (*Sockets, error) {
 			p = strconv.Itoa(int(netaddr.AddrPort(c.LocalAddr()).Port()))
 		}
 	}
-	for i := range n {
+	nt := n
+	if cfg.OneTCP {
+		nt = 1
+	}
+	for i := range nt {
 		l, err := lc.Listen(ctx, "tcp", net.JoinHostPort(host, p))
 		if err != nil {
 			s.Close()
-			return nil, fmt.Errorf("listen tcp %s (socket %d of %d): %w", net.JoinHostPort(host, p), i+1, n, err)
+			return nil, fmt.Errorf("listen tcp %s (socket %d of %d): %w", net.JoinHostPort(host, p), i+1, nt, err)
 		}
 		s.TCP = append(s.TCP, l)
 		p = strconv.Itoa(int(netaddr.AddrPort(l.Addr()).Port()))
