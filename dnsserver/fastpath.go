@@ -72,6 +72,25 @@ const (
 	fastDrop                        // rate limiting dropped the answer
 )
 
+// FastPathStats counts the UDP queries since New that the fast path
+// answered itself (rate limiting's drops included) and those it handed to
+// miekg/dns.
+type FastPathStats struct {
+	Answered, HandedOver uint64
+}
+
+// FastPathStats returns what the fast path did; all zero when it is off.
+func (s *Server) FastPathStats() FastPathStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var st FastPathStats
+	for _, r := range s.readers {
+		st.Answered += r.answered.Load()
+		st.HandedOver += r.handed.Load()
+	}
+	return st
+}
+
 // fastQuery is what parseFast found in a query.
 type fastQuery struct {
 	id, flags uint16

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -46,6 +47,8 @@ type fastReader struct {
 	rh     [fastBatch]mmsghdr // recvmmsg's
 	wh     [fastBatch]mmsghdr // sendmmsg's
 	ws     []mmsghdr          // what sendF sends
+
+	answered, handed atomic.Uint64 // queries answered here, handed over (FastPathStats)
 
 	n            int // what the last call moved
 	errno        syscall.Errno
@@ -154,7 +157,11 @@ func (r *fastReader) run() {
 					w.hdr.SetControllen(len(oob))
 				}
 				nw++
+				r.answered.Add(1)
+			case fastDrop:
+				r.answered.Add(1)
 			case fastHandOver:
+				r.handed.Add(1)
 				if len(pkt) < 12 {
 					continue // too short to answer, as miekg/dns drops it
 				}

@@ -5,6 +5,7 @@ package dnsserver
 import (
 	"errors"
 	"net"
+	"sync/atomic"
 )
 
 // fastPathSupported says whether this system has the fast path's socket
@@ -12,7 +13,10 @@ import (
 // packet.
 const fastPathSupported = false
 
-type fastReader struct{ conn *net.UDPConn }
+type fastReader struct {
+	conn             *net.UDPConn
+	answered, handed atomic.Uint64
+}
 
 func newFastReader(*Server, *net.UDPConn, *handover) (*fastReader, error) {
 	return nil, errors.New("the DNS fast path needs Linux")

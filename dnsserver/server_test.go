@@ -49,7 +49,7 @@ func TestShutdownStopsEveryGoroutineAndFreesThePort(t *testing.T) {
 	addDevice(t, st, "nas1", "198.51.100.1", "")
 	before := settledGoroutines()
 
-	s, err := New(Config{Addr: "127.0.0.1:0", Source: st})
+	s, err := newTestServer(Config{Addr: "127.0.0.1:0", Source: st})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func TestShutdownStopsEveryGoroutineAndFreesThePort(t *testing.T) {
 
 func TestShutdownTwiceReturns(t *testing.T) {
 	st := openStore(t)
-	s, err := New(Config{Addr: "127.0.0.1:0", Source: st})
+	s, err := newTestServer(Config{Addr: "127.0.0.1:0", Source: st})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestServeFailureLeavesNothingRunning(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(Config{PacketConn: pc, Listener: ln, Source: st}); err == nil {
+	if _, err := newTestServer(Config{PacketConn: pc, Listener: ln, Source: st}); err == nil {
 		t.Fatal("New on a closed UDP socket succeeded")
 	}
 	if c, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second); err == nil {
