@@ -344,7 +344,7 @@ func benchNasreach(ctx context.Context, cfg config, work string, devs []device, 
 	if err != nil {
 		return perfResult{}, 0, err
 	}
-	rep.memory = append(rep.memory, fmt.Sprintf("dns nasreach rss_mib=%.1f peak_rss_mib=%.1f devices=%d", rss, peak, len(devs)))
+	rep.memory = append(rep.memory, fmt.Sprintf("dns nasreach rss_mib=%.1f peak_rss_mib=%.1f devices=%d kib_per_device=%.2f", rss, peak, len(devs), rss*1024/float64(len(devs))))
 
 	// Durable updates: each client sends dyndns2 updates with a device's own
 	// credentials; nasreach answers only after the bbolt commit (fsync), so
@@ -376,6 +376,31 @@ func benchNasreach(ctx context.Context, cfg config, work string, devs []device, 
 	if err := checkAnswers(ctx, "nasreach after dyndns2", dnsAddr, updated, func(q query) netip.Addr { return updatedIPv4(q.Device) }); err != nil {
 		return perfResult{}, 0, fmt.Errorf("update not visible: %w", err)
 	}
+
+	// Start-up: the same data directory served again, timed from the
+	// process start to the first right answer for a device.
+	srv.stop(10 * time.Second)
+	began := time.Now()
+	if srv, err = startServer("nasreach", cfg.serverCPU, filepath.Join(work, "nasreach-restart.log"), args...); err != nil {
+		return perfResult{}, 0, err
+	}
+	defer srv.stop(10 * time.Second)
+	first := updated[:1]
+	for {
+		if err := checkAnswers(ctx, "nasreach restarted", dnsAddr, first, func(q query) netip.Addr { return updatedIPv4(q.Device) }); err == nil {
+			break
+		}
+		if srv.exited() || ctx.Err() != nil || time.Since(began) > 60*time.Second {
+			return perfResult{}, 0, fmt.Errorf("nasreach restarted on %d devices gave no right answer within %s", len(devs), time.Since(began).Round(time.Millisecond))
+		}
+		time.Sleep(5 * time.Millisecond) // polling a process we do not control: no event to wait on
+	}
+	startup := time.Since(began)
+	rss, _, err = rssMiB(srv.pid())
+	if err != nil {
+		return perfResult{}, 0, err
+	}
+	rep.memory = append(rep.memory, fmt.Sprintf("dns nasreach startup_to_first_answer_ms=%.0f rss_after_restart_mib=%.1f devices=%d", ms(startup), rss, len(devs)))
 	return res, serial, nil
 }
 
@@ -421,8 +446,8 @@ func (r *report) saturation(name string, res perfResult) {
 }
 
 func dnsLine(name string, r perfResult) string {
-	return fmt.Sprintf("dns %s qps=%.0f mean_latency_ms=%.3f lost=%.2f%% server_cpu=%.0f%% dnsperf_cpu=%.0f%% cpu_us_per_query=%.1f resp_bytes=%d",
-		name, r.QPS, ms(r.MeanLatency), r.LostPct, 100*r.ServerCPU, 100*r.ClientCPU, us(r.cpuPerQuery()), r.RespBytes)
+	return fmt.Sprintf("dns %s qps=%.0f mean_latency_ms=%.3f lost=%.2f%% server_cpu=%.0f%% dnsperf_cpu=%.0f%% cpu_us_per_query=%.1f queries_per_cpu_s=%.0f resp_bytes=%d",
+		name, r.QPS, ms(r.MeanLatency), r.LostPct, 100*r.ServerCPU, 100*r.ClientCPU, us(r.cpuPerQuery()), 1/r.cpuPerQuery().Seconds(), r.RespBytes)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -463,7 +488,7 @@ func benchPeer(ctx context.Context, cfg config, work, peer, zoneFile string, sam
 	rep.dns = append(rep.dns, dnsLine(peer, res))
 	rep.saturation(peer, res)
 	if rss, peak, err := rssMiB(srv.pid()); err == nil && peer == "knot" { // NSD's is spread over forked processes
-		rep.memory = append(rep.memory, fmt.Sprintf("dns knot rss_mib=%.1f peak_rss_mib=%.1f devices=%d", rss, peak, cfg.devices))
+		rep.memory = append(rep.memory, fmt.Sprintf("dns knot rss_mib=%.1f peak_rss_mib=%.1f devices=%d kib_per_device=%.2f", rss, peak, cfg.devices, rss*1024/float64(cfg.devices)))
 	}
 	return res, nil
 }
