@@ -206,8 +206,8 @@ func BenchmarkServeDNSUDP(b *testing.B) {
 	fx := newBenchFixture(b)
 	qs := fx.queries(b, 1<<14, benchMix...)
 	for _, c := range []struct {
-		name string
-		rrl  RRL
+		name   string
+		rrl    RRL
 		noFast bool
 	}{{"mix", RRL{}, false}, {"mix+rrl-on", rrlOn, false}, {"mix-miekg", RRL{}, true}, {"mix+rrl-on-miekg", rrlOn, true}} {
 		benchServeDNSUDP(b, c.name, newBenchServerPath(b, fx, c.rrl, c.noFast).Addr().String(), qs)

@@ -62,7 +62,9 @@ func newFastReader(s *Server, conn *net.UDPConn, h *handover) (*fastReader, erro
 		return nil, err
 	}
 	r := &fastReader{s: s, conn: conn, rc: rc, h: h}
-	r.recvF, r.sendF = r.recvmmsg, r.sendmmsg
+	// Made once: a func value per call would be an allocation per batch.
+	r.recvF = func(fd uintptr) bool { return r.mmsg(unix.SYS_RECVMMSG, fd, r.rh[:]) }
+	r.sendF = func(fd uintptr) bool { return r.mmsg(unix.SYS_SENDMMSG, fd, r.ws) }
 	// The address each query was sent to, so that replies leave from it
 	// on a socket bound to every address (as miekg/dns asks for on its
 	// own sockets). An IPv4 socket refuses the IPv6 option and the other
@@ -92,28 +94,16 @@ func newFastReader(s *Server, conn *net.UDPConn, h *handover) (*fastReader, erro
 	return r, nil
 }
 
-func (r *fastReader) recvmmsg(fd uintptr) bool {
+// mmsg makes one recvmmsg or sendmmsg call (trap) on fd for hs; it reports
+// false when the socket is not ready, to wait for it, as RawConn wants.
+func (r *fastReader) mmsg(trap, fd uintptr, hs []mmsghdr) bool {
 	for {
-		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.rh[0])), fastBatch, 0, 0, 0)
+		n, _, e := unix.Syscall6(trap, fd, uintptr(unsafe.Pointer(&hs[0])), uintptr(len(hs)), 0, 0, 0)
 		switch e {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			return false // wait until readable
-		}
-		r.n, r.errno = int(n), e
-		return true
-	}
-}
-
-func (r *fastReader) sendmmsg(fd uintptr) bool {
-	for {
-		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&r.ws[0])), uintptr(len(r.ws)), 0, 0, 0)
-		switch e {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false // wait until writable
+			return false
 		}
 		r.n, r.errno = int(n), e
 		return true

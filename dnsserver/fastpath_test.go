@@ -152,11 +152,13 @@ func fastPathQueries(t testing.TB) (answered, handed [][]byte) {
 		q("nas1.myqnapcloud.com.", dns.TypeA, func(m *dns.Msg) { m.SetEdns0(1232, false); m.IsEdns0().SetVersion(1) }),
 		q("nas1.myqnapcloud.com.", dns.TypeA, func(m *dns.Msg) { m.Opcode = dns.OpcodeNotify }),
 		q("nas1.myqnapcloud.com.", dns.TypeA, func(m *dns.Msg) { m.Question = append(m.Question, m.Question[0]) }),
-		q("nas1.myqnapcloud.com.", dns.TypeA, func(m *dns.Msg) { m.Extra = append(m.Extra, &dns.A{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeA, Class: dns.ClassINET}}) }),
+		q("nas1.myqnapcloud.com.", dns.TypeA, func(m *dns.Msg) {
+			m.Extra = append(m.Extra, &dns.A{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeA, Class: dns.ClassINET}})
+		}),
 		q(`n\.as1.myqnapcloud.com.`, dns.TypeA, nil),
 		append(q("nas1.myqnapcloud.com.", dns.TypeA, nil), 0), // a byte after the question
-		q("nas1.myqnapcloud.com.", dns.TypeA, nil)[:20],        // cut short
-		q("nas1.myqnapcloud.com.", dns.TypeA, nil)[:12],        // no question
+		q("nas1.myqnapcloud.com.", dns.TypeA, nil)[:20],       // cut short
+		q("nas1.myqnapcloud.com.", dns.TypeA, nil)[:12],       // no question
 	}
 	return answered, handed
 }
