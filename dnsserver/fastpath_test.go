@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -303,5 +304,21 @@ func TestEveryReusePortSocketAnswers(t *testing.T) {
 	}
 	if !both() {
 		t.Errorf("answers per socket: %d and %d; want both serving", s.readers[0].answered.Load(), s.readers[1].answered.Load())
+	}
+}
+
+// A second server on the address of a running one fails to start, though
+// the first one's UDP sockets share their port (SO_REUSEPORT): it must not
+// take part of the first one's queries unnoticed.
+func TestSecondServerOnTheSamePortFails(t *testing.T) {
+	st := openStore(t)
+	first := startServer(t, Config{Source: st, UDPSockets: 2})
+	second, err := newTestServer(Config{Addr: first.Addr().String(), Source: st, UDPSockets: 2})
+	if err == nil {
+		second.Shutdown(context.Background()) //nolint:errcheck // the test failed already
+		t.Fatalf("a second server started on %s beside the first", first.Addr())
+	}
+	if !strings.Contains(err.Error(), first.Addr().String()) {
+		t.Errorf("error %q does not name the address %s", err, first.Addr())
 	}
 }
