@@ -293,46 +293,42 @@ func (s *Server) answerFast(pkt []byte, src netip.AddrPort, out []byte, sc *fast
 		}
 	}
 
-	// Rate limiting, as limit does it.
+	// fit's limits, checked before rate limiting so that a query handed
+	// over is charged once, by ServeDNS: what the client takes, and 3
+	// times the query (queryLen).
+	maxSize, optLen := 512, 0 // dns.MinMsgSize
+	if q.edns {
+		maxSize, optLen = min(max(int(q.udpSize), 512), int(s.udpSize)), 11
+	}
+	if n+optLen > maxSize || n+optLen > maxAmplification*(q.qEnd+optLen) || n+optLen > len(out) {
+		return fastHandOver, 0 // ServeDNS truncates it
+	}
+
+	// Rate limiting, as limit does it: a dropped answer is not told to
+	// OnQuery, a slipped one is emptied (emptyTruncated) and sent.
 	nameLen := presentation(sc.name[:], pkt[12:q.qEnd-4])
-	rcode := int(flags & 0xF)
 	switch s.rrlFast(src.Addr(), cls, sc.name[:nameLen], q.qtype) {
 	case rrlDrop:
-		s.queried(src, sc.name[:nameLen], q.qtype, rcode)
 		return fastDrop, 0
-	case rrlSlip: // emptyTruncated: header with TC, question, OPT
+	case rrlSlip:
 		flags |= flagTC
 		clear(out[6:10])
 		n = q.qEnd
 	}
 	binary.BigEndian.PutUint16(out[2:], flags)
-
-	maxSize := 512 // dns.MinMsgSize
 	if q.edns {
 		binary.BigEndian.PutUint16(out[10:], 1)
 		var do byte
 		if q.do {
 			do = 0x80
 		}
-		if n+11 > len(out) {
-			return fastHandOver, 0
-		}
 		out[n] = 0
 		binary.BigEndian.PutUint16(out[n+1:], typeOPT)
 		binary.BigEndian.PutUint16(out[n+3:], s.udpSize)
 		copy(out[n+5:n+11], []byte{0, 0, do, 0, 0, 0})
 		n += 11
-		maxSize = min(max(int(q.udpSize), 512), int(s.udpSize))
 	}
-	// fit's limits: what the client takes, 3 times the query (queryLen).
-	qlen := q.qEnd
-	if q.edns {
-		qlen += 11
-	}
-	if n > maxSize || n > maxAmplification*qlen {
-		return fastHandOver, 0 // ServeDNS truncates it
-	}
-	s.queried(src, sc.name[:nameLen], q.qtype, rcode)
+	s.queried(src, sc.name[:nameLen], q.qtype, int(flags&0xF))
 	return fastSend, n
 }
 
