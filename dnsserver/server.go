@@ -240,6 +240,9 @@ func (cfg Config) Validate() error {
 	if _, err := parseCAA(cfg.CAA); err != nil {
 		errs = append(errs, err)
 	}
+	if cfg.UDPSockets < 0 {
+		errs = append(errs, fmt.Errorf("UDP sockets %d is negative", cfg.UDPSockets))
+	}
 	if cfg.UDPSize != 0 && cfg.UDPSize < dns.MinMsgSize {
 		errs = append(errs, fmt.Errorf("UDP payload size %d is below %d", cfg.UDPSize, dns.MinMsgSize))
 	}
