@@ -26,11 +26,17 @@ type pathPair struct {
 
 func newPathPair(t testing.TB, st *store.Store) *pathPair {
 	t.Helper()
+	return newPathPairRRL(t, st, RRL{})
+}
+
+// newPathPairRRL is newPathPair with rate limiting rrl on both servers.
+func newPathPairRRL(t testing.TB, st *store.Store, rrl RRL) *pathPair {
+	t.Helper()
 	if !fastPathSupported || noFastPath {
 		t.Skip("compares both paths: once is enough")
 	}
 	p := &pathPair{buf: make([]byte, dns.MaxMsgSize)}
-	cfg := Config{Source: st, CAA: []string{`0 issue "letsencrypt.org"`}}
+	cfg := Config{Source: st, CAA: []string{`0 issue "letsencrypt.org"`}, RRL: rrl}
 	p.fast = startServer(t, cfg)
 	cfg.NoFastPath = true
 	p.slow = startServer(t, cfg)
@@ -199,6 +205,21 @@ func TestFastPathAnswersAsMiekg(t *testing.T) {
 	// Handed over: all but those without a question (dropped before).
 	if st.HandedOver < uint64(len(handed)-2) {
 		t.Errorf("fast path handed over %d queries, want %d", st.HandedOver, len(handed)-2)
+	}
+}
+
+// Rate limiting on the fast path sends, drops and slips as ServeDNS does:
+// at one answer a second for each name, class and network, and Slip 1, the
+// first answer of each kind goes out whole and every later one empty with
+// TC set, the same bytes from both paths.
+func TestFastPathRateLimitsAsMiekg(t *testing.T) {
+	p := newPathPairRRL(t, fastPathStore(t), RRL{Rate: 1, NXDomainRate: 1, ErrorRate: 1, Slip: 1})
+	answered, _ := fastPathQueries(t)
+	for _, pkt := range answered {
+		p.compare(t, pkt)
+	}
+	if st := p.fast.RRLStats(); st.Slipped == 0 || st != p.slow.RRLStats() {
+		t.Errorf("rate limiting: fast path %+v, miekg/dns %+v; want the same, with slips", st, p.slow.RRLStats())
 	}
 }
 
