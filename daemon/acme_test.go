@@ -23,11 +23,14 @@ import (
 // challengeName is the TXT name of device's ACME challenge in the test zone.
 func challengeName(device string) string { return "_acme-challenge." + daemontest.FQDN(device) }
 
-// txtValues returns the strings of the TXT answer to a query for name.
+// txtValues returns the strings of the TXT answer to a query for name, over
+// TCP: over UDP two values (a name and its wildcard's) are more than three
+// times a query without EDNS, and come truncated (dnsserver's amplification
+// bound).
 func txtValues(td *daemontest.Daemon, name string) []string {
 	td.T.Helper()
 	var out []string
-	for _, rr := range td.Query("udp", name, dns.TypeTXT).Answer {
+	for _, rr := range td.Query("tcp", name, dns.TypeTXT).Answer {
 		if txt, ok := rr.(*dns.TXT); ok {
 			out = append(out, txt.Txt...)
 		}

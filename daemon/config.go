@@ -47,6 +47,8 @@ type Config struct {
 	RRL      RRLConfig
 	TURN     TURNConfig
 	Link     LinkConfig
+	// Cluster is this node's part in Link across nodes (cluster.go).
+	Cluster  ClusterConfig
 	Privacy  PrivacyConfig
 	LogLevel zerolog.Level `setting:"log-level"`
 

@@ -41,7 +41,10 @@ type Daemon struct {
 	dns     *dnsserver.Server
 	api     *api.API
 	relays  *relays // STUN/TURN and Link; each part nil when not configured
-	caps    connCaps
+	// presence is a cluster node's Link presence (cluster.go), nil until
+	// the relay starts and on a node on its own; DNS reads it.
+	presence atomic.Pointer[store.Presence]
+	caps     connCaps
 	// stops are the components in start order; Shutdown stops them in
 	// reverse.
 	stops []stopper
@@ -104,6 +107,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 		Devices: d.store.Len, StoreBytes: d.store.Size, Online: d.linkAgents,
 		Sessions:    map[string]func() int{"link": d.linkSessions, "turn": d.turnAllocations},
 		LinkConns:   d.linkCarriers,
+		LinkCluster: d.linkClusterMetrics(cfg),
 		TURNRefused: d.turnRefused,
 		DNSLimited:  map[string]func() uint64{"dropped": d.dnsDropped, "slipped": d.dnsSlipped},
 		LogWritten:  d.connlog.Written, LogDropped: d.connlog.Dropped,
@@ -116,7 +120,8 @@ func New(cfg Config) (_ *Daemon, err error) {
 		Addr: cfg.DNSAddr, Zone: cfg.Zone, NameServers: cfg.NameServers, TTL: cfg.TTL,
 		ExactNamesOnly: cfg.ExactNames, NoFastPath: cfg.NoDNSFastPath, CAA: cfg.CAA, RRL: cfg.RRL.dns(), Source: d.store, OnQuery: d.observeQuery,
 		TCPConns: d.caps.dns, Transfer: d.transferConfig(cfg.Transfer), Logger: d.component("dns"),
-		Update: dnsserver.UpdateConfig{Store: d.store, OnUpdate: d.observeUpdate},
+		Update:     dnsserver.UpdateConfig{Store: d.store, OnUpdate: d.observeUpdate},
+		LinkRelays: d.steering(cfg),
 	}); err != nil {
 		return nil, err
 	}

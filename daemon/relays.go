@@ -116,12 +116,27 @@ func (d *Daemon) startLink(cfg Config, cert *certfile.Watcher) error {
 			return err
 		}
 	}
+	p, err := d.startPresence(cfg, &c)
+	if err != nil {
+		return err
+	}
+	if p != nil {
+		c.Presence, c.MeshKey = p, cfg.Cluster.MeshKey
+	}
 	l, err := linkserver.New(c)
 	if err != nil {
+		if p != nil {
+			p.Close()
+		}
 		return err
 	}
 	d.onStop("link relay", l.Shutdown)
 	r.link = l
+	if p != nil {
+		// Stopped before the relay: the lease is revoked, so this node's
+		// agents leave every node's DNS at once, not after the lease's TTL.
+		d.onStop("link presence", func(context.Context) error { return p.Close() })
+	}
 	ev := d.log.Info().Str("link", l.Addr().String())
 	if l.TCPAddr().IsValid() {
 		ev = ev.Str("link_tcp", l.TCPAddr().String())

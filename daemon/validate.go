@@ -78,6 +78,7 @@ func (c Config) Validate() error {
 		}
 	}
 	c.Store.validate(add)
+	c.Cluster.validate(c.Store.Backend, c.Link.Addr, add)
 	if c.TURN.Addr != "" && c.TURN.Enabled {
 		if _, err := turnserver.RelayAddr(c.TURN.Addr, c.TURN.RelayIP); err != nil {
 			add("turn-relay-ip", fmt.Errorf("stun: %w", err))

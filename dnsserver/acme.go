@@ -33,36 +33,6 @@ const challengeLabel = "_acme-challenge"
 // the device TTL applies when it is lower.
 const ChallengeTTL = 10
 
-// maxChallengeUDP is how large a UDP answer of challenge values may be
-// whatever its query's size. Two values, what a name and its wildcard need
-// at once, make an answer a few bytes over 3 times its query, and a CA's
-// resolver may not ask again over TCP (Pebble's does not): without this
-// every certificate for a name and its wildcard would fail there. The
-// values are bounded (store.MaxChallenges of 43 bytes: all 8 fit in 512
-// bytes with a short name), set only with a device's token, and answered under
-// the same rate limit as everything else; an answer that does not fit is
-// sent empty with TC, as any other.
-const maxChallengeUDP = 512
-
-// challengeAnswerLimit is maxChallengeUDP when m answers with challenge
-// values, else 0 (amplification.go's fit takes the larger of it and its own
-// bound).
-func challengeAnswerLimit(m *dns.Msg) int {
-	if len(m.Answer) == 0 || len(m.Question) != 1 {
-		return 0
-	}
-	q := strings.ToLower(m.Question[0].Name)
-	if !strings.HasPrefix(q, challengeLabel+".") {
-		return 0
-	}
-	for _, rr := range m.Answer {
-		if rr.Header().Rrtype != dns.TypeTXT {
-			return 0
-		}
-	}
-	return maxChallengeUDP
-}
-
 // answerChallenge answers q for _acme-challenge.<device>.
 func (s *Server) answerChallenge(m *dns.Msg, q dns.Question, device string) {
 	rec, ok := s.src.Lookup(device)

@@ -73,14 +73,18 @@ func TestChallengeAndCAAAnswersOverUDPAndTCP(t *testing.T) {
 	txtB := ch + ` 10 IN TXT "` + valB + `"`
 	cases := []dnsCase{
 		// The challenge name.
-		{name: "TXT at a device's challenge name gives each value", qname: ch, qtype: dns.TypeTXT, aa: true,
+		// Two values (a name and its wildcard) are just over 3 times a query
+		// without EDNS; a resolver asks with EDNS, as Unbound does.
+		{name: "TXT at a device's challenge name gives each value", qname: ch, qtype: dns.TypeTXT, aa: true, edns: &ednsQuery{size: 1232}, opt: &wantOPT{size: 1232},
 			answer: []string{txtA, txtB}},
-		{name: "challenge name keeps the query's spelling", qname: "_ACME-Challenge.NAS1.myqnapcloud.com.", qtype: dns.TypeTXT, aa: true,
+		{name: "without EDNS two values, over 3 times the query, come truncated over UDP and whole over TCP", qname: ch, qtype: dns.TypeTXT, aa: true,
+			answer: []string{txtA, txtB}, truncatedOverUDP: true},
+		{name: "challenge name keeps the query's spelling", qname: "_ACME-Challenge.NAS1.myqnapcloud.com.", qtype: dns.TypeTXT, aa: true, edns: &ednsQuery{size: 1232}, opt: &wantOPT{size: 1232},
 			answer: []string{
 				`_ACME-Challenge.NAS1.myqnapcloud.com. 10 IN TXT "` + valA + `"`,
 				`_ACME-Challenge.NAS1.myqnapcloud.com. 10 IN TXT "` + valB + `"`,
 			}},
-		{name: "ANY at the challenge name gives the values", qname: ch, qtype: dns.TypeANY, aa: true,
+		{name: "ANY at the challenge name gives the values", qname: ch, qtype: dns.TypeANY, aa: true, edns: &ednsQuery{size: 1232}, opt: &wantOPT{size: 1232},
 			answer: []string{txtA, txtB}},
 		{name: "A at the challenge name is NODATA, not the device's address", qname: ch, qtype: dns.TypeA, aa: true,
 			ns: []string{soaChallengeNegative}},
@@ -92,14 +96,14 @@ func TestChallengeAndCAAAnswersOverUDPAndTCP(t *testing.T) {
 			rcode: dns.RcodeNameError, ns: []string{soaNegative}},
 		{name: "a name below the challenge name answers as a name below the device", qname: "x." + ch, qtype: dns.TypeTXT, aa: true,
 			ns: []string{soaNegative}},
-		{name: "device TTL below ChallengeTTL applies to the values", server: srvLowTTL, qname: ch, qtype: dns.TypeTXT, aa: true,
+		{name: "device TTL below ChallengeTTL applies to the values", server: srvLowTTL, qname: ch, qtype: dns.TypeTXT, aa: true, edns: &ednsQuery{size: 1232}, opt: &wantOPT{size: 1232},
 			answer: []string{
 				ch + ` 5 IN TXT "` + valA + `"`,
 				ch + ` 5 IN TXT "` + valB + `"`,
 			}},
 
-		{name: "the most values a device publishes fit 512 bytes over UDP, over 3 times the query", qname: "_acme-challenge.full.myqnapcloud.com.", qtype: dns.TypeTXT, aa: true,
-			answer: fullAnswer},
+		{name: "the most values a device publishes, over 3 times the query, come whole over TCP and truncated over UDP", qname: "_acme-challenge.full.myqnapcloud.com.", qtype: dns.TypeTXT, aa: true,
+			answer: fullAnswer, truncatedOverUDP: true},
 
 		// DDNS off.
 		{name: "ddns off with a value: the value is published", qname: "_acme-challenge.sleepy.myqnapcloud.com.", qtype: dns.TypeTXT, aa: true,
@@ -112,7 +116,7 @@ func TestChallengeAndCAAAnswersOverUDPAndTCP(t *testing.T) {
 			rcode: dns.RcodeNameError, ns: []string{soaNegative}},
 
 		// Exact names: the challenge name is answered all the same.
-		{name: "exact names: the challenge name gives the values", server: srvExact, qname: "_acme-challenge.nas1.example.test.", qtype: dns.TypeTXT, aa: true,
+		{name: "exact names: the challenge name gives the values", server: srvExact, qname: "_acme-challenge.nas1.example.test.", qtype: dns.TypeTXT, aa: true, edns: &ednsQuery{size: 1232}, opt: &wantOPT{size: 1232},
 			answer: []string{
 				`_acme-challenge.nas1.example.test. 10 IN TXT "` + valA + `"`,
 				`_acme-challenge.nas1.example.test. 10 IN TXT "` + valB + `"`,

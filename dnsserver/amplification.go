@@ -41,7 +41,7 @@ func fit(r, m *dns.Msg, size int, tcp bool) {
 	if tcp {
 		return
 	}
-	limit := max(maxAmplification*queryLen(r), challengeAnswerLimit(m))
+	limit := maxAmplification * queryLen(r)
 	if l >= 0 && l <= limit {
 		return
 	}

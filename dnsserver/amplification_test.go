@@ -2,6 +2,7 @@ package dnsserver
 
 import (
 	"cmp"
+	"context"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/internal/testutil"
+	"github.com/nasreach/nasreach/store"
 )
 
 // amplification is one query's bytes in and out.
@@ -32,6 +35,18 @@ func TestAmplificationFactorOfTheLargestAnswerIsAtMostThree(t *testing.T) {
 	st := openStore(t)
 	addDevice(t, st, "nas1", "198.51.100.1", "2001:db8:1::1")
 	addDevice(t, st, "a", "198.51.100.2", "2001:db8:1::2") // the shortest name a device can have
+	// ACME challenge values, which a device's owner chooses the number of:
+	// two at nas1 (a name and its wildcard), as many as a device may
+	// publish at a.
+	var values []string
+	for i := range store.MaxChallenges {
+		values = append(values, testutil.ChallengeValue(i))
+	}
+	for name, vs := range map[string][]string{"nas1": values[:2], "a": values} {
+		if err := setChallenges(context.Background(), st, name, store.ChallengeUpdate{Add: vs}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	servers := []struct {
 		name string
 		cfg  Config
@@ -63,7 +78,8 @@ func TestAmplificationFactorOfTheLargestAnswerIsAtMostThree(t *testing.T) {
 		cfg.Source = st
 		srv := startServer(t, cfg)
 		zone := srv.Zone()
-		names := []string{zone, "ns1." + zone, "nas1." + zone, "a." + zone, "b." + zone, "www.a." + zone, "example.com.", "."}
+		names := []string{zone, "ns1." + zone, "nas1." + zone, "a." + zone, "b." + zone, "www.a." + zone, "example.com.", ".",
+			"_acme-challenge.nas1." + zone, "_acme-challenge.a." + zone}
 		udp, err := (&dns.Client{Net: "udp", Timeout: 2 * time.Second}).Dial(srv.Addr().String())
 		if err != nil {
 			t.Fatal(err)

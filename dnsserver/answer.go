@@ -88,6 +88,10 @@ func (s *Server) answer(r *dns.Msg) (m *dns.Msg, maxSize int) {
 		s.answerChallenge(m, q, device)
 		return m, maxSize
 	}
+	if device, srv, ok := linkName(label); ok && s.linkRelays != nil {
+		s.answerLink(m, q, device, srv) // link.go
+		return m, maxSize
+	}
 	device := label
 	if i := strings.LastIndexByte(label, '.'); i >= 0 {
 		if s.exact.Load() {

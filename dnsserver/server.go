@@ -131,6 +131,11 @@ type Config struct {
 	// RRL is response rate limiting of UDP answers (rrl.go); the zero value
 	// is off.
 	RRL RRL
+	// LinkRelays, when set, returns the advertised relay addresses of the
+	// node holding a device's Link agent (none: not online), for the
+	// steering names of a cluster (link.go). It runs on the hot path and
+	// must not block. Nil: those names are ordinary names below a device.
+	LinkRelays func(device string) []netip.AddrPort
 }
 
 // Query describes one answered query for OnQuery. It is passed by value
@@ -171,7 +176,8 @@ type Server struct {
 	ttl        atomic.Uint32 // device TTL and negative-caching TTL; SetTTL changes it live
 	soaTTL     uint32
 	udpSize    uint16
-	exact      atomic.Bool // names below a device are NXDOMAIN; SetExactNamesOnly changes it live
+	linkRelays func(device string) []netip.AddrPort // Config.LinkRelays
+	exact      atomic.Bool                          // names below a device are NXDOMAIN; SetExactNamesOnly changes it live
 	rcvBuf     int
 	fast       *fastZone // nil: the fast path is off
 	udpSockets int
@@ -305,6 +311,7 @@ func newServer(cfg Config) (*Server, error) {
 		udpSize:    cmp.Or(cfg.UDPSize, DefaultUDPSize),
 		rcvBuf:     cmp.Or(cfg.ReceiveBuffer, DefaultRcvBuf),
 		src:        cfg.Source,
+		linkRelays: cfg.LinkRelays,
 		onQuery:    cfg.OnQuery,
 		updates:    cfg.Update.Store,
 		onUpdate:   cfg.Update.OnUpdate,

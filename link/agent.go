@@ -33,6 +33,11 @@ const (
 type AgentConfig struct {
 	// Server is the relay's UDP address, HOST:PORT. Required.
 	Server string
+	// Servers are more relays of the same cluster (link across nodes),
+	// HOST:PORT each: when a connection ends, the agent connects to the
+	// next (steer.go), so that it leaves a dead node. A Server name with
+	// several addresses of one family counts as that many relays.
+	Servers []string
 	// ServerTCP is the relay's TCP address, HOST:PORT, tried when QUIC to
 	// Server gets no answer (UDP blocked); empty means Server's host and
 	// port, "-" no TCP.
@@ -63,6 +68,10 @@ type AgentConfig struct {
 	HTTPClient *http.Client
 	// KeepAlive is the QUIC keep-alive period; zero means DefaultKeepAlive.
 	KeepAlive time.Duration
+	// IdleTimeout is how long the relay may be silent before the agent
+	// takes it for dead and reconnects (to the next relay); zero means
+	// DefaultAgentIdleTimeout.
+	IdleTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the reconnect delay, which doubles after
 	// each failure (with jitter); zero means the defaults.
 	MinBackoff, MaxBackoff time.Duration
@@ -82,6 +91,9 @@ type AgentConfig struct {
 	// seconds (wire.go); nil means net.ListenUDP. Tests open them in a
 	// network namespace.
 	ListenUDP func(network string, laddr *net.UDPAddr) (*net.UDPConn, error)
+	// DialTCP opens the TCP connection to the relay's TCP carrier; nil
+	// means a net.Dialer. Tests dial in a network namespace.
+	DialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
 	// DisableDirect refuses direct paths (--direct never): every session
 	// goes through the relay.
 	DisableDirect bool
@@ -100,7 +112,7 @@ type AgentConfig struct {
 // the exposed ports over end-to-end TLS with the device key.
 type Agent struct {
 	cfg         AgentConfig
-	relay       *relayDialer
+	ring        *relayRing
 	e2e         *tls.Config
 	fingerprint string
 	spki        []byte
@@ -148,6 +160,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		return nil, err
 	}
 	cfg.KeepAlive = cmp.Or(cfg.KeepAlive, DefaultKeepAlive)
+	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, DefaultAgentIdleTimeout)
 	cfg.MinBackoff = cmp.Or(cfg.MinBackoff, DefaultMinBackoff)
 	cfg.MaxBackoff = cmp.Or(cfg.MaxBackoff, DefaultMaxBackoff)
 	cfg.HandshakeTimeout = cmp.Or(cfg.HandshakeTimeout, DefaultHandshakeTimeout)
@@ -162,8 +175,10 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	rd.dialTCP = cfg.DialTCP
 	a := &Agent{
-		cfg: cfg, relay: rd, e2e: serverE2E(cert), spki: cert.Leaf.RawSubjectPublicKeyInfo,
+		cfg: cfg, ring: &relayRing{base: rd, servers: append([]string{cfg.Server}, cfg.Servers...), dialers: map[string]*relayDialer{}},
+		e2e: serverE2E(cert), spki: cert.Leaf.RawSubjectPublicKeyInfo,
 		fingerprint: Fingerprint(cert.Leaf.RawSubjectPublicKeyInfo),
 		log:         log,
 		http:        cmp.Or(cfg.HTTPClient, &http.Client{Timeout: 10 * time.Second}),
@@ -266,6 +281,7 @@ func (a *Agent) run() {
 		if a.ctx.Err() != nil {
 			return
 		}
+		a.ring.advance()
 		if served {
 			failures = 0
 		} else {
@@ -314,9 +330,14 @@ func (a *Agent) session() (served bool, err error) {
 	hctx, cancel := context.WithTimeout(a.ctx, a.cfg.HandshakeTimeout)
 	defer cancel()
 	qc := quicConfig(a.cfg.HandshakeTimeout, a.cfg.KeepAlive, MaxAgentStreams)
-	c, relayAddr, err := a.relay.dial(hctx, a.ep, qc)
+	qc.MaxIdleTimeout = a.cfg.IdleTimeout
+	rd, server, err := a.ring.pick(hctx)
 	if err != nil {
-		return false, fmt.Errorf("connect to relay %s: %w", a.cfg.Server, err)
+		return false, err
+	}
+	c, relayAddr, err := rd.dial(hctx, a.ep, qc)
+	if err != nil {
+		return false, fmt.Errorf("connect to relay %s: %w", server, err)
 	}
 	defer c.CloseWithError(CloseNormal, "agent reconnecting")
 	overTCP := c.Transport() == TransportTCP
@@ -331,26 +352,33 @@ func (a *Agent) session() (served bool, err error) {
 	cs := newStreamConn(ctrl, c)
 	res, err := request(hctx, cs, Hello{Device: a.cfg.Device, Token: a.cfg.Token}, a.cfg.HandshakeTimeout)
 	if err != nil {
-		return false, fmt.Errorf("log in to relay %s: %w", a.cfg.Server, err)
+		return false, fmt.Errorf("log in to relay %s: %w", server, err)
 	}
 	if res.Status != StatusOK {
-		return false, fmt.Errorf("log in to relay %s as %s: %w", a.cfg.Server, a.cfg.Device, &RefusedError{Status: res.Status, Message: res.Message})
+		return false, fmt.Errorf("log in to relay %s as %s: %w", server, a.cfg.Device, &RefusedError{Status: res.Status, Message: res.Message})
 	}
 	a.setOnline(c)
 	defer a.setOnline(nil)
-	a.log.Info().Str("relay", a.cfg.Server).Str("transport", c.Transport()).Msg("connected to link relay")
+	a.log.Info().Str("relay", server).Str("transport", c.Transport()).Msg("connected to link relay")
 	select {
 	case a.kick <- struct{}{}:
 	default:
 	}
-	// The control stream carries nothing more; its end ends the agent.
+	// The control stream carries Revoke frames from the relay; its end, or
+	// anything else on it, ends the agent.
 	a.wg.Go(func() {
-		var b [1]byte
-		_, _ = ctrl.Read(b[:])
+		for {
+			fr, err := ReadFrame(ctrl, 0)
+			rv, ok := fr.(Revoke)
+			if err != nil || !ok {
+				break
+			}
+			a.revoke(rv.Exchanges)
+		}
 		c.CloseWithError(CloseProtocol, "control stream ended")
 	})
 	if overTCP { // direct paths need UDP, and so does STUN
-		a.wg.Go(func() { a.relay.returnToQUIC(a.ctx, c, a.ep, qc, func() bool { return a.sessions.Load() == 0 }) })
+		a.wg.Go(func() { rd.returnToQUIC(a.ctx, c, a.ep, qc, func() bool { return a.sessions.Load() == 0 }) })
 	} else if a.direct.ln != nil || a.cfg.API != "" { // STUN serves both
 		a.wg.Go(func() { a.watchInfo(c) })
 	}

@@ -26,14 +26,22 @@ import (
 // carrier: yamux streams carrying the frames of ALPN's protocol.
 const TCPALPN = "nasreach-link-tcp/1"
 
-// Flow-control bounds of the TCP carrier, the counterparts of quic-go's
-// stream and connection receive windows: a stream's window starts at
-// yamux's 256 KiB and grows, as the reader keeps up, to
-// tcpMaxStreamWindow, and the growth of all the streams of one connection
-// is bounded by tcpConnWindow.
+// tcpStreamWindow is a TCP carrier stream's receive window, fixed: yamux's
+// own 256 KiB, the least it allows. yamux (go-yamux v5.1.0) can grow a
+// window as its reader keeps up, but its sendWindowUpdate loses the update
+// it was about to send whenever it grows the window (the second GrowTo's
+// delta replaces the first's, which the receive buffer has already
+// counted as granted); after two growths the receiver believes it granted
+// more than half the window that the sender never got, and the stream
+// stalls for good. Growth happens when a window is read within four of
+// the round trips yamux measured at the session's start, so a session
+// begun on a busy machine stalled (the NAT lab's matrix met it, 16 MiB
+// stopping after 6 to 13 MiB); on an idle loopback it never grew at all.
+// With the maximum equal to the initial window it never grows. A stream
+// then carries at most 256 KiB per round trip (5 MiB/s at 50 ms), and
+// one connection holds at most its streams times 256 KiB unread.
 const (
-	tcpMaxStreamWindow = 6 << 20
-	tcpConnWindow      = 16 << 20
+	tcpStreamWindow = 256 << 10
 	// tcpCloseCodeBase is added to a Close* code in yamux's GoAway, whose
 	// codes 0 to 2 are yamux's own (normal, protocol error, internal
 	// error).
@@ -69,15 +77,13 @@ func NewTCPCarrier(conn net.Conn, cfg TCPCarrierConfig) (Carrier, error) {
 	// yamux's AcceptBacklog (256) also bounds the streams this end opens
 	// that the peer has not acknowledged yet: kept, so that concurrent
 	// sessions do not wait a round trip each.
-	yc.MaxStreamWindowSize = tcpMaxStreamWindow
-	budget := &windowBudget{left: tcpConnWindow}
-	mm := func() (yamux.MemoryManager, error) { return &windowSpan{b: budget}, nil }
+	yc.InitialStreamWindowSize, yc.MaxStreamWindowSize = tcpStreamWindow, tcpStreamWindow
 	var sess *yamux.Session
 	var err error
 	if cfg.Server {
-		sess, err = yamux.Server(conn, yc, mm)
+		sess, err = yamux.Server(conn, yc, nil)
 	} else {
-		sess, err = yamux.Client(conn, yc, mm)
+		sess, err = yamux.Client(conn, yc, nil)
 	}
 	if err != nil {
 		conn.Close()
@@ -89,17 +95,26 @@ func NewTCPCarrier(conn net.Conn, cfg TCPCarrierConfig) (Carrier, error) {
 	return c, nil
 }
 
-// dialTCP opens a TCP carrier to addr, HOST:PORT, with the relay's TLS
-// configuration tc (its ALPN replaced by TCPALPN), taking up to
-// maxIncoming streams from the relay at once.
-func dialTCP(ctx context.Context, addr string, tc *tls.Config, keepAlive time.Duration, maxIncoming int) (Carrier, error) {
+// dialTCP opens a TCP carrier to addr, HOST:PORT, over a connection from
+// dial (nil: a net.Dialer) with the relay's TLS configuration tc (its ALPN
+// replaced by TCPALPN), taking up to maxIncoming streams from the relay at
+// once.
+func dialTCP(ctx context.Context, dial func(ctx context.Context, network, addr string) (net.Conn, error), addr string, tc *tls.Config, keepAlive time.Duration, maxIncoming int) (Carrier, error) {
 	tc = tc.Clone()
 	tc.NextProtos = []string{TCPALPN}
-	conn, err := (&tls.Dialer{Config: tc}).DialContext(ctx, "tcp", addr)
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	raw, err := dial(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	if p := conn.(*tls.Conn).ConnectionState().NegotiatedProtocol; p != TCPALPN {
+	conn := tls.Client(raw, tc)
+	if err := conn.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	if p := conn.ConnectionState().NegotiatedProtocol; p != TCPALPN {
 		conn.Close()
 		return nil, fmt.Errorf("%s does not speak %s (ALPN %q)", addr, TCPALPN, p)
 	}
@@ -266,42 +281,3 @@ func tcpErr(err error) error {
 	}
 	return fmt.Errorf("%w: %w", errCarrierLost, err)
 }
-
-// windowBudget bounds the window growth of one connection's streams.
-type windowBudget struct {
-	mu   sync.Mutex
-	left int
-}
-
-// windowSpan is one stream's share of a windowBudget; held is under the
-// budget's lock. Its first window
-// (yamux reserves it at the highest priority) is bounded by the stream
-// count instead, as QUIC's initial stream windows are.
-type windowSpan struct {
-	b    *windowBudget
-	held int
-}
-
-func (s *windowSpan) ReserveMemory(size int, prio uint8) error {
-	if prio == 255 {
-		return nil
-	}
-	s.b.mu.Lock()
-	defer s.b.mu.Unlock()
-	if size > s.b.left {
-		return errors.New("connection window exhausted")
-	}
-	s.b.left -= size
-	s.held += size
-	return nil
-}
-
-func (s *windowSpan) ReleaseMemory(size int) {
-	s.b.mu.Lock()
-	defer s.b.mu.Unlock()
-	size = min(size, s.held)
-	s.b.left += size
-	s.held -= size
-}
-
-func (s *windowSpan) Done() { s.ReleaseMemory(1 << 30) }

@@ -21,6 +21,14 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultKeepAlive        = 10 * time.Second // well under the 30 s many NATs keep a UDP mapping
 	DefaultIdleTimeout      = 30 * time.Second
+	// DefaultAgentIdleTimeout is how long an agent waits on a silent relay
+	// before it takes it for dead and reconnects. A relay node that dies
+	// sends nothing (QUIC ignores the ICMP errors that follow), so this is
+	// how long a NAS stays unreachable before it moves to another node:
+	// short, yet two lost keep-alives long (QUIC sends them at half the
+	// idle timeout, so every 5 s, 0.2 packets a second per agent). Clients
+	// keep DefaultIdleTimeout: no one's reachability waits on them.
+	DefaultAgentIdleTimeout = 10 * time.Second
 	// maxOnlinePoll caps the delay between asking the relay again for a
 	// device that is offline (DialerConfig.WaitOnline); the delay starts at
 	// a tenth of a second and doubles, well under the relay's per-address
@@ -73,9 +81,20 @@ type DialerConfig struct {
 	// seconds (wire.go); nil means net.ListenUDP. Tests open them in a
 	// network namespace.
 	ListenUDP func(network string, laddr *net.UDPAddr) (*net.UDPConn, error)
+	// DialTCP opens the TCP connection to the relay's TCP carrier; nil
+	// means a net.Dialer. Tests dial in a network namespace.
+	DialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
 	// DisableDirect keeps every session on the relay (--direct never): no
 	// hole punching.
 	DisableDirect bool
+	// Steer, when set, looks up in DNS which node of a relay cluster holds
+	// the device before connecting, and connects to that node (steer.go);
+	// Server stays the fallback. Nil: always Server.
+	Steer *Steer
+	// DirectRetry is the first wait before punching again after a failed
+	// attempt or a lost direct path (it doubles up to DirectRetryMax);
+	// zero means DirectRetryMin.
+	DirectRetry time.Duration
 	// Logger receives the dialer's events.
 	Logger zerolog.Logger
 }
@@ -116,10 +135,12 @@ func NewDialer(cfg DialerConfig) (*Dialer, error) {
 	d.cfg.KeepAlive = cmp.Or(cfg.KeepAlive, DefaultKeepAlive)
 	d.cfg.QUICHeadStart = cmp.Or(cfg.QUICHeadStart, DefaultQUICHeadStart)
 	d.cfg.QUICRetry = cmp.Or(cfg.QUICRetry, DefaultQUICRetry)
+	d.cfg.DirectRetry = cmp.Or(cfg.DirectRetry, DirectRetryMin)
 	var err error
 	if d.relay, err = newRelayDialer(cfg.Server, cfg.ServerTCP, cfg.RelayFingerprint, d.cfg.KeepAlive, d.cfg.QUICHeadStart, d.cfg.QUICRetry, cfg.Logger); err != nil {
 		return nil, err
 	}
+	d.relay.dialTCP = cfg.DialTCP
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.direct.paths, d.direct.birthdays = map[string]*directPath{}, make(chan struct{}, maxBirthdays)
 	for dev, fp := range cfg.Fingerprints {
@@ -151,6 +172,12 @@ func quicConfig(handshake, keepAlive time.Duration, incoming int64) *quic.Config
 
 // connection returns the live connection to the relay, dialing if needed.
 func (d *Dialer) connection(ctx context.Context, fresh bool) (Carrier, error) {
+	return d.connectionFor(ctx, "", fresh)
+}
+
+// connectionFor is connection for a session to device: a new connection
+// goes to the node DNS names for device, when steering.
+func (d *Dialer) connectionFor(ctx context.Context, device string, fresh bool) (Carrier, error) {
 	d.dialMu.Lock()
 	defer d.dialMu.Unlock()
 	d.mu.Lock()
@@ -179,9 +206,15 @@ func (d *Dialer) connection(ctx context.Context, fresh bool) (Carrier, error) {
 	stop := context.AfterFunc(d.ctx, cancel) // Close does not wait for a handshake
 	defer stop()
 	qc := quicConfig(d.cfg.HandshakeTimeout, d.cfg.KeepAlive, -1)
-	c, to, err := d.relay.dial(hctx, d.ep, qc)
+	rd, server := d.steer(hctx, device)
+	c, to, err := rd.dial(hctx, d.ep, qc)
+	if err != nil && rd != d.relay {
+		d.log.Warn().Err(err).Str("device", device).Str("relay", server).Msg("the relay node DNS names does not answer; trying --server")
+		rd, server = d.relay, d.cfg.Server
+		c, to, err = rd.dial(hctx, d.ep, qc)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("connect to relay %s: %w", d.cfg.Server, err)
+		return nil, fmt.Errorf("connect to relay %s: %w", server, err)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -191,7 +224,7 @@ func (d *Dialer) connection(ctx context.Context, fresh bool) (Carrier, error) {
 	}
 	d.conn, d.relayAddr = c, to
 	if c.Transport() == TransportTCP {
-		d.wg.Go(func() { d.relay.returnToQUIC(d.ctx, c, d.ep, qc, func() bool { return openStreams(c) == 0 }) })
+		d.wg.Go(func() { rd.returnToQUIC(d.ctx, c, d.ep, qc, func() bool { return openStreams(c) == 0 }) })
 	}
 	return c, nil
 }
@@ -281,7 +314,7 @@ func (d *Dialer) openOnline(ctx context.Context, device string, port uint16) (*s
 func (d *Dialer) open(ctx context.Context, device string, port uint16) (*streamConn, error) {
 	var lastErr error
 	for attempt := 0; attempt < 2; attempt++ { // a dead cached connection gets one fresh try
-		c, err := d.connection(ctx, attempt > 0)
+		c, err := d.connectionFor(ctx, device, attempt > 0)
 		if err != nil {
 			return nil, err
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -26,6 +27,11 @@ const (
 	// sessions on a direct connection; the client renews it through the
 	// relay, which checks the device and the access code again.
 	DefaultDirectLifetime = 10 * time.Minute
+	// DirectGrantTTL is how long the relay remembers the access code of an
+	// exchange it introduced, to revoke its direct connection at once when
+	// the code is revoked (wire.go): a DirectHello within ExchangeTTL,
+	// then DefaultDirectLifetime.
+	DirectGrantTTL = DefaultDirectLifetime + ExchangeTTL
 	// DefaultSTUNEvery is how often the agent refreshes its
 	// server-reflexive address: a NAT may rebind it, and the DDNS address
 	// follows it.
@@ -40,6 +46,12 @@ const (
 	// sooner than the relay's timers do: its sessions go back to the relay.
 	directKeepAlive   = 5 * time.Second
 	directIdleTimeout = 15 * time.Second
+	// punchFresh is the age beyond which the agent asks STUN again before
+	// answering a Punch with its candidates: in effect at every exchange
+	// (one round trip to the STUN server more), since a mapping may have
+	// moved at any moment, and a client repairing a silent direct path
+	// needs the current one.
+	punchFresh = time.Second
 	// stunTimeout bounds one STUN Binding (with its retransmissions).
 	stunTimeout = 3 * time.Second
 	// maxDirectStreams is how many sessions a direct connection may have open.
@@ -72,6 +84,9 @@ type directConn struct {
 	// until is when its authorization to open sessions ends; zero before
 	// the first DirectHello.
 	until time.Time
+	// exchange is the one its latest DirectHello used: the relay names it
+	// in Revoke.
+	exchange [ExchangeIDLen]byte
 }
 
 func (dc *directConn) authorizedAt(t time.Time) bool {
@@ -194,35 +209,39 @@ func (a *Agent) stunLoop() {
 		case <-t.C:
 		case <-a.direct.stunKick:
 		}
-		ad := &a.direct
-		ad.mu.Lock()
-		server, ok := stunServer(ad.info, ad.relayAddr)
-		ad.mu.Unlock()
-		if !ok {
-			continue
-		}
-		ad.mu.Lock()
-		relay := ad.relayAddr
-		ad.mu.Unlock()
-		mapped, m, err := a.ep.discoverMapping(a.ctx, server, relay)
-		if err != nil {
-			a.log.Debug().Err(err).Msg("stun binding failed")
-			continue
-		}
-		ad.mu.Lock()
-		changed := ad.srflx.Addr() != mapped.Addr()
-		classified := ad.mapping.kind != m.kind
-		ad.srflx, ad.mapping, ad.srflxAt = mapped, m, time.Now()
-		ad.mu.Unlock()
-		if classified {
-			a.log.Info().Str("nat", m.String()).Msg("nat mapping classified")
-		}
-		if changed {
-			a.log.Debug().Stringer("srflx", mapped).Msg("server-reflexive address learned")
-			select {
-			case a.kick <- struct{}{}:
-			default:
-			}
+		a.refreshSTUN()
+	}
+}
+
+// refreshSTUN asks the STUN server (and the relay) for the agent's
+// server-reflexive address and NAT mapping now.
+func (a *Agent) refreshSTUN() {
+	ad := &a.direct
+	ad.mu.Lock()
+	server, ok := stunServer(ad.info, ad.relayAddr)
+	relay := ad.relayAddr
+	ad.mu.Unlock()
+	if !ok {
+		return
+	}
+	mapped, m, err := a.ep.discoverMapping(a.ctx, server, relay)
+	if err != nil {
+		a.log.Debug().Err(err).Msg("stun binding failed")
+		return
+	}
+	ad.mu.Lock()
+	changed := ad.srflx.Addr() != mapped.Addr()
+	classified := ad.mapping.kind != m.kind
+	ad.srflx, ad.mapping, ad.srflxAt = mapped, m, time.Now()
+	ad.mu.Unlock()
+	if classified {
+		a.log.Info().Str("nat", m.String()).Msg("nat mapping classified")
+	}
+	if changed {
+		a.log.Debug().Stringer("srflx", mapped).Msg("server-reflexive address learned")
+		select {
+		case a.kick <- struct{}{}:
+		default:
 		}
 	}
 }
@@ -261,6 +280,14 @@ func (a *Agent) punch(sc *streamConn, p Punch) {
 	if overTCP {
 		WriteFrame(sc, Result{Status: StatusNoDirect, Message: fmt.Sprintf("device %s reaches the relay over TCP: no UDP for a direct path", a.cfg.Device)})
 		return
+	}
+	// A mapping learned a while ago may have changed (a new address from
+	// the provider, a NAT that rebound): the candidates must be current.
+	a.direct.mu.Lock()
+	stale := time.Since(a.direct.srflxAt) > punchFresh
+	a.direct.mu.Unlock()
+	if stale && len(p.Candidates) > 0 {
+		a.refreshSTUN()
 	}
 	x := &exchange{id: p.Exchange, key: p.Key, self: ProbeFromAgent, ep: a.ep, expires: time.Now().Add(ExchangeTTL), pinged: a.allow}
 	x.init()
@@ -404,6 +431,7 @@ func (a *Agent) hello(sc *streamConn, dc *directConn, h DirectHello) {
 	}
 	dc.mu.Lock()
 	dc.until = time.Now().Add(a.cfg.DirectLifetime)
+	dc.exchange = h.Exchange
 	dc.mu.Unlock()
 	WriteFrame(sc, Result{Status: StatusOK})
 	a.log.Debug().Msg("direct connection authorized")
@@ -426,6 +454,31 @@ func (a *Agent) closeDirect(code quic.ApplicationErrorCode, msg string) {
 	}
 	for _, c := range conns {
 		c.CloseWithError(code, msg)
+	}
+}
+
+// revoke closes the direct connections whose latest DirectHello used one
+// of ids, and forgets those exchanges: the relay no longer admits their
+// clients (an access code revoked).
+func (a *Agent) revoke(ids [][ExchangeIDLen]byte) {
+	ad := &a.direct
+	ad.mu.Lock()
+	for _, id := range ids {
+		delete(ad.grants, id)
+	}
+	var conns []*quic.Conn
+	for c, dc := range ad.conns {
+		dc.mu.Lock()
+		hit := slices.Contains(ids, dc.exchange) && !dc.until.IsZero()
+		dc.mu.Unlock()
+		if hit {
+			conns = append(conns, c)
+		}
+	}
+	ad.mu.Unlock()
+	a.log.Info().Int("exchanges", len(ids)).Int("connections", len(conns)).Msg("the relay revoked direct paths (access code revoked); closing their connections")
+	for _, c := range conns {
+		c.CloseWithError(CloseRevoked, "access revoked")
 	}
 }
 

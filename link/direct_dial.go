@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nasreach/nasreach/internal/netaddr"
 	"github.com/quic-go/quic-go"
 )
 
@@ -39,6 +40,14 @@ const (
 	DirectRenewAfter = DefaultDirectLifetime / 2
 	// srflxFresh is how long the client reuses a server-reflexive address.
 	srflxFresh = time.Minute
+	// directSilence is how long a direct connection may receive nothing
+	// before the client takes it for broken by an address change and
+	// repairs it: more than directKeepAlive, whose pings the peer
+	// acknowledges, and well within directIdleTimeout.
+	directSilence = directKeepAlive + 2*time.Second
+	// silenceCheck is how often the client looks at a direct
+	// connection's received packets.
+	silenceCheck = time.Second
 )
 
 // errFallback means the direct path could not take the session: the relay
@@ -65,6 +74,11 @@ type directPath struct {
 	conn     *quic.Conn // nil unless up
 	path     Path
 	punching bool // an attempt is in progress
+	// repairing is set while the connection is being repaired: new
+	// sessions take the relay meanwhile.
+	repairing bool
+	// broken is signalled when a session found the connection silent.
+	broken   chan struct{}
 	used     bool // a session went direct since the last authorization
 	renewMu  sync.Mutex
 	failures int
@@ -77,7 +91,7 @@ func (d *Dialer) directPath(device string) (*directPath, *quic.Conn) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	p := d.direct.paths[device]
-	if p == nil || p.conn == nil || p.conn.Context().Err() != nil {
+	if p == nil || p.conn == nil || p.repairing || p.conn.Context().Err() != nil {
 		return p, nil
 	}
 	return p, p.conn
@@ -145,8 +159,16 @@ func (d *Dialer) openDirect(ctx context.Context, p *directPath, conn *quic.Conn,
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		d.lose(conn, "no answer within "+DirectTimeout.String())
-		return nil, fmt.Errorf("%w: %v", errFallback, err)
+		// The path may have moved (an address change): the watcher
+		// repairs it or gives it up; this session takes the relay.
+		d.mu.Lock()
+		broken := p.broken
+		d.mu.Unlock()
+		select {
+		case broken <- struct{}{}:
+		default:
+		}
+		return nil, fmt.Errorf("%w: no answer within %v: %v", errFallback, DirectTimeout, err)
 	}
 	switch res.Status {
 	case StatusOK:
@@ -216,9 +238,10 @@ func (d *Dialer) punch(p *directPath, start time.Time) {
 	closed := d.closed
 	if r.conn != nil && !closed {
 		p.conn, p.path, p.failures = r.conn, r.path, 0
+		p.broken = make(chan struct{}, 1)
 	} else {
 		p.failures++
-		p.nextTry = time.Now().Add(backoff(DirectRetryMin, DirectRetryMax, p.failures-1))
+		p.nextTry = time.Now().Add(backoff(d.cfg.DirectRetry, DirectRetryMax, p.failures-1))
 		if errors.Is(r.err, ErrNoDirect) {
 			p.nextTry = time.Now().Add(DirectRetryMax)
 		}
@@ -252,30 +275,14 @@ func (d *Dialer) punch(p *directPath, start time.Time) {
 // tryDirect is one attempt: Info, STUN, the exchange through the relay,
 // probes, the direct handshake and DirectHello.
 func (d *Dialer) tryDirect(ctx context.Context, p *directPath) punchResult {
-	c, err := d.connection(ctx, false)
+	in, err := d.introduction(ctx, p.device)
+	if in.x != nil {
+		defer in.ep.unregister(in.x)
+	}
 	if err != nil {
-		return punchResult{err: err}
+		return punchResult{err: err, self: in.self}
 	}
-	info, relay, err := d.relayInfo(ctx, c)
-	if err != nil {
-		return punchResult{err: err}
-	}
-	if !info.Direct {
-		return punchResult{err: fmt.Errorf("%w: the relay does not introduce clients to agents", ErrNoDirect)}
-	}
-	d.mu.Lock()
-	ep := d.ep
-	d.mu.Unlock()
-	ifaces, _ := net.InterfaceAddrs()
-	srflx, self := d.srflx(ctx, ep, info, relay)
-	cands := withMapping(withSrflx(hostCandidates(ep.local, relay.Addr(), ifaces), srflx, relay.Addr()), self, relay.Addr())
-	x := newExchange(ep)
-	ep.register(x)
-	defer ep.unregister(x)
-	answer, err := d.introduce(ctx, c, Direct{Device: p.device, AccessCode: d.cfg.AccessCode, Exchange: x.id, Key: x.key, Candidates: cands})
-	if err != nil {
-		return punchResult{err: err, self: self}
-	}
+	ep, relay, x, cands, answer, self := in.ep, in.relay, in.x, in.cands, in.answer, in.self
 	peer := peerMapping(answer)
 	remote := reachable(answer, ep.local, relay.Addr())
 	b := planBirthday(self, peer, ep.local, relay.Addr())
@@ -321,6 +328,46 @@ func (d *Dialer) tryDirect(ctx context.Context, p *directPath) punchResult {
 	}
 	res.outcome, res.conn = PunchDirect, conn
 	return res
+}
+
+// introduction is an exchange the relay introduced: this end's socket,
+// candidates and NAT mapping, the agent's candidates.
+type introduction struct {
+	ep     *endpoint
+	relay  netip.AddrPort
+	x      *exchange // registered on ep; the caller unregisters it
+	cands  []Candidate
+	self   natMapping
+	answer []Candidate
+}
+
+// introduction gathers this end's candidates and asks the relay to
+// introduce it to device's agent, which starts probing.
+func (d *Dialer) introduction(ctx context.Context, device string) (introduction, error) {
+	var in introduction
+	c, err := d.connection(ctx, false)
+	if err != nil {
+		return in, err
+	}
+	info, relay, err := d.relayInfo(ctx, c)
+	if err != nil {
+		return in, err
+	}
+	if !info.Direct {
+		return in, fmt.Errorf("%w: the relay does not introduce clients to agents", ErrNoDirect)
+	}
+	d.mu.Lock()
+	in.ep = d.ep
+	d.mu.Unlock()
+	ifaces, _ := net.InterfaceAddrs()
+	in.relay = relay
+	srflx, self := d.srflx(ctx, in.ep, info, relay)
+	in.self = self
+	in.cands = withMapping(withSrflx(hostCandidates(in.ep.local, relay.Addr(), ifaces), srflx, relay.Addr()), self, relay.Addr())
+	in.x = newExchange(in.ep)
+	in.ep.register(in.x)
+	in.answer, err = d.introduce(ctx, c, Direct{Device: device, AccessCode: d.cfg.AccessCode, Exchange: in.x.id, Key: in.x.key, Candidates: in.cands})
+	return in, err
 }
 
 // directClientTLS pins the device key the relayed session verified.
@@ -489,15 +536,33 @@ func (d *Dialer) renew(ctx context.Context, p *directPath, conn *quic.Conn) erro
 
 // watch waits for a direct connection to end; if it was still the
 // device's path, the path is lost: new sessions use the relay, the relay
-// hears of it, and punching is tried again after a while.
+// hears of it, and punching is tried again after a while. A connection
+// that receives nothing for directSilence, or on which a session got no
+// answer, is repaired first (repair), when it runs on the Dialer's own
+// socket: its sessions in flight then go on.
 func (d *Dialer) watch(p *directPath, conn *quic.Conn, ep *endpoint) {
 	t := time.NewTicker(DirectRenewAfter)
 	defer t.Stop()
+	check := time.NewTicker(silenceCheck)
+	defer check.Stop()
 	defer ep.closeIfSet()
+	d.mu.Lock()
+	broken := p.broken
+	d.mu.Unlock()
+	received, heard := conn.ConnectionStats().PacketsReceived, time.Now()
+	moved := false
 	for done := false; !done; {
+		suspect := false
 		select {
 		case <-conn.Context().Done():
 			done = true
+		case <-broken:
+			suspect = true
+		case now := <-check.C:
+			if n := conn.ConnectionStats().PacketsReceived; n != received {
+				received, heard = n, now
+			}
+			suspect = now.Sub(heard) >= directSilence
 		case <-t.C: // a path in use is renewed before it expires; an idle one when next used
 			d.mu.Lock()
 			used := p.used
@@ -509,13 +574,46 @@ func (d *Dialer) watch(p *directPath, conn *quic.Conn, ep *endpoint) {
 				}
 			}
 		}
+		if !suspect || done {
+			continue
+		}
+		if ep != nil { // a birthday socket's: its mapping cannot be probed again
+			d.lose(conn, "no answer")
+			continue
+		}
+		start := time.Now()
+		d.mu.Lock()
+		p.repairing = true
+		d.mu.Unlock()
+		err := d.repair(p, conn)
+		d.mu.Lock()
+		p.repairing = false
+		d.mu.Unlock()
+		if err != nil {
+			d.log.Info().Str("device", p.device).AnErr("reason", err).Msg("direct path silent and not repaired; sessions go through the relay")
+			if errors.Is(err, errAgentMoved) {
+				moved = true // punch again at once
+			}
+			d.lose(conn, "no answer")
+			continue
+		}
+		d.log.Info().Str("device", p.device).Str("path", "direct").Int64("after_ms", time.Since(start).Milliseconds()).
+			Msg("direct path silent (an address changed?); probed again, and it answers")
+		received, heard = conn.ConnectionStats().PacketsReceived, time.Now()
+		select { // what sessions reported meanwhile is answered
+		case <-broken:
+		default:
+		}
 	}
 	d.mu.Lock()
 	current := p.conn == conn
 	if current {
 		p.conn = nil
 		p.failures++
-		p.nextTry = time.Now().Add(backoff(DirectRetryMin, DirectRetryMax, p.failures-1))
+		p.nextTry = time.Now().Add(backoff(d.cfg.DirectRetry, DirectRetryMax, p.failures-1))
+		if moved {
+			p.nextTry = time.Time{}
+		}
 		d.direct.srflxAt = time.Time{} // the mapping may be what changed: ask STUN again
 	}
 	closed := d.closed
@@ -526,6 +624,49 @@ func (d *Dialer) watch(p *directPath, conn *quic.Conn, ep *endpoint) {
 	d.log.Info().Str("device", p.device).Str("path", "relay").AnErr("reason", context.Cause(conn.Context())).
 		Msg("direct path lost; new sessions use the relay")
 	d.report(Report{Device: p.device, Outcome: PunchLost, Local: p.path.Local, Remote: p.path.Remote})
+}
+
+// errAgentMoved means the agent answers at another address than its
+// direct connection's.
+var errAgentMoved = errors.New("the device answers at a new address")
+
+// repair probes the agent again from this end's current NAT mapping,
+// through a new exchange: when an address changed (a new network, a NAT
+// that rebound), the agent's probes open its NAT to the new mapping, the
+// connection's packets get through again and the agent's QUIC follows
+// them to the new address. The exchange's DirectHello then renews the
+// connection's authorization and proves that the connection answers.
+func (d *Dialer) repair(p *directPath, conn *quic.Conn) error {
+	p.renewMu.Lock()
+	defer p.renewMu.Unlock()
+	ctx, cancel := context.WithTimeout(d.ctx, 2*d.cfg.HandshakeTimeout)
+	defer cancel()
+	d.mu.Lock()
+	d.direct.srflxAt = time.Time{} // the mapping may be what changed
+	d.mu.Unlock()
+	in, err := d.introduction(ctx, p.device)
+	if in.x != nil {
+		defer in.ep.unregister(in.x)
+	}
+	if err != nil {
+		return err
+	}
+	won, err := in.x.probe(ctx, reachable(in.answer, in.ep.local, in.relay.Addr()), true, nil)
+	if err != nil {
+		return fmt.Errorf("probe again: %w", err)
+	}
+	if won.win.Addr != netaddr.AddrPort(conn.RemoteAddr()) {
+		// QUIC moves a connection to a client's new address, never to a
+		// server's: a new connection is needed.
+		return errAgentMoved
+	}
+	if err := d.hello(ctx, conn, in.x); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	p.used = false
+	d.mu.Unlock()
+	return nil
 }
 
 // closeDirect closes every direct connection.

@@ -258,18 +258,11 @@ func TestDeadDirectPathFallsBackToTheRelay(t *testing.T) {
 
 // A direct path's authorization expires; the client renews it through the
 // relay, which checks the access code again (the session still goes
-// direct): a revoked code ends the direct path.
+// direct).
 func TestDirectAuthorizationIsRenewedThroughTheRelay(t *testing.T) {
 	e := newEnv(t)
 	tok := e.addDevice("nas1")
-	tokenAccess := store.AccessToken
-	if _, err := e.st.Update(context.Background(), "nas1", store.Patch{Access: &tokenAccess}); err != nil {
-		t.Fatal(err)
-	}
-	id, code, err := e.st.AddAccessCode(context.Background(), "nas1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	code := e.tokenAccess("nas1")
 	cfg := e.agentConfig("nas1", tok, t.TempDir(), map[uint16]string{22: echoServer(t)})
 	const lifetime = 300 * time.Millisecond
 	cfg.DirectLifetime = lifetime
@@ -280,16 +273,65 @@ func TestDirectAuthorizationIsRenewedThroughTheRelay(t *testing.T) {
 	time.Sleep(lifetime) // the authorization runs out
 	dialPath(t, d, "nas1", 22, true)
 	e.waitEvent("renew", "ok")
+}
 
-	if err := e.st.RevokeAccessCode(context.Background(), "nas1", id); err != nil {
+// tokenAccess makes device require an access code and returns a new one.
+func (e *env) tokenAccess(device string) string {
+	e.t.Helper()
+	tokenAccess := store.AccessToken
+	if _, err := e.st.Update(context.Background(), device, store.Patch{Access: &tokenAccess}); err != nil {
+		e.t.Fatal(err)
+	}
+	return e.accessCode(device)
+}
+
+func (e *env) accessCode(device string) string {
+	e.t.Helper()
+	_, code, err := e.st.AddAccessCode(context.Background(), device)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return code
+}
+
+// Revoking an access code ends, at once, the direct sessions of the
+// clients that presented it (the relay tells the agent over its control
+// stream), not only at their next renewal ten minutes on; new sessions
+// are refused. A client with another code keeps its direct path.
+func TestRevokedAccessCodeEndsDirectSessionsAtOnce(t *testing.T) {
+	e := newEnv(t)
+	tok := e.addDevice("nas1")
+	code := e.tokenAccess("nas1")
+	e.startAgent(e.agentConfig("nas1", tok, t.TempDir(), map[uint16]string{22: echoServer(t)}))
+	d := e.dialer(func(c *link.DialerConfig) { c.AccessCode = code })
+	c := goDirect(t, d, "nas1", 22)
+	other := e.dialer(func(c *link.DialerConfig) { c.AccessCode = e.accessCode("nas1") })
+	kept := goDirect(t, other, "nas1", 22)
+
+	codes, err := e.st.AccessCodes("nas1")
+	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(lifetime)
+	revokedAt := time.Now()
+	if err := e.st.RevokeAccessCode(context.Background(), "nas1", codes[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = c.Read(make([]byte, 1))
+	var ae *quic.ApplicationError
+	if !errors.As(err, &ae) || ae.ErrorCode != link.CloseRevoked {
+		t.Fatalf("direct session after its access code was revoked: read error %v, want the connection closed with code %d", err, link.CloseRevoked)
+	}
+	t.Logf("direct session ended %v after the revocation", time.Since(revokedAt).Round(time.Millisecond))
 	if _, err := d.Dial(ctx10(t), "nas1", 22); !errors.Is(err, link.ErrAccessDenied) {
 		t.Errorf("dial with a revoked code: %v, want ErrAccessDenied", err)
 	}
-	e.waitEvent("renew", "refused")
-	testutil.WaitFor(t, 5*time.Second, "the direct path to end with the revoked code", func() bool { return !d.PathTo("nas1").Direct })
+	if !other.PathTo("nas1").Direct {
+		t.Error("the direct path of a client with a valid code ended too")
+	}
+	if err := echoByte(kept); err != nil {
+		t.Errorf("the direct session of a client with a valid code: %v", err)
+	}
 }
 
 // directPeer is a hand-made client: a QUIC transport whose socket also

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"sync"
 	"time"
@@ -43,6 +44,8 @@ type relayDialer struct {
 	quicTLS   *tls.Config
 	tcpTLS    *tls.Config
 	keepAlive time.Duration
+	// dialTCP opens the TCP connection; nil means a net.Dialer.
+	dialTCP   func(ctx context.Context, network, addr string) (net.Conn, error)
 	headStart time.Duration
 	retry     time.Duration
 	log       zerolog.Logger
@@ -110,7 +113,7 @@ func (r *relayDialer) dial(ctx context.Context, ep *endpoint, qc *quic.Config) (
 		results <- attempt{c: QUICCarrier(c), to: to}
 	}
 	dialTCP := func() {
-		c, err := dialTCP(ctx, r.serverTCP, r.tcpTLS, r.keepAlive, int(max(qc.MaxIncomingStreams, 0)))
+		c, err := dialTCP(ctx, r.dialTCP, r.serverTCP, r.tcpTLS, r.keepAlive, int(max(qc.MaxIncomingStreams, 0)))
 		if err != nil {
 			results <- attempt{err: fmt.Errorf("TCP to %s: %w", r.serverTCP, err)}
 			return

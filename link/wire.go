@@ -24,13 +24,15 @@ import (
 //	  │── QUIC handshake ─────────────────────▶│
 //	  │── open stream 0: Hello{device, token} ─▶│ store.Authenticate, link on?
 //	  │◀──────────────────── Result{status} ────│ StatusOK, or refused and closed
-//	  │   (stream 0 stays open: the control stream; its end ends the agent)
+//	  │   (stream 0 stays open: the control stream; its end ends the agent;
+//	  │    the relay writes Revoke frames on it, nothing else is sent)
 //	  │◀── relay opens a stream per session: Open{port}
 //	  │── Result{status} ──────────────────────▶│ StatusOK if the port is exposed
 //	  │◀═══════ end-to-end TLS bytes, spliced ═══▶│
 //
 // A second agent for the same device replaces the first: the relay closes the
-// older connection with CloseReplaced. Link switched off or the device deleted
+// older connection with CloseReplaced (in a cluster, also when the second
+// connected to another node: "Across nodes"). Link switched off or the device deleted
 // closes the agent connection at once (CloseLinkDisabled, CloseDeviceGone).
 //
 // Client connection (one per client process, any number of sessions):
@@ -134,11 +136,34 @@ import (
 // client renews the authorization with a new exchange through the relay
 // (no candidates) and a new DirectHello on the same connection, every
 // DirectRenewAfter while it uses the path, or when an Open is refused so;
-// an access code revoked at the relay therefore reaches direct sessions
-// within DirectLifetime. Link off, the device deleted, or direct paths
-// turned off by the operator close the agent's direct connections at once.
+// an access code revoked at the relay is refused at the next renewal.
+// Link off, the device deleted, or direct paths turned off by the
+// operator close the agent's direct connections at once; so does an
+// access code revoked (or the device's access changed so that an
+// exchange's code no longer admits it): the relay remembers the access
+// code of each exchange it introduced for DirectGrantTTL, checks them
+// again at every change to the device (and when its agent logs in), and
+// writes Revoke, listing the exchanges no longer admitted, on the agent's
+// control stream. The agent closes each direct connection whose latest
+// DirectHello used one of them (CloseRevoked), and forgets those
+// exchanges. DirectGrantTTL is DefaultDirectLifetime plus ExchangeTTL: an
+// agent configured with a longer DirectLifetime keeps connections
+// authorized beyond what the relay remembers. An agent that predates Revoke takes any byte on its
+// control stream for its end and reconnects; its direct connections then
+// last until their authorization runs out, as before.
 // The relay passes on no link-local candidate, and loopback ones only
 // between two ends that both reach it over loopback (its own machine).
+//
+// A direct connection that receives nothing for a few seconds (more than
+// its keep-alive period), or on which an Open got no answer, may have lost
+// its path to an address change. The client then makes a new exchange
+// through the relay (the agent asks STUN again first, so that its
+// candidates are current) and probes: the agent's pings open its NAT to
+// the client's new mapping, QUIC moves the connection to it, and a
+// DirectHello on the connection renews its authorization. When the agent
+// answers at another address than the connection's, QUIC cannot follow
+// (a server does not migrate): the client closes the connection and
+// punches a new one at once.
 //
 // Every stream on a direct connection starts with DirectHello (answered by a
 // Result, then the stream ends) or Open (a session, as from the relay).
@@ -160,8 +185,8 @@ import (
 // STOP_SENDING while the write side is open is sent as an RST right after
 // the FIN. Closing the connection sends a GoAway whose code is 0x100 plus
 // the connection close code (yamux keeps 0 to 2 for itself). A stream's
-// window starts at yamux's 256 KiB and grows, while its reader keeps up,
-// to 6 MiB; the growth of one connection's streams is bounded by 16 MiB.
+// window is yamux's 256 KiB and does not grow (link/carrier_tcp.go,
+// tcpStreamWindow: go-yamux's growth loses window updates).
 // A stream over the receiver's limit of open streams is reset with code 0
 // (QUIC would make the opener wait). Keep-alives are yamux pings; one
 // unanswered for 10 s ends the connection. The relay applies the same
@@ -221,6 +246,30 @@ import (
 // relay. An end runs at most two birthday probings at once; more exchanges
 // probe their candidates only.
 //
+// # Across nodes
+//
+// Several relays ("nodes") can serve one zone from one device table on
+// etcd. Each node records which agents it holds; DNS steers a client to
+// the node holding the device (nasreach connect looks up the SRV
+// _nasreach-link._udp.<device>.<zone>), and a node asked for a device
+// whose agent is on another node forwards the session there, over one
+// QUIC connection per pair of nodes (the mesh, like DERP's):
+//
+//	node B (client's)                        node A (agent's)
+//	  │── QUIC handshake (the cluster's certificate) ─▶│
+//	  │── stream 0: MeshHello{node, mesh key} ─────────▶│ key compared in constant time
+//	  │◀──────────────────────── Result{status} ────────│ (stream 0 stays open)
+//	  │── stream per session: Forward{device, port, code, client} ─▶│ as a Connect from client
+//	  │◀──────────────────────── Result{status} ────────│◀── Open/Result with the agent
+//	  │◀═══════ end-to-end TLS bytes, spliced by B and by A ═══════▶│
+//
+// Node B checks the client's request as for a local agent (rate, device,
+// Link switch, access code); node A checks it again but for the rate
+// (the client's address is B's to limit) and logs the session with the
+// client's address, which B sends masked, as any relayed session. Either
+// node may open Forward streams on a mesh connection, whichever dialed it.
+// The mesh key is a secret every node of the cluster is configured with.
+//
 // Frame layout (all integers big-endian):
 //
 //	type   uint8
@@ -242,6 +291,9 @@ const (
 	FrameCandidates  = 0x09 // answer to Punch (agent→relay) and Direct (relay→client): version u8 | candidates (the agent's)
 	FrameDirectHello = 0x0a // client→agent, a stream of a direct connection: version u8 | exchange id [8] | proof [32]
 	FrameReport      = 0x0b // client→relay, own stream: version u8 | device str8 | outcome u8 | local kind u8 | remote kind u8 | milliseconds u32
+	FrameMeshHello   = 0x0c // node→node, first stream of a mesh connection: version u8 | node str8 | mesh key str8
+	FrameForward     = 0x0d // node→node, each mesh stream: version u8 | port u16 | device str8 | access code str8 | client address (family u8 | address | port u16)
+	FrameRevoke      = 0x0e // relay→agent, on the control stream: version u8 | count u8 (1 to MaxRevoke) | count × exchange id [8]
 )
 
 // Field layouts of the direct-path frames:
@@ -282,6 +334,9 @@ const (
 	MaxMessageLen = 255
 	// MaxCandidates bounds the candidates in one list.
 	MaxCandidates = 8
+	// MaxRevoke bounds the exchange ids in one Revoke; more go in more
+	// frames.
+	MaxRevoke = 64
 	// ExchangeIDLen, KeyLen and ProofLen are the sizes of an exchange's id,
 	// its probe key and a DirectHello's proof.
 	ExchangeIDLen = 8
@@ -346,10 +401,12 @@ const (
 	CloseRefused      = 0x5 // authentication or a limit refused the connection
 	CloseProtocol     = 0x6 // the peer broke this protocol
 	CloseIdle         = 0x7 // no first stream within the handshake timeout
+	CloseRevoked      = 0x8 // a direct connection whose client the relay no longer admits (access code revoked)
 )
 
 // Frame is one of the frames above: Hello, Connect, Open, Result, Info,
-// RelayInfo, Direct, Punch, Candidates, DirectHello or Report.
+// RelayInfo, Direct, Punch, Candidates, DirectHello, Report, MeshHello,
+// Forward or Revoke.
 type Frame interface {
 	frameType() byte
 	appendBody(b []byte) ([]byte, error)
@@ -377,6 +434,23 @@ type Open struct {
 type Result struct {
 	Status  Status
 	Message string
+}
+
+// MeshHello opens a mesh connection from one node to another.
+type MeshHello struct {
+	Node string
+	Key  string
+}
+
+// Forward passes a client's Connect to the node that holds the agent.
+type Forward struct {
+	Device     string
+	Port       uint16
+	AccessCode string
+	// Client is the client's address as the first node saw it, masked
+	// (anonymize.Addr; port 0), for the holding node's connection log:
+	// the unmasked address never leaves the node the client reached.
+	Client netip.AddrPort
 }
 
 // Info subscribes to the relay's RelayInfo.
@@ -490,6 +564,13 @@ func (o PunchOutcome) String() string {
 	return "unknown"
 }
 
+// Revoke tells an agent, on its control stream, that the relay no longer
+// admits the clients of these exchanges (their access code was revoked):
+// the direct connections they authorized must close.
+type Revoke struct {
+	Exchanges [][ExchangeIDLen]byte
+}
+
 // Report tells the relay how an attempt at a direct path to Device ended.
 type Report struct {
 	Device  string
@@ -513,6 +594,9 @@ func (Punch) frameType() byte       { return FramePunch }
 func (Candidates) frameType() byte  { return FrameCandidates }
 func (DirectHello) frameType() byte { return FrameDirectHello }
 func (Report) frameType() byte      { return FrameReport }
+func (MeshHello) frameType() byte   { return FrameMeshHello }
+func (Forward) frameType() byte     { return FrameForward }
+func (Revoke) frameType() byte      { return FrameRevoke }
 
 // ErrFrame means a frame broke the wire format; the wrapping error says how.
 var ErrFrame = errors.New("malformed link frame")
@@ -625,6 +709,41 @@ func (r Report) appendBody(b []byte) ([]byte, error) {
 		return nil, err
 	}
 	return binary.BigEndian.AppendUint32(append(b, byte(r.Outcome), byte(r.Local), byte(r.Remote)), r.Millis), nil
+}
+
+func (h MeshHello) appendBody(b []byte) ([]byte, error) {
+	b, err := appendStr8(append(b, Version), "node", h.Node, MaxDeviceLen)
+	if err != nil {
+		return nil, err
+	}
+	return appendStr8(b, "mesh key", h.Key, MaxSecretLen)
+}
+
+func (f Forward) appendBody(b []byte) ([]byte, error) {
+	b, err := Connect{Device: f.Device, Port: f.Port, AccessCode: f.AccessCode}.appendBody(b)
+	if err != nil {
+		return nil, err
+	}
+	switch a := f.Client.Addr(); {
+	case !a.IsValid() || a.Zone() != "":
+		return nil, fmt.Errorf("%w: client address %s", ErrFrame, f.Client)
+	case a.Is4():
+		b = append(append(b, 4), a.AsSlice()...)
+	default:
+		b = append(append(b, 6), a.AsSlice()...)
+	}
+	return binary.BigEndian.AppendUint16(b, f.Client.Port()), nil
+}
+
+func (r Revoke) appendBody(b []byte) ([]byte, error) {
+	if len(r.Exchanges) == 0 || len(r.Exchanges) > MaxRevoke {
+		return nil, fmt.Errorf("%w: %d exchanges revoked, 1 to %d", ErrFrame, len(r.Exchanges), MaxRevoke)
+	}
+	b = append(b, Version, byte(len(r.Exchanges)))
+	for _, x := range r.Exchanges {
+		b = append(b, x[:]...)
+	}
+	return b, nil
 }
 
 // AppendFrame appends the encoding of f to b.
@@ -885,6 +1004,34 @@ func parseBody(typ byte, b []byte) (Frame, error) {
 		r.Local = CandidateKind(d.u8("local kind"))
 		r.Remote = CandidateKind(d.u8("remote kind"))
 		r.Millis = d.u32("milliseconds")
+		f = r
+	case FrameMeshHello:
+		d.version()
+		var h MeshHello
+		h.Node = d.str8("node", MaxDeviceLen)
+		h.Key = d.str8("mesh key", MaxSecretLen)
+		f = h
+	case FrameForward:
+		d.version()
+		var r Forward
+		r.Port = d.u16("port")
+		r.Device = d.str8("device", MaxDeviceLen)
+		r.AccessCode = d.str8("access code", MaxSecretLen)
+		a := d.addr("client address", false)
+		r.Client = netip.AddrPortFrom(a, d.u16("client port"))
+		f = r
+	case FrameRevoke:
+		d.version()
+		n := int(d.u8("count"))
+		if d.err == nil && (n == 0 || n > MaxRevoke) {
+			d.err = fmt.Errorf("%w: %d exchanges revoked, 1 to %d", ErrFrame, n, MaxRevoke)
+		}
+		var r Revoke
+		for i := 0; i < n && d.err == nil; i++ {
+			var x [ExchangeIDLen]byte
+			d.bytes("exchange id", x[:])
+			r.Exchanges = append(r.Exchanges, x)
+		}
 		f = r
 	default:
 		return nil, fmt.Errorf("%w: unknown frame type %#x", ErrFrame, typ)

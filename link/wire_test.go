@@ -34,6 +34,11 @@ func TestFramesRoundTrip(t *testing.T) {
 		DirectHello{Exchange: testID, Proof: DirectProof(testID, &testKey)},
 		Report{Device: "nas1", Outcome: PunchDirect, Local: CandidateHost, Remote: CandidateSrflx, Millis: 1234},
 		Report{Device: "nas1", Outcome: PunchNoAnswer},
+		MeshHello{Node: "n1", Key: strings.Repeat("k", MaxSecretLen)},
+		Forward{Device: "nas1", Port: 443, AccessCode: "code", Client: netip.MustParseAddrPort("198.51.100.7:40000")},
+		Forward{Device: "nas1", Port: 443, Client: netip.MustParseAddrPort("[2001:db8::7]:40000")},
+		Revoke{Exchanges: [][ExchangeIDLen]byte{testID}},
+		Revoke{Exchanges: slices.Repeat([][ExchangeIDLen]byte{testID}, MaxRevoke)},
 	} {
 		b, err := AppendFrame(nil, f)
 		if err != nil {
@@ -104,7 +109,9 @@ func FuzzReadFrame(f *testing.F) {
 		Info{}, RelayInfo{Direct: true, STUN: netip.MustParseAddrPort("0.0.0.0:3478")},
 		Direct{Device: "nas1", AccessCode: "code", Exchange: testID, Key: testKey, Candidates: testCandidates},
 		Punch{Exchange: testID, Key: testKey, Candidates: testCandidates}, Candidates{Candidates: testCandidates},
-		DirectHello{Exchange: testID}, Report{Device: "nas1", Outcome: PunchDirect, Local: 1, Remote: 2, Millis: 99}} {
+		DirectHello{Exchange: testID}, Report{Device: "nas1", Outcome: PunchDirect, Local: 1, Remote: 2, Millis: 99},
+		MeshHello{Node: "n1", Key: "key"}, Forward{Device: "nas1", Port: 443, Client: netip.MustParseAddrPort("[2001:db8::7]:40000")},
+		Revoke{Exchanges: [][ExchangeIDLen]byte{testID, {1, 2, 3, 4, 5, 6, 7, 8}}}} {
 		b, _ := AppendFrame(nil, fr)
 		f.Add(b)
 	}

@@ -124,6 +124,13 @@ func (l *Server) exchange(cs link.Stream, req link.Direct, src netip.AddrPort) {
 		return
 	}
 	defer a.streams.Add(-1)
+	// Remembered before the agent hears of it, and checked again after: a
+	// revocation in between is seen by one or the other (revoke.go).
+	l.remember(device, req.Exchange, req.AccessCode)
+	if d, err := l.cfg.Store.Get(device); err != nil || !admits(d, req.AccessCode, l.cfg.Store) {
+		refuse(link.StatusAccessDenied, fmt.Sprintf("the access code is not valid for device %s", device))
+		return
+	}
 	agentAddr := netaddr.AddrPort(a.conn.RemoteAddr())
 	as, fr, err := l.ask(a, link.Punch{Exchange: req.Exchange, Key: req.Key, Candidates: offerable(req.Candidates, src.Addr(), agentAddr.Addr())})
 	if err != nil {

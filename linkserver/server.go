@@ -128,6 +128,16 @@ type Config struct {
 	// direct (hole-punched) paths: every byte then goes through the relay.
 	// SetDirect changes it while the relay runs.
 	DisableDirect bool
+	// Presence, when set, makes the relay a node of a cluster sharing one
+	// device table (store.Presence on etcd): it records the agents this
+	// node holds, and says which node holds the others.
+	Presence Presence
+	// MeshKey is the secret every node of the cluster shares: with
+	// Presence, a client asking for a device whose agent is on another
+	// node is forwarded there over one QUIC connection per pair of nodes
+	// (mesh.go), which both ends authenticate with it. Empty: no
+	// forwarding (clients must be steered to the right node by DNS).
+	MeshKey string
 	// Tap, for tests only, sees every chunk of payload the relay forwards.
 	Tap func(device string, fromClient bool, p []byte)
 	// Now is the clock; nil means time.Now.
@@ -166,6 +176,11 @@ type Server struct {
 	agents map[string]*linkAgent
 	conns  map[link.Carrier]struct{}
 	infos  map[link.Carrier]*infoStream // each connection's Info stream, told of every change
+
+	mesh mesh
+	// grants are the exchanges introduced to each device's agent, by id
+	// (revoke.go).
+	grants map[string]map[[link.ExchangeIDLen]byte]*grant
 }
 
 // linkAgent is one connected agent.
@@ -174,6 +189,13 @@ type linkAgent struct {
 	conn    link.Carrier
 	streams atomic.Int64
 	reason  atomic.Uint64 // the stream error code for sessions when the agent is closed
+	// recorded is set once the cluster's presence shows this agent's
+	// record (mesh.go, presenceChanged).
+	recorded atomic.Bool
+	// ctrl is the control stream, on which the relay writes Revoke frames
+	// (one at a time: ctrlMu).
+	ctrl   link.Stream
+	ctrlMu sync.Mutex
 }
 
 func (a *linkAgent) close(code quic.ApplicationErrorCode, stream quic.StreamErrorCode, msg string) {
@@ -262,6 +284,8 @@ func New(cfg Config) (*Server, error) {
 		cfg: cfg, log: cfg.Logger, tr: tr, ln: ln, addr: addr,
 		limiter: ratelimit.New(cfg.StreamRate, cfg.StreamBurst, 0), connCaps: conns, tcpCaps: connlimit.New(cfg.TCPConns),
 		agents: map[string]*linkAgent{}, conns: map[link.Carrier]struct{}{}, infos: map[link.Carrier]*infoStream{},
+		mesh:   mesh{conns: map[string]link.Carrier{}, dialing: map[string]*sync.Mutex{}},
+		grants: map[string]map[[link.ExchangeIDLen]byte]*grant{},
 	}
 	if tcpLn != nil {
 		l.tcpAddr = netaddr.AddrPort(tcpLn.Addr())
@@ -274,6 +298,9 @@ func New(cfg Config) (*Server, error) {
 	l.maxStreams.Store(int64(cfg.MaxStreamsPerDevice))
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	cfg.Store.OnChange(l.onChange)
+	if cfg.Presence != nil {
+		cfg.Presence.OnChange(l.presenceChanged)
+	}
 	l.wg.Go(l.accept)
 	if l.tcpLn != nil {
 		l.wg.Go(l.acceptTCP)
@@ -291,6 +318,8 @@ func (cfg *Config) validate() error {
 		return errors.New("linkserver: Config.Certificate (or GetCertificate) is required")
 	case cfg.Store == nil:
 		return errors.New("linkserver: Config.Store is required")
+	case cfg.MeshKey != "" && cfg.Presence == nil:
+		return errors.New("linkserver: Config.MeshKey needs Config.Presence (a cluster)")
 	case cfg.MaxHeaderBytes > link.MaxFrameBody:
 		return fmt.Errorf("linkserver: Config.MaxHeaderBytes %d exceeds the wire format's %d", cfg.MaxHeaderBytes, link.MaxFrameBody)
 	}
@@ -418,9 +447,16 @@ func (l *Server) onChange(ch store.Change) {
 		code, stream, msg = link.CloseDeviceGone, link.StreamDeviceGone, "device deleted"
 	case ch.Kind == store.Updated && !ch.Device.Link:
 		code, stream, msg = link.CloseLinkDisabled, link.StreamLinkDisabled, "link switched off for this device"
+	case ch.Kind == store.Updated:
+		// An access code revoked, or access changed: direct paths whose
+		// code no longer admits their client end (revoke.go). Not on the
+		// store's writer.
+		l.wg.Go(func() { l.recheck(ch.Device.Name) })
+		return
 	default:
 		return
 	}
+	l.forget(ch.Device.Name)
 	l.mu.Lock()
 	a := l.agents[ch.Device.Name]
 	if a != nil {
@@ -428,6 +464,7 @@ func (l *Server) onChange(ch store.Change) {
 	}
 	l.mu.Unlock()
 	if a != nil {
+		l.offline(a.device)
 		l.log.Info().Str("device", a.device).Str("reason", msg).Msg("closing link agent")
 		a.reason.CompareAndSwap(0, uint64(stream))
 		l.wg.Go(func() { a.close(code, stream, msg) }) // CloseWithError waits; the store's writer must not
@@ -490,7 +527,12 @@ func (l *Server) handshakeTCP(conn net.Conn) {
 
 // serve serves a new connection until it ends, or closes it and returns
 // false when the relay is shutting down.
-func (l *Server) serve(c link.Carrier) bool {
+func (l *Server) serve(c link.Carrier) bool { return l.track(c, func() { l.serveConn(c) }) }
+
+// track runs f, which serves c, in a goroutine of the relay, with c among
+// the connections Shutdown closes until f returns; when the relay is
+// shutting down it closes c instead and returns false.
+func (l *Server) track(c link.Carrier, f func()) bool {
 	// Under l.mu, as stop closes wg and lists conns: either stop
 	// finds c to close or Go refuses it.
 	l.mu.Lock()
@@ -501,7 +543,7 @@ func (l *Server) serve(c link.Carrier) bool {
 			delete(l.conns, c)
 			l.mu.Unlock()
 		}()
-		l.serveConn(c)
+		f()
 	})
 	if !ok {
 		delete(l.conns, c)
@@ -537,6 +579,8 @@ func (l *Server) serveConn(c link.Carrier) {
 		l.serveAgent(c, s, f, src)
 	case link.Connect, link.Info, link.Direct, link.Report:
 		l.serveClient(c, s, f, src)
+	case link.MeshHello:
+		l.serveMesh(c, s, f, src)
 	default:
 		link.WriteFrame(s, link.Result{Status: link.StatusBadRequest, Message: "expected hello or connect"})
 		l.closeAfterAnswer(c, s, link.CloseProtocol, "unexpected first frame")
@@ -575,7 +619,7 @@ func (l *Server) serveAgent(c link.Carrier, ctrl link.Stream, h link.Hello, src 
 		refuse(link.StatusLinkDisabled, "link is switched off for device "+d.Name)
 		return
 	}
-	a := &linkAgent{device: d.Name, conn: c}
+	a := &linkAgent{device: d.Name, conn: c, ctrl: ctrl}
 	l.mu.Lock()
 	old := l.agents[d.Name]
 	if limit := l.maxAgents.Load(); old == nil && int64(len(l.agents)) >= limit {
@@ -600,28 +644,15 @@ func (l *Server) serveAgent(c link.Carrier, ctrl link.Stream, h link.Hello, src 
 		l.drop(a)
 		return
 	}
+	l.online(d.Name)
 	l.log.Info().Str("device", d.Name).Str("transport", c.Transport()).Msg("link agent connected")
 	l.event(connlog.Event{Kind: "agent", Outcome: "ok", Device: d.Name, Client: src.Addr(), Detail: over(c.Transport(), "connected")})
 	start := l.cfg.Now()
+	// Revocations made while no agent was connected.
+	l.wg.Go(func() { l.recheck(d.Name) })
 	// The control stream carries nothing after the login; its end (or any
-	// byte on it) ends the agent.
-	l.wg.Go(func() {
-		var b [1]byte
-		ctrl.Read(b[:])
-		c.CloseWithError(link.CloseProtocol, "control stream ended")
-	})
-	// Agents open no streams but Info.
-	for {
-		s, err := c.AcceptStream(l.ctx)
-		if err != nil {
-			break
-		}
-		if !l.wg.Go(func() { l.serveAgentStream(c, s) }) {
-			s.CancelRead(link.StreamShutdown)
-			s.CancelWrite(link.StreamShutdown)
-			break
-		}
-	}
+	// byte on it) ends the agent. Agents open no streams but Info.
+	l.hold(c, ctrl, link.CloseProtocol, func(s link.Stream) { l.serveAgentStream(c, s) })
 	l.drop(a)
 	l.dropInfo(c)
 	c.CloseWithError(link.CloseNormal, "")
@@ -629,13 +660,39 @@ func (l *Server) serveAgent(c link.Carrier, ctrl link.Stream, h link.Hello, src 
 	l.event(connlog.Event{Kind: "agent", Outcome: "ok", Device: d.Name, Client: src.Addr(), Start: start, Detail: over(c.Transport(), "disconnected")})
 }
 
+// hold serves the streams the peer of c opens, each with serve in a
+// goroutine of its own, until c ends; the end of its control stream ctrl
+// (or any byte on it) closes c with code.
+func (l *Server) hold(c link.Carrier, ctrl link.Stream, code quic.ApplicationErrorCode, serve func(link.Stream)) {
+	l.wg.Go(func() {
+		var b [1]byte
+		ctrl.Read(b[:])
+		c.CloseWithError(code, "control stream ended")
+	})
+	for {
+		s, err := c.AcceptStream(l.ctx)
+		if err != nil {
+			return
+		}
+		if !l.wg.Go(func() { serve(s) }) {
+			s.CancelRead(link.StreamShutdown)
+			s.CancelWrite(link.StreamShutdown)
+			return
+		}
+	}
+}
+
 // drop removes a from the agent table if it is still the registered one.
 func (l *Server) drop(a *linkAgent) {
 	l.mu.Lock()
-	if l.agents[a.device] == a {
+	gone := l.agents[a.device] == a
+	if gone {
 		delete(l.agents, a.device)
 	}
 	l.mu.Unlock()
+	if gone {
+		l.offline(a.device)
+	}
 }
 
 func (l *Server) agent(device string) *linkAgent {

@@ -78,15 +78,30 @@ func (l *Server) session(c link.Carrier, cs link.Stream, req link.Connect, src n
 	ev := connlog.Event{Kind: "session", Device: device, Client: src.Addr(), Port: req.Port, Start: start}
 	refuse := func(st link.Status, msg string) { l.refuse(cs, ev, st, msg, c.Transport()) }
 	a, st, msg := l.authorize(src.Addr(), device, req.AccessCode, start)
+	if st == link.StatusOffline {
+		if h, ok := l.holder(device); ok {
+			l.forward(c, cs, req, src, h, ev)
+			return
+		}
+	}
 	if st != link.StatusOK {
 		refuse(st, msg)
 		return
 	}
+	l.relaySession(cs, a, ev, req.Port, c.Transport(), "")
+}
+
+// relaySession asks the agent a (admitted, its stream counted) for port
+// and splices cs to it; it logs ev however the session ends, with detail
+// noted.
+func (l *Server) relaySession(cs link.Stream, a *linkAgent, ev connlog.Event, port uint16, transport, detail string) {
+	device := ev.Device
+	refuse := func(st link.Status, msg string) { l.refuse(cs, ev, st, msg, transport) }
 	defer a.streams.Add(-1)
 	l.sessions.Add(1)
 	defer l.sessions.Add(-1)
 
-	as, fr, err := l.ask(a, link.Open{Port: req.Port})
+	as, fr, err := l.ask(a, link.Open{Port: port})
 	if err != nil {
 		refuse(link.StatusOffline, fmt.Sprintf("device %s did not answer", device))
 		return
@@ -112,13 +127,14 @@ func (l *Server) session(c link.Carrier, cs link.Stream, req link.Connect, src n
 		return
 	}
 	in, out, err := l.splice(cs, as, a, device)
-	ev.BytesIn, ev.BytesOut, ev.Time, ev.Outcome = in, out, l.cfg.Now(), "ok"
+	ev.BytesIn, ev.BytesOut, ev.Time, ev.Outcome, ev.Detail = in, out, l.cfg.Now(), "ok", detail
 	if err != nil {
-		ev.Outcome, ev.Detail = "aborted", abortReason(err, a)
+		ev.Outcome = "aborted"
+		ev.Detail = strings.TrimPrefix(detail+": "+abortReason(err, a), ": ")
 	}
-	ev.Detail = over(c.Transport(), ev.Detail)
+	ev.Detail = over(transport, ev.Detail)
 	l.event(ev)
-	l.log.Debug().Str("device", device).Uint16("port", req.Port).Str("client", anonymize.Addr(src.Addr()).String()).
+	l.log.Debug().Str("device", device).Uint16("port", port).Str("client", anonymize.Addr(ev.Client).String()).
 		Int64("bytes_in", in).Int64("bytes_out", out).Str("outcome", ev.Outcome).Msg("link session ended")
 }
 
@@ -143,6 +159,13 @@ func (l *Server) authorize(src netip.Addr, device, code string, now time.Time) (
 	if !l.limiter.Allow(src, now) {
 		return nil, link.StatusRateLimited, "too many new connections from your address; slow down"
 	}
+	return l.admit(device, code)
+}
+
+// admit is authorize without the client address's rate: the checks a
+// session forwarded by another node gets here (that node limited the
+// rate).
+func (l *Server) admit(device, code string) (*linkAgent, link.Status, string) {
 	d, err := l.cfg.Store.Get(device)
 	switch {
 	case errors.Is(err, store.ErrNotFound):

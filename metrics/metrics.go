@@ -42,6 +42,9 @@ type Config struct {
 	// LinkConns returns the Link relay's connections held now, by transport
 	// ("quic", "tcp").
 	LinkConns func() map[string]int
+	// LinkCluster returns a cluster node's Link presence and forwarding
+	// counters (cluster.go); nil on a node on its own.
+	LinkCluster func() LinkCluster
 	// TURNRefused returns what the TURN relay refused or dropped so far, by
 	// reason (auth, quota, peer, request, bandwidth, malformed).
 	TURNRefused func() map[string]uint64
@@ -171,6 +174,7 @@ func New(cfg Config) (*Metrics, error) {
 			},
 		})
 	}
+	m.registerCluster(cfg.LinkCluster)
 	if f := cfg.TURNRefused; f != nil {
 		m.reg.MustRegister(labelled{
 			kind: prometheus.CounterValue,

@@ -98,6 +98,8 @@ type Etcd struct {
 
 	sweeping atomic.Bool // this node is the elected sweeper (etcd_sweeper.go)
 
+	zonePage int // devices per read of ZoneSnapshot
+
 	stop       context.CancelFunc
 	background sync.WaitGroup
 }
@@ -140,6 +142,7 @@ func OpenEtcd(cfg Config, ec EtcdConfig) (*Etcd, error) {
 		cli: cli, prefix: prefix, timeout: timeout, reserved: cfg.Reserved, now: cfg.Now, log: cfg.Logger,
 		quarantine: cfg.Quarantine, uninitTTL: cfg.UninitializedTTL, seenCh: make(chan struct{}),
 		memIndex: memIndex{entries: map[string]entry{}}, handoff: map[int64]handoff{}, kick: make(chan struct{}, 1),
+		zonePage: 1000,
 	}
 	if s.id, err = NewToken(); err != nil {
 		cli.Close()

@@ -6,8 +6,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"iter"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -308,5 +310,59 @@ func TestNodeBehindACompactionReloads(t *testing.T) {
 	})
 	if !strings.Contains(logs.String(), "compaction") {
 		t.Errorf("node b caught up without a reload; log:\n%s", logs.String())
+	}
+}
+
+// TestZoneSnapshotReadsPagesAtOneRevision: a transfer reads the table a
+// page at a time, so that it never holds it twice; every page comes from the
+// revision of the serial, so changes committed between two pages (an
+// address moved, a device deleted, one added) show in none of them.
+func TestZoneSnapshotReadsPagesAtOneRevision(t *testing.T) {
+	s := openEtcdAt(t, Config{}, etcdPrefix(t, ""))
+	s.zonePage = 2
+	ctx := context.Background()
+	var want []string
+	for i := range 7 {
+		name := fmt.Sprintf("nas%d", i)
+		mustCreate(t, s, name)
+		if _, _, err := s.SetAddress(ctx, name, AddressUpdate{IPv4: v4a}); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, name)
+	}
+	serial := s.Serial()
+	var got []string
+	err := s.ZoneSnapshot(func(snap uint32, devices iter.Seq2[string, Record]) error {
+		if snap != serial {
+			t.Errorf("snapshot serial %d, want %d", snap, serial)
+		}
+		for name, rec := range devices {
+			got = append(got, name)
+			if rec.IPv4 != v4a {
+				t.Errorf("%s: %v in the snapshot, want %v as at its serial", name, rec.IPv4, v4a)
+			}
+			if name == "nas1" { // in the first page; the writes land in later ones
+				if _, _, err := s.SetAddress(ctx, "nas4", AddressUpdate{IPv4: v4b}); err != nil {
+					t.Fatal(err)
+				}
+				if err := s.Delete(ctx, "nas6"); err != nil {
+					t.Fatal(err)
+				}
+				mustCreate(t, s, "nas5a")
+				if _, _, err := s.SetAddress(ctx, "nas5a", AddressUpdate{IPv4: v4a}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("snapshot lists %v, want %v (the table at its serial)", got, want)
+	}
+	if r, _ := s.Lookup("nas4"); r.IPv4 != v4b {
+		t.Errorf("the write made during the snapshot did not land: nas4 is %v", r.IPv4)
 	}
 }

@@ -193,30 +193,51 @@ func (s *Etcd) apply(rev int64, events []*clientv3.Event) {
 }
 
 // ZoneSnapshot calls f with the zone serial and the devices that resolve,
-// by name, both read at one etcd revision. The devices are read whole
-// before f is called.
+// by name, both read at one etcd revision. The devices are read a page at a
+// time at that revision as f walks them, so that a transfer of a million
+// devices never holds the table twice; writes made meanwhile are not seen.
+// A compaction past the revision during the walk ends it with an error (a
+// secondary asks again).
 func (s *Etcd) ZoneSnapshot(f func(serial uint32, devices iter.Seq2[string, Record]) error) error {
 	ctx, cancel := s.request(context.Background())
-	resp, err := s.cli.Txn(ctx).Then(
-		clientv3.OpGet(s.prefix+etcdDevices, clientv3.WithPrefix()), clientv3.OpGet(s.prefix+etcdSerial)).Commit()
+	resp, err := s.cli.Get(ctx, s.prefix+etcdSerial)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("zone snapshot: %w", s.unavailable("read", err))
 	}
+	rev := resp.Header.Revision
+	var serial uint32
+	if len(resp.Kvs) > 0 {
+		serial = parseSerial(resp.Kvs[0])
+	}
 	var bad error
 	devices := func(yield func(string, Record) bool) {
-		for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
-			var d Device
-			if err := json.Unmarshal(kv.Value, &d); err != nil {
-				bad = fmt.Errorf("zone snapshot: device %q is unreadable: %w", kv.Key, err)
+		from, end := s.prefix+etcdDevices, clientv3.GetPrefixRangeEnd(s.prefix+etcdDevices)
+		for {
+			ctx, cancel := s.request(context.Background())
+			page, err := s.cli.Get(ctx, from, clientv3.WithRange(end), clientv3.WithRev(rev), clientv3.WithLimit(int64(s.zonePage)))
+			cancel()
+			if err != nil {
+				bad = fmt.Errorf("zone snapshot at revision %d: %w", rev, s.unavailable("read", err))
 				return
 			}
-			if rec, ok := resolvable(&d); ok && !yield(d.Name, rec) {
+			for _, kv := range page.Kvs {
+				var d Device
+				if err := json.Unmarshal(kv.Value, &d); err != nil {
+					bad = fmt.Errorf("zone snapshot: device %q is unreadable: %w", kv.Key, err)
+					return
+				}
+				if rec, ok := resolvable(&d); ok && !yield(d.Name, rec) {
+					return
+				}
+			}
+			if !page.More || len(page.Kvs) == 0 {
 				return
 			}
+			from = string(page.Kvs[len(page.Kvs)-1].Key) + "\x00"
 		}
 	}
-	if err := f(parseSerial(first(resp.Responses[1])), devices); err != nil {
+	if err := f(serial, devices); err != nil {
 		return err
 	}
 	return bad

@@ -108,3 +108,36 @@ func TestREADMEProductionConfigPassesCheck(t *testing.T) {
 		t.Fatalf("config check on the README's production snippet:\n%s\n%v", snippet, err)
 	}
 }
+
+// TestREADMEClusterConfigPassesCheck runs the README's cluster node snippet
+// ("Link across nodes") through config check, with its certificate made up
+// and the mesh key as systemd would pass it.
+func TestREADMEClusterConfigPassesCheck(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile("(?s)the rest is the same on every node \\(systemd unit unchanged\\):\n\n```toml\n(.*?)```").FindSubmatch(readme)
+	if m == nil {
+		t.Fatal("README.md has no cluster node snippet in \"Link across nodes\"")
+	}
+	etc := t.TempDir()
+	testutil.WriteCert(t, filepath.Join(etc, "relay.example.net.crt"), filepath.Join(etc, "relay.example.net.key"), "relay.example.net")
+	snippet := strings.ReplaceAll(string(m[1]), "/etc/nasreach", etc)
+	creds := t.TempDir()
+	if err := os.WriteFile(filepath.Join(creds, meshKeyCredential), []byte("bWVzaCBrZXkgb2YgdGhlIHJlYWRtZSB0ZXN0Cg==\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CREDENTIALS_DIRECTORY", creds)
+	out, err := runNasreach(t, "config", "check", "--config", writeConfig(t, snippet))
+	if err != nil || !strings.Contains(out, "configuration ok") {
+		t.Fatalf("config check on the README's cluster snippet:\n%s\n%s\n%v", snippet, out, err)
+	}
+	// The same settings on bbolt are refused, naming them.
+	bbolt := strings.Replace(snippet, `store = "etcd"`, `store = "bbolt"`, 1)
+	bbolt = regexp.MustCompile(`(?m)^etcd-endpoints.*$`).ReplaceAllString(bbolt, "")
+	out, err = runNasreach(t, "config", "check", "--config", writeConfig(t, bbolt))
+	if err == nil || !strings.Contains(err.Error(), "link-advertise") || !strings.Contains(err.Error(), "link-mesh-key") {
+		t.Errorf("config check of cluster settings on bbolt: want link-advertise and link-mesh-key refused, got %v:\n%s", err, out)
+	}
+}

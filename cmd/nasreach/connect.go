@@ -33,6 +33,8 @@ func connectCommand() *cli.Command {
 			&cli.StringFlag{Name: "fingerprint", Usage: "pin the device's key (sha256:..., printed by its agent) instead of trusting it on first use"},
 			&cli.StringFlag{Name: "known-devices", Usage: "trust-on-first-use file of device keys (default: ~/.config/nasreach/known_devices, or $XDG_CONFIG_HOME/nasreach/known_devices; - keeps none)", Sources: cli.EnvVars("NASREACH_KNOWN_DEVICES")},
 			&cli.DurationFlag{Name: "wait-online", Value: defaultWaitOnline, Usage: "how long a connection waits for the device's agent when it is not connected to the relay (0: refuse at once)", Sources: cli.EnvVars("NASREACH_WAIT_ONLINE")},
+			&cli.StringFlag{Name: "zone", Usage: "the device zone of a relay cluster: look up in DNS which node holds the device (_nasreach-link._udp.DEVICE.ZONE) and connect there, --server as fallback", Sources: cli.EnvVars("NASREACH_STEER_ZONE")},
+			&cli.StringFlag{Name: "resolver", Usage: "the DNS server to ask for --zone's names, HOST:PORT; default: the system's resolver", Sources: cli.EnvVars("NASREACH_RESOLVER")},
 			&cli.StringFlag{Name: "forget", Usage: "remove the key pinned for `DEVICE` on --server from the known devices file, and exit: after its owner confirms a new key"},
 		), logFlags()...),
 		Action: runConnect,
@@ -62,6 +64,11 @@ func dialerConfigFromFlags(cmd *cli.Command, device string) (link.DialerConfig, 
 	}
 	if fp := cmd.String("fingerprint"); fp != "" {
 		cfg.Fingerprints = map[string]string{device: fp}
+	}
+	if zone := cmd.String("zone"); zone != "" {
+		cfg.Steer = &link.Steer{Zone: zone, Resolver: cmd.String("resolver")}
+	} else if cmd.String("resolver") != "" {
+		return cfg, fmt.Errorf("--resolver: set only with --zone (the zone whose names say which relay node holds the device)")
 	}
 	return cfg, nil
 }

@@ -15,8 +15,9 @@ import (
 // `systemctl show`, can read.
 const (
 	adminTokenCredential = "admin-token"
-	turnSecretCredential = "turn-secret" // --turn-secret
-	tlsKeyCredential     = "tls-key"     // --tls-key: the credential's file is the key
+	turnSecretCredential = "turn-secret"   // --turn-secret
+	tlsKeyCredential     = "tls-key"       // --tls-key: the credential's file is the key
+	meshKeyCredential    = "link-mesh-key" // --link-mesh-key
 )
 
 // maxCredentialSize bounds what is read from a credential file: the secrets

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/nasreach/nasreach/daemon"
@@ -26,8 +27,32 @@ func linkFlags() []cli.Flag {
 		&cli.FloatFlag{Name: "link-stream-rate", Value: linkserver.DefaultStreamRate, Usage: "new Link sessions per second per client address (burst: --link-stream-burst)", Sources: cli.EnvVars("NASREACH_LINK_STREAM_RATE")},
 		&cli.IntFlag{Name: "link-stream-burst", Value: linkserver.DefaultStreamBurst, Usage: "new Link sessions a client address may open at once", Sources: cli.EnvVars("NASREACH_LINK_STREAM_BURST")},
 		&cli.BoolFlag{Name: "link-direct", Value: true, Usage: "introduce Link clients to agents for direct (hole-punched) paths; false keeps every byte on the relay", Sources: cli.EnvVars("NASREACH_LINK_DIRECT")},
+		&cli.StringFlag{Name: "node-name", Usage: "this node's name among the nodes sharing a device table on etcd", DefaultText: "the host name", Sources: cli.EnvVars("NASREACH_NODE_NAME")},
+		&cli.StringSliceFlag{Name: "link-advertise", Usage: "IP:PORT clients reach this node's Link relay at, which DNS gives for the devices whose agent it holds (repeatable: IPv4 and IPv6, one port; with --store etcd)", DefaultText: "--link's address, unless 0.0.0.0 or [::]", Sources: cli.EnvVars("NASREACH_LINK_ADVERTISE")},
+		&cli.StringFlag{Name: "link-mesh-key", Usage: "secret every node of the cluster shares to forward Link sessions to the node holding the agent (or the systemd credential link-mesh-key; with --store etcd)", Sources: cli.EnvVars("NASREACH_LINK_MESH_KEY")},
 		&cli.DurationFlag{Name: "link-idle-timeout", Value: linkserver.DefaultIdleTimeout, Usage: "close a Link connection silent this long (agents and clients send keep-alives well within it)", Sources: cli.EnvVars("NASREACH_LINK_IDLE_TIMEOUT")},
 	}
+}
+
+// clusterConfigFromFlags reads the cluster settings of linkFlags; the mesh
+// key may come from the systemd credential link-mesh-key instead.
+func clusterConfigFromFlags(cmd *cli.Command) (daemon.ClusterConfig, error) {
+	c := daemon.ClusterConfig{NodeName: cmd.String("node-name"), MeshKey: cmd.String("link-mesh-key")}
+	for _, v := range cmd.StringSlice("link-advertise") {
+		a, err := netip.ParseAddrPort(v)
+		if err != nil {
+			return c, fmt.Errorf("--link-advertise %q: want IP:PORT, e.g. 203.0.113.7:7443 or [2001:db8::7]:7443: %w", v, err)
+		}
+		c.Advertise = append(c.Advertise, a)
+	}
+	if c.MeshKey == "" {
+		key, _, err := readCredential(meshKeyCredential)
+		if err != nil {
+			return c, err
+		}
+		c.MeshKey = key
+	}
+	return c, nil
 }
 
 // linkConfigFromFlags reads linkFlags.

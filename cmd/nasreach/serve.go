@@ -120,6 +120,8 @@ func daemonConfigFromFlags(cmd *cli.Command) (daemon.Config, error) {
 	add("", err)
 	cfg.Link, err = linkConfigFromFlags(cmd)
 	add("", err)
+	cfg.Cluster, err = clusterConfigFromFlags(cmd)
+	add("link-advertise", err)
 	for _, v := range cmd.StringSlice("trusted-proxy") {
 		p, err := netip.ParsePrefix(v)
 		if err != nil {

@@ -214,6 +214,35 @@ func (l *Lab) addHome(kind Kind) (*Home, error) {
 	return h, nil
 }
 
+// Renumber gives the home a new public address, as a new lease from the
+// provider or a phone moving from Wi-Fi to its mobile network does: the
+// router's WAN address changes, and with it every NAT mapping (masquerade
+// forgets the connections of an address that goes away, so the next
+// packet of each leaves from the new address, on a new mapping). It
+// returns the new address. Not for DoubleNAT, whose public address is the
+// CGNAT's.
+func (l *Lab) Renumber(h *Home) netip.Addr {
+	l.t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if h.Kind == DoubleNAT {
+		l.t.Fatalf("natlab: renumber a %s home: its public address is the carrier's", h.Kind)
+	}
+	wan, err := l.nextWAN()
+	if err == nil {
+		err = l.batch(h.Router,
+			"addr del "+netip.PrefixFrom(h.WAN, publicBits).String()+" dev wan0",
+			"addr add "+netip.PrefixFrom(wan, publicBits).String()+" dev wan0",
+			"route replace default via "+InternetA.String(),
+		)
+	}
+	if err != nil {
+		l.t.Fatalf("natlab: renumber the %s home at %s: %v", h.Kind, h.WAN, err)
+	}
+	h.WAN, h.Router.Addr = wan, wan
+	return wan
+}
+
 // forwarding makes a namespace a router.
 var forwarding = setting{key: "net/ipv4/ip_forward", value: "1"}
 

@@ -12,7 +12,6 @@ import (
 
 	"github.com/nasreach/nasreach/internal/natlab"
 	"github.com/nasreach/nasreach/link"
-	"github.com/nasreach/nasreach/store"
 	"github.com/rs/zerolog"
 )
 
@@ -41,25 +40,7 @@ func BenchmarkBirthdayProbing(b *testing.B) {
 			ka, kc = kc, ka
 		}
 		p := pair{device: fmt.Sprintf("bday%d", i), agentHost: lab.AddHome(ka).Host(), clientHost: lab.AddHome(kc).Host()}
-		_, tok, err := r.store.Create(context.Background(), p.device, store.CreateOptions{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		a, err := link.NewAgent(link.AgentConfig{
-			Server: r.addr.String(), RelayFingerprint: r.fp, Device: p.device, Token: tok,
-			Expose: map[uint16]string{22: sink}, StateDir: b.TempDir(),
-			Listen: netip.AddrPortFrom(p.agentHost.Addr, 0).String(), ListenUDP: listenIn(p.agentHost), Logger: log,
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { a.Close() })
-		ctx, cancel := context.WithTimeout(context.Background(), onlineWait)
-		err = a.WaitOnline(ctx)
-		cancel()
-		if err != nil {
-			b.Fatal(err)
-		}
+		startLabAgent(b, r, p.agentHost, p.device, sink, log)
 		pairs = append(pairs, p)
 	}
 	// An attempt: a new Dialer, its first session through the relay, then

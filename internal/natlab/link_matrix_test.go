@@ -32,12 +32,8 @@ const transferSize = 16 << 20
 // Bounds of the matrix's waits. Every case runs at once, so the whole
 // matrix takes about as long as its slowest case.
 const (
-	onlineWait = 10 * time.Second // an agent logging in at the relay
-	// blockedWait is how long an agent behind a UDP-blocked router is given
-	// to reach the relay (it cannot), and the handshake timeout of a client
-	// there.
-	blockedWait = 2 * time.Second
-	settleWait  = 15 * time.Second // from the first session to the client's report of its attempt
+	onlineWait  = 20 * time.Second // an agent logging in at the relay (over TCP after labQUICHeadStart of QUIC)
+	settleWait  = 20 * time.Second // from the first session to the client's report of its attempt
 	transferMax = 60 * time.Second
 	// transfersAtOnce keeps the transfers from starving each other (and
 	// the lab's timers) of the machine's CPUs.
@@ -50,15 +46,14 @@ type outcome int
 const (
 	direct outcome = iota + 1
 	relayed
-	// udpBlocked: one end's router drops all UDP, and the relay speaks QUIC
-	// only, so that end never reaches it: the agent stays offline, the
-	// client cannot connect. Issue 12 §3 (the relay over TCP/TLS) changes
-	// this to relayed; see expectedPath.
-	udpBlocked
+	// overTCP: one end's router drops all UDP; that end reaches the relay
+	// over its TCP carrier (TLS) after QUIC got no answer, and every
+	// session goes through the relay (issue 12 §3).
+	overTCP
 )
 
 func (o outcome) String() string {
-	return map[outcome]string{direct: "direct", relayed: "relay", udpBlocked: "no path (UDP blocked)"}[o]
+	return map[outcome]string{direct: "direct", relayed: "relay", overTCP: "relay over TCP"}[o]
 }
 
 // expectation is a pair's path and, when direct, its candidate pair as the
@@ -71,13 +66,12 @@ type expectation struct {
 // expectedPath is issue 12's rule for a client in a home of kind client
 // reaching an agent in a home of kind agent: direct wherever one side maps
 // endpoint-independently (every kind but Symmetric; UDPBlocked aside),
-// the relay where both are symmetric.
+// the relay where both are symmetric, the relay over TCP where either end's
+// UDP is blocked.
 func expectedPath(agent, client natlab.Kind) expectation {
 	switch {
 	case agent == natlab.UDPBlocked || client == natlab.UDPBlocked:
-		// Issue 12 §3: once the relay has its TCP/TLS carrier, these
-		// pairs get the relay over TCP: {path: relayed}.
-		return expectation{path: udpBlocked}
+		return expectation{path: overTCP}
 	case agent == natlab.Symmetric && client == natlab.Symmetric:
 		return expectation{path: relayed}
 	case agent == natlab.SameLAN && client == natlab.SameLAN:
@@ -107,6 +101,7 @@ type matrixCase struct {
 	// What the case saw.
 	err      error         // setting up, dialing or transferring
 	path     link.Path     // of the session that carried the transfer
+	carrier  string        // the client's carrier to the relay for it: link.TransportQUIC or TCP
 	settled  time.Duration // from the first session to the client's report
 	moved    time.Duration // the transfer
 	reported connlog.Event // the relay's event for the attempt (kind punch), or the refusal
@@ -154,22 +149,33 @@ func TestLinkPathMatrix(t *testing.T) {
 	// The relay's metrics count every client's attempt by the path it
 	// settled on. Counted now: a relayed client tries again at a session
 	// after DirectRetryMin, which a slow transfer phase may reach.
+	// A client over TCP does not try (a direct path needs UDP); one whose
+	// agent is over TCP does, and the relay's refusal counts as relay.
 	counts := map[outcome]int{}
 	for _, c := range cases {
-		counts[c.want.path]++
+		switch {
+		case c.want.path != overTCP:
+			counts[c.want.path]++
+		case c.client != natlab.UDPBlocked:
+			counts[relayed]++
+		}
 	}
 	testutil.Scrape(t, "http://"+r.metrics.Addr().String()+"/metrics", fmt.Sprintf(`nasreach_link_paths_total{path="direct"} %d`, counts[direct]),
 		fmt.Sprintf(`nasreach_link_paths_total{path="relay"} %d`, counts[relayed]))
 	// The transfers, a few at a time.
 	sem := make(chan struct{}, transfersAtOnce)
 	for _, c := range cases {
-		if c.err != nil || c.want.path == udpBlocked {
+		if c.err != nil {
 			continue
 		}
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			c.err = c.transfer()
+			if c.err != nil && c.want.path == overTCP {
+				// What TCP looked like at both ends when it stalled.
+				c.err = fmt.Errorf("%w\nagent's host: %s\nclient's host: %s", c.err, tcpInfo(c.agentHost), tcpInfo(c.clientHost))
+			}
 		})
 	}
 	wg.Wait()
@@ -187,7 +193,7 @@ func TestLinkPathMatrix(t *testing.T) {
 		t.Run(c.name(), func(t *testing.T) {
 			t.Logf("path %s %v>%v after %v; %s %s (%s); 16 MiB in %v", c.path, c.path.Local, c.path.Remote,
 				c.settled.Round(time.Millisecond), c.reported.Kind, c.reported.Outcome, c.reported.Detail, c.moved.Round(time.Millisecond))
-			c.check(t)
+			c.check(t, r)
 		})
 	}
 	t.Log("matrix (agent's home ↓, client's home →):\n" + matrixTable(cases))
@@ -198,51 +204,27 @@ func TestLinkPathMatrix(t *testing.T) {
 // to end, as the relay hears of it.
 func (c *matrixCase) settle(t *testing.T, r *linkRelay, sink string) error {
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel).With().Str("case", c.name()).Logger()
-	_, tok, err := r.store.Create(context.Background(), c.device, store.CreateOptions{})
-	if err != nil {
-		return err
+	var err error
+	if c.a, c.d, err = startEnds(t, r, c.device, c.agentHost, c.clientHost, sink, log); err != nil {
+		return fmt.Errorf("start agent and client: %w", err)
 	}
-	c.a, err = link.NewAgent(link.AgentConfig{
-		Server: r.addr.String(), RelayFingerprint: r.fp, Device: c.device, Token: tok,
-		Expose: map[uint16]string{22: sink}, StateDir: t.TempDir(),
-		Listen: netip.AddrPortFrom(c.agentHost.Addr, 0).String(), ListenUDP: listenIn(c.agentHost),
-		Logger: log.With().Str("end", "agent").Logger(),
-	})
-	if err != nil {
-		return fmt.Errorf("start agent: %w", err)
-	}
-	handshake := time.Duration(0)
-	if c.client == natlab.UDPBlocked {
-		handshake = blockedWait
-	}
-	c.d, err = link.NewDialer(link.DialerConfig{
-		Server: r.addr.String(), RelayFingerprint: r.fp, KnownDevices: "-", HandshakeTimeout: handshake,
-		Listen: netip.AddrPortFrom(c.clientHost.Addr, 0).String(), ListenUDP: listenIn(c.clientHost),
-		Logger: log.With().Str("end", "client").Logger(),
-	})
-	if err != nil {
-		return err
-	}
-	online := onlineWait
-	if c.agent == natlab.UDPBlocked {
-		online = blockedWait
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), online)
+	ctx, cancel := context.WithTimeout(context.Background(), onlineWait)
 	defer cancel()
-	onlineErr := c.a.WaitOnline(ctx)
-	if c.want.path == udpBlocked {
-		return c.blocked(r, onlineErr)
-	}
-	if onlineErr != nil {
-		return onlineErr
+	if err := c.a.WaitOnline(ctx); err != nil {
+		return err
 	}
 	start := time.Now()
-	conn, err := c.d.Dial(ctx, c.device, 22)
-	if err == nil {
-		conn.Close()
-	}
+	dctx, cancel := context.WithTimeout(context.Background(), settleWait)
+	defer cancel()
+	conn, err := c.d.Dial(dctx, c.device, 22)
 	if err != nil {
 		return fmt.Errorf("first session, through the relay: %w", err)
+	}
+	conn.Close()
+	if c.want.path == overTCP {
+		err = c.viaTCP(r)
+		c.settled = time.Since(start)
+		return err
 	}
 	ev, ok := r.events.wait(settleWait, func(e connlog.Event) bool { return e.Kind == "punch" && e.Device == c.device })
 	if !ok {
@@ -252,37 +234,31 @@ func (c *matrixCase) settle(t *testing.T, r *linkRelay, sink string) error {
 	return nil
 }
 
-// blocked checks a pair with UDP blocked on one side: that side never
-// reaches the relay. Issue 12 §3 replaces this with the relay over TCP.
-func (c *matrixCase) blocked(r *linkRelay, onlineErr error) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*blockedWait)
-	defer cancel()
-	conn, err := c.d.Dial(ctx, c.device, 22)
-	if err == nil {
-		conn.Close()
-	}
-	switch {
-	case err == nil:
-		return errors.New("a session opened although UDP is blocked: update expectedPath (issue 12 §3)")
-	case c.client == natlab.UDPBlocked:
-		// The client's QUIC handshake with the relay times out.
-		if !strings.Contains(err.Error(), "connect to relay") {
-			return fmt.Errorf("dial from behind a UDP-blocked router: %w, want a failure to connect to the relay", err)
-		}
-		c.reported = connlog.Event{Kind: "none", Outcome: "client cannot reach the relay"}
-	default:
-		// The agent never logged in: the relay refuses the session.
-		if onlineErr == nil {
-			return errors.New("an agent behind a UDP-blocked router logged in at the relay")
-		}
-		if !errors.Is(err, link.ErrOffline) {
-			return fmt.Errorf("dial a device whose agent is behind a UDP-blocked router: %w, want %v", err, link.ErrOffline)
-		}
-		ev, ok := r.events.wait(time.Second, func(e connlog.Event) bool { return e.Kind == "session" && e.Device == c.device })
-		if !ok || ev.Outcome != "refused" {
-			return fmt.Errorf("the relay's event for the refused session: %+v", ev)
+// viaTCP checks, from the relay's events, a pair with UDP blocked on one
+// side: that side reached the relay over TCP, and no direct path was
+// tried (a client over TCP does not ask; an agent over TCP declines, and
+// the relay refuses the exchange and counts it as relay).
+func (c *matrixCase) viaTCP(r *linkRelay) error {
+	if c.agent == natlab.UDPBlocked {
+		ev, ok := r.events.wait(settleWait, func(e connlog.Event) bool { return e.Kind == "agent" && e.Device == c.device })
+		if !ok || ev.Outcome != "ok" || ev.Detail != "connected over tcp" {
+			return fmt.Errorf("the relay's event for the agent behind a UDP-blocked router: %+v, want ok, connected over tcp", ev)
 		}
 		c.reported = ev
+	}
+	if c.client == natlab.UDPBlocked {
+		// The first session's record, when it ended (closed unread: the
+		// client reset it).
+		ev, ok := r.events.wait(settleWait, func(e connlog.Event) bool { return e.Kind == "session" && e.Device == c.device })
+		if !ok || ev.Outcome == "refused" || !strings.HasSuffix(ev.Detail, "over tcp") {
+			return fmt.Errorf("the relay's event for the session of a client behind a UDP-blocked router: %+v, want one over tcp", ev)
+		}
+		c.reported = ev
+		return nil
+	}
+	ev, ok := r.events.wait(settleWait, func(e connlog.Event) bool { return e.Kind == "exchange" && e.Device == c.device })
+	if !ok || ev.Outcome != "refused" || ev.Detail != link.StatusNoDirect.String() {
+		return fmt.Errorf("the relay's event for the exchange with an agent over TCP: %+v, want refused, %s", ev, link.StatusNoDirect)
 	}
 	return nil
 }
@@ -298,7 +274,7 @@ func (c *matrixCase) transfer() error {
 		return fmt.Errorf("session for the transfer: %w", err)
 	}
 	defer conn.Close()
-	c.path = link.PathOf(conn)
+	c.path, c.carrier = link.PathOf(conn), link.TransportOf(conn)
 	conn.SetDeadline(time.Now().Add(transferMax))
 	start := time.Now()
 	h := sha256.New()
@@ -318,6 +294,10 @@ func (c *matrixCase) transfer() error {
 	if _, err := io.ReadFull(conn, sum[:]); err != nil {
 		return fmt.Errorf("read the sink's hash: %w", err)
 	}
+	// To the sink's end, so that the session ends cleanly both ways.
+	if n, err := io.Copy(io.Discard, conn); err != nil || n != 0 {
+		return fmt.Errorf("after the sink's hash: %d bytes more, %v", n, err)
+	}
 	c.moved = time.Since(start)
 	if [sha256.Size]byte(h.Sum(nil)) != sum {
 		return errors.New("the 16 MiB arrived altered: the hashes differ")
@@ -326,13 +306,30 @@ func (c *matrixCase) transfer() error {
 }
 
 // check asserts what the case saw against its expectation.
-func (c *matrixCase) check(t *testing.T) {
+func (c *matrixCase) check(t *testing.T, r *linkRelay) {
 	if c.err != nil {
 		t.Fatal(c.err)
 	}
 	switch c.want.path {
-	case udpBlocked:
-		return // blocked checked it
+	case overTCP:
+		// viaTCP checked the TCP end(s) at the relay; the transfer's own
+		// record shows the relay carried its 16 MiB.
+		if c.path.Direct {
+			t.Errorf("the transfer went direct (%v>%v), want the relay over TCP", c.path.Local, c.path.Remote)
+		}
+		ev, ok := r.events.wait(time.Second, func(e connlog.Event) bool {
+			return e.Kind == "session" && e.Device == c.device && e.BytesIn >= transferSize
+		})
+		over, carrier := "over tcp", link.TransportTCP
+		if c.client != natlab.UDPBlocked {
+			over, carrier = "", link.TransportQUIC // the client's own leg is QUIC
+		}
+		if c.carrier != carrier {
+			t.Errorf("the client reached the relay over %s, want %s", c.carrier, carrier)
+		}
+		if !ok || ev.Outcome != "ok" || ev.Detail != over {
+			t.Errorf("the relay's record of the transfer: %+v, want ok, %d bytes in, detail %q", ev, transferSize, over)
+		}
 	case direct:
 		if c.reported.Outcome != "direct" || c.reported.Detail != c.want.pair {
 			t.Errorf("relay heard %s %q, want direct %q", c.reported.Outcome, c.reported.Detail, c.want.pair)
@@ -366,8 +363,8 @@ func matrixTable(cases []*matrixCase) string {
 		switch {
 		case c.err != nil:
 			got = "ERROR"
-		case c.want.path == udpBlocked:
-			got = "no UDP"
+		case c.want.path == overTCP && !c.path.Direct:
+			got = "relay (TCP)"
 		case c.path.Direct:
 			got = "direct"
 		}
@@ -386,7 +383,7 @@ type linkRelay struct {
 	metrics *metrics.Metrics
 }
 
-// startLinkRelay starts the relay at InternetA:7443 and STUN at
+// startLinkRelay starts the relay at InternetA:7443, UDP and TCP, and STUN at
 // InternetA:3478 (which the relay tells agents and clients about), until
 // the test ends.
 func startLinkRelay(t testing.TB, lab *natlab.Lab) *linkRelay {
@@ -413,7 +410,7 @@ func startLinkRelay(t testing.TB, lab *natlab.Lab) *linkRelay {
 	}
 	r := &linkRelay{addr: netip.AddrPortFrom(natlab.InternetA, 7443), fp: fp, store: st, events: &eventLog{}, metrics: m}
 	srv, err := linkserver.New(linkserver.Config{
-		PacketConn: lab.Internet.ListenUDP(t, r.addr), Certificate: cert, Store: st,
+		PacketConn: lab.Internet.ListenUDP(t, r.addr), TCPListener: lab.Internet.ListenTCP(t, r.addr), Certificate: cert, Store: st,
 		STUN:   netip.AddrPortFrom(netip.IPv4Unspecified(), stunAddr.Port()),
 		Events: func(e connlog.Event) { m.ObserveEvent(e); r.events.add(e) },
 		Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
@@ -462,6 +459,28 @@ func listenIn(ns *natlab.Namespace) func(string, *net.UDPAddr) (*net.UDPConn, er
 	return func(network string, laddr *net.UDPAddr) (c *net.UDPConn, err error) {
 		err = ns.Do(func() error {
 			c, err = net.ListenUDP(network, laddr)
+			return err
+		})
+		return c, err
+	}
+}
+
+// tcpInfo is ss(8)'s account of ns's TCP connections: queues, windows,
+// retransmissions.
+func tcpInfo(ns *natlab.Namespace) string {
+	out, err := ns.Command("ss", "-tin").CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("ss: %v", err)
+	}
+	return string(out)
+}
+
+// dialIn opens an agent's or a client's TCP connections to the relay in
+// ns (its own goroutines would open them outside it).
+func dialIn(ns *natlab.Namespace) func(context.Context, string, string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+		err = ns.Do(func() error {
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
 			return err
 		})
 		return c, err

@@ -13,7 +13,8 @@ import (
 )
 
 // Pebble is a running Pebble, Let's Encrypt's ACME test server (Debian's
-// pebble), whose DNS-01 checks ask one DNS server.
+// pebble), whose DNS-01 checks ask a zone's authoritative server through a
+// recursive resolver.
 type Pebble struct {
 	// Directory is the ACME directory URL, https://127.0.0.1:PORT/dir.
 	Directory string
@@ -23,24 +24,28 @@ type Pebble struct {
 }
 
 // StartPebble runs Pebble on free loopback ports with a fresh HTTPS
-// certificate (Debian's pebble ships no test certificates) and
-// -dnsserver dnsAddr, and kills it when the test ends. Pebble validates at
+// certificate (Debian's pebble ships no test certificates), and kills it
+// when the test ends. Its DNS-01 checks go to Unbound (StartUnbound), which
+// asks the authoritative server at dnsAddr: Let's Encrypt's validation
+// resolves through Unbound too, and Pebble's own DNS client would not ask
+// again over TCP when an answer comes truncated (it sends no EDNS, and a
+// name and its wildcard's two challenge values are over three times such a
+// query: more than an authoritative server should send over UDP). Pebble validates at
 // once (no random sleep), refuses no nonce at random and reuses no
 // authorization, so every order validates its own challenges. The test is
 // skipped, or fails under CI, when pebble is not installed (NeedTool).
 func StartPebble(t testing.TB, dnsAddr string) *Pebble {
 	t.Helper()
 	bin := NeedTool(t, "pebble")
+	resolver := StartUnbound(t, dnsAddr)
 	dir := t.TempDir()
 	crt, key := filepath.Join(dir, "pebble.crt"), filepath.Join(dir, "pebble.key")
 	WriteCert(t, crt, key, "pebble")
-	// Pebble binds the ports its configuration names; one free a moment ago
-	// can be taken before Pebble binds it, so try again.
-	for range 3 {
-		// Two ports free a moment ago may be one and the same (the first is
-		// closed before the second is asked for); Pebble then serves ACME
-		// and dies binding its management port after it.
-		port, mgmt := freePort(t), freePort(t)
+	port := startOnFreePort(t, "pebble", func(port int) *exec.Cmd {
+		// A port free a moment ago may be the one just taken (the first is
+		// closed before the second is asked for); Pebble would then serve
+		// ACME and die binding its management port after it.
+		mgmt := freePort(t)
 		for mgmt == port {
 			mgmt = freePort(t)
 		}
@@ -51,34 +56,11 @@ func StartPebble(t testing.TB, dnsAddr string) *Pebble {
 		if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		var out Buffer
-		cmd := exec.Command(bin, "-config", cfgFile, "-dnsserver", dnsAddr)
+		cmd := exec.Command(bin, "-config", cfgFile, "-dnsserver", resolver)
 		cmd.Env = append(ToolEnv(), "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0")
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("start pebble: %v", err)
-		}
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); close(exited) }() //nolint:errcheck // killed at cleanup
-		t.Cleanup(func() {
-			cmd.Process.Kill() //nolint:errcheck // may have exited
-			<-exited
-			if t.Failed() {
-				t.Logf("pebble's output:\n%s", out.String())
-			}
-		})
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		if waitListening(addr, exited, 20*time.Second) {
-			return &Pebble{Directory: "https://" + addr + "/dir", CAFile: crt}
-		}
-		select {
-		case <-exited: // its port was taken: try others
-		default:
-			t.Fatalf("pebble does not accept connections on %s after 20 s:\n%s", addr, out.String())
-		}
-	}
-	t.Fatal("pebble exited at start three times (its ports taken?)")
-	return nil
+		return cmd
+	})
+	return &Pebble{Directory: fmt.Sprintf("https://127.0.0.1:%d/dir", port), CAFile: crt}
 }
 
 // HTTPClient returns an HTTP client that trusts Pebble's HTTPS certificate.
