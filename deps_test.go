@@ -27,7 +27,7 @@ var allowed = map[string][]string{
 	// Standard library only: the Link agent's side of the binary must not pull
 	// in the store (bbolt) to call the API.
 	"api/client": {"record"},
-	"dnsserver":  {"store", "internal/connlimit", "internal/listen", "internal/netaddr", "github.com/miekg/dns", "github.com/rs/zerolog"},
+	"dnsserver":  {"store", "internal/connlimit", "internal/listen", "internal/netaddr", "github.com/miekg/dns", "github.com/rs/zerolog", "golang.org/x/sys/unix"},
 	"stun": {"anonymize", "internal/connlimit", "internal/listen", "internal/netaddr", "internal/workgroup", "github.com/pion/stun/v4",
 		"github.com/rs/zerolog"},
 	"turnserver": {"store", "connlog", "anonymize", "internal/connlimit", "internal/listen", "internal/netaddr", "internal/workgroup",

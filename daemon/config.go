@@ -32,6 +32,9 @@ type Config struct {
 	Reserved         []string               `setting:"reserved"`
 	TrustedProxies   []netip.Prefix         `setting:"trusted-proxy"`
 	ExactNames       bool                   `setting:"exact-names"`
+	// NoDNSFastPath turns the DNS server's UDP fast path off
+	// (dnsserver.Config.NoFastPath): miekg/dns then answers every query.
+	NoDNSFastPath bool `setting:"dns-fast-path"`
 	// CAA are the zone's CAA records (dnsserver.Config.CAA), served at the
 	// apex and inherited by every device.
 	CAA []string `setting:"caa"`

@@ -118,7 +118,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 	d.onStop("metrics", d.metrics.Shutdown)
 	if d.dns, err = dnsserver.New(dnsserver.Config{
 		Addr: cfg.DNSAddr, Zone: cfg.Zone, NameServers: cfg.NameServers, TTL: cfg.TTL,
-		ExactNamesOnly: cfg.ExactNames, CAA: cfg.CAA, RRL: cfg.RRL.dns(), Source: d.store, OnQuery: d.observeQuery,
+		ExactNamesOnly: cfg.ExactNames, NoFastPath: cfg.NoDNSFastPath, CAA: cfg.CAA, RRL: cfg.RRL.dns(), Source: d.store, OnQuery: d.observeQuery,
 		TCPConns: d.caps.dns, Transfer: d.transferConfig(cfg.Transfer), Logger: d.component("dns"),
 		Update:     dnsserver.UpdateConfig{Store: d.store, OnUpdate: d.observeUpdate},
 		LinkRelays: d.steering(cfg),

@@ -40,7 +40,7 @@ func (d *Daemon) observeQuery(q dnsserver.Query) {
 	}
 	d.connlog.Log(connlog.Event{
 		Service: "dns", Kind: "query", Outcome: metrics.RcodeName(q.Rcode), Client: q.Client(),
-		Detail: strings.TrimSuffix(strings.ToLower(q.Name), ".") + " " + dns.TypeToString[q.Type],
+		Detail: strings.TrimSuffix(strings.ToLower(q.Name()), ".") + " " + dns.TypeToString[q.Type],
 	})
 }
 

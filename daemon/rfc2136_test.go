@@ -244,10 +244,16 @@ func TestDynamicUpdatesAreCountedAndLoggedMasked(t *testing.T) {
 		t.Fatalf("unsigned update: %s", dns.RcodeToString[rc])
 	}
 	var fams map[string][]labelled
+	// Each update's hook runs after its reply is sent, in the goroutine
+	// miekg/dns gave the packet: wait for all three, not for the last.
 	testutil.WaitFor(t, 5*time.Second, "the updates to be counted", func() bool {
 		fams, _ = scrape(t, td)
-		n, _ := lookup(fams, "nasreach_updates_total", map[string]string{"via": "dns", "outcome": "badauth"})
-		return n >= 1
+		for _, outcome := range []string{"good", "refused", "badauth"} {
+			if n, _ := lookup(fams, "nasreach_updates_total", map[string]string{"via": "dns", "outcome": outcome}); n < 1 {
+				return false
+			}
+		}
+		return true
 	})
 	for outcome, want := range map[string]float64{"good": 1, "refused": 1, "badauth": 1} {
 		if got := value(t, fams, "nasreach_updates_total", map[string]string{"via": "dns", "outcome": outcome}); got != want {

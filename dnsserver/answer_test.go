@@ -736,7 +736,7 @@ func setAddr(ctx context.Context, st *store.Store, name, ipv4 string) error {
 func startServer(t testing.TB, cfg Config) *Server {
 	t.Helper()
 	cfg.Addr = "127.0.0.1:0"
-	s, err := New(cfg)
+	s, err := newTestServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -177,7 +177,12 @@ var (
 
 func newBenchServer(b *testing.B, fx *benchFixture, rrl RRL) *Server {
 	b.Helper()
-	s, err := New(Config{Addr: "127.0.0.1:0", Zone: benchZone, Source: fx.st, Logger: zerolog.Nop(), RRL: rrl})
+	return newBenchServerPath(b, fx, rrl, false)
+}
+
+func newBenchServerPath(b *testing.B, fx *benchFixture, rrl RRL, noFastPath bool) *Server {
+	b.Helper()
+	s, err := New(Config{Addr: "127.0.0.1:0", Zone: benchZone, Source: fx.st, Logger: zerolog.Nop(), RRL: rrl, NoFastPath: noFastPath})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -201,10 +206,54 @@ func BenchmarkServeDNSUDP(b *testing.B) {
 	fx := newBenchFixture(b)
 	qs := fx.queries(b, 1<<14, benchMix...)
 	for _, c := range []struct {
-		name string
-		rrl  RRL
-	}{{"mix", RRL{}}, {"mix+rrl-on", rrlOn}} {
-		benchServeDNSUDP(b, c.name, newBenchServer(b, fx, c.rrl).Addr().String(), qs)
+		name   string
+		rrl    RRL
+		noFast bool
+	}{{"mix", RRL{}, false}, {"mix+rrl-on", rrlOn, false}, {"mix-miekg", RRL{}, true}, {"mix+rrl-on-miekg", rrlOn, true}} {
+		benchServeDNSUDP(b, c.name, newBenchServerPath(b, fx, c.rrl, c.noFast).Addr().String(), qs)
+	}
+}
+
+// BenchmarkFastPathAnswer is the fast path's work per query without the
+// socket calls: parse, lookup, answer, RRL, as a reader does for each
+// datagram of a batch. allocs/op must be 0.
+func BenchmarkFastPathAnswer(b *testing.B) {
+	fx := newBenchFixture(b)
+	servers := map[string]*Server{"off": newBenchServer(b, fx, RRL{}), "exempt": newBenchServer(b, fx, rrlExempt), "on": newBenchServer(b, fx, rrlOn)}
+	if servers["off"].fast == nil {
+		b.Skip("no fast path on this system")
+	}
+	src := netip.MustParseAddrPort("192.0.2.1:5300")
+	for _, c := range []struct {
+		name  string
+		kinds []benchKind
+		rrl   string
+	}{
+		{"A", []benchKind{benchA}, "off"},
+		{"AAAA", []benchKind{benchAAAA}, "off"},
+		{"NXDOMAIN", []benchKind{benchNX}, "off"},
+		{"mix", benchMix, "off"},
+		{"mix+rrl-on", benchMix, "on"},
+	} {
+		s := servers[c.rrl]
+		qs := fx.queries(b, 1<<14, c.kinds...)
+		b.Run(c.name, func(b *testing.B) {
+			out := make([]byte, fastAnswerMax)
+			var sc fastScratch
+			var bytes int
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				q := qs[i%len(qs)]
+				i++
+				v, n := s.answerFast(q.wire, src, out, &sc)
+				if v != fastSend {
+					b.Fatalf("query %x: not answered by the fast path (%d)", q.wire, v)
+				}
+				bytes += n
+			}
+			b.ReportMetric(float64(bytes)/float64(i), "resp_bytes")
+		})
 	}
 }
 

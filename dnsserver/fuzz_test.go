@@ -23,7 +23,7 @@ func FuzzAnswer(f *testing.F) {
 		f.Fatal(err)
 	}
 	// Twenty nameservers with glue make the apex NS answer exceed every UDP size.
-	s, err := New(Config{Addr: "127.0.0.1:0", Source: st, NameServers: manyNameServers(20), CAA: []string{`0 issue "letsencrypt.org"`}})
+	s, err := newTestServer(Config{Addr: "127.0.0.1:0", Source: st, NameServers: manyNameServers(20), CAA: []string{`0 issue "letsencrypt.org"`}})
 	if err != nil {
 		f.Fatal(err)
 	}

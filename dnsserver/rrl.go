@@ -234,6 +234,12 @@ func newLimiter(r RRL, now time.Time, onLimit func(dropped, slipped uint64)) *li
 
 // nameHash hashes a query name, case-folded, and type for decide.
 func (l *limiter) nameHash(name string, qtype uint16) uint64 {
+	return foldedNameHash(l, name, qtype)
+}
+
+// foldedNameHash is nameHash for a name in presentation form as a string
+// (ServeDNS) or as bytes (the fast path), allocating nothing.
+func foldedNameHash[S string | []byte](l *limiter, name S, qtype uint16) uint64 {
 	var buf [256]byte
 	if len(name) > len(buf)-2 {
 		name = name[len(name)-(len(buf)-2):] // presentation form with escapes; the tail is plenty

@@ -16,6 +16,7 @@ import (
 	"iter"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -75,9 +76,20 @@ type Config struct {
 	Addr string
 	// PacketConn and Listener, when both are set, are served instead of
 	// binding Addr (systemd socket activation, tests). The server owns them
-	// from New on and closes them at Shutdown, or when New fails.
+	// from New on and closes them at Shutdown, or when New fails. A given
+	// PacketConn is the one UDP socket: UDPSockets does not apply.
 	PacketConn net.PacketConn
 	Listener   net.Listener
+	// NoFastPath turns the UDP fast path (fastpath.go) off: miekg/dns then
+	// reads the socket and answers every packet. The fast path is on by
+	// default where the system has recvmmsg and sendmmsg (Linux) and the
+	// socket is a *net.UDPConn.
+	NoFastPath bool
+	// UDPSockets is the number of UDP sockets bound to Addr with
+	// SO_REUSEPORT, each read by its own fast-path reader, so that the
+	// kernel spreads clients over the cores; default GOMAXPROCS. Without
+	// the fast path there is one.
+	UDPSockets int
 	// Zone is the zone served; default DefaultZone.
 	Zone string
 	// NameServers are the zone's NS records. A name without a dot is taken as a
@@ -126,18 +138,33 @@ type Config struct {
 	LinkRelays func(device string) []netip.AddrPort
 }
 
-// Query describes one answered query for OnQuery.
+// Query describes one answered query for OnQuery. It is passed by value
+// and holds no pointer into the server, so that the fast path tells about
+// a query without allocating.
 type Query struct {
-	Remote net.Addr // the client's address and port, as the socket gave it
-	Name   string
+	Remote netip.AddrPort // the client's address and port, unmapped
 	Type   uint16
 	Rcode  int
 	TCP    bool
+	name   string // the question's name (ServeDNS), or
+	wire   struct {
+		b [256]byte // that name copied by the fast path
+		n uint8
+	}
 }
 
-// Client returns the client's address; it is parsed only when asked for, off
-// the path of consumers (metrics) that do not need it.
-func (q Query) Client() netip.Addr { return netaddr.Addr(q.Remote) }
+// Client returns the client's address.
+func (q Query) Client() netip.Addr { return q.Remote.Addr() }
+
+// Name returns the question's name in presentation form, as the client
+// wrote it. The fast path's queries make it a new string on each call:
+// call it only when it is needed (query logging).
+func (q Query) Name() string {
+	if q.wire.n > 0 {
+		return string(q.wire.b[:q.wire.n])
+	}
+	return q.name
+}
 
 // Server is a running authoritative DNS server.
 type Server struct {
@@ -152,6 +179,8 @@ type Server struct {
 	linkRelays func(device string) []netip.AddrPort // Config.LinkRelays
 	exact      atomic.Bool                          // names below a device are NXDOMAIN; SetExactNamesOnly changes it live
 	rcvBuf     int
+	fast       *fastZone // nil: the fast path is off
+	udpSockets int
 	src        Source
 	log        zerolog.Logger
 	onQuery    func(Query)
@@ -163,6 +192,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	udp, tcp *dns.Server
+	readers  []*fastReader // the fast path's, one per UDP socket
 	stopping bool          // Shutdown has been called
 	stopped  chan struct{} // closed when both transports have returned
 	bound    net.Addr
@@ -178,18 +208,22 @@ func New(cfg Config) (*Server, error) {
 		listen.CloseGiven(cfg.PacketConn, cfg.Listener)
 		return nil, err
 	}
-	pc, ln := cfg.PacketConn, cfg.Listener
-	if pc == nil {
-		socks, err := listen.Bind(listen.Config{Addr: s.addr, UDPBuffer: s.rcvBuf})
+	pcs, ln := []net.PacketConn{cfg.PacketConn}, cfg.Listener
+	if cfg.PacketConn == nil {
+		copies := 1
+		if s.fast != nil && listen.ReusePortSupported {
+			copies = s.udpSockets
+		}
+		socks, err := listen.Bind(listen.Config{Addr: s.addr, UDPBuffer: s.rcvBuf, Copies: copies, OneTCP: true})
 		if err != nil {
 			return nil, fmt.Errorf("dns %w", err)
 		}
 		if socks.BufferShortfall != nil {
 			s.log.Warn().Err(socks.BufferShortfall).Int("bytes", s.rcvBuf).Msg("cannot enlarge dns udp receive buffer; bursts may drop queries")
 		}
-		pc, ln = socks.UDP[0], socks.TCP[0]
+		pcs, ln = socks.UDP, socks.TCP[0]
 	}
-	if err := s.serve(pc, s.tcpConns.Listener(ln)); err != nil {
+	if err := s.serve(pcs, s.tcpConns.Listener(ln)); err != nil {
 		return nil, err
 	}
 	s.startNotifiers()
@@ -211,6 +245,9 @@ func (cfg Config) Validate() error {
 	}
 	if _, err := parseCAA(cfg.CAA); err != nil {
 		errs = append(errs, err)
+	}
+	if cfg.UDPSockets < 0 {
+		errs = append(errs, fmt.Errorf("UDP sockets %d is negative", cfg.UDPSockets))
 	}
 	if cfg.UDPSize != 0 && cfg.UDPSize < dns.MinMsgSize {
 		errs = append(errs, fmt.Errorf("UDP payload size %d is below %d", cfg.UDPSize, dns.MinMsgSize))
@@ -283,6 +320,7 @@ func newServer(cfg Config) (*Server, error) {
 		glue:       map[string][]netip.Addr{},
 		tcpConns:   connlimit.New(cfg.TCPConns),
 	}
+	s.udpSockets = cmp.Or(cfg.UDPSockets, runtime.GOMAXPROCS(0))
 	s.initTransfers(cfg.Transfer, cfg.Source.Serial())
 	s.rrl = newLimiter(cfg.RRL, time.Now(), func(dropped, slipped uint64) {
 		s.log.Info().Uint64("dropped_total", dropped).Uint64("slipped_total", slipped).Msg("dns rate limiting udp answers")
@@ -306,6 +344,9 @@ func newServer(cfg Config) (*Server, error) {
 		} else {
 			s.ns = append(s.ns, NameServer{Name: name}) // out-of-zone: no glue
 		}
+	}
+	if !cfg.NoFastPath && fastPathSupported {
+		s.fast = newFastZone(s.zone, s.ns[0].Name, s.hostmaster)
 	}
 	return s, nil
 }
@@ -340,11 +381,40 @@ func (s *Server) SetExactNamesOnly(exact bool) { s.exact.Store(exact) }
 // Zone returns the served zone as a lower-case FQDN.
 func (s *Server) Zone() string { return s.zone }
 
-// serve serves on pc and ln, which it owns: it closes them at Shutdown, or
-// before it returns an error.
-func (s *Server) serve(pc net.PacketConn, ln net.Listener) error {
+// serve serves on pcs (UDP sockets on one port) and ln, which it owns: it
+// closes them at Shutdown, or before it returns an error. With the fast
+// path each UDP socket gets a reader of its own, and miekg/dns reads what
+// they hand over; without, miekg/dns reads pcs[0], the only one.
+func (s *Server) serve(pcs []net.PacketConn, ln net.Listener) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	pc := pcs[0]
+	closeAll := func() {
+		for _, c := range pcs {
+			c.Close()
+		}
+		ln.Close()
+	}
+	var readers []*fastReader
+	if s.fast != nil {
+		h := newHandover(pc.LocalAddr())
+		for _, c := range pcs {
+			conn, ok := c.(*net.UDPConn)
+			if !ok {
+				readers = nil
+				break
+			}
+			r, err := newFastReader(s, conn, h)
+			if err != nil {
+				closeAll()
+				return fmt.Errorf("dns fast path on %s: %w", c.LocalAddr(), err)
+			}
+			readers = append(readers, r)
+		}
+		if readers != nil {
+			pc = h
+		}
+	}
 	h := dns.HandlerFunc(s.ServeDNS)
 	tsig := tsigProvider{currentKeys{s}}
 	udp := &dns.Server{PacketConn: pc, Handler: h, MsgAcceptFunc: s.accept, UDPSize: maxQuerySize, TsigProvider: tsig}
@@ -369,19 +439,27 @@ func (s *Server) serve(pc net.PacketConn, ln net.Listener) error {
 		case err := <-exited:
 			_ = udp.Shutdown() // "not started" when UDP is the one that failed
 			pc.Close()
-			ln.Close()
+			closeAll()
 			running.Wait()
 			return fmt.Errorf("dns server on %s: %w", pc.LocalAddr(), err)
 		}
 	}
-	s.udp, s.tcp, s.bound = udp, tcp, pc.LocalAddr()
+	for _, r := range readers {
+		running.Add(1)
+		go func() {
+			defer running.Done()
+			defer r.conn.Close()
+			r.run()
+		}()
+	}
+	s.udp, s.tcp, s.bound, s.readers = udp, tcp, pc.LocalAddr(), readers
 	stopped := make(chan struct{})
 	s.stopped = stopped
 	go func() {
 		running.Wait()
 		close(stopped)
 	}()
-	s.log.Info().Str("addr", s.bound.String()).Str("zone", s.zone).Msg("dns listening (udp, tcp)")
+	s.log.Info().Str("addr", s.bound.String()).Str("zone", s.zone).Int("udp_fast_path_sockets", len(readers)).Msg("dns listening (udp, tcp)")
 	return nil
 }
 
@@ -422,6 +500,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	var err error
 	if first {
+		for _, r := range s.readers {
+			r.stop() // each closes its socket as it returns
+		}
 		err = errors.Join(s.stopTransfers(ctx), udp.ShutdownContext(ctx), tcp.ShutdownContext(ctx))
 	}
 	select {
@@ -457,6 +538,6 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 		s.log.Debug().Err(err).Msg("dns write failed")
 	}
 	if s.onQuery != nil && len(r.Question) == 1 {
-		s.onQuery(Query{Remote: w.RemoteAddr(), Name: r.Question[0].Name, Type: r.Question[0].Qtype, Rcode: m.Rcode, TCP: tcp})
+		s.onQuery(Query{Remote: netaddr.AddrPort(w.RemoteAddr()), name: r.Question[0].Name, Type: r.Question[0].Qtype, Rcode: m.Rcode, TCP: tcp})
 	}
 }

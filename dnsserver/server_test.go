@@ -26,9 +26,7 @@ func TestUDPReceiveBufferIsAtLeast2MiB(t *testing.T) {
 	}
 	st := openStore(t)
 	s := startServer(t, Config{Source: st})
-	s.mu.Lock()
-	pc := s.udp.PacketConn.(*net.UDPConn)
-	s.mu.Unlock()
+	pc := udpSocket(s)
 	got := sockoptRcvBuf(t, pc)
 	// Linux reports twice the size asked for (the rest is bookkeeping).
 	if got/2 < 2<<20 {
@@ -51,7 +49,7 @@ func TestShutdownStopsEveryGoroutineAndFreesThePort(t *testing.T) {
 	addDevice(t, st, "nas1", "198.51.100.1", "")
 	before := settledGoroutines()
 
-	s, err := New(Config{Addr: "127.0.0.1:0", Source: st})
+	s, err := newTestServer(Config{Addr: "127.0.0.1:0", Source: st})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +102,7 @@ func TestShutdownStopsEveryGoroutineAndFreesThePort(t *testing.T) {
 
 func TestShutdownTwiceReturns(t *testing.T) {
 	st := openStore(t)
-	s, err := New(Config{Addr: "127.0.0.1:0", Source: st})
+	s, err := newTestServer(Config{Addr: "127.0.0.1:0", Source: st})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +132,7 @@ func TestServeFailureLeavesNothingRunning(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(Config{PacketConn: pc, Listener: ln, Source: st}); err == nil {
+	if _, err := newTestServer(Config{PacketConn: pc, Listener: ln, Source: st}); err == nil {
 		t.Fatal("New on a closed UDP socket succeeded")
 	}
 	if c, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second); err == nil {
@@ -237,4 +235,15 @@ func TestSlowTCPClientIsCutAfterTheReadTimeout(t *testing.T) {
 	if took < tcpReadTimeout-250*time.Millisecond {
 		t.Errorf("cut after %v, before the read timeout of %v", took, tcpReadTimeout)
 	}
+}
+
+// udpSocket returns the server's (first) UDP socket, the fast path's or
+// miekg/dns's.
+func udpSocket(s *Server) *net.UDPConn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.readers) > 0 {
+		return s.readers[0].conn
+	}
+	return s.udp.PacketConn.(*net.UDPConn)
 }

@@ -267,7 +267,7 @@ func (s *Server) answerSigned(w dns.ResponseWriter, r *dns.Msg) {
 		s.log.Debug().Err(err).Msg("dns write failed")
 	}
 	if s.onQuery != nil {
-		s.onQuery(Query{Remote: w.RemoteAddr(), Name: r.Question[0].Name, Type: r.Question[0].Qtype, Rcode: m.Rcode, TCP: tcp})
+		s.onQuery(Query{Remote: netaddr.AddrPort(w.RemoteAddr()), name: r.Question[0].Name, Type: r.Question[0].Qtype, Rcode: m.Rcode, TCP: tcp})
 	}
 }
 

@@ -83,7 +83,7 @@ func FuzzServeTransfer(f *testing.F) {
 	st := openStore(f)
 	addDevice(f, st, "nas1", "198.51.100.1", "2001:db8:1::1")
 	addDevice(f, st, "cam", "198.51.100.2", "")
-	s, err := New(Config{Addr: "127.0.0.1:0", Source: st, Transfer: TransferConfig{Secondaries: secondaryAt("127.0.0.1"), Keys: xfrKeys(f)}})
+	s, err := newTestServer(Config{Addr: "127.0.0.1:0", Source: st, Transfer: TransferConfig{Secondaries: secondaryAt("127.0.0.1"), Keys: xfrKeys(f)}})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -536,7 +536,7 @@ func TestShutdownStopsTheNotifySenders(t *testing.T) {
 	st := openStore(t)
 	nl := listenNotify(t, func(int) bool { return false }, nil) // never answers: the sender waits
 	before := settledGoroutines()
-	s, err := New(Config{Addr: "127.0.0.1:0", Source: st, Transfer: TransferConfig{Secondaries: []Secondary{nl.secondary("")}}})
+	s, err := newTestServer(Config{Addr: "127.0.0.1:0", Source: st, Transfer: TransferConfig{Secondaries: []Secondary{nl.secondary("")}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,8 @@
 #   make bench-dns                                     # the published figures
 #   make bench-dns BENCH_DNS_FLAGS='-pprof dns.pprof'  # plus a CPU profile
 #   make bench-dns BENCH_DNS_FLAGS='-peers knot -duration 5s'
+#   make bench-dns BENCH_DNS_SERVER_CPU=0,1 BENCH_DNS_CLIENT_CPU=0,1  # two cores, shared
+#                                                      # with dnsperf: see dnsperf_cpu
 BENCH_DNS_SERVER_CPU ?= 0
 BENCH_DNS_CLIENT_CPU ?= 1
 BENCH_DNS_FLAGS      ?=

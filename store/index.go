@@ -105,6 +105,18 @@ func (s *memIndex) Lookup(name string) (Record, bool) {
 	return e.rec, true
 }
 
+// LookupBytes is Lookup for a name held as bytes, without making a string
+// of it: the DNS fast path's per-query lookup allocates nothing.
+func (s *memIndex) LookupBytes(name []byte) (Record, bool) {
+	s.mu.RLock()
+	e, ok := s.entries[string(name)]
+	s.mu.RUnlock()
+	if !ok || e.hidden {
+		return Record{}, false
+	}
+	return e.rec, true
+}
+
 // Serial returns the zone's SOA serial, bumped by every change to DNS data.
 func (s *memIndex) Serial() uint32 {
 	s.mu.RLock()

@@ -13,7 +13,7 @@ import (
 
 // perfParams are the dnsperf settings every server gets.
 type perfParams struct {
-	CPU         int    // the core dnsperf is pinned to
+	CPU         string // the cores dnsperf is pinned to (a taskset list), a thread each
 	QueryFile   string // "name type" lines
 	Clients     int    // -c: UDP sockets
 	Outstanding int    // -q: queries in flight
@@ -58,9 +58,9 @@ var (
 // its output kept in logPath, and measures the CPU that serverPID (and its
 // children) used meanwhile.
 func runDnsperf(ctx context.Context, p perfParams, port int, d time.Duration, serverPID int, logPath string) (perfResult, error) {
-	args := []string{"-c", strconv.Itoa(p.CPU), "dnsperf",
+	args := []string{"-c", p.CPU, "dnsperf",
 		"-s", "127.0.0.1", "-p", strconv.Itoa(port), "-d", p.QueryFile,
-		"-l", strconv.Itoa(int(d / time.Second)), "-T", "1",
+		"-l", strconv.Itoa(int(d / time.Second)), "-T", strconv.Itoa(cpuCount(p.CPU)),
 		"-c", strconv.Itoa(p.Clients), "-q", strconv.Itoa(p.Outstanding), "-t", "2"}
 	if p.EDNS {
 		args = append(args, "-e")

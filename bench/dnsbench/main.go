@@ -39,7 +39,7 @@ type config struct {
 	duration      time.Duration
 	warmup        time.Duration
 	perf          perfParams
-	serverCPU     int
+	serverCPU     string // a taskset list: "0", "0,1"
 	peers         []string
 	loadWorkers   int
 	updates       int
@@ -65,8 +65,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.perf.Clients, "clients", 8, "dnsperf -c: client sockets")
 	fs.IntVar(&cfg.perf.Outstanding, "outstanding", 100, "dnsperf -q: queries in flight (100 fits every server's default 208 KiB receive buffer)")
 	fs.BoolVar(&cfg.perf.EDNS, "edns", true, "dnsperf -e: queries carry EDNS0, as resolvers send them")
-	fs.IntVar(&cfg.serverCPU, "server-cpu", 0, "core every server is pinned to")
-	fs.IntVar(&cfg.perf.CPU, "client-cpu", 1, "core dnsperf is pinned to")
+	fs.StringVar(&cfg.serverCPU, "server-cpu", "0", "cores every server is pinned to, a comma-separated list (each server gets as many workers)")
+	fs.StringVar(&cfg.perf.CPU, "client-cpu", "1", "cores dnsperf is pinned to, a comma-separated list (a dnsperf thread each)")
 	fs.StringVar(&peers, "peers", "knot,nsd", "peers to compare with, comma-separated (knot, nsd; empty for none)")
 	fs.IntVar(&cfg.loadWorkers, "load-workers", 128, "concurrent HTTP clients loading the devices")
 	fs.IntVar(&cfg.updates, "updates", 20_000, "dyndns2 updates in the durable-update phase (each a real change)")
@@ -97,6 +97,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return cfg, fmt.Errorf("-duration %s: want whole seconds, at least 1s", cfg.duration)
 	case cfg.warmup%time.Second != 0:
 		return cfg, fmt.Errorf("-warmup %s: want whole seconds", cfg.warmup)
+	case cpuCount(cfg.serverCPU) == 0 || cpuCount(cfg.perf.CPU) == 0:
+		return cfg, fmt.Errorf("-server-cpu %q, -client-cpu %q: want comma-separated core numbers", cfg.serverCPU, cfg.perf.CPU)
 	case cfg.perf.Clients < 1 || cfg.perf.Outstanding < 1 || cfg.loadWorkers < 1 || cfg.updateClients < 1:
 		return cfg, errors.New("-clients, -outstanding, -load-workers and -update-clients must be at least 1")
 	}
@@ -165,13 +167,14 @@ func progress(format string, args ...any) {
 
 // report collects the result lines in the order they are printed.
 type report struct {
-	header []string
-	dns    []string // one per server
-	ratios []string
-	memory []string
-	load   []string
-	update []string
-	notes  []string
+	serverCores int // the cores each server may use
+	header      []string
+	dns         []string // one per server
+	ratios      []string
+	memory      []string
+	load        []string
+	update      []string
+	notes       []string
 }
 
 func (r *report) print(w io.Writer) {
@@ -191,7 +194,7 @@ func (r *report) note(format string, args ...any) {
 // run does the whole benchmark. The report holds whatever was measured even
 // when it returns an error.
 func run(ctx context.Context, cfg config) (rep *report, err error) {
-	rep = &report{}
+	rep = &report{serverCores: cpuCount(cfg.serverCPU)}
 	work, err := os.MkdirTemp("", "nasreach-dnsbench-")
 	if err != nil {
 		return rep, err
@@ -223,7 +226,7 @@ func run(ctx context.Context, cfg config) (rep *report, err error) {
 		edns = " -e"
 	}
 	rep.header = append(rep.header, fmt.Sprintf(
-		"# dnsbench %s: %d devices; %d queries (80%% A hit, 10%% AAAA hit, 10%% NXDOMAIN); servers on cpu %d; dnsperf -c %d -q %d%s -l %d on cpu %d; %d cpus; %s",
+		"# dnsbench %s: %d devices; %d queries (80%% A hit, 10%% AAAA hit, 10%% NXDOMAIN); servers on cpu %s; dnsperf -c %d -q %d%s -l %d on cpu %s; %d cpus; %s",
 		time.Now().UTC().Format("2006-01-02"), cfg.devices, cfg.queries, cfg.serverCPU,
 		cfg.perf.Clients, cfg.perf.Outstanding, edns, int(cfg.duration/time.Second), cfg.perf.CPU, onlineCPUs(), runtime.Version()))
 
@@ -344,7 +347,7 @@ func benchNasreach(ctx context.Context, cfg config, work string, devs []device, 
 	if err != nil {
 		return perfResult{}, 0, err
 	}
-	rep.memory = append(rep.memory, fmt.Sprintf("dns nasreach rss_mib=%.1f peak_rss_mib=%.1f devices=%d", rss, peak, len(devs)))
+	rep.memory = append(rep.memory, fmt.Sprintf("dns nasreach rss_mib=%.1f peak_rss_mib=%.1f devices=%d kib_per_device=%.2f", rss, peak, len(devs), rss*1024/float64(len(devs))))
 
 	// Durable updates: each client sends dyndns2 updates with a device's own
 	// credentials; nasreach answers only after the bbolt commit (fsync), so
@@ -376,6 +379,31 @@ func benchNasreach(ctx context.Context, cfg config, work string, devs []device, 
 	if err := checkAnswers(ctx, "nasreach after dyndns2", dnsAddr, updated, func(q query) netip.Addr { return updatedIPv4(q.Device) }); err != nil {
 		return perfResult{}, 0, fmt.Errorf("update not visible: %w", err)
 	}
+
+	// Start-up: the same data directory served again, timed from the
+	// process start to the first right answer for a device.
+	srv.stop(10 * time.Second)
+	began := time.Now()
+	if srv, err = startServer("nasreach", cfg.serverCPU, filepath.Join(work, "nasreach-restart.log"), args...); err != nil {
+		return perfResult{}, 0, err
+	}
+	defer srv.stop(10 * time.Second)
+	first := updated[:1]
+	for {
+		if err := checkAnswers(ctx, "nasreach restarted", dnsAddr, first, func(q query) netip.Addr { return updatedIPv4(q.Device) }); err == nil {
+			break
+		}
+		if srv.exited() || ctx.Err() != nil || time.Since(began) > 60*time.Second {
+			return perfResult{}, 0, fmt.Errorf("nasreach restarted on %d devices gave no right answer within %s", len(devs), time.Since(began).Round(time.Millisecond))
+		}
+		time.Sleep(5 * time.Millisecond) // polling a process we do not control: no event to wait on
+	}
+	startup := time.Since(began)
+	rss, _, err = rssMiB(srv.pid())
+	if err != nil {
+		return perfResult{}, 0, err
+	}
+	rep.memory = append(rep.memory, fmt.Sprintf("dns nasreach startup_to_first_answer_ms=%.0f rss_after_restart_mib=%.1f devices=%d", ms(startup), rss, len(devs)))
 	return res, serial, nil
 }
 
@@ -414,15 +442,15 @@ func (r *report) saturation(name string, res perfResult) {
 	if res.LostPct > 0.5 {
 		r.note("%s lost %.2f%% of the queries: each lost query holds one of dnsperf's -q slots for its 2 s timeout, so this qps understates the server; rerun", name, res.LostPct)
 	}
-	if res.ServerCPU < saturatedCPU {
-		r.note("%s used %.0f%% of its core (dnsperf %.0f%% of its own): the server was not the bottleneck; its qps is a lower bound",
-			name, 100*res.ServerCPU, 100*res.ClientCPU)
+	if res.ServerCPU < saturatedCPU*float64(r.serverCores) {
+		r.note("%s used %.0f%% of a core of the %d it may use (dnsperf %.0f%%): the server was not the bottleneck; its qps is a lower bound",
+			name, 100*res.ServerCPU, r.serverCores, 100*res.ClientCPU)
 	}
 }
 
 func dnsLine(name string, r perfResult) string {
-	return fmt.Sprintf("dns %s qps=%.0f mean_latency_ms=%.3f lost=%.2f%% server_cpu=%.0f%% dnsperf_cpu=%.0f%% cpu_us_per_query=%.1f resp_bytes=%d",
-		name, r.QPS, ms(r.MeanLatency), r.LostPct, 100*r.ServerCPU, 100*r.ClientCPU, us(r.cpuPerQuery()), r.RespBytes)
+	return fmt.Sprintf("dns %s qps=%.0f mean_latency_ms=%.3f lost=%.2f%% server_cpu=%.0f%% dnsperf_cpu=%.0f%% cpu_us_per_query=%.1f queries_per_cpu_s=%.0f resp_bytes=%d",
+		name, r.QPS, ms(r.MeanLatency), r.LostPct, 100*r.ServerCPU, 100*r.ClientCPU, us(r.cpuPerQuery()), 1/r.cpuPerQuery().Seconds(), r.RespBytes)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -463,7 +491,7 @@ func benchPeer(ctx context.Context, cfg config, work, peer, zoneFile string, sam
 	rep.dns = append(rep.dns, dnsLine(peer, res))
 	rep.saturation(peer, res)
 	if rss, peak, err := rssMiB(srv.pid()); err == nil && peer == "knot" { // NSD's is spread over forked processes
-		rep.memory = append(rep.memory, fmt.Sprintf("dns knot rss_mib=%.1f peak_rss_mib=%.1f devices=%d", rss, peak, cfg.devices))
+		rep.memory = append(rep.memory, fmt.Sprintf("dns knot rss_mib=%.1f peak_rss_mib=%.1f devices=%d kib_per_device=%.2f", rss, peak, cfg.devices, rss*1024/float64(cfg.devices)))
 	}
 	return res, nil
 }
@@ -515,6 +543,19 @@ func onlineCPUs() int {
 		if len(line) > 3 && strings.HasPrefix(line, "cpu") && line[3] >= '0' && line[3] <= '9' {
 			n++
 		}
+	}
+	return n
+}
+
+// cpuCount is the number of cores in a comma-separated list of core
+// numbers, or 0 when it is not one.
+func cpuCount(list string) int {
+	n := 0
+	for _, c := range strings.Split(list, ",") {
+		if _, err := strconv.ParseUint(strings.TrimSpace(c), 10, 16); err != nil {
+			return 0
+		}
+		n++
 	}
 	return n
 }

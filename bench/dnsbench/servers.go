@@ -61,13 +61,13 @@ func writePidfile() {
 
 // startServer runs argv pinned to cpu with taskset, stdout and stderr to
 // logPath. The process gets SIGKILL if this driver dies without cleaning up.
-func startServer(name string, cpu int, logPath string, argv ...string) (*server, error) {
+func startServer(name string, cpus string, logPath string, argv ...string) (*server, error) {
 	f, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close() // the child has its own descriptor
-	cmd := exec.Command("taskset", append([]string{"-c", strconv.Itoa(cpu)}, argv...)...)
+	cmd := exec.Command("taskset", append([]string{"-c", cpus}, argv...)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = serverEnv()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -243,19 +243,19 @@ func waitDNS(ctx context.Context, s *server, addr, zone string, timeout time.Dur
 
 // startKnot writes a one-core Knot configuration in dir and starts knotd on
 // 127.0.0.1:port serving zoneFile.
-func startKnot(ctx context.Context, dir string, cpu, port int, zone, zoneFile string) (*server, error) {
+func startKnot(ctx context.Context, dir string, cpu string, port int, zone, zoneFile string) (*server, error) {
 	for _, d := range []string{"run", "db"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
 			return nil, err
 		}
 	}
-	// One UDP worker for one core. Knot 3.2 has no response rate limiting
+	// One UDP worker per core. Knot 3.2 has no response rate limiting
 	// unless the rrl module is configured, so none is. Journal and zone file
 	// sync are off: nothing is written while serving.
 	conf := fmt.Sprintf(`server:
     rundir: "%[1]s/run"
     listen: 127.0.0.1@%[2]d
-    udp-workers: 1
+    udp-workers: %[5]d
     tcp-workers: 1
     background-workers: 1
 control:
@@ -275,7 +275,7 @@ template:
 zone:
   - domain: %[3]s
     file: "%[4]s"
-`, dir, port, zone, zoneFile)
+`, dir, port, zone, zoneFile, cpuCount(cpu))
 	confPath := filepath.Join(dir, "knot.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		return nil, err
@@ -288,7 +288,7 @@ zone:
 
 // startNSD writes a one-server NSD configuration in dir and starts nsd in the
 // foreground on 127.0.0.1:port; NSD reads and compiles zoneFile itself.
-func startNSD(ctx context.Context, dir string, cpu, port int, zone, zoneFile string) (*server, error) {
+func startNSD(ctx context.Context, dir string, cpu string, port int, zone, zoneFile string) (*server, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -297,7 +297,7 @@ func startNSD(ctx context.Context, dir string, cpu, port int, zone, zoneFile str
 	// as nasreach and Knot (no NS/glue added to positive answers).
 	conf := fmt.Sprintf(`server:
     ip-address: 127.0.0.1@%[2]d
-    server-count: 1
+    server-count: %[5]d
     username: ""
     chroot: ""
     zonesdir: "%[1]s"
@@ -315,7 +315,7 @@ remote-control:
 zone:
     name: %[3]s
     zonefile: "%[4]s"
-`, dir, port, zone, zoneFile)
+`, dir, port, zone, zoneFile, cpuCount(cpu))
 	confPath := filepath.Join(dir, "nsd.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		return nil, err

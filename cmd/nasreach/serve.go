@@ -57,6 +57,7 @@ func serveLikeCommand(action func(context.Context, *cli.Command, daemon.Config) 
 			&cli.StringSliceFlag{Name: "reserved", Usage: "extra labels no device may register (repeatable)", Sources: cli.EnvVars("NASREACH_RESERVED")},
 			&cli.StringSliceFlag{Name: "trusted-proxy", Usage: "CIDR of a reverse proxy whose X-Forwarded-For is believed (repeatable)", Sources: cli.EnvVars("NASREACH_TRUSTED_PROXY")},
 			&cli.BoolFlag{Name: "exact-names", Usage: "answer NXDOMAIN for names below a device instead of the device's address", Sources: cli.EnvVars("NASREACH_EXACT_NAMES")},
+			&cli.BoolFlag{Name: "dns-fast-path", Value: true, Usage: "answer plain A and AAAA queries over UDP on the fast path (batched socket calls, no allocation); off: miekg/dns answers every query", Sources: cli.EnvVars("NASREACH_DNS_FAST_PATH")},
 			&cli.StringSliceFlag{Name: "caa", Usage: `CAA record at the zone's apex, FLAGS TAG "VALUE", e.g. 0 issue "letsencrypt.org"; devices inherit it (repeatable)`, Sources: cli.EnvVars("NASREACH_CAA")},
 		}, slices.Concat(storeFlags(), transferFlags(), rrlFlags(), turnFlags(), linkFlags(), privacyFlags(), logFlags())...),
 		Before: src.apply,
@@ -80,7 +81,7 @@ func daemonConfigFromFlags(cmd *cli.Command) (daemon.Config, error) {
 		DNSAddr: cmd.String("dns"), HTTPAddr: cmd.String("http"), MetricsAddr: cmd.String("metrics"),
 		AdminToken: cmd.String("admin-token"), TTL: cmd.Duration("ttl"),
 		OpenRegistration: cmd.Bool("open-registration"), Reserved: cmd.StringSlice("reserved"),
-		ExactNames: cmd.Bool("exact-names"), CAA: cmd.StringSlice("caa"), Logger: zerolog.Nop(), Version: version,
+		ExactNames: cmd.Bool("exact-names"), NoDNSFastPath: !cmd.Bool("dns-fast-path"), CAA: cmd.StringSlice("caa"), Logger: zerolog.Nop(), Version: version,
 	}
 	var errs []error
 	add := func(setting string, err error) {

@@ -32,6 +32,11 @@ type Config struct {
 	Copies int
 	// TCPOnly opens TCP listeners only (a TLS port).
 	TCPOnly bool
+	// OneTCP opens one TCP listener whatever Copies says, without
+	// SO_REUSEPORT: Copies then applies to UDP only (a DNS server, whose TCP
+	// side is light), and another server binding the same address fails on
+	// TCP rather than sharing the UDP port with this one.
+	OneTCP bool
 	// UDPBuffer, when positive, is the receive and send buffer asked for
 	// each UDP socket. With CAP_NET_ADMIN it is granted whatever
 	// net.core.rmem_max says; otherwise the kernel caps it there.
@@ -134,7 +139,10 @@ func bindOnce(host, port string, n int, cfg Config) (*Sockets, error) {
 	var shortfall error
 	lc := net.ListenConfig{Control: func(network, _ string, c syscall.RawConn) error {
 		return c.Control(func(fd uintptr) {
-			if n > 1 {
+			// With OneTCP the TCP listener is alone on its port: without
+			// SO_REUSEPORT, a second server started on the same address
+			// fails to bind it instead of sharing the port unnoticed.
+			if n > 1 && (network[:3] == "udp" || !cfg.OneTCP) {
 				setReusePort(fd)
 			}
 			if cfg.UDPBuffer > 0 && network[:3] == "udp" {
@@ -146,25 +154,46 @@ func bindOnce(host, port string, n int, cfg Config) (*Sockets, error) {
 	}}
 	ctx := context.Background()
 	p := port
-	if !cfg.TCPOnly {
+	nt := n
+	if cfg.OneTCP {
+		nt = 1
+	}
+	bindUDP := func() error {
 		for i := range n {
 			c, err := lc.ListenPacket(ctx, "udp", net.JoinHostPort(host, p))
 			if err != nil {
-				s.Close()
-				return nil, fmt.Errorf("listen udp %s (socket %d of %d): %w", net.JoinHostPort(host, p), i+1, n, err)
+				return fmt.Errorf("listen udp %s (socket %d of %d): %w", net.JoinHostPort(host, p), i+1, n, err)
 			}
 			s.UDP = append(s.UDP, c)
 			p = strconv.Itoa(int(netaddr.AddrPort(c.LocalAddr()).Port()))
 		}
+		return nil
 	}
-	for i := range n {
-		l, err := lc.Listen(ctx, "tcp", net.JoinHostPort(host, p))
-		if err != nil {
-			s.Close()
-			return nil, fmt.Errorf("listen tcp %s (socket %d of %d): %w", net.JoinHostPort(host, p), i+1, n, err)
+	bindTCP := func() error {
+		for i := range nt {
+			l, err := lc.Listen(ctx, "tcp", net.JoinHostPort(host, p))
+			if err != nil {
+				return fmt.Errorf("listen tcp %s (socket %d of %d): %w", net.JoinHostPort(host, p), i+1, nt, err)
+			}
+			s.TCP = append(s.TCP, l)
+			p = strconv.Itoa(int(netaddr.AddrPort(l.Addr()).Port()))
 		}
-		s.TCP = append(s.TCP, l)
-		p = strconv.Itoa(int(netaddr.AddrPort(l.Addr()).Port()))
+		return nil
+	}
+	// A fixed port with one TCP listener: TCP first, so that a server
+	// already on the port makes this one fail before any of its UDP
+	// sockets joins the other's SO_REUSEPORT group.
+	steps := []func() error{bindUDP, bindTCP}
+	if cfg.TCPOnly {
+		steps = []func() error{bindTCP}
+	} else if cfg.OneTCP && port != "0" {
+		steps = []func() error{bindTCP, bindUDP}
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			s.Close()
+			return nil, err
+		}
 	}
 	s.Addr = netaddr.AddrPort(s.TCP[0].Addr())
 	if shortfall != nil {

@@ -22,6 +22,8 @@ func AddrPort(a net.Addr) netip.AddrPort {
 	case *net.IPAddr:
 		ip, _ := netip.AddrFromSlice(a.IP)
 		ap = netip.AddrPortFrom(ip.WithZone(a.Zone), 0)
+	case interface{ AddrPort() netip.AddrPort }: // an address of another net.Addr type that knows its AddrPort (dnsserver's handed-over queries)
+		ap = a.AddrPort()
 	default:
 		return netip.AddrPort{}
 	}
