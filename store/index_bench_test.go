@@ -72,7 +72,7 @@ func rssKiB(field string) int64 {
 
 // writeBenchDevices writes n devices straight into a new store's file, in
 // one transaction (through the API each would be a commit).
-func writeBenchDevices(b *testing.B, dir string, n int) {
+func writeBenchDevices(b testing.TB, dir string, n int) {
 	b.Helper()
 	st, err := Open(Config{Dir: dir, SweepEvery: -1})
 	if err != nil {

@@ -160,6 +160,7 @@ func (s *Store) open(path string, maxBatchDelay time.Duration) error {
 	if err := s.load(); err != nil {
 		return damagef("a device record is unreadable: %v", err)
 	}
+	releaseMapped(db)
 	return nil
 }
 

@@ -85,6 +85,7 @@ func (s *Store) sweep() {
 	if _, err := s.Sweep(context.Background()); err != nil {
 		s.log.Error().Err(err).Msg("store sweep failed")
 	}
+	releaseMapped(s.db) // the sweep read the whole file
 }
 
 // every calls f every interval until Close; Open runs the background work

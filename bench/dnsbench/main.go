@@ -343,11 +343,11 @@ func benchNasreach(ctx context.Context, cfg config, work string, devs []device, 
 	}
 	rep.dns = append(rep.dns, dnsLine("nasreach", res))
 	rep.saturation("nasreach", res)
-	rss, peak, err := rssMiB(srv.pid())
+	mem, err := readMem(srv.pid())
 	if err != nil {
 		return perfResult{}, 0, err
 	}
-	rep.memory = append(rep.memory, fmt.Sprintf("dns nasreach rss_mib=%.1f peak_rss_mib=%.1f devices=%d kib_per_device=%.2f", rss, peak, len(devs), rss*1024/float64(len(devs))))
+	rep.memory = append(rep.memory, mem.line("nasreach", len(devs)))
 
 	// Durable updates: each client sends dyndns2 updates with a device's own
 	// credentials; nasreach answers only after the bbolt commit (fsync), so
@@ -399,11 +399,10 @@ func benchNasreach(ctx context.Context, cfg config, work string, devs []device, 
 		time.Sleep(5 * time.Millisecond) // polling a process we do not control: no event to wait on
 	}
 	startup := time.Since(began)
-	rss, _, err = rssMiB(srv.pid())
-	if err != nil {
+	if mem, err = readMem(srv.pid()); err != nil {
 		return perfResult{}, 0, err
 	}
-	rep.memory = append(rep.memory, fmt.Sprintf("dns nasreach startup_to_first_answer_ms=%.0f rss_after_restart_mib=%.1f devices=%d", ms(startup), rss, len(devs)))
+	rep.memory = append(rep.memory, fmt.Sprintf("dns nasreach startup_to_first_answer_ms=%.0f rss_after_restart_mib=%.1f anon_after_restart_mib=%.1f devices=%d", ms(startup), mem.rss, mem.anon, len(devs)))
 	return res, serial, nil
 }
 
@@ -490,8 +489,8 @@ func benchPeer(ctx context.Context, cfg config, work, peer, zoneFile string, sam
 	}
 	rep.dns = append(rep.dns, dnsLine(peer, res))
 	rep.saturation(peer, res)
-	if rss, peak, err := rssMiB(srv.pid()); err == nil && peer == "knot" { // NSD's is spread over forked processes
-		rep.memory = append(rep.memory, fmt.Sprintf("dns knot rss_mib=%.1f peak_rss_mib=%.1f devices=%d kib_per_device=%.2f", rss, peak, cfg.devices, rss*1024/float64(cfg.devices)))
+	if mem, err := readMem(srv.pid()); err == nil && peer == "knot" { // NSD's is spread over forked processes
+		rep.memory = append(rep.memory, mem.line("knot", cfg.devices))
 	}
 	return res, nil
 }

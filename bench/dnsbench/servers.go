@@ -371,26 +371,37 @@ func cpuTime(pid int) time.Duration {
 	return time.Duration(ticks) * time.Second / clockTick
 }
 
-// rssMiB returns the resident and peak resident memory of one process.
-func rssMiB(pid int) (rss, peak float64, err error) {
+// memStat is one process's memory from /proc/PID/status, in MiB: resident
+// (rss), its peak, and the resident set's two parts, anonymous memory (the
+// heap, stacks: what the process itself holds) and file-backed pages (the
+// program's text and mapped files such as bbolt's or LMDB's, which are the
+// page cache's and shared with it).
+type memStat struct{ rss, peak, anon, file float64 }
+
+// line is the memory line for server with devices loaded.
+func (m memStat) line(server string, devices int) string {
+	return fmt.Sprintf("dns %s rss_mib=%.1f peak_rss_mib=%.1f anon_mib=%.1f file_mib=%.1f devices=%d kib_per_device=%.2f anon_kib_per_device=%.2f",
+		server, m.rss, m.peak, m.anon, m.file, devices, m.rss*1024/float64(devices), m.anon*1024/float64(devices))
+}
+
+// readMem returns the memory of one process.
+func readMem(pid int) (memStat, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, 0, err
+		return memStat{}, err
 	}
+	var m memStat
+	fields := map[string]*float64{"VmRSS": &m.rss, "VmHWM": &m.peak, "RssAnon": &m.anon, "RssFile": &m.file}
 	for _, line := range strings.Split(string(b), "\n") {
 		k, v, ok := strings.Cut(line, ":")
-		if !ok || (k != "VmRSS" && k != "VmHWM") {
+		if !ok || fields[k] == nil {
 			continue
 		}
 		kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
 		if err != nil {
-			return 0, 0, fmt.Errorf("/proc/%d/status %s: %w", pid, k, err)
+			return memStat{}, fmt.Errorf("/proc/%d/status %s: %w", pid, k, err)
 		}
-		if k == "VmRSS" {
-			rss = kb / 1024
-		} else {
-			peak = kb / 1024
-		}
+		*fields[k] = kb / 1024
 	}
-	return rss, peak, nil
+	return m, nil
 }
