@@ -176,6 +176,13 @@ func TestClientBackupIsAStoreThatOpens(t *testing.T) {
 	if _, err := adm.Create(ctx, client.CreateRequest{Name: "nas1"}); err != nil {
 		t.Fatal(err)
 	}
+	// A store of one node does its own housekeeping: the backup is taken
+	// with or without the condition.
+	if rc, err := adm.BackupIfHousekeeping(ctx); err != nil {
+		t.Fatalf("backup if housekeeping, one node: %v", err)
+	} else {
+		rc.Close()
+	}
 	rc, err := adm.Backup(ctx)
 	if err != nil {
 		t.Fatal(err)

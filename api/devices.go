@@ -342,10 +342,21 @@ func acceptsPlain(accept string) bool {
 	return false
 }
 
+// housekeeper is a store shared by several nodes, one of which is elected
+// to do what must run once (store.Etcd).
+type housekeeper interface{ Sweeping() bool }
+
 // handleBackup streams a consistent snapshot of the store (a bbolt file) to
-// the admin, taken while the daemon keeps serving.
+// the admin, taken while the daemon keeps serving. With ?housekeeping=1 a
+// node of a cluster that is not the elected housekeeper answers 409 and
+// sends nothing: every node can run the same daily backup, and one writes
+// it, the one that moves with the cluster's housekeeping.
 func (a *API) handleBackup(w http.ResponseWriter, r *http.Request) {
 	if !a.requireAdmin(w, r) {
+		return
+	}
+	if h, ok := a.st.(housekeeper); ok && r.URL.Query().Get("housekeeping") == "1" && !h.Sweeping() {
+		a.fail(w, http.StatusConflict, "this node does not do the cluster's housekeeping: the node that does takes the backup")
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")

@@ -292,7 +292,8 @@ func TestQuorumLossRefusesChangesCleanlyWhileDNSAnswers(t *testing.T) {
 }
 
 // TestHousekeepingMovesWhenItsNodeStops: of three nodes exactly one runs
-// the housekeeping; when that node stops, another takes it over.
+// the housekeeping, the daily backup included; when that node stops,
+// another takes it over.
 func TestHousekeepingMovesWhenItsNodeStops(t *testing.T) {
 	c := startEtcd(t, 3)
 	nodes := startNodes(t, c, 3)
@@ -307,11 +308,34 @@ func TestHousekeepingMovesWhenItsNodeStops(t *testing.T) {
 	}
 	testutil.WaitFor(t, 10*time.Second, "one node to run the housekeeping", func() bool { return len(sweeping()) == 1 })
 	leader := sweeping()[0]
+	// The daily backup (nasreach backup --if-housekeeping on every node)
+	// is taken by the housekeeping node alone.
+	backups := func() (took []int) {
+		for i, n := range nodes {
+			if n.Daemon == nil {
+				continue
+			}
+			switch code, body := n.Do(http.MethodGet, "/v1/admin/backup?housekeeping=1", n.Admin, nil); code {
+			case http.StatusOK:
+				took = append(took, i)
+			case http.StatusConflict:
+			default:
+				t.Errorf("node %d: backup if housekeeping: HTTP %d %s", i, code, body)
+			}
+		}
+		return took
+	}
+	if got := backups(); len(got) != 1 || got[0] != leader {
+		t.Errorf("nodes %v took the backup, want the housekeeping node %d alone", got, leader)
+	}
 	nodes[leader].Stop()
 	testutil.WaitFor(t, 10*time.Second, "another node to take the housekeeping over", func() bool {
 		s := sweeping()
 		return len(s) == 1 && s[0] != leader
 	})
+	if got, want := backups(), sweeping(); len(got) != 1 || got[0] != want[0] {
+		t.Errorf("after the move nodes %v took the backup, want the new housekeeping node %v alone", got, want)
+	}
 }
 
 // metricValue is the value of the sample line that starts with name (with

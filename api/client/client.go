@@ -233,7 +233,18 @@ func (c *Client) CallerAddress(ctx context.Context) (netip.Addr, error) {
 // reader; a read error means the snapshot is incomplete. The HTTP client's
 // timeout covers the whole download.
 func (c *Client) Backup(ctx context.Context) (io.ReadCloser, error) {
-	resp, err := c.send(ctx, http.MethodGet, "/v1/admin/backup", nil)
+	return c.backup(ctx, "/v1/admin/backup")
+}
+
+// BackupIfHousekeeping is Backup on a node that does its cluster's
+// housekeeping (always, on a store of one node); another node of the
+// cluster answers an *Error with status 409 Conflict and sends nothing.
+func (c *Client) BackupIfHousekeeping(ctx context.Context) (io.ReadCloser, error) {
+	return c.backup(ctx, "/v1/admin/backup?housekeeping=1")
+}
+
+func (c *Client) backup(ctx context.Context, path string) (io.ReadCloser, error) {
+	resp, err := c.send(ctx, http.MethodGet, path, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/nasreach/nasreach/api/client"
 	"github.com/nasreach/nasreach/connlog"
 	"github.com/nasreach/nasreach/store"
 	"github.com/urfave/cli/v3"
@@ -29,6 +31,7 @@ func backupCommand() *cli.Command {
 		Flags: append(apiClientFlags(),
 			&cli.StringFlag{Name: "out", Required: true, Usage: "directory for snapshots (nasreach-YYYY-MM-DD.db; a second one on a day .2.db, and so on)"},
 			&cli.DurationFlag{Name: "retention", Value: connlog.DefaultRetention, Usage: "delete snapshots older than this", DefaultText: retentionDefault},
+			&cli.BoolFlag{Name: "if-housekeeping", Usage: "on etcd, back up only if this node does the cluster's housekeeping, else say so and succeed: the same daily timer on every node, one backup a day"},
 		),
 		Action: runBackup,
 	}
@@ -49,7 +52,16 @@ func runBackup(ctx context.Context, cmd *cli.Command) error {
 		return fmt.Errorf("create snapshot file: %w", err)
 	}
 	defer os.Remove(tmp.Name()) // the kept snapshot is a link of its own
-	snapshot, err := c.Backup(ctx)
+	backup := c.Backup
+	if cmd.Bool("if-housekeeping") {
+		backup = c.BackupIfHousekeeping
+	}
+	snapshot, err := backup(ctx)
+	if apiErr := (*client.Error)(nil); errors.As(err, &apiErr) && apiErr.Status == http.StatusConflict && cmd.Bool("if-housekeeping") {
+		tmp.Close()
+		fmt.Fprintln(cmd.Root().Writer, "no snapshot: this node does not do the cluster's housekeeping; the node that does takes it")
+		return nil
+	}
 	if err != nil {
 		tmp.Close()
 		return err

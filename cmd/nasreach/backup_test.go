@@ -50,3 +50,18 @@ func TestBackupSnapshotRestoresAndOldSnapshotsExpire(t *testing.T) {
 		t.Fatalf("device token after restore: HTTP %d", code)
 	}
 }
+
+// TestBackupIfHousekeepingOnOneNodeTakesIt: a node on its own store does its
+// own housekeeping, so the cluster's daily timer line works there too.
+func TestBackupIfHousekeepingOnOneNodeTakesIt(t *testing.T) {
+	td := daemontest.Start(t)
+	out := t.TempDir()
+	var stdout bytes.Buffer
+	err := newApp(&stdout, &stdout).Run(context.Background(), []string{"nasreach", "backup", "--if-housekeeping", "--server", td.HTTP, "--admin-token", td.Admin, "--out", out})
+	if err != nil {
+		t.Fatalf("backup --if-housekeeping: %v\n%s", err, stdout.String())
+	}
+	if err := checkSnapshot(filepath.Join(out, "nasreach-"+time.Now().UTC().Format(time.DateOnly)+".db")); err != nil {
+		t.Fatalf("no sound snapshot: %v\n%s", err, stdout.String())
+	}
+}
