@@ -157,6 +157,9 @@ func OpenEtcd(cfg Config, ec EtcdConfig) (*Etcd, error) {
 	if err != nil {
 		stop()
 		cli.Close()
+		if why := diagnoseClientCert(ec); why != nil {
+			err = fmt.Errorf("%w (%v)", err, why)
+		}
 		return nil, fmt.Errorf("load the device table from etcd %v%s: %w", ec.Endpoints, prefix, err)
 	}
 	s.background.Go(func() { s.watch(ctx, rev) })

@@ -401,3 +401,27 @@ func TestZoneSnapshotReadsPagesAtOneRevision(t *testing.T) {
 		t.Errorf("the write made during the snapshot did not land: nas4 is %v", r.IPv4)
 	}
 }
+
+// TestRefusedClientCertificateIsNamed: a cluster that wants client
+// certificates and gets none makes Open fail saying so, not only with the
+// etcd client's "context deadline exceeded".
+func TestRefusedClientCertificateIsNamed(t *testing.T) {
+	c, err := etcdtest.StartTLS(testutil.NeedTool(t, "etcd"), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Stop() })
+	_, err = OpenEtcd(Config{}, EtcdConfig{Endpoints: c.Endpoints, CAFile: c.TLS.CA, DialTimeout: 2 * time.Second})
+	if err == nil {
+		t.Fatal("opened a cluster that wants a client certificate without one")
+	}
+	if !strings.Contains(err.Error(), "refused this node: this node sent no client certificate (set --etcd-cert and --etcd-key)") {
+		t.Errorf("error does not name the missing client certificate: %v", err)
+	}
+	t.Logf("the operator reads: %v", err)
+	s, err := OpenEtcd(Config{}, EtcdConfig{Endpoints: c.Endpoints, CAFile: c.TLS.CA, CertFile: c.TLS.ClientCert, KeyFile: c.TLS.ClientKey})
+	if err != nil {
+		t.Fatalf("with the client certificate: %v", err)
+	}
+	s.Close()
+}
