@@ -908,6 +908,16 @@ func (d *body) candidates() []Candidate {
 	return cs
 }
 
+// connect reads a Connect body: version, port, device and access code.
+func (d *body) connect() Connect {
+	d.version()
+	var c Connect
+	c.Port = d.u16("port")
+	c.Device = d.str8("device", MaxDeviceLen)
+	c.AccessCode = d.str8("access code", MaxSecretLen)
+	return c
+}
+
 func (d *body) version() {
 	if v := d.u8("version"); d.err == nil && v != Version {
 		d.err = fmt.Errorf("%w: protocol version %d, this end speaks %d", ErrFrame, v, Version)
@@ -932,12 +942,7 @@ func parseBody(typ byte, b []byte) (Frame, error) {
 		h.Token = d.str8("token", MaxSecretLen)
 		f = h
 	case FrameConnect:
-		d.version()
-		var c Connect
-		c.Port = d.u16("port")
-		c.Device = d.str8("device", MaxDeviceLen)
-		c.AccessCode = d.str8("access code", MaxSecretLen)
-		f = c
+		f = d.connect()
 	case FrameOpen:
 		d.version()
 		f = Open{Port: d.u16("port")}
@@ -1012,11 +1017,8 @@ func parseBody(typ byte, b []byte) (Frame, error) {
 		h.Key = d.str8("mesh key", MaxSecretLen)
 		f = h
 	case FrameForward:
-		d.version()
-		var r Forward
-		r.Port = d.u16("port")
-		r.Device = d.str8("device", MaxDeviceLen)
-		r.AccessCode = d.str8("access code", MaxSecretLen)
+		c := d.connect() // a Forward begins as the Connect it carries
+		r := Forward{Port: c.Port, Device: c.Device, AccessCode: c.AccessCode}
 		a := d.addr("client address", false)
 		r.Client = netip.AddrPortFrom(a, d.u16("client port"))
 		f = r

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"time"
 )
 
@@ -65,5 +64,5 @@ func isRemoteTLSError(err error) bool {
 	if !errors.As(err, &op) {
 		return false
 	}
-	return op.Op == "remote error" && !errors.Is(err, os.ErrDeadlineExceeded)
+	return op.Op == "remote error"
 }

@@ -149,17 +149,7 @@ const labQUICHeadStart = 5 * time.Second
 // startEnds starts an agent for a new device in agentHost, exposing port
 // 22 as target, and a Dialer in clientHost, both toward the lab's relay.
 func startEnds(t testing.TB, r *linkRelay, device string, agentHost, clientHost *natlab.Namespace, target string, log zerolog.Logger, dmods ...func(*link.DialerConfig)) (*link.Agent, *link.Dialer, error) {
-	_, tok, err := r.store.Create(context.Background(), device, store.CreateOptions{})
-	if err != nil {
-		return nil, nil, err
-	}
-	a, err := link.NewAgent(link.AgentConfig{
-		Server: r.addr.String(), RelayFingerprint: r.fp, Device: device, Token: tok,
-		Expose: map[uint16]string{22: target}, StateDir: t.TempDir(),
-		Listen: netip.AddrPortFrom(agentHost.Addr, 0).String(), ListenUDP: listenIn(agentHost), DialTCP: dialIn(agentHost),
-		QUICHeadStart: labQUICHeadStart,
-		Logger:        log.With().Str("end", "agent").Logger(),
-	})
+	a, err := newLabAgent(t, r, device, agentHost, target, log)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -178,6 +168,22 @@ func startEnds(t testing.TB, r *linkRelay, device string, agentHost, clientHost 
 		return nil, nil, err
 	}
 	return a, d, nil
+}
+
+// newLabAgent creates device in the relay's store and starts an agent for
+// it in host, exposing port 22 as target.
+func newLabAgent(t testing.TB, r *linkRelay, device string, host *natlab.Namespace, target string, log zerolog.Logger) (*link.Agent, error) {
+	_, tok, err := r.store.Create(context.Background(), device, store.CreateOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return link.NewAgent(link.AgentConfig{
+		Server: r.addr.String(), RelayFingerprint: r.fp, Device: device, Token: tok,
+		Expose: map[uint16]string{22: target}, StateDir: t.TempDir(),
+		Listen: netip.AddrPortFrom(host.Addr, 0).String(), ListenUDP: listenIn(host), DialTCP: dialIn(host),
+		QUICHeadStart: labQUICHeadStart,
+		Logger:        log.With().Str("end", "agent").Logger(),
+	})
 }
 
 // goDirectIn opens sessions until the client's path to device is direct.

@@ -13,7 +13,6 @@ import (
 	"github.com/nasreach/nasreach/internal/natlab"
 	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/link"
-	"github.com/nasreach/nasreach/store"
 	"github.com/rs/zerolog"
 )
 
@@ -123,15 +122,7 @@ func BenchmarkLabTimeToFirstByte(b *testing.B) {
 // ends; it returns once the agent is online.
 func startLabAgent(t testing.TB, r *linkRelay, host *natlab.Namespace, device, service string, log zerolog.Logger) *link.Agent {
 	t.Helper()
-	_, tok, err := r.store.Create(context.Background(), device, store.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := link.NewAgent(link.AgentConfig{
-		Server: r.addr.String(), RelayFingerprint: r.fp, Device: device, Token: tok,
-		Expose: map[uint16]string{22: service}, StateDir: t.TempDir(),
-		Listen: netip.AddrPortFrom(host.Addr, 0).String(), ListenUDP: listenIn(host), Logger: log,
-	})
+	a, err := newLabAgent(t, r, device, host, service, log)
 	if err != nil {
 		t.Fatal(err)
 	}
