@@ -143,9 +143,10 @@ func OpenEtcd(cfg Config, ec EtcdConfig) (*Etcd, error) {
 	s := &Etcd{
 		cli: cli, prefix: prefix, timeout: timeout, dir: cfg.Dir, reserved: cfg.Reserved, now: cfg.Now, log: cfg.Logger,
 		quarantine: cfg.Quarantine, uninitTTL: cfg.UninitializedTTL, seenCh: make(chan struct{}),
-		memIndex: memIndex{entries: map[string]entry{}}, handoff: map[int64]handoff{}, kick: make(chan struct{}, 1),
+		handoff: map[int64]handoff{}, kick: make(chan struct{}, 1),
 		zonePage: 1000,
 	}
+	s.tab.Store(newDevTable(0))
 	cli.KV = timedKV{cli.KV, &s.latencies}
 	if s.id, err = NewToken(); err != nil {
 		stop()

@@ -36,9 +36,10 @@ func (s *Etcd) reload(ctx context.Context) (int64, error) {
 		return 0, s.unavailable("read", err)
 	}
 	rev := resp.Header.Revision
-	entries := map[string]entry{}
-	devices := map[string]Device{}
-	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	entries := newDevTable(len(kvs))
+	devices := make(map[string]Device, len(kvs))
+	for _, kv := range kvs {
 		var d Device
 		if err := json.Unmarshal(kv.Value, &d); err != nil {
 			return 0, fmt.Errorf("device %q is unreadable: %w", kv.Key, err)
@@ -46,17 +47,19 @@ func (s *Etcd) reload(ctx context.Context) (int64, error) {
 		// The record's own revision, which the next watch event of the
 		// device exceeds, and which tells the next reload whether the
 		// device changed in between.
-		entries[d.Name] = entryFor(uint64(kv.ModRevision), d, false)
+		entries = entries.set(d.Name, entryFor(uint64(kv.ModRevision), d, false))
 		devices[d.Name] = d
 	}
 	quarantined := map[string]bool{}
 	for _, kv := range resp.Responses[2].GetResponseRange().Kvs {
 		quarantined[strings.TrimPrefix(string(kv.Key), s.prefix+etcdQuarantine)] = true
 	}
+	entries = entries.trimmed()
 	serial := parseSerial(first(resp.Responses[1]))
 	s.mu.Lock()
-	old, observers := s.entries, s.observers
-	s.entries, s.serial = entries, serial
+	old, observers := s.tab.Load(), s.observers
+	s.tab.Store(entries)
+	s.serial.Store(serial)
 	s.mu.Unlock()
 	s.seenMu.Lock()
 	initial := s.seen == 0
@@ -75,20 +78,21 @@ func (s *Etcd) reload(ctx context.Context) (int64, error) {
 // gone. These changes carry no Before and no Serial: the serials in
 // between are lost with the history, so the reload observers (OnReload)
 // are called last, and a zone's change history (IXFR) must start afresh.
-func (s *Etcd) reloaded(old, now map[string]entry, devices map[string]Device, quarantined map[string]bool, observers []func(Change)) {
+func (s *Etcd) reloaded(old, now *devTable, devices map[string]Device, quarantined map[string]bool, observers []func(Change)) {
 	var changes []Change
 	for name, d := range devices {
-		e, had := old[name]
+		e, had := old.get(name)
+		ne, _ := now.get(name)
 		switch {
 		case !had:
 			changes = append(changes, Change{Kind: Created, Device: d})
-		case e.rev != now[name].rev:
+		case e.rev != ne.rev:
 			changes = append(changes, Change{Kind: Updated, Device: d})
 		}
 	}
 	// A device deleted before the one reload is told again (the index
 	// keeps deleted devices): harmless to every observer.
-	for name := range old {
+	for name := range old.all() {
 		if _, ok := devices[name]; ok {
 			continue
 		}
@@ -279,8 +283,8 @@ func (s *Etcd) apply(rev int64, events []*clientv3.Event) {
 	}
 	if serial != 0 {
 		s.mu.Lock()
-		if serialNewer(serial, s.serial) {
-			s.serial = serial
+		if serialNewer(serial, s.serial.Load()) {
+			s.serial.Store(serial)
 		}
 		s.mu.Unlock()
 	}

@@ -113,14 +113,16 @@ func Open(cfg Config) (*Store, error) {
 	if err := createIfAbsent(path); err != nil {
 		return nil, err
 	}
-	if _, err := Check(path, cfg.FullCheck); err != nil {
+	report, err := Check(path, cfg.FullCheck)
+	if err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
 	s := &Store{
-		reserved: cfg.Reserved, now: cfg.Now, log: cfg.Logger, memIndex: memIndex{entries: map[string]entry{}},
+		reserved: cfg.Reserved, now: cfg.Now, log: cfg.Logger,
 		quarantine: cfg.Quarantine, uninitTTL: cfg.UninitializedTTL, stop: make(chan struct{}),
 	}
+	s.tab.Store(newDevTable(report.Devices)) // sized for the devices the check counted
 	if err := guard(func() error { return s.open(path, cmp.Or(cfg.MaxBatchDelay, 2*time.Millisecond)) }); err != nil {
 		if s.db != nil {
 			s.db.Close()

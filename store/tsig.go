@@ -79,9 +79,7 @@ func (w writeRules) revokeTSIGKey(ctx context.Context, name string) error {
 // DDNS off has its key too, a deleted one none. The secret is shared and
 // must not be modified.
 func (s *memIndex) TSIGKey(name string) (TSIGKey, bool) {
-	s.mu.RLock()
-	e, ok := s.entries[name]
-	s.mu.RUnlock()
+	e, ok := s.tab.Load().get(name)
 	if !ok || e.key == nil {
 		return TSIGKey{}, false
 	}
