@@ -19,7 +19,7 @@ var allowed = map[string][]string{
 	// The device record, shared by the store and the API client.
 	"record": {},
 	// The device table: bbolt embedded, or an etcd cluster (etcd*.go).
-	"store": {"record", "go.etcd.io/bbolt", "github.com/rs/zerolog", "golang.org/x/net/idna",
+	"store": {"record", "go.etcd.io/bbolt", "github.com/rs/zerolog", "golang.org/x/net/idna", "github.com/goccy/go-json",
 		"go.etcd.io/etcd/client/v3", "go.etcd.io/etcd/api/v3", "go.uber.org/zap"},
 	"connlog": {"anonymize", "github.com/rs/zerolog", "filippo.io/age"},
 	"api": {"store", "connlog", "anonymize", "api/client", "internal/connlimit", "internal/netaddr", "internal/ratelimit",

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -86,6 +87,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if d.token, d.tokenFile, err = ensureAdminToken(cfg.DataDir, cfg.AdminToken); err != nil {
 		return nil, err
 	}
+	opening := time.Now()
 	if d.store, err = openStore(cfg, store.Config{
 		Dir: cfg.DataDir, Reserved: append(cfg.Reserved, nameServerLabels(cfg.NameServers)...), Now: cfg.Now,
 		Quarantine: cfg.Privacy.Quarantine, UninitializedTTL: cfg.Privacy.UninitializedTTL,
@@ -93,6 +95,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 	}); err != nil {
 		return nil, err
 	}
+	d.log.Info().Int("devices", d.store.Len()).Dur("took", time.Since(opening)).Msg("store open, device index loaded")
 	d.onStop("store", func(context.Context) error { return d.store.Close() })
 	if d.connlog, err = openConnLog(cfg, d.component("connlog")); err != nil {
 		return nil, err
@@ -299,6 +302,11 @@ func (d *Daemon) Run(ctx context.Context, sd sdnotify.Notifier) error {
 	if err := sd.Notify(ctx, sdnotify.Ready, sdnotify.Status(d.status())); err != nil {
 		d.log.Warn().Err(err).Msg("cannot tell systemd the daemon is ready")
 	}
+	// Loading the store (a million devices are half a gigabyte of JSON)
+	// leaves the heap several times the size of what it built, and an
+	// idle daemon would collect it only much later: give it back now,
+	// while the listeners already serve.
+	debug.FreeOSMemory()
 	watchdogCtx, stopWatchdog := context.WithCancel(ctx)
 	watchdogDone := make(chan struct{})
 	go func() {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -143,4 +144,70 @@ func (r perfResult) mixProblem() string {
 		}
 	}
 	return strings.Join(bad, ", ")
+}
+
+// latencyResult is the latency of each answer in a run at a fixed rate
+// below saturation, where a server's own delay shows rather than the queue
+// that a saturating run builds in front of it.
+type latencyResult struct {
+	Rate          int // queries per second asked of dnsperf
+	Answered      int
+	Lost          int64
+	P50, P99, Max time.Duration
+}
+
+// runLatency runs dnsperf pinned to p.CPU at rate queries a second for d,
+// printing every answer's latency (-v), keeps the output in logPath and
+// returns the percentiles.
+func runLatency(ctx context.Context, p perfParams, port, rate int, d time.Duration, logPath string) (latencyResult, error) {
+	args := []string{"-c", p.CPU, "dnsperf",
+		"-s", "127.0.0.1", "-p", strconv.Itoa(port), "-d", p.QueryFile,
+		"-l", strconv.Itoa(int(d / time.Second)), "-Q", strconv.Itoa(rate),
+		"-c", strconv.Itoa(p.Clients), "-q", strconv.Itoa(p.Outstanding), "-t", "2", "-v"}
+	if p.EDNS {
+		args = append(args, "-e")
+	}
+	rctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(rctx, "taskset", args...).CombinedOutput()
+	if werr := os.WriteFile(logPath, out, 0o600); werr != nil && err == nil {
+		err = werr
+	}
+	if err != nil {
+		return latencyResult{}, fmt.Errorf("dnsperf: %w; output in %s", err, logPath)
+	}
+	return parseLatencies(string(out), rate)
+}
+
+// parseLatencies reads the "> RCODE name type seconds" lines of dnsperf -v
+// and its loss count.
+func parseLatencies(out string, rate int) (latencyResult, error) {
+	r := latencyResult{Rate: rate}
+	var lat []time.Duration
+	for line := range strings.Lines(out) {
+		if !strings.HasPrefix(line, "> ") {
+			continue
+		}
+		f := strings.Fields(line)
+		s, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil || f[1] == "T" { // T: timed out, counted as lost below
+			continue
+		}
+		lat = append(lat, time.Duration(s*float64(time.Second)))
+	}
+	if len(lat) == 0 {
+		return r, fmt.Errorf("dnsperf -v printed no answer latencies")
+	}
+	if m := reLost.FindStringSubmatch(out); m != nil {
+		r.Lost, _ = strconv.ParseInt(m[1], 10, 64)
+	}
+	slices.Sort(lat)
+	r.Answered = len(lat)
+	r.P50, r.P99, r.Max = lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1]
+	return r, nil
+}
+
+func (r latencyResult) line(name string, devices int) string {
+	return fmt.Sprintf("latency %s rate_qps=%d answered=%d lost=%d p50_ms=%.3f p99_ms=%.3f max_ms=%.3f devices=%d",
+		name, r.Rate, r.Answered, r.Lost, ms(r.P50), ms(r.P99), ms(r.Max), devices)
 }

@@ -48,6 +48,8 @@ type config struct {
 	pprof         string
 	keep          bool
 	timeout       time.Duration
+	latencyRate   int           // queries a second of the latency run (0: none)
+	latencyTime   time.Duration // its length
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -73,6 +75,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.updateClients, "update-clients", 200, "concurrent dyndns2 clients")
 	fs.DurationVar(&cfg.updateTime, "update-time", 30*time.Second, "time bound of the durable-update phase")
 	fs.StringVar(&cfg.pprof, "pprof", "", "also profile nasreach's DNS path under the same dnsperf load and write the CPU profile here")
+	fs.IntVar(&cfg.latencyRate, "latency-qps", 20_000, "rate of the latency run (dnsperf -Q, every answer's latency; 0: no latency run), well below every server's saturation")
+	fs.DurationVar(&cfg.latencyTime, "latency-duration", 5*time.Second, "length of the latency run")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the work directory (logs, zone, data) after a successful run")
 	fs.DurationVar(&cfg.timeout, "timeout", 290*time.Second, "bound of the whole run")
 	fs.StringVar(&servers.pidfile, "pidfile", "", "keep the process groups of running servers listed in this file (for a cleanup trap)")
@@ -95,6 +99,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return cfg, fmt.Errorf("-queries %d: want at least 10", cfg.queries)
 	case cfg.duration < time.Second || cfg.duration%time.Second != 0:
 		return cfg, fmt.Errorf("-duration %s: want whole seconds, at least 1s", cfg.duration)
+	case cfg.latencyTime < time.Second || cfg.latencyTime%time.Second != 0:
+		return cfg, fmt.Errorf("-latency-duration %s: want whole seconds, at least 1s", cfg.latencyTime)
 	case cfg.warmup%time.Second != 0:
 		return cfg, fmt.Errorf("-warmup %s: want whole seconds", cfg.warmup)
 	case cpuCount(cfg.serverCPU) == 0 || cpuCount(cfg.perf.CPU) == 0:
@@ -175,6 +181,8 @@ type report struct {
 	load        []string
 	update      []string
 	notes       []string
+
+	perDeviceBytes map[string]float64 // resident memory per device, by server
 }
 
 func (r *report) print(w io.Writer) {
@@ -302,6 +310,12 @@ func benchNasreach(ctx context.Context, cfg config, work string, devs []device, 
 	if _, err := waitDNS(ctx, srv, dnsAddr, cfg.zone, 20*time.Second); err != nil {
 		return perfResult{}, 0, err
 	}
+	// What the daemon holds with no device at all: what memory per device
+	// is counted from.
+	empty, err := readMem(srv.pid())
+	if err != nil {
+		return perfResult{}, 0, err
+	}
 
 	progress("nasreach: registering %d devices through POST /v1/devices (%d workers)", len(devs), cfg.loadWorkers)
 	tokens := make([]string, len(devs))
@@ -403,6 +417,10 @@ func benchNasreach(ctx context.Context, cfg config, work string, devs []device, 
 		return perfResult{}, 0, err
 	}
 	rep.memory = append(rep.memory, fmt.Sprintf("dns nasreach startup_to_first_answer_ms=%.0f rss_after_restart_mib=%.1f anon_after_restart_mib=%.1f devices=%d", ms(startup), mem.rss, mem.anon, len(devs)))
+	rep.perDevice("nasreach", empty, mem, len(devs))
+	if err := rep.latency(ctx, cfg, "nasreach", dnsPort, work, len(devs)); err != nil {
+		return perfResult{}, 0, err
+	}
 	return res, serial, nil
 }
 
@@ -483,16 +501,82 @@ func benchPeer(ctx context.Context, cfg config, work, peer, zoneFile string, sam
 	if err := checkAnswers(ctx, peer, addr, sample, loaded); err != nil {
 		return perfResult{}, fmt.Errorf("wrong answer: %w", err)
 	}
+	// Memory once the zone is loaded and answered, before any load, as
+	// nasreach's restarted figure is taken.
+	mem, memErr := readMem(srv.pid())
 	res, err := measure(ctx, cfg, peer, srv, port, work)
 	if err != nil {
 		return perfResult{}, err
 	}
 	rep.dns = append(rep.dns, dnsLine(peer, res))
 	rep.saturation(peer, res)
-	if mem, err := readMem(srv.pid()); err == nil && peer == "knot" { // NSD's is spread over forked processes
+	if err := rep.latency(ctx, cfg, peer, port, work, cfg.devices); err != nil {
+		return perfResult{}, err
+	}
+	if memErr == nil && peer == "knot" { // NSD's is spread over forked processes
 		rep.memory = append(rep.memory, mem.line("knot", cfg.devices))
+		empty, err := knotEmpty(ctx, cfg, work)
+		if err != nil {
+			return perfResult{}, fmt.Errorf("knot without devices: %w", err)
+		}
+		rep.perDevice("knot", empty, mem, cfg.devices)
 	}
 	return res, nil
+}
+
+// perDevice records the memory one device costs a server: the resident
+// memory it holds serving devices devices less what it holds serving none,
+// by device, and compares the servers measured so far.
+func (r *report) perDevice(name string, empty, full memStat, devices int) {
+	b := (full.rss - empty.rss) * (1 << 20) / float64(devices)
+	anon := (full.anon - empty.anon) * (1 << 20) / float64(devices)
+	r.memory = append(r.memory, fmt.Sprintf("memory %s per_device_bytes=%.0f anon_per_device_bytes=%.0f rss_empty_mib=%.1f rss_mib=%.1f devices=%d",
+		name, b, anon, empty.rss, full.rss, devices))
+	if r.perDeviceBytes == nil {
+		r.perDeviceBytes = map[string]float64{}
+	}
+	r.perDeviceBytes[name] = b
+	if n, k := r.perDeviceBytes["nasreach"], r.perDeviceBytes["knot"]; n > 0 && k > 0 && name == "knot" {
+		r.memory = append(r.memory, fmt.Sprintf("memory ratio_per_device nasreach/knot=%.2f", n/k))
+	}
+}
+
+// latency runs the fixed-rate latency measurement against the server on
+// port and records it.
+func (r *report) latency(ctx context.Context, cfg config, name string, port int, work string, devices int) error {
+	if cfg.latencyRate <= 0 {
+		return nil
+	}
+	progress("%s: latency at %d qps for %s", name, cfg.latencyRate, cfg.latencyTime)
+	res, err := runLatency(ctx, cfg.perf, port, cfg.latencyRate, cfg.latencyTime, filepath.Join(work, name+"-latency.dnsperf"))
+	if err != nil {
+		return fmt.Errorf("%s latency: %w", name, err)
+	}
+	r.memory = append(r.memory, res.line(name, devices))
+	return nil
+}
+
+// knotEmpty starts Knot on the same zone without its devices (SOA, NS and
+// glue only) and returns its memory once it answers.
+func knotEmpty(ctx context.Context, cfg config, work string) (memStat, error) {
+	dir := filepath.Join(work, "knot-empty")
+	empty := filepath.Join(work, "zone-empty.db")
+	if err := writeZoneFile(empty, cfg.zone, 1, nil); err != nil {
+		return memStat{}, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return memStat{}, err
+	}
+	srv, err := startKnot(ctx, dir, cfg.serverCPU, port, cfg.zone, empty)
+	if err != nil {
+		return memStat{}, err
+	}
+	defer srv.stop(10 * time.Second)
+	if _, err := waitDNS(ctx, srv, "127.0.0.1:"+strconv.Itoa(port), cfg.zone, 30*time.Second); err != nil {
+		return memStat{}, err
+	}
+	return readMem(srv.pid())
 }
 
 // profileNasreach runs nasreach's DNS path in this binary's profile-server
