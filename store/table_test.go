@@ -198,3 +198,38 @@ func TestIndexDecodeAgreesWithEncodingJSON(t *testing.T) {
 		}
 	}
 }
+
+// FuzzScanIndexFields checks the start-up's own reader of device records
+// against encoding/json: wherever it reads a record, encoding/json reads
+// the same fields from it.
+func FuzzScanIndexFields(f *testing.F) {
+	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	for _, d := range []Device{
+		{Name: "nas1", TokenSHA256: strings.Repeat("ab", 32), IPv4: netip.MustParseAddr("192.0.2.1"),
+			IPv6: netip.MustParseAddr("2001:db8::1"), DDNS: true, Link: true, State: StateActive, Created: now, Updated: now},
+		{Name: "v6-only", IPv6: netip.MustParseAddr("2001:db8::2"), DDNS: true, PublicKey: "QUJD"},
+		{Name: "cert", ACMEChallenges: []ACMEChallenge{{Value: "v", Expires: now}}},
+		{Name: "key", TSIGKey: &TSIGKey{Algorithm: TSIGAlgorithm, Secret: []byte("s")}},
+	} {
+		v, _ := json.Marshal(d)
+		f.Add(v)
+	}
+	for _, s := range []string{`{}`, ` { "name" : "a" , "ddns" : true } `, `{"NAME":"a"}`, `{"name":"a","name":"b"}`,
+		`{"x":[1,-2.5e3,{"y":null}],"name":"a"}`, `{"ipv4":""}`, `{"ddns":null}`, `{"acme_challenges":[]}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, v []byte) {
+		got, ok := scanIndexFields(v)
+		if !ok {
+			return
+		}
+		var want indexFields
+		if err := json.Unmarshal(v, &want); err != nil {
+			t.Fatalf("scanIndexFields read %q, which encoding/json refuses: %v", v, err)
+		}
+		if got.Name != want.Name || got.IPv4 != want.IPv4 || got.IPv6 != want.IPv6 || got.DDNS != want.DDNS ||
+			len(want.ACMEChallenges) != 0 || want.TSIGKey != nil {
+			t.Fatalf("%q: scanIndexFields read %+v, encoding/json %+v", v, got, want)
+		}
+	})
+}
