@@ -2,13 +2,101 @@ package dnsserver
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"runtime"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
 )
+
+// A batch of queries that come in together is rate-limited answer by
+// answer, as if each came alone: the reader places every bucket first and
+// charges them in order after the lookups, NXDOMAIN's (one bucket for the
+// zone) included.
+func TestFastPathBatchIsRateLimitedAnswerByAnswer(t *testing.T) {
+	s := startServer(t, Config{Source: fastPathStore(t), RRL: RRL{Rate: 5, NXDomainRate: 3, Slip: 2}})
+	if s.fast == nil {
+		t.Skip("no fast path")
+	}
+	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r, err := newFastReader(s, conn, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := net.DialUDP("udp", nil, conn.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+
+	// 16 queries for one name in varying letter case, 16 for missing names.
+	for i := range fastBatch {
+		name := "nas1.myqnapcloud.com."
+		if i%4 == 2 {
+			name = "NaS1.MyQnapCloud.COM."
+		}
+		if i%2 == 1 {
+			name = fmt.Sprintf("nx-%d.myqnapcloud.com.", i)
+		}
+		q, _ := new(dns.Msg).SetQuestion(name, dns.TypeA).Pack()
+		if _, err := client.Write(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	batches, replies := 0, 0
+	for got := 0; got < fastBatch; batches++ {
+		if !r.recv() || r.errno != 0 {
+			t.Fatalf("recvmmsg: %v", r.errno)
+		}
+		got += r.n // send changes r.n
+		nw := r.answer()
+		if !r.send(r.wh[:nw]) {
+			t.Fatal("sendmmsg failed")
+		}
+		replies += nw
+	}
+	t.Logf("%d queries read in %d batches", fastBatch, batches)
+
+	// The name: 5 answers, then 11 limited of which every second slips.
+	// NXDOMAIN: 3 answers, then 13 limited, 6 slipping.
+	var answered, nxdomain, slipped int
+	buf := make([]byte, 1500)
+	for range replies {
+		client.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, err := client.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(buf[:n]); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case m.Truncated && len(m.Answer)+len(m.Ns) == 0:
+			slipped++
+		case m.Rcode == dns.RcodeSuccess && len(m.Answer) == 1:
+			answered++
+		case m.Rcode == dns.RcodeNameError && !m.Truncated:
+			nxdomain++
+		default:
+			t.Errorf("unexpected reply %v", m)
+		}
+	}
+	if answered != 5 || nxdomain != 3 || slipped != 5+6 {
+		t.Errorf("answered %d, NXDOMAIN %d, slipped %d; want 5, 3, 11", answered, nxdomain, slipped)
+	}
+	if st := s.RRLStats(); st != (RRLStats{Dropped: 6 + 7, Slipped: 5 + 6}) {
+		t.Errorf("counted %+v, want 13 dropped and 11 slipped", st)
+	}
+}
 
 // BenchmarkFastPathRRL is what rate limiting costs the fast path, against
 // the whole of a UDP query's CPU on it, as a reader spends it: for three
@@ -91,6 +179,7 @@ func BenchmarkFastPathRRL(b *testing.B) {
 				b.Fatalf("recvmmsg: %v", v.r.errno)
 			}
 			t1 := threadCPU(b)
+			read := v.r.n // send changes r.n
 			nw := v.r.answer()
 			t2 := threadCPU(b)
 			if !v.r.send(v.r.wh[:nw]) {
@@ -100,7 +189,7 @@ func BenchmarkFastPathRRL(b *testing.B) {
 			// Three clock reads inside the whole, one inside the answers.
 			v.cpu = append(v.cpu, t3-t0-3*clock)
 			v.answer = append(v.answer, t2-t1-clock)
-			if v.r.n != fastBatch || nw != fastBatch {
+			if read != fastBatch || nw != fastBatch {
 				v.short++
 			}
 			for range nw {
