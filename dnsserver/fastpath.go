@@ -32,7 +32,6 @@ package dnsserver
 import (
 	"encoding/binary"
 	"net/netip"
-	"time"
 
 	"github.com/nasreach/nasreach/store"
 )
@@ -240,11 +239,68 @@ type fastScratch struct {
 	comp  compressor
 }
 
+// fastPrep is what the fast path learns of a query before the lookup: the
+// parse, and where rate limiting's bucket for an answer with records or
+// NODATA is. A reader prepares a whole batch of queries, loads their
+// buckets' sets together, and then answers them (fastReader.answer): the
+// sets' cache misses overlap instead of coming one after another.
+type fastPrep struct {
+	q     fastQuery
+	ok    bool   // q is of the fast path's shape
+	limit bool   // rate limiting counts answers to this client
+	place uint64 // the place of the bucket of an answer or NODATA (limiter.place)
+}
+
+// fastRRL is rate limiting as a batch of fast-path answers sees it: the
+// policy, and the limiter's clock read once (the batch came in at one
+// instant; buckets count in seconds).
+type fastRRL struct {
+	p  *rrlPolicy
+	on bool  // some class of answers is limited
+	t  int64 // limiter.now, when on
+}
+
+// fastRRL reads the policy and, when it limits anything, the clock.
+func (s *Server) fastRRL() fastRRL {
+	rl := fastRRL{p: s.rrl.policy.Load()}
+	if rl.on = rl.p.interval != [rrlClasses]int64{}; rl.on {
+		rl.t = s.rrl.now()
+	}
+	return rl
+}
+
 // answerFast answers pkt from src into out (at least fastAnswerMax bytes)
-// and returns what to do; for fastSend, out[:n] is the answer.
-func (s *Server) answerFast(pkt []byte, src netip.AddrPort, out []byte, sc *fastScratch) (v fastVerdict, n int) {
-	q, ok := parseFast(pkt, s.fast)
-	if !ok {
+// and returns what to do; for fastSend, out[:n] is the answer. It is one
+// query of a reader's batch on its own: prepareFast, then answerPrepared.
+func (s *Server) answerFast(pkt []byte, src netip.AddrPort, out []byte, sc *fastScratch) (fastVerdict, int) {
+	rl := s.fastRRL()
+	var fp fastPrep
+	s.prepareFast(&fp, pkt, src.Addr(), rl, sc)
+	return s.answerPrepared(&fp, pkt, src, out, sc, rl)
+}
+
+// prepareFast parses pkt into fp and, when rate limiting counts answers to
+// src, hashes the question and places its bucket.
+func (s *Server) prepareFast(fp *fastPrep, pkt []byte, src netip.Addr, rl fastRRL, sc *fastScratch) {
+	fp.q, fp.ok = parseFast(pkt, s.fast)
+	fp.limit = false
+	if !fp.ok || !rl.on {
+		return
+	}
+	src = src.Unmap().WithZone("")
+	if rl.p.exempts(src) {
+		return
+	}
+	n := presentation(sc.name[:], pkt[12:fp.q.qEnd-4], true)
+	fp.limit = true
+	fp.place = s.rrl.place(src, rrlAnswer, s.rrl.foldedHash(sc.name[:], n, fp.q.qtype))
+}
+
+// answerPrepared answers the query prepareFast prepared in fp, as
+// answerFast says.
+func (s *Server) answerPrepared(fp *fastPrep, pkt []byte, src netip.AddrPort, out []byte, sc *fastScratch, rl fastRRL) (v fastVerdict, n int) {
+	q := &fp.q
+	if !fp.ok {
 		return fastHandOver, 0
 	}
 	label := sc.lower[:len(q.label)]
@@ -306,8 +362,7 @@ func (s *Server) answerFast(pkt []byte, src netip.AddrPort, out []byte, sc *fast
 
 	// Rate limiting, as limit does it: a dropped answer is not told to
 	// OnQuery, a slipped one is emptied (emptyTruncated) and sent.
-	nameLen := presentation(sc.name[:], pkt[12:q.qEnd-4])
-	switch s.rrlFast(src.Addr(), cls, sc.name[:nameLen], q.qtype) {
+	switch s.rrlFast(fp, src.Addr(), cls, rl) {
 	case rrlDrop:
 		return fastDrop, 0
 	case rrlSlip:
@@ -328,7 +383,9 @@ func (s *Server) answerFast(pkt []byte, src netip.AddrPort, out []byte, sc *fast
 		copy(out[n+5:n+11], []byte{0, 0, do, 0, 0, 0})
 		n += 11
 	}
-	s.queried(src, sc.name[:nameLen], q.qtype, int(flags&0xF))
+	if s.onQuery != nil {
+		s.queried(src, sc.name[:presentation(sc.name[:], pkt[12:q.qEnd-4], false)], q.qtype, int(flags&0xF))
+	}
 	return fastSend, n
 }
 
@@ -387,41 +444,41 @@ func (s *Server) putNegativeSOA(out []byte, n int, qname []byte, c *compressor) 
 }
 
 // presentation writes the wire name w (no pointers, letters, digits, '-'
-// and '_' only) in presentation form, with the final dot, to buf and
-// returns its length.
-func presentation(buf, w []byte) int {
+// and '_' only) in presentation form, with the final dot, to buf, in lower
+// case if fold, and returns its length (at most 254).
+func presentation(buf, w []byte, fold bool) int {
 	n := 0
 	for i := 0; w[i] != 0; i += 1 + int(w[i]) {
-		n += copy(buf[n:], w[i+1:i+1+int(w[i])])
+		label := w[i+1 : i+1+int(w[i])]
+		if fold {
+			for _, c := range label {
+				buf[n] = lower(c)
+				n++
+			}
+		} else {
+			n += copy(buf[n:], label)
+		}
 		buf[n] = '.'
 		n++
 	}
 	return n
 }
 
-// rrlFast is limit's decision for a fast-path answer of class cls.
-func (s *Server) rrlFast(src netip.Addr, cls rrlClass, name []byte, qtype uint16) rrlAction {
-	l := s.rrl
-	p := l.policy.Load()
-	if p.interval == [rrlClasses]int64{} {
+// rrlFast is limit's decision for the fast-path answer of class cls to
+// the query prepared in fp.
+func (s *Server) rrlFast(fp *fastPrep, src netip.Addr, cls rrlClass, rl fastRRL) rrlAction {
+	if !fp.limit || rl.p.interval[cls] == 0 {
 		return rrlSend
 	}
-	src = src.Unmap().WithZone("")
-	if !p.limits(src, cls) {
-		return rrlSend
+	place := fp.place
+	if cls != rrlAnswer && cls != rrlNoData {
+		place = s.rrl.place(src.Unmap(), cls, 0)
 	}
-	var h uint64
-	if cls == rrlAnswer || cls == rrlNoData {
-		h = foldedNameHash(l, name, qtype)
-	}
-	return l.charge(p, src, cls, h, time.Now())
+	return s.rrl.charge(rl.p, place, cls, rl.t)
 }
 
 // queried tells OnQuery about a fast-path answer.
 func (s *Server) queried(src netip.AddrPort, name []byte, qtype uint16, rcode int) {
-	if s.onQuery == nil {
-		return
-	}
 	q := Query{Remote: src, Type: qtype, Rcode: rcode}
 	q.wire.n = uint8(copy(q.wire.b[:], name))
 	s.onQuery(q)

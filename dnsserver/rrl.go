@@ -33,11 +33,20 @@ package dnsserver
 // answer, and a bucket that is being limited (one second ahead) is the last
 // to go, so a spray of new keys does not reset a flood's bucket. Nothing is
 // allocated per query.
+//
+// A decision is one hash of the name (seeded maphash) and two multiplies
+// that mix it with the network into the set and, with the class, into the
+// bucket's tag. The set does not depend on whether the answer has records
+// or is NODATA, so the fast path (fastpath.go) knows it before the lookup
+// and loads the sets of a whole batch of queries at once: their cache
+// misses overlap instead of coming one after another.
 
 import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"math/bits"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -182,22 +191,25 @@ func newRRLPolicy(r RRL) *rrlPolicy {
 // limits reports whether p limits answers of class cls to src (unmapped,
 // without a zone).
 func (p *rrlPolicy) limits(src netip.Addr, cls rrlClass) bool {
-	if p.interval[cls] == 0 {
-		return false
-	}
+	return p.interval[cls] != 0 && !p.exempts(src)
+}
+
+// exempts reports whether src (unmapped, without a zone) is exempt.
+func (p *rrlPolicy) exempts(src netip.Addr) bool {
 	for _, e := range p.exempt {
 		if e.Contains(src) {
-			return false
+			return true
 		}
 	}
-	return true
+	return false
 }
 
 // limiter is the RRL table of one server.
 type limiter struct {
 	policy  atomic.Pointer[rrlPolicy]
-	seed    maphash.Seed
-	epoch   time.Time // bucket times are nanoseconds since epoch (monotonic)
+	seed    maphash.Seed // of the name hash
+	secret  [4]uint64    // of place and tag: random, so that nobody can aim keys at one set
+	epoch   time.Time    // bucket times are nanoseconds since epoch (monotonic)
 	sets    []rrlSet
 	mask    uint64
 	dropped atomic.Uint64
@@ -209,8 +221,10 @@ type limiter struct {
 // rrlSet is rrlWays buckets behind one mutex, in one 64-byte cache line
 // (a test checks): a decision costs one cache miss, not two.
 type rrlSet struct {
-	mu  sync.Mutex
-	key [rrlWays]uint32 // the upper half of the key's hash (the lower picks the set); 0: empty
+	mu sync.Mutex
+	// key is each bucket's tag; 0: empty. Read and written under mu, but
+	// atomically, so that load may read one without it.
+	key [rrlWays]atomic.Uint32
 	// tat is the theoretical arrival time: when the bucket is full again, in
 	// nanoseconds since the limiter's epoch.
 	tat     [rrlWays]int64
@@ -227,6 +241,9 @@ func newLimiter(r RRL, now time.Time, onLimit func(dropped, slipped uint64)) *li
 		sets <<= 1
 	}
 	l := &limiter{seed: maphash.MakeSeed(), epoch: now, sets: make([]rrlSet, sets), mask: uint64(sets - 1), onLimit: onLimit}
+	for i := range l.secret {
+		l.secret[i] = rand.Uint64() // math/rand/v2's generator is seeded from the system's randomness
+	}
 	l.logged.Store(-rrlLogEvery)
 	l.policy.Store(newRRLPolicy(r))
 	return l
@@ -234,26 +251,25 @@ func newLimiter(r RRL, now time.Time, onLimit func(dropped, slipped uint64)) *li
 
 // nameHash hashes a query name, case-folded, and type for decide.
 func (l *limiter) nameHash(name string, qtype uint16) uint64 {
-	return foldedNameHash(l, name, qtype)
-}
-
-// foldedNameHash is nameHash for a name in presentation form as a string
-// (ServeDNS) or as bytes (the fast path), allocating nothing.
-func foldedNameHash[S string | []byte](l *limiter, name S, qtype uint16) uint64 {
 	var buf [256]byte
 	if len(name) > len(buf)-2 {
 		name = name[len(name)-(len(buf)-2):] // presentation form with escapes; the tail is plenty
 	}
 	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		buf[i] = c
+		buf[i] = lower(name[i])
 	}
-	buf[len(name)], buf[len(name)+1] = byte(qtype>>8), byte(qtype)
-	return maphash.Bytes(l.seed, buf[:len(name)+2])
+	return l.foldedHash(buf[:], len(name), qtype)
 }
+
+// foldedHash is nameHash of the name in buf[:n], case-folded already; it
+// writes the type in the two bytes after it.
+func (l *limiter) foldedHash(buf []byte, n int, qtype uint16) uint64 {
+	buf[n], buf[n+1] = byte(qtype>>8), byte(qtype)
+	return maphash.Bytes(l.seed, buf[:n+2])
+}
+
+// now is the limiter's clock: nanoseconds since its epoch (monotonic).
+func (l *limiter) now() int64 { return int64(time.Since(l.epoch)) }
 
 // decide is the RRL decision for one UDP answer of class cls to src, name
 // being nameHash's for classes that count names (ignored for others). It is
@@ -264,18 +280,18 @@ func (l *limiter) decide(src netip.Addr, cls rrlClass, name uint64, now time.Tim
 	if !p.limits(src, cls) {
 		return rrlSend
 	}
-	return l.charge(p, src, cls, name, now)
+	return l.charge(p, l.place(src, cls, name), cls, int64(now.Sub(l.epoch)))
 }
 
-// charge is decide once p.limits(src, cls) said yes: it spends a token of
-// the bucket or counts a limited answer.
-func (l *limiter) charge(p *rrlPolicy, src netip.Addr, cls rrlClass, name uint64, now time.Time) rrlAction {
+// charge is decide once p.limits said yes, for the bucket of class cls at
+// place (place's), at time t (now's): it spends a token of the bucket or
+// counts a limited answer.
+func (l *limiter) charge(p *rrlPolicy, place uint64, cls rrlClass, t int64) rrlAction {
 	interval := p.interval[cls]
-	key := l.key(src, cls, name)
-	t := int64(now.Sub(l.epoch))
-	set := &l.sets[key&l.mask]
+	set := l.set(place)
+	tag := uint32(mix(place^l.secret[2], uint64(cls)^l.secret[3])>>32) | 1 // never 0, which marks an empty bucket
 	set.mu.Lock()
-	i := set.bucket(uint32(key>>32) | 1) // never 0, which marks an empty bucket
+	i := set.bucket(tag)
 	tat := max(set.tat[i], t) + interval
 	if tat-t <= rrlBurst {
 		set.tat[i] = tat
@@ -293,26 +309,38 @@ func (l *limiter) charge(p *rrlPolicy, src netip.Addr, cls rrlClass, name uint64
 	return action
 }
 
-// key hashes what a bucket counts: the client network, the class and, for
-// answers and NODATA, the name.
-func (l *limiter) key(src netip.Addr, cls rrlClass, name uint64) uint64 {
-	var buf [17]byte
+// place hashes where the bucket of an answer of class cls to src is: the
+// client network and, for answers and NODATA, the name (nameHash's). The
+// set of the bucket is set(place); its tag in the set adds the class.
+func (l *limiter) place(src netip.Addr, cls rrlClass, name uint64) uint64 {
 	if cls == rrlNXDomain || cls == rrlError {
 		name = 0
 	}
-	buf[0] = byte(cls)
+	var network uint64 // the /24 or /56, and which
 	if src.Is4() {
 		a := src.As4()
-		copy(buf[1:], a[:rrlIPv4Bits/8])
+		for _, b := range a[:rrlIPv4Bits/8] {
+			network = network<<8 | uint64(b)
+		}
 	} else {
 		a := src.As16()
-		buf[0] |= 0x80
-		copy(buf[1:], a[:rrlIPv6Bits/8])
+		for _, b := range a[:rrlIPv6Bits/8] {
+			network = network<<8 | uint64(b)
+		}
+		network |= 1 << 63
 	}
-	for i := range 8 {
-		buf[9+i] = byte(name >> (8 * i))
-	}
-	return maphash.Bytes(l.seed, buf[:])
+	return mix(network^l.secret[0], name^l.secret[1])
+}
+
+// set is the set of the buckets at place.
+func (l *limiter) set(place uint64) *rrlSet { return &l.sets[place&l.mask] }
+
+// mix is wyhash's mixing step: the 128-bit product of a and b folded to 64
+// bits. With secret inputs it is a keyed hash good enough for a table
+// (every bit of a and b moves the result) at the cost of one multiply.
+func mix(a, b uint64) uint64 {
+	hi, lo := bits.Mul64(a, b)
+	return hi ^ lo
 }
 
 // bucket returns the index of key's bucket, taking one for a new key: an
@@ -320,17 +348,24 @@ func (l *limiter) key(src netip.Addr, cls rrlClass, name uint64) uint64 {
 // time).
 func (s *rrlSet) bucket(key uint32) int {
 	victim := 0
-	for i, k := range s.key {
+	for i := range s.key {
+		k := s.key[i].Load()
 		if k == key {
 			return i
 		}
-		if s.tat[i] < s.tat[victim] || k == 0 && s.key[victim] != 0 {
+		if s.tat[i] < s.tat[victim] || k == 0 && s.key[victim].Load() != 0 {
 			victim = i
 		}
 	}
-	s.key[victim], s.tat[victim], s.limited[victim] = key, 0, 0
+	s.key[victim].Store(key)
+	s.tat[victim], s.limited[victim] = 0, 0
 	return victim
 }
+
+// load reads a word of the set at place without waiting for its lock, so
+// that its cache line is on its way: the processor goes on to the next
+// load meanwhile, and the misses of a reader's batch (fastpath.go) overlap.
+func (l *limiter) load(place uint64) { l.set(place).key[0].Load() }
 
 // count counts a limited answer and tells the operator, at most once a
 // minute, that limiting is going on.
@@ -379,7 +414,7 @@ func (s *Server) limit(remote net.Addr, r, m *dns.Msg) *dns.Msg {
 	if (cls == rrlAnswer || cls == rrlNoData) && len(r.Question) == 1 {
 		name = l.nameHash(r.Question[0].Name, r.Question[0].Qtype)
 	}
-	switch l.charge(p, src, cls, name, time.Now()) {
+	switch l.charge(p, l.place(src, cls, name), cls, l.now()) {
 	case rrlDrop:
 		return nil
 	case rrlSlip:
