@@ -333,6 +333,7 @@ func splice(a, b net.Conn) (ab, ba int64) {
 	r1, r2 := <-c1, <-c2
 	pa.Close() // once what b sent has been written to a
 	b.Close()
+	pa.wait() // callers close a when splice returns
 	return r1.n, r2.n
 }
 

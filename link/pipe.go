@@ -57,6 +57,10 @@ func (c *pipedConn) Close() error {
 	return nil
 }
 
+// wait waits until what was written before a close has been written (or
+// failed, or ran out of pipeLinger).
+func (c *pipedConn) wait() { <-c.p.drained }
+
 // SetDeadline sets the read deadline and the pipe's write deadline.
 func (c *pipedConn) SetDeadline(t time.Time) error {
 	c.p.setDeadline(t)
@@ -93,12 +97,13 @@ type writePipe struct {
 	closed   bool   // no more writes
 	deadline time.Time
 	then     []func() error // called in order once everything is written
+	drained  chan struct{}  // closed once closed and written (or failed)
 }
 
 // newWritePipe returns a pipe to w that takes over its write deadline.
 func newWritePipe(w pipeTarget) *writePipe {
 	w.SetWriteDeadline(time.Time{})
-	return &writePipe{w: w, room: make(chan struct{}, 1), wake: make(chan struct{}, 1)}
+	return &writePipe{w: w, room: make(chan struct{}, 1), wake: make(chan struct{}, 1), drained: make(chan struct{})}
 }
 
 func signal(c chan struct{}) {
@@ -190,10 +195,16 @@ func (p *writePipe) run() {
 }
 
 // takeThen returns the close functions due: those given to close once the
-// pipe is closed, and nil while it is open. The caller holds mu.
+// pipe is closed, and nil while it is open; the first time, it marks the
+// pipe drained. The caller holds mu.
 func (p *writePipe) takeThen() []func() error {
 	if !p.closed {
 		return nil
+	}
+	select {
+	case <-p.drained:
+	default:
+		close(p.drained)
 	}
 	then := p.then
 	p.then = nil

@@ -84,3 +84,33 @@ func TestPipeWriteHonoursDeadline(t *testing.T) {
 		t.Errorf("the deadline took %v to end the writes", el)
 	}
 }
+
+// splice returns only once what the session sent has reached the local
+// service, since its callers close the local connection then: here the
+// service half-closes at once, so that only the session's direction keeps
+// splice going.
+func TestSpliceReturnsOnceTheServiceHasEverything(t *testing.T) {
+	local, svc := tcpPair(t)
+	got := make(chan int, 1)
+	go func() {
+		svc.(*net.TCPConn).CloseWrite()
+		n, _ := io.Copy(io.Discard, svc)
+		got <- int(n)
+	}()
+	session, peer := tcpPair(t) // as the end-to-end TLS, it half-closes
+	const n = 4 << 20
+	go func() {
+		peer.Write(make([]byte, n))
+		peer.(*net.TCPConn).CloseWrite()
+	}()
+	splice(local, session)
+	local.Close()
+	select {
+	case m := <-got:
+		if m != n {
+			t.Fatalf("the service received %d of the %d bytes the session sent", m, n)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the service never saw the end of the session")
+	}
+}
