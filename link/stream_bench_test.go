@@ -50,7 +50,7 @@ func BenchmarkDirectStreams(b *testing.B) {
 			if err != nil {
 				return
 			}
-			go func() { benchSinkServe(c); c.Close() }()
+			go func() { SinkServe(c); c.Close() }()
 		}
 	}()
 
@@ -69,7 +69,7 @@ func BenchmarkDirectStreams(b *testing.B) {
 						}
 						go func() {
 							if kind == "quic" {
-								benchSinkServe(s)
+								SinkServe(s)
 								s.Close()
 								return
 							}
@@ -105,12 +105,12 @@ func BenchmarkDirectStreams(b *testing.B) {
 					return c, c.CloseWrite, nil
 				}
 				benchSend(b, streams, 32<<20, open) // warm up the windows
-				cpu0 := benchCPU()
+				cpu0 := SelfCPU()
 				for b.Loop() {
 					benchSend(b, streams, benchStreamTotal, open)
 				}
 				el := b.Elapsed()
-				cpu := benchCPU() - cpu0
+				cpu := SelfCPU() - cpu0
 				moved := float64(b.N) * benchStreamTotal
 				b.ReportMetric(moved/(1<<20)/el.Seconds(), "MiB/s")
 				b.ReportMetric(cpu.Seconds()/(moved/1e9), "CPU-s/GB")
@@ -183,7 +183,7 @@ func benchSend(b *testing.B, streams int, total int64, open func() (io.ReadWrite
 				return
 			}
 			defer c.Close()
-			if err := benchSinkSend(c, closeWrite, total/int64(streams)); err != nil {
+			if err := SinkSend(c, closeWrite, total/int64(streams)); err != nil {
 				errs <- err
 			}
 		})
@@ -195,7 +195,10 @@ func benchSend(b *testing.B, streams int, total int64, open func() (io.ReadWrite
 	}
 }
 
-func benchSinkSend(c io.ReadWriter, closeWrite func() error, n int64) error {
+// SinkSend sends n bytes on a stream or connection in 64 KiB writes,
+// half-closes, and waits for the far end's 8-byte count of what it received
+// (SinkServe). It and SelfCPU serve make bench-link too (bench_test.go).
+func SinkSend(c io.ReadWriter, closeWrite func() error, n int64) error {
 	buf := make([]byte, 64<<10)
 	for sent := int64(0); sent < n; {
 		k := min(int64(len(buf)), n-sent)
@@ -217,15 +220,16 @@ func benchSinkSend(c io.ReadWriter, closeWrite func() error, n int64) error {
 	return nil
 }
 
-func benchSinkServe(rw io.ReadWriter) {
+// SinkServe is the receiving end of SinkSend: count, then answer the count.
+func SinkServe(rw io.ReadWriter) {
 	n, _ := io.Copy(io.Discard, rw)
 	var out [8]byte
 	binary.BigEndian.PutUint64(out[:], uint64(n))
 	rw.Write(out[:])
 }
 
-// benchCPU is the CPU time (user and system) this process has used.
-func benchCPU() time.Duration {
+// SelfCPU is the CPU time (user and system) this process has used.
+func SelfCPU() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
