@@ -14,7 +14,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -113,12 +112,12 @@ func relayChild(t *testing.T) {
 	serveCommands(func(cmd string) string {
 		switch cmd {
 		case "cpu":
-			return fmt.Sprint(selfCPU().Nanoseconds())
+			return fmt.Sprint(link.SelfCPU().Nanoseconds())
 		case "stats":
 			runtime.GC()
 			var ms runtime.MemStats
 			runtime.ReadMemStats(&ms)
-			return fmt.Sprintf("%d %d %d %d %d %d", selfCPU().Nanoseconds(), ms.HeapInuse+ms.StackInuse, rssBytes(), r.Agents(),
+			return fmt.Sprintf("%d %d %d %d %d %d", link.SelfCPU().Nanoseconds(), ms.HeapInuse+ms.StackInuse, rssBytes(), r.Agents(),
 				ms.StackInuse, runtime.NumGoroutine())
 		}
 		return "unknown command"
@@ -171,12 +170,12 @@ func sinkChild(t *testing.T) {
 					if err != nil {
 						return
 					}
-					go func() { sinkServe(s); s.Close() }()
+					go func() { link.SinkServe(s); s.Close() }()
 				}
 			}()
 		}
 	}()
-	tcpAddr := tcpServer(t, func(c net.Conn) { sinkServe(c) })
+	tcpAddr := tcpServer(t, func(c net.Conn) { link.SinkServe(c) })
 
 	// A real agent with end-to-end TLS, serving one byte on port 22 and a
 	// byte sink on port 9 (for Link's own direct path).
@@ -199,7 +198,7 @@ func sinkChild(t *testing.T) {
 			return "unknown command"
 		}
 		s := agent.ConnectionStats()
-		return fmt.Sprintf("%d %d %d", selfCPU().Nanoseconds(), s.PacketsReceived, s.BytesReceived)
+		return fmt.Sprintf("%d %d %d", link.SelfCPU().Nanoseconds(), s.PacketsReceived, s.BytesReceived)
 	})
 }
 
@@ -268,13 +267,6 @@ func socketBuffers(c *net.UDPConn) (rcv, snd int) {
 		})
 	}
 	return rcv, snd
-}
-
-// selfCPU is this process's user and system CPU time.
-func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func rssBytes() uint64 {
@@ -442,38 +434,6 @@ func portOf(b *testing.B, addr string) int {
 	return int(ap.Port())
 }
 
-// sinkSend sends n bytes on a stream or connection, half-closes, and waits
-// for the far end's 8-byte count of what it received.
-func sinkSend(c io.ReadWriter, closeWrite func() error, n int64) error {
-	buf := make([]byte, 64<<10)
-	for sent := int64(0); sent < n; {
-		k := min(int64(len(buf)), n-sent)
-		if _, err := c.Write(buf[:k]); err != nil {
-			return err
-		}
-		sent += k
-	}
-	if err := closeWrite(); err != nil {
-		return err
-	}
-	var got [8]byte
-	if _, err := io.ReadFull(c, got[:]); err != nil {
-		return err
-	}
-	if m := int64(binary.BigEndian.Uint64(got[:])); m != n {
-		return fmt.Errorf("far end received %d of %d bytes", m, n)
-	}
-	return nil
-}
-
-// sinkServe is the receiving end: count, then answer the count.
-func sinkServe(rw io.ReadWriter) {
-	n, _ := io.Copy(io.Discard, rw)
-	var out [8]byte
-	binary.BigEndian.PutUint64(out[:], uint64(n))
-	rw.Write(out[:])
-}
-
 func pinnedClientTLS(fp, alpn string) *tls.Config {
 	return &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{alpn}, InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
@@ -532,7 +492,7 @@ func benchAgent(ctx context.Context, tr *quic.Transport, server, fp, device, tok
 						return
 					}
 					link.WriteFrame(st, link.Result{Status: link.StatusOK})
-					sinkServe(st)
+					link.SinkServe(st)
 					st.Close()
 				}()
 			}
@@ -551,7 +511,7 @@ func send(b *testing.B, streams int, total int64, open func() (io.ReadWriter, fu
 		wg.Go(func() {
 			c, cw, err := open()
 			if err == nil {
-				err = sinkSend(c, cw, total/int64(streams))
+				err = link.SinkSend(c, cw, total/int64(streams))
 				if nc, ok := c.(net.Conn); ok {
 					nc.Close()
 				}
@@ -774,10 +734,10 @@ func BenchmarkLinkReport(b *testing.B) {
 		stop := profile(b, prof, fmt.Sprintf("%dstreams", n), relayP, sinkP)
 		var rel, relTCP, dir, tcp, ld pathRun
 		for range rounds {
-			r0, c0, dr0 := relayCPU(), selfCPU(), udpDrops(relayedPorts...)
+			r0, c0, dr0 := relayCPU(), link.SelfCPU(), udpDrops(relayedPorts...)
 			s0, p0, b0 := sinkCPU()
 			rel.elapsed += send(b, n, total/rounds, openRelay)
-			r1, c1, dr1 := relayCPU(), selfCPU(), udpDrops(relayedPorts...)
+			r1, c1, dr1 := relayCPU(), link.SelfCPU(), udpDrops(relayedPorts...)
 			s1, p1, b1 := sinkCPU()
 			rel.relayCPU += r1 - r0
 			rel.endsCPU += c1 - c0 + s1 - s0
@@ -787,12 +747,12 @@ func BenchmarkLinkReport(b *testing.B) {
 			r5 := relayCPU()
 			relTCP.elapsed += send(b, n, total/rounds, openRelayTCP)
 			relTCP.relayCPU += relayCPU() - r5
-			c1 = selfCPU() // the direct path's ends start here
+			c1 = link.SelfCPU() // the direct path's ends start here
 			s1, _, _ = sinkCPU()
 
 			q0, dd0 := direct.ConnectionStats(), udpDrops(directPorts...)
 			dir.elapsed += send(b, n, total/rounds, openDirect)
-			c2, q1, dd1 := selfCPU(), direct.ConnectionStats(), udpDrops(directPorts...)
+			c2, q1, dd1 := link.SelfCPU(), direct.ConnectionStats(), udpDrops(directPorts...)
 			s2, _, _ := sinkCPU()
 			dir.endsCPU += c2 - c1 + s2 - s1
 			dir.drops += dd1 - dd0
@@ -801,10 +761,10 @@ func BenchmarkLinkReport(b *testing.B) {
 
 			tcp.elapsed += send(b, n, total/rounds, openTCP)
 
-			r3, c3 := relayCPU(), selfCPU()
+			r3, c3 := relayCPU(), link.SelfCPU()
 			s3, _, _ := sinkCPU()
 			ld.elapsed += send(b, n, total/rounds, openLinkDirect)
-			r4, c4 := relayCPU(), selfCPU()
+			r4, c4 := relayCPU(), link.SelfCPU()
 			s4, _, _ := sinkCPU()
 			ld.relayCPU += r4 - r3
 			ld.endsCPU += c4 - c3 + s4 - s3

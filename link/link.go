@@ -302,7 +302,8 @@ func (c *e2eConn) CloseWrite() error {
 
 type closeWriter interface{ CloseWrite() error }
 
-// splice copies a→b and b→a until both directions end. An EOF is passed on
+// splice copies a→b and b→a until both directions end; a is the local TCP
+// connection, whose writes go through a pipe (pipe.go). An EOF is passed on
 // as a half-close; an error closes both connections. It returns the bytes
 // copied each way.
 func splice(a, b net.Conn) (ab, ba int64) {
@@ -310,6 +311,7 @@ func splice(a, b net.Conn) (ab, ba int64) {
 		n   int64
 		err error
 	}
+	pa := newPipedConn(a)
 	copyHalf := func(dst, src net.Conn, out chan<- res) {
 		n, err := io.Copy(dst, src)
 		if err == nil {
@@ -327,10 +329,11 @@ func splice(a, b net.Conn) (ab, ba int64) {
 	}
 	c1, c2 := make(chan res, 1), make(chan res, 1)
 	go copyHalf(b, a, c1)
-	copyHalf(a, b, c2)
+	copyHalf(pa, b, c2)
 	r1, r2 := <-c1, <-c2
-	a.Close()
+	pa.Close() // once what b sent has been written to a
 	b.Close()
+	pa.wait() // callers close a when splice returns
 	return r1.n, r2.n
 }
 
