@@ -95,6 +95,11 @@ func New(cfg Config) (_ *Daemon, err error) {
 	}); err != nil {
 		return nil, err
 	}
+	// Loading the store (a million devices are half a gigabyte of JSON)
+	// leaves the heap several times the size of what it built, and an
+	// idle daemon would collect it only much later: give it back before
+	// serving (a collection of the index is quick: it holds few pointers).
+	debug.FreeOSMemory()
 	d.log.Info().Int("devices", d.store.Len()).Dur("took", time.Since(opening)).Msg("store open, device index loaded")
 	d.onStop("store", func(context.Context) error { return d.store.Close() })
 	if d.connlog, err = openConnLog(cfg, d.component("connlog")); err != nil {
@@ -302,11 +307,6 @@ func (d *Daemon) Run(ctx context.Context, sd sdnotify.Notifier) error {
 	if err := sd.Notify(ctx, sdnotify.Ready, sdnotify.Status(d.status())); err != nil {
 		d.log.Warn().Err(err).Msg("cannot tell systemd the daemon is ready")
 	}
-	// Loading the store (a million devices are half a gigabyte of JSON)
-	// leaves the heap several times the size of what it built, and an
-	// idle daemon would collect it only much later: give it back now,
-	// while the listeners already serve.
-	debug.FreeOSMemory()
 	watchdogCtx, stopWatchdog := context.WithCancel(ctx)
 	watchdogDone := make(chan struct{})
 	go func() {

@@ -13,6 +13,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -416,7 +417,8 @@ func benchNasreach(ctx context.Context, cfg config, work string, devs []device, 
 	if mem, err = readMem(srv.pid()); err != nil {
 		return perfResult{}, 0, err
 	}
-	rep.memory = append(rep.memory, fmt.Sprintf("dns nasreach startup_to_first_answer_ms=%.0f rss_after_restart_mib=%.1f anon_after_restart_mib=%.1f devices=%d", ms(startup), mem.rss, mem.anon, len(devs)))
+	rep.memory = append(rep.memory, fmt.Sprintf("dns nasreach startup_to_first_answer_ms=%.0f store_open_ms=%.0f rss_after_restart_mib=%.1f anon_after_restart_mib=%.1f devices=%d",
+		ms(startup), storeOpenMs(filepath.Join(work, "nasreach-restart.log")), mem.rss, mem.anon, len(devs)))
 	rep.perDevice("nasreach", empty, mem, len(devs))
 	if err := rep.latency(ctx, cfg, "nasreach", dnsPort, work, len(devs)); err != nil {
 		return perfResult{}, 0, err
@@ -522,6 +524,26 @@ func benchPeer(ctx context.Context, cfg config, work, peer, zoneFile string, sam
 		rep.perDevice("knot", empty, mem, cfg.devices)
 	}
 	return res, nil
+}
+
+// storeOpenMs reads from the daemon's JSON log how long opening its store
+// and loading the device index took (the "took" of its "store open" line),
+// or -1.
+func storeOpenMs(log string) float64 {
+	b, err := os.ReadFile(log)
+	if err != nil {
+		return -1
+	}
+	for line := range strings.Lines(string(b)) {
+		var l struct {
+			Message string  `json:"message"`
+			Took    float64 `json:"took"`
+		}
+		if json.Unmarshal([]byte(line), &l) == nil && strings.HasPrefix(l.Message, "store open") {
+			return l.Took // zerolog writes durations in milliseconds
+		}
+	}
+	return -1
 }
 
 // perDevice records the memory one device costs a server: the resident
