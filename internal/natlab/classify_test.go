@@ -58,12 +58,12 @@ func startSTUN(t *testing.T, lab *natlab.Lab) stunServers {
 }
 
 // discover asks server for the address it sees conn's packets come from.
-// The lab loses nothing, but a loaded machine may be slow to forward the
-// first packets through fresh namespaces: three transmissions over 1.4 s
-// keep that from failing the test while a blocked path still answers
-// quickly.
+// The lab loses nothing once AddHome has returned, but on a loaded machine
+// (CI runs every package at once) the server's answer may be late: five
+// transmissions over 3.4 s keep that from failing a test, while a blocked
+// path still gives up in that time.
 func discover(conn net.PacketConn, server netip.AddrPort) (netip.AddrPort, error) {
-	c, err := stun.NewClient(stun.ClientConfig{RTO: 200 * time.Millisecond, Rc: 3, Rm: 2})
+	c, err := stun.NewClient(stun.ClientConfig{RTO: 200 * time.Millisecond, Rc: 5, Rm: 2})
 	if err != nil {
 		return netip.AddrPort{}, err
 	}

@@ -1,9 +1,12 @@
 package natlab
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"strconv"
+	"time"
 )
 
 // Kind is the NAT a home network sits behind, in RFC 4787's terms: how it
@@ -211,8 +214,60 @@ func (l *Lab) addHome(kind Kind) (*Home, error) {
 			return nil, err
 		}
 	}
+	for _, host := range h.Hosts {
+		if err := l.awaitInternet(host); err != nil {
+			return nil, err
+		}
+	}
 	return h, nil
 }
+
+// awaitInternet returns once host reaches the internet through its NAT(s),
+// by TCP (which every kind forwards), so that a test's first datagram does
+// not race the set-up. The kernel may bring a fresh link into service a
+// little after ip(8) returns (a device's queue is attached by link-watch
+// work, which it may batch up to a second later), and a test that sends
+// one STUN request at once and gives up after a second then fails for the
+// lab, not for what it tests. Each attempt is short, so the wait ends soon
+// after the path works rather than at TCP's one-second SYN retransmission.
+func (l *Lab) awaitInternet(host *Namespace) error {
+	var ln *net.TCPListener
+	err := l.Internet.Do(func() (err error) {
+		ln, err = net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(InternetA, 0)))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("listen in the internet to check the path from %s: %w", host.Name, err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	addr := ln.Addr().(*net.TCPAddr).AddrPort()
+	deadline := time.Now().Add(reachWait)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		c, err := host.DialTCP(ctx, addr)
+		cancel()
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s does not reach %s by TCP after %v: %w", host.Name, addr, reachWait, err)
+		}
+	}
+}
+
+// reachWait bounds awaitInternet: the link-watch delay is at most a second,
+// the rest is room for a loaded machine.
+const reachWait = 15 * time.Second
 
 // Renumber gives the home a new public address, as a new lease from the
 // provider or a phone moving from Wi-Fi to its mobile network does: the
