@@ -152,9 +152,19 @@ func nextIfindex() int {
 	return base + int(ifindexSeq.Add(1)%perProcess)
 }
 
-// addBridge is the ip command that adds a bridge.
+// addBridge is the ip command that adds a bridge, with an address of its
+// own. A bridge without one takes the lowest address of its ports and
+// changes it when a port with a lower one joins: neighbours that had
+// resolved the bridge's IP address then send to an address it no longer
+// answers, until their ARP entry expires. The internet's bridge gains a
+// port with every home, so a home added later could cut off one added
+// earlier that had already spoken.
 func addBridge(name string) string {
-	return fmt.Sprintf("link add %s index %d type bridge", name, nextIfindex())
+	index := nextIfindex()
+	// A locally administered unicast address (02:…) made of the index,
+	// which is unique among the lab's links.
+	mac := fmt.Sprintf("02:6e:%02x:%02x:%02x:%02x", byte(index>>24), byte(index>>16), byte(index>>8), byte(index))
+	return fmt.Sprintf("link add %s index %d address %s type bridge", name, index, mac)
 }
 
 // addVeth is the ip command that adds a veth pair: name here, peer in the
