@@ -294,6 +294,19 @@ const (
 	FrameMeshHello   = 0x0c // node→node, first stream of a mesh connection: version u8 | node str8 | mesh key str8
 	FrameForward     = 0x0d // node→node, each mesh stream: version u8 | port u16 | device str8 | access code str8 | client address (family u8 | address | port u16)
 	FrameRevoke      = 0x0e // relay→agent, on the control stream: version u8 | count u8 (1 to MaxRevoke) | count × exchange id [8]
+	FrameSession     = 0x0f // client→agent, after an OK Result: version u8 | session id [16] | flags u8 (zero); answered by a Result
+	FrameResume      = 0x10 // client→agent, after an OK Result: version u8 | session id [16] | received u64
+	FrameResumed     = 0x11 // agent→client, answer to Resume: version u8 | received u64
+)
+
+// Records: after a Session's OK Result or a Resumed, each direction of the
+// stream carries these instead of frames ("Resumable sessions"). Same
+// header as a frame (type u8 | length u16), but a Data body may be up to
+// MaxRecordData bytes.
+const (
+	RecordData = 0x12 // the next bytes of the end-to-end TLS stream: 1 to MaxRecordData bytes
+	RecordAck  = 0x13 // received u64: what the writer of the Ack has received of its peer's stream, End included
+	RecordEnd  = 0x14 // offset u64 (the bytes sent before it) | flags u8: the writer's half-close; bit 0 set: it reads no more either
 )
 
 // Field layouts of the direct-path frames:
@@ -342,6 +355,11 @@ const (
 	ExchangeIDLen = 8
 	KeyLen        = 32
 	ProofLen      = 32
+	// SessionIDLen is the size of a resumable session's id.
+	SessionIDLen = 16
+	// MaxRecordData bounds the body of a Data record (the length field's
+	// maximum); the other records have fixed bodies.
+	MaxRecordData = 1<<16 - 1
 )
 
 // Status is the outcome carried by a Result frame.
@@ -363,6 +381,7 @@ const (
 	StatusTooManyAgents  Status = 11 // the relay holds its maximum of agents
 	StatusUnavailable    Status = 12 // relay shutting down or internal error
 	StatusNoDirect       Status = 13 // direct paths are off (the operator, the agent) or not spoken by the agent
+	StatusNoSession      Status = 14 // the agent holds no session with that id (never had it, ended, or resumed too often)
 )
 
 var statusText = map[Status]string{
@@ -370,7 +389,7 @@ var statusText = map[Status]string{
 	StatusUnknownDevice: "unknown device", StatusLinkDisabled: "link disabled", StatusOffline: "device offline",
 	StatusAccessDenied: "access denied", StatusPortNotExposed: "port not exposed", StatusDialFailed: "dial failed",
 	StatusRateLimited: "rate limited", StatusTooManyStreams: "too many streams", StatusTooManyAgents: "too many agents",
-	StatusUnavailable: "unavailable", StatusNoDirect: "no direct paths",
+	StatusUnavailable: "unavailable", StatusNoDirect: "no direct paths", StatusNoSession: "no such session",
 }
 
 // String returns the status in words, e.g. "device offline".
@@ -406,7 +425,7 @@ const (
 
 // Frame is one of the frames above: Hello, Connect, Open, Result, Info,
 // RelayInfo, Direct, Punch, Candidates, DirectHello, Report, MeshHello,
-// Forward or Revoke.
+// Forward, Revoke, Session, Resume or Resumed.
 type Frame interface {
 	frameType() byte
 	appendBody(b []byte) ([]byte, error)
@@ -571,6 +590,25 @@ type Revoke struct {
 	Exchanges [][ExchangeIDLen]byte
 }
 
+// Session makes the session of a stream resumable: the client sends it
+// right after the OK Result, before the end-to-end TLS.
+type Session struct {
+	ID [SessionIDLen]byte
+}
+
+// Resume asks the agent to go on with a suspended session on this stream.
+type Resume struct {
+	ID [SessionIDLen]byte
+	// Received is what the client has received of the agent's stream.
+	Received uint64
+}
+
+// Resumed is the agent's answer to a Resume it accepts.
+type Resumed struct {
+	// Received is what the agent has received of the client's stream.
+	Received uint64
+}
+
 // Report tells the relay how an attempt at a direct path to Device ended.
 type Report struct {
 	Device  string
@@ -597,6 +635,9 @@ func (Report) frameType() byte      { return FrameReport }
 func (MeshHello) frameType() byte   { return FrameMeshHello }
 func (Forward) frameType() byte     { return FrameForward }
 func (Revoke) frameType() byte      { return FrameRevoke }
+func (Session) frameType() byte     { return FrameSession }
+func (Resume) frameType() byte      { return FrameResume }
+func (Resumed) frameType() byte     { return FrameResumed }
 
 // ErrFrame means a frame broke the wire format; the wrapping error says how.
 var ErrFrame = errors.New("malformed link frame")
@@ -746,6 +787,18 @@ func (r Revoke) appendBody(b []byte) ([]byte, error) {
 	return b, nil
 }
 
+func (s Session) appendBody(b []byte) ([]byte, error) {
+	return append(append(append(b, Version), s.ID[:]...), 0), nil
+}
+
+func (r Resume) appendBody(b []byte) ([]byte, error) {
+	return binary.BigEndian.AppendUint64(append(append(b, Version), r.ID[:]...), r.Received), nil
+}
+
+func (r Resumed) appendBody(b []byte) ([]byte, error) {
+	return binary.BigEndian.AppendUint64(append(b, Version), r.Received), nil
+}
+
 // AppendFrame appends the encoding of f to b.
 func AppendFrame(b []byte, f Frame) ([]byte, error) {
 	start := len(b)
@@ -845,6 +898,13 @@ func (d *body) u8(field string) uint8 {
 func (d *body) u16(field string) uint16 {
 	if b := d.take(field, 2); b != nil {
 		return binary.BigEndian.Uint16(b)
+	}
+	return 0
+}
+
+func (d *body) u64(field string) uint64 {
+	if b := d.take(field, 8); b != nil {
+		return binary.BigEndian.Uint64(b)
 	}
 	return 0
 }
@@ -1035,6 +1095,23 @@ func parseBody(typ byte, b []byte) (Frame, error) {
 			r.Exchanges = append(r.Exchanges, x)
 		}
 		f = r
+	case FrameSession:
+		d.version()
+		var s Session
+		d.bytes("session id", s.ID[:])
+		if flags := d.u8("flags"); d.err == nil && flags != 0 {
+			d.err = fmt.Errorf("%w: unknown session flags %#x", ErrFrame, flags)
+		}
+		f = s
+	case FrameResume:
+		d.version()
+		var r Resume
+		d.bytes("session id", r.ID[:])
+		r.Received = d.u64("received")
+		f = r
+	case FrameResumed:
+		d.version()
+		f = Resumed{Received: d.u64("received")}
 	default:
 		return nil, fmt.Errorf("%w: unknown frame type %#x", ErrFrame, typ)
 	}
@@ -1042,6 +1119,91 @@ func parseBody(typ byte, b []byte) (Frame, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+// Record is one record of a resumable session (RecordData, RecordAck or
+// RecordEnd).
+type Record struct {
+	Type byte
+	// Data is a Data record's bytes.
+	Data []byte
+	// Count is an Ack's received count, an End's offset.
+	Count uint64
+	// Closed is an End's bit 0: its writer reads no more either.
+	Closed bool
+}
+
+// endClosed is an End's flag bit: the writer reads no more.
+const endClosed = 1
+
+// AppendRecord appends the encoding of r to b.
+func AppendRecord(b []byte, r Record) ([]byte, error) {
+	switch r.Type {
+	case RecordData:
+		if len(r.Data) == 0 || len(r.Data) > MaxRecordData {
+			return nil, fmt.Errorf("%w: data record of %d bytes, 1 to %d", ErrFrame, len(r.Data), MaxRecordData)
+		}
+		return append(binary.BigEndian.AppendUint16(append(b, RecordData), uint16(len(r.Data))), r.Data...), nil
+	case RecordAck:
+		return binary.BigEndian.AppendUint64(append(b, RecordAck, 0, 8), r.Count), nil
+	case RecordEnd:
+		var flags byte
+		if r.Closed {
+			flags = endClosed
+		}
+		return append(binary.BigEndian.AppendUint64(append(b, RecordEnd, 0, 9), r.Count), flags), nil
+	}
+	return nil, fmt.Errorf("%w: unknown record type %#x", ErrFrame, r.Type)
+}
+
+// checkRecordHeader checks a record's type and body length.
+func checkRecordHeader(typ byte, n int) error {
+	switch {
+	case typ == RecordData && n == 0:
+		return fmt.Errorf("%w: empty data record", ErrFrame)
+	case typ == RecordData:
+		return nil
+	case typ == RecordAck && n != 8, typ == RecordEnd && n != 9:
+		return fmt.Errorf("%w: record type %#x with a body of %d bytes", ErrFrame, typ, n)
+	case typ == RecordAck, typ == RecordEnd:
+		return nil
+	}
+	return fmt.Errorf("%w: unknown record type %#x", ErrFrame, typ)
+}
+
+// parseRecordBody decodes the body of an Ack or End record (the header
+// checked); Data's body is the bytes themselves.
+func parseRecordBody(typ byte, b []byte) (Record, error) {
+	r := Record{Type: typ}
+	switch typ {
+	case RecordData:
+		r.Data = b
+	case RecordAck:
+		r.Count = binary.BigEndian.Uint64(b)
+	case RecordEnd:
+		r.Count = binary.BigEndian.Uint64(b)
+		if b[8]&^endClosed != 0 {
+			return Record{}, fmt.Errorf("%w: unknown end flags %#x", ErrFrame, b[8])
+		}
+		r.Closed = b[8]&endClosed != 0
+	}
+	return r, nil
+}
+
+// ParseRecord decodes one whole record held in b, which must contain
+// nothing else; a Data record's bytes alias b.
+func ParseRecord(b []byte) (Record, error) {
+	if len(b) < FrameHeaderLen {
+		return Record{}, fmt.Errorf("%w: %d bytes is shorter than a record header", ErrFrame, len(b))
+	}
+	n := int(binary.BigEndian.Uint16(b[1:]))
+	if len(b)-FrameHeaderLen != n {
+		return Record{}, fmt.Errorf("%w: header says %d body bytes, have %d", ErrFrame, n, len(b)-FrameHeaderLen)
+	}
+	if err := checkRecordHeader(b[0], n); err != nil {
+		return Record{}, err
+	}
+	return parseRecordBody(b[0], b[FrameHeaderLen:])
 }
 
 // Probe constants (see "Direct paths" above).
