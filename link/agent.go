@@ -137,8 +137,8 @@ type Agent struct {
 	sessions atomic.Int64 // sessions open through the relay
 	// resumable holds the resumable sessions by id, suspended or not.
 	resumable sessionTable
-	lastErr  error
-	kick     chan struct{} // nudges the API loop after each login
+	lastErr   error
+	kick      chan struct{} // nudges the API loop after each login
 }
 
 // NewAgent loads or creates the device key and starts connecting.
@@ -191,7 +191,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		log:         log,
 		http:        cmp.Or(cfg.HTTPClient, &http.Client{Timeout: 10 * time.Second}),
 		onlineCh:    make(chan struct{}), kick: make(chan struct{}, 1),
-		resumable:   sessionTable{m: map[[SessionIDLen]byte]*session{}},
+		resumable: sessionTable{m: map[[SessionIDLen]byte]*session{}},
 	}
 	a.direct = agentDirect{
 		grants: map[[ExchangeIDLen]byte]*exchange{}, allowed: map[netip.AddrPort]time.Time{},

@@ -94,11 +94,15 @@ func TestSessionsMoveToADirectPath(t *testing.T) {
 	tok := e.addDevice("nas1")
 	a := e.agent("nas1", tok, map[uint16]string{22: echoServer(t), 9: hashServer(t)})
 	d := e.dialer()
-	dialPath(t, d, "nas1", 22, false)
+	first := dialPath(t, d, "nas1", 22, false)
 	p := waitDirect(t, d, "nas1")
 	if p.Local != link.CandidateHost || p.Remote != link.CandidateHost {
 		t.Errorf("pair %v>%v, want host>host on one machine", p.Local, p.Remote)
 	}
+	// The relayed session's last records (acknowledgments, its end) are
+	// through once the relay logs it.
+	first.Close()
+	testutil.WaitFor(t, 5*time.Second, "the relayed session's record", func() bool { return len(e.events.sessions()) == 1 })
 	relayed := tapped.Load()
 	dialPath(t, d, "nas1", 22, true)
 	// The agent's refusals come back as they do through the relay.
