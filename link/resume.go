@@ -182,6 +182,10 @@ func (d *Dialer) startSession(ctx context.Context, sc *streamConn, device string
 		return nil, &RefusedError{Status: res.Status, Message: res.Message}
 	}
 	onSuspend := func(s *session, cause error) {
+		if d.ctx.Err() != nil {
+			s.fail(fmt.Errorf("%s:%d: the client closed: %w", device, port, net.ErrClosed))
+			return
+		}
 		if ownerEnded(cause) {
 			s.fail(fmt.Errorf("%s:%d: %w", device, port, cause))
 			return

@@ -45,7 +45,9 @@ import (
 //
 // After a StatusOK Result the stream carries only the end-to-end TLS 1.3
 // session between client (TLS client) and agent (TLS server, the device key,
-// ALPN "nasreach-e2e/1"), then the application's bytes inside it. The relay
+// ALPN "nasreach-e2e/1"), then the application's bytes inside it; a client
+// of this version first makes the session resumable, and the TLS bytes
+// then travel in records ("Resumable sessions" below). The relay
 // splices the two streams without reading into them; a FIN is forwarded as a
 // FIN (half-close) and a reset as a reset. Any other status is followed by the
 // end of the stream. Because the end-to-end TLS starts only after the Result,
@@ -269,6 +271,78 @@ import (
 // client's address, which B sends masked, as any relayed session. Either
 // node may open Forward streams on a mesh connection, whichever dialed it.
 // The mesh key is a secret every node of the cluster is configured with.
+//
+// # Resumable sessions
+//
+// A session survives the death of its stream (the relay restarting, a
+// relay or direct connection lost to an address change, the TCP carrier
+// reset): a thin reliable layer of records under the end-to-end TLS lets
+// the TLS session, and the application's connection inside it, go on over
+// a new stream, relayed or direct. The relay still splices ciphertext it
+// cannot read, and needs no change: records are bytes after an OK Result.
+//
+//	client                                  relay / direct                agent
+//	  │── Connect or Open, Result OK as above ──────────────────────────────▶│
+//	  │── Session{id} ───────────────────────────────────────────────────────▶│ id: 16 random bytes
+//	  │◀───────────────────────────────────────────────────── Result{status} ─│ StatusOK: resumable
+//	  │◀══ Data{TLS bytes} / Ack{received} / End{offset, flags}, both ways ══▶│
+//	  ╳   the stream dies: both ends suspend the session; the agent keeps it
+//	  │                                           for its resume window (30 s)
+//	  │── new stream: Connect (checked as any) or Open, Result OK ───────────▶│ (a fresh local
+//	  │── Resume{id, received} ──────────────────────────────────────────────▶│  dial, closed unused)
+//	  │◀────────────────────────────────────────────────── Resumed{received} ─│ or Result{StatusNoSession}
+//	  │◀══ each end sends again from the other's count, then on as before ══▶│
+//
+// Data carries the next bytes of the TLS stream (at most MaxRecordData; a
+// writer sends one TLS record per Data). Each end keeps what it sent until
+// an Ack covers it: Ack carries the count of bytes received so far (End
+// counts as one more), sent after every 256 KiB received, 20 ms after the
+// first byte not yet acknowledged, and at once for an End. A writer with 4
+// MiB unacknowledged waits. End is the writer's half-close at offset (the
+// bytes before it): its peer reads EOF there; flag bit 0 ("closed") says
+// the writer reads no more either, so its peer's writes fail (what a
+// STOP_SENDING did for a plain session). End may come a second time, at the
+// same offset, to add that flag. A session is over for an end once its End
+// is acknowledged and it has the peer's End (or sent the closed flag), or
+// when the peer's End carries the flag: the end then half-closes the stream
+// with a FIN after its last Ack, and forgets the id.
+//
+// A stream that fails (reset, its connection closed or idle, a FIN before
+// the session is over) suspends the session at both ends. The client opens
+// a new stream to the device by whichever path works now: the direct path
+// when it is up, else the relay, whose Connect checks the device, its Link
+// switch and the access code as for a new session. The agent answers the
+// Open as any (it dials the service, and closes that connection when a
+// Resume follows). Resume names the session and what the client has
+// received; Resumed, what the agent has. Each end then sends again every
+// Data (and End) past the other's count, and both go on: the application
+// sees a stall, no error. The client tries again, backing off from 0.1 to 2
+// s, for its resume window (30 s by default); a refusal that will not pass
+// (StatusNoSession, Link off, the access code wrong) ends the session at
+// once, as does a stream reset by the relay with StreamLinkDisabled or a
+// connection closed with CloseLinkDisabled, CloseDeviceGone or
+// CloseRevoked. A Resume on a stream that still carries the session
+// (the agent has not noticed its death) moves it: the client knows better.
+//
+// The agent answers Resume with StatusNoSession for an id it does not hold,
+// for a port other than the session's, and after MaxResumes (64) resumes
+// of the session. It ends a session suspended longer than its resume
+// window, or beyond MaxSuspended (256) suspended at once; Link switched
+// off or the device deleted (its relay connection closed with that code)
+// end every session, suspended or not, and a Revoke ends those whose last
+// stream came over a direct connection it closes. Only the two ends know
+// a session's id: it travels inside the authorized stream, which the relay
+// forwards without reading (a relay could read it, but it already chooses
+// who talks to whom, and the end-to-end TLS pins the device key across
+// every resume). Bytes are kept only in memory, until acknowledged.
+//
+// Both ends of a resumable session must be of this version: an agent that
+// predates Session takes the frame for TLS and fails the handshake, so a
+// client for such agents opens plain sessions (DialerConfig.DisableResume).
+// The agent tells a
+// client that predates resumable sessions by the byte after its OK
+// Result: a Session or Resume frame type, or a TLS record (0x16), and
+// serves the latter as a plain session.
 //
 // Frame layout (all integers big-endian):
 //
