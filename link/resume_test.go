@@ -281,3 +281,37 @@ func TestLinkOffEndsSuspendedSessions(t *testing.T) {
 		t.Errorf("resume after Link off and on: %+v, want StatusNoSession", fr)
 	}
 }
+
+// A relayed session whose client's access code was revoked runs on until
+// its path fails; then the relay refuses to resume it, and it ends with
+// the refusal, not the path's failure.
+func TestRevokedAccessCodeIsNotResumed(t *testing.T) {
+	e := newEnv(t)
+	tok := e.addDevice("nas1")
+	code := e.tokenAccess("nas1")
+	e.agent("nas1", tok, map[uint16]string{22: echoServer(t)})
+	d := e.dialer(relayOnly, func(c *link.DialerConfig) { c.AccessCode = code })
+	c, err := d.Dial(ctx10(t), "nas1", 22)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	codes, err := e.st.AccessCodes("nas1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.RevokeAccessCode(context.Background(), "nas1", codes[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := echoByte(c); err != nil {
+		t.Fatalf("a relayed session after its code was revoked: %v", err)
+	}
+	if err := e.relay.Shutdown(ctx10(t)); err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, link.ErrAccessDenied) {
+		t.Errorf("the session after the relay restarted: %v, want ErrAccessDenied", err)
+	}
+}
