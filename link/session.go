@@ -121,7 +121,6 @@ type session struct {
 	mu        sync.Mutex
 	sc        *streamConn // nil while suspended
 	gen       uint64      // bumped at every attach and detach
-	genDone   chan struct{}
 	path      Path
 	transport string
 	local     net.Addr
@@ -180,11 +179,12 @@ func (s *session) attachLocked(sc *streamConn, path Path) (uint64, chan struct{}
 		s.suspendTimer.Stop()
 	}
 	gen, done := s.gen, make(chan struct{})
-	s.genDone = done
-	if !s.spawn(func() { defer close(done); s.readLoop(sc, gen) }) {
+	if !s.spawn(func() { defer close(done); s.readLoop(sc, gen) }) { // the agent or Dialer is closing
 		close(done)
 		s.sc = nil
 		s.failLocked(net.ErrClosed)
+		sc.CancelRead(StreamShutdown)
+		sc.CancelWrite(StreamShutdown)
 	}
 	return gen, done
 }
@@ -764,7 +764,7 @@ func (s *session) resume(sc *streamConn, peerRecv uint64, path Path, answer bool
 	recv := s.recv
 	resend := append([]*chunk(nil), s.out...)
 	endSent, closedSent, sent := s.endSent, s.closedSent, s.sent
-	endOwed := endSent && s.acked <= sent
+	endOwed := endSent && (s.acked <= sent || closedSent) // again with its flag: it may not have arrived
 	gen, done := s.attachLocked(sc, path)
 	s.notify()
 	s.mu.Unlock()
