@@ -1,6 +1,7 @@
 package link_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -314,4 +315,76 @@ func TestRevokedAccessCodeIsNotResumed(t *testing.T) {
 	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, link.ErrAccessDenied) {
 		t.Errorf("the session after the relay restarted: %v, want ErrAccessDenied", err)
 	}
+}
+
+// cutEvery is a reader that calls cut each time another step of bytes
+// has been read through it.
+type cutEvery struct {
+	r         io.Reader
+	step, n   int64
+	next      int64
+	cut       func()
+	cuts, max int
+}
+
+func (c *cutEvery) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n += int64(n)
+	if c.n >= c.next && c.cuts < c.max {
+		c.cuts++
+		c.next += c.step
+		c.cut()
+	}
+	return n, err
+}
+
+// Bytes flowing both ways cross several cuts of the path in one session:
+// an echo of 8 MiB, written while it is read back, through the agent's
+// direct connection closed and then three relay restarts; every byte
+// comes back in order.
+func TestEchoSurvivesRepeatedCutsBothWays(t *testing.T) {
+	e := newEnv(t)
+	tok := e.addDevice("nas1")
+	a := e.agent("nas1", tok, map[uint16]string{22: echoServer(t)})
+	d := e.dialer()
+	c := goDirect(t, d, "nas1", 22)
+	const n = 8 << 20
+	want := make([]byte, n)
+	mrand.NewChaCha8([32]byte{9}).Read(want)
+	cuts := 0
+	src := &cutEvery{r: bytes.NewReader(want), step: n / 5, next: n / 5, max: 4, cut: func() {
+		cuts++
+		if cuts == 1 { // then the session is on the relay
+			link.CloseAgentDirect(a)
+			return
+		}
+		if err := e.relay.Shutdown(ctx10(t)); err != nil {
+			t.Error(err)
+		}
+		e.start()
+	}}
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(c, src)
+		wrote <- err
+	}()
+	got := make([]byte, n)
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatalf("read the echo back after %d cuts: %v", cuts, err)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		i := 0
+		for got[i] == want[i] {
+			i++
+		}
+		t.Fatalf("the echo differs from byte %d on", i)
+	}
+	if err := echoByte(c); err != nil {
+		t.Fatalf("after the echo: %v", err)
+	}
+	t.Logf("8 MiB echoed intact across %d cuts, now on the %v path", cuts, link.PathOf(c))
 }
