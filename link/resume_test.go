@@ -16,6 +16,7 @@ import (
 
 	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/link"
+	"github.com/nasreach/nasreach/linkserver"
 	"github.com/nasreach/nasreach/store"
 )
 
@@ -387,4 +388,48 @@ func TestEchoSurvivesRepeatedCutsBothWays(t *testing.T) {
 		t.Fatalf("after the echo: %v", err)
 	}
 	t.Logf("8 MiB echoed intact across %d cuts, now on the %v path", cuts, link.PathOf(c))
+}
+
+// A session is resumed at most MaxResumes times; the next Resume is
+// refused.
+func TestResumesPerSessionAreBounded(t *testing.T) {
+	e := newEnv(t, func(c *linkserver.Config) { c.StreamRate, c.StreamBurst = 1000, 1000 })
+	tok := e.addDevice("nas1")
+	svc := tcpServer(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+	cfg := e.agentConfig("nas1", tok, t.TempDir(), map[uint16]string{22: svc})
+	cfg.HandshakeTimeout = time.Minute
+	e.startAgent(cfg)
+	d := e.dialer(relayOnly)
+	c, id := rawSession(t, d, 22)
+	c.Close()
+	for i := range link.MaxResumes {
+		if fr := resumeRaw(t, d, 22, id); fr != (link.Resumed{}) {
+			t.Fatalf("resume %d: %+v, want Resumed", i+1, fr)
+		}
+	}
+	if fr := resumeRaw(t, d, 22, id); fr.(link.Result).Status != link.StatusNoSession {
+		t.Errorf("resume %d: %+v, want StatusNoSession", link.MaxResumes+1, fr)
+	}
+}
+
+// An agent that stops ends its suspended sessions at once: Close does not
+// wait out their resume window.
+func TestAgentCloseEndsSuspendedSessions(t *testing.T) {
+	e := newEnv(t)
+	tok := e.addDevice("nas1")
+	closed := make(chan struct{}, 1)
+	svc := tcpServer(t, func(c net.Conn) { io.Copy(io.Discard, c); closed <- struct{}{} })
+	cfg := e.agentConfig("nas1", tok, t.TempDir(), map[uint16]string{22: svc})
+	cfg.HandshakeTimeout = time.Minute
+	a := e.startAgent(cfg)
+	c, _ := rawSession(t, e.dialer(relayOnly), 22)
+	c.Close()
+	start := time.Now()
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("Close took %v with a suspended session", el)
+	}
+	<-closed
 }
