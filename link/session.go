@@ -30,12 +30,13 @@ const (
 	// MaxResumes bounds how often one session is resumed.
 	MaxResumes = 64
 	// sessionSendBound is how many bytes a session keeps unacknowledged;
-	// a Write waits while that many are.
+	// a Write waits while that many are. Acknowledgments follow what the
+	// peer's application has read, so this is also the most a peer holds
+	// received and unread: the stream's reader never stops, and a writer
+	// never waits on the stream for long (an Ack queued behind it, in a
+	// stream the other end had stopped reading, could otherwise deadlock
+	// two ends that both write).
 	sessionSendBound = 4 << 20
-	// sessionRecvBound is how many received bytes wait for the application
-	// before the session stops reading its stream (flow control then holds
-	// the sender back).
-	sessionRecvBound = 1 << 20
 	// recordChunk is the largest Data record a session writes: a TLS record
 	// (16 KiB and its overhead) in one.
 	recordChunk = 16<<10 + 256
@@ -135,6 +136,7 @@ type session struct {
 	closedSent bool
 
 	recv      uint64 // data bytes received, and 1 for the End
+	consumed  uint64 // of recv, what the application read or this end dropped (the End once read)
 	ackedIn   uint64 // the count in our last Ack (or Resume/Resumed)
 	ackWanted bool
 	ackTimer  *time.Timer
@@ -147,6 +149,7 @@ type session struct {
 
 	closed       bool // Close called
 	finished     bool
+	finSent      bool // the stream's FIN: nothing more is written
 	ended        bool // onEnd called
 	err          error
 	resumes      int
@@ -246,12 +249,23 @@ func (s *session) Read(b []byte) (int, error) {
 					s.inOff = 0
 				}
 			}
-			if s.inBytes >= sessionRecvBound && s.inBytes-n < sessionRecvBound {
-				s.notify() // the stream's reader waits for room
-			}
 			s.inBytes -= n
+			s.consumed += uint64(n)
+			if s.endRecv && s.inBytes == 0 {
+				s.consumed = s.recv // the End too: the TLS above may not read to it
+				s.checkFinish()
+			}
+			s.mu.Unlock()
+			s.consumedAck()
+			s.mu.Lock()
 			return n, nil
 		case s.endRecv:
+			if s.consumed < s.recv { // the End, read
+				s.consumed = s.recv
+				s.mu.Unlock()
+				s.requestAck()
+				s.mu.Lock()
+			}
 			return 0, io.EOF
 		case s.err != nil:
 			return 0, s.err
@@ -386,6 +400,7 @@ func (s *session) Close() error {
 		putBuf(b)
 	}
 	s.in, s.inBytes, s.inOff = nil, 0, 0
+	s.consumed = s.recv // dropped: acknowledged
 	done := s.err != nil || s.finished
 	stillReading := !s.endRecv
 	s.notify()
@@ -393,6 +408,7 @@ func (s *session) Close() error {
 	if done {
 		return nil
 	}
+	s.requestAck()
 	s.writeEnd(stillReading)
 	s.mu.Lock()
 	s.checkFinish()
@@ -413,6 +429,25 @@ func (s *session) requestAck() {
 	s.flushAck()
 }
 
+// consumedAck acknowledges what the application has read: at once past
+// ackEvery, else after ackDelay.
+func (s *session) consumedAck() {
+	s.mu.Lock()
+	now := s.consumed-s.ackedIn >= ackEvery
+	if !now && s.consumed > s.ackedIn && !s.ackArmed {
+		s.ackArmed = true
+		if s.ackTimer == nil {
+			s.ackTimer = time.AfterFunc(ackDelay, s.delayedAck)
+		} else {
+			s.ackTimer.Reset(ackDelay)
+		}
+	}
+	s.mu.Unlock()
+	if now {
+		s.requestAck()
+	}
+}
+
 // unlockWrite releases the stream to other writers, sending the Ack a
 // reader wanted meanwhile.
 func (s *session) unlockWrite() {
@@ -428,9 +463,9 @@ func (s *session) flushAck() {
 			return
 		}
 		s.mu.Lock()
-		want := s.ackWanted && s.sc != nil && s.recv != s.ackedIn
+		want := s.ackWanted && s.sc != nil && !s.finSent && s.consumed > s.ackedIn
 		s.ackWanted = false
-		n, sc, gen := s.recv, s.sc, s.gen
+		n, sc, gen := s.consumed, s.sc, s.gen
 		if want {
 			s.ackedIn = n
 		}
@@ -487,15 +522,6 @@ func (s *session) readLoop(sc *streamConn, gen uint64) {
 	var hdr [FrameHeaderLen]byte
 	var small [9]byte
 	for {
-		s.mu.Lock()
-		for s.inBytes >= sessionRecvBound && s.gen == gen && !s.closed && s.err == nil {
-			s.wait(time.Time{})
-		}
-		stale := s.gen != gen
-		s.mu.Unlock()
-		if stale {
-			return
-		}
 		if _, err := io.ReadFull(sc, hdr[:]); err != nil {
 			s.carrierFailed(gen, err)
 			return
@@ -534,7 +560,7 @@ func (s *session) readLoop(sc *streamConn, gen uint64) {
 			return
 		}
 		var err error
-		ackNow := false
+		ackNow, dropped := false, false
 		switch typ {
 		case RecordData:
 			if s.endRecv {
@@ -544,18 +570,11 @@ func (s *session) readLoop(sc *streamConn, gen uint64) {
 			s.recv += uint64(n)
 			if s.closed || s.finished {
 				putBuf(data)
+				s.consumed = s.recv
+				dropped = true
 			} else {
 				s.in = append(s.in, data)
 				s.inBytes += n
-			}
-			ackNow = s.recv-s.ackedIn >= ackEvery
-			if !ackNow && !s.ackArmed {
-				s.ackArmed = true
-				if s.ackTimer == nil {
-					s.ackTimer = time.AfterFunc(ackDelay, s.delayedAck)
-				} else {
-					s.ackTimer.Reset(ackDelay)
-				}
 			}
 		case RecordAck:
 			err = s.ack(rec.Count)
@@ -570,7 +589,12 @@ func (s *session) readLoop(sc *streamConn, gen uint64) {
 				s.recv++
 			}
 			s.peerClose = s.peerClose || rec.Closed
-			ackNow = true
+			if s.inBytes == 0 || s.closed || s.finished || s.peerClose {
+				// Everything before it read (the TLS above may not read on
+				// to the End after its close_notify), or nobody reads on.
+				s.consumed = s.recv
+				ackNow = true
+			}
 		}
 		if err == nil {
 			s.notify()
@@ -583,6 +607,8 @@ func (s *session) readLoop(sc *streamConn, gen uint64) {
 		}
 		if ackNow {
 			s.requestAck()
+		} else if dropped {
+			s.consumedAck()
 		}
 	}
 }
@@ -595,15 +621,18 @@ func (s *session) delayedAck() {
 }
 
 // checkFinish finishes the session once neither end owes the other
-// anything: its End acknowledged, and the peer's End received or this end
-// closed; or the peer closed. The stream then ends with a FIN (after the
-// last Ack). mu held.
+// anything. The stream then ends with a FIN (after the last Ack). mu held.
 func (s *session) checkFinish() {
 	if s.finished || s.err != nil {
 		return
 	}
+	// Finished once the peer has all this end sent (its End acknowledged)
+	// and this end all the peer sent (its End here, and read or dropped:
+	// the last Ack, sent before the FIN, says so), or this end told the
+	// peer it reads no more; or the peer told so.
 	delivered := s.endSent && s.acked == s.sent+1
-	if !(delivered && (s.endRecv || s.closedSent)) && !s.peerClose {
+	taken := s.endRecv && s.consumed == s.recv
+	if !(delivered && (taken || s.closedSent)) && !s.peerClose {
 		return
 	}
 	s.finished = true
@@ -617,6 +646,9 @@ func (s *session) checkFinish() {
 		s.requestAck()
 		if sc != nil {
 			s.wmu.Lock()
+			s.mu.Lock()
+			s.finSent = true
+			s.mu.Unlock()
 			sc.Stream.Close() // FIN, after the last Ack; the reader reads on until the peer's
 			sc.SetReadDeadline(time.Now().Add(finishLinger))
 			s.wmu.Unlock()
