@@ -295,17 +295,21 @@ import (
 //
 // Data carries the next bytes of the TLS stream (at most MaxRecordData; a
 // writer sends one TLS record per Data). Each end keeps what it sent until
-// an Ack covers it: Ack carries the count of bytes received so far (End
-// counts as one more), sent after every 256 KiB received, 20 ms after the
-// first byte not yet acknowledged, and at once for an End. A writer with 4
-// MiB unacknowledged waits. End is the writer's half-close at offset (the
-// bytes before it): its peer reads EOF there; flag bit 0 ("closed") says
-// the writer reads no more either, so its peer's writes fail (what a
+// an Ack covers it: Ack carries the count of bytes received and taken by
+// the application (read, or dropped after it closed; End counts as one
+// more, taken once all before it is), sent after every 256 KiB taken, 20
+// ms after the first byte taken and not yet acknowledged, and at once for
+// an End. A writer with 4 MiB unacknowledged waits: that bound is the
+// session's flow control, so each end reads its stream at once, whatever
+// the application does, and an Ack never waits behind bytes the other end
+// does not read. End is the writer's half-close at offset (the bytes
+// before it): its peer reads EOF there; flag bit 0 ("closed") says the
+// writer reads no more either, so its peer's writes fail (what a
 // STOP_SENDING did for a plain session). End may come a second time, at the
 // same offset, to add that flag. A session is over for an end once its End
-// is acknowledged and it has the peer's End (or sent the closed flag), or
-// when the peer's End carries the flag: the end then half-closes the stream
-// with a FIN after its last Ack, and forgets the id.
+// is acknowledged and it has taken the peer's End (or sent the closed
+// flag), or when the peer's End carries the flag: the end then half-closes
+// the stream with a FIN after its last Ack, and forgets the id.
 //
 // A stream that fails (reset, its connection closed or idle, a FIN before
 // the session is over) suspends the session at both ends. The client opens
