@@ -251,12 +251,14 @@ func (s *session) Read(b []byte) (int, error) {
 			}
 			s.inBytes -= n
 			s.consumed += uint64(n)
+			ack := s.consumedAck
 			if s.endRecv && s.inBytes == 0 {
 				s.consumed = s.recv // the End too: the TLS above may not read to it
 				s.checkFinish()
+				ack = s.requestAck // at once: the peer waits for it to finish
 			}
 			s.mu.Unlock()
-			s.consumedAck()
+			ack()
 			s.mu.Lock()
 			return n, nil
 		case s.endRecv:
