@@ -10,6 +10,7 @@ import (
 	"io"
 	mrand "math/rand/v2"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -432,4 +433,30 @@ func TestAgentCloseEndsSuspendedSessions(t *testing.T) {
 		t.Errorf("Close took %v with a suspended session", el)
 	}
 	<-closed
+}
+
+// Resumable sessions leave no goroutine behind: after sessions that ended,
+// one suspended and one open, closing the Dialer and the agent brings the
+// process back to the relay's own goroutines.
+func TestClosingLeavesNoSessionGoroutines(t *testing.T) {
+	e := newEnv(t)
+	tok := e.addDevice("nas1")
+	expose := map[uint16]string{22: echoServer(t), 9: hashServer(t)}
+	before := runtime.NumGoroutine()
+	a := e.agent("nas1", tok, expose)
+	d := e.dialer(relayOnly)
+	sendHashed(t, d, "nas1", 1<<20) // ended
+	open, err := d.Dial(ctx10(t), "nas1", 22)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := echoByte(open); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := rawSession(t, d, 22)
+	raw.Close() // suspended at the agent
+	d.Close()
+	a.Close()
+	open.Close()
+	testutil.WaitFor(t, 10*time.Second, "the goroutines of the sessions to end", func() bool { return runtime.NumGoroutine() <= before })
 }
