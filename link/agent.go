@@ -1,11 +1,13 @@
 package link
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -100,6 +102,9 @@ type AgentConfig struct {
 	// DirectLifetime is how long a client's DirectHello authorizes new
 	// sessions on its direct connection; zero means DefaultDirectLifetime.
 	DirectLifetime time.Duration
+	// ResumeWindow is how long a session whose path failed is kept for
+	// its client to resume it; zero means DefaultResumeWindow.
+	ResumeWindow time.Duration
 	// STUNEvery is how often the server-reflexive address is refreshed;
 	// zero means DefaultSTUNEvery.
 	STUNEvery time.Duration
@@ -130,8 +135,10 @@ type Agent struct {
 	onlineCh chan struct{} // closed when online becomes true
 	conn     Carrier
 	sessions atomic.Int64 // sessions open through the relay
-	lastErr  error
-	kick     chan struct{} // nudges the API loop after each login
+	// resumable holds the resumable sessions by id, suspended or not.
+	resumable sessionTable
+	lastErr   error
+	kick      chan struct{} // nudges the API loop after each login
 }
 
 // NewAgent loads or creates the device key and starts connecting.
@@ -168,6 +175,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	cfg.AddressEvery = cmp.Or(cfg.AddressEvery, DefaultAddressEvery)
 	cfg.DirectLifetime = cmp.Or(cfg.DirectLifetime, DefaultDirectLifetime)
 	cfg.STUNEvery = cmp.Or(cfg.STUNEvery, DefaultSTUNEvery)
+	cfg.ResumeWindow = cmp.Or(cfg.ResumeWindow, DefaultResumeWindow)
 	cfg.QUICHeadStart = cmp.Or(cfg.QUICHeadStart, DefaultQUICHeadStart)
 	cfg.QUICRetry = cmp.Or(cfg.QUICRetry, DefaultQUICRetry)
 	log := cfg.Logger.With().Str("device", cfg.Device).Logger()
@@ -183,6 +191,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		log:         log,
 		http:        cmp.Or(cfg.HTTPClient, &http.Client{Timeout: 10 * time.Second}),
 		onlineCh:    make(chan struct{}), kick: make(chan struct{}, 1),
+		resumable: sessionTable{m: map[[SessionIDLen]byte]*session{}},
 	}
 	a.direct = agentDirect{
 		grants: map[[ExchangeIDLen]byte]*exchange{}, allowed: map[netip.AddrPort]time.Time{},
@@ -266,6 +275,7 @@ func (a *Agent) Close() error {
 		c.CloseWithError(CloseNormal, "agent stopped")
 	}
 	a.closeDirect(CloseNormal, "agent stopped")
+	a.endSessions(net.ErrClosed, nil)
 	if a.direct.ln != nil {
 		a.direct.ln.Close()
 	}
@@ -422,7 +432,12 @@ func (a *Agent) serveStream(c addrs, s Stream, dc *directConn) {
 		defer a.sessions.Add(-1)
 	}
 	sc := newStreamConn(s, c)
-	defer sc.Close()
+	owned := false // by a resumable session, which ends the stream itself
+	defer func() {
+		if !owned {
+			sc.Close()
+		}
+	}()
 	sc.SetDeadline(time.Now().Add(a.cfg.HandshakeTimeout))
 	fr, err := ReadFrame(sc, 0)
 	if err != nil {
@@ -470,7 +485,30 @@ func (a *Agent) serveStream(c addrs, s Stream, dc *directConn) {
 	if err := WriteFrame(sc, Result{Status: StatusOK}); err != nil {
 		return
 	}
-	tc := tls.Server(sc, a.e2e)
+	// A Session or Resume frame, or (from a client without resumable
+	// sessions) the end-to-end TLS right away: a TLS record starts 0x16.
+	var first [1]byte
+	if _, err := io.ReadFull(sc, first[:]); err != nil {
+		return
+	}
+	if first[0] == FrameSession || first[0] == FrameResume {
+		fr, err := ReadFrame(io.MultiReader(bytes.NewReader(first[:]), sc), 0)
+		_, resumable := fr.(Session)
+		_, resume := fr.(Resume)
+		owned = resumable || resume
+		switch f := fr.(type) {
+		case Session:
+			a.serveSession(sc, dc, op.Port, f, local)
+		case Resume:
+			local.Close() // dialed for the Open; the session has its own
+			a.serveResume(sc, dc, op.Port, f)
+		default:
+			a.log.Debug().Err(err).Msg("malformed session frame")
+			sc.CancelWrite(StreamAborted)
+		}
+		return
+	}
+	tc := tls.Server(&prefixConn{streamConn: sc, prefix: first[:]}, a.e2e)
 	if err := tc.HandshakeContext(a.ctx); err != nil {
 		a.log.Debug().Err(err).Uint16("port", op.Port).Msg("end-to-end handshake failed")
 		return

@@ -88,6 +88,9 @@ func (quicCarrier) Transport() string { return TransportQUIC }
 // TransportTCP over TCP to the relay.
 func TransportOf(c net.Conn) string {
 	if ec, ok := c.(*e2eConn); ok {
+		if ec.s != nil {
+			return ec.s.currentTransport()
+		}
 		return ec.sc.transport
 	}
 	return TransportQUIC

@@ -91,6 +91,13 @@ type DialerConfig struct {
 	// the device before connecting, and connects to that node (steer.go);
 	// Server stays the fallback. Nil: always Server.
 	Steer *Steer
+	// ResumeWindow is how long a session whose path failed (the device's
+	// address changed, the relay restarted) is tried again on a new path
+	// before it ends with an error; zero means DefaultResumeWindow. The
+	// agent keeps it for its own ResumeWindow.
+	ResumeWindow time.Duration
+	// DisableResume opens plain sessions: a path that fails ends them.
+	DisableResume bool
 	// DirectRetry is the first wait before punching again after a failed
 	// attempt or a lost direct path (it doubles up to DirectRetryMax);
 	// zero means DirectRetryMin.
@@ -136,6 +143,7 @@ func NewDialer(cfg DialerConfig) (*Dialer, error) {
 	d.cfg.QUICHeadStart = cmp.Or(cfg.QUICHeadStart, DefaultQUICHeadStart)
 	d.cfg.QUICRetry = cmp.Or(cfg.QUICRetry, DefaultQUICRetry)
 	d.cfg.DirectRetry = cmp.Or(cfg.DirectRetry, DirectRetryMin)
+	d.cfg.ResumeWindow = cmp.Or(cfg.ResumeWindow, DefaultResumeWindow)
 	var err error
 	if d.relay, err = newRelayDialer(cfg.Server, cfg.ServerTCP, cfg.RelayFingerprint, d.cfg.KeepAlive, d.cfg.QUICHeadStart, d.cfg.QUICRetry, cfg.Logger); err != nil {
 		return nil, err
@@ -240,35 +248,69 @@ func (d *Dialer) connectionFor(ctx context.Context, device string, fresh bool) (
 // tells which way the connection goes.
 func (d *Dialer) Dial(ctx context.Context, device string, port uint16) (net.Conn, error) {
 	start := time.Now()
-	if p, conn := d.directPath(device); conn != nil {
-		c, err := d.dialDirect(ctx, p, conn, device, port)
-		if !errors.Is(err, errFallback) {
-			return c, err
-		}
-	}
-	sc, err := d.openOnline(ctx, device, port)
+	sc, path, err := d.stream(ctx, device, port, true)
 	if err != nil {
 		return nil, err
 	}
-	c, err := d.handshake(ctx, sc, device, port, Path{})
+	c, err := d.handshake(ctx, sc, device, port, path)
 	if err != nil {
 		return nil, err
 	}
-	if !d.cfg.DisableDirect && sc.transport != TransportTCP { // direct paths need UDP
+	if !path.Direct && !d.cfg.DisableDirect && sc.transport != TransportTCP { // direct paths need UDP
 		d.startPunch(device, c.peerKey(), start)
 	}
 	return c, nil
 }
 
-// handshake runs the end-to-end TLS on a stream the agent has accepted.
+// stream opens a session stream to device:port (an Open or Connect
+// answered OK): on the direct path when one is up, else through the relay,
+// waiting for an offline device when wait is set. A direct path that fails
+// is left for the relay.
+func (d *Dialer) stream(ctx context.Context, device string, port uint16, wait bool) (*streamConn, Path, error) {
+	if p, conn := d.directPath(device); conn != nil {
+		sc, path, err := d.directStream(ctx, p, conn, device, port)
+		if !errors.Is(err, errFallback) {
+			return sc, path, err
+		}
+	}
+	var sc *streamConn
+	var err error
+	if wait {
+		sc, err = d.openOnline(ctx, device, port)
+	} else {
+		sc, err = d.open(ctx, device, port)
+	}
+	return sc, Path{}, err
+}
+
+// handshake makes the session on a stream the agent has accepted
+// resumable (unless DisableResume) and runs the end-to-end TLS over it.
 func (d *Dialer) handshake(ctx context.Context, sc *streamConn, device string, port uint16, path Path) (*e2eConn, error) {
-	tc := tls.Client(sc, clientE2E(d.cfg.Server, device, d.pins[device], d.known))
 	hctx, cancel := context.WithTimeout(ctx, d.cfg.HandshakeTimeout)
 	defer cancel()
+	var under net.Conn = sc
+	var s *session
+	if !d.cfg.DisableResume {
+		var err error
+		if s, err = d.startSession(hctx, sc, device, port, path); err != nil {
+			sc.CancelWrite(StreamAborted)
+			sc.Close()
+			return nil, fmt.Errorf("%s:%d: start the session: %w", device, port, err)
+		}
+		under = s
+	}
+	tc := tls.Client(under, clientE2E(d.cfg.Server, device, d.pins[device], d.known))
 	if err := tc.HandshakeContext(hctx); err != nil {
-		sc.CancelWrite(StreamAborted)
-		sc.Close()
+		if s != nil {
+			s.fail(err)
+		} else {
+			sc.CancelWrite(StreamAborted)
+			sc.Close()
+		}
 		return nil, fmt.Errorf("%s:%d: end-to-end TLS: %w", device, port, err)
+	}
+	if s != nil {
+		return &e2eConn{Conn: tc, s: s}, nil
 	}
 	return &e2eConn{Conn: tc, sc: sc, path: path}, nil
 }

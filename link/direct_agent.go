@@ -467,33 +467,44 @@ func (a *Agent) revoke(ids [][ExchangeIDLen]byte) {
 		delete(ad.grants, id)
 	}
 	var conns []*quic.Conn
+	hit := map[*directConn]bool{}
 	for c, dc := range ad.conns {
 		dc.mu.Lock()
-		hit := slices.Contains(ids, dc.exchange) && !dc.until.IsZero()
+		revoked := slices.Contains(ids, dc.exchange) && !dc.until.IsZero()
 		dc.mu.Unlock()
-		if hit {
+		if revoked {
 			conns = append(conns, c)
+			hit[dc] = true
 		}
 	}
 	ad.mu.Unlock()
-	a.log.Info().Int("exchanges", len(ids)).Int("connections", len(conns)).Msg("the relay revoked direct paths (access code revoked); closing their connections")
+	ended := a.endSessions(errors.New("the device's owner revoked the access code of this session"), func(s *session) bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.dc != nil && hit[s.dc]
+	})
+	a.log.Info().Int("exchanges", len(ids)).Int("connections", len(conns)).Int("sessions", ended).
+		Msg("the relay revoked direct paths (access code revoked); closing their connections and sessions")
 	for _, c := range conns {
 		c.CloseWithError(CloseRevoked, "access revoked")
 	}
 }
 
-// closeDirectFor closes the direct connections when err says that the
-// relay ended or refused the agent for a reason the owner gave: Link off or
-// the device gone (the same reasons end its relayed sessions).
+// closeDirectFor closes the direct connections and ends the resumable
+// sessions (suspended ones too) when err says that the relay ended or
+// refused the agent for a reason the owner gave: Link off or the device
+// gone (the same reasons end its relayed sessions).
 func (a *Agent) closeDirectFor(err error) {
 	var ae *quic.ApplicationError
 	var re *RefusedError
 	switch {
 	case errors.As(err, &ae) && ae.Remote && ae.ErrorCode == CloseLinkDisabled,
 		errors.As(err, &re) && re.Status == StatusLinkDisabled:
+		a.endSessions(ErrLinkDisabled, nil)
 		a.closeDirect(CloseLinkDisabled, "link was switched off for this device")
 	case errors.As(err, &ae) && ae.Remote && ae.ErrorCode == CloseDeviceGone,
 		errors.As(err, &re) && re.Status == StatusBadCredentials:
+		a.endSessions(errors.New("the device was deleted"), nil)
 		a.closeDirect(CloseDeviceGone, "the device was deleted")
 	}
 }

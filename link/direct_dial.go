@@ -109,37 +109,41 @@ func (d *Dialer) PathTo(device string) Path {
 	return p.path
 }
 
-// dialDirect opens a session on the direct connection conn. It returns an
+// directStream opens a session stream on the direct connection conn (an
+// Open answered OK) and returns it with the path's Path. It returns an
 // error wrapping errFallback when the relay should take the session; a
 // refusal the relay would give just the same (the port, the local service)
 // is returned as it is.
-func (d *Dialer) dialDirect(ctx context.Context, p *directPath, conn *quic.Conn, device string, port uint16) (net.Conn, error) {
-	c, err := d.openDirect(ctx, p, conn, device, port)
+func (d *Dialer) directStream(ctx context.Context, p *directPath, conn *quic.Conn, device string, port uint16) (*streamConn, Path, error) {
+	d.mu.Lock()
+	path := p.path
+	d.mu.Unlock()
+	sc, err := d.openDirect(ctx, p, conn, device, port)
 	if errors.Is(err, errExpired) {
 		// The authorization ran out (the path was idle): renew it through
 		// the relay, which checks the device and access code again.
 		if err := d.renew(ctx, p, conn); err != nil {
 			d.log.Info().Str("device", device).AnErr("reason", err).Msg("direct path not renewed; sessions go through the relay")
 			d.lose(conn, "not renewed")
-			return nil, fmt.Errorf("%w: %v", errFallback, err)
+			return nil, path, fmt.Errorf("%w: %v", errFallback, err)
 		}
-		c, err = d.openDirect(ctx, p, conn, device, port)
+		sc, err = d.openDirect(ctx, p, conn, device, port)
 	}
 	if err != nil {
-		return nil, err // not c: a nil *e2eConn is no nil net.Conn
+		return nil, path, err
 	}
 	d.mu.Lock()
 	p.used = true
 	d.mu.Unlock()
-	return c, nil
+	return sc, path, nil
 }
 
 // errExpired means the agent refused a session on a direct path whose
 // authorization ran out.
 var errExpired = fmt.Errorf("%w: its authorization expired", errFallback)
 
-// openDirect opens one session on the direct connection.
-func (d *Dialer) openDirect(ctx context.Context, p *directPath, conn *quic.Conn, device string, port uint16) (*e2eConn, error) {
+// openDirect opens one session stream on the direct connection.
+func (d *Dialer) openDirect(ctx context.Context, p *directPath, conn *quic.Conn, device string, port uint16) (*streamConn, error) {
 	sctx, cancel := context.WithTimeout(ctx, DirectTimeout)
 	defer cancel()
 	s, err := conn.OpenStream()
@@ -172,7 +176,7 @@ func (d *Dialer) openDirect(ctx context.Context, p *directPath, conn *quic.Conn,
 	}
 	switch res.Status {
 	case StatusOK:
-		return d.handshake(ctx, sc, device, port, p.path)
+		return sc, nil
 	case StatusPortNotExposed, StatusDialFailed:
 		sc.Close()
 		return nil, fmt.Errorf("%s:%d: %w", device, port, &RefusedError{Status: res.Status, Message: res.Message})

@@ -54,7 +54,7 @@ var statusErr = map[Status]error{
 	StatusLinkDisabled: ErrLinkDisabled, StatusOffline: ErrOffline, StatusAccessDenied: ErrAccessDenied,
 	StatusPortNotExposed: ErrPortNotExposed, StatusDialFailed: ErrDialFailed, StatusRateLimited: ErrRateLimited,
 	StatusTooManyStreams: ErrTooManyStreams, StatusTooManyAgents: ErrTooManyAgents, StatusUnavailable: ErrUnavailable,
-	StatusNoDirect: ErrNoDirect,
+	StatusNoDirect: ErrNoDirect, StatusNoSession: ErrNoSession,
 }
 
 // RefusedError is a Result other than StatusOK.
@@ -253,8 +253,9 @@ func (c *streamConn) Close() error {
 // and then FIN, so that the far end sees EOF (half-close).
 type e2eConn struct {
 	*tls.Conn
-	sc   *streamConn
-	path Path
+	sc   *streamConn // a plain session's stream; nil for a resumable one
+	s    *session    // a resumable session; nil for a plain one
+	path Path        // a plain session's
 }
 
 // peerKey is the fingerprint of the key the device proved it holds.
@@ -284,10 +285,14 @@ func (p Path) String() string {
 	return "relay"
 }
 
-// PathOf returns the Path of a connection from Dialer.Dial; any other
-// connection counts as relayed.
+// PathOf returns the Path of a connection from Dialer.Dial, the one it
+// takes now (a resumed session may have moved); any other connection
+// counts as relayed.
 func PathOf(c net.Conn) Path {
 	if ec, ok := c.(*e2eConn); ok {
+		if ec.s != nil {
+			return ec.s.currentPath()
+		}
 		return ec.path
 	}
 	return Path{}
@@ -296,7 +301,11 @@ func PathOf(c net.Conn) Path {
 // CloseWrite half-closes the session.
 func (c *e2eConn) CloseWrite() error {
 	err := c.Conn.CloseWrite()
-	c.sc.CloseWrite()
+	if c.s != nil {
+		c.s.CloseWrite()
+	} else {
+		c.sc.CloseWrite()
+	}
 	return err
 }
 

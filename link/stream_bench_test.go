@@ -4,7 +4,8 @@ package link
 // that a busy machine disturbs it less than make bench-link's three
 // processes: a bare quic-go stream against a session as Link's direct path
 // carries it (the end-to-end TLS inside the stream, the agent splicing it to
-// a local TCP service), with 1 and 8 parallel streams. Real quic-go over
+// a local TCP service), plain ("link") and resumable ("resume": the record
+// layer of session.go under the TLS), with 1 and 8 parallel streams. Real quic-go over
 // loopback UDP, real TLS, a real TCP service; it reports goodput and the
 // CPU time of the whole process (both ends) per GB.
 //
@@ -12,6 +13,7 @@ package link
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"encoding/binary"
 	"fmt"
@@ -55,7 +57,7 @@ func BenchmarkDirectStreams(b *testing.B) {
 	}()
 
 	for _, streams := range []int{1, 8} {
-		for _, kind := range []string{"quic", "link"} {
+		for _, kind := range []string{"quic", "link", "resume"} {
 			b.Run(fmt.Sprintf("streams=%d/%s", streams, kind), func(b *testing.B) {
 				ctx, cancel := context.WithCancel(context.Background())
 				defer cancel()
@@ -74,12 +76,28 @@ func BenchmarkDirectStreams(b *testing.B) {
 								return
 							}
 							sc := newStreamConn(s, far)
-							defer sc.Close()
 							local, err := net.Dial("tcp", svc.Addr().String())
 							if err != nil {
+								sc.Close()
 								return
 							}
 							defer local.Close()
+							if kind == "resume" {
+								fr, err := ReadFrame(sc, 0)
+								f, ok := fr.(Session)
+								if err != nil || !ok || WriteFrame(sc, Result{Status: StatusOK}) != nil {
+									sc.Close()
+									return
+								}
+								ses := newSession(f.ID, 9, DefaultResumeWindow, sc, Path{}, benchSpawn, nil, nil)
+								tc := tls.Server(ses, serverE2E(cert))
+								if err := tc.HandshakeContext(ctx); err != nil {
+									return
+								}
+								splice(local, &e2eConn{Conn: tc, s: ses})
+								return
+							}
+							defer sc.Close()
 							tc := tls.Server(sc, serverE2E(cert))
 							if err := tc.HandshakeContext(ctx); err != nil {
 								return
@@ -97,6 +115,20 @@ func BenchmarkDirectStreams(b *testing.B) {
 						return s, s.Close, nil
 					}
 					sc := newStreamConn(s, client)
+					if kind == "resume" {
+						var id [SessionIDLen]byte
+						rand.Read(id[:])
+						if res, err := request(ctx, sc, Session{ID: id}, DefaultHandshakeTimeout); err != nil || res.Status != StatusOK {
+							return nil, nil, fmt.Errorf("session: %v %v", res, err)
+						}
+						ses := newSession(id, 9, DefaultResumeWindow, sc, Path{}, benchSpawn, nil, nil)
+						tc := tls.Client(ses, clientE2E("relay", "nas1", "", nil))
+						if err := tc.HandshakeContext(ctx); err != nil {
+							return nil, nil, err
+						}
+						c := &e2eConn{Conn: tc, s: ses}
+						return c, c.CloseWrite, nil
+					}
 					tc := tls.Client(sc, clientE2E("relay", "nas1", "", nil))
 					if err := tc.HandshakeContext(ctx); err != nil {
 						return nil, nil, err
@@ -121,6 +153,9 @@ func BenchmarkDirectStreams(b *testing.B) {
 		}
 	}
 }
+
+// benchSpawn runs a session's stream readers.
+func benchSpawn(f func()) bool { go f(); return true }
 
 // benchDirectConn returns both ends of a QUIC connection over loopback UDP:
 // Link's direct configuration (TLS and QUIC) with kind "link", quic-go's

@@ -45,7 +45,9 @@ import (
 //
 // After a StatusOK Result the stream carries only the end-to-end TLS 1.3
 // session between client (TLS client) and agent (TLS server, the device key,
-// ALPN "nasreach-e2e/1"), then the application's bytes inside it. The relay
+// ALPN "nasreach-e2e/1"), then the application's bytes inside it; a client
+// of this version first makes the session resumable, and the TLS bytes
+// then travel in records ("Resumable sessions" below). The relay
 // splices the two streams without reading into them; a FIN is forwarded as a
 // FIN (half-close) and a reset as a reset. Any other status is followed by the
 // end of the stream. Because the end-to-end TLS starts only after the Result,
@@ -270,6 +272,82 @@ import (
 // node may open Forward streams on a mesh connection, whichever dialed it.
 // The mesh key is a secret every node of the cluster is configured with.
 //
+// # Resumable sessions
+//
+// A session survives the death of its stream (the relay restarting, a
+// relay or direct connection lost to an address change, the TCP carrier
+// reset): a thin reliable layer of records under the end-to-end TLS lets
+// the TLS session, and the application's connection inside it, go on over
+// a new stream, relayed or direct. The relay still splices ciphertext it
+// cannot read, and needs no change: records are bytes after an OK Result.
+//
+//	client                                  relay / direct                agent
+//	  │── Connect or Open, Result OK as above ──────────────────────────────▶│
+//	  │── Session{id} ───────────────────────────────────────────────────────▶│ id: 16 random bytes
+//	  │◀───────────────────────────────────────────────────── Result{status} ─│ StatusOK: resumable
+//	  │◀══ Data{TLS bytes} / Ack{received} / End{offset, flags}, both ways ══▶│
+//	  ╳   the stream dies: both ends suspend the session; the agent keeps it
+//	  │                                           for its resume window (30 s)
+//	  │── new stream: Connect (checked as any) or Open, Result OK ───────────▶│ (a fresh local
+//	  │── Resume{id, received} ──────────────────────────────────────────────▶│  dial, closed unused)
+//	  │◀────────────────────────────────────────────────── Resumed{received} ─│ or Result{StatusNoSession}
+//	  │◀══ each end sends again from the other's count, then on as before ══▶│
+//
+// Data carries the next bytes of the TLS stream (at most MaxRecordData; a
+// writer sends one TLS record per Data). Each end keeps what it sent until
+// an Ack covers it: Ack carries the count of bytes received and taken by
+// the application (read, or dropped after it closed; End counts as one
+// more, taken once all before it is), sent after every 256 KiB taken, 20
+// ms after the first byte taken and not yet acknowledged, and at once for
+// an End. A writer with 4 MiB unacknowledged waits: that bound is the
+// session's flow control, so each end reads its stream at once, whatever
+// the application does, and an Ack never waits behind bytes the other end
+// does not read. End is the writer's half-close at offset (the bytes
+// before it): its peer reads EOF there; flag bit 0 ("closed") says the
+// writer reads no more either, so its peer's writes fail (what a
+// STOP_SENDING did for a plain session). End may come a second time, at the
+// same offset, to add that flag. A session is over for an end once its End
+// is acknowledged and it has taken the peer's End (or sent the closed
+// flag), or when the peer's End carries the flag: the end then half-closes
+// the stream with a FIN after its last Ack, and forgets the id.
+//
+// A stream that fails (reset, its connection closed or idle, a FIN before
+// the session is over) suspends the session at both ends. The client opens
+// a new stream to the device by whichever path works now: the direct path
+// when it is up, else the relay, whose Connect checks the device, its Link
+// switch and the access code as for a new session. The agent answers the
+// Open as any (it dials the service, and closes that connection when a
+// Resume follows). Resume names the session and what the client has
+// received; Resumed, what the agent has. Each end then sends again every
+// Data (and End) past the other's count, and both go on: the application
+// sees a stall, no error. The client tries again, backing off from 0.1 to 2
+// s, for its resume window (30 s by default); a refusal that will not pass
+// (StatusNoSession, Link off, the access code wrong) ends the session at
+// once, as does a stream reset by the relay with StreamLinkDisabled or a
+// connection closed with CloseLinkDisabled, CloseDeviceGone or
+// CloseRevoked. A Resume on a stream that still carries the session
+// (the agent has not noticed its death) moves it: the client knows better.
+//
+// The agent answers Resume with StatusNoSession for an id it does not hold,
+// for a port other than the session's, and after MaxResumes (64) resumes
+// of the session. It ends a session suspended longer than its resume
+// window, or beyond MaxSuspended (256) suspended at once; Link switched
+// off or the device deleted (its relay connection closed with that code)
+// end every session, suspended or not, and a Revoke ends those whose last
+// stream came over a direct connection it closes. Only the two ends know
+// a session's id: it travels inside the authorized stream, which the relay
+// forwards without reading (a relay could read it, but it already chooses
+// who talks to whom, and the end-to-end TLS pins the device key across
+// every resume). Bytes are kept only in memory, until acknowledged.
+//
+// Both ends of a resumable session must be of this version: an agent that
+// predates Session takes the frame for TLS and fails the handshake, so a
+// client for such agents opens plain sessions (DialerConfig.DisableResume).
+// The agent tells a
+// client that predates resumable sessions by the byte after its OK
+// Result: a Session or Resume frame type, or a TLS record (0x16), and
+// serves the latter as a plain session.
+//
 // Frame layout (all integers big-endian):
 //
 //	type   uint8
@@ -294,6 +372,19 @@ const (
 	FrameMeshHello   = 0x0c // node→node, first stream of a mesh connection: version u8 | node str8 | mesh key str8
 	FrameForward     = 0x0d // node→node, each mesh stream: version u8 | port u16 | device str8 | access code str8 | client address (family u8 | address | port u16)
 	FrameRevoke      = 0x0e // relay→agent, on the control stream: version u8 | count u8 (1 to MaxRevoke) | count × exchange id [8]
+	FrameSession     = 0x0f // client→agent, after an OK Result: version u8 | session id [16] | flags u8 (zero); answered by a Result
+	FrameResume      = 0x10 // client→agent, after an OK Result: version u8 | session id [16] | received u64
+	FrameResumed     = 0x11 // agent→client, answer to Resume: version u8 | received u64
+)
+
+// Records: after a Session's OK Result or a Resumed, each direction of the
+// stream carries these instead of frames ("Resumable sessions"). Same
+// header as a frame (type u8 | length u16), but a Data body may be up to
+// MaxRecordData bytes.
+const (
+	RecordData = 0x12 // the next bytes of the end-to-end TLS stream: 1 to MaxRecordData bytes
+	RecordAck  = 0x13 // received u64: what the writer of the Ack has received of its peer's stream, End included
+	RecordEnd  = 0x14 // offset u64 (the bytes sent before it) | flags u8: the writer's half-close; bit 0 set: it reads no more either
 )
 
 // Field layouts of the direct-path frames:
@@ -342,6 +433,11 @@ const (
 	ExchangeIDLen = 8
 	KeyLen        = 32
 	ProofLen      = 32
+	// SessionIDLen is the size of a resumable session's id.
+	SessionIDLen = 16
+	// MaxRecordData bounds the body of a Data record (the length field's
+	// maximum); the other records have fixed bodies.
+	MaxRecordData = 1<<16 - 1
 )
 
 // Status is the outcome carried by a Result frame.
@@ -363,6 +459,7 @@ const (
 	StatusTooManyAgents  Status = 11 // the relay holds its maximum of agents
 	StatusUnavailable    Status = 12 // relay shutting down or internal error
 	StatusNoDirect       Status = 13 // direct paths are off (the operator, the agent) or not spoken by the agent
+	StatusNoSession      Status = 14 // the agent holds no session with that id (never had it, ended, or resumed too often)
 )
 
 var statusText = map[Status]string{
@@ -370,7 +467,7 @@ var statusText = map[Status]string{
 	StatusUnknownDevice: "unknown device", StatusLinkDisabled: "link disabled", StatusOffline: "device offline",
 	StatusAccessDenied: "access denied", StatusPortNotExposed: "port not exposed", StatusDialFailed: "dial failed",
 	StatusRateLimited: "rate limited", StatusTooManyStreams: "too many streams", StatusTooManyAgents: "too many agents",
-	StatusUnavailable: "unavailable", StatusNoDirect: "no direct paths",
+	StatusUnavailable: "unavailable", StatusNoDirect: "no direct paths", StatusNoSession: "no such session",
 }
 
 // String returns the status in words, e.g. "device offline".
@@ -406,7 +503,7 @@ const (
 
 // Frame is one of the frames above: Hello, Connect, Open, Result, Info,
 // RelayInfo, Direct, Punch, Candidates, DirectHello, Report, MeshHello,
-// Forward or Revoke.
+// Forward, Revoke, Session, Resume or Resumed.
 type Frame interface {
 	frameType() byte
 	appendBody(b []byte) ([]byte, error)
@@ -571,6 +668,25 @@ type Revoke struct {
 	Exchanges [][ExchangeIDLen]byte
 }
 
+// Session makes the session of a stream resumable: the client sends it
+// right after the OK Result, before the end-to-end TLS.
+type Session struct {
+	ID [SessionIDLen]byte
+}
+
+// Resume asks the agent to go on with a suspended session on this stream.
+type Resume struct {
+	ID [SessionIDLen]byte
+	// Received is what the client has received of the agent's stream.
+	Received uint64
+}
+
+// Resumed is the agent's answer to a Resume it accepts.
+type Resumed struct {
+	// Received is what the agent has received of the client's stream.
+	Received uint64
+}
+
 // Report tells the relay how an attempt at a direct path to Device ended.
 type Report struct {
 	Device  string
@@ -597,6 +713,9 @@ func (Report) frameType() byte      { return FrameReport }
 func (MeshHello) frameType() byte   { return FrameMeshHello }
 func (Forward) frameType() byte     { return FrameForward }
 func (Revoke) frameType() byte      { return FrameRevoke }
+func (Session) frameType() byte     { return FrameSession }
+func (Resume) frameType() byte      { return FrameResume }
+func (Resumed) frameType() byte     { return FrameResumed }
 
 // ErrFrame means a frame broke the wire format; the wrapping error says how.
 var ErrFrame = errors.New("malformed link frame")
@@ -746,6 +865,18 @@ func (r Revoke) appendBody(b []byte) ([]byte, error) {
 	return b, nil
 }
 
+func (s Session) appendBody(b []byte) ([]byte, error) {
+	return append(append(append(b, Version), s.ID[:]...), 0), nil
+}
+
+func (r Resume) appendBody(b []byte) ([]byte, error) {
+	return binary.BigEndian.AppendUint64(append(append(b, Version), r.ID[:]...), r.Received), nil
+}
+
+func (r Resumed) appendBody(b []byte) ([]byte, error) {
+	return binary.BigEndian.AppendUint64(append(b, Version), r.Received), nil
+}
+
 // AppendFrame appends the encoding of f to b.
 func AppendFrame(b []byte, f Frame) ([]byte, error) {
 	start := len(b)
@@ -845,6 +976,13 @@ func (d *body) u8(field string) uint8 {
 func (d *body) u16(field string) uint16 {
 	if b := d.take(field, 2); b != nil {
 		return binary.BigEndian.Uint16(b)
+	}
+	return 0
+}
+
+func (d *body) u64(field string) uint64 {
+	if b := d.take(field, 8); b != nil {
+		return binary.BigEndian.Uint64(b)
 	}
 	return 0
 }
@@ -1035,6 +1173,23 @@ func parseBody(typ byte, b []byte) (Frame, error) {
 			r.Exchanges = append(r.Exchanges, x)
 		}
 		f = r
+	case FrameSession:
+		d.version()
+		var s Session
+		d.bytes("session id", s.ID[:])
+		if flags := d.u8("flags"); d.err == nil && flags != 0 {
+			d.err = fmt.Errorf("%w: unknown session flags %#x", ErrFrame, flags)
+		}
+		f = s
+	case FrameResume:
+		d.version()
+		var r Resume
+		d.bytes("session id", r.ID[:])
+		r.Received = d.u64("received")
+		f = r
+	case FrameResumed:
+		d.version()
+		f = Resumed{Received: d.u64("received")}
 	default:
 		return nil, fmt.Errorf("%w: unknown frame type %#x", ErrFrame, typ)
 	}
@@ -1042,6 +1197,91 @@ func parseBody(typ byte, b []byte) (Frame, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+// Record is one record of a resumable session (RecordData, RecordAck or
+// RecordEnd).
+type Record struct {
+	Type byte
+	// Data is a Data record's bytes.
+	Data []byte
+	// Count is an Ack's received count, an End's offset.
+	Count uint64
+	// Closed is an End's bit 0: its writer reads no more either.
+	Closed bool
+}
+
+// endClosed is an End's flag bit: the writer reads no more.
+const endClosed = 1
+
+// AppendRecord appends the encoding of r to b.
+func AppendRecord(b []byte, r Record) ([]byte, error) {
+	switch r.Type {
+	case RecordData:
+		if len(r.Data) == 0 || len(r.Data) > MaxRecordData {
+			return nil, fmt.Errorf("%w: data record of %d bytes, 1 to %d", ErrFrame, len(r.Data), MaxRecordData)
+		}
+		return append(binary.BigEndian.AppendUint16(append(b, RecordData), uint16(len(r.Data))), r.Data...), nil
+	case RecordAck:
+		return binary.BigEndian.AppendUint64(append(b, RecordAck, 0, 8), r.Count), nil
+	case RecordEnd:
+		var flags byte
+		if r.Closed {
+			flags = endClosed
+		}
+		return append(binary.BigEndian.AppendUint64(append(b, RecordEnd, 0, 9), r.Count), flags), nil
+	}
+	return nil, fmt.Errorf("%w: unknown record type %#x", ErrFrame, r.Type)
+}
+
+// checkRecordHeader checks a record's type and body length.
+func checkRecordHeader(typ byte, n int) error {
+	switch {
+	case typ == RecordData && n == 0:
+		return fmt.Errorf("%w: empty data record", ErrFrame)
+	case typ == RecordData:
+		return nil
+	case typ == RecordAck && n != 8, typ == RecordEnd && n != 9:
+		return fmt.Errorf("%w: record type %#x with a body of %d bytes", ErrFrame, typ, n)
+	case typ == RecordAck, typ == RecordEnd:
+		return nil
+	}
+	return fmt.Errorf("%w: unknown record type %#x", ErrFrame, typ)
+}
+
+// parseRecordBody decodes the body of an Ack or End record (the header
+// checked); Data's body is the bytes themselves.
+func parseRecordBody(typ byte, b []byte) (Record, error) {
+	r := Record{Type: typ}
+	switch typ {
+	case RecordData:
+		r.Data = b
+	case RecordAck:
+		r.Count = binary.BigEndian.Uint64(b)
+	case RecordEnd:
+		r.Count = binary.BigEndian.Uint64(b)
+		if b[8]&^endClosed != 0 {
+			return Record{}, fmt.Errorf("%w: unknown end flags %#x", ErrFrame, b[8])
+		}
+		r.Closed = b[8]&endClosed != 0
+	}
+	return r, nil
+}
+
+// ParseRecord decodes one whole record held in b, which must contain
+// nothing else; a Data record's bytes alias b.
+func ParseRecord(b []byte) (Record, error) {
+	if len(b) < FrameHeaderLen {
+		return Record{}, fmt.Errorf("%w: %d bytes is shorter than a record header", ErrFrame, len(b))
+	}
+	n := int(binary.BigEndian.Uint16(b[1:]))
+	if len(b)-FrameHeaderLen != n {
+		return Record{}, fmt.Errorf("%w: header says %d body bytes, have %d", ErrFrame, n, len(b)-FrameHeaderLen)
+	}
+	if err := checkRecordHeader(b[0], n); err != nil {
+		return Record{}, err
+	}
+	return parseRecordBody(b[0], b[FrameHeaderLen:])
 }
 
 // Probe constants (see "Direct paths" above).
