@@ -1,7 +1,6 @@
 package link
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"crypto/tls"
@@ -492,14 +491,13 @@ func (a *Agent) serveStream(c addrs, s Stream, dc *directConn) {
 		return
 	}
 	if first[0] == FrameSession || first[0] == FrameResume {
-		fr, err := ReadFrame(io.MultiReader(bytes.NewReader(first[:]), sc), 0)
-		_, resumable := fr.(Session)
-		_, resume := fr.(Resume)
-		owned = resumable || resume
+		fr, err := ReadFrame(&prefixConn{streamConn: sc, prefix: first[:]}, 0)
 		switch f := fr.(type) {
 		case Session:
+			owned = true
 			a.serveSession(sc, dc, op.Port, f, local)
 		case Resume:
+			owned = true
 			local.Close() // dialed for the Open; the session has its own
 			a.serveResume(sc, dc, op.Port, f)
 		default:

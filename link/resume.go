@@ -296,8 +296,9 @@ func (d *Dialer) resumeOnce(ctx context.Context, s *session, device string) (Pat
 	return path, &RefusedError{Status: StatusBadRequest, Message: fmt.Sprintf("expected resumed, got frame type %#x", fr.frameType())}
 }
 
-// prefixConn is a stream whose first bytes were read already: a session
-// without a Session frame (a client that predates resumable sessions).
+// prefixConn is a stream whose first bytes were read already, to tell a
+// Session or Resume frame from a client that predates resumable sessions
+// and starts the end-to-end TLS at once.
 type prefixConn struct {
 	*streamConn
 	prefix []byte
