@@ -130,6 +130,7 @@ type Dialer struct {
 	relayAddr netip.AddrPort // the relay's address as dialed
 	closed    bool
 	direct    dialerDirect
+	sessions  map[string]map[*session]struct{} // resumable, by device (migrate.go)
 }
 
 // NewDialer checks cfg; it connects on the first Dial.

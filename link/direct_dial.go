@@ -74,6 +74,7 @@ type directPath struct {
 	conn     *quic.Conn // nil unless up
 	path     Path
 	punching bool // an attempt is in progress
+	retrying bool // punchLater waits for the next attempt
 	// repairing is set while the connection is being repaired: new
 	// sessions take the relay meanwhile.
 	repairing bool
@@ -262,6 +263,7 @@ func (d *Dialer) punch(p *directPath, start time.Time) {
 		Bool("birthday", r.birthday).Logger()
 	if r.conn == nil {
 		log.Info().Str("path", "relay").AnErr("reason", r.err).Msg("no direct path; sessions stay on the relay")
+		d.punchLater(p)
 	} else {
 		log.Info().Str("path", "direct").Str("pair", r.path.Local.String()+">"+r.path.Remote.String()).
 			Int64("after_ms", elapsed.Milliseconds()).Msg("direct path up; new sessions take it")
@@ -269,6 +271,7 @@ func (d *Dialer) punch(p *directPath, start time.Time) {
 			r.conn.CloseWithError(CloseNormal, "client closed")
 			r.ep.closeIfSet()
 		}
+		d.moveToDirect(p.device)
 	}
 	if r.outcome != 0 {
 		d.report(Report{Device: p.device, Outcome: r.outcome, Local: r.path.Local, Remote: r.path.Remote,
@@ -603,6 +606,7 @@ func (d *Dialer) watch(p *directPath, conn *quic.Conn, ep *endpoint) {
 		}
 		d.log.Info().Str("device", p.device).Str("path", "direct").Int64("after_ms", time.Since(start).Milliseconds()).
 			Msg("direct path silent (an address changed?); probed again, and it answers")
+		d.moveToDirect(p.device) // what took the relay meanwhile
 		received, heard = conn.ConnectionStats().PacketsReceived, time.Now()
 		select { // what sessions reported meanwhile is answered
 		case <-broken:
@@ -628,6 +632,7 @@ func (d *Dialer) watch(p *directPath, conn *quic.Conn, ep *endpoint) {
 	d.log.Info().Str("device", p.device).Str("path", "relay").AnErr("reason", context.Cause(conn.Context())).
 		Msg("direct path lost; new sessions use the relay")
 	d.report(Report{Device: p.device, Outcome: PunchLost, Local: p.path.Local, Remote: p.path.Remote})
+	d.punchLater(p)
 }
 
 // errAgentMoved means the agent answers at another address than its

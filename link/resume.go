@@ -194,7 +194,15 @@ func (d *Dialer) startSession(ctx context.Context, sc *streamConn, device string
 			s.fail(net.ErrClosed)
 		}
 	}
-	return newSession(id, port, d.cfg.ResumeWindow, sc, path, d.wg.Go, onSuspend, nil), nil
+	s := newSession(id, port, d.cfg.ResumeWindow, sc, path, d.wg.Go, onSuspend, func(s *session) { d.untrack(device, s) })
+	d.track(device, s)
+	s.mu.Lock()
+	over := s.ended || s.err != nil // before track: untrack may have come first
+	s.mu.Unlock()
+	if over {
+		d.untrack(device, s)
+	}
+	return s, nil
 }
 
 // ownerEnded reports whether a stream ended for a reason its resume would
@@ -243,6 +251,9 @@ func (d *Dialer) resumeLoop(s *session, device string, cause error) {
 		if err == nil {
 			log.Info().Str("path", path.String()).Int("attempts", attempt).
 				Int64("after_ms", time.Since(start).Milliseconds()).Msg("link session resumed")
+			if !path.Direct && !d.cfg.DisableDirect && s.currentTransport() != TransportTCP {
+				d.backToDirect(device)
+			}
 			return
 		}
 		var re *RefusedError
@@ -273,27 +284,34 @@ func (d *Dialer) resumeOnce(ctx context.Context, s *session, device string) (Pat
 	if err != nil {
 		return path, err
 	}
+	return path, d.resumeOn(ctx, s, sc, path)
+}
+
+// resumeOn resumes s on sc, a stream whose Open was answered OK: Resume,
+// and on Resumed the session goes on there. A refusal is a *RefusedError;
+// sc is closed unless the session took it.
+func (d *Dialer) resumeOn(ctx context.Context, s *session, sc *streamConn, path Path) error {
 	fr, err := ask(ctx, sc, Resume{ID: s.id, Received: s.received()}, d.cfg.HandshakeTimeout)
 	if err != nil {
 		sc.CancelWrite(StreamAborted)
 		sc.Close()
-		return path, err
+		return err
 	}
 	switch f := fr.(type) {
 	case Resumed:
 		if _, err := s.resume(sc, f.Received, path, false); err != nil {
 			sc.CancelWrite(StreamAborted)
 			sc.Close()
-			return path, &RefusedError{Status: StatusNoSession, Message: err.Error()}
+			return &RefusedError{Status: StatusNoSession, Message: err.Error()}
 		}
-		return path, nil
+		return nil
 	case Result:
 		sc.Close()
-		return path, &RefusedError{Status: f.Status, Message: f.Message}
+		return &RefusedError{Status: f.Status, Message: f.Message}
 	}
 	sc.CancelWrite(StreamAborted)
 	sc.Close()
-	return path, &RefusedError{Status: StatusBadRequest, Message: fmt.Sprintf("expected resumed, got frame type %#x", fr.frameType())}
+	return &RefusedError{Status: StatusBadRequest, Message: fmt.Sprintf("expected resumed, got frame type %#x", fr.frameType())}
 }
 
 // prefixConn is a stream whose first bytes were read already, to tell a

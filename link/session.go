@@ -693,14 +693,8 @@ func (s *session) carrierFailed(gen uint64, cause error) {
 		s.mu.Unlock()
 		return
 	}
-	sc := s.sc
-	s.sc = nil
-	s.gen++
+	sc := s.detachLocked()
 	suspend := !s.finished && s.err == nil
-	if suspend {
-		s.suspendedAt = time.Now()
-	}
-	s.notify()
 	s.mu.Unlock()
 	switch {
 	case suspend:
@@ -713,6 +707,39 @@ func (s *session) carrierFailed(gen uint64, cause error) {
 	if suspend && s.onSuspend != nil {
 		s.onSuspend(s, cause)
 	}
+}
+
+// detachLocked takes the session off its stream and returns that stream:
+// its reader stops taking records, and what was sent on it and not
+// acknowledged waits to be sent again. mu held, s.sc set.
+func (s *session) detachLocked() *streamConn {
+	sc := s.sc
+	s.sc = nil
+	s.gen++
+	if !s.finished && s.err == nil {
+		s.suspendedAt = time.Now()
+	}
+	s.notify()
+	return sc
+}
+
+// detach takes a session that is going well off its relayed stream, to
+// move it to a direct one (migrate.go): the stream is reset with
+// StreamMoved and the session waits, suspended, for the caller's resume.
+// It reports false, and does nothing, when the session has no stream (its
+// resume loop has it), is direct already, is over, or its application
+// closed it.
+func (s *session) detach() bool {
+	s.mu.Lock()
+	if s.sc == nil || s.path.Direct || s.finished || s.err != nil || s.closed {
+		s.mu.Unlock()
+		return false
+	}
+	sc := s.detachLocked()
+	s.mu.Unlock()
+	sc.CancelRead(StreamMoved)
+	sc.CancelWrite(StreamMoved)
+	return true
 }
 
 // protocolError ends the session: the peer broke the record layer.
@@ -802,9 +829,9 @@ func (s *session) resume(sc *streamConn, peerRecv uint64, path Path, answer bool
 	gen, done := s.attachLocked(sc, path)
 	s.notify()
 	s.mu.Unlock()
-	if old != nil { // the client knows better: that stream is dead
-		old.CancelRead(StreamAborted)
-		old.CancelWrite(StreamAborted)
+	if old != nil { // the client knows better: that stream is dead, or the session moved
+		old.CancelRead(StreamMoved)
+		old.CancelWrite(StreamMoved)
 	}
 	if answer {
 		if err := WriteFrame(sc, Resumed{Received: recv}); err != nil {

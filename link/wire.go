@@ -326,7 +326,20 @@ import (
 // once, as does a stream reset by the relay with StreamLinkDisabled or a
 // connection closed with CloseLinkDisabled, CloseDeviceGone or
 // CloseRevoked. A Resume on a stream that still carries the session
-// (the agent has not noticed its death) moves it: the client knows better.
+// (the agent has not noticed its death) moves it: the client knows better,
+// and the agent resets the old stream with StreamMoved.
+//
+// The client also moves a session that is going well: once a direct path
+// to the device is up, each session of the device that runs through the
+// relay moves onto it (a device's first sessions start on the relay before
+// punching is done; sessions resumed on the relay while the direct path
+// was down come back). The client opens a stream on the direct connection
+// (Open, Result OK), resets the relayed stream with StreamMoved (so the
+// relay logs the session as moved, not aborted), then sends Resume on the
+// direct stream as above; a Resume that fails leaves the session suspended
+// and resumed as after any failed path. While sessions run through the
+// relay, a client whose direct path failed or was lost punches again when
+// its back-off is due, without waiting for a new session.
 //
 // The agent answers Resume with StatusNoSession for an id it does not hold,
 // for a port other than the session's, and after MaxResumes (64) resumes
@@ -486,6 +499,7 @@ const (
 	StreamLinkDisabled = 0x3 // the device's Link switch was turned off
 	StreamShutdown     = 0x4 // the relay is shutting down
 	StreamRefused      = 0x5 // the session was refused (after a non-OK Result)
+	StreamMoved        = 0x6 // the client moved the resumable session on it to a direct path
 )
 
 // Connection close codes: why the relay (or a peer) closed a QUIC connection.

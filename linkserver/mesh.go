@@ -242,7 +242,10 @@ func (l *Server) forward(c link.Carrier, cs link.Stream, req link.Connect, src n
 	l.mesh.bytes.Add(uint64(in + out))
 	ev.BytesIn, ev.BytesOut, ev.Time, ev.Outcome = in, out, l.cfg.Now(), "ok"
 	ev.Detail = "forwarded to node " + h.Node
-	if err != nil {
+	switch {
+	case moved(err):
+		ev.Detail += ": moved to a direct path"
+	case err != nil:
 		ev.Outcome, ev.Detail = "aborted", ev.Detail+": "+abortReason(err, &linkAgent{})
 	}
 	ev.Detail = over(c.Transport(), ev.Detail)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -128,7 +129,10 @@ func (l *Server) relaySession(cs link.Stream, a *linkAgent, ev connlog.Event, po
 	}
 	in, out, err := l.splice(cs, as, a, device)
 	ev.BytesIn, ev.BytesOut, ev.Time, ev.Outcome, ev.Detail = in, out, l.cfg.Now(), "ok", detail
-	if err != nil {
+	switch {
+	case moved(err):
+		ev.Detail = strings.TrimPrefix(detail+": moved to a direct path", ": ")
+	case err != nil:
 		ev.Outcome = "aborted"
 		ev.Detail = strings.TrimPrefix(detail+": "+abortReason(err, a), ": ")
 	}
@@ -214,6 +218,18 @@ func (l *Server) ask(a *linkAgent, f link.Frame) (link.Stream, link.Frame, error
 		return nil, nil, err
 	}
 	return as, fr, nil
+}
+
+// moved reports whether an end of the session reset its stream because
+// the session on it moved to a direct path (the client moves it, the agent
+// lets the old stream go when the Resume reaches it there first): the
+// session goes on, no longer through the relay.
+func moved(err error) bool {
+	if j, ok := err.(interface{ Unwrap() []error }); ok { // either half may have met it first
+		return slices.ContainsFunc(j.Unwrap(), moved)
+	}
+	var se *quic.StreamError
+	return errors.As(err, &se) && se.Remote && se.ErrorCode == link.StreamMoved
 }
 
 func abortReason(err error, a *linkAgent) string {
