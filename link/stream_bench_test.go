@@ -5,7 +5,11 @@ package link
 // processes: a bare quic-go stream against a session as Link's direct path
 // carries it (the end-to-end TLS inside the stream, the agent splicing it to
 // a local TCP service), plain ("link") and resumable ("resume": the record
-// layer of session.go under the TLS), with 1 and 8 parallel streams. Real quic-go over
+// layer of session.go under the TLS), with 1 and 8 parallel streams; and
+// "quic-tcp", a bare quic-go stream spliced to the same TCP service as a
+// session is, without the end-to-end TLS: "link" against it is what the
+// inner TLS costs, "quic-tcp" against "quic" what the hop to the service
+// does. Real quic-go over
 // loopback UDP, real TLS, a real TCP service; it reports goodput and the
 // CPU time of the whole process (both ends) per GB.
 //
@@ -57,7 +61,7 @@ func BenchmarkDirectStreams(b *testing.B) {
 	}()
 
 	for _, streams := range []int{1, 8} {
-		for _, kind := range []string{"quic", "link", "resume"} {
+		for _, kind := range []string{"quic", "quic-tcp", "link", "resume"} {
 			b.Run(fmt.Sprintf("streams=%d/%s", streams, kind), func(b *testing.B) {
 				ctx, cancel := context.WithCancel(context.Background())
 				defer cancel()
@@ -82,6 +86,10 @@ func BenchmarkDirectStreams(b *testing.B) {
 								return
 							}
 							defer local.Close()
+							if kind == "quic-tcp" {
+								splice(local, sc)
+								return
+							}
 							if kind == "resume" {
 								fr, err := ReadFrame(sc, 0)
 								f, ok := fr.(Session)
@@ -111,7 +119,7 @@ func BenchmarkDirectStreams(b *testing.B) {
 					if err != nil {
 						return nil, nil, err
 					}
-					if kind == "quic" {
+					if kind == "quic" || kind == "quic-tcp" {
 						return s, s.Close, nil
 					}
 					sc := newStreamConn(s, client)
@@ -173,7 +181,7 @@ func benchDirectConn(b testing.TB, cert tls.Certificate, kind string) (client, f
 	}
 	serverTLS, clientTLS := directServerTLS(cert), &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{DirectALPN}, InsecureSkipVerify: true}
 	serverQUIC, clientQUIC := directQUIC(DefaultHandshakeTimeout), directQUIC(DefaultHandshakeTimeout)
-	if kind == "quic" {
+	if kind == "quic" || kind == "quic-tcp" {
 		serverTLS = &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{"bench"}, Certificates: []tls.Certificate{cert}}
 		clientTLS = &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{"bench"}, InsecureSkipVerify: true}
 		serverQUIC, clientQUIC = &quic.Config{MaxIncomingStreams: 1000}, &quic.Config{}
