@@ -7,7 +7,10 @@ package link_test
 // sink are this test binary re-executed as TestLinkBenchChild, so that each
 // process's CPU time and memory are its own and the relayed path (client →
 // relay → sink, the client over QUIC or over the TCP carrier) is compared
-// with direct paths between the same two processes (client → sink). The idle agents of the memory figures log in
+// with direct paths between the same two processes (client → sink): bare
+// quic-go streams, the same spliced to the sink's TCP service as an agent
+// splices a session (the hop every Link session has, without the
+// end-to-end TLS), and Link's own direct path. The idle agents of the memory figures log in
 // from the benchmark process. Everything is on 127.0.0.1.
 
 import (
@@ -152,30 +155,47 @@ func sinkChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{"bench"}, Certificates: []tls.Certificate{cert}},
+	// The direct QUIC listener: ALPN "bench" streams go to a byte sink;
+	// "bench-tcp" streams are spliced to the TCP byte sink as an agent
+	// splices a session, without the end-to-end TLS.
+	dln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{"bench", "bench-tcp"}, Certificates: []tls.Certificate{cert}},
 		&quic.Config{MaxIncomingStreams: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer dln.Close()
+	tcpAddr := tcpServer(t, func(c net.Conn) { link.SinkServe(c) })
 	go func() {
 		for {
 			c, err := dln.Accept(ctx)
 			if err != nil {
 				return
 			}
+			hop := c.ConnectionState().TLS.NegotiatedProtocol == "bench-tcp"
 			go func() {
 				for {
 					s, err := c.AcceptStream(ctx)
 					if err != nil {
 						return
 					}
-					go func() { link.SinkServe(s); s.Close() }()
+					if !hop {
+						go func() { link.SinkServe(s); s.Close() }()
+						continue
+					}
+					go func() {
+						local, err := net.Dial("tcp", tcpAddr)
+						if err != nil {
+							s.CancelRead(0)
+							s.CancelWrite(0)
+							return
+						}
+						defer local.Close()
+						link.SpliceStream(local, s, c)
+					}()
 				}
 			}()
 		}
 	}()
-	tcpAddr := tcpServer(t, func(c net.Conn) { link.SinkServe(c) })
 
 	// A real agent with end-to-end TLS, serving one byte on port 22 and a
 	// byte sink on port 9 (for Link's own direct path).
@@ -598,6 +618,12 @@ func BenchmarkLinkReport(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// The same, its streams spliced to the sink's TCP service: the hop to
+	// the local service every Link session has, without the inner TLS.
+	directHop, err := tr.Dial(ctx, directUDP, pinnedClientTLS(directFP, "bench-tcp"), &quic.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
 	// d measures the relay: it never goes direct. dl is a client as
 	// connect runs it, whose sessions move to Link's direct path.
 	relayDialer := func() *link.Dialer {
@@ -668,6 +694,13 @@ func BenchmarkLinkReport(b *testing.B) {
 		}
 		return s, s.Close, nil
 	}
+	openDirectHop := func() (io.ReadWriter, func() error, error) {
+		s, err := directHop.OpenStreamSync(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		return s, s.Close, nil
+	}
 	openLinkDirect := func() (io.ReadWriter, func() error, error) {
 		c, err := dl.Dial(ctx, "dev0", 9)
 		if err != nil {
@@ -689,6 +722,7 @@ func BenchmarkLinkReport(b *testing.B) {
 	send(b, 1, 32<<20, openRelay) // warm up connections and windows
 	send(b, 1, 32<<20, openRelayTCP)
 	send(b, 1, 32<<20, openDirect)
+	send(b, 1, 32<<20, openDirectHop)
 	send(b, 1, 32<<20, openLinkDirect)
 	// The UDP sockets of each path, for their drop counters.
 	sinkAgent, _ := strconv.Atoi(sinkAgentPort)
@@ -732,7 +766,7 @@ func BenchmarkLinkReport(b *testing.B) {
 	const rounds = 4
 	for _, n := range []int{1, 8} {
 		stop := profile(b, prof, fmt.Sprintf("%dstreams", n), relayP, sinkP)
-		var rel, relTCP, dir, tcp, ld pathRun
+		var rel, relTCP, dir, hop, tcp, ld pathRun
 		for range rounds {
 			r0, c0, dr0 := relayCPU(), link.SelfCPU(), udpDrops(relayedPorts...)
 			s0, p0, b0 := sinkCPU()
@@ -760,6 +794,13 @@ func BenchmarkLinkReport(b *testing.B) {
 			dir.bytes += int64(q1.BytesSent - q0.BytesSent)
 
 			tcp.elapsed += send(b, n, total/rounds, openTCP)
+
+			c5 := link.SelfCPU()
+			s5, _, _ := sinkCPU()
+			hop.elapsed += send(b, n, total/rounds, openDirectHop)
+			c6 := link.SelfCPU()
+			s6, _, _ := sinkCPU()
+			hop.endsCPU += c6 - c5 + s6 - s5
 
 			r3, c3 := relayCPU(), link.SelfCPU()
 			s3, _, _ := sinkCPU()
@@ -798,6 +839,10 @@ func BenchmarkLinkReport(b *testing.B) {
 		l := mib / ld.elapsed.Seconds()
 		line(fmt.Sprintf("goodput %d stream(s) Link direct (e2e TLS, agent, TCP)", n), l, "MiB/s")
 		line(fmt.Sprintf("ratio %d stream(s) Link direct/direct QUIC", n), l/q, "x")
+		h := mib / hop.elapsed.Seconds()
+		line(fmt.Sprintf("goodput %d stream(s) direct QUIC + TCP hop (no e2e TLS)", n), h, "MiB/s")
+		line(fmt.Sprintf("ratio %d stream(s) Link direct/direct QUIC + TCP hop", n), l/h, "x")
+		line(fmt.Sprintf("client+sink CPU per GB direct QUIC + TCP hop, %d stream(s)", n), hop.endsCPU.Seconds()/gb, "s/GB")
 		line(fmt.Sprintf("ratio %d stream(s) Link direct/relayed", n), l/r, "x")
 		line(fmt.Sprintf("client+sink CPU per GB Link direct, %d stream(s)", n), ld.endsCPU.Seconds()/gb, "s/GB")
 		line(fmt.Sprintf("relay CPU during Link direct, %d stream(s)", n), ld.relayCPU.Seconds()*1000, "ms")

@@ -1,6 +1,11 @@
 package link
 
-import "net/netip"
+import (
+	"net"
+	"net/netip"
+
+	"github.com/quic-go/quic-go"
+)
 
 // Hooks for the tests of package link_test.
 
@@ -18,3 +23,8 @@ func AgentSrflx(a *Agent) netip.AddrPort {
 	defer a.direct.mu.Unlock()
 	return a.direct.srflx
 }
+
+// SpliceStream splices a QUIC stream of c to local as an agent splices a
+// session to its local service, without the end-to-end TLS (make
+// bench-link's direct QUIC + TCP path).
+func SpliceStream(local net.Conn, s *quic.Stream, c *quic.Conn) { splice(local, newStreamConn(s, c)) }
