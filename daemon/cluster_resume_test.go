@@ -1,0 +1,205 @@
+package daemon_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/nasreach/nasreach/daemon/daemontest"
+	"github.com/nasreach/nasreach/internal/testutil"
+	"github.com/nasreach/nasreach/link"
+	"github.com/rs/zerolog"
+)
+
+// Resumable sessions across the mesh (link/wire.go, "Across nodes" and
+// "Resumable sessions"): a session a node forwards to the node holding
+// the agent survives the death of either node, because the relays only
+// splice its records; the client resumes it by whichever path works now.
+
+// echoedTransfer writes n pseudo-random bytes on c and reads them back
+// from the echo service behind it at the same time, calling cut once a
+// quarter has come back: what was written after it is in flight, or
+// waits for its acknowledgment, when cut kills the path. Every byte must
+// come back in order, and neither the writes nor the reads may fail.
+func echoedTransfer(t *testing.T, c net.Conn, n int64, cut func()) {
+	t.Helper()
+	seed := [32]byte{'m', 'e', 's', 'h'}
+	werr := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(c, io.LimitReader(mrand.NewChaCha8(seed), n))
+		werr <- err
+	}()
+	want := mrand.NewChaCha8(seed)
+	got, exp := make([]byte, 64<<10), make([]byte, 64<<10)
+	c.SetReadDeadline(time.Now().Add(90 * time.Second))
+	start := time.Now()
+	var read int64
+	var once sync.Once
+	for read < n {
+		k, err := c.Read(got[:min(int64(len(got)), n-read)])
+		want.Read(exp[:k])
+		if !bytes.Equal(got[:k], exp[:k]) {
+			t.Fatalf("the echo differs from what was sent within the %d bytes after byte %d", k, read)
+		}
+		read += int64(k)
+		if err != nil {
+			t.Fatalf("read the echo after %d of %d bytes: %v", read, n, err)
+		}
+		if read >= n/4 {
+			once.Do(cut)
+		}
+	}
+	if err := <-werr; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	t.Logf("%d MiB sent and echoed in %v, the path cut after a quarter", n>>20, time.Since(start).Round(time.Millisecond))
+}
+
+// resumedOnce checks that the client's log says the session was resumed,
+// and returns that line.
+func resumedOnce(t *testing.T, log *testutil.Buffer) string {
+	t.Helper()
+	var lines []string
+	for line := range strings.SplitSeq(log.String(), "\n") {
+		if strings.Contains(line, `"message":"link session resumed"`) {
+			lines = append(lines, line)
+		}
+	}
+	if len(lines) != 1 {
+		t.Errorf("the client resumed the session %d times, want once; its log:\n%s", len(lines), log)
+		return ""
+	}
+	return lines[0]
+}
+
+// TestForwardedSessionResumesThroughTheAgentsNodeWhenTheClientsNodeStops:
+// a client at node b whose session b forwards to the agent on node a
+// moves 16 MiB through its echo; node b stops a quarter of the way in.
+// The client, steered by DNS (which named no node when it first
+// connected, so that it fell back to b), resumes the session at node a,
+// and the transfer completes intact with no error for the application.
+func TestForwardedSessionResumesThroughTheAgentsNodeWhenTheClientsNodeStops(t *testing.T) {
+	node, fp := linkCluster(t)
+	const key = "the-mesh-key-of-this-cluster"
+	a, b := node("a", key), node("b", key)
+	tok := a.AddDevice("nas1")
+	echo := testutil.ListenTCP(t)
+	testutil.Serve(t, echo, func(c net.Conn) { io.Copy(c, c) })
+	(&daemontest.LinkRelay{Relay: a.Daemon.LinkRelay(), Fingerprint: fp}).StartAgent(t, link.AgentConfig{
+		Device: "nas1", Token: tok, Expose: map[uint16]string{22: echo.Addr().String()}, ServerTCP: "-", DisableDirect: true})
+	linkName := "_link." + daemontest.FQDN("nas1")
+	testutil.WaitFor(t, 5*time.Second, "node a's DNS to name node a", func() bool {
+		return len(a.Query("udp", linkName, dns.TypeA).Answer) == 1
+	})
+	// DDNS off: the steering names are NXDOMAIN, so the client's first
+	// connection goes to its Server, node b, which forwards.
+	setDDNS := func(on bool) {
+		t.Helper()
+		if code, body := a.Do("PATCH", "/v1/devices/nas1", tok, map[string]bool{"ddns": on}); code != 200 {
+			t.Fatalf("ddns %v: %d %s", on, code, body)
+		}
+		testutil.WaitFor(t, 5*time.Second, fmt.Sprintf("node a's steering name with DDNS %v", on), func() bool {
+			r := a.Query("udp", linkName, dns.TypeA)
+			return on == (len(r.Answer) == 1)
+		})
+	}
+	setDDNS(false)
+	clientLog := &testutil.Buffer{}
+	d, err := link.NewDialer(link.DialerConfig{Server: b.Link, ServerTCP: "-", RelayFingerprint: fp, KnownDevices: "-",
+		Listen: "127.0.0.1:0", DisableDirect: true, Steer: &link.Steer{Zone: daemontest.Zone, Resolver: a.DNS},
+		Logger: zerolog.New(clientLog)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := d.Dial(ctx, "nas1", 22)
+	if err != nil {
+		t.Fatalf("through node b: %v", err)
+	}
+	defer c.Close()
+	if f := b.Daemon.LinkRelay().MeshStats().Sessions; f != 1 {
+		t.Fatalf("node b forwarded %d sessions, want the client's", f)
+	}
+	setDDNS(true)
+
+	echoedTransfer(t, c, 16<<20, func() {
+		t.Log("stopping node b, the client's")
+		b.Stop()
+	})
+	line := resumedOnce(t, clientLog)
+	if !strings.Contains(line, `"path":"relay"`) {
+		t.Errorf("the session resumed on another path than the relay: %s", line)
+	}
+	if r := a.Daemon.LinkRelay().MeshStats().Received; r != 1 {
+		t.Errorf("node a received %d forwarded sessions, want only the first stream (the resumed one comes straight)", r)
+	}
+}
+
+// TestForwardedSessionFollowsTheAgentWhenTheAgentsNodeStops: a client at
+// node b whose session b forwards to the agent on node a moves 16 MiB
+// through its echo; node a stops a quarter of the way in. The agent,
+// told of both nodes, reconnects to node b and keeps its suspended
+// sessions across that (they belong to the agent, not to its relay
+// connection); the client resumes at node b, which now holds the agent,
+// and the transfer completes intact with no error for the application.
+// (Stopped cleanly, as an in-process daemon is: the agent and node b are
+// told at once. A node killed with SIGKILL is noticed only after the idle
+// timeouts, the agent's 10 s and the mesh's 30 s, which the client's and
+// the agent's 30 s resume windows cover but no test should wait for.)
+func TestForwardedSessionFollowsTheAgentWhenTheAgentsNodeStops(t *testing.T) {
+	node, fp := linkCluster(t)
+	const key = "the-mesh-key-of-this-cluster"
+	a, b := node("a", key), node("b", key)
+	tok := a.AddDevice("nas1")
+	echo := testutil.ListenTCP(t)
+	testutil.Serve(t, echo, func(c net.Conn) { io.Copy(c, c) })
+	agentLog := &testutil.Buffer{}
+	(&daemontest.LinkRelay{Relay: a.Daemon.LinkRelay(), Fingerprint: fp}).StartAgent(t, link.AgentConfig{
+		Servers: []string{b.Link}, Device: "nas1", Token: tok, Expose: map[uint16]string{22: echo.Addr().String()},
+		ServerTCP: "-", DisableDirect: true, Logger: zerolog.New(agentLog)})
+	testutil.WaitFor(t, 5*time.Second, "node b to learn that node a holds the agent", func() bool {
+		return len(b.Query("udp", "_link."+daemontest.FQDN("nas1"), dns.TypeA).Answer) == 1
+	})
+	clientLog := &testutil.Buffer{}
+	d, err := link.NewDialer(link.DialerConfig{Server: b.Link, ServerTCP: "-", RelayFingerprint: fp, KnownDevices: "-",
+		Listen: "127.0.0.1:0", DisableDirect: true, Logger: zerolog.New(clientLog)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := d.Dial(ctx, "nas1", 22)
+	if err != nil {
+		t.Fatalf("through node b: %v", err)
+	}
+	defer c.Close()
+	if f := b.Daemon.LinkRelay().MeshStats().Sessions; f != 1 {
+		t.Fatalf("node b forwarded %d sessions, want the client's", f)
+	}
+
+	echoedTransfer(t, c, 16<<20, func() {
+		t.Log("stopping node a, the agent's")
+		a.Stop()
+	})
+	resumedOnce(t, clientLog)
+	if n := b.Daemon.LinkRelay().Agents(); n != 1 {
+		t.Errorf("node b holds %d agents, want nas1's, moved there", n)
+	}
+	if f := b.Daemon.LinkRelay().MeshStats().Sessions; f != 1 {
+		t.Errorf("node b forwarded %d sessions, want only the first stream (the agent is local now)", f)
+	}
+	if t.Failed() {
+		t.Logf("agent log:\n%s", agentLog)
+	}
+}
