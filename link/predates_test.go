@@ -2,6 +2,7 @@ package link_test
 
 import (
 	"crypto/rand"
+	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -9,11 +10,16 @@ import (
 
 	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/link"
+	"github.com/quic-go/quic-go"
 	"github.com/rs/zerolog"
 )
 
 // Agents that predate resumable sessions: AgentConfig.DisableResume
-// answers as they did (TLS right after the OK Result).
+// answers as they did (TLS right after the OK Result), and a Dialer that
+// meets one opens plain sessions to that device from then on.
+
+// predatingMessage is the Dialer's Info line when it meets such an agent.
+const predatingMessage = "the device's agent predates resumable sessions"
 
 // count returns how many lines of log contain s.
 func count(log *testutil.Buffer, s string) int {
@@ -63,5 +69,135 @@ func TestAgentWithoutResumeEndsTheStreamOnASessionFrame(t *testing.T) {
 	}
 	if count(log, "first record does not look like a TLS handshake") != 1 {
 		t.Errorf("the agent's log does not show its TLS server refusing the Session frame:\n%s", log)
+	}
+}
+
+// Through the relay, with the agent on either carrier: the first Dial
+// offers a Session, sees the agent end the stream, logs that once at
+// Info and opens a plain session on a new stream, which works; the next
+// Dial offers no Session at all.
+func TestDialerOpensPlainSessionsToAnAgentThatPredatesThem(t *testing.T) {
+	for _, carrier := range []string{link.TransportQUIC, link.TransportTCP} {
+		t.Run(carrier, func(t *testing.T) {
+			e := newEnv(t)
+			agentLog := e.oldAgent(e.addDevice("nas1"), func(c *link.AgentConfig) {
+				if carrier == link.TransportTCP {
+					c.Server, c.ServerTCP, c.QUICHeadStart = "127.0.0.1:1", e.tcp.Addr().String(), 10*time.Millisecond
+				}
+			})
+			testutil.WaitFor(t, 5*time.Second, "the agent to log its carrier, "+carrier, func() bool {
+				return count(agentLog, `"transport":"`+carrier+`"`) >= 1
+			})
+			clientLog := &testutil.Buffer{}
+			d := e.dialer(relayOnly, func(c *link.DialerConfig) { c.Logger = zerolog.New(clientLog).Level(zerolog.InfoLevel) })
+			for i := range 2 {
+				c := dialPath(t, d, "nas1", 22, false)
+				if link.Resumable(c) {
+					t.Errorf("session %d is resumable with an agent that predates resumable sessions", i+1)
+				}
+			}
+			if n := count(clientLog, predatingMessage); n != 1 {
+				t.Errorf("the client logged %d times that the agent predates resumable sessions, want once:\n%s", n, clientLog)
+			}
+			if n := count(agentLog, "end-to-end handshake failed"); n != 1 {
+				t.Errorf("the agent saw %d Session frames, want one (the first Dial's); its log:\n%s", n, agentLog)
+			}
+		})
+	}
+}
+
+// On a direct path too: a Dialer that meets the old agent there (having
+// forgotten what the first, relayed, session taught it) opens a plain
+// session on a new direct stream.
+func TestDialerOpensPlainSessionsToAnAgentThatPredatesThemOnADirectPath(t *testing.T) {
+	e := newEnv(t)
+	agentLog := e.oldAgent(e.addDevice("nas1"))
+	clientLog := &testutil.Buffer{}
+	d := e.dialer(func(c *link.DialerConfig) { c.Logger = zerolog.New(clientLog).Level(zerolog.InfoLevel) })
+	dialPath(t, d, "nas1", 22, false)
+	waitDirect(t, d, "nas1")
+	link.ForgetPredatingAgents(d)
+	c := dialPath(t, d, "nas1", 22, true)
+	if link.Resumable(c) {
+		t.Error("the direct session is resumable with an agent that predates resumable sessions")
+	}
+	if n := count(clientLog, predatingMessage); n != 2 {
+		t.Errorf("the client logged %d times that the agent predates resumable sessions, want twice (relayed, then direct):\n%s", n, clientLog)
+	}
+	if n := count(agentLog, "end-to-end handshake failed"); n != 2 {
+		t.Errorf("the agent saw %d Session frames, want two; its log:\n%s", n, agentLog)
+	}
+}
+
+// rawAgent logs in to e's relay as nas1's agent over a bare QUIC
+// connection and answers every Open with OK; serve then gets the
+// stream.
+func (e *env) rawAgent(tok string, serve func(*quic.Stream)) {
+	e.t.Helper()
+	c := e.rawConn(e.t)
+	ctrl, err := c.OpenStreamSync(ctx10(e.t))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctrl.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := link.WriteFrame(ctrl, link.Hello{Device: "nas1", Token: tok}); err != nil {
+		e.t.Fatal(err)
+	}
+	if fr, err := link.ReadFrame(ctrl, 0); err != nil || fr != (link.Result{Status: link.StatusOK}) {
+		e.t.Fatalf("hello: %+v, %v", fr, err)
+	}
+	ctrl.SetDeadline(time.Time{})
+	go func() {
+		for {
+			s, err := c.AcceptStream(c.Context())
+			if err != nil {
+				return
+			}
+			go func() {
+				if _, err := link.ReadFrame(s, 0); err != nil {
+					return
+				}
+				link.WriteFrame(s, link.Result{Status: link.StatusOK})
+				serve(s)
+			}()
+		}
+	}()
+}
+
+// An ordinary failure after the Session frame is not taken for an old
+// agent: an agent that resets the stream (as a path that dies does) fails
+// the Dial with that reset, and the next Dial offers a Session again.
+func TestAResetAfterTheSessionFrameIsNotTakenForAnOldAgent(t *testing.T) {
+	e := newEnv(t)
+	sessions := make(chan byte, 4)
+	e.rawAgent(e.addDevice("nas1"), func(s *quic.Stream) {
+		var first [1]byte
+		io.ReadFull(s, first[:])
+		sessions <- first[0]
+		s.CancelRead(link.StreamAborted)
+		s.CancelWrite(link.StreamAborted)
+	})
+	clientLog := &testutil.Buffer{}
+	d := e.dialer(relayOnly, func(c *link.DialerConfig) { c.Logger = zerolog.New(clientLog).Level(zerolog.InfoLevel) })
+	for i := range 2 {
+		_, err := d.Dial(ctx10(t), "nas1", 22)
+		var se *quic.StreamError
+		if !errors.As(err, &se) || !strings.Contains(err.Error(), "start the session") {
+			t.Fatalf("dial %d: %v; want the session's start failed by a stream reset", i+1, err)
+		}
+		select {
+		case b := <-sessions:
+			if b != link.FrameSession {
+				t.Errorf("dial %d began with byte %#x after the OK, want a Session frame (%#x)", i+1, b, link.FrameSession)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("dial %d: the agent got no stream", i+1)
+		}
+	}
+	if len(sessions) != 0 {
+		t.Errorf("the client opened %d more streams: it fell back to a plain session after a reset", len(sessions))
+	}
+	if n := count(clientLog, predatingMessage); n != 0 {
+		t.Errorf("the client took a reset for an agent that predates resumable sessions:\n%s", clientLog)
 	}
 }
