@@ -1,14 +1,11 @@
 package daemon_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
-	mrand "math/rand/v2"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,45 +20,6 @@ import (
 // "Resumable sessions"): a session a node forwards to the node holding
 // the agent survives the death of either node, because the relays only
 // splice its records; the client resumes it by whichever path works now.
-
-// echoedTransfer writes n pseudo-random bytes on c and reads them back
-// from the echo service behind it at the same time, calling cut once a
-// quarter has come back: what was written after it is in flight, or
-// waits for its acknowledgment, when cut kills the path. Every byte must
-// come back in order, and neither the writes nor the reads may fail.
-func echoedTransfer(t *testing.T, c net.Conn, n int64, cut func()) {
-	t.Helper()
-	seed := [32]byte{'m', 'e', 's', 'h'}
-	werr := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(c, io.LimitReader(mrand.NewChaCha8(seed), n))
-		werr <- err
-	}()
-	want := mrand.NewChaCha8(seed)
-	got, exp := make([]byte, 64<<10), make([]byte, 64<<10)
-	c.SetReadDeadline(time.Now().Add(90 * time.Second))
-	start := time.Now()
-	var read int64
-	var once sync.Once
-	for read < n {
-		k, err := c.Read(got[:min(int64(len(got)), n-read)])
-		want.Read(exp[:k])
-		if !bytes.Equal(got[:k], exp[:k]) {
-			t.Fatalf("the echo differs from what was sent within the %d bytes after byte %d", k, read)
-		}
-		read += int64(k)
-		if err != nil {
-			t.Fatalf("read the echo after %d of %d bytes: %v", read, n, err)
-		}
-		if read >= n/4 {
-			once.Do(cut)
-		}
-	}
-	if err := <-werr; err != nil {
-		t.Fatalf("write: %v", err)
-	}
-	t.Logf("%d MiB sent and echoed in %v, the path cut after a quarter", n>>20, time.Since(start).Round(time.Millisecond))
-}
 
 // resumedOnce checks that the client's log says the session was resumed,
 // and returns that line.
@@ -132,10 +90,12 @@ func TestForwardedSessionResumesThroughTheAgentsNodeWhenTheClientsNodeStops(t *t
 	}
 	setDDNS(true)
 
-	echoedTransfer(t, c, 16<<20, func() {
-		t.Log("stopping node b, the client's")
+	start := time.Now()
+	testutil.EchoTransfer(t, c, 16<<20, 60*time.Second, func() {
+		t.Log("stopping node b, the client's, a quarter of the way in")
 		b.Stop()
 	})
+	t.Logf("16 MiB echoed in %v", time.Since(start).Round(time.Millisecond))
 	line := resumedOnce(t, clientLog)
 	if !strings.Contains(line, `"path":"relay"`) {
 		t.Errorf("the session resumed on another path than the relay: %s", line)
@@ -188,10 +148,12 @@ func TestForwardedSessionFollowsTheAgentWhenTheAgentsNodeStops(t *testing.T) {
 		t.Fatalf("node b forwarded %d sessions, want the client's", f)
 	}
 
-	echoedTransfer(t, c, 16<<20, func() {
-		t.Log("stopping node a, the agent's")
+	start := time.Now()
+	testutil.EchoTransfer(t, c, 16<<20, 60*time.Second, func() {
+		t.Log("stopping node a, the agent's, a quarter of the way in")
 		a.Stop()
 	})
+	t.Logf("16 MiB echoed in %v", time.Since(start).Round(time.Millisecond))
 	resumedOnce(t, clientLog)
 	if n := b.Daemon.LinkRelay().Agents(); n != 1 {
 		t.Errorf("node b holds %d agents, want nas1's, moved there", n)
