@@ -271,6 +271,11 @@ import (
 // client's address, which B sends masked, as any relayed session. Either
 // node may open Forward streams on a mesh connection, whichever dialed it.
 // The mesh key is a secret every node of the cluster is configured with.
+// A node resets (StreamAborted) the sessions it forwards for a device once
+// the cluster records the device's agent on another node than the one they
+// go to: the agent's connection there is gone, even when that node died
+// without a word and the mesh connection has yet to time out, and a
+// resumable session resumes at once by way of the node now holding it.
 //
 // # Resumable sessions
 //
