@@ -113,9 +113,8 @@ func TestForwardedSessionResumesThroughTheAgentsNodeWhenTheClientsNodeStops(t *t
 // connection); the client resumes at node b, which now holds the agent,
 // and the transfer completes intact with no error for the application.
 // (Stopped cleanly, as an in-process daemon is: the agent and node b are
-// told at once. A node killed with SIGKILL is noticed only after the idle
-// timeouts, the agent's 10 s and the mesh's 30 s, which the client's and
-// the agent's 30 s resume windows cover but no test should wait for.)
+// told at once. cmd/nasreach's TestForwardedSessionSurvivesTheAgentsNodeKilled
+// kills a real node with SIGKILL, which tells no one.)
 func TestForwardedSessionFollowsTheAgentWhenTheAgentsNodeStops(t *testing.T) {
 	node, fp := linkCluster(t)
 	const key = "the-mesh-key-of-this-cluster"
