@@ -104,6 +104,11 @@ type AgentConfig struct {
 	// ResumeWindow is how long a session whose path failed is kept for
 	// its client to resume it; zero means DefaultResumeWindow.
 	ResumeWindow time.Duration
+	// DisableResume answers as an agent before resumable sessions did:
+	// TLS right after the OK Result, so a client's Session frame fails
+	// the handshake and the client falls back to a plain session. For
+	// tests, and for operators who want no session buffers.
+	DisableResume bool
 	// STUNEvery is how often the server-reflexive address is refreshed;
 	// zero means DefaultSTUNEvery.
 	STUNEvery time.Duration
@@ -490,7 +495,7 @@ func (a *Agent) serveStream(c addrs, s Stream, dc *directConn) {
 	if _, err := io.ReadFull(sc, first[:]); err != nil {
 		return
 	}
-	if first[0] == FrameSession || first[0] == FrameResume {
+	if !a.cfg.DisableResume && (first[0] == FrameSession || first[0] == FrameResume) {
 		fr, err := ReadFrame(&prefixConn{streamConn: sc, prefix: first[:]}, 0)
 		switch f := fr.(type) {
 		case Session:

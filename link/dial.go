@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -97,6 +98,8 @@ type DialerConfig struct {
 	// agent keeps it for its own ResumeWindow.
 	ResumeWindow time.Duration
 	// DisableResume opens plain sessions: a path that fails ends them.
+	// Without it, sessions to a device whose agent predates resumable
+	// sessions are plain too, once the first has found that out (wire.go).
 	DisableResume bool
 	// DirectRetry is the first wait before punching again after a failed
 	// attempt or a lost direct path (it doubles up to DirectRetryMax);
@@ -131,6 +134,9 @@ type Dialer struct {
 	closed    bool
 	direct    dialerDirect
 	sessions  map[string]map[*session]struct{} // resumable, by device (migrate.go)
+	// plain holds the devices (lower case) whose agent predates resumable
+	// sessions: sessions to them are plain for the Dialer's life.
+	plain sync.Map
 }
 
 // NewDialer checks cfg; it connects on the first Dial.
@@ -291,14 +297,28 @@ func (d *Dialer) handshake(ctx context.Context, sc *streamConn, device string, p
 	defer cancel()
 	var under net.Conn = sc
 	var s *session
-	if !d.cfg.DisableResume {
+	if _, plain := d.plain.Load(strings.ToLower(device)); !d.cfg.DisableResume && !plain {
 		var err error
-		if s, err = d.startSession(hctx, sc, device, port, path); err != nil {
+		s, err = d.startSession(hctx, sc, device, port, path)
+		if err != nil {
 			sc.CancelWrite(StreamAborted)
 			sc.Close()
-			return nil, fmt.Errorf("%s:%d: start the session: %w", device, port, err)
 		}
-		under = s
+		if errors.Is(err, errNoSessionFrame) {
+			if _, known := d.plain.LoadOrStore(strings.ToLower(device), true); !known {
+				d.log.Info().Str("device", device).
+					Msg("the device's agent predates resumable sessions: its sessions are plain, and end when their path fails")
+			}
+			// The agent has closed that stream: a plain session on a new one.
+			if sc, path, err = d.stream(ctx, device, port, false); err != nil {
+				return nil, err
+			}
+			under = sc
+		} else if err != nil {
+			return nil, fmt.Errorf("%s:%d: start the session: %w", device, port, err)
+		} else {
+			under = s
+		}
 	}
 	tc := tls.Client(under, clientE2E(d.cfg.Server, device, d.pins[device], d.known))
 	if err := tc.HandshakeContext(hctx); err != nil {

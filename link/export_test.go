@@ -28,3 +28,13 @@ func AgentSrflx(a *Agent) netip.AddrPort {
 // session to its local service, without the end-to-end TLS (make
 // bench-link's direct QUIC + TCP path).
 func SpliceStream(local net.Conn, s *quic.Stream, c *quic.Conn) { splice(local, newStreamConn(s, c)) }
+
+// Resumable reports whether c, from Dial, is a resumable session.
+func Resumable(c net.Conn) bool {
+	e, ok := c.(*e2eConn)
+	return ok && e.s != nil
+}
+
+// ForgetPredatingAgents makes d offer resumable sessions again to the
+// devices whose agent it found predating them.
+func ForgetPredatingAgents(d *Dialer) { d.plain.Clear() }

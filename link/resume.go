@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -169,12 +170,27 @@ func (a *Agent) endSessions(err error, match func(*session) bool) int {
 	return len(hit)
 }
 
+// errNoSessionFrame is startSession's answer from an agent that predates
+// resumable sessions. Such an agent runs the end-to-end TLS right after
+// its OK Result; the Session frame's type (0x0f) is no TLS record type,
+// so its TLS server gives up on the first bytes, sends no alert and ends
+// the stream: a FIN before any byte of an answer, which relays pass on
+// as a FIN (and over the TCP carrier, the reset that follows it cannot
+// overtake it). An agent of this version answers Session with a Result or
+// resets the stream, and a path that fails resets the stream or ends its
+// connection: a clean end of the stream here means the old agent, and
+// nothing else.
+var errNoSessionFrame = errors.New("the agent predates resumable sessions")
+
 // startSession makes the session on sc (an Open or Connect answered OK)
 // resumable: a Session frame with a new id, answered by a Result.
 func (d *Dialer) startSession(ctx context.Context, sc *streamConn, device string, port uint16, path Path) (*session, error) {
 	var id [SessionIDLen]byte
 	rand.Read(id[:])
 	res, err := request(ctx, sc, Session{ID: id}, d.cfg.HandshakeTimeout)
+	if errors.Is(err, io.EOF) { // not io.ErrUnexpectedEOF: no byte came
+		return nil, errNoSessionFrame
+	}
 	if err != nil {
 		return nil, err
 	}

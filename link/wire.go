@@ -271,6 +271,11 @@ import (
 // client's address, which B sends masked, as any relayed session. Either
 // node may open Forward streams on a mesh connection, whichever dialed it.
 // The mesh key is a secret every node of the cluster is configured with.
+// A node resets (StreamAborted) the sessions it forwards for a device once
+// the cluster records the device's agent on another node than the one they
+// go to: the agent's connection there is gone, even when that node died
+// without a word and the mesh connection has yet to time out, and a
+// resumable session resumes at once by way of the node now holding it.
 //
 // # Resumable sessions
 //
@@ -353,13 +358,19 @@ import (
 // who talks to whom, and the end-to-end TLS pins the device key across
 // every resume). Bytes are kept only in memory, until acknowledged.
 //
-// Both ends of a resumable session must be of this version: an agent that
-// predates Session takes the frame for TLS and fails the handshake, so a
-// client for such agents opens plain sessions (DialerConfig.DisableResume).
-// The agent tells a
-// client that predates resumable sessions by the byte after its OK
-// Result: a Session or Resume frame type, or a TLS record (0x16), and
-// serves the latter as a plain session.
+// An agent that predates Session (or one with AgentConfig.DisableResume)
+// runs the end-to-end TLS right after its OK Result: the frame's type,
+// 0x0f, is no TLS record type, so its TLS server gives up on the first
+// bytes without an alert and ends the stream with a FIN and no byte
+// written; relays pass a FIN on as a FIN. A client that reads that clean
+// end where it waits for the Session's Result (not a reset, which is how
+// a failing path or this version's agent ends a stream, nor a partial
+// frame) opens a plain session to the device on a new stream, and offers
+// that device no Session again for as long as it runs, saying so once in
+// its log (DialerConfig.DisableResume offers none to any device). The
+// agent tells a client that predates resumable sessions by the byte after
+// its OK Result: a Session or Resume frame type, or a TLS record (0x16),
+// and serves the latter as a plain session.
 //
 // Frame layout (all integers big-endian):
 //

@@ -59,8 +59,61 @@ type mesh struct {
 	// two connections to one node, while a dead node's dial (until the
 	// handshake timeout) holds up no forwarding to the others.
 	dialing map[string]*sync.Mutex
+	// forwarded are the mesh streams of the sessions this node forwards,
+	// by device, with the node each goes to (agentMoved).
+	forwarded map[string]map[link.Stream]string
 
 	sessions, bytes, received atomic.Uint64
+}
+
+// addForwarded and dropForwarded keep the list agentMoved reads.
+func (m *mesh) addForwarded(device, node string, ms link.Stream) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.forwarded == nil {
+		m.forwarded = map[string]map[link.Stream]string{}
+	}
+	if m.forwarded[device] == nil {
+		m.forwarded[device] = map[link.Stream]string{}
+	}
+	m.forwarded[device][ms] = node
+}
+
+func (m *mesh) dropForwarded(device string, ms link.Stream) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.forwarded[device], ms)
+	if len(m.forwarded[device]) == 0 {
+		delete(m.forwarded, device)
+	}
+}
+
+// agentMoved resets the sessions this node forwards for device to a node
+// other than node, which now holds its agent: the agent's connection to
+// the old node is gone (it reconnected because it lost it, or the old
+// node closes it as replaced), so those streams carry nothing more. Left
+// alone, they would wait for the mesh connection's idle timeout when the
+// old node died without a word (killed, cut off), and a resumable
+// session for the agent's resume window, which started when the agent
+// noticed, and may run out first; reset, the client resumes at once, by
+// way of the node now holding the agent.
+func (l *Server) agentMoved(device, node string) {
+	l.mesh.mu.Lock()
+	var stale []link.Stream
+	for ms, to := range l.mesh.forwarded[device] {
+		if to != node {
+			stale = append(stale, ms)
+		}
+	}
+	l.mesh.mu.Unlock()
+	for _, ms := range stale {
+		ms.CancelRead(link.StreamAborted)
+		ms.CancelWrite(link.StreamAborted)
+	}
+	if len(stale) > 0 {
+		l.log.Info().Str("device", device).Str("node", node).Int("sessions", len(stale)).
+			Msg("the agent moved to another node; ending the sessions forwarded to its old one, for their clients to resume")
+	}
 }
 
 // MeshStats returns the mesh's counters.
@@ -90,11 +143,13 @@ func (l *Server) offline(device string) {
 // reconnected there and the connection here is stale (its NAS changed
 // networks, say) and would only fail the clients that reach this node.
 // A record of another node seen before this node's own lands is older and
-// is overwritten by ours.
+// is overwritten by ours. Any record also ends the sessions this node
+// forwards for device to another node than the one recorded (agentMoved).
 func (l *Server) presenceChanged(device string, h store.Holder, ok bool) {
 	if !ok {
 		return
 	}
+	l.agentMoved(device, h.Node)
 	a := l.agent(device)
 	if a == nil {
 		return
@@ -238,7 +293,9 @@ func (l *Server) forward(c link.Carrier, cs link.Stream, req link.Connect, src n
 		l.event(ev)
 		return
 	}
+	l.mesh.addForwarded(ev.Device, h.Node, ms)
 	in, out, err := l.splice(cs, ms, &linkAgent{device: ev.Device}, ev.Device)
+	l.mesh.dropForwarded(ev.Device, ms)
 	l.mesh.bytes.Add(uint64(in + out))
 	ev.BytesIn, ev.BytesOut, ev.Time, ev.Outcome = in, out, l.cfg.Now(), "ok"
 	ev.Detail = "forwarded to node " + h.Node

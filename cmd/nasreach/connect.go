@@ -35,6 +35,7 @@ func connectCommand() *cli.Command {
 			&cli.DurationFlag{Name: "wait-online", Value: defaultWaitOnline, Usage: "how long a connection waits for the device's agent when it is not connected to the relay (0: refuse at once)", Sources: cli.EnvVars("NASREACH_WAIT_ONLINE")},
 			&cli.StringFlag{Name: "zone", Usage: "the device zone of a relay cluster: look up in DNS which node holds the device (_nasreach-link._udp.DEVICE.ZONE) and connect there, --server as fallback", Sources: cli.EnvVars("NASREACH_STEER_ZONE")},
 			&cli.StringFlag{Name: "resolver", Usage: "the DNS server to ask for --zone's names, HOST:PORT; default: the system's resolver", Sources: cli.EnvVars("NASREACH_RESOLVER")},
+			&cli.BoolFlag{Name: "no-resume", Usage: "open plain sessions, which end when their path fails, instead of resumable ones (which keep up to 4 MiB each way in memory); connect opens plain sessions to an agent that predates resumable sessions by itself", Sources: cli.EnvVars("NASREACH_NO_RESUME")},
 			&cli.StringFlag{Name: "forget", Usage: "remove the key pinned for `DEVICE` on --server from the known devices file, and exit: after its owner confirms a new key"},
 		), logFlags()...),
 		Action: runConnect,
@@ -61,6 +62,7 @@ func dialerConfigFromFlags(cmd *cli.Command, device string) (link.DialerConfig, 
 		AccessCode: cmd.String("access-code"), KnownDevices: cmd.String("known-devices"),
 		WaitOnline:    cmd.Duration("wait-online"),
 		DisableDirect: noDirect,
+		DisableResume: cmd.Bool("no-resume"),
 	}
 	if fp := cmd.String("fingerprint"); fp != "" {
 		cfg.Fingerprints = map[string]string{device: fp}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"github.com/nasreach/nasreach/daemon/daemontest"
 	"github.com/nasreach/nasreach/internal/testutil"
 	"github.com/nasreach/nasreach/link"
+	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v3"
 )
 
@@ -164,5 +166,65 @@ func TestDirectFlagTakesAutoOrNever(t *testing.T) {
 		if got != want {
 			t.Errorf("--direct %s: %s, want %s", arg, got, want)
 		}
+	}
+}
+
+// TestConnectOpensPlainSessionsToAnAgentThatPredatesThem: connect reaches
+// an agent that answers as one before resumable sessions (TLS right after
+// the OK Result) without any flag, saying once that its sessions are
+// plain; with --no-resume (or NASREACH_NO_RESUME) it offers no resumable
+// session at all.
+func TestConnectOpensPlainSessionsToAnAgentThatPredatesThem(t *testing.T) {
+	td := daemontest.Start(t, daemontest.WithLink)
+	tl := td.LinkRelay()
+	echo := testutil.ListenTCP(t)
+	testutil.Serve(t, echo, func(c net.Conn) { io.Copy(c, c) })
+	agentLog := &testutil.Buffer{}
+	tl.StartAgent(t, link.AgentConfig{Device: "nas1", Token: td.AddDevice("nas1"), Expose: map[uint16]string{22: echo.Addr().String()},
+		DisableResume: true, Logger: zerolog.New(agentLog)})
+	const refused = "end-to-end handshake failed" // the agent's TLS server, given a Session frame
+	const predates = "the device's agent predates resumable sessions"
+	for _, tc := range []struct {
+		name  string
+		flags []string
+		env   string
+		logs  int // lines saying the agent predates resumable sessions
+	}{
+		{"found out", nil, "", 1},
+		{"--no-resume", []string{"--no-resume"}, "", 0},
+		{"NASREACH_NO_RESUME", nil, "true", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.env != "" {
+				t.Setenv("NASREACH_NO_RESUME", tc.env)
+			}
+			before := strings.Count(agentLog.String(), refused)
+			log := runLinkCLI(t, append([]string{"connect", "--server", tl.Relay.Addr().String(), "--relay-fingerprint", tl.Fingerprint,
+				"--known-devices", "-", "--direct", "never", "--listen", "127.0.0.1:0", "--log-level", "info", "--log-format", "json"},
+				append(tc.flags, "nas1:22")...)...)
+			listen := logField(t, log, "forwarding connections", "listen")
+			for i := range 2 {
+				c, err := net.Dial("tcp", listen)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				msg := fmt.Sprintf("hello %d", i)
+				got := make([]byte, len(msg))
+				if _, err := c.Write([]byte(msg)); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, got); err != nil || string(got) != msg {
+					t.Fatalf("connection %d: echo %q, %v", i+1, got, err)
+				}
+				c.Close()
+			}
+			if n := strings.Count(log.String(), predates); n != tc.logs {
+				t.Errorf("connect said %d times that the agent predates resumable sessions, want %d:\n%s", n, tc.logs, log)
+			}
+			if n := strings.Count(agentLog.String(), refused) - before; n != tc.logs {
+				t.Errorf("connect offered %d resumable sessions, want %d", n, tc.logs)
+			}
+		})
 	}
 }
