@@ -48,7 +48,9 @@ func (d *Dialer) untrack(device string, s *session) {
 }
 
 // relayedSessions returns device's sessions that run on a relayed stream
-// now (not suspended, not closed by the application).
+// now (not suspended, not closed by the application), which may still be
+// moved: a move is a resume, and the agent takes at most MaxResumes of a
+// session, so half of them are kept for failures.
 func (d *Dialer) relayedSessions(device string) []*session {
 	d.mu.Lock()
 	all := make([]*session, 0, len(d.sessions[device]))
@@ -59,7 +61,7 @@ func (d *Dialer) relayedSessions(device string) []*session {
 	var on []*session
 	for _, s := range all {
 		s.mu.Lock()
-		relayed := s.sc != nil && !s.path.Direct && !s.closed && !s.finished && s.err == nil
+		relayed := s.sc != nil && !s.path.Direct && !s.closed && !s.finished && s.err == nil && s.resumes < MaxResumes/2
 		s.mu.Unlock()
 		if relayed {
 			on = append(on, s)
