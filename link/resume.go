@@ -31,9 +31,10 @@ type sessionTable struct {
 }
 
 // serveSession runs a new resumable session on sc (an Open answered OK):
-// it answers the Session frame, then runs the end-to-end TLS over it and
-// splices it to local. The session owns sc from then on.
-func (a *Agent) serveSession(sc *streamConn, dc *directConn, port uint16, f Session, local net.Conn) {
+// it dials the service at target and answers the Session frame (with
+// StatusDialFailed when the service does not answer), then runs the
+// end-to-end TLS over it and splices it to the service. It owns sc.
+func (a *Agent) serveSession(sc *streamConn, dc *directConn, port uint16, target string, f Session) {
 	t := &a.resumable
 	t.mu.Lock()
 	dup := t.m[f.ID] != nil
@@ -43,6 +44,13 @@ func (a *Agent) serveSession(sc *streamConn, dc *directConn, port uint16, f Sess
 		sc.Close()
 		return
 	}
+	local, err := a.dialLocal(port, target)
+	if err != nil {
+		WriteFrame(sc, Result{Status: StatusDialFailed, Message: err.Error()})
+		sc.Close()
+		return
+	}
+	defer local.Close()
 	sc.SetDeadline(time.Time{})
 	if err := WriteFrame(sc, Result{Status: StatusOK}); err != nil {
 		sc.Close()

@@ -288,13 +288,14 @@ import (
 //
 //	client                                  relay / direct                agent
 //	  │── Connect or Open, Result OK as above ──────────────────────────────▶│
-//	  │── Session{id} ───────────────────────────────────────────────────────▶│ id: 16 random bytes
-//	  │◀───────────────────────────────────────────────────── Result{status} ─│ StatusOK: resumable
+//	  │── Session{id} ───────────────────────────────────────────────────────▶│ id: 16 random bytes;
+//	  │◀───────────────────────────────────────────────────── Result{status} ─│ dials the service: StatusOK,
+//	  │                                                                       │ or StatusDialFailed
 //	  │◀══ Data{TLS bytes} / Ack{received} / End{offset, flags}, both ways ══▶│
 //	  ╳   the stream dies: both ends suspend the session; the agent keeps it
 //	  │                                           for its resume window (30 s)
-//	  │── new stream: Connect (checked as any) or Open, Result OK ───────────▶│ (a fresh local
-//	  │── Resume{id, received} ──────────────────────────────────────────────▶│  dial, closed unused)
+//	  │── new stream: Connect (checked as any) or Open, Result OK ───────────▶│ no dial: the session
+//	  │── Resume{id, received} ──────────────────────────────────────────────▶│ has its connection
 //	  │◀────────────────────────────────────────────────── Resumed{received} ─│ or Result{StatusNoSession}
 //	  │◀══ each end sends again from the other's count, then on as before ══▶│
 //
@@ -320,12 +321,14 @@ import (
 // the session is over) suspends the session at both ends. The client opens
 // a new stream to the device by whichever path works now: the direct path
 // when it is up, else the relay, whose Connect checks the device, its Link
-// switch and the access code as for a new session. The agent answers the
-// Open as any (it dials the service, and closes that connection when a
-// Resume follows). Resume names the session and what the client has
-// received; Resumed, what the agent has. Each end then sends again every
-// Data (and End) past the other's count, and both go on: the application
-// sees a stall, no error. The client tries again, backing off from 0.1 to 2
+// switch and the access code as for a new session. The agent answers an
+// Open once the port is exposed, without dialing: it dials the service
+// when a Session follows (its Result is StatusDialFailed, as an Open's
+// was, when the service does not answer), never for a Resume, whose
+// session has its connection already. Resume names the session and what
+// the client has received; Resumed, what the agent has. Each end then
+// sends again every Data (and End) past the other's count, and both go
+// on: the application sees a stall, no error. The client tries again, backing off from 0.1 to 2
 // s, for its resume window (30 s by default); a refusal that will not pass
 // (StatusNoSession, Link off, the access code wrong) ends the session at
 // once, as does a stream reset by the relay with StreamLinkDisabled or a
@@ -370,7 +373,14 @@ import (
 // its log (DialerConfig.DisableResume offers none to any device). The
 // agent tells a client that predates resumable sessions by the byte after
 // its OK Result: a Session or Resume frame type, or a TLS record (0x16),
-// and serves the latter as a plain session.
+// and serves the latter as a plain session, dialing the service then
+// (for any other byte the handshake fails, and nothing needs the
+// service); when the service does not answer it resets the stream, so
+// such a client (and one with DisableResume, or facing an old agent) sees
+// its TLS handshake fail rather than StatusDialFailed. Since the agent's
+// OK to the Open no longer says the service answered, the relay logs a
+// session refused for that as a short one that ended ok; the agent logs
+// why.
 //
 // Frame layout (all integers big-endian):
 //
