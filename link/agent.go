@@ -109,6 +109,15 @@ type AgentConfig struct {
 	// the handshake and the client falls back to a plain session. For
 	// tests, and for operators who want no session buffers.
 	DisableResume bool
+	// MaxSuspended bounds the sessions kept suspended at once (their
+	// path failed, waiting for their client); zero means MaxSuspended.
+	MaxSuspended int
+	// MaxSuspendedBytes bounds the memory suspended sessions hold
+	// together (what each keeps for its client to resume it, and what it
+	// received and the service has not read yet); zero means
+	// DefaultMaxSuspendedBytes. Beyond either bound the agent ends the
+	// sessions suspended longest, and logs it.
+	MaxSuspendedBytes int64
 	// STUNEvery is how often the server-reflexive address is refreshed;
 	// zero means DefaultSTUNEvery.
 	STUNEvery time.Duration
@@ -143,6 +152,11 @@ type Agent struct {
 	resumable sessionTable
 	lastErr   error
 	kick      chan struct{} // nudges the API loop after each login
+
+	// budget counts the memory suspended sessions hold; boundMu makes
+	// one suspension at a time decide which end (boundSuspended).
+	budget  suspendBudget
+	boundMu sync.Mutex
 }
 
 // NewAgent loads or creates the device key and starts connecting.
@@ -156,6 +170,10 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		return nil, errors.New("link: AgentConfig.Expose must name at least one port")
 	case cfg.StateDir == "":
 		return nil, errors.New("link: AgentConfig.StateDir is required")
+	case cfg.MaxSuspended < 0:
+		return nil, fmt.Errorf("link: AgentConfig.MaxSuspended is %d; want zero (the default) or more", cfg.MaxSuspended)
+	case cfg.MaxSuspendedBytes < 0:
+		return nil, fmt.Errorf("link: AgentConfig.MaxSuspendedBytes is %d; want zero (the default) or more", cfg.MaxSuspendedBytes)
 	}
 	for p, target := range cfg.Expose {
 		if _, _, err := net.SplitHostPort(target); err != nil || p == 0 {
@@ -180,6 +198,8 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	cfg.DirectLifetime = cmp.Or(cfg.DirectLifetime, DefaultDirectLifetime)
 	cfg.STUNEvery = cmp.Or(cfg.STUNEvery, DefaultSTUNEvery)
 	cfg.ResumeWindow = cmp.Or(cfg.ResumeWindow, DefaultResumeWindow)
+	cfg.MaxSuspended = cmp.Or(cfg.MaxSuspended, MaxSuspended)
+	cfg.MaxSuspendedBytes = cmp.Or(cfg.MaxSuspendedBytes, DefaultMaxSuspendedBytes)
 	cfg.QUICHeadStart = cmp.Or(cfg.QUICHeadStart, DefaultQUICHeadStart)
 	cfg.QUICRetry = cmp.Or(cfg.QUICRetry, DefaultQUICRetry)
 	log := cfg.Logger.With().Str("device", cfg.Device).Logger()
@@ -196,6 +216,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		http:        cmp.Or(cfg.HTTPClient, &http.Client{Timeout: 10 * time.Second}),
 		onlineCh:    make(chan struct{}), kick: make(chan struct{}, 1),
 		resumable: sessionTable{m: map[[SessionIDLen]byte]*session{}},
+		budget:    suspendBudget{limit: cfg.MaxSuspendedBytes},
 	}
 	a.direct = agentDirect{
 		grants: map[[ExchangeIDLen]byte]*exchange{}, allowed: map[netip.AddrPort]time.Time{},

@@ -24,9 +24,20 @@ const (
 	// DefaultResumeWindow is how long a suspended session waits to be
 	// resumed: the agent keeps it that long, the client tries that long.
 	DefaultResumeWindow = 30 * time.Second
-	// MaxSuspended bounds the suspended sessions an agent keeps; a session
-	// suspended beyond it ends.
+	// MaxSuspended bounds the suspended sessions an agent keeps, by
+	// default (AgentConfig.MaxSuspended); beyond it, the one suspended
+	// longest ends.
 	MaxSuspended = 256
+	// DefaultMaxSuspendedBytes bounds the memory an agent's suspended
+	// sessions hold together, by default (AgentConfig.MaxSuspendedBytes);
+	// beyond it, the ones suspended longest end. Each may hold 4 MiB it
+	// sent and 4 MiB it received (sessionSendBound), so 256 of them up to
+	// 2 GiB, more than many a NAS has. 64 MiB is an eighth of a small NAS
+	// of 512 MiB, and holds all that sixteen sessions moving bulk data
+	// one way at full speed keep when their path fails (the 4 MiB each
+	// sent and not yet acknowledged), or thousands of interactive ones
+	// (ssh keeps a few KiB): a relay restart ends none of those.
+	DefaultMaxSuspendedBytes = 64 << 20
 	// MaxResumes bounds how often one session is resumed.
 	MaxResumes = 64
 	// sessionSendBound is how many bytes a session keeps unacknowledged;
@@ -47,6 +58,10 @@ const (
 	// finishLinger bounds how long a finished session's stream is read for
 	// the peer's end.
 	finishLinger = 10 * time.Second
+	// bufOverhead is what a kept buffer costs besides its bytes (its chunk
+	// or slice header, its slot in out or in), rounded up: a session's
+	// memory counts it, so that many small records cost what they take.
+	bufOverhead = 64
 )
 
 // Errors of resumable sessions.
@@ -66,6 +81,7 @@ type chunk struct {
 	buf   *[]byte // from chunkPool, or nil
 	rec   []byte  // header and data
 	off   uint64  // the stream offset of its first data byte
+	mem   int64   // the memory it holds (session.held)
 	freed bool
 }
 
@@ -81,10 +97,19 @@ func newChunk(data []byte, off uint64) *chunk {
 	} else {
 		c.rec = make([]byte, FrameHeaderLen+len(data))
 	}
+	c.mem = chunkMem(len(data))
 	c.rec[0] = RecordData
 	binary.BigEndian.PutUint16(c.rec[1:], uint16(len(data)))
 	copy(c.rec[FrameHeaderLen:], data)
 	return c
+}
+
+// chunkMem is the memory newChunk's chunk of k data bytes holds.
+func chunkMem(k int) int64 {
+	if k <= recordChunk {
+		return FrameHeaderLen + recordChunk + bufOverhead
+	}
+	return int64(FrameHeaderLen+k) + bufOverhead
 }
 
 // putBuf returns a receive buffer to chunkPool, if it came from there.
@@ -127,6 +152,12 @@ type session struct {
 	local     net.Addr
 	remote    net.Addr
 	dc        *directConn // the agent's: the direct connection of the stream (revocation)
+
+	// held is the memory of out and in; while the session is suspended it
+	// counts in budget (the agent's bound on suspended sessions), as
+	// charged.
+	held, charged int64
+	budget        *suspendBudget // nil at the client
 
 	sent       uint64   // data bytes written
 	acked      uint64   // the peer's count (End included)
@@ -181,6 +212,7 @@ func (s *session) attachLocked(sc *streamConn, path Path) (uint64, chan struct{}
 	if s.suspendTimer != nil {
 		s.suspendTimer.Stop()
 	}
+	s.accountLocked()
 	gen, done := s.gen, make(chan struct{})
 	if !s.spawn(func() { defer close(done); s.readLoop(sc, gen) }) { // the agent or Dialer is closing
 		close(done)
@@ -192,9 +224,9 @@ func (s *session) attachLocked(sc *streamConn, path Path) (uint64, chan struct{}
 	return gen, done
 }
 
-// wait waits, mu held, for a change or the deadline; it reports whether
-// the deadline passed.
-func (s *session) wait(deadline time.Time) bool {
+// wait waits, mu held, for a change, the deadline or more (when not nil)
+// to be closed; it reports whether the deadline passed.
+func (s *session) wait(deadline time.Time, more <-chan struct{}) bool {
 	var timeout <-chan time.Time
 	if !deadline.IsZero() {
 		d := time.Until(deadline)
@@ -213,6 +245,7 @@ func (s *session) wait(deadline time.Time) bool {
 	expired := false
 	select {
 	case <-ch:
+	case <-more:
 	case <-timeout:
 		expired = true
 	}
@@ -243,6 +276,7 @@ func (s *session) Read(b []byte) (int, error) {
 				n += k
 				s.inOff += k
 				if s.inOff == len(s.in[0]) {
+					s.held -= int64(cap(s.in[0])) + bufOverhead
 					putBuf(s.in[0])
 					s.in[0] = nil
 					s.in = s.in[1:]
@@ -251,6 +285,7 @@ func (s *session) Read(b []byte) (int, error) {
 			}
 			s.inBytes -= n
 			s.consumed += uint64(n)
+			s.accountLocked()
 			ack := s.consumedAck
 			if s.endRecv && s.inBytes == 0 {
 				s.consumed = s.recv // the End too: the TLS above may not read to it
@@ -274,7 +309,7 @@ func (s *session) Read(b []byte) (int, error) {
 		case len(b) == 0:
 			return 0, nil
 		}
-		if s.wait(s.rdl) {
+		if s.wait(s.rdl, nil) {
 			return 0, os.ErrDeadlineExceeded
 		}
 	}
@@ -297,7 +332,8 @@ func (s *session) writeErr() error {
 
 // Write sends b as Data records, keeping them until the peer acknowledges
 // them; while the session is suspended it only keeps them. It waits while
-// sessionSendBound bytes are unacknowledged.
+// sessionSendBound bytes are unacknowledged, and, suspended at an agent,
+// while the agent's suspended sessions hold all they may (suspendBudget).
 func (s *session) Write(b []byte) (int, error) {
 	n := 0
 	for n < len(b) {
@@ -311,7 +347,7 @@ func (s *session) Write(b []byte) (int, error) {
 			if s.sent-min(s.acked, s.sent)+uint64(k) <= sessionSendBound {
 				break
 			}
-			if s.wait(s.wdl) {
+			if s.wait(s.wdl, nil) {
 				s.mu.Unlock()
 				return n, os.ErrDeadlineExceeded
 			}
@@ -324,9 +360,26 @@ func (s *session) Write(b []byte) (int, error) {
 			s.wmu.Unlock()
 			return n, err
 		}
+		if s.budget != nil && s.sc == nil { // suspended: within the agent's bound, or later
+			cost := chunkMem(k)
+			ok, room := s.budget.reserve(cost)
+			if !ok {
+				s.wmu.Unlock() // a resume needs it
+				expired := s.wait(s.wdl, room)
+				s.mu.Unlock()
+				s.flushAck() // one a reader wanted while wmu was held
+				if expired {
+					return n, os.ErrDeadlineExceeded
+				}
+				continue
+			}
+			s.charged += cost
+		}
 		c := newChunk(b[n:n+k], s.sent)
 		s.sent += uint64(k)
 		s.out = append(s.out, c)
+		s.held += c.mem
+		s.accountLocked()
 		sc, gen := s.sc, s.gen
 		if sc != nil {
 			s.writing = c
@@ -399,10 +452,12 @@ func (s *session) Close() error {
 	}
 	s.closed = true
 	for _, b := range s.in {
+		s.held -= int64(cap(b)) + bufOverhead
 		putBuf(b)
 	}
 	s.in, s.inBytes, s.inOff = nil, 0, 0
 	s.consumed = s.recv // dropped: acknowledged
+	s.accountLocked()
 	done := s.err != nil || s.finished
 	stillReading := !s.endRecv
 	s.notify()
@@ -503,6 +558,7 @@ func (s *session) ack(count uint64) error {
 	i := 0
 	for ; i < len(s.out) && s.out[i].end() <= count; i++ {
 		c := s.out[i]
+		s.held -= c.mem
 		if c == s.writing {
 			c.freed = true // doneWriting frees it
 		} else {
@@ -514,6 +570,7 @@ func (s *session) ack(count uint64) error {
 	if len(s.out) == 0 {
 		s.out = nil
 	}
+	s.accountLocked()
 	s.notify()
 	return nil
 }
@@ -577,6 +634,7 @@ func (s *session) readLoop(sc *streamConn, gen uint64) {
 			} else {
 				s.in = append(s.in, data)
 				s.inBytes += n
+				s.held += int64(cap(data)) + bufOverhead
 			}
 		case RecordAck:
 			err = s.ack(rec.Count)
@@ -662,6 +720,7 @@ func (s *session) checkFinish() {
 // releaseOut frees what waits for acknowledgment; mu held.
 func (s *session) releaseOut() {
 	for _, c := range s.out {
+		s.held -= c.mem
 		if c == s.writing {
 			c.freed = true
 		} else {
@@ -669,6 +728,7 @@ func (s *session) releaseOut() {
 		}
 	}
 	s.out = nil
+	s.accountLocked()
 }
 
 // end calls onEnd once.
@@ -719,6 +779,7 @@ func (s *session) detachLocked() *streamConn {
 	if !s.finished && s.err == nil {
 		s.suspendedAt = time.Now()
 	}
+	s.accountLocked()
 	s.notify()
 	return sc
 }
@@ -783,6 +844,21 @@ func (s *session) failLocked(err error) *streamConn {
 	}
 	s.notify()
 	return sc
+}
+
+// failSuspended ends the session with err if it is still in the
+// suspension that began at since (not resumed meanwhile), and reports
+// whether it did.
+func (s *session) failSuspended(since time.Time, err error) bool {
+	s.mu.Lock()
+	if s.sc != nil || s.err != nil || s.finished || !s.suspendedAt.Equal(since) {
+		s.mu.Unlock()
+		return false
+	}
+	s.failLocked(err) // suspended: no stream to reset
+	s.mu.Unlock()
+	s.end()
+	return true
 }
 
 // received is what this end has received (for Resume and Resumed).
@@ -861,6 +937,23 @@ func (s *session) resume(sc *streamConn, peerRecv uint64, path Path, answer bool
 		}
 	}
 	return done, nil
+}
+
+// accountLocked makes what the session counts in its agent's budget what
+// it holds while suspended, nothing otherwise; mu held. Every change to
+// held, or to whether the session is suspended, calls it.
+func (s *session) accountLocked() {
+	if s.budget == nil {
+		return
+	}
+	var want int64
+	if s.sc == nil && s.err == nil && !s.finished {
+		want = s.held
+	}
+	if d := want - s.charged; d != 0 {
+		s.charged = want
+		s.budget.add(d)
+	}
 }
 
 // state for the agent's table and the client's resume loop.

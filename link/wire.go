@@ -352,7 +352,12 @@ import (
 // The agent answers Resume with StatusNoSession for an id it does not hold,
 // for a port other than the session's, and after MaxResumes (64) resumes
 // of the session. It ends a session suspended longer than its resume
-// window, or beyond MaxSuspended (256) suspended at once; Link switched
+// window; and when a session's suspension takes the agent past
+// MaxSuspended (256) suspended at once, or past the memory they may hold
+// together (DefaultMaxSuspendedBytes, 64 MiB: what each keeps for its
+// peer and what it received that the service has not read), it ends those
+// suspended longest until both bounds hold (a Write into a suspended
+// session waits while they hold all they may). Link switched
 // off or the device deleted (its relay connection closed with that code)
 // end every session, suspended or not, and a Revoke ends those whose last
 // stream came over a direct connection it closes. Only the two ends know
