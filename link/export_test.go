@@ -61,7 +61,7 @@ func SessionsHeld(a *Agent) int64 {
 	t.mu.Lock()
 	for _, s := range t.m {
 		s.mu.Lock()
-		held += s.held
+		held += s.outHeld + s.inHeld
 		s.mu.Unlock()
 	}
 	t.mu.Unlock()

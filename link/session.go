@@ -40,17 +40,25 @@ const (
 	DefaultMaxSuspendedBytes = 64 << 20
 	// MaxResumes bounds how often one session is resumed.
 	MaxResumes = 64
-	// sessionSendBound is how many bytes a session keeps unacknowledged;
-	// a Write waits while that many are. Acknowledgments follow what the
-	// peer's application has read, so this is also the most a peer holds
-	// received and unread: the stream's reader never stops, and a writer
-	// never waits on the stream for long (an Ack queued behind it, in a
-	// stream the other end had stopped reading, could otherwise deadlock
-	// two ends that both write).
+	// sessionSendBound is the memory a session's unacknowledged chunks
+	// may hold (chunkMem: their bytes and what keeping them costs); a
+	// Write waits while that much is, so that many small records cost no
+	// more than a few large ones. It bounds the bytes unacknowledged too,
+	// and acknowledgments follow what the peer's application has read, so
+	// this is also the most a peer holds received and unread (its reader
+	// takes a peer that sends more for a broken one): the stream's reader
+	// never stops, and a writer never waits on the stream for long (an Ack
+	// queued behind it, in a stream the other end had stopped reading,
+	// could otherwise deadlock two ends that both write).
 	sessionSendBound = 4 << 20
 	// recordChunk is the largest Data record a session writes: a TLS record
 	// (16 KiB and its overhead) in one.
 	recordChunk = 16<<10 + 256
+	// pooledChunk is the smallest Data record kept in a buffer of
+	// chunkPool (one of recordChunk); a smaller one gets a buffer of its
+	// size: a 16 KiB buffer for each small TLS record that waited for its
+	// acknowledgment held 800 times its bytes.
+	pooledChunk = recordChunk / 2
 	// ackEvery and ackDelay coalesce acknowledgments: one per ackEvery
 	// bytes received, else ackDelay after the first unacknowledged byte.
 	ackEvery = 256 << 10
@@ -91,7 +99,7 @@ var chunkPool = sync.Pool{New: func() any { b := make([]byte, FrameHeaderLen+rec
 
 func newChunk(data []byte, off uint64) *chunk {
 	c := &chunk{off: off}
-	if len(data) <= recordChunk {
+	if len(data) >= pooledChunk && len(data) <= recordChunk {
 		c.buf = chunkPool.Get().(*[]byte)
 		c.rec = (*c.buf)[:FrameHeaderLen+len(data)]
 	} else {
@@ -106,7 +114,7 @@ func newChunk(data []byte, off uint64) *chunk {
 
 // chunkMem is the memory newChunk's chunk of k data bytes holds.
 func chunkMem(k int) int64 {
-	if k <= recordChunk {
+	if k >= pooledChunk && k <= recordChunk {
 		return FrameHeaderLen + recordChunk + bufOverhead
 	}
 	return int64(FrameHeaderLen+k) + bufOverhead
@@ -153,11 +161,11 @@ type session struct {
 	remote    net.Addr
 	dc        *directConn // the agent's: the direct connection of the stream (revocation)
 
-	// held is the memory of out and in; while the session is suspended it
-	// counts in budget (the agent's bound on suspended sessions), as
-	// charged.
-	held, charged int64
-	budget        *suspendBudget // nil at the client
+	// outHeld and inHeld are the memory of out and in; while the session
+	// is suspended their sum counts in budget (the agent's bound on
+	// suspended sessions), as charged.
+	outHeld, inHeld, charged int64
+	budget                   *suspendBudget // nil at the client
 
 	sent       uint64   // data bytes written
 	acked      uint64   // the peer's count (End included)
@@ -276,7 +284,7 @@ func (s *session) Read(b []byte) (int, error) {
 				n += k
 				s.inOff += k
 				if s.inOff == len(s.in[0]) {
-					s.held -= int64(cap(s.in[0])) + bufOverhead
+					s.inHeld -= int64(cap(s.in[0])) + bufOverhead
 					putBuf(s.in[0])
 					s.in[0] = nil
 					s.in = s.in[1:]
@@ -332,8 +340,9 @@ func (s *session) writeErr() error {
 
 // Write sends b as Data records, keeping them until the peer acknowledges
 // them; while the session is suspended it only keeps them. It waits while
-// sessionSendBound bytes are unacknowledged, and, suspended at an agent,
-// while the agent's suspended sessions hold all they may (suspendBudget).
+// the unacknowledged ones hold sessionSendBound, and, suspended at an
+// agent, while the agent's suspended sessions hold all they may
+// (suspendBudget).
 func (s *session) Write(b []byte) (int, error) {
 	n := 0
 	for n < len(b) {
@@ -344,7 +353,7 @@ func (s *session) Write(b []byte) (int, error) {
 				s.mu.Unlock()
 				return n, err
 			}
-			if s.sent-min(s.acked, s.sent)+uint64(k) <= sessionSendBound {
+			if s.outHeld+chunkMem(k) <= sessionSendBound {
 				break
 			}
 			if s.wait(s.wdl, nil) {
@@ -378,7 +387,7 @@ func (s *session) Write(b []byte) (int, error) {
 		c := newChunk(b[n:n+k], s.sent)
 		s.sent += uint64(k)
 		s.out = append(s.out, c)
-		s.held += c.mem
+		s.outHeld += c.mem
 		s.accountLocked()
 		sc, gen := s.sc, s.gen
 		if sc != nil {
@@ -452,7 +461,7 @@ func (s *session) Close() error {
 	}
 	s.closed = true
 	for _, b := range s.in {
-		s.held -= int64(cap(b)) + bufOverhead
+		s.inHeld -= int64(cap(b)) + bufOverhead
 		putBuf(b)
 	}
 	s.in, s.inBytes, s.inOff = nil, 0, 0
@@ -558,7 +567,7 @@ func (s *session) ack(count uint64) error {
 	i := 0
 	for ; i < len(s.out) && s.out[i].end() <= count; i++ {
 		c := s.out[i]
-		s.held -= c.mem
+		s.outHeld -= c.mem
 		if c == s.writing {
 			c.freed = true // doneWriting frees it
 		} else {
@@ -626,15 +635,25 @@ func (s *session) readLoop(sc *streamConn, gen uint64) {
 				err = fmt.Errorf("%w: data after the end", ErrFrame)
 				break
 			}
+			if s.recv+uint64(n) > s.ackedIn+sessionSendBound { // the most a writer keeps unacknowledged
+				err = fmt.Errorf("%w: %d bytes past the last acknowledgment, more than the %d a peer may send", ErrFrame, s.recv+uint64(n)-s.ackedIn, sessionSendBound)
+				break
+			}
 			s.recv += uint64(n)
 			if s.closed || s.finished {
 				putBuf(data)
 				s.consumed = s.recv
 				dropped = true
+			} else if last := len(s.in) - 1; last >= 0 && cap(s.in[last])-len(s.in[last]) >= n {
+				// Into the room the last one left: small records cost
+				// what they take, not a buffer each.
+				s.in[last] = append(s.in[last], data...)
+				s.inBytes += n
+				putBuf(data)
 			} else {
 				s.in = append(s.in, data)
 				s.inBytes += n
-				s.held += int64(cap(data)) + bufOverhead
+				s.inHeld += int64(cap(data)) + bufOverhead
 			}
 		case RecordAck:
 			err = s.ack(rec.Count)
@@ -720,7 +739,7 @@ func (s *session) checkFinish() {
 // releaseOut frees what waits for acknowledgment; mu held.
 func (s *session) releaseOut() {
 	for _, c := range s.out {
-		s.held -= c.mem
+		s.outHeld -= c.mem
 		if c == s.writing {
 			c.freed = true
 		} else {
@@ -948,7 +967,7 @@ func (s *session) accountLocked() {
 	}
 	var want int64
 	if s.sc == nil && s.err == nil && !s.finished {
-		want = s.held
+		want = s.outHeld + s.inHeld
 	}
 	if d := want - s.charged; d != 0 {
 		s.charged = want

@@ -305,17 +305,21 @@ import (
 // the application (read, or dropped after it closed; End counts as one
 // more, taken once all before it is), sent after every 256 KiB taken, 20
 // ms after the first byte taken and not yet acknowledged, and at once for
-// an End. A writer with 4 MiB unacknowledged waits: that bound is the
-// session's flow control, so each end reads its stream at once, whatever
-// the application does, and an Ack never waits behind bytes the other end
-// does not read. End is the writer's half-close at offset (the bytes
-// before it): its peer reads EOF there; flag bit 0 ("closed") says the
-// writer reads no more either, so its peer's writes fail (what a
-// STOP_SENDING did for a plain session). End may come a second time, at the
-// same offset, to add that flag. A session is over for an end once its End
-// is acknowledged and it has taken the peer's End (or sent the closed
-// flag), or when the peer's End carries the flag: the end then half-closes
-// the stream with a FIN after its last Ack, and forgets the id.
+// an End. A writer with 4 MiB unacknowledged waits (this one counts the
+// memory it keeps them in, so that a stream of small records waits
+// sooner): that bound is the session's flow control, so each end reads
+// its stream at once, whatever the application does, and an Ack never
+// waits behind bytes the other end does not read. Data more than 4 MiB
+// past the count a reader last sent (in an Ack, Resume or Resumed) breaks
+// it: the reader ends the session. End is the writer's half-close at
+// offset (the bytes before it): its peer reads EOF there; flag bit 0
+// ("closed") says the writer reads no more either, so its peer's writes
+// fail (what a STOP_SENDING did for a plain session). End may come a
+// second time, at the same offset, to add that flag. A session is over
+// for an end once its End is acknowledged and it has taken the peer's End
+// (or sent the closed flag), or when the peer's End carries the flag: the
+// end then half-closes the stream with a FIN after its last Ack, and
+// forgets the id.
 //
 // A stream that fails (reset, its connection closed or idle, a FIN before
 // the session is over) suspends the session at both ends. The client opens
