@@ -332,12 +332,12 @@ import (
 // session has its connection already. Resume names the session and what
 // the client has received; Resumed, what the agent has. Each end then
 // sends again every Data (and End) past the other's count, and both go
-// on: the application sees a stall, no error. The client tries again, backing off from 0.1 to 2
-// s, for its resume window (30 s by default); a refusal that will not pass
-// (StatusNoSession, Link off, the access code wrong) ends the session at
-// once, as does a stream reset by the relay with StreamLinkDisabled or a
-// connection closed with CloseLinkDisabled, CloseDeviceGone or
-// CloseRevoked. A Resume on a stream that still carries the session
+// on: the application sees a stall, no error. The client tries again,
+// backing off from 0.1 to 2 s, for its resume window (30 s by default); a
+// refusal that will not pass (StatusNoSession, Link off, the access code
+// wrong) ends the session at once, as does a stream reset by the relay
+// with StreamLinkDisabled or a connection closed with CloseLinkDisabled,
+// CloseDeviceGone or CloseRevoked. A Resume on a stream that still carries the session
 // (the agent has not noticed its death) moves it: the client knows better,
 // and the agent resets the old stream with StreamMoved.
 //
@@ -361,10 +361,10 @@ import (
 // together (DefaultMaxSuspendedBytes, 64 MiB: what each keeps for its
 // peer and what it received that the service has not read), it ends those
 // suspended longest until both bounds hold (a Write into a suspended
-// session waits while they hold all they may). Link switched
-// off or the device deleted (its relay connection closed with that code)
-// end every session, suspended or not, and a Revoke ends those whose last
-// stream came over a direct connection it closes. Only the two ends know
+// session waits while they hold all they may). Link switched off or the
+// device deleted (its relay connection closed with that code) end every
+// session, suspended or not, and a Revoke ends those whose last stream
+// came over a direct connection it closes. Only the two ends know
 // a session's id: it travels inside the authorized stream, which the relay
 // forwards without reading (a relay could read it, but it already chooses
 // who talks to whom, and the end-to-end TLS pins the device key across
@@ -385,8 +385,9 @@ import (
 // and serves the latter as a plain session, dialing the service then
 // (for any other byte the handshake fails, and nothing needs the
 // service); when the service does not answer it resets the stream, so
-// such a client (and one with DisableResume, or facing an old agent) sees
-// its TLS handshake fail rather than StatusDialFailed. Since the agent's
+// such a client (and one with DialerConfig.DisableResume, or facing an
+// agent with AgentConfig.DisableResume) sees its TLS handshake fail
+// rather than StatusDialFailed. Since the agent's
 // OK to the Open no longer says the service answered, the relay logs a
 // session refused for that as a short one that ended ok; the agent logs
 // why.
