@@ -109,6 +109,15 @@ type AgentConfig struct {
 	// the handshake and the client falls back to a plain session. For
 	// tests, and for operators who want no session buffers.
 	DisableResume bool
+	// MaxSuspended bounds the sessions kept suspended at once (their
+	// path failed, waiting for their client); zero means MaxSuspended.
+	MaxSuspended int
+	// MaxSuspendedBytes bounds the memory suspended sessions hold
+	// together (what each keeps for its client to resume it, and what it
+	// received and the service has not read yet); zero means
+	// DefaultMaxSuspendedBytes. Beyond either bound the agent ends the
+	// sessions suspended longest, and logs it.
+	MaxSuspendedBytes int64
 	// STUNEvery is how often the server-reflexive address is refreshed;
 	// zero means DefaultSTUNEvery.
 	STUNEvery time.Duration
@@ -143,6 +152,11 @@ type Agent struct {
 	resumable sessionTable
 	lastErr   error
 	kick      chan struct{} // nudges the API loop after each login
+
+	// budget counts the memory suspended sessions hold; boundMu makes
+	// one suspension at a time decide which end (boundSuspended).
+	budget  suspendBudget
+	boundMu sync.Mutex
 }
 
 // NewAgent loads or creates the device key and starts connecting.
@@ -156,6 +170,10 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		return nil, errors.New("link: AgentConfig.Expose must name at least one port")
 	case cfg.StateDir == "":
 		return nil, errors.New("link: AgentConfig.StateDir is required")
+	case cfg.MaxSuspended < 0:
+		return nil, fmt.Errorf("link: AgentConfig.MaxSuspended is %d; want zero (the default) or more", cfg.MaxSuspended)
+	case cfg.MaxSuspendedBytes < 0:
+		return nil, fmt.Errorf("link: AgentConfig.MaxSuspendedBytes is %d; want zero (the default) or more", cfg.MaxSuspendedBytes)
 	}
 	for p, target := range cfg.Expose {
 		if _, _, err := net.SplitHostPort(target); err != nil || p == 0 {
@@ -180,6 +198,8 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	cfg.DirectLifetime = cmp.Or(cfg.DirectLifetime, DefaultDirectLifetime)
 	cfg.STUNEvery = cmp.Or(cfg.STUNEvery, DefaultSTUNEvery)
 	cfg.ResumeWindow = cmp.Or(cfg.ResumeWindow, DefaultResumeWindow)
+	cfg.MaxSuspended = cmp.Or(cfg.MaxSuspended, MaxSuspended)
+	cfg.MaxSuspendedBytes = cmp.Or(cfg.MaxSuspendedBytes, DefaultMaxSuspendedBytes)
 	cfg.QUICHeadStart = cmp.Or(cfg.QUICHeadStart, DefaultQUICHeadStart)
 	cfg.QUICRetry = cmp.Or(cfg.QUICRetry, DefaultQUICRetry)
 	log := cfg.Logger.With().Str("device", cfg.Device).Logger()
@@ -196,6 +216,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		http:        cmp.Or(cfg.HTTPClient, &http.Client{Timeout: 10 * time.Second}),
 		onlineCh:    make(chan struct{}), kick: make(chan struct{}, 1),
 		resumable: sessionTable{m: map[[SessionIDLen]byte]*session{}},
+		budget:    suspendBudget{limit: cfg.MaxSuspendedBytes},
 	}
 	a.direct = agentDirect{
 		grants: map[[ExchangeIDLen]byte]*exchange{}, allowed: map[netip.AddrPort]time.Time{},
@@ -477,15 +498,11 @@ func (a *Agent) serveStream(c addrs, s Stream, dc *directConn) {
 		WriteFrame(sc, Result{Status: StatusPortNotExposed, Message: fmt.Sprintf("device %s does not expose port %d", a.cfg.Device, op.Port)})
 		return
 	}
-	dctx, cancel := context.WithTimeout(a.ctx, a.cfg.LocalDialTimeout)
-	local, err := (&net.Dialer{}).DialContext(dctx, "tcp", target)
-	cancel()
-	if err != nil {
-		a.log.Warn().Err(err).Uint16("port", op.Port).Msg("exposed service does not answer")
-		WriteFrame(sc, Result{Status: StatusDialFailed, Message: fmt.Sprintf("device %s cannot reach the service behind port %d", a.cfg.Device, op.Port)})
-		return
-	}
-	defer local.Close()
+	// The service is dialed only once the stream says what it carries: a
+	// new session (Session, answered by its own Result, StatusDialFailed
+	// when the service does not answer) or a client that predates
+	// resumable sessions (its TLS right away); a Resume goes on with the
+	// connection its session already has, and dials nothing.
 	if err := WriteFrame(sc, Result{Status: StatusOK}); err != nil {
 		return
 	}
@@ -500,10 +517,9 @@ func (a *Agent) serveStream(c addrs, s Stream, dc *directConn) {
 		switch f := fr.(type) {
 		case Session:
 			owned = true
-			a.serveSession(sc, dc, op.Port, f, local)
+			a.serveSession(sc, dc, op.Port, target, f)
 		case Resume:
 			owned = true
-			local.Close() // dialed for the Open; the session has its own
 			a.serveResume(sc, dc, op.Port, f)
 		default:
 			a.log.Debug().Err(err).Msg("malformed session frame")
@@ -511,11 +527,44 @@ func (a *Agent) serveStream(c addrs, s Stream, dc *directConn) {
 		}
 		return
 	}
+	// A client's TLS starts with a handshake record (0x16); anything else
+	// fails the handshake below (a Session frame offered to an agent with
+	// DisableResume: a clean end, as from an agent that predates it) and
+	// needs no service. An old client has its OK already and cannot be
+	// told the service is down: the stream is reset, and it sees its TLS
+	// handshake fail.
+	var local net.Conn
+	if first[0] == tlsHandshakeRecord {
+		var err error
+		if local, err = a.dialLocal(op.Port, target); err != nil {
+			sc.CancelRead(StreamAborted)
+			sc.CancelWrite(StreamAborted)
+			return
+		}
+		defer local.Close()
+	}
 	tc := tls.Server(&prefixConn{streamConn: sc, prefix: first[:]}, a.e2e)
-	if err := tc.HandshakeContext(a.ctx); err != nil {
+	if err := tc.HandshakeContext(a.ctx); err != nil || local == nil {
 		a.log.Debug().Err(err).Uint16("port", op.Port).Msg("end-to-end handshake failed")
 		return
 	}
 	sc.SetDeadline(time.Time{})
 	splice(local, &e2eConn{Conn: tc, sc: sc})
+}
+
+// tlsHandshakeRecord is the type of the TLS record a client's handshake
+// starts with (RFC 8446, section 5.1).
+const tlsHandshakeRecord = 0x16
+
+// dialLocal connects to the service exposed as port, at target; its error
+// is the refusal's message for the client (the cause is logged here).
+func (a *Agent) dialLocal(port uint16, target string) (net.Conn, error) {
+	dctx, cancel := context.WithTimeout(a.ctx, a.cfg.LocalDialTimeout)
+	defer cancel()
+	local, err := (&net.Dialer{}).DialContext(dctx, "tcp", target)
+	if err != nil {
+		a.log.Warn().Err(err).Uint16("port", port).Msg("exposed service does not answer")
+		return nil, fmt.Errorf("device %s cannot reach the service behind port %d", a.cfg.Device, port)
+	}
+	return local, nil
 }

@@ -304,6 +304,7 @@ func (d *Dialer) handshake(ctx context.Context, sc *streamConn, device string, p
 			sc.CancelWrite(StreamAborted)
 			sc.Close()
 		}
+		var re *RefusedError
 		if errors.Is(err, errNoSessionFrame) {
 			if _, known := d.plain.LoadOrStore(strings.ToLower(device), true); !known {
 				d.log.Info().Str("device", device).
@@ -314,6 +315,8 @@ func (d *Dialer) handshake(ctx context.Context, sc *streamConn, device string, p
 				return nil, err
 			}
 			under = sc
+		} else if errors.As(err, &re) { // the agent's refusal (its service down), worded as at the Open
+			return nil, fmt.Errorf("%s:%d: %w", device, port, err)
 		} else if err != nil {
 			return nil, fmt.Errorf("%s:%d: start the session: %w", device, port, err)
 		} else {

@@ -38,3 +38,32 @@ func Resumable(c net.Conn) bool {
 // ForgetPredatingAgents makes d offer resumable sessions again to the
 // devices whose agent it found predating them.
 func ForgetPredatingAgents(d *Dialer) { d.plain.Clear() }
+
+// SuspendedSessions returns how many sessions the agent keeps suspended
+// and the memory its bound counts for them.
+func SuspendedSessions(a *Agent) (n int, held int64) {
+	t := &a.resumable
+	t.mu.Lock()
+	for _, s := range t.m {
+		if s.suspended() {
+			n++
+		}
+	}
+	t.mu.Unlock()
+	return n, a.budget.total()
+}
+
+// SessionsHeld returns the memory the agent's resumable sessions hold,
+// suspended or not.
+func SessionsHeld(a *Agent) int64 {
+	var held int64
+	t := &a.resumable
+	t.mu.Lock()
+	for _, s := range t.m {
+		s.mu.Lock()
+		held += s.outHeld + s.inHeld
+		s.mu.Unlock()
+	}
+	t.mu.Unlock()
+	return held
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -30,10 +31,59 @@ type sessionTable struct {
 	m  map[[SessionIDLen]byte]*session
 }
 
+// suspendBudget is the memory an agent's suspended sessions may hold
+// together (AgentConfig.MaxSuspendedBytes). A session counts in it what it
+// holds (session.held: what it sent and keeps for the client, what it
+// received and the service has not taken) while it is suspended. A Write
+// into a suspended session reserves its chunk first and waits while there
+// is no room (the service's bytes then wait in its socket), so only a
+// session's suspension takes the total past the limit, and the agent then
+// ends sessions until it fits (boundSuspended).
+type suspendBudget struct {
+	limit int64
+	mu    sync.Mutex
+	held  int64
+	room  chan struct{} // closed when held drops, for the Writes waiting
+}
+
+// add counts d more (or less) bytes.
+func (b *suspendBudget) add(d int64) {
+	b.mu.Lock()
+	b.held += d
+	if d < 0 && b.room != nil {
+		close(b.room)
+		b.room = nil
+	}
+	b.mu.Unlock()
+}
+
+// reserve counts n more bytes if they fit within the limit; else it
+// returns a channel closed when some are given back.
+func (b *suspendBudget) reserve(n int64) (bool, <-chan struct{}) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.held+n <= b.limit {
+		b.held += n
+		return true, nil
+	}
+	if b.room == nil {
+		b.room = make(chan struct{})
+	}
+	return false, b.room
+}
+
+// total is what the suspended sessions hold.
+func (b *suspendBudget) total() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.held
+}
+
 // serveSession runs a new resumable session on sc (an Open answered OK):
-// it answers the Session frame, then runs the end-to-end TLS over it and
-// splices it to local. The session owns sc from then on.
-func (a *Agent) serveSession(sc *streamConn, dc *directConn, port uint16, f Session, local net.Conn) {
+// it dials the service at target and answers the Session frame (with
+// StatusDialFailed when the service does not answer), then runs the
+// end-to-end TLS over it and splices it to the service. It owns sc.
+func (a *Agent) serveSession(sc *streamConn, dc *directConn, port uint16, target string, f Session) {
 	t := &a.resumable
 	t.mu.Lock()
 	dup := t.m[f.ID] != nil
@@ -43,6 +93,13 @@ func (a *Agent) serveSession(sc *streamConn, dc *directConn, port uint16, f Sess
 		sc.Close()
 		return
 	}
+	local, err := a.dialLocal(port, target)
+	if err != nil {
+		WriteFrame(sc, Result{Status: StatusDialFailed, Message: err.Error()})
+		sc.Close()
+		return
+	}
+	defer local.Close()
 	sc.SetDeadline(time.Time{})
 	if err := WriteFrame(sc, Result{Status: StatusOK}); err != nil {
 		sc.Close()
@@ -51,6 +108,8 @@ func (a *Agent) serveSession(sc *streamConn, dc *directConn, port uint16, f Sess
 	s := newSession(f.ID, port, a.cfg.ResumeWindow, sc, Path{Direct: dc != nil}, a.wg.Go, a.suspendSession, a.forgetSession)
 	s.mu.Lock()
 	s.dc = dc
+	s.budget = &a.budget
+	s.accountLocked()
 	s.mu.Unlock()
 	t.mu.Lock()
 	if t.m[f.ID] != nil || a.ctx.Err() != nil {
@@ -106,25 +165,12 @@ func (a *Agent) serveResume(sc *streamConn, dc *directConn, port uint16, f Resum
 	<-done
 }
 
-// suspendSession keeps a session whose stream failed for ResumeWindow, or
-// ends it when the agent holds MaxSuspended already or is stopping.
+// suspendSession keeps a session whose stream failed for ResumeWindow,
+// within the agent's bounds on suspended sessions, or ends it when the
+// agent is stopping.
 func (a *Agent) suspendSession(s *session, cause error) {
-	n := 0
-	t := &a.resumable
-	t.mu.Lock()
-	for _, o := range t.m {
-		if o != s && o.suspended() {
-			n++
-		}
-	}
-	t.mu.Unlock()
-	switch {
-	case a.ctx.Err() != nil:
+	if a.ctx.Err() != nil {
 		s.fail(net.ErrClosed)
-		return
-	case n >= MaxSuspended:
-		a.log.Warn().Int("suspended", n).Msg("too many suspended link sessions; ending one whose path failed")
-		s.fail(fmt.Errorf("the session's path failed and the device holds %d suspended sessions already", n))
 		return
 	}
 	s.mu.Lock()
@@ -139,6 +185,66 @@ func (a *Agent) suspendSession(s *session, cause error) {
 	})
 	s.mu.Unlock()
 	a.log.Debug().AnErr("reason", cause).Uint16("port", s.port).Msg("link session's path failed; keeping it for the client to resume")
+	a.boundSuspended()
+}
+
+// boundSuspended ends the sessions suspended longest until the agent
+// keeps at most MaxSuspended suspended, holding at most MaxSuspendedBytes
+// together. Longest first, because a client that has not resumed after
+// many seconds of trying (it tries every 2 s at most) has most likely
+// gone for good (a laptop closed, a network left), while a path that has
+// just failed is what resumable sessions are for (a relay restart, an
+// address change: many sessions suspend at once); ending the newest
+// instead would let sessions abandoned earlier keep the room for their
+// whole window, and every session whose path failed meanwhile end.
+func (a *Agent) boundSuspended() {
+	a.boundMu.Lock()
+	defer a.boundMu.Unlock()
+	type kept struct {
+		s     *session
+		since time.Time
+		held  int64
+	}
+	var list []kept
+	t := &a.resumable
+	t.mu.Lock()
+	for _, s := range t.m {
+		s.mu.Lock()
+		if s.sc == nil && s.err == nil && !s.finished && !s.suspendedAt.IsZero() {
+			list = append(list, kept{s, s.suspendedAt, s.charged})
+		}
+		s.mu.Unlock()
+	}
+	t.mu.Unlock()
+	n, held := len(list), a.budget.total()
+	maxN, maxHeld := a.cfg.MaxSuspended, a.cfg.MaxSuspendedBytes
+	if n <= maxN && held <= maxHeld {
+		return
+	}
+	slices.SortFunc(list, func(x, y kept) int { return x.since.Compare(y.since) })
+	now := time.Now()
+	for _, k := range list {
+		var err error
+		var why string
+		switch {
+		case n > maxN:
+			err = fmt.Errorf("the session's path failed and the device keeps %d suspended sessions at most; it had kept this one longest", maxN)
+			why = "the agent keeps its maximum of suspended link sessions; ending the one suspended longest, whose client can no longer resume it"
+		case held > maxHeld:
+			err = fmt.Errorf("the session's path failed and the device's suspended sessions held more than their %d bytes of memory; it had kept this one longest", maxHeld)
+			why = "suspended link sessions hold more memory than the agent allows; ending the one suspended longest, whose client can no longer resume it"
+		default:
+			return
+		}
+		if !k.s.failSuspended(k.since, err) { // resumed or ended meanwhile
+			continue
+		}
+		a.log.Warn().Uint16("port", k.s.port).Int64("suspended_ms", now.Sub(k.since).Milliseconds()).
+			Int64("session_bytes", k.held).Int("suspended", n).Int("max_suspended", maxN).
+			Int64("held_bytes", held).Int64("max_held_bytes", maxHeld).Msg(why)
+		n--
+		held -= k.held
+	}
 }
 
 // forgetSession drops a session that ended.

@@ -24,22 +24,41 @@ const (
 	// DefaultResumeWindow is how long a suspended session waits to be
 	// resumed: the agent keeps it that long, the client tries that long.
 	DefaultResumeWindow = 30 * time.Second
-	// MaxSuspended bounds the suspended sessions an agent keeps; a session
-	// suspended beyond it ends.
+	// MaxSuspended bounds the suspended sessions an agent keeps, by
+	// default (AgentConfig.MaxSuspended); beyond it, the one suspended
+	// longest ends.
 	MaxSuspended = 256
+	// DefaultMaxSuspendedBytes bounds the memory an agent's suspended
+	// sessions hold together, by default (AgentConfig.MaxSuspendedBytes);
+	// beyond it, the ones suspended longest end. Each may hold 4 MiB it
+	// sent and 4 MiB it received (sessionSendBound), so 256 of them up to
+	// 2 GiB, more than many a NAS has. 64 MiB is an eighth of a small NAS
+	// of 512 MiB, and holds all that sixteen sessions moving bulk data
+	// one way at full speed keep when their path fails (the 4 MiB each
+	// sent and not yet acknowledged), or thousands of interactive ones
+	// (ssh keeps a few KiB): a relay restart ends none of those.
+	DefaultMaxSuspendedBytes = 64 << 20
 	// MaxResumes bounds how often one session is resumed.
 	MaxResumes = 64
-	// sessionSendBound is how many bytes a session keeps unacknowledged;
-	// a Write waits while that many are. Acknowledgments follow what the
-	// peer's application has read, so this is also the most a peer holds
-	// received and unread: the stream's reader never stops, and a writer
-	// never waits on the stream for long (an Ack queued behind it, in a
-	// stream the other end had stopped reading, could otherwise deadlock
-	// two ends that both write).
+	// sessionSendBound is the memory a session's unacknowledged chunks
+	// may hold (chunkMem: their bytes and what keeping them costs); a
+	// Write waits while that much is, so that many small records cost no
+	// more than a few large ones. It bounds the bytes unacknowledged too,
+	// and acknowledgments follow what the peer's application has read, so
+	// this is also the most a peer holds received and unread (its reader
+	// takes a peer that sends more for a broken one): the stream's reader
+	// never stops, and a writer never waits on the stream for long (an Ack
+	// queued behind it, in a stream the other end had stopped reading,
+	// could otherwise deadlock two ends that both write).
 	sessionSendBound = 4 << 20
 	// recordChunk is the largest Data record a session writes: a TLS record
 	// (16 KiB and its overhead) in one.
 	recordChunk = 16<<10 + 256
+	// pooledChunk is the smallest Data record kept in a buffer of
+	// chunkPool (one of recordChunk); a smaller one gets a buffer of its
+	// size: a 16 KiB buffer for each small TLS record that waited for its
+	// acknowledgment held 800 times its bytes.
+	pooledChunk = recordChunk / 2
 	// ackEvery and ackDelay coalesce acknowledgments: one per ackEvery
 	// bytes received, else ackDelay after the first unacknowledged byte.
 	ackEvery = 256 << 10
@@ -47,6 +66,10 @@ const (
 	// finishLinger bounds how long a finished session's stream is read for
 	// the peer's end.
 	finishLinger = 10 * time.Second
+	// bufOverhead is what a kept buffer costs besides its bytes (its chunk
+	// or slice header, its slot in out or in), rounded up: a session's
+	// memory counts it, so that many small records cost what they take.
+	bufOverhead = 64
 )
 
 // Errors of resumable sessions.
@@ -66,6 +89,7 @@ type chunk struct {
 	buf   *[]byte // from chunkPool, or nil
 	rec   []byte  // header and data
 	off   uint64  // the stream offset of its first data byte
+	mem   int64   // the memory it holds (session.held)
 	freed bool
 }
 
@@ -75,16 +99,25 @@ var chunkPool = sync.Pool{New: func() any { b := make([]byte, FrameHeaderLen+rec
 
 func newChunk(data []byte, off uint64) *chunk {
 	c := &chunk{off: off}
-	if len(data) <= recordChunk {
+	if len(data) >= pooledChunk && len(data) <= recordChunk {
 		c.buf = chunkPool.Get().(*[]byte)
 		c.rec = (*c.buf)[:FrameHeaderLen+len(data)]
 	} else {
 		c.rec = make([]byte, FrameHeaderLen+len(data))
 	}
+	c.mem = chunkMem(len(data))
 	c.rec[0] = RecordData
 	binary.BigEndian.PutUint16(c.rec[1:], uint16(len(data)))
 	copy(c.rec[FrameHeaderLen:], data)
 	return c
+}
+
+// chunkMem is the memory newChunk's chunk of k data bytes holds.
+func chunkMem(k int) int64 {
+	if k >= pooledChunk && k <= recordChunk {
+		return FrameHeaderLen + recordChunk + bufOverhead
+	}
+	return int64(FrameHeaderLen+k) + bufOverhead
 }
 
 // putBuf returns a receive buffer to chunkPool, if it came from there.
@@ -127,6 +160,12 @@ type session struct {
 	local     net.Addr
 	remote    net.Addr
 	dc        *directConn // the agent's: the direct connection of the stream (revocation)
+
+	// outHeld and inHeld are the memory of out and in; while the session
+	// is suspended their sum counts in budget (the agent's bound on
+	// suspended sessions), as charged.
+	outHeld, inHeld, charged int64
+	budget                   *suspendBudget // nil at the client
 
 	sent       uint64   // data bytes written
 	acked      uint64   // the peer's count (End included)
@@ -181,6 +220,7 @@ func (s *session) attachLocked(sc *streamConn, path Path) (uint64, chan struct{}
 	if s.suspendTimer != nil {
 		s.suspendTimer.Stop()
 	}
+	s.accountLocked()
 	gen, done := s.gen, make(chan struct{})
 	if !s.spawn(func() { defer close(done); s.readLoop(sc, gen) }) { // the agent or Dialer is closing
 		close(done)
@@ -192,9 +232,9 @@ func (s *session) attachLocked(sc *streamConn, path Path) (uint64, chan struct{}
 	return gen, done
 }
 
-// wait waits, mu held, for a change or the deadline; it reports whether
-// the deadline passed.
-func (s *session) wait(deadline time.Time) bool {
+// wait waits, mu held, for a change, the deadline or more (when not nil)
+// to be closed; it reports whether the deadline passed.
+func (s *session) wait(deadline time.Time, more <-chan struct{}) bool {
 	var timeout <-chan time.Time
 	if !deadline.IsZero() {
 		d := time.Until(deadline)
@@ -213,6 +253,7 @@ func (s *session) wait(deadline time.Time) bool {
 	expired := false
 	select {
 	case <-ch:
+	case <-more:
 	case <-timeout:
 		expired = true
 	}
@@ -243,6 +284,7 @@ func (s *session) Read(b []byte) (int, error) {
 				n += k
 				s.inOff += k
 				if s.inOff == len(s.in[0]) {
+					s.inHeld -= int64(cap(s.in[0])) + bufOverhead
 					putBuf(s.in[0])
 					s.in[0] = nil
 					s.in = s.in[1:]
@@ -251,6 +293,7 @@ func (s *session) Read(b []byte) (int, error) {
 			}
 			s.inBytes -= n
 			s.consumed += uint64(n)
+			s.accountLocked()
 			ack := s.consumedAck
 			if s.endRecv && s.inBytes == 0 {
 				s.consumed = s.recv // the End too: the TLS above may not read to it
@@ -274,7 +317,7 @@ func (s *session) Read(b []byte) (int, error) {
 		case len(b) == 0:
 			return 0, nil
 		}
-		if s.wait(s.rdl) {
+		if s.wait(s.rdl, nil) {
 			return 0, os.ErrDeadlineExceeded
 		}
 	}
@@ -297,7 +340,9 @@ func (s *session) writeErr() error {
 
 // Write sends b as Data records, keeping them until the peer acknowledges
 // them; while the session is suspended it only keeps them. It waits while
-// sessionSendBound bytes are unacknowledged.
+// the unacknowledged ones hold sessionSendBound, and, suspended at an
+// agent, while the agent's suspended sessions hold all they may
+// (suspendBudget).
 func (s *session) Write(b []byte) (int, error) {
 	n := 0
 	for n < len(b) {
@@ -308,10 +353,10 @@ func (s *session) Write(b []byte) (int, error) {
 				s.mu.Unlock()
 				return n, err
 			}
-			if s.sent-min(s.acked, s.sent)+uint64(k) <= sessionSendBound {
+			if s.outHeld+chunkMem(k) <= sessionSendBound {
 				break
 			}
-			if s.wait(s.wdl) {
+			if s.wait(s.wdl, nil) {
 				s.mu.Unlock()
 				return n, os.ErrDeadlineExceeded
 			}
@@ -324,9 +369,26 @@ func (s *session) Write(b []byte) (int, error) {
 			s.wmu.Unlock()
 			return n, err
 		}
+		if s.budget != nil && s.sc == nil { // suspended: within the agent's bound, or later
+			cost := chunkMem(k)
+			ok, room := s.budget.reserve(cost)
+			if !ok {
+				s.wmu.Unlock() // a resume needs it
+				expired := s.wait(s.wdl, room)
+				s.mu.Unlock()
+				s.flushAck() // one a reader wanted while wmu was held
+				if expired {
+					return n, os.ErrDeadlineExceeded
+				}
+				continue
+			}
+			s.charged += cost
+		}
 		c := newChunk(b[n:n+k], s.sent)
 		s.sent += uint64(k)
 		s.out = append(s.out, c)
+		s.outHeld += c.mem
+		s.accountLocked()
 		sc, gen := s.sc, s.gen
 		if sc != nil {
 			s.writing = c
@@ -399,10 +461,12 @@ func (s *session) Close() error {
 	}
 	s.closed = true
 	for _, b := range s.in {
+		s.inHeld -= int64(cap(b)) + bufOverhead
 		putBuf(b)
 	}
 	s.in, s.inBytes, s.inOff = nil, 0, 0
 	s.consumed = s.recv // dropped: acknowledged
+	s.accountLocked()
 	done := s.err != nil || s.finished
 	stillReading := !s.endRecv
 	s.notify()
@@ -503,6 +567,7 @@ func (s *session) ack(count uint64) error {
 	i := 0
 	for ; i < len(s.out) && s.out[i].end() <= count; i++ {
 		c := s.out[i]
+		s.outHeld -= c.mem
 		if c == s.writing {
 			c.freed = true // doneWriting frees it
 		} else {
@@ -514,6 +579,7 @@ func (s *session) ack(count uint64) error {
 	if len(s.out) == 0 {
 		s.out = nil
 	}
+	s.accountLocked()
 	s.notify()
 	return nil
 }
@@ -569,14 +635,25 @@ func (s *session) readLoop(sc *streamConn, gen uint64) {
 				err = fmt.Errorf("%w: data after the end", ErrFrame)
 				break
 			}
+			if s.recv+uint64(n) > s.ackedIn+sessionSendBound { // the most a writer keeps unacknowledged
+				err = fmt.Errorf("%w: %d bytes past the last acknowledgment, more than the %d a peer may send", ErrFrame, s.recv+uint64(n)-s.ackedIn, sessionSendBound)
+				break
+			}
 			s.recv += uint64(n)
 			if s.closed || s.finished {
 				putBuf(data)
 				s.consumed = s.recv
 				dropped = true
+			} else if last := len(s.in) - 1; last >= 0 && cap(s.in[last])-len(s.in[last]) >= n {
+				// Into the room the last one left: small records cost
+				// what they take, not a buffer each.
+				s.in[last] = append(s.in[last], data...)
+				s.inBytes += n
+				putBuf(data)
 			} else {
 				s.in = append(s.in, data)
 				s.inBytes += n
+				s.inHeld += int64(cap(data)) + bufOverhead
 			}
 		case RecordAck:
 			err = s.ack(rec.Count)
@@ -662,6 +739,7 @@ func (s *session) checkFinish() {
 // releaseOut frees what waits for acknowledgment; mu held.
 func (s *session) releaseOut() {
 	for _, c := range s.out {
+		s.outHeld -= c.mem
 		if c == s.writing {
 			c.freed = true
 		} else {
@@ -669,6 +747,7 @@ func (s *session) releaseOut() {
 		}
 	}
 	s.out = nil
+	s.accountLocked()
 }
 
 // end calls onEnd once.
@@ -719,6 +798,7 @@ func (s *session) detachLocked() *streamConn {
 	if !s.finished && s.err == nil {
 		s.suspendedAt = time.Now()
 	}
+	s.accountLocked()
 	s.notify()
 	return sc
 }
@@ -783,6 +863,21 @@ func (s *session) failLocked(err error) *streamConn {
 	}
 	s.notify()
 	return sc
+}
+
+// failSuspended ends the session with err if it is still in the
+// suspension that began at since (not resumed meanwhile), and reports
+// whether it did.
+func (s *session) failSuspended(since time.Time, err error) bool {
+	s.mu.Lock()
+	if s.sc != nil || s.err != nil || s.finished || !s.suspendedAt.Equal(since) {
+		s.mu.Unlock()
+		return false
+	}
+	s.failLocked(err) // suspended: no stream to reset
+	s.mu.Unlock()
+	s.end()
+	return true
 }
 
 // received is what this end has received (for Resume and Resumed).
@@ -861,6 +956,23 @@ func (s *session) resume(sc *streamConn, peerRecv uint64, path Path, answer bool
 		}
 	}
 	return done, nil
+}
+
+// accountLocked makes what the session counts in its agent's budget what
+// it holds while suspended, nothing otherwise; mu held. Every change to
+// held, or to whether the session is suspended, calls it.
+func (s *session) accountLocked() {
+	if s.budget == nil {
+		return
+	}
+	var want int64
+	if s.sc == nil && s.err == nil && !s.finished {
+		want = s.outHeld + s.inHeld
+	}
+	if d := want - s.charged; d != 0 {
+		s.charged = want
+		s.budget.add(d)
+	}
 }
 
 // state for the agent's table and the client's resume loop.

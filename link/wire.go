@@ -288,13 +288,14 @@ import (
 //
 //	client                                  relay / direct                agent
 //	  │── Connect or Open, Result OK as above ──────────────────────────────▶│
-//	  │── Session{id} ───────────────────────────────────────────────────────▶│ id: 16 random bytes
-//	  │◀───────────────────────────────────────────────────── Result{status} ─│ StatusOK: resumable
+//	  │── Session{id} ───────────────────────────────────────────────────────▶│ id: 16 random bytes;
+//	  │◀───────────────────────────────────────────────────── Result{status} ─│ dials the service: StatusOK,
+//	  │                                                                       │ or StatusDialFailed
 //	  │◀══ Data{TLS bytes} / Ack{received} / End{offset, flags}, both ways ══▶│
 //	  ╳   the stream dies: both ends suspend the session; the agent keeps it
 //	  │                                           for its resume window (30 s)
-//	  │── new stream: Connect (checked as any) or Open, Result OK ───────────▶│ (a fresh local
-//	  │── Resume{id, received} ──────────────────────────────────────────────▶│  dial, closed unused)
+//	  │── new stream: Connect (checked as any) or Open, Result OK ───────────▶│ no dial: the session
+//	  │── Resume{id, received} ──────────────────────────────────────────────▶│ has its connection
 //	  │◀────────────────────────────────────────────────── Resumed{received} ─│ or Result{StatusNoSession}
 //	  │◀══ each end sends again from the other's count, then on as before ══▶│
 //
@@ -304,33 +305,39 @@ import (
 // the application (read, or dropped after it closed; End counts as one
 // more, taken once all before it is), sent after every 256 KiB taken, 20
 // ms after the first byte taken and not yet acknowledged, and at once for
-// an End. A writer with 4 MiB unacknowledged waits: that bound is the
-// session's flow control, so each end reads its stream at once, whatever
-// the application does, and an Ack never waits behind bytes the other end
-// does not read. End is the writer's half-close at offset (the bytes
-// before it): its peer reads EOF there; flag bit 0 ("closed") says the
-// writer reads no more either, so its peer's writes fail (what a
-// STOP_SENDING did for a plain session). End may come a second time, at the
-// same offset, to add that flag. A session is over for an end once its End
-// is acknowledged and it has taken the peer's End (or sent the closed
-// flag), or when the peer's End carries the flag: the end then half-closes
-// the stream with a FIN after its last Ack, and forgets the id.
+// an End. A writer with 4 MiB unacknowledged waits (this one counts the
+// memory it keeps them in, so that a stream of small records waits
+// sooner): that bound is the session's flow control, so each end reads
+// its stream at once, whatever the application does, and an Ack never
+// waits behind bytes the other end does not read. Data more than 4 MiB
+// past the count a reader last sent (in an Ack, Resume or Resumed) breaks
+// it: the reader ends the session. End is the writer's half-close at
+// offset (the bytes before it): its peer reads EOF there; flag bit 0
+// ("closed") says the writer reads no more either, so its peer's writes
+// fail (what a STOP_SENDING did for a plain session). End may come a
+// second time, at the same offset, to add that flag. A session is over
+// for an end once its End is acknowledged and it has taken the peer's End
+// (or sent the closed flag), or when the peer's End carries the flag: the
+// end then half-closes the stream with a FIN after its last Ack, and
+// forgets the id.
 //
 // A stream that fails (reset, its connection closed or idle, a FIN before
 // the session is over) suspends the session at both ends. The client opens
 // a new stream to the device by whichever path works now: the direct path
 // when it is up, else the relay, whose Connect checks the device, its Link
-// switch and the access code as for a new session. The agent answers the
-// Open as any (it dials the service, and closes that connection when a
-// Resume follows). Resume names the session and what the client has
-// received; Resumed, what the agent has. Each end then sends again every
-// Data (and End) past the other's count, and both go on: the application
-// sees a stall, no error. The client tries again, backing off from 0.1 to 2
-// s, for its resume window (30 s by default); a refusal that will not pass
-// (StatusNoSession, Link off, the access code wrong) ends the session at
-// once, as does a stream reset by the relay with StreamLinkDisabled or a
-// connection closed with CloseLinkDisabled, CloseDeviceGone or
-// CloseRevoked. A Resume on a stream that still carries the session
+// switch and the access code as for a new session. The agent answers an
+// Open once the port is exposed, without dialing: it dials the service
+// when a Session follows (its Result is StatusDialFailed, as an Open's
+// was, when the service does not answer), never for a Resume, whose
+// session has its connection already. Resume names the session and what
+// the client has received; Resumed, what the agent has. Each end then
+// sends again every Data (and End) past the other's count, and both go
+// on: the application sees a stall, no error. The client tries again,
+// backing off from 0.1 to 2 s, for its resume window (30 s by default); a
+// refusal that will not pass (StatusNoSession, Link off, the access code
+// wrong) ends the session at once, as does a stream reset by the relay
+// with StreamLinkDisabled or a connection closed with CloseLinkDisabled,
+// CloseDeviceGone or CloseRevoked. A Resume on a stream that still carries the session
 // (the agent has not noticed its death) moves it: the client knows better,
 // and the agent resets the old stream with StreamMoved.
 //
@@ -349,10 +356,15 @@ import (
 // The agent answers Resume with StatusNoSession for an id it does not hold,
 // for a port other than the session's, and after MaxResumes (64) resumes
 // of the session. It ends a session suspended longer than its resume
-// window, or beyond MaxSuspended (256) suspended at once; Link switched
-// off or the device deleted (its relay connection closed with that code)
-// end every session, suspended or not, and a Revoke ends those whose last
-// stream came over a direct connection it closes. Only the two ends know
+// window; and when a session's suspension takes the agent past
+// MaxSuspended (256) suspended at once, or past the memory they may hold
+// together (DefaultMaxSuspendedBytes, 64 MiB: what each keeps for its
+// peer and what it received that the service has not read), it ends those
+// suspended longest until both bounds hold (a Write into a suspended
+// session waits while they hold all they may). Link switched off or the
+// device deleted (its relay connection closed with that code) end every
+// session, suspended or not, and a Revoke ends those whose last stream
+// came over a direct connection it closes. Only the two ends know
 // a session's id: it travels inside the authorized stream, which the relay
 // forwards without reading (a relay could read it, but it already chooses
 // who talks to whom, and the end-to-end TLS pins the device key across
@@ -370,7 +382,15 @@ import (
 // its log (DialerConfig.DisableResume offers none to any device). The
 // agent tells a client that predates resumable sessions by the byte after
 // its OK Result: a Session or Resume frame type, or a TLS record (0x16),
-// and serves the latter as a plain session.
+// and serves the latter as a plain session, dialing the service then
+// (for any other byte the handshake fails, and nothing needs the
+// service); when the service does not answer it resets the stream, so
+// such a client (and one with DialerConfig.DisableResume, or facing an
+// agent with AgentConfig.DisableResume) sees its TLS handshake fail
+// rather than StatusDialFailed. Since the agent's
+// OK to the Open no longer says the service answered, the relay logs a
+// session refused for that as a short one that ended ok; the agent logs
+// why.
 //
 // Frame layout (all integers big-endian):
 //
