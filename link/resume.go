@@ -413,7 +413,7 @@ func (d *Dialer) resumeOnce(ctx context.Context, s *session, device string) (Pat
 // and on Resumed the session goes on there. A refusal is a *RefusedError;
 // sc is closed unless the session took it.
 func (d *Dialer) resumeOn(ctx context.Context, s *session, sc *streamConn, path Path) error {
-	fr, err := ask(ctx, sc, Resume{ID: s.id, Received: s.received()}, d.cfg.HandshakeTimeout)
+	fr, err := ask(ctx, sc, Resume{ID: s.id, Received: s.rewound()}, d.cfg.HandshakeTimeout)
 	if err != nil {
 		sc.CancelWrite(StreamAborted)
 		sc.Close()

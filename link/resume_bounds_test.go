@@ -513,3 +513,77 @@ func TestSuspendedSessionHoldsItsServiceBackAtTheBound(t *testing.T) {
 		t.Fatal("the bytes written while the session was suspended arrived changed")
 	}
 }
+
+// A session whose service reads nothing holds one window of unread bytes
+// at the agent however often it is resumed: each end drops what its
+// application has not read before it answers a resume and has it sent
+// again, instead of reopening the window for another 4 MiB at every
+// resume. Everything arrives once the service reads.
+func TestResumesDoNotGrowWhatAnUnreadSessionHolds(t *testing.T) {
+	e := newEnv(t)
+	tok := e.addDevice("nas1")
+	release := make(chan struct{})
+	got := make(chan string, 1)
+	svc := tcpServer(t, func(c net.Conn) {
+		<-release
+		h := sha256.New()
+		io.Copy(h, c)
+		got <- hex.EncodeToString(h.Sum(nil))
+	})
+	a := e.agent("nas1", tok, map[uint16]string{9: svc})
+	d := e.dialer(relayOnly)
+	var releaseOnce sync.Once
+	open := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(open) // first: the agent's and the service's cleanups wait for the service to read
+	c, err := d.Dial(ctx10(t), "nas1", 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const n = 48 << 20 // more than the local TCP buffers and both ends' windows take
+	h := sha256.New()
+	sent := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(c, io.TeeReader(io.LimitReader(mrand.NewChaCha8([32]byte{5}), n), h))
+		if err == nil {
+			err = c.(interface{ CloseWrite() error }).CloseWrite()
+		}
+		sent <- err
+	}()
+	// settled waits until what the agent's sessions hold stops changing.
+	settled := func(what string) int64 {
+		t.Helper()
+		last, since := int64(-1), time.Now()
+		testutil.WaitFor(t, 20*time.Second, what, func() bool {
+			held := link.SessionsHeld(a)
+			if suspended, _ := link.SuspendedSessions(a); suspended > 0 || held != last {
+				last, since = held, time.Now()
+			}
+			return held > 0 && time.Since(since) > 500*time.Millisecond
+		})
+		return last
+	}
+	first := settled("the unread window at the agent")
+	for i := range 3 {
+		if err := e.relay.Shutdown(ctx10(t)); err != nil {
+			t.Fatal(err)
+		}
+		e.start()
+		if held := settled("the session resumed and settled"); held > first+first/4 {
+			t.Fatalf("after resume %d the agent holds %d KiB unread, %d KiB before the first", i+1, held>>10, first>>10)
+		}
+	}
+	t.Logf("the agent held %d KiB of unread session bytes before and after 3 resumes", first>>10)
+	open()
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case sum := <-got:
+		if want := hex.EncodeToString(h.Sum(nil)); sum != want {
+			t.Fatalf("the service got SHA-256 %s, sent %s", sum, want)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the service did not get everything")
+	}
+}

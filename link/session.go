@@ -880,11 +880,35 @@ func (s *session) failSuspended(since time.Time, err error) bool {
 	return true
 }
 
-// received is what this end has received (for Resume and Resumed).
-func (s *session) received() uint64 {
+// rewound drops what was received and not read (rewindUnreadLocked) and
+// returns the count a Resume reports. The session is suspended: no
+// stream's reader adds to it.
+func (s *session) rewound() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.rewindUnreadLocked()
 	return s.recv
+}
+
+// rewindUnreadLocked forgets what was received and not yet read, as if it
+// had not arrived: Resume and Resumed report what the application took,
+// and the peer, which keeps everything until it is acknowledged (and an
+// acknowledgment counts only what was taken), sends the rest again. So a
+// session whose application reads nothing holds one window of it however
+// often it is resumed, not a window more at each resume. mu held, and no
+// stream's reader may add to the session (it is suspended, or its
+// generation changes with this resume).
+func (s *session) rewindUnreadLocked() {
+	if s.consumed >= s.recv {
+		return
+	}
+	for _, b := range s.in {
+		s.inHeld -= int64(cap(b)) + bufOverhead
+		putBuf(b)
+	}
+	s.in, s.inBytes, s.inOff = nil, 0, 0
+	s.recv, s.endRecv = s.consumed, false // an End not yet read comes again too
+	s.accountLocked()
 }
 
 // resume moves the session to sc, whose peer has received peerRecv bytes
@@ -916,6 +940,9 @@ func (s *session) resume(sc *streamConn, peerRecv uint64, path Path, answer bool
 	}
 	old := s.sc
 	s.resumes++
+	if answer { // the client rewound before its Resume
+		s.rewindUnreadLocked()
+	}
 	s.ackedIn = s.recv
 	recv := s.recv
 	resend := append([]*chunk(nil), s.out...)
@@ -942,7 +969,12 @@ func (s *session) resume(sc *streamConn, peerRecv uint64, path Path, answer bool
 		}
 		s.writing = c
 		s.mu.Unlock()
-		_, err := sc.Write(c.rec)
+		rec := c.rec
+		if c.off < peerRecv { // the peer took its start (a count is what was read, not whole records)
+			tail := rec[FrameHeaderLen+int(peerRecv-c.off):]
+			rec = append([]byte{RecordData, byte(len(tail) >> 8), byte(len(tail))}, tail...)
+		}
+		_, err := sc.Write(rec)
 		s.doneWriting(c)
 		if err != nil {
 			s.carrierFailed(gen, err)

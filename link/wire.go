@@ -330,8 +330,13 @@ import (
 // when a Session follows (its Result is StatusDialFailed, as an Open's
 // was, when the service does not answer), never for a Resume, whose
 // session has its connection already. Resume names the session and what
-// the client has received; Resumed, what the agent has. Each end then
-// sends again every Data (and End) past the other's count, and both go
+// the client has taken of the agent's stream (read by the application, or
+// dropped after it closed, as an Ack counts); Resumed, what the agent has
+// taken of the client's. What an end received and its application has
+// not read yet it drops before it answers, to have it again: so a session
+// whose application does not read holds one window of it, however often
+// it is resumed. Each end then sends again every Data (and End) past the
+// other's count, and both go
 // on: the application sees a stall, no error. The client tries again,
 // backing off from 0.1 to 2 s, for its resume window (30 s by default); a
 // refusal that will not pass (StatusNoSession, Link off, the access code
@@ -417,8 +422,8 @@ const (
 	FrameForward     = 0x0d // node→node, each mesh stream: version u8 | port u16 | device str8 | access code str8 | client address (family u8 | address | port u16)
 	FrameRevoke      = 0x0e // relay→agent, on the control stream: version u8 | count u8 (1 to MaxRevoke) | count × exchange id [8]
 	FrameSession     = 0x0f // client→agent, after an OK Result: version u8 | session id [16] | flags u8 (zero); answered by a Result
-	FrameResume      = 0x10 // client→agent, after an OK Result: version u8 | session id [16] | received u64
-	FrameResumed     = 0x11 // agent→client, answer to Resume: version u8 | received u64
+	FrameResume      = 0x10 // client→agent, after an OK Result: version u8 | session id [16] | received u64 (taken, as an Ack counts)
+	FrameResumed     = 0x11 // agent→client, answer to Resume: version u8 | received u64 (taken, as an Ack counts)
 )
 
 // Records: after a Session's OK Result or a Resumed, each direction of the
@@ -427,7 +432,7 @@ const (
 // MaxRecordData bytes.
 const (
 	RecordData = 0x12 // the next bytes of the end-to-end TLS stream: 1 to MaxRecordData bytes
-	RecordAck  = 0x13 // received u64: what the writer of the Ack has received of its peer's stream, End included
+	RecordAck  = 0x13 // received u64: what the writer of the Ack has taken of its peer's stream (read by its application, or dropped after it closed), End included
 	RecordEnd  = 0x14 // offset u64 (the bytes sent before it) | flags u8: the writer's half-close; bit 0 set: it reads no more either
 )
 
@@ -722,13 +727,15 @@ type Session struct {
 // Resume asks the agent to go on with a suspended session on this stream.
 type Resume struct {
 	ID [SessionIDLen]byte
-	// Received is what the client has received of the agent's stream.
+	// Received is what the client has taken of the agent's stream (as an
+	// Ack counts it); the agent sends again what follows.
 	Received uint64
 }
 
 // Resumed is the agent's answer to a Resume it accepts.
 type Resumed struct {
-	// Received is what the agent has received of the client's stream.
+	// Received is what the agent has taken of the client's stream (as an
+	// Ack counts it); the client sends again what follows.
 	Received uint64
 }
 
