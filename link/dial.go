@@ -308,7 +308,7 @@ func (d *Dialer) handshake(ctx context.Context, sc *streamConn, device string, p
 		if errors.Is(err, errNoSessionFrame) {
 			if _, known := d.plain.LoadOrStore(strings.ToLower(device), true); !known {
 				d.log.Info().Str("device", device).
-					Msg("the device's agent predates resumable sessions: its sessions are plain, and end when their path fails")
+					Msg("the device's agent serves no resumable sessions (it predates them, or runs with --no-resume): its sessions are plain, and end when their path fails")
 			}
 			// The agent has closed that stream: a plain session on a new one.
 			if sc, path, err = d.stream(ctx, device, port, false); err != nil {

@@ -19,7 +19,7 @@ import (
 // meets one opens plain sessions to that device from then on.
 
 // predatingMessage is the Dialer's Info line when it meets such an agent.
-const predatingMessage = "the device's agent predates resumable sessions"
+const predatingMessage = "the device's agent serves no resumable sessions"
 
 // count returns how many lines of log contain s.
 func count(log *testutil.Buffer, s string) int {

@@ -60,6 +60,7 @@ func agentCommand() *cli.Command {
 			&cli.StringFlag{Name: "api", Usage: "the daemon's HTTP API URL: publish the device key and keep the DDNS address current", Sources: cli.EnvVars("NASREACH_API")},
 			&cli.DurationFlag{Name: "idle-timeout", Value: link.DefaultAgentIdleTimeout, Usage: "take the relay for dead after this long without a packet from it, and reconnect (to the next --cluster-server)", Sources: cli.EnvVars("NASREACH_AGENT_IDLE_TIMEOUT")},
 			&cli.StringSliceFlag{Name: "cluster-server", Usage: "another node of --server's relay cluster, HOST:PORT (repeatable): when the connection ends the agent moves to the next, leaving a dead node", Sources: cli.EnvVars("NASREACH_LINK_CLUSTER_SERVERS")},
+			&cli.BoolFlag{Name: "no-resume", Usage: "serve plain sessions only, which end when their path fails, and keep nothing for resumable ones (up to 4 MiB each way while a path fails, 64 MiB for all); connect then opens plain sessions by itself", Sources: cli.EnvVars("NASREACH_NO_RESUME")},
 			&cli.StringFlag{Name: "state", Usage: "directory of the device key (default: $STATE_DIRECTORY, else <user config dir>/nasreach/agent)", Sources: cli.EnvVars("NASREACH_AGENT_STATE", "STATE_DIRECTORY")},
 			&cli.StringFlag{Name: "cert", Usage: "keep a certificate for <device>.<zone> and *.<device>.<zone> in this directory (cert.pem, key.pem; needs --api)", Sources: cli.EnvVars("NASREACH_CERT")},
 			&cli.StringFlag{Name: "acme-directory", Value: devicecert.DefaultDirectory, Usage: "the ACME CA's directory URL, for --cert", Sources: cli.EnvVars("NASREACH_ACME_DIRECTORY")},
@@ -111,6 +112,7 @@ func agentConfigFromFlags(cmd *cli.Command) (link.AgentConfig, error) {
 		Server: cmd.String("server"), Servers: cmd.StringSlice("cluster-server"), ServerTCP: cmd.String("server-tcp"), RelayFingerprint: cmd.String("relay-fingerprint"),
 		Device: cmd.String("device"), Token: cmd.String("token"), Expose: expose,
 		StateDir: state, API: cmd.String("api"), DisableDirect: noDirect, IdleTimeout: cmd.Duration("idle-timeout"),
+		DisableResume: cmd.Bool("no-resume"),
 	}, nil
 }
 

@@ -183,7 +183,7 @@ func TestConnectOpensPlainSessionsToAnAgentThatPredatesThem(t *testing.T) {
 	tl.StartAgent(t, link.AgentConfig{Device: "nas1", Token: td.AddDevice("nas1"), Expose: map[uint16]string{22: echo.Addr().String()},
 		DisableResume: true, Logger: zerolog.New(agentLog)})
 	const refused = "end-to-end handshake failed" // the agent's TLS server, given a Session frame
-	const predates = "the device's agent predates resumable sessions"
+	const predates = "the device's agent serves no resumable sessions"
 	for _, tc := range []struct {
 		name  string
 		flags []string
@@ -226,5 +226,41 @@ func TestConnectOpensPlainSessionsToAnAgentThatPredatesThem(t *testing.T) {
 				t.Errorf("connect offered %d resumable sessions, want %d", n, tc.logs)
 			}
 		})
+	}
+}
+
+// TestAgentNoResumeServesPlainSessions: an agent run with --no-resume
+// keeps no session buffers; connect, with no flag, finds that out on its
+// first connection, says so once, and serves every connection.
+func TestAgentNoResumeServesPlainSessions(t *testing.T) {
+	td := daemontest.Start(t, daemontest.WithLink)
+	tl := td.LinkRelay()
+	tok := td.AddDevice("nas1")
+	echo := testutil.ListenTCP(t)
+	testutil.Serve(t, echo, func(c net.Conn) { io.Copy(c, c) })
+	runLinkCLI(t, "agent", "--server", tl.Relay.Addr().String(), "--relay-fingerprint", tl.Fingerprint, "--device", "nas1", "--token", tok,
+		"--expose", "22="+echo.Addr().String(), "--state", t.TempDir(), "--no-resume", "--log-level", "error")
+	testutil.WaitFor(t, 10*time.Second, "the agent at the relay", func() bool { return tl.Relay.Agents() == 1 })
+	log := runLinkCLI(t, "connect", "--server", tl.Relay.Addr().String(), "--relay-fingerprint", tl.Fingerprint,
+		"--known-devices", "-", "--direct", "never", "--listen", "127.0.0.1:0", "--log-level", "info", "--log-format", "json", "nas1:22")
+	listen := logField(t, log, "forwarding connections", "listen")
+	for i := range 3 {
+		c, err := net.Dial("tcp", listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		msg := fmt.Sprintf("hello %d", i)
+		got := make([]byte, len(msg))
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != msg {
+			t.Fatalf("connection %d: echo %q, %v", i+1, got, err)
+		}
+		c.Close()
+	}
+	if n := strings.Count(log.String(), "the device's agent serves no resumable sessions"); n != 1 {
+		t.Errorf("connect said %d times that the agent serves plain sessions, want 1:\n%s", n, log)
 	}
 }
