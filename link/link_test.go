@@ -475,11 +475,14 @@ func echo(t *testing.T, d *link.Dialer, device string, port uint16) {
 	}
 }
 
+// Link switched off resets a relayed session's stream with
+// StreamLinkDisabled (a session on a direct path sees its connection closed
+// instead: TestLinkSwitchedOffEndsDirectSessions), and new ones are refused.
 func TestLinkSwitchedOffClosesSessionAndRefusesNew(t *testing.T) {
 	e := newEnv(t)
 	tok := e.addDevice("nas1")
 	e.agent("nas1", tok, map[uint16]string{22: echoServer(t)})
-	d := e.dialer()
+	d := e.dialer(relayOnly) // or the session may have moved to a direct path
 	c, err := d.Dial(ctx10(t), "nas1", 22)
 	if err != nil {
 		t.Fatal(err)
