@@ -203,22 +203,7 @@ func TestConnectOpensPlainSessionsToAnAgentThatPredatesThem(t *testing.T) {
 				"--known-devices", "-", "--direct", "never", "--listen", "127.0.0.1:0", "--log-level", "info", "--log-format", "json"},
 				append(tc.flags, "nas1:22")...)...)
 			listen := logField(t, log, "forwarding connections", "listen")
-			for i := range 2 {
-				c, err := net.Dial("tcp", listen)
-				if err != nil {
-					t.Fatal(err)
-				}
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				msg := fmt.Sprintf("hello %d", i)
-				got := make([]byte, len(msg))
-				if _, err := c.Write([]byte(msg)); err != nil {
-					t.Fatal(err)
-				}
-				if _, err := io.ReadFull(c, got); err != nil || string(got) != msg {
-					t.Fatalf("connection %d: echo %q, %v", i+1, got, err)
-				}
-				c.Close()
-			}
+			echoConnections(t, listen, 2)
 			if n := strings.Count(log.String(), predates); n != tc.logs {
 				t.Errorf("connect said %d times that the agent predates resumable sessions, want %d:\n%s", n, tc.logs, log)
 			}
@@ -244,7 +229,17 @@ func TestAgentNoResumeServesPlainSessions(t *testing.T) {
 	log := runLinkCLI(t, "connect", "--server", tl.Relay.Addr().String(), "--relay-fingerprint", tl.Fingerprint,
 		"--known-devices", "-", "--direct", "never", "--listen", "127.0.0.1:0", "--log-level", "info", "--log-format", "json", "nas1:22")
 	listen := logField(t, log, "forwarding connections", "listen")
-	for i := range 3 {
+	echoConnections(t, listen, 3)
+	if n := strings.Count(log.String(), "the device's agent serves no resumable sessions"); n != 1 {
+		t.Errorf("connect said %d times that the agent serves plain sessions, want 1:\n%s", n, log)
+	}
+}
+
+// echoConnections opens n connections in turn to connect listening at
+// listen, each echoing one message through it to an echo service.
+func echoConnections(t *testing.T, listen string, n int) {
+	t.Helper()
+	for i := range n {
 		c, err := net.Dial("tcp", listen)
 		if err != nil {
 			t.Fatal(err)
@@ -259,8 +254,5 @@ func TestAgentNoResumeServesPlainSessions(t *testing.T) {
 			t.Fatalf("connection %d: echo %q, %v", i+1, got, err)
 		}
 		c.Close()
-	}
-	if n := strings.Count(log.String(), "the device's agent serves no resumable sessions"); n != 1 {
-		t.Errorf("connect said %d times that the agent serves plain sessions, want 1:\n%s", n, log)
 	}
 }
