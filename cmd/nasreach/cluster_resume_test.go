@@ -2,13 +2,8 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -48,36 +43,8 @@ func TestForwardedSessionSurvivesTheAgentsNodeKilled(t *testing.T) {
 	n1 := startClusterNode(t, bin, "n1", cluster.Endpoints, certDir, admin, meshKey)
 	n2 := startClusterNode(t, bin, "n2", cluster.Endpoints, certDir, admin, meshKey)
 
-	req, _ := http.NewRequest("POST", "http://"+n1.http+"/v1/devices", strings.NewReader(`{"name":"nas1"}`))
-	req.Header.Set("Authorization", "Bearer "+admin)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var reg struct{ Token string }
-	json.NewDecoder(resp.Body).Decode(&reg)
-	resp.Body.Close()
-	if reg.Token == "" {
-		t.Fatalf("register nas1: %s", resp.Status)
-	}
-	echo := testutil.ListenTCP(t)
-	testutil.Serve(t, echo, func(c net.Conn) { io.Copy(c, c) })
-	agent := exec.Command(bin, "agent", "--server", n1.link, "--cluster-server", n2.link, "--idle-timeout", "2s",
-		"--server-tcp", "-", "--relay-fingerprint", fp, "--device", "nas1", "--expose", "443="+echo.Addr().String(),
-		"--state", t.TempDir(), "--direct", "never", "--log-format", "json", "--log-level", "debug")
-	agent.Env = append(os.Environ(), "NASREACH_TOKEN="+reg.Token)
-	agentLog := &testutil.Buffer{}
-	agent.Stderr = agentLog
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		agent.Process.Kill()
-		agent.Wait()
-		if t.Failed() {
-			t.Logf("agent log:\n%s", agentLog)
-		}
-	})
+	tok := registerDevice(t, n1, admin, "nas1")
+	startEchoAgent(t, bin, fp, tok, "--server", n1.link, "--cluster-server", n2.link, "--idle-timeout", "2s", "--log-level", "debug")
 	_, p1, _ := net.SplitHostPort(n1.link)
 	testutil.WaitFor(t, 20*time.Second, "node 2's DNS to name node 1 for nas1", func() bool {
 		return fmt.Sprint(n2.steeredPort(t, "nas1")) == p1

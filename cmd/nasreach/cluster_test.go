@@ -162,38 +162,10 @@ func TestLinkAcrossNodesSteersForwardsAndFollowsTheAgent(t *testing.T) {
 	}
 
 	// Register nas1 on node 1; its agent connects there first.
-	req, _ := http.NewRequest("POST", "http://"+n1.http+"/v1/devices", strings.NewReader(`{"name":"nas1"}`))
-	req.Header.Set("Authorization", "Bearer "+admin)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var reg struct{ Token string }
-	json.NewDecoder(resp.Body).Decode(&reg)
-	resp.Body.Close()
-	if reg.Token == "" {
-		t.Fatalf("register nas1: %s", resp.Status)
-	}
-	echo := testutil.ListenTCP(t)
-	testutil.Serve(t, echo, func(c net.Conn) { io.Copy(c, c) })
+	tok := registerDevice(t, n1, admin, "nas1")
 	// The real agent, told of all three nodes, with its defaults; a dead
 	// node is noticed when it has been silent for the idle timeout (10 s).
-	agent := exec.Command(bin, "agent", "--server", n1.link, "--cluster-server", n2.link, "--cluster-server", n3.link,
-		"--server-tcp", "-", "--relay-fingerprint", fp, "--device", "nas1", "--expose", "443="+echo.Addr().String(),
-		"--state", t.TempDir(), "--direct", "never", "--log-format", "json")
-	agent.Env = append(os.Environ(), "NASREACH_TOKEN="+reg.Token)
-	agentLog := &testutil.Buffer{}
-	agent.Stderr = agentLog
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		agent.Process.Kill()
-		agent.Wait()
-		if t.Failed() {
-			t.Logf("agent log:\n%s", agentLog)
-		}
-	})
+	startEchoAgent(t, bin, fp, tok, "--server", n1.link, "--cluster-server", n2.link, "--cluster-server", n3.link)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for _, n := range nodes {
@@ -263,12 +235,12 @@ func TestLinkAcrossNodesSteersForwardsAndFollowsTheAgent(t *testing.T) {
 		t.Errorf("node 2 has %v mesh connections, want 1 (to node 1)", m)
 	}
 	c.Close()
-	testutil.WaitFor(t, 5*time.Second, "node 2 to count the forwarded session", func() bool {
-		return n2.metric(t, "nasreach_link_forwarded_sessions_total") == 1 && n1.metric(t, "nasreach_link_forward_received_total") == 1
+	// Node 2 adds a session's bytes when its splice ends, which is after
+	// the closed session's last records went through.
+	testutil.WaitFor(t, 5*time.Second, fmt.Sprintf("node 2 to count the forwarded session and at least the %d bytes sent and echoed", 2*size), func() bool {
+		return n2.metric(t, "nasreach_link_forwarded_sessions_total") == 1 && n1.metric(t, "nasreach_link_forward_received_total") == 1 &&
+			n2.metric(t, "nasreach_link_forwarded_bytes_total") >= 2*size
 	})
-	if b := n2.metric(t, "nasreach_link_forwarded_bytes_total"); b < 2*size {
-		t.Errorf("node 2 forwarded %v bytes, want at least the %d sent and echoed", b, 2*size)
-	}
 
 	// Node 1 dies: no goodbye to the agent, no lease revoked.
 	killed := time.Now()
@@ -329,4 +301,48 @@ func TestLinkAcrossNodesSteersForwardsAndFollowsTheAgent(t *testing.T) {
 		t.Errorf("connect's log does not say DNS steered it to node 2 at %s", n2.link)
 	}
 	c.Close()
+}
+
+// registerDevice registers name through node n's API and returns its token.
+func registerDevice(t *testing.T, n *clusterNode, admin, name string) string {
+	t.Helper()
+	req, _ := http.NewRequest("POST", "http://"+n.http+"/v1/devices", strings.NewReader(`{"name":"`+name+`"}`))
+	req.Header.Set("Authorization", "Bearer "+admin)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reg struct{ Token string }
+	json.NewDecoder(resp.Body).Decode(&reg)
+	resp.Body.Close()
+	if reg.Token == "" {
+		t.Fatalf("register %s: %s", name, resp.Status)
+	}
+	return reg.Token
+}
+
+// startEchoAgent runs the real agent for nas1 (token tok) with args (its
+// relay nodes, and any other flag), exposing a new echo service as port
+// 443, relayed only; it is killed at cleanup, and its log shown when the
+// test failed.
+func startEchoAgent(t *testing.T, bin, fp, tok string, args ...string) {
+	t.Helper()
+	echo := testutil.ListenTCP(t)
+	testutil.Serve(t, echo, func(c net.Conn) { io.Copy(c, c) })
+	agent := exec.Command(bin, append(append([]string{"agent"}, args...),
+		"--server-tcp", "-", "--relay-fingerprint", fp, "--device", "nas1", "--expose", "443="+echo.Addr().String(),
+		"--state", t.TempDir(), "--direct", "never", "--log-format", "json")...)
+	agent.Env = append(os.Environ(), "NASREACH_TOKEN="+tok)
+	agentLog := &testutil.Buffer{}
+	agent.Stderr = agentLog
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		agent.Process.Kill()
+		agent.Wait()
+		if t.Failed() {
+			t.Logf("agent log:\n%s", agentLog)
+		}
+	})
 }
