@@ -70,24 +70,7 @@ func TestForwardedSessionResumesThroughTheAgentsNodeWhenTheClientsNodeStops(t *t
 		})
 	}
 	setDDNS(false)
-	clientLog := &testutil.Buffer{}
-	d, err := link.NewDialer(link.DialerConfig{Server: b.Link, ServerTCP: "-", RelayFingerprint: fp, KnownDevices: "-",
-		Listen: "127.0.0.1:0", DisableDirect: true, Steer: &link.Steer{Zone: daemontest.Zone, Resolver: a.DNS},
-		Logger: zerolog.New(clientLog)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := d.Dial(ctx, "nas1", 22)
-	if err != nil {
-		t.Fatalf("through node b: %v", err)
-	}
-	defer c.Close()
-	if f := b.Daemon.LinkRelay().MeshStats().Sessions; f != 1 {
-		t.Fatalf("node b forwarded %d sessions, want the client's", f)
-	}
+	c, clientLog := forwardedSession(t, b, fp, &link.Steer{Zone: daemontest.Zone, Resolver: a.DNS})
 	setDDNS(true)
 
 	start := time.Now()
@@ -129,23 +112,7 @@ func TestForwardedSessionFollowsTheAgentWhenTheAgentsNodeStops(t *testing.T) {
 	testutil.WaitFor(t, 5*time.Second, "node b to learn that node a holds the agent", func() bool {
 		return len(b.Query("udp", "_link."+daemontest.FQDN("nas1"), dns.TypeA).Answer) == 1
 	})
-	clientLog := &testutil.Buffer{}
-	d, err := link.NewDialer(link.DialerConfig{Server: b.Link, ServerTCP: "-", RelayFingerprint: fp, KnownDevices: "-",
-		Listen: "127.0.0.1:0", DisableDirect: true, Logger: zerolog.New(clientLog)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := d.Dial(ctx, "nas1", 22)
-	if err != nil {
-		t.Fatalf("through node b: %v", err)
-	}
-	defer c.Close()
-	if f := b.Daemon.LinkRelay().MeshStats().Sessions; f != 1 {
-		t.Fatalf("node b forwarded %d sessions, want the client's", f)
-	}
+	c, clientLog := forwardedSession(t, b, fp, nil)
 
 	start := time.Now()
 	testutil.EchoTransfer(t, c, 16<<20, 60*time.Second, func() {
@@ -163,4 +130,29 @@ func TestForwardedSessionFollowsTheAgentWhenTheAgentsNodeStops(t *testing.T) {
 	if t.Failed() {
 		t.Logf("agent log:\n%s", agentLog)
 	}
+}
+
+// forwardedSession opens a relayed session to nas1's port 22 at node b
+// (steered by DNS first when steer is set), which must forward it: the
+// connection, closed at cleanup, and the client's log.
+func forwardedSession(t *testing.T, b *daemontest.Daemon, fp string, steer *link.Steer) (net.Conn, *testutil.Buffer) {
+	t.Helper()
+	clientLog := &testutil.Buffer{}
+	d, err := link.NewDialer(link.DialerConfig{Server: b.Link, ServerTCP: "-", RelayFingerprint: fp, KnownDevices: "-",
+		Listen: "127.0.0.1:0", DisableDirect: true, Steer: steer, Logger: zerolog.New(clientLog)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := d.Dial(ctx, "nas1", 22)
+	if err != nil {
+		t.Fatalf("through node b: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if f := b.Daemon.LinkRelay().MeshStats().Sessions; f != 1 {
+		t.Fatalf("node b forwarded %d sessions, want the client's", f)
+	}
+	return c, clientLog
 }
