@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"hash"
 	"io"
 	mrand "math/rand/v2"
 	"net"
@@ -399,37 +400,8 @@ func TestSuspendedBoundsMustNotBeNegative(t *testing.T) {
 // it meanwhile, and the session, resumed, delivers the rest.
 func TestBytesTheServiceReadsWhileSuspendedNoLongerCount(t *testing.T) {
 	e := newEnv(t)
-	tok := e.addDevice("nas1")
-	start := make(chan struct{})
-	var once sync.Once
-	release := func() { once.Do(func() { close(start) }) }
-	svc := tcpServer(t, func(c net.Conn) {
-		<-start // the service does not read yet
-		h := sha256.New()
-		io.Copy(h, c)
-		io.WriteString(c, hex.EncodeToString(h.Sum(nil)))
-	})
-	a := e.agent("nas1", tok, map[uint16]string{9: svc})
-	t.Cleanup(release) // before the service's cleanup waits for it
-	d := e.dialer(relayOnly)
-	c, err := d.Dial(ctx10(t), "nas1", 9)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	// More than the local connection's socket buffers and the session's
-	// window together: the client waits with the session's window unread
-	// at the agent.
-	const n = 48 << 20
-	h := sha256.New()
-	sent := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(c, io.TeeReader(io.LimitReader(mrand.NewChaCha8([32]byte{3}), n), h))
-		if err == nil {
-			err = c.(interface{ CloseWrite() error }).CloseWrite()
-		}
-		sent <- err
-	}()
+	u := startUnreadTransfer(t, e, 3)
+	a := u.agent
 	const window = 3 << 20 // and more: the window's 4 MiB are of memory, that of a few bytes too
 	testutil.WaitFor(t, 20*time.Second, "the agent to hold the session's window unread", func() bool { return link.SessionsHeld(a) >= window })
 	if err := e.relay.Shutdown(ctx10(t)); err != nil {
@@ -439,23 +411,13 @@ func TestBytesTheServiceReadsWhileSuspendedNoLongerCount(t *testing.T) {
 		k, held := link.SuspendedSessions(a)
 		return k == 1 && held >= window
 	})
-	release()
+	u.release()
 	testutil.WaitFor(t, 20*time.Second, "the bound to count nothing once the service read it all", func() bool {
 		k, held := link.SuspendedSessions(a)
 		return k == 1 && held == 0
 	})
 	e.start()
-	if err := <-sent; err != nil {
-		t.Fatalf("send: %v", err)
-	}
-	c.SetReadDeadline(time.Now().Add(60 * time.Second))
-	got, err := io.ReadAll(c)
-	if err != nil {
-		t.Fatalf("read hash: %v", err)
-	}
-	if want := hex.EncodeToString(h.Sum(nil)); string(got) != want {
-		t.Fatalf("the service got SHA-256 %s, sent %s", got, want)
-	}
+	u.check(t)
 }
 
 // A suspended session whose service goes on writing holds at most the
@@ -521,35 +483,8 @@ func TestSuspendedSessionHoldsItsServiceBackAtTheBound(t *testing.T) {
 // resume. Everything arrives once the service reads.
 func TestResumesDoNotGrowWhatAnUnreadSessionHolds(t *testing.T) {
 	e := newEnv(t)
-	tok := e.addDevice("nas1")
-	release := make(chan struct{})
-	got := make(chan string, 1)
-	svc := tcpServer(t, func(c net.Conn) {
-		<-release
-		h := sha256.New()
-		io.Copy(h, c)
-		got <- hex.EncodeToString(h.Sum(nil))
-	})
-	a := e.agent("nas1", tok, map[uint16]string{9: svc})
-	d := e.dialer(relayOnly)
-	var releaseOnce sync.Once
-	open := func() { releaseOnce.Do(func() { close(release) }) }
-	t.Cleanup(open) // first: the agent's and the service's cleanups wait for the service to read
-	c, err := d.Dial(ctx10(t), "nas1", 9)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	const n = 48 << 20 // more than the local TCP buffers and both ends' windows take
-	h := sha256.New()
-	sent := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(c, io.TeeReader(io.LimitReader(mrand.NewChaCha8([32]byte{5}), n), h))
-		if err == nil {
-			err = c.(interface{ CloseWrite() error }).CloseWrite()
-		}
-		sent <- err
-	}()
+	u := startUnreadTransfer(t, e, 5)
+	a := u.agent
 	// settled waits until what the agent's sessions hold stops changing.
 	settled := func(what string) int64 {
 		t.Helper()
@@ -574,16 +509,66 @@ func TestResumesDoNotGrowWhatAnUnreadSessionHolds(t *testing.T) {
 		}
 	}
 	t.Logf("the agent held %d KiB of unread session bytes before and after 3 resumes", first>>10)
-	open()
-	if err := <-sent; err != nil {
+	u.release()
+	u.check(t)
+}
+
+// unreadTransfer is a relayed session to nas1's port 9, a service that
+// reads nothing until release, then answers the SHA-256 of all it got;
+// 48 MiB go out in the background, more than the local connection's
+// socket buffers and the session's window together, so the client waits
+// with the session's window unread at the agent.
+type unreadTransfer struct {
+	agent   *link.Agent
+	c       net.Conn
+	release func()
+	sent    chan error
+	h       hash.Hash
+}
+
+func startUnreadTransfer(t *testing.T, e *env, seed byte) *unreadTransfer {
+	t.Helper()
+	tok := e.addDevice("nas1")
+	start := make(chan struct{})
+	var once sync.Once
+	u := &unreadTransfer{release: func() { once.Do(func() { close(start) }) }, sent: make(chan error, 1), h: sha256.New()}
+	svc := tcpServer(t, func(c net.Conn) {
+		<-start // the service does not read yet
+		h := sha256.New()
+		io.Copy(h, c)
+		io.WriteString(c, hex.EncodeToString(h.Sum(nil)))
+	})
+	u.agent = e.agent("nas1", tok, map[uint16]string{9: svc})
+	d := e.dialer(relayOnly)
+	t.Cleanup(u.release) // first: the agent's and the service's cleanups wait for the service to read
+	c, err := d.Dial(ctx10(t), "nas1", 9)
+	if err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case sum := <-got:
-		if want := hex.EncodeToString(h.Sum(nil)); sum != want {
-			t.Fatalf("the service got SHA-256 %s, sent %s", sum, want)
+	t.Cleanup(func() { c.Close() })
+	u.c = c
+	go func() {
+		_, err := io.Copy(c, io.TeeReader(io.LimitReader(mrand.NewChaCha8([32]byte{seed}), 48<<20), u.h))
+		if err == nil {
+			err = c.(interface{ CloseWrite() error }).CloseWrite()
 		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the service did not get everything")
+		u.sent <- err
+	}()
+	return u
+}
+
+// check waits for the send to end and the service's SHA-256 to match it.
+func (u *unreadTransfer) check(t *testing.T) {
+	t.Helper()
+	if err := <-u.sent; err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	u.c.SetReadDeadline(time.Now().Add(60 * time.Second))
+	got, err := io.ReadAll(u.c)
+	if err != nil {
+		t.Fatalf("read hash: %v", err)
+	}
+	if want := hex.EncodeToString(u.h.Sum(nil)); string(got) != want {
+		t.Fatalf("the service got SHA-256 %s, sent %s", got, want)
 	}
 }
