@@ -73,13 +73,17 @@ func (d *Dialer) relayedSessions(device string) []*session {
 // moveToDirect moves device's relayed sessions to its direct path, in the
 // background; it returns at once.
 func (d *Dialer) moveToDirect(device string) {
-	if d.cfg.DisableResume || len(d.relayedSessions(device)) == 0 {
+	if d.cfg.DisableResume {
+		return
+	}
+	relayed := d.relayedSessions(device) // each is checked again as it moves
+	if len(relayed) == 0 {
 		return
 	}
 	d.wg.Go(func() {
 		moved := 0
 		var to Path
-		for _, s := range d.relayedSessions(device) {
+		for _, s := range relayed {
 			path, err := d.migrate(d.ctx, s, device)
 			if err != nil {
 				d.log.Debug().Str("device", device).Uint16("port", s.port).AnErr("reason", err).Msg("link session stays on the relay")
